@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs everything `make demo`, `make test` and `make bench` need on a fresh Debian
+# machine (system packages and the project's virtualenv). Idempotent: a second run only
+# checks. Must run as root for the system packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SYSTEM_PACKAGES=(iperf3 iproute2 tcpdump wireguard-tools wireguard-go ethtool iptables
+                 procps kmod iputils-ping util-linux python3 python3-venv python3-pip)
+VENV=${VENV:-.venv}
+
+missing=()
+for pkg in "${SYSTEM_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+        || missing+=("$pkg")
+done
+# python3 may come from elsewhere (pyenv); only ask apt for it when none is usable.
+if python3 -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    filtered=()
+    for pkg in "${missing[@]}"; do
+        case "$pkg" in python3|python3-venv|python3-pip) ;; *) filtered+=("$pkg") ;; esac
+    done
+    missing=("${filtered[@]}")
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "bootstrap: missing system packages: ${missing[*]} (run as root to install them)" >&2
+        exit 1
+    fi
+    echo "bootstrap: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # --no-install-recommends: wireguard-tools would otherwise pull in a kernel image.
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+fi
+stamp="$VENV/.installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    "$VENV/bin/pip" install -q --upgrade pip
+    "$VENV/bin/pip" install -q -e '.[test]'
+    touch "$stamp"
+fi

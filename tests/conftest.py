@@ -1,0 +1,22 @@
+"""Shared fixtures: the network lab for integration tests."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.netns import Lab, lab_unavailable_reason
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    reason = lab_unavailable_reason()
+    if reason:
+        # In CI the lab must run: a skip there would count a missing proof as a pass.
+        if os.environ.get("CI"):
+            pytest.fail(f"integration test cannot run in CI: {reason}")
+        pytest.skip(f"INTEGRATION TEST NOT RUN: {reason}")
+    with Lab() as built:
+        yield built

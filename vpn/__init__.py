@@ -1,0 +1,1 @@
+"""A WireGuard-compatible userspace VPN endpoint that uses the TUN device's offloads."""
