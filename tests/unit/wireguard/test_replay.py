@@ -1,0 +1,91 @@
+"""The replay window walked edge by edge: in order, reordered, duplicated, too old, the limit."""
+
+from __future__ import annotations
+
+import random
+
+from vpn.wireguard.constants import REJECT_AFTER_MESSAGES, REPLAY_WINDOW
+from vpn.wireguard.replay import ReplayWindow
+
+W = REPLAY_WINDOW  # 8128
+
+
+def run(steps: list[tuple[int, bool]], limit: int = REJECT_AFTER_MESSAGES) -> None:
+    window = ReplayWindow()
+    for i, (counter, expected) in enumerate(steps):
+        assert window.validate(counter, limit) is expected, f"step {i}: counter {counter}"
+
+
+def test_window_is_at_least_what_the_issue_asks() -> None:
+    assert W == 8128 >= 2048
+
+
+def test_first_packets_and_duplicates() -> None:
+    run([(0, True), (1, True), (1, False), (9, True), (8, True), (7, True), (7, False)])
+
+
+def test_exact_window_edges() -> None:
+    top = W + 1
+    run(
+        [
+            (top, True),
+            (0, False),  # top - 0 = W + 1 > W: just outside
+            (1, True),  # top - 1 = W: the oldest counter still inside
+            (1, False),
+            (top + 1, True),
+            (1, False),  # now just outside
+            (2, True),
+            (top + 1, False),
+        ]
+    )
+
+
+def test_large_jump_clears_the_whole_ring() -> None:
+    run(
+        [
+            (5, True),
+            (5 + 10 * W, True),
+            (5 + 10 * W - W, True),  # inside after the jump even though its word was reused
+            (5 + 10 * W - W - 1, False),
+            (5 + 10 * W - 1, True),
+        ]
+    )
+
+
+def test_words_are_cleared_when_the_window_slides_one_word_at_a_time() -> None:
+    window = ReplayWindow()
+    for counter in range(0, 4 * W, 63):
+        assert window.validate(counter)
+        assert not window.validate(counter)
+    # Every counter in the window that was never seen is still accepted once.
+    top = window.greatest
+    for counter in range(top - W, top):
+        if counter % 63:
+            assert window.validate(counter), counter
+
+
+def test_reordered_within_the_window_all_accepted_once() -> None:
+    counters = list(range(3000))
+    random.Random(7).shuffle(counters)
+    window = ReplayWindow()
+    assert all(window.validate(c) for c in counters)
+    assert not any(window.validate(c) for c in counters)
+
+
+def test_limit_is_exclusive() -> None:
+    run([(REJECT_AFTER_MESSAGES - 1, True), (REJECT_AFTER_MESSAGES, False)])
+    run([(10, True), (11, False), (9, True)], limit=11)
+
+
+def test_reference_model_over_random_walk() -> None:
+    rng = random.Random(1)
+    window, seen, greatest = ReplayWindow(), set(), -1
+    base = 0
+    for _ in range(20000):
+        base += rng.choice([0, 1, 1, 2, 70, 300])
+        counter = max(0, base - rng.randrange(0, W + 200))
+        expected = counter not in seen and (greatest < 0 or counter > greatest - W - 1)
+        assert window.validate(counter) is expected
+        if expected:
+            seen.add(counter)
+            greatest = max(greatest, counter)

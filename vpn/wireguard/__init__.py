@@ -1,0 +1,22 @@
+"""The WireGuard protocol, sans-I/O: messages, Noise handshake, cookies, keypairs and timers.
+
+Bytes and a monotonic `now` go in; bytes and actions come out. The asyncio shell does the I/O.
+"""
+
+from .allowedips import AllowedIPs
+from .device import Device, HandshakeResult, TransportResult
+from .keypair import Keypair, TransportError, padded_length
+from .messages import MessageError
+from .peer import Peer
+
+__all__ = [
+    "AllowedIPs",
+    "Device",
+    "HandshakeResult",
+    "Keypair",
+    "MessageError",
+    "Peer",
+    "TransportError",
+    "TransportResult",
+    "padded_length",
+]

@@ -1,0 +1,133 @@
+"""Allowed-IPs: the longest-prefix-match table behind cryptokey routing, IPv4 and IPv6.
+
+Maps prefixes to peers for sending, and checks a decrypted packet's source for receiving.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Hashable, Iterator
+from typing import Generic, TypeVar
+
+P = TypeVar("P", bound=Hashable)
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_from_bytes = int.from_bytes
+
+
+class _Family(Generic[P]):
+    """One address family: a hash table per prefix length, probed longest first.
+
+    In Python every trie step is an interpreter round trip, so a walk of up to 128 nodes
+    costs far more than a few dict probes; real configurations use a handful of distinct
+    prefix lengths, which bounds a lookup to that many probes.
+    """
+
+    __slots__ = ("bits", "order", "tables")
+
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+        self.tables: dict[int, dict[int, P]] = {}
+        self.order: list[tuple[int, dict[int, P]]] = []  # (mask, table), longest first
+
+    def mask(self, length: int) -> int:
+        return ((1 << length) - 1) << (self.bits - length)
+
+    def reorder(self) -> None:
+        self.order = [
+            (self.mask(length), self.tables[length]) for length in sorted(self.tables, reverse=True)
+        ]
+
+    def set(self, length: int, value: int, peer: P) -> P | None:
+        table = self.tables.get(length)
+        if table is None:
+            table = self.tables[length] = {}
+            self.reorder()
+        old = table.get(value)
+        table[value] = peer
+        return old
+
+    def delete(self, length: int, value: int) -> P | None:
+        table = self.tables.get(length)
+        if table is None or value not in table:
+            return None
+        peer = table.pop(value)
+        if not table:
+            del self.tables[length]
+            self.reorder()
+        return peer
+
+
+class AllowedIPs(Generic[P]):
+    """Prefix -> peer. A prefix belongs to one peer; inserting it again moves it."""
+
+    __slots__ = ("_by_peer", "_families")
+
+    def __init__(self) -> None:
+        self._families: dict[int, _Family[P]] = {4: _Family(32), 6: _Family(128)}
+        self._by_peer: dict[P, set[tuple[int, int, int]]] = {}
+
+    def __repr__(self) -> str:
+        return f"AllowedIPs({len(self)} prefixes, {len(self._by_peer)} peers)"
+
+    def __len__(self) -> int:
+        return sum(len(keys) for keys in self._by_peer.values())
+
+    @staticmethod
+    def _key(network: Network | str) -> tuple[int, int, int]:
+        net = ipaddress.ip_network(network, strict=False)
+        return net.version, net.prefixlen, int(net.network_address)
+
+    def insert(self, network: Network | str, peer: P) -> None:
+        key = version, length, value = self._key(network)
+        old = self._families[version].set(length, value, peer)
+        if old is not None:
+            self._by_peer[old].discard(key)
+            if not self._by_peer[old]:
+                del self._by_peer[old]
+        self._by_peer.setdefault(peer, set()).add(key)
+
+    def remove(self, network: Network | str) -> P | None:
+        """Remove one prefix; return the peer that had it."""
+        key = version, length, value = self._key(network)
+        old = self._families[version].delete(length, value)
+        if old is not None:
+            self._by_peer[old].discard(key)
+            if not self._by_peer[old]:
+                del self._by_peer[old]
+        return old
+
+    def remove_by_peer(self, peer: P) -> None:
+        for version, length, value in self._by_peer.pop(peer, set()):
+            self._families[version].delete(length, value)
+
+    def entries_for(self, peer: P) -> list[Network]:
+        out: list[Network] = []
+        for version, length, value in sorted(self._by_peer.get(peer, ())):
+            addr = ipaddress.ip_address(value) if version == 4 else ipaddress.IPv6Address(value)
+            out.append(ipaddress.ip_network((addr, length)))
+        return out
+
+    def __iter__(self) -> Iterator[tuple[Network, P]]:
+        for peer in list(self._by_peer):
+            for net in self.entries_for(peer):
+                yield net, peer
+
+    def lookup(self, address: bytes | bytearray | memoryview) -> P | None:
+        """The peer owning the longest prefix that contains a 4- or 16-byte address."""
+        n = len(address)
+        if n == 4:
+            order = self._families[4].order
+        elif n == 16:
+            order = self._families[6].order
+        else:
+            return None
+        a = _from_bytes(address, "big")
+        for mask, table in order:
+            peer = table.get(a & mask)
+            if peer is not None:
+                return peer
+        return None
+
+    def source_allowed(self, peer: P, source: bytes | bytearray | memoryview) -> bool:
+        """Cryptokey routing's receive check: may `peer` send from this inner source?"""
+        return self.lookup(source) is peer

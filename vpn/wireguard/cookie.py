@@ -1,0 +1,134 @@
+"""MAC1/MAC2 and cookie replies: WireGuard's defence against handshake floods.
+
+CookieChecker validates and answers (one per device); CookieGenerator adds MACs (one per peer).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import os
+from collections.abc import Callable
+
+from .constants import (
+    COOKIE_NONCE_LEN,
+    COOKIE_REFRESH_TIME,
+    LABEL_COOKIE,
+    LABEL_MAC1,
+    MAC_LEN,
+    MESSAGE_INITIATION,
+)
+from .crypto import InvalidTag, constant_time_equal, hash_, mac, xaead_decrypt, xaead_encrypt
+from .messages import (
+    INITIATION_MAC1_OFFSET,
+    INITIATION_MAC2_OFFSET,
+    RESPONSE_MAC1_OFFSET,
+    RESPONSE_MAC2_OFFSET,
+    Buffer,
+    CookieReply,
+    MessageError,
+)
+
+Address = tuple[str, int]  # (ip, port) as the socket layer reports it
+RandomSource = Callable[[int], bytes]
+_ZERO_MAC = bytes(MAC_LEN)
+
+
+def mac_offsets(data: Buffer) -> tuple[int, int]:
+    """Where mac1 and mac2 start in a handshake message (initiation or response)."""
+    if data[0] == MESSAGE_INITIATION:
+        return INITIATION_MAC1_OFFSET, INITIATION_MAC2_OFFSET
+    return RESPONSE_MAC1_OFFSET, RESPONSE_MAC2_OFFSET
+
+
+def address_bytes(addr: Address) -> bytes:
+    """The bytes a cookie is bound to: the packed source IP then the port, big-endian."""
+    return ipaddress.ip_address(addr[0]).packed + addr[1].to_bytes(2, "big")
+
+
+class MacState(enum.Enum):
+    INVALID_MAC1 = 0
+    VALID_MAC1 = 1  # mac2 absent or wrong
+    VALID_MAC2 = 2  # mac1 and a fresh cookie's mac2
+
+
+class CookieChecker:
+    """Responder side: checks MACs keyed by our public key and mints cookie replies."""
+
+    __slots__ = ("_encryption_key", "_mac1_key", "_random", "_secret", "_secret_born")
+
+    def __init__(self, our_public: bytes, random: RandomSource = os.urandom) -> None:
+        self._mac1_key = hash_(LABEL_MAC1, our_public)
+        self._encryption_key = hash_(LABEL_COOKIE, our_public)
+        self._random = random
+        self._secret = b""
+        self._secret_born = float("-inf")
+
+    def __repr__(self) -> str:
+        return "CookieChecker(<secrets hidden>)"
+
+    def _cookie(self, addr: Address, now: float) -> bytes:
+        if now - self._secret_born >= COOKIE_REFRESH_TIME:
+            self._secret = self._random(32)
+            self._secret_born = now
+        return mac(self._secret, address_bytes(addr))
+
+    def check(self, data: Buffer, addr: Address, now: float, check_cookie: bool) -> MacState:
+        """Validate mac1 always, and mac2 only when under load (`check_cookie`)."""
+        off1, off2 = mac_offsets(data)
+        if not constant_time_equal(mac(self._mac1_key, bytes(data[:off1])), bytes(data[off1:off2])):
+            return MacState.INVALID_MAC1
+        if not check_cookie:
+            return MacState.VALID_MAC1
+        expected = mac(self._cookie(addr, now), bytes(data[:off2]))
+        if constant_time_equal(expected, bytes(data[off2 : off2 + MAC_LEN])):
+            return MacState.VALID_MAC2
+        return MacState.VALID_MAC1
+
+    def make_reply(self, data: Buffer, sender_index: int, addr: Address, now: float) -> bytes:
+        """A cookie reply to the handshake message `data` that came from `addr`."""
+        off1, off2 = mac_offsets(data)
+        nonce = self._random(COOKIE_NONCE_LEN)
+        sealed = xaead_encrypt(
+            self._encryption_key, nonce, self._cookie(addr, now), bytes(data[off1:off2])
+        )
+        return CookieReply(sender_index, nonce, sealed).pack()
+
+
+class CookieGenerator:
+    """Initiator side for one peer: adds mac1/mac2 and keeps the peer's latest cookie."""
+
+    __slots__ = ("_cookie", "_cookie_born", "_decryption_key", "_last_mac1", "_mac1_key")
+
+    def __init__(self, peer_public: bytes) -> None:
+        self._mac1_key = hash_(LABEL_MAC1, peer_public)
+        self._decryption_key = hash_(LABEL_COOKIE, peer_public)
+        self._cookie: bytes | None = None
+        self._cookie_born = float("-inf")
+        self._last_mac1: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"CookieGenerator(has_cookie={self._cookie is not None})"
+
+    def add_macs(self, message: bytes, now: float) -> bytes:
+        """Fill mac1 (always) and mac2 (while a cookie younger than 120 s is held)."""
+        off1, _ = mac_offsets(message)
+        mac1 = mac(self._mac1_key, message[:off1])
+        self._last_mac1 = mac1
+        body = message[:off1] + mac1
+        if self._cookie is not None and now - self._cookie_born < COOKIE_REFRESH_TIME:
+            return body + mac(self._cookie, body)
+        return body + _ZERO_MAC
+
+    def consume_reply(self, reply: CookieReply, now: float) -> None:
+        """Store the cookie from a reply to the last message we MAC'd; MessageError if bogus."""
+        if self._last_mac1 is None:
+            raise MessageError("unexpected_cookie_reply")
+        try:
+            cookie = xaead_decrypt(
+                self._decryption_key, reply.nonce, reply.encrypted_cookie, self._last_mac1
+            )
+        except InvalidTag:
+            raise MessageError("bad_cookie_auth") from None
+        self._cookie, self._cookie_born = cookie, now
+        self._last_mac1 = None  # one reply per message sent

@@ -1,0 +1,236 @@
+"""One remote peer: its handshake, keypairs, timers, cookie and staged packets, tied together.
+
+Methods take `now` and return the datagrams to send to `peer.endpoint`; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+from .constants import (
+    KEEPALIVE_TIMEOUT,
+    REJECT_AFTER_TIME,
+    REKEY_AFTER_MESSAGES,
+    REKEY_AFTER_TIME,
+    REKEY_TIMEOUT,
+)
+from .cookie import Address, CookieGenerator
+from .crypto import tai64n
+from .keypair import Keypair, KeypairSet, TransportError
+from .noise import Handshake, create_initiation, create_response, derive_session
+from .timers import TimerAction, Timers
+
+if TYPE_CHECKING:
+    from .device import Device
+
+MAX_STAGED_PACKETS = 128  # packets held while a handshake is in flight (the kernel's figure)
+# The initiator rekeys on receive when a session gets this old (the kernel's last-minute rule).
+_LASTMINUTE_AGE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
+
+
+class Peer:
+    """All protocol state for one remote static key."""
+
+    __slots__ = (
+        "_device",
+        "cookies",
+        "endpoint",
+        "events",
+        "handshake",
+        "keypairs",
+        "last_handshake_wall",
+        "last_sent_handshake",
+        "mtu",
+        "public_key",
+        "rx_bytes",
+        "staged",
+        "timers",
+        "tx_bytes",
+    )
+
+    def __init__(
+        self,
+        device: Device,
+        public_key: bytes,
+        preshared_key: bytes | None = None,
+        persistent_keepalive: float = 0.0,
+        endpoint: Address | None = None,
+    ) -> None:
+        self._device = device
+        self.public_key = bytes(public_key)
+        self.handshake = Handshake(device.identity, public_key, preshared_key)
+        self.keypairs = KeypairSet(on_drop=device._forget_keypair)
+        self.timers = Timers(persistent_keepalive, jitter=device.jitter)
+        self.cookies = CookieGenerator(public_key)
+        self.endpoint = endpoint
+        self.last_sent_handshake = float("-inf")
+        self.last_handshake_wall: float | None = None  # wall-clock seconds, for `wg show`
+        self.rx_bytes = 0
+        self.tx_bytes = 0
+        self.mtu = 0  # padding cap; 0 pads to 16 with no cap
+        self.staged: deque[bytes] = deque(maxlen=MAX_STAGED_PACKETS)
+        # "handshake_complete", "give_up", "keys_zeroed": drained by the shell; bounded in case
+        # nobody does.
+        self.events: deque[str] = deque(maxlen=64)
+
+    def __repr__(self) -> str:
+        # A public key is public; show a short prefix so logs can tell peers apart.
+        return f"Peer({self.public_key[:4].hex()}..., endpoint={self.endpoint})"
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def keypair_for_sending(self, now: float) -> Keypair | None:
+        kp = self.keypairs.current
+        return kp if kp is not None and kp.sendable(now) else None
+
+    def initiate_handshake(self, now: float, retry: bool = False) -> list[bytes]:
+        """A new initiation unless one went out less than REKEY_TIMEOUT ago."""
+        if not retry:
+            self.timers.new_handshake_requested()
+        if now - self.last_sent_handshake < REKEY_TIMEOUT or self.handshake.precomputed_ss is None:
+            return []  # one in flight already, or a low-order peer key no handshake can use
+        self.last_sent_handshake = now
+        dev = self._device
+        index = dev._register_handshake(self)
+        msg = create_initiation(
+            self.handshake, index, tai64n(dev.wall_clock()), dev.ephemeral_factory()
+        )
+        data = self.cookies.add_macs(msg.pack(), now)
+        self.timers.any_authenticated_packet_traversal(now)
+        self.timers.any_authenticated_packet_sent(now)
+        self.timers.handshake_initiated(now)
+        return [data]
+
+    def create_response(self, now: float) -> bytes:
+        """Answer the initiation just consumed; the new keypair waits in `next`."""
+        dev = self._device
+        self.last_sent_handshake = now
+        index = dev._register_handshake(self)
+        msg = create_response(self.handshake, index, dev.ephemeral_factory())
+        data = self.cookies.add_macs(msg.pack(), now)
+        self._begin_session(now)
+        self.timers.any_authenticated_packet_traversal(now)
+        self.timers.any_authenticated_packet_sent(now)
+        return data
+
+    def _begin_session(self, now: float) -> Keypair:
+        kp = Keypair(derive_session(self.handshake), now, self)
+        self._device._register_keypair(kp)
+        self.keypairs.add(kp)
+        self.timers.session_derived(now)
+        return kp
+
+    def complete_as_initiator(self, now: float) -> list[bytes]:
+        """After a valid response: install the keypair and confirm it to the responder."""
+        self._begin_session(now)
+        self._handshake_complete(now)
+        out = self.flush_staged(now)
+        return out or self.keepalive(now)
+
+    def _handshake_complete(self, now: float) -> None:
+        self.timers.handshake_complete(now)
+        self.last_handshake_wall = self._device.wall_clock()
+        self.events.append("handshake_complete")
+
+    def send(self, packet: bytes, now: float) -> list[bytes]:
+        """Encrypt one IP packet (slow path); without a session, stage it and handshake."""
+        kp = self.keypair_for_sending(now)
+        if kp is None:
+            self.staged.append(packet)
+            return self.initiate_handshake(now)
+        try:
+            data = kp.encrypt(packet, now, self.mtu)
+        except TransportError:
+            self.staged.append(packet)
+            return self.initiate_handshake(now)
+        return [data, *self.after_send(now, kp, len(data), keepalive=not packet)]
+
+    def flush_staged(self, now: float) -> list[bytes]:
+        out: list[bytes] = []
+        while self.staged and self.keypair_for_sending(now) is not None:
+            out += self.send(self.staged.popleft(), now)
+        return out
+
+    def keepalive(self, now: float) -> list[bytes]:
+        kp = self.keypair_for_sending(now)
+        if kp is None:
+            return self.initiate_handshake(now)
+        data = kp.encrypt(b"", now)
+        return [data, *self.after_send(now, kp, len(data), keepalive=True)]
+
+    def after_send(
+        self, now: float, kp: Keypair, nbytes: int, keepalive: bool = False, packets: int = 1
+    ) -> list[bytes]:
+        """Timer and rekey bookkeeping after the data plane sent on `kp` (once per batch)."""
+        self.tx_bytes += nbytes
+        timers = self.timers
+        timers.any_authenticated_packet_traversal(now)
+        timers.any_authenticated_packet_sent(now)
+        if not keepalive:
+            timers.data_sent(now)
+        if kp.send_counter > REKEY_AFTER_MESSAGES or (
+            kp.is_initiator and now - kp.created >= REKEY_AFTER_TIME
+        ):
+            return self.initiate_handshake(now)
+        return []
+
+    # -- receiving --------------------------------------------------------------------------
+
+    def after_receive(
+        self, now: float, kp: Keypair, nbytes: int, keepalive: bool, source: Address | None = None
+    ) -> list[bytes]:
+        """Bookkeeping after an authenticated, replay-checked transport message on `kp`."""
+        self.rx_bytes += nbytes
+        if source is not None:
+            self.endpoint = source
+        out: list[bytes] = []
+        if self.keypairs.received_with(kp):
+            self._handshake_complete(now)
+            out += self.flush_staged(now)
+        current = self.keypairs.current
+        timers = self.timers
+        if (
+            current is not None
+            and current.is_initiator
+            and now - current.created >= _LASTMINUTE_AGE
+            and not timers.sent_lastminute_handshake
+        ):
+            timers.sent_lastminute_handshake = True
+            out += self.initiate_handshake(now)
+        timers.any_authenticated_packet_received(now)
+        timers.any_authenticated_packet_traversal(now)
+        if not keepalive:
+            timers.data_received(now)
+        return out
+
+    # -- timers -----------------------------------------------------------------------------
+
+    def poll(self, now: float) -> list[bytes]:
+        out: list[bytes] = []
+        for action in self.timers.poll(now):
+            if action is TimerAction.SEND_HANDSHAKE_RETRY:
+                out += self.initiate_handshake(now, retry=True)
+            elif action is TimerAction.SEND_HANDSHAKE:
+                out += self.initiate_handshake(now)
+            elif action is TimerAction.SEND_KEEPALIVE:
+                out += self.keepalive(now)
+                self.timers.keepalive_timer_sent(now)
+            elif action is TimerAction.SEND_PERSISTENT_KEEPALIVE:
+                out += self.keepalive(now)
+            elif action is TimerAction.GIVE_UP:
+                self.staged.clear()
+                self.events.append("give_up")
+            elif action is TimerAction.ZERO_KEYS:
+                self.zero_keys()
+        return out
+
+    def zero_keys(self) -> None:
+        """Forget every session key and the handshake in flight."""
+        self.keypairs.clear()
+        self._device._forget_handshake(self)
+        self.handshake.clear()
+        self.events.append("keys_zeroed")
+
+    def next_deadline(self) -> float | None:
+        return self.timers.next_deadline()
