@@ -134,7 +134,8 @@ class Host:
         offload fills in later, so judge checksums only on what arrives.
         """
         pcap = self.lab.path(f"{self.name}-{iface}-{len(self.lab.processes)}.pcap")
-        args = ["tcpdump", "-i", iface, "-n", "-U", "-s", str(snaplen), "-w", str(pcap)]
+        args = ["tcpdump", "-i", iface, "-n", "-U", "--immediate-mode", "-s", str(snaplen),
+                "-w", str(pcap)]
         if inbound_only:
             args += ["-Q", "in"]
         proc = self.start(*args, *([bpf] if bpf else []))

@@ -1,0 +1,345 @@
+"""The data path: TUN -> split -> encrypt -> UDP GSO, and UDP GRO -> decrypt -> coalesce -> TUN.
+
+Both directions run as event-loop reader callbacks that drain a bounded batch per wakeup;
+per-segment work is one AEAD call and a few slices, everything else happens once per batch.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+from vpn.offload import Coalesced, OffloadError, coalesce, split
+from vpn.packet.virtio import NO_OFFLOAD, VirtioNetHeader
+from vpn.tun import MAX_PACKET, TunDevice
+from vpn.udp import Address, UdpSocket, split_gro
+from vpn.wireguard import Device, Keypair, Peer, TransportError
+from vpn.wireguard.constants import MESSAGE_TRANSPORT, TRANSPORT_MIN_SIZE
+from vpn.wireguard.peer import MAX_STAGED_PACKETS
+
+log = logging.getLogger("vpn.datapath")
+
+# Encrypted datagrams are built in one buffer; past this much, a batch is sent in parts.
+SEND_BUFFER_BYTES = 4 << 20
+# A transport message is at most the padded packet plus header and tag.
+MAX_DATAGRAM = MAX_PACKET + TRANSPORT_MIN_SIZE + 16
+# More handshake messages than this per second means we are under load: demand cookies.
+UNDER_LOAD_PER_SECOND = 64
+
+
+@dataclass
+class DataPathStats:
+    """Counters of the offload picture and of every drop, by reason."""
+
+    tun_reads: int = 0
+    super_packets: int = 0
+    segments_split: int = 0
+    datagrams_sent: int = 0
+    send_batches: int = 0
+    datagrams_received: int = 0
+    packets_written: int = 0
+    tun_writes: int = 0
+    jumbo_frames: int = 0
+    jumbo_segments: int = 0
+    handshakes_received: int = 0
+    drops: Counter[str] = field(default_factory=Counter)
+
+    def summary(self) -> dict:
+        out = asdict(self)
+        out["drops"] = dict(self.drops)
+        return out
+
+
+class DataPath:
+    """Moves packets between one TUN device and one UDP socket for a WireGuard Device."""
+
+    def __init__(
+        self,
+        device: Device,
+        tun: TunDevice,
+        udp: UdpSocket,
+        *,
+        mtu: int,
+        clock: Callable[[], float],
+    ) -> None:
+        self.device = device
+        self.tun = tun
+        self.udp = udp
+        self.mtu = mtu
+        self.clock = clock
+        self.stats = DataPathStats()
+        self.coalescing = tun.vnet_hdr
+        self._send_buffer = bytearray(SEND_BUFFER_BYTES)
+        # Decrypted packets of one receive batch, side by side until written to the TUN.
+        self._recv_buffer = bytearray(udp.batch * (MAX_PACKET + 1))
+        self._load_window = 0.0
+        self._load_count = 0
+        self._under_load_until = 0.0
+
+    # -- TUN -> peers -----------------------------------------------------------------------
+
+    def on_tun_readable(self) -> None:
+        batch = self.tun.read_batch()
+        if not batch:
+            return
+        now = self.clock()
+        stats = self.stats
+        stats.tun_reads += len(batch)
+        lookup = self.device.allowed_ips.lookup
+        by_peer: dict[Peer, list[bytes | memoryview]] = {}
+        for header, packet in batch:
+            version = packet[0] >> 4 if packet else 0
+            if version == 4 and len(packet) >= 20:
+                peer = lookup(packet[16:20])
+            elif version == 6 and len(packet) >= 40:
+                peer = lookup(packet[24:40])
+            else:
+                stats.drops["tun_not_ip"] += 1
+                continue
+            if peer is None:
+                stats.drops["no_peer_for_destination"] += 1
+                continue
+            try:
+                segments = split(header, packet)
+            except OffloadError as err:
+                stats.drops[err.reason] += 1
+                continue
+            if header.gso_type:
+                stats.super_packets += 1
+                stats.segments_split += len(segments)
+            by_peer.setdefault(peer, []).extend(segments)
+        for peer, segments in by_peer.items():
+            self.send_to_peer(peer, segments, now)
+
+    def send_to_peer(self, peer: Peer, packets: list[bytes | memoryview], now: float) -> None:
+        """Encrypt `packets` for `peer` and send them in as few GSO sends as possible."""
+        endpoint = peer.endpoint
+        if endpoint is None:
+            self.stats.drops["peer_without_endpoint"] += len(packets)
+            return
+        kp = peer.keypair_for_sending(now)
+        if kp is None:
+            self.stage(peer, packets, now)
+            return
+        try:
+            sent = self._encrypt_and_send(kp, endpoint, packets)
+        except TransportError:  # the keypair ran out of nonces: rare, handshake again
+            self.stage(peer, packets, now)
+            return
+        self.send_control(peer, peer.after_send(now, kp, sent))
+
+    def _encrypt_and_send(
+        self, kp: Keypair, dest: Address, packets: Iterable[bytes | memoryview]
+    ) -> int:
+        buf = self._send_buffer
+        view = memoryview(buf)
+        capacity = len(buf) - MAX_DATAGRAM
+        encrypt_into = kp.encrypt_into
+        send_run = self._send_run
+        mtu = self.mtu
+        offset = run_start = run_size = run_count = 0
+        total = 0
+        for packet in packets:
+            if offset > capacity:
+                if run_count:
+                    send_run(dest, view, run_start, run_size, run_count, run_size)
+                    run_count = 0
+                total += offset
+                offset = 0
+            n = encrypt_into(packet, buf, offset, mtu)
+            if run_count and n == run_size:
+                run_count += 1
+            elif run_count and n < run_size:
+                # A shorter datagram ends a GSO run: only the last may be smaller.
+                send_run(dest, view, run_start, run_size, run_count + 1, n)
+                run_count = 0
+            else:
+                if run_count:
+                    send_run(dest, view, run_start, run_size, run_count, run_size)
+                run_start, run_size, run_count = offset, n, 1
+            offset += n
+        if run_count:
+            send_run(dest, view, run_start, run_size, run_count, run_size)
+        return total + offset
+
+    def _send_run(
+        self, dest: Address, view: memoryview, start: int, size: int, count: int, last: int
+    ) -> None:
+        end = start + size * (count - 1) + last
+        self.udp.send_segments(dest, view[start:end], size, count, last)
+        self.stats.datagrams_sent += count
+        self.stats.send_batches += 1
+
+    def stage(self, peer: Peer, packets: list[bytes | memoryview], now: float) -> None:
+        """No usable session: hold the newest packets (bounded) and start a handshake."""
+        overflow = len(peer.staged) + len(packets) - MAX_STAGED_PACKETS
+        if overflow > 0:
+            self.stats.drops["staged_queue_full"] += overflow
+        peer.staged.extend(bytes(p) for p in packets[-MAX_STAGED_PACKETS:])
+        self.send_control(peer, peer.initiate_handshake(now))
+
+    def send_control(self, peer: Peer, datagrams: list[bytes]) -> None:
+        """Handshake messages, keepalives and flushed staged packets, one send each."""
+        if not datagrams:
+            return
+        if peer.endpoint is None:
+            self.stats.drops["peer_without_endpoint"] += len(datagrams)
+            return
+        for datagram in datagrams:
+            self.udp.send(peer.endpoint, datagram)
+        self.stats.datagrams_sent += len(datagrams)
+
+    # -- peers -> TUN -----------------------------------------------------------------------
+
+    def on_udp_readable(self) -> None:
+        received = self.udp.receive_batch()
+        if not received:
+            return
+        now = self.clock()
+        stats = self.stats
+        drops = stats.drops
+        keypair_for_index = self.device.keypair_for_index
+        lookup = self.device.allowed_ips.lookup
+        buf = self._recv_buffer
+        view = memoryview(buf)
+        offset = 0
+        packets: list[memoryview] = []
+        # keypair -> [bytes received, data packets, latest source]
+        sessions: dict[Keypair, list] = {}
+        for data, segment_size, source in received:
+            datagrams = split_gro(data, segment_size) if segment_size < len(data) else (data,)
+            stats.datagrams_received += len(datagrams)
+            for datagram in datagrams:
+                if datagram[0] != MESSAGE_TRANSPORT or len(datagram) < TRANSPORT_MIN_SIZE:
+                    self.on_handshake_message(datagram, source, now)
+                    continue
+                kp = keypair_for_index(int.from_bytes(datagram[4:8], "little"))
+                if kp is None:
+                    drops["unknown_receiver_index"] += 1
+                    continue
+                session = sessions.get(kp)
+                if session is None:
+                    if not kp.receivable(now):
+                        drops["keypair_expired"] += 1
+                        continue
+                    session = sessions[kp] = [0, 0, source]
+                try:
+                    n = kp.decrypt_into(datagram, buf, offset)
+                except TransportError as err:
+                    drops[err.reason] += 1
+                    continue
+                session[0] += len(datagram)
+                session[2] = source
+                if n == 0:
+                    continue  # a keepalive
+                packet = view[offset : offset + n]
+                version = packet[0] >> 4
+                if version == 4 and n >= 20:
+                    length = int.from_bytes(packet[2:4], "big")
+                    src = packet[12:16]
+                elif version == 6 and n >= 40:
+                    length = 40 + int.from_bytes(packet[4:6], "big")
+                    src = packet[8:24]
+                else:
+                    drops["inner_not_ip"] += 1
+                    continue
+                if length > n:
+                    drops["inner_bad_length"] += 1
+                    continue
+                # Cryptokey routing: the inner source must be one of this peer's AllowedIPs.
+                if lookup(src) is not kp.peer:
+                    drops["source_not_allowed"] += 1
+                    continue
+                session[1] += 1
+                packets.append(packet[:length])  # the padding stays behind
+                offset += n
+        if packets:
+            self.write_to_tun(packets)
+        for kp, (nbytes, count, source) in sessions.items():
+            peer = kp.peer
+            before = peer.endpoint
+            self.send_control(
+                peer, peer.after_receive(now, kp, nbytes, keepalive=count == 0, source=source)
+            )
+            if peer.endpoint != before:
+                log.info("peer %s endpoint changed to %s", short_key(peer), endpoint_text(source))
+
+    def on_handshake_message(self, datagram: memoryview, source: Address, now: float) -> None:
+        self.stats.handshakes_received += 1
+        result = self.device.handle_handshake_message(
+            bytes(datagram), source, now, under_load=self._under_load(now)
+        )
+        if result.drop_reason:
+            self.stats.drops[result.drop_reason] += 1
+        for reply in result.replies:
+            self.udp.send(source, reply)
+        self.stats.datagrams_sent += len(result.replies)
+
+    def _under_load(self, now: float) -> bool:
+        """Too many handshake messages in the current second: cookies for a second more."""
+        if now - self._load_window >= 1.0:
+            self._load_window, self._load_count = now, 0
+        self._load_count += 1
+        if self._load_count > UNDER_LOAD_PER_SECOND:
+            self._under_load_until = now + 1.0
+        return now < self._under_load_until
+
+    def write_to_tun(self, packets: list[memoryview]) -> None:
+        stats = self.stats
+        stats.packets_written += len(packets)
+        if not self.coalescing:
+            for packet in packets:
+                self._write(Coalesced(NO_OFFLOAD, [packet]))
+            return
+        for frame in coalesce(packets, udp=self.tun.offload.uso):
+            self._write(frame)
+
+    def _write(self, frame: Coalesced) -> None:
+        try:
+            self.tun.write(frame.header, frame.parts)
+        except BlockingIOError:
+            self.stats.drops["tun_write_full"] += frame.segments
+            return
+        except OSError as err:
+            if err.errno == errno.EINVAL and frame.segments > 1:
+                self._refuse_coalescing(frame)
+                return
+            self.stats.drops[f"tun_write_{errno.errorcode.get(err.errno, err.errno)}"] += 1
+            return
+        self.stats.tun_writes += 1
+        if frame.segments > 1:
+            self.stats.jumbo_frames += 1
+            self.stats.jumbo_segments += frame.segments
+
+    def _refuse_coalescing(self, frame: Coalesced) -> None:
+        """Some stable kernels reject valid coalesced writes: write plain from now on."""
+        log.warning("the kernel refused a coalesced TUN write (EINVAL); writing segments "
+                    "one by one from now on")
+        self.coalescing = False
+        self.stats.drops["gro_write_refused"] += 1
+        header = VirtioNetHeader.unpack(frame.header)
+        for segment in split(header, b"".join(frame.parts)):
+            self._write(Coalesced(NO_OFFLOAD, [segment]))
+
+    # -- timers -----------------------------------------------------------------------------
+
+    def on_tick(self) -> None:
+        """Run the protocol timers: retransmits, keepalives, rekeys, key expiry."""
+        for peer, datagram in self.device.poll(self.clock()):
+            self.send_control(peer, [datagram])
+
+
+def short_key(peer: Peer) -> str:
+    """A peer's public key as `wg` prints it, shortened for logs."""
+    return base64.b64encode(peer.public_key).decode()[:8] + "..."
+
+
+def endpoint_text(address: Address | None) -> str:
+    if address is None:
+        return "(none)"
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
