@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.integration import wg_lab
 from tests.integration.relay_lab import B4, host_to_host
 from tests.netns import Lab, lab_unavailable_reason
 from tests.unit.packets import tcp_super_packet
@@ -76,6 +77,41 @@ def relay_throughput(rounds: int, seconds: float) -> dict[str, object]:
     }
 
 
+ENDPOINT_MODES = ("ours", "ours-offload-off", "wireguard-go")
+
+
+def endpoint_throughput(rounds: int, seconds: float) -> dict[str, object]:
+    """iperf3 a->b through a WireGuard tunnel between two hosts, both ends of one kind:
+    this project with offloads, this project with `Offload = off`, Debian's wireguard-go."""
+    samples: dict[str, list[float]] = {mode: [] for mode in ENDPOINT_MODES}
+    counters: dict[str, dict] = {}
+    for _ in range(rounds):
+        for mode in ENDPOINT_MODES:
+            with Lab() as lab:
+                pair = wg_lab.build(lab)
+                for node in (pair.a, pair.b):
+                    if mode == "wireguard-go":
+                        pair.start_wireguard_go(node)
+                    else:
+                        pair.start_ours(node, offload=mode == "ours")
+                pair.a.host.run("ping", "-c", "2", "-i", "0.2", "-W", "5", pair.b.tunnel4)
+                result = pair.a.host.iperf3(pair.b.host, pair.b.tunnel4, seconds=seconds)
+                if mode != "wireguard-go":
+                    counters[mode] = {
+                        "sender": wg_lab.final_counters(pair.stop(pair.a)),
+                        "receiver": wg_lab.final_counters(pair.stop(pair.b)),
+                    }
+            samples[mode].append(result["end"]["sum_received"]["bits_per_second"] / 1e9)
+    medians = {mode: statistics.median(v) for mode, v in samples.items()}
+    return {
+        "gbps_samples": samples,
+        "gbps_median": medians,
+        "ours_over_wireguard_go": medians["ours"] / medians["wireguard-go"],
+        "ours_over_offload_off": medians["ours"] / medians["ours-offload-off"],
+        "counters": counters,
+    }
+
+
 def veth_throughput(rounds: int, seconds: float) -> list[float]:
     """Plain veth between two namespaces: the ceiling of this machine."""
     samples = []
@@ -117,6 +153,22 @@ def print_table(report: dict) -> None:
         rows.append(("relay offload segments per super-packet / per jumbo frame",
                      f"{counters.get('segments_per_super_packet')} / "
                      f"{counters.get('segments_per_jumbo_frame')}"))
+    endpoint = report.get("endpoint")
+    if endpoint:
+        for mode, gbps in endpoint["gbps_median"].items():
+            samples = ", ".join(f"{s:.2f}" for s in endpoint["gbps_samples"][mode])
+            rows.append((f"tunnel {mode} iperf3 a->b", f"{gbps:6.2f} Gb/s  [{samples}]"))
+        rows.append(("tunnel ours / wireguard-go", f"{endpoint['ours_over_wireguard_go']:6.2f}x"))
+        rows.append(("tunnel ours / ours with Offload = off",
+                     f"{endpoint['ours_over_offload_off']:6.2f}x"))
+        ours = endpoint["counters"].get("ours", {})
+        if ours:
+            tx, rx = ours["sender"], ours["receiver"]
+            udp = tx["udp"]
+            rows.append(("tunnel ours: datagrams per UDP GSO send (sender)",
+                         f"{udp['gso_segments'] / max(udp['gso_sends'], 1):6.1f}"))
+            rows.append(("tunnel ours: segments per jumbo TUN write (receiver)",
+                         f"{rx['jumbo_segments'] / max(rx['jumbo_frames'], 1):6.1f}"))
     if report.get("veth_gbps"):
         rows.append(("plain veth iperf3 (ceiling)",
                      f"{statistics.median(report['veth_gbps']):6.2f} Gb/s"))
@@ -146,6 +198,7 @@ def main() -> int:
             print(f"bench: RELAY THROUGHPUT NOT MEASURED: {reason}", file=sys.stderr)
     else:
         report["relay"] = relay_throughput(args.rounds, args.seconds)
+        report["endpoint"] = endpoint_throughput(args.rounds, args.seconds)
         report["veth_gbps"] = veth_throughput(args.rounds, args.seconds)
     print_table(report)
     RESULTS.mkdir(exist_ok=True)

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from vpn.offload import Coalesced, OffloadError, coalesce, split
 from vpn.packet.virtio import NO_OFFLOAD, VirtioNetHeader
 from vpn.tun import MAX_PACKET, TunDevice
-from vpn.udp import Address, UdpSocket, split_gro
+from vpn.udp import Address, UdpSocket, UdpStats, split_gro
 from vpn.wireguard import Device, Keypair, Peer, TransportError
 from vpn.wireguard.constants import MESSAGE_TRANSPORT, TRANSPORT_MIN_SIZE
 from vpn.wireguard.peer import MAX_STAGED_PACKETS
@@ -33,13 +33,14 @@ UNDER_LOAD_PER_SECOND = 64
 
 @dataclass
 class DataPathStats:
-    """Counters of the offload picture and of every drop, by reason."""
+    """Counters of the offload picture and of every drop, by reason; `udp` holds the
+    socket's own (GSO sends and segments, GRO receives), so one summary tells it all."""
 
+    udp: UdpStats
     tun_reads: int = 0
     super_packets: int = 0
     segments_split: int = 0
     datagrams_sent: int = 0
-    send_batches: int = 0
     datagrams_received: int = 0
     packets_written: int = 0
     tun_writes: int = 0
@@ -51,6 +52,7 @@ class DataPathStats:
     def summary(self) -> dict:
         out = asdict(self)
         out["drops"] = dict(self.drops)
+        out["udp"] = self.udp.summary()
         return out
 
 
@@ -71,7 +73,7 @@ class DataPath:
         self.udp = udp
         self.mtu = mtu
         self.clock = clock
-        self.stats = DataPathStats()
+        self.stats = DataPathStats(udp.stats)
         self.coalescing = tun.vnet_hdr
         self._send_buffer = bytearray(SEND_BUFFER_BYTES)
         # Decrypted packets of one receive batch, side by side until written to the TUN.
@@ -172,7 +174,6 @@ class DataPath:
         end = start + size * (count - 1) + last
         self.udp.send_segments(dest, view[start:end], size, count, last)
         self.stats.datagrams_sent += count
-        self.stats.send_batches += 1
 
     def stage(self, peer: Peer, packets: list[bytes | memoryview], now: float) -> None:
         """No usable session: hold the newest packets (bounded) and start a handshake."""

@@ -55,9 +55,16 @@ class WgPair:
     lab: Lab
     a: Node
     b: Node
+    # Extra AllowedIPs of the peer behind each side (site to site: the LAN behind it).
+    behind: dict[str, list[str]] = field(default_factory=dict)
+    underlay: int = 4  # the IP version peers' Endpoints use
 
     def peer_of(self, node: Node) -> Node:
         return self.b if node is self.a else self.a
+
+    def endpoint_of(self, node: Node) -> str:
+        v4, v6 = UNDERLAY[node.side]
+        return f"{v4}:{PORT[node.side]}" if self.underlay == 4 else f"[{v6}]:{PORT[node.side]}"
 
     def write_config(self, node: Node, *, keepalive: int = 0, offload: bool = True) -> Path:
         other = self.peer_of(node)
@@ -73,8 +80,10 @@ class WgPair:
             "",
             "[Peer]",
             f"PublicKey = {other.public}",
-            f"AllowedIPs = {other.tunnel4}/32, {other.tunnel6}/128",
-            f"Endpoint = {UNDERLAY[other.side][0]}:{PORT[other.side]}",
+            "AllowedIPs = " + ", ".join(
+                [f"{other.tunnel4}/32", f"{other.tunnel6}/128", *self.behind.get(other.side, [])]
+            ),
+            f"Endpoint = {self.endpoint_of(other)}",
             *([f"PersistentKeepalive = {keepalive}"] if keepalive else []),
         ]
         path = self.lab.path(f"{node.ifname}.conf")
@@ -85,15 +94,8 @@ class WgPair:
 
     def start_ours(self, node: Node, *, keepalive: int = 0, offload: bool = True) -> Process:
         config = self.write_config(node, keepalive=keepalive, offload=offload)
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        proc = node.host.start(sys.executable, "-m", "vpn.cli", "-v", "up", str(config), env=env)
-        node.kind, node.process = "ours", proc
-        deadline = time.monotonic() + 20
-        while f"interface {node.ifname} up" not in proc.output():
-            if proc.popen.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"vpn up did not come up:\n{proc.output()}")
-            time.sleep(0.05)
-        return proc
+        node.kind, node.process = "ours", start_vpn(node.host, config)
+        return node.process
 
     def start_wireguard_go(self, node: Node, *, keepalive: int = 0) -> Process:
         other = self.peer_of(node)
@@ -107,8 +109,9 @@ class WgPair:
         args = ["wg", "set", node.ifname, "private-key", str(key),
                 "listen-port", str(PORT[node.side]),
                 "peer", other.public,
-                "allowed-ips", f"{other.tunnel4}/32,{other.tunnel6}/128",
-                "endpoint", f"{UNDERLAY[other.side][0]}:{PORT[other.side]}"]
+                "allowed-ips", ",".join([f"{other.tunnel4}/32", f"{other.tunnel6}/128",
+                                         *self.behind.get(other.side, [])]),
+                "endpoint", self.endpoint_of(other)]
         if keepalive:
             args += ["persistent-keepalive", str(keepalive)]
         host.run(*args)
@@ -128,7 +131,19 @@ class WgPair:
         return output
 
 
-def build(lab: Lab) -> WgPair:
+def start_vpn(host: Host, config: Path) -> Process:
+    """`vpn -v up CONFIG` in `host`, once it has logged that the interface is up."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = host.start(sys.executable, "-m", "vpn.cli", "-v", "up", str(config), env=env)
+    deadline = time.monotonic() + 20
+    while f"interface {config.stem} up" not in proc.output():
+        if proc.popen.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"vpn up did not come up:\n{proc.output()}")
+        time.sleep(0.05)
+    return proc
+
+
+def build(lab: Lab, *, underlay: int = 4) -> WgPair:
     a, b = lab.host("a"), lab.host("b")
     lab.link(a, b, a_addrs=[f"{UNDERLAY['a'][0]}/24", f"{UNDERLAY['a'][1]}/64"],
              b_addrs=[f"{UNDERLAY['b'][0]}/24", f"{UNDERLAY['b'][1]}/64"])
@@ -139,7 +154,29 @@ def build(lab: Lab) -> WgPair:
         private = wg("genkey")
         nodes.append(Node(host, side, private, wg("pubkey", input=private),
                           f"wg{side}{suffix}"))
-    return WgPair(lab, *nodes)
+    return WgPair(lab, *nodes, underlay=underlay)
+
+
+CLIENT_NET, LAN_NET = "198.18.20.0/24", "198.18.22.0/24"
+CLIENT, LAN = "198.18.20.2", "198.18.22.2"
+
+
+def site_to_site(lab: Lab) -> tuple[WgPair, Host, Host]:
+    """client -- gw-a (a) == tunnel == gw-b (b) -- lan, the LAN link with MTU 1500 and
+    segmentation offload off on gw-b's side, so jumbo frames written into gw-b's TUN must be
+    resegmented in software before they reach the LAN."""
+    pair = build(lab)
+    pair.behind = {"a": [CLIENT_NET], "b": [LAN_NET]}
+    client, lan = lab.host("client"), lab.host("lan")
+    lab.link(client, pair.a.host, a_addrs=[f"{CLIENT}/24"], b_addrs=["198.18.20.1/24"])
+    gw_if, _ = lab.link(pair.b.host, lan, a_addrs=["198.18.22.1/24"], b_addrs=[f"{LAN}/24"],
+                        mtu=1500)
+    pair.b.host.run("ethtool", "-K", gw_if, "tso", "off", "gso", "off", "tx", "off")
+    for gw in (pair.a.host, pair.b.host):
+        gw.sysctl("net.ipv4.ip_forward", 1)
+    client.run("ip", "route", "add", LAN_NET, "via", "198.18.20.1")
+    lan.run("ip", "route", "add", CLIENT_NET, "via", "198.18.22.1")
+    return pair, client, lan
 
 
 _COUNTERS = re.compile(r"offload: (\{.*\})")
