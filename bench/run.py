@@ -78,13 +78,29 @@ def relay_throughput(rounds: int, seconds: float) -> dict[str, object]:
 
 
 ENDPOINT_MODES = ("ours", "ours-offload-off", "wireguard-go")
+# (parallel streams, reverse): a->b with one and four streams, and b->a.
+FLOWS = ((1, False), (4, False), (1, True), (4, True))
+
+
+def flow_name(streams: int, reverse: bool) -> str:
+    return f"{'b->a' if reverse else 'a->b'} x{streams}"
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def endpoint_throughput(rounds: int, seconds: float) -> dict[str, object]:
-    """iperf3 a->b through a WireGuard tunnel between two hosts, both ends of one kind:
-    this project with offloads, this project with `Offload = off`, Debian's wireguard-go."""
-    samples: dict[str, list[float]] = {mode: [] for mode in ENDPOINT_MODES}
+    """iperf3 through a WireGuard tunnel between two hosts, both ends of one kind: this
+    project with offloads, this project with `Offload = off`, Debian's wireguard-go."""
+    samples: dict[str, dict[str, list[float]]] = {
+        mode: {flow_name(*flow): [] for flow in FLOWS} for mode in ENDPOINT_MODES
+    }
     counters: dict[str, dict] = {}
+    rss: dict[str, list[float]] = {mode: [] for mode in ENDPOINT_MODES if mode != "wireguard-go"}
     for _ in range(rounds):
         for mode in ENDPOINT_MODES:
             with Lab() as lab:
@@ -95,19 +111,28 @@ def endpoint_throughput(rounds: int, seconds: float) -> dict[str, object]:
                     else:
                         pair.start_ours(node, offload=mode == "ours")
                 pair.a.host.run("ping", "-c", "2", "-i", "0.2", "-W", "5", pair.b.tunnel4)
-                result = pair.a.host.iperf3(pair.b.host, pair.b.tunnel4, seconds=seconds)
+                for streams, reverse in FLOWS:
+                    result = pair.a.host.iperf3(pair.b.host, pair.b.tunnel4, seconds=seconds,
+                                                reverse=reverse, extra=("-P", str(streams)))
+                    gbps = result["end"]["sum_received"]["bits_per_second"] / 1e9
+                    samples[mode][flow_name(streams, reverse)].append(gbps)
                 if mode != "wireguard-go":
+                    assert pair.a.process is not None and pair.b.process is not None
+                    rss[mode].append(max(peak_rss_mb(n.process.pid) for n in (pair.a, pair.b)
+                                         if n.process is not None))
                     counters[mode] = {
                         "sender": wg_lab.final_counters(pair.stop(pair.a)),
                         "receiver": wg_lab.final_counters(pair.stop(pair.b)),
                     }
-            samples[mode].append(result["end"]["sum_received"]["bits_per_second"] / 1e9)
-    medians = {mode: statistics.median(v) for mode, v in samples.items()}
+    medians = {mode: {flow: statistics.median(v) for flow, v in flows.items()}
+               for mode, flows in samples.items()}
+    single = flow_name(1, False)
     return {
         "gbps_samples": samples,
         "gbps_median": medians,
-        "ours_over_wireguard_go": medians["ours"] / medians["wireguard-go"],
-        "ours_over_offload_off": medians["ours"] / medians["ours-offload-off"],
+        "ours_over_wireguard_go": medians["ours"][single] / medians["wireguard-go"][single],
+        "ours_over_offload_off": medians["ours"][single] / medians["ours-offload-off"][single],
+        "peak_rss_mb": {mode: max(v) for mode, v in rss.items() if v},
         "counters": counters,
     }
 
@@ -155,12 +180,16 @@ def print_table(report: dict) -> None:
                      f"{counters.get('segments_per_jumbo_frame')}"))
     endpoint = report.get("endpoint")
     if endpoint:
-        for mode, gbps in endpoint["gbps_median"].items():
-            samples = ", ".join(f"{s:.2f}" for s in endpoint["gbps_samples"][mode])
-            rows.append((f"tunnel {mode} iperf3 a->b", f"{gbps:6.2f} Gb/s  [{samples}]"))
-        rows.append(("tunnel ours / wireguard-go", f"{endpoint['ours_over_wireguard_go']:6.2f}x"))
-        rows.append(("tunnel ours / ours with Offload = off",
-                     f"{endpoint['ours_over_offload_off']:6.2f}x"))
+        for mode, flows in endpoint["gbps_median"].items():
+            for flow, gbps in flows.items():
+                samples = ", ".join(f"{s:.2f}" for s in endpoint["gbps_samples"][mode][flow])
+                rows.append((f"tunnel {mode} iperf3 {flow}", f"{gbps:6.2f} Gb/s  [{samples}]"))
+        rows.append(("tunnel ours / wireguard-go (a->b x1)",
+                     f"{endpoint['ours_over_wireguard_go']:6.2f}x (goal 3x)"))
+        rows.append(("tunnel ours / ours with Offload = off (a->b x1)",
+                     f"{endpoint['ours_over_offload_off']:6.2f}x (goal 5x)"))
+        for mode, mb in endpoint["peak_rss_mb"].items():
+            rows.append((f"tunnel {mode}: peak RSS of an endpoint", f"{mb:6.1f} MB (goal < 80)"))
         ours = endpoint["counters"].get("ours", {})
         if ours:
             tx, rx = ours["sender"], ours["receiver"]
@@ -177,6 +206,45 @@ def print_table(report: dict) -> None:
     print(f"{'-' * width}  {'-' * 30}")
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
+
+
+def draw_chart(report: dict) -> Path:
+    """A bar chart of the medians next to each other, for the README."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, values, colours = [], [], []
+    for mode, flows in report["endpoint"]["gbps_median"].items():
+        for flow, gbps in flows.items():
+            labels.append(f"{mode}\n{flow}")
+            values.append(gbps)
+            colours.append({"ours": "tab:green", "ours-offload-off": "tab:olive"}.get(
+                mode, "tab:gray"))
+    for mode, gbps in (report.get("relay") or {}).get("gbps_median", {}).items():
+        labels.append(f"relay\n{mode}")
+        values.append(gbps)
+        colours.append("tab:blue")
+    if report.get("veth_gbps"):
+        labels.append("plain\nveth")
+        values.append(statistics.median(report["veth_gbps"]))
+        colours.append("tab:purple")
+    fig, ax = plt.subplots(figsize=(13, 4.5))
+    ax.bar(range(len(values)), values, color=colours)
+    ax.set_xticks(range(len(values)), labels, fontsize=7)
+    ax.set_ylabel("Gb/s (iperf3, median)")
+    ax.set_yscale("log")
+    machine = report["machine"]
+    ax.set_title(f"make bench, {machine['when']}: kernel {machine['kernel']}, "
+                 f"Python {machine['python']}, {machine['cpus']} CPUs")
+    for i, v in enumerate(values):
+        ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
+    fig.tight_layout()
+    path = Path(__file__).resolve().parents[1] / "docs" / "bench.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def main() -> int:
@@ -201,6 +269,9 @@ def main() -> int:
         report["endpoint"] = endpoint_throughput(args.rounds, args.seconds)
         report["veth_gbps"] = veth_throughput(args.rounds, args.seconds)
     print_table(report)
+    if "endpoint" in report:
+        chart = draw_chart(report)
+        print(f"chart: {chart}")
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for path in (RESULTS / f"bench-{stamp}.json", RESULTS / "latest.json"):
