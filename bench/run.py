@@ -218,7 +218,8 @@ def draw_chart(report: dict) -> Path:
     labels, values, colours = [], [], []
     for mode, flows in report["endpoint"]["gbps_median"].items():
         for flow, gbps in flows.items():
-            labels.append(f"{mode}\n{flow}")
+            short = {"ours-offload-off": "ours\nOffload=off", "wireguard-go": "wg-go"}
+            labels.append(f"{short.get(mode, mode)}\n{flow}")
             values.append(gbps)
             colours.append({"ours": "tab:green", "ours-offload-off": "tab:olive"}.get(
                 mode, "tab:gray"))
