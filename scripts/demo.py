@@ -1,7 +1,8 @@
-"""`make demo`: two hosts in network namespaces joined by the offload relay, a ping, a
-throughput run with a live progress line, and the offload counters; then a full teardown.
+"""`make demo`: the site-to-site topology in network namespaces with two of our endpoints,
+their handshake, a ping, a throughput run with a live progress line and the offload
+counters; then a full teardown, also on Ctrl-C.
 
-Ctrl-C at any point still removes every namespace and process it made.
+    client -- gw-a [vpn] ==WireGuard over veth== gw-b [vpn] -- lan
 """
 
 from __future__ import annotations
@@ -14,52 +15,67 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.integration.relay_lab import A4, B4, host_to_host
-from tests.netns import Lab, LabUnavailable
+from tests.integration.wg_lab import LAN, final_counters, site_to_site
+from tests.netns import Host, Lab, LabUnavailable
 
 
 def step(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def live_iperf3(run, seconds: int) -> None:
-    server = run.b.start("iperf3", "-s", "-1", "-p", "5299")
-    run.b.wait_for("ss -ltn | grep -q ':5299 '")
-    args = run.a.command(["iperf3", "-c", B4, "-p", "5299", "-t", str(seconds), "-i", "1",
-                          "--forceflush"])
-    with subprocess.Popen(args, stdout=subprocess.PIPE, text=True) as client:
-        assert client.stdout is not None
-        for line in client.stdout:
+def live_iperf3(client: Host, server: Host, seconds: int) -> None:
+    srv = server.start("iperf3", "-s", "-1", "-p", "5299")
+    server.wait_for("ss -ltn | grep -q ':5299 '")
+    args = client.command(["iperf3", "-c", LAN, "-p", "5299", "-t", str(seconds), "-i", "1",
+                           "--forceflush"])
+    with subprocess.Popen(args, stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
             rate = re.search(r"([\d.]+ [GM]bits/sec)", line)
-            if rate and "sender" not in line and "receiver" not in line:
-                print(f"\r   {line.split(']')[1].split('sec')[0].strip()} s: "
-                      f"{rate.group(1):>16}", end="", flush=True)
-            elif "receiver" in line and rate:
+            if not rate:
+                continue
+            if "receiver" in line:
                 print(f"\r   average over {seconds} s: {rate.group(1):>16}        ", flush=True)
-    server.stop()
+            elif "sender" not in line:
+                interval = line.split("]")[1].split("sec")[0].strip()
+                print(f"\r   {interval} s: {rate.group(1):>16}", end="", flush=True)
+    srv.stop()
 
 
 def main() -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         with Lab() as lab:
-            step("building hosts a and b (network namespaces) and the offload relay between "
-                 "their TUN devices")
-            run = host_to_host(lab)
-            print("   " + run.relay.output().strip().splitlines()[-1])
-            print(f"   a: {A4} on relay0   b: {B4} on relay0   (TUN MTU 1420)")
-            step(f"ping {B4} from a")
-            print(run.a.run("ping", "-c", "3", "-i", "0.2", B4).stdout.strip()
-                  .splitlines()[-2].join(["   ", ""]))
-            step("iperf3 a -> b for 5 s through split + coalesce")
-            live_iperf3(run, 5)
-            stats = run.stop()["a_to_b"]
-            step("offload counters a -> b")
-            print(f"   super-packets read:        {stats['super_packets']}")
-            print(f"   segments per super-packet: {stats['segments_per_super_packet']}")
-            print(f"   jumbo frames written:      {stats['jumbo_frames']}")
-            print(f"   segments per jumbo frame:  {stats['segments_per_jumbo_frame']}")
-            print(f"   drops:                     {stats['drops'] or 'none'}")
+            step("building client, gw-a, gw-b and lan (network namespaces joined by veth)")
+            pair, client, lan = site_to_site(lab)
+            for node in (pair.a, pair.b):
+                pair.start_ours(node)
+                assert node.process is not None
+                up = [ln for ln in node.process.output().splitlines() if " up: " in ln][-1]
+                print(f"   gw-{node.side}: {up.split('vpn.endpoint: ')[1]}")
+            step(f"ping {LAN} (lan) from client: the first packet starts the handshake")
+            ping = client.run("ping", "-c", "3", "-i", "0.3", "-W", "5", LAN).stdout
+            print("   " + ping.strip().splitlines()[-2])
+            assert pair.a.process is not None
+            for line in pair.a.process.output().splitlines():
+                if "handshake completed" in line:
+                    print("   gw-a: " + line.split("vpn.endpoint: ")[1])
+            step("iperf3 client -> lan for 5 s, through the tunnel")
+            live_iperf3(client, lan, 5)
+            step("offload counters of the run")
+            sender = final_counters(pair.stop(pair.a))
+            receiver = final_counters(pair.stop(pair.b))
+            udp = sender["udp"]
+            print(f"   gw-a read {sender['super_packets']} super-packets from its TUN "
+                  f"({sender['segments_split'] / max(sender['super_packets'], 1):.1f} "
+                  "segments each)")
+            print(f"   gw-a sent {udp['gso_segments']} datagrams in {udp['gso_sends']} UDP GSO "
+                  f"sends ({udp['gso_segments'] / max(udp['gso_sends'], 1):.1f} per send)")
+            print(f"   gw-b wrote {receiver['jumbo_frames']} jumbo frames to its TUN "
+                  f"({receiver['jumbo_segments'] / max(receiver['jumbo_frames'], 1):.1f} "
+                  "segments each), which the kernel resegmented for the 1500-byte lan link")
+            drops = {**sender["drops"], **receiver["drops"]}
+            print(f"   drops: {drops or 'none'}")
             step("tearing down")
     except LabUnavailable as err:
         print(f"demo: cannot build the hosts: {err}", file=sys.stderr)
