@@ -148,6 +148,90 @@ async def _serve(endpoint: Endpoint) -> int:
     return EXIT_OK
 
 
+def _add_show_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("interface", nargs="?", help="interface name (default: every one)")
+    parser.add_argument("--json", action="store_true", help="print JSON (documented keys)")
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """`wg show` plus the offload counters, read over the management socket."""
+    import json
+    import time
+
+    from vpn import show, uapi, uapi_server
+
+    names = [args.interface] if args.interface else uapi_server.interfaces()
+    views, status = [], EXIT_OK
+    for name in names:
+        try:
+            answers = uapi_server.request(
+                name, f"{uapi.OP_GET}\n\n{uapi.OP_STATS}\n\n"
+            )
+            snapshot = uapi.parse_get(answers[0] if answers else [])
+        except (OSError, uapi.UapiError, ValueError) as error:
+            print(f"{PROG}: {name}: cannot read the interface: {error}", file=sys.stderr)
+            status = EXIT_FAILURE
+            continue
+        try:
+            # wireguard-go closes the connection on our stats request: show it without them.
+            stats = uapi.parse_stats(answers[1]) if len(answers) > 1 else None
+        except (uapi.UapiError, ValueError):
+            stats = None
+        views.append(show.show_view(name, snapshot, stats))
+    if args.json:
+        print(json.dumps(views[0] if args.interface and views else views, indent=2))
+    else:
+        print("\n\n".join(show.show_text(view, time.time()) for view in views))
+    return status
+
+
+def _add_down_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("interface", help="interface name")
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    """Ask a running endpoint to stop (set=vpn-down), then wait until its socket is gone."""
+    import time
+
+    from vpn import uapi, uapi_server
+
+    try:
+        path = uapi_server.socket_path(args.interface)
+        answers = uapi_server.request(args.interface, f"{uapi.OP_DOWN}\n\n")
+    except OSError as error:
+        print(f"{PROG}: {args.interface}: cannot reach the endpoint: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    if not answers or answers[0] != ["errno=0"]:
+        print(f"{PROG}: {args.interface}: the endpoint refused to stop: {answers}",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    # The endpoint removes its socket last-but-one, after the interface and routes.
+    deadline = time.monotonic() + 15
+    while path.exists():
+        if time.monotonic() > deadline:
+            print(f"{PROG}: {args.interface}: still running after 15 s", file=sys.stderr)
+            return EXIT_FAILURE
+        time.sleep(0.05)
+    return EXIT_OK
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Ask a running endpoint to re-read its config file (as SIGHUP does), and wait for it."""
+    from vpn import uapi, uapi_server
+
+    try:
+        answers = uapi_server.request(args.interface, f"{uapi.OP_RELOAD}\n\n", timeout=30)
+    except OSError as error:
+        print(f"{PROG}: {args.interface}: cannot reach the endpoint: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    if not answers or answers[0] != ["errno=0"]:
+        said = answers[0][-1] if answers else "no answer"
+        print(f"{PROG}: {args.interface}: reload refused ({said}); the endpoint's log says why, "
+              "nothing was changed", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
 COMMANDS: tuple[Command, ...] = (
     Command("genkey", "print a new private key (base64), as `wg genkey`", cmd_genkey),
     Command("pubkey", "read a private key on stdin, print its public key", cmd_pubkey),
@@ -163,6 +247,19 @@ COMMANDS: tuple[Command, ...] = (
         "bring an interface up from a config file and serve it until SIGINT/SIGTERM",
         cmd_up,
         _add_check_arguments,
+    ),
+    Command(
+        "show",
+        "show interfaces as `wg show` does, plus the offload counters",
+        cmd_show,
+        _add_show_arguments,
+    ),
+    Command("down", "stop a running endpoint through its socket", cmd_down, _add_down_arguments),
+    Command(
+        "reload",
+        "re-read a running endpoint's config file and apply the difference (as SIGHUP)",
+        cmd_reload,
+        _add_down_arguments,
     ),
 )
 

@@ -24,7 +24,7 @@ from vpn.wireguard.peer import MAX_STAGED_PACKETS
 log = logging.getLogger("vpn.datapath")
 
 # Encrypted datagrams are built in one buffer; past this much, a batch is sent in parts.
-SEND_BUFFER_BYTES = 4 << 20
+SEND_BUFFER_BYTES = 1 << 20
 # A transport message is at most the padded packet plus header and tag.
 MAX_DATAGRAM = MAX_PACKET + TRANSPORT_MIN_SIZE + 16
 # More handshake messages than this per second means we are under load: demand cookies.

@@ -9,21 +9,27 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import errno
 import ipaddress
 import json
 import logging
+import os
+import signal
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from vpn import netsetup
-from vpn.config import Config, PeerConfig, load, to_text
+from vpn import netsetup, uapi
+from vpn.config import Config, ConfigError, PeerConfig, load, to_text
 from vpn.config import Endpoint as EndpointAddress
 from vpn.datapath import DataPath, endpoint_text
+from vpn.keys import public_from_private
 from vpn.tun import TunDevice, TunError
-from vpn.udp import Address, UdpSocket
+from vpn.uapi import ChangeSet, DeviceSnapshot, PeerSnapshot, UapiError
+from vpn.uapi_server import SOCKET_DIR, UapiServer, UapiServerError
+from vpn.udp import Address, UdpError, UdpSocket
 from vpn.wireguard import Device, Peer
 
 log = logging.getLogger("vpn.endpoint")
@@ -36,7 +42,7 @@ class EndpointError(RuntimeError):
 
 
 # Everything start() may raise for a reason a user can fix; the message says which.
-StartError = (EndpointError, TunError, netsetup.SetupError, OSError)
+StartError = (EndpointError, TunError, netsetup.SetupError, UapiServerError, OSError)
 
 
 def key_text(key: bytes) -> str:
@@ -53,6 +59,8 @@ class Endpoint:
         *,
         interface: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        socket_dir: Path = SOCKET_DIR,
+        on_down: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self.name = interface or config.interface_name
@@ -62,10 +70,18 @@ class Endpoint:
         self.udp: UdpSocket | None = None
         self.datapath: DataPath | None = None
         self.mtu = 0
+        self.fwmark = 0
         self._applied: netsetup.Applied | None = None
         self._setup: netsetup.InterfaceSetup | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
+        self.socket_dir = socket_dir
+        self.uapi: UapiServer | None = None
+        # `vpn down` (set=vpn-down): by default the process signals itself, which is exactly
+        # what `vpn up` already stops cleanly on; a library user passes its own callback.
+        self.on_down = on_down or (lambda: os.kill(os.getpid(), signal.SIGTERM))
+        self.handshakes_completed = 0
+        self._reload_task: asyncio.Task[None] | None = None
 
     @classmethod
     def from_config(cls, path: str | Path, *, interface: str | None = None) -> Endpoint:
@@ -90,6 +106,10 @@ class Endpoint:
         for peer_config in self.config.peers:
             add_peer(device, peer_config, endpoints.get(peer_config.public_key))
         try:
+            # Claim the management socket first: a live one means another endpoint has this
+            # name (maybe in another netns, where the TUN name alone would not clash).
+            self.uapi = UapiServer(self.name, self, directory=self.socket_dir)
+            self.uapi.bind()
             self.tun = TunDevice.open(self.name, vnet_hdr=iface.offload, offload=iface.offload)
             self.mtu = iface.mtu or netsetup.auto_mtu(
                 ipaddress.ip_address(addr[0]) for addr in endpoints.values()
@@ -111,6 +131,7 @@ class Endpoint:
             self._applied = netsetup.apply(self._setup)
             fwmark = self._applied.fwmark or iface.fwmark
             self.udp = UdpSocket.open(iface.listen_port or 0, fwmark=fwmark)
+            self.fwmark = fwmark or 0
         except BaseException:
             self._release()
             raise
@@ -121,6 +142,11 @@ class Endpoint:
         loop.add_reader(self.tun.fd, self.datapath.on_tun_readable)
         loop.add_reader(self.udp.fd, self.datapath.on_udp_readable)
         self._ticker = loop.create_task(self._tick())
+        assert self.uapi is not None
+        await self.uapi.start()
+        # SIGHUP reloads, as for other daemons; only the main thread may set signal handlers.
+        with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         log.info(
             "interface %s up: listen port %d, MTU %d, TUN offloads %s, UDP GSO %s, GRO %s, "
             "%d peer(s)",
@@ -135,6 +161,10 @@ class Endpoint:
 
     async def stop(self) -> None:
         """Stop the data path and remove everything start() added. Safe to call twice."""
+        if self.uapi is not None:
+            self.uapi.stop_serving()  # no management requests while things come down
+        with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -168,6 +198,10 @@ class Endpoint:
         if self.tun is not None:
             self.tun.close()  # the kernel removes the device, its addresses and routes
             self.tun = None
+        if self.uapi is not None:
+            # Last, so that `vpn down`, which waits for the socket to go, finds the rest gone.
+            self.uapi.close()
+            self.uapi = None
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
@@ -192,6 +226,7 @@ class Endpoint:
             while peer.events:
                 event = peer.events.popleft()
                 if event == "handshake_complete":
+                    self.handshakes_completed += 1
                     log.info("peer %s: handshake completed (endpoint %s)",
                              key_text(peer.public_key), endpoint_text(peer.endpoint))
                 elif event == "give_up":
@@ -235,6 +270,255 @@ class Endpoint:
         if self.device is None:
             raise EndpointError("the endpoint is not running")
         return self.device
+
+    # -- the management API (vpn.uapi_server calls these) ------------------------------------
+
+    def uapi_get(self) -> DeviceSnapshot:
+        device = self._running_device()
+        assert self.udp is not None
+        peers = []
+        for peer in device.peers.values():
+            psk = peer.handshake.psk
+            peers.append(PeerSnapshot(
+                public_key=peer.public_key,
+                preshared_key=psk if any(psk) else None,
+                endpoint=peer.endpoint,
+                last_handshake=peer.last_handshake_wall,
+                tx_bytes=peer.tx_bytes,
+                rx_bytes=peer.rx_bytes,
+                persistent_keepalive=int(peer.timers.persistent_interval),
+                allowed_ips=device.allowed_ips.entries_for(peer),
+            ))
+        return DeviceSnapshot(
+            private_key=self.config.interface.private_key,
+            listen_port=self.udp.port,
+            fwmark=self.fwmark,
+            peers=peers,
+        )
+
+    def uapi_stats(self) -> dict[str, object]:
+        stats = self.counters()
+        del stats["peers"]  # get=1 has them; this request carries only counters
+        stats["public_key"] = key_text(self._running_device().public_key)
+        stats["handshakes"] = {
+            "received": self.datapath.stats.handshakes_received if self.datapath else 0,
+            "completed": self.handshakes_completed,
+        }
+        assert self.udp is not None
+        stats["udp_offloads"] = {"gso": int(self.udp.gso_enabled), "gro": int(self.udp.gro_enabled)}
+        return stats
+
+    def uapi_down(self) -> None:
+        log.info("interface %s: stop requested over the management socket", self.name)
+        self.on_down()
+
+    async def uapi_reload(self) -> None:
+        await self.reload()
+
+    async def reload(self) -> None:
+        """Re-read the config file and apply the difference the way `wg syncconf` does.
+
+        Unchanged peers keep their sessions; removed peers go, new ones come. Like syncconf
+        it changes WireGuard settings only: addresses, MTU, routes, DNS and hooks stay as
+        they were at start. Raises UapiError (nothing applied) for a bad file.
+        """
+        device = self._running_device()
+        try:
+            config, warnings = load(self.config.path, self.config.name)
+        except ConfigError as error:
+            raise UapiError(uapi.EINVAL, str(error)) from None
+        for warning in warnings:
+            log.warning("%s", warning)
+        loop = asyncio.get_running_loop()
+        iface = config.interface
+        changes = ChangeSet(private_key=iface.private_key, listen_port=iface.listen_port,
+                            fwmark=iface.fwmark)  # None: keep (e.g. the mark Table=auto chose)
+        wanted = {peer.public_key for peer in config.peers}
+        changes.peers = [uapi.PeerChange(key, remove=True) for key in device.peers
+                         if key not in wanted]
+        for peer_config in config.peers:
+            try:
+                address = await resolve(loop, peer_config.endpoint)
+            except EndpointError as error:
+                raise UapiError(uapi.EINVAL, str(error)) from None
+            changes.peers.append(uapi.PeerChange(
+                peer_config.public_key,
+                preshared_key=peer_config.preshared_key or bytes(32),
+                endpoint=address,  # None keeps the endpoint learned from the peer
+                persistent_keepalive=peer_config.persistent_keepalive or 0,
+                replace_allowed_ips=True,
+                allowed_ips=list(peer_config.allowed_ips),
+            ))
+        self.uapi_set(changes)
+        log.info("interface %s: configuration reloaded from %s (%d peers)", self.name,
+                 config.path, len(config.peers))
+
+    def _on_sighup(self) -> None:
+        async def run() -> None:
+            try:
+                await self.reload()
+            except (UapiError, EndpointError) as error:
+                log.error("interface %s: reload failed, nothing changed: %s", self.name, error)
+
+        self._reload_task = asyncio.get_running_loop().create_task(run())
+
+    def uapi_set(self, changes: ChangeSet) -> None:
+        """Apply a validated set request, all of it or (raising UapiError) none of it.
+
+        Everything that can fail (the new private key, the peer count, opening a new UDP
+        socket, setting the fwmark) happens before the first change to the running state.
+        """
+        device = self._running_device()
+        assert self.udp is not None and self.datapath is not None
+        now = self.clock()
+        private_key = self.config.interface.private_key
+        new_private = changes.private_key
+        if new_private is not None and new_private == private_key:
+            new_private = None
+        try:
+            own_public = public_from_private(new_private) if new_private else device.public_key
+        except ValueError:
+            raise UapiError(uapi.EINVAL, "private_key: not a usable X25519 key") from None
+        self._check_peer_count(device, changes, own_public)
+        fwmark = self.fwmark if changes.fwmark is None else changes.fwmark
+        new_udp = None
+        if changes.listen_port is not None and changes.listen_port != self.udp.port:
+            new_udp = self._open_udp(changes.listen_port, fwmark)
+        elif fwmark != self.fwmark:
+            try:
+                with socket.socket(fileno=os.dup(self.udp.fd)) as same:  # the same socket
+                    same.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, fwmark)
+            except OSError as err:
+                raise UapiError(-(err.errno or 5), f"fwmark: {err.strerror}") from None
+        # -- nothing below can fail ----------------------------------------------------------
+        if new_private is not None:
+            device = self._replace_device(new_private)
+        if changes.replace_peers:
+            for key in list(device.peers):
+                device.remove_peer(key)
+        keepalive_now: list[Peer] = []
+        for change in changes.peers:
+            peer = self._apply_peer(device, change, now)
+            if peer is not None and change.persistent_keepalive and peer.endpoint is not None:
+                keepalive_now.append(peer)
+        if new_udp is not None:
+            self._swap_udp(new_udp)
+        self.fwmark = fwmark
+        self._sync_config(private_key if new_private is None else new_private,
+                          port_set=changes.listen_port is not None)
+        for peer in keepalive_now:
+            # As wireguard-go: a newly set persistent keepalive sends one at once.
+            self.datapath.send_control(peer, peer.keepalive(now))
+
+    def _check_peer_count(self, device: Device, changes: ChangeSet, own: bytes) -> None:
+        keys = set() if changes.replace_peers else set(device.peers)
+        keys.discard(own)
+        for change in changes.peers:
+            if change.remove:
+                keys.discard(change.public_key)
+            elif change.public_key != own and not change.update_only:
+                keys.add(change.public_key)
+        if len(keys) > device.max_peers:
+            raise UapiError(uapi.EINVAL, f"more than {device.max_peers} peers")
+
+    def _open_udp(self, port: int, fwmark: int) -> UdpSocket:
+        try:
+            return UdpSocket.open(port, fwmark=fwmark or None)
+        except UdpError as err:
+            code = uapi.EADDRINUSE if err.errno == errno.EADDRINUSE else -(err.errno or 5)
+            raise UapiError(code, f"listen_port: {err}") from None
+        except OSError as err:
+            raise UapiError(-(err.errno or 5), f"listen_port: {err.strerror}") from None
+
+    def _swap_udp(self, new: UdpSocket) -> None:
+        """Move the data path to a socket opened on the new port; the old one closes."""
+        assert self.udp is not None and self.datapath is not None
+        loop = asyncio.get_running_loop()
+        old = self.udp
+        new.stats = old.stats  # the counters describe the interface, not one socket
+        loop.remove_reader(old.fd)
+        self.udp = self.datapath.udp = new
+        loop.add_reader(new.fd, self.datapath.on_udp_readable)
+        old.close()
+        log.info("interface %s: now listening on UDP port %d", self.name, new.port)
+
+    def _replace_device(self, private_key: bytes) -> Device:
+        """A new identity: a new Device with the same peers (sessions cannot survive it)."""
+        old = self._running_device()
+        assert self.datapath is not None
+        new = Device(private_key)
+        new.drops = old.drops
+        for peer in list(old.peers.values()):
+            if peer.public_key == new.public_key:
+                continue  # as wireguard-go: a peer with our own new key is dropped
+            psk = peer.handshake.psk
+            copy = new.add_peer(
+                peer.public_key,
+                preshared_key=psk if any(psk) else None,
+                persistent_keepalive=peer.timers.persistent_interval,
+                endpoint=peer.endpoint,
+            )
+            copy.mtu, copy.rx_bytes, copy.tx_bytes = peer.mtu, peer.rx_bytes, peer.tx_bytes
+            copy.last_handshake_wall = peer.last_handshake_wall
+            for network in old.allowed_ips.entries_for(peer):
+                new.allowed_ips.insert(network, copy)
+        for key in list(old.peers):
+            old.remove_peer(key)  # zeroes the old sessions' keys
+        self.device = self.datapath.device = new
+        log.info("interface %s: private key changed, public key now %s", self.name,
+                 key_text(new.public_key))
+        return new
+
+    def _apply_peer(self, device: Device, change: uapi.PeerChange, now: float) -> Peer | None:
+        if change.public_key == device.public_key:
+            return None  # wireguard-go ignores a peer with the interface's own key
+        if change.remove:
+            device.remove_peer(change.public_key)
+            return None
+        peer = device.peers.get(change.public_key)
+        if peer is None:
+            if change.update_only:
+                return None
+            peer = device.add_peer(change.public_key)
+            peer.mtu = self.mtu
+        if change.preshared_key is not None:
+            peer.handshake.psk = change.preshared_key
+        if change.endpoint is not None:
+            peer.endpoint = change.endpoint
+        if change.persistent_keepalive is not None:
+            peer.timers.set_persistent_keepalive(change.persistent_keepalive, now)
+        if change.replace_allowed_ips:
+            device.allowed_ips.remove_by_peer(peer)
+        for network in change.allowed_ips:
+            device.allowed_ips.insert(network, peer)
+        return peer
+
+    def _sync_config(self, private_key: bytes, *, port_set: bool) -> None:
+        """Keep self.config what the interface runs, for SaveConfig and `counters()`."""
+        device = self._running_device()
+        assert self.udp is not None
+        peers = []
+        for peer in device.peers.values():
+            psk = peer.handshake.psk
+            endpoint = None
+            if peer.endpoint is not None:
+                endpoint = EndpointAddress(peer.endpoint[0], peer.endpoint[1])
+            keepalive = int(peer.timers.persistent_interval)
+            peers.append(PeerConfig(
+                public_key=peer.public_key,
+                preshared_key=psk if any(psk) else None,
+                allowed_ips=tuple(device.allowed_ips.entries_for(peer)),
+                endpoint=endpoint,
+                persistent_keepalive=keepalive or None,
+            ))
+        interface = replace(
+            self.config.interface,
+            private_key=private_key,
+            # A port chosen by the kernel stays unrecorded, so a saved config asks for any port.
+            listen_port=self.udp.port if self.config.interface.listen_port or port_set else None,
+            fwmark=self.fwmark or None,
+        )
+        self.config = replace(self.config, interface=interface, peers=tuple(peers))
 
     # -- state ------------------------------------------------------------------------------
 

@@ -1,50 +1,72 @@
 """The sliding anti-replay window for transport counters (8128 packets, as the kernel's).
 
 Call `validate` only after the packet authenticated, or a forger could move the window.
+
+The window is a ring of 8192 one-byte slots indexed by `counter & 8191` rather than the
+kernel's ring of 64-bit words: in Python a byte store is a single operation, whereas a word
+needs a shift, an or and a store, and the common case (the next counter in order) becomes
+"store a 1, remember the counter". It accepts exactly the same counters: a counter is new
+if it is below the limit, no more than REPLAY_WINDOW behind the greatest accepted, and not
+seen before. Because the ring has more slots than the window is wide, every slot that a
+counter inside the window maps to holds that counter's own state.
+
+Keypair.decrypt_into / decrypt_batch inline the first branch of `validate` for the next
+counter in order (set its slot, make it the greatest), so keep the two in step.
 """
 
 from __future__ import annotations
 
-from .constants import REJECT_AFTER_MESSAGES, REPLAY_RING_WORDS, REPLAY_WINDOW
+from .constants import REJECT_AFTER_MESSAGES, REPLAY_WINDOW
 
-_WORD_SHIFT = 6  # 64-bit words
-_BIT_MASK = 63
-_RING_MASK = REPLAY_RING_WORDS - 1
+REPLAY_SLOTS = 8192  # a power of two above REPLAY_WINDOW + 1
+REPLAY_SLOT_MASK = REPLAY_SLOTS - 1
+_ALL_CLEAR = bytes(REPLAY_SLOTS)
+
+assert REPLAY_SLOTS > REPLAY_WINDOW + 1 and not REPLAY_SLOTS & REPLAY_SLOT_MASK
 
 
 class ReplayWindow:
-    """A ring of 128 64-bit words; the newest word is slack so the window stays 8128 wide."""
+    """8192 byte slots (1: seen) and the greatest counter accepted so far."""
 
-    __slots__ = ("_ring", "greatest")
+    __slots__ = ("_seen", "greatest")
 
     def __init__(self) -> None:
-        self._ring = [0] * REPLAY_RING_WORDS
+        self._seen = bytearray(REPLAY_SLOTS)
         self.greatest = 0  # greatest counter accepted so far
 
     def reset(self) -> None:
-        self._ring = [0] * REPLAY_RING_WORDS
+        self._seen[:] = _ALL_CLEAR  # in place: the slots object never changes
         self.greatest = 0
 
     def validate(self, counter: int, limit: int = REJECT_AFTER_MESSAGES) -> bool:
         """True, and remember it, if `counter` is new and not too old; False otherwise."""
         if counter >= limit:
             return False
-        ring = self._ring
-        block = counter >> _WORD_SHIFT
         greatest = self.greatest
         if counter > greatest:
-            # Advance: clear the words the window slides over (at most the whole ring).
-            current = greatest >> _WORD_SHIFT
-            steps = min(block - current, REPLAY_RING_WORDS)
-            for i in range(current + 1, current + steps + 1):
-                ring[i & _RING_MASK] = 0
+            seen = self._seen
+            skipped = counter - greatest - 1
+            if skipped:
+                # Clear the slots of the counters jumped over (they were last used by
+                # counters that have now fallen out of the window).
+                if skipped >= REPLAY_SLOT_MASK:
+                    seen[:] = _ALL_CLEAR
+                else:
+                    first = (greatest + 1) & REPLAY_SLOT_MASK
+                    stop = first + skipped
+                    if stop <= REPLAY_SLOTS:
+                        seen[first:stop] = _ALL_CLEAR[:skipped]
+                    else:
+                        seen[first:] = _ALL_CLEAR[: REPLAY_SLOTS - first]
+                        seen[: stop - REPLAY_SLOTS] = _ALL_CLEAR[: stop - REPLAY_SLOTS]
+            seen[counter & REPLAY_SLOT_MASK] = 1
             self.greatest = counter
-        elif greatest - counter > REPLAY_WINDOW:
+            return True
+        if greatest - counter > REPLAY_WINDOW:
             return False
-        block &= _RING_MASK
-        bit = 1 << (counter & _BIT_MASK)
-        word = ring[block]
-        if word & bit:
+        seen = self._seen
+        slot = counter & REPLAY_SLOT_MASK
+        if seen[slot]:
             return False
-        ring[block] = word | bit
+        seen[slot] = 1
         return True

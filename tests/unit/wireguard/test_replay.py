@@ -89,3 +89,58 @@ def test_reference_model_over_random_walk() -> None:
         if expected:
             seen.add(counter)
             greatest = max(greatest, counter)
+
+
+def test_limit_applies_below_the_greatest_too() -> None:
+    window = ReplayWindow()
+    assert window.validate(10)
+    assert not window.validate(5, limit=3)  # the limit is checked before the window
+    assert window.validate(5)
+
+
+def _reference(steps: list[int]) -> list[bool]:
+    """The window's definition: new, below the limit, at most W behind the greatest."""
+    seen: set[int] = set()
+    greatest, out = 0, []
+    for counter in steps:
+        ok = counter not in seen and counter >= greatest - W
+        out.append(ok)
+        if ok:
+            seen.add(counter)
+            greatest = max(greatest, counter)
+    return out
+
+
+def test_jumps_around_the_ring_size_leave_no_stale_slot() -> None:
+    # The ring has 8192 slots: after a jump, a counter sharing a slot with one seen before
+    # the jump must still be accepted once, whatever the size of the jump.
+    for base in (0, 1, 8190, 8191, 8192, 12345):
+        for jump in (1, 2, 63, 64, 65, W - 1, W, W + 1, 8191, 8192, 8193, 16383, 16384, 16385):
+            top = base + jump
+            olds = [c for c in range(base - 3, base + 1) if c >= 0]
+            steps = [*olds, top]
+            steps += [c + 8192 * k for c in olds for k in (1, 2) if top - W <= c + 8192 * k < top]
+            steps += [top - W, top - W - 1, top - 1, top, *olds]
+            window = ReplayWindow()
+            got = [window.validate(c) for c in steps]
+            assert got == _reference(steps), (base, jump, steps)
+
+
+def test_matches_the_definition_over_random_walks_with_big_jumps() -> None:
+    rng = random.Random(5)
+    for _ in range(20):
+        base, steps = 0, []
+        for _ in range(2000):
+            base += rng.choice([1, 1, 1, 2, 64, 700, W, 8192, 8193, 20000])
+            steps.append(max(0, base - rng.choice([0, 0, 1, 63, 64, 8191, 8192, W, W + 1])))
+        window = ReplayWindow()
+        assert [window.validate(c) for c in steps] == _reference(steps)
+
+
+def test_reset_forgets_everything() -> None:
+    window = ReplayWindow()
+    for counter in (0, 1, 5, 9000):
+        assert window.validate(counter)
+    window.reset()
+    assert window.greatest == 0
+    assert [window.validate(c) for c in (0, 1, 5, 9000)] == [True] * 4
