@@ -10,7 +10,7 @@ import base64
 import errno
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 from vpn.offload import Coalesced, OffloadError, coalesce, split
@@ -135,28 +135,34 @@ class DataPath:
         self.send_control(peer, peer.after_send(now, kp, sent))
 
     def _encrypt_and_send(
-        self, kp: Keypair, dest: Address, packets: Iterable[bytes | memoryview]
+        self, kp: Keypair, dest: Address, packets: list[bytes | memoryview]
     ) -> int:
+        """Encrypt in chunks that fit the send buffer; send each chunk as GSO runs."""
         buf = self._send_buffer
-        view = memoryview(buf)
-        capacity = len(buf) - MAX_DATAGRAM
-        encrypt_into = kp.encrypt_into
-        send_run = self._send_run
-        mtu = self.mtu
-        offset = run_start = run_size = run_count = 0
+        room = len(buf)
         total = 0
-        for packet in packets:
-            if offset > capacity:
-                if run_count:
-                    send_run(dest, view, run_start, run_size, run_count, run_size)
-                    run_count = 0
-                total += offset
-                offset = 0
-            n = encrypt_into(packet, buf, offset, mtu)
+        start, end = 0, len(packets)
+        while start < end:
+            stop = end
+            # Each message is its packet plus header, tag and up to 15 bytes of padding.
+            while sum(map(len, packets[start:stop])) + 48 * (stop - start) > room:
+                stop = start + max(1, (stop - start) // 2)
+            lengths = kp.encrypt_batch(packets[start:stop], buf, 0, self.mtu)
+            total += self._send_runs(dest, lengths)
+            start = stop
+        return total
+
+    def _send_runs(self, dest: Address, lengths: list[int]) -> int:
+        """Send the messages laid back to back in the send buffer, as few GSO sends as the
+        rule "all the same size, only the last smaller" allows."""
+        view = memoryview(self._send_buffer)
+        send_run = self._send_run
+        offset = run_start = run_size = run_count = 0
+        for n in lengths:
             if run_count and n == run_size:
                 run_count += 1
             elif run_count and n < run_size:
-                # A shorter datagram ends a GSO run: only the last may be smaller.
+                # A shorter datagram ends a GSO run.
                 send_run(dest, view, run_start, run_size, run_count + 1, n)
                 run_count = 0
             else:
@@ -166,7 +172,7 @@ class DataPath:
             offset += n
         if run_count:
             send_run(dest, view, run_start, run_size, run_count, run_size)
-        return total + offset
+        return offset
 
     def _send_run(
         self, dest: Address, view: memoryview, start: int, size: int, count: int, last: int
@@ -203,10 +209,8 @@ class DataPath:
         now = self.clock()
         stats = self.stats
         drops = stats.drops
-        keypair_for_index = self.device.keypair_for_index
         lookup = self.device.allowed_ips.lookup
-        buf = self._recv_buffer
-        view = memoryview(buf)
+        view = memoryview(self._recv_buffer)
         offset = 0
         packets: list[memoryview] = []
         # keypair -> [bytes received, data packets, latest source]
@@ -214,50 +218,44 @@ class DataPath:
         for data, segment_size, source in received:
             datagrams = split_gro(data, segment_size) if segment_size < len(data) else (data,)
             stats.datagrams_received += len(datagrams)
-            for datagram in datagrams:
-                if datagram[0] != MESSAGE_TRANSPORT or len(datagram) < TRANSPORT_MIN_SIZE:
-                    self.on_handshake_message(datagram, source, now)
-                    continue
-                kp = keypair_for_index(int.from_bytes(datagram[4:8], "little"))
+            for run, kp in self._runs_by_keypair(datagrams, source, now):
                 if kp is None:
-                    drops["unknown_receiver_index"] += 1
                     continue
                 session = sessions.get(kp)
                 if session is None:
                     if not kp.receivable(now):
-                        drops["keypair_expired"] += 1
+                        drops["keypair_expired"] += len(run)
                         continue
                     session = sessions[kp] = [0, 0, source]
-                try:
-                    n = kp.decrypt_into(datagram, buf, offset)
-                except TransportError as err:
-                    drops[err.reason] += 1
-                    continue
-                session[0] += len(datagram)
                 session[2] = source
-                if n == 0:
-                    continue  # a keepalive
-                packet = view[offset : offset + n]
-                version = packet[0] >> 4
-                if version == 4 and n >= 20:
-                    length = int.from_bytes(packet[2:4], "big")
-                    src = packet[12:16]
-                elif version == 6 and n >= 40:
-                    length = 40 + int.from_bytes(packet[4:6], "big")
-                    src = packet[8:24]
-                else:
-                    drops["inner_not_ip"] += 1
-                    continue
-                if length > n:
-                    drops["inner_bad_length"] += 1
-                    continue
-                # Cryptokey routing: the inner source must be one of this peer's AllowedIPs.
-                if lookup(src) is not kp.peer:
-                    drops["source_not_allowed"] += 1
-                    continue
-                session[1] += 1
-                packets.append(packet[:length])  # the padding stays behind
-                offset += n
+                lengths = kp.decrypt_batch(run, view, offset, drops)
+                for datagram, n in zip(run, lengths, strict=True):
+                    if n < 0:
+                        continue
+                    session[0] += len(datagram)
+                    if n == 0:
+                        continue  # a keepalive
+                    packet = view[offset : offset + n]
+                    offset += n
+                    version = packet[0] >> 4
+                    if version == 4 and n >= 20:
+                        length = (packet[2] << 8) | packet[3]
+                        src = packet[12:16]
+                    elif version == 6 and n >= 40:
+                        length = 40 + ((packet[4] << 8) | packet[5])
+                        src = packet[8:24]
+                    else:
+                        drops["inner_not_ip"] += 1
+                        continue
+                    if length > n:
+                        drops["inner_bad_length"] += 1
+                        continue
+                    # Cryptokey routing: the inner source must be one of the peer's AllowedIPs.
+                    if lookup(src) is not kp.peer:
+                        drops["source_not_allowed"] += 1
+                        continue
+                    session[1] += 1
+                    packets.append(packet[:length])  # the padding stays behind
         if packets:
             self.write_to_tun(packets)
         for kp, (nbytes, count, source) in sessions.items():
@@ -268,6 +266,34 @@ class DataPath:
             )
             if peer.endpoint != before:
                 log.info("peer %s endpoint changed to %s", short_key(peer), endpoint_text(source))
+
+    def _runs_by_keypair(
+        self, datagrams: Sequence[memoryview], source: Address, now: float
+    ) -> Iterator[tuple[list[memoryview], Keypair | None]]:
+        """Consecutive transport messages for one keypair, as runs to decrypt in one call;
+        handshake messages are handled on the way (never queued behind data)."""
+        run: list[memoryview] = []
+        run_index = -1
+        for datagram in datagrams:
+            if datagram[0] != MESSAGE_TRANSPORT or len(datagram) < TRANSPORT_MIN_SIZE:
+                self.on_handshake_message(datagram, source, now)
+                continue
+            index = int.from_bytes(datagram[4:8], "little")
+            if index != run_index:
+                if run:
+                    yield self._keyed(run, run_index)
+                run, run_index = [], index
+            run.append(datagram)
+        if run:
+            yield self._keyed(run, run_index)
+
+    def _keyed(
+        self, run: list[memoryview], index: int
+    ) -> tuple[list[memoryview], Keypair | None]:
+        kp = self.device.keypair_for_index(index)
+        if kp is None:
+            self.stats.drops["unknown_receiver_index"] += len(run)
+        return run, kp
 
     def on_handshake_message(self, datagram: memoryview, source: Address, now: float) -> None:
         self.stats.handshakes_received += 1
