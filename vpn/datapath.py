@@ -6,16 +6,17 @@ per-segment work is one AEAD call and a few slices, everything else happens once
 
 from __future__ import annotations
 
-import base64
 import errno
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
+from vpn.keys import encode_key
 from vpn.offload import Coalesced, OffloadError, coalesce, split
 from vpn.packet.virtio import NO_OFFLOAD, VirtioNetHeader
 from vpn.tun import MAX_PACKET, TunDevice
+from vpn.uapi import endpoint_text
 from vpn.udp import Address, UdpSocket, UdpStats, split_gro
 from vpn.wireguard import Device, Keypair, Peer, TransportError
 from vpn.wireguard.constants import MESSAGE_TRANSPORT, TRANSPORT_MIN_SIZE
@@ -222,16 +223,18 @@ class DataPath:
                 if kp is None:
                     continue
                 session = sessions.get(kp)
-                if session is None:
-                    if not kp.receivable(now):
-                        drops["keypair_expired"] += len(run)
-                        continue
-                    session = sessions[kp] = [0, 0, source]
-                session[2] = source
+                if session is None and not kp.receivable(now):
+                    drops["keypair_expired"] += len(run)
+                    continue
                 lengths = kp.decrypt_batch(run, view, offset, drops)
                 for datagram, n in zip(run, lengths, strict=True):
                     if n < 0:
                         continue
+                    # Only an authenticated, fresh message may move the endpoint or count as
+                    # received: a replayed or forged one from elsewhere must change nothing.
+                    if session is None:
+                        session = sessions[kp] = [0, 0, source]
+                    session[2] = source
                     session[0] += len(datagram)
                     if n == 0:
                         continue  # a keepalive
@@ -362,11 +365,4 @@ class DataPath:
 
 def short_key(peer: Peer) -> str:
     """A peer's public key as `wg` prints it, shortened for logs."""
-    return base64.b64encode(peer.public_key).decode()[:8] + "..."
-
-
-def endpoint_text(address: Address | None) -> str:
-    if address is None:
-        return "(none)"
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return encode_key(peer.public_key)[:8] + "..."

@@ -7,7 +7,6 @@ hooks, binds the UDP socket and runs the data path until the block ends; `vpn up
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import errno
 import ipaddress
@@ -24,10 +23,10 @@ from pathlib import Path
 from vpn import netsetup, uapi
 from vpn.config import Config, ConfigError, PeerConfig, load, to_text
 from vpn.config import Endpoint as EndpointAddress
-from vpn.datapath import DataPath, endpoint_text
-from vpn.keys import public_from_private
+from vpn.datapath import DataPath
+from vpn.keys import encode_key, public_from_private
 from vpn.tun import TunDevice, TunError
-from vpn.uapi import ChangeSet, DeviceSnapshot, PeerSnapshot, UapiError
+from vpn.uapi import ChangeSet, DeviceSnapshot, PeerSnapshot, UapiError, endpoint_text
 from vpn.uapi_server import SOCKET_DIR, UapiServer, UapiServerError
 from vpn.udp import Address, UdpError, UdpSocket
 from vpn.wireguard import Device, Peer
@@ -43,11 +42,6 @@ class EndpointError(RuntimeError):
 
 # Everything start() may raise for a reason a user can fix; the message says which.
 StartError = (EndpointError, TunError, netsetup.SetupError, UapiServerError, OSError)
-
-
-def key_text(key: bytes) -> str:
-    """A public key as `wg` prints it (never call this with a private key)."""
-    return base64.b64encode(key).decode()
 
 
 class Endpoint:
@@ -228,12 +222,13 @@ class Endpoint:
                 if event == "handshake_complete":
                     self.handshakes_completed += 1
                     log.info("peer %s: handshake completed (endpoint %s)",
-                             key_text(peer.public_key), endpoint_text(peer.endpoint))
+                             encode_key(peer.public_key),
+                             endpoint_text(peer.endpoint) if peer.endpoint else "(none)")
                 elif event == "give_up":
                     log.warning("peer %s: no handshake response, giving up for now",
-                                key_text(peer.public_key))
+                                encode_key(peer.public_key))
                 else:
-                    log.debug("peer %s: %s", key_text(peer.public_key), event)
+                    log.debug("peer %s: %s", encode_key(peer.public_key), event)
 
     # -- peers at run time ------------------------------------------------------------------
 
@@ -299,7 +294,7 @@ class Endpoint:
     def uapi_stats(self) -> dict[str, object]:
         stats = self.counters()
         del stats["peers"]  # get=1 has them; this request carries only counters
-        stats["public_key"] = key_text(self._running_device().public_key)
+        stats["public_key"] = encode_key(self._running_device().public_key)
         stats["handshakes"] = {
             "received": self.datapath.stats.handshakes_received if self.datapath else 0,
             "completed": self.handshakes_completed,
@@ -466,7 +461,7 @@ class Endpoint:
             old.remove_peer(key)  # zeroes the old sessions' keys
         self.device = self.datapath.device = new
         log.info("interface %s: private key changed, public key now %s", self.name,
-                 key_text(new.public_key))
+                 encode_key(new.public_key))
         return new
 
     def _apply_peer(self, device: Device, change: uapi.PeerChange, now: float) -> Peer | None:
@@ -529,7 +524,7 @@ class Endpoint:
         peers = []
         for peer in device.peers.values():
             peers.append({
-                "public_key": key_text(peer.public_key),
+                "public_key": encode_key(peer.public_key),
                 "endpoint": endpoint_text(peer.endpoint) if peer.endpoint else None,
                 "allowed_ips": [str(n) for n in device.allowed_ips.entries_for(peer)],
                 "rx_bytes": peer.rx_bytes,
@@ -538,7 +533,7 @@ class Endpoint:
             })
         return {
             "interface": self.name,
-            "public_key": key_text(device.public_key),
+            "public_key": encode_key(device.public_key),
             "listen_port": self.udp.port,
             "mtu": self.mtu,
             "tun_offloads": self.tun.offload.describe(),

@@ -6,15 +6,10 @@ another implementation) and returns a dict or lines; the command line does the s
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
-from vpn.keys import public_from_private
+from vpn.keys import encode_key, public_from_private
 from vpn.uapi import DeviceSnapshot, endpoint_text
-
-
-def _b64(key: bytes) -> str:
-    return base64.b64encode(key).decode()
 
 
 def _ratio(part: int, whole: int) -> float:
@@ -63,12 +58,12 @@ def show_view(name: str, snapshot: DeviceSnapshot, stats: dict[str, Any] | None)
     public = public_from_private(snapshot.private_key) if snapshot.private_key else None
     return {
         "interface": name,
-        "public_key": _b64(public) if public else None,
+        "public_key": encode_key(public) if public else None,
         "listen_port": snapshot.listen_port,
         "fwmark": snapshot.fwmark,
         "peers": [
             {
-                "public_key": _b64(peer.public_key),
+                "public_key": encode_key(peer.public_key),
                 "preshared_key": peer.preshared_key is not None,
                 "endpoint": endpoint_text(peer.endpoint) if peer.endpoint else None,
                 "allowed_ips": [str(n) for n in peer.allowed_ips],
