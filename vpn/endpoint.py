@@ -106,7 +106,8 @@ class Endpoint:
             self.uapi.bind()
             self.tun = TunDevice.open(self.name, vnet_hdr=iface.offload, offload=iface.offload)
             self.mtu = iface.mtu or netsetup.auto_mtu(
-                ipaddress.ip_address(addr[0]) for addr in endpoints.values()
+                (ipaddress.ip_address(addr[0]) for addr in endpoints.values()),
+                fwmark=iface.fwmark,
             )
             self._setup = netsetup.InterfaceSetup(
                 ifname=self.tun.name,

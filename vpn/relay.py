@@ -103,8 +103,7 @@ class Direction:
             self.stats.drops["tun_write_full"] += 1
             return False
         except OSError as err:
-            reason = "tun_write_einval" if err.errno == errno.EINVAL else "tun_write_error"
-            self.stats.drops[reason] += 1
+            self.stats.drops[f"tun_write_{errno.errorcode.get(err.errno, err.errno)}"] += 1
             return False
         self.stats.frames_written += 1
         return True
