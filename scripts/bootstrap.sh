@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SYSTEM_PACKAGES=(iperf3 iproute2 tcpdump wireguard-tools wireguard-go ethtool iptables
-                 procps kmod iputils-ping util-linux python3 python3-venv python3-pip)
+                 procps kmod iputils-ping util-linux docker-compose python3 python3-venv
+                 python3-pip)
 VENV=${VENV:-.venv}
 
 missing=()

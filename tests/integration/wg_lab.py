@@ -55,8 +55,6 @@ class WgPair:
     lab: Lab
     a: Node
     b: Node
-    # Extra AllowedIPs of the peer behind each side (site to site: the LAN behind it).
-    behind: dict[str, list[str]] = field(default_factory=dict)
     underlay: int = 4  # the IP version peers' Endpoints use
 
     def peer_of(self, node: Node) -> Node:
@@ -80,9 +78,7 @@ class WgPair:
             "",
             "[Peer]",
             f"PublicKey = {other.public}",
-            "AllowedIPs = " + ", ".join(
-                [f"{other.tunnel4}/32", f"{other.tunnel6}/128", *self.behind.get(other.side, [])]
-            ),
+            f"AllowedIPs = {other.tunnel4}/32, {other.tunnel6}/128",
             f"Endpoint = {self.endpoint_of(other)}",
             *([f"PersistentKeepalive = {keepalive}"] if keepalive else []),
         ]
@@ -109,8 +105,7 @@ class WgPair:
         args = ["wg", "set", node.ifname, "private-key", str(key),
                 "listen-port", str(PORT[node.side]),
                 "peer", other.public,
-                "allowed-ips", ",".join([f"{other.tunnel4}/32", f"{other.tunnel6}/128",
-                                         *self.behind.get(other.side, [])]),
+                "allowed-ips", f"{other.tunnel4}/32,{other.tunnel6}/128",
                 "endpoint", self.endpoint_of(other)]
         if keepalive:
             args += ["persistent-keepalive", str(keepalive)]
@@ -155,28 +150,6 @@ def build(lab: Lab, *, underlay: int = 4) -> WgPair:
         nodes.append(Node(host, side, private, wg("pubkey", input=private),
                           f"wg{side}{suffix}"))
     return WgPair(lab, *nodes, underlay=underlay)
-
-
-CLIENT_NET, LAN_NET = "198.18.20.0/24", "198.18.22.0/24"
-CLIENT, LAN = "198.18.20.2", "198.18.22.2"
-
-
-def site_to_site(lab: Lab) -> tuple[WgPair, Host, Host]:
-    """client -- gw-a (a) == tunnel == gw-b (b) -- lan, the LAN link with MTU 1500 and
-    segmentation offload off on gw-b's side, so jumbo frames written into gw-b's TUN must be
-    resegmented in software before they reach the LAN."""
-    pair = build(lab)
-    pair.behind = {"a": [CLIENT_NET], "b": [LAN_NET]}
-    client, lan = lab.host("client"), lab.host("lan")
-    lab.link(client, pair.a.host, a_addrs=[f"{CLIENT}/24"], b_addrs=["198.18.20.1/24"])
-    gw_if, _ = lab.link(pair.b.host, lan, a_addrs=["198.18.22.1/24"], b_addrs=[f"{LAN}/24"],
-                        mtu=1500)
-    pair.b.host.run("ethtool", "-K", gw_if, "tso", "off", "gso", "off", "tx", "off")
-    for gw in (pair.a.host, pair.b.host):
-        gw.sysctl("net.ipv4.ip_forward", 1)
-    client.run("ip", "route", "add", LAN_NET, "via", "198.18.20.1")
-    lan.run("ip", "route", "add", CLIENT_NET, "via", "198.18.22.1")
-    return pair, client, lan
 
 
 _COUNTERS = re.compile(r"offload: (\{.*\})")
