@@ -130,12 +130,14 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 async def _serve(endpoint: Endpoint) -> int:
     """Run until SIGINT or SIGTERM, then take everything down again."""
-    from vpn.endpoint import StartError
+    from vpn.endpoint import StartError, ignore_sighup
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # Until the endpoint takes SIGHUP over (reload), its default would kill us mid-start.
+    loop.add_signal_handler(signal.SIGHUP, ignore_sighup)
     try:
         await endpoint.start()
     except StartError as error:

@@ -158,8 +158,10 @@ class Endpoint:
         """Stop the data path and remove everything start() added. Safe to call twice."""
         if self.uapi is not None:
             self.uapi.stop_serving()  # no management requests while things come down
+        # Not removed: that would restore SIGHUP's default, which kills the process half-way
+        # through the teardown below. A SIGHUP from now on is only logged.
         with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):
-            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, ignore_sighup)
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -569,6 +571,10 @@ def add_peer(device: Device, peer_config: PeerConfig, endpoint: Address | None) 
     for network in peer_config.allowed_ips:
         device.allowed_ips.insert(network, peer)
     return peer
+
+
+def ignore_sighup() -> None:
+    log.info("SIGHUP ignored: the interface is starting or stopping")
 
 
 async def resolve(
