@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench import faults
 from tests.integration import wg_lab
 from tests.integration.relay_lab import B4, host_to_host
 from tests.netns import Lab, lab_unavailable_reason
@@ -198,6 +199,11 @@ def print_table(report: dict) -> None:
                          f"{udp['gso_segments'] / max(udp['gso_sends'], 1):6.1f}"))
             rows.append(("tunnel ours: segments per jumbo TUN write (receiver)",
                          f"{rx['jumbo_segments'] / max(rx['jumbo_frames'], 1):6.1f}"))
+    loss = report.get("loss")
+    if loss:
+        for rate, gbps in loss["gbps_median"].items():
+            rows.append((f"tunnel ours with {rate} random loss each way (no UDP GRO)",
+                         f"{gbps:6.2f} Gb/s"))
     if report.get("veth_gbps"):
         rows.append(("plain veth iperf3 (ceiling)",
                      f"{statistics.median(report['veth_gbps']):6.2f} Gb/s"))
@@ -268,6 +274,7 @@ def main() -> int:
     else:
         report["relay"] = relay_throughput(args.rounds, args.seconds)
         report["endpoint"] = endpoint_throughput(args.rounds, args.seconds)
+        report["loss"] = faults.loss_throughput(args.rounds, args.seconds)
         report["veth_gbps"] = veth_throughput(args.rounds, args.seconds)
     print_table(report)
     if "endpoint" in report:
