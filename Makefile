@@ -1,7 +1,7 @@
 # The two commands of the README (`make demo`, `make test`) install what they need first.
 VENV   ?= .venv
 PYTHON := $(VENV)/bin/python
-.PHONY: deps test unit integration lint bench demo clean
+.PHONY: deps test unit integration lint bench demo clean docker-test fuzz
 
 # Always run: it only checks when everything is there (system packages can vanish while
 # the virtualenv stays).
@@ -9,7 +9,7 @@ deps:
 	VENV=$(VENV) bash scripts/bootstrap.sh
 
 lint: deps
-	$(VENV)/bin/ruff check vpn tests bench scripts
+	$(VENV)/bin/ruff check vpn tests bench scripts examples
 
 unit: deps
 	$(PYTHON) -m pytest -q tests/unit
@@ -18,13 +18,23 @@ integration: deps
 	$(PYTHON) -m pytest -q tests/integration
 
 test: deps lint
+	docker-compose -f docker/docker-compose.yml config -q
 	$(PYTHON) -m pytest -q tests
+
+# The parsers' property tests (tests/unit/test_fuzz.py) with 20,000 examples each.
+fuzz: deps
+	HYPOTHESIS_PROFILE=fuzz $(PYTHON) -m pytest -q tests/unit/test_fuzz.py
 
 bench: deps
 	$(PYTHON) -m bench.run
 
 demo: deps
 	$(PYTHON) scripts/demo.py
+
+# The docker/ topology brought up for real (root): installs docker.io, docker-compose and
+# debootstrap itself, starts its own dockerd where none answers, tears everything down.
+docker-test: deps
+	bash scripts/docker-test.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis bench/results

@@ -6,8 +6,13 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from tests.netns import Lab, lab_unavailable_reason
+
+# `make fuzz` runs the property tests with HYPOTHESIS_PROFILE=fuzz: many more examples.
+settings.register_profile("fuzz", max_examples=20_000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 from vpn.keys import encode_key
 from vpn.offload import Coalesced, OffloadError, coalesce, split
+from vpn.packet.icmp import UnreachableResponder
 from vpn.packet.virtio import NO_OFFLOAD, VirtioNetHeader
 from vpn.tun import MAX_PACKET, TunDevice
 from vpn.uapi import endpoint_text
@@ -30,6 +31,8 @@ SEND_BUFFER_BYTES = 1 << 20
 MAX_DATAGRAM = MAX_PACKET + TRANSPORT_MIN_SIZE + 16
 # More handshake messages than this per second means we are under load: demand cookies.
 UNDER_LOAD_PER_SECOND = 64
+# Initiation and response (each costs Diffie-Hellman work) and cookie reply, by exact size.
+_HANDSHAKE_SIZES = {1: 148, 2: 92, 3: 64}
 
 
 @dataclass
@@ -48,6 +51,7 @@ class DataPathStats:
     jumbo_frames: int = 0
     jumbo_segments: int = 0
     handshakes_received: int = 0
+    icmp_unreachable_sent: int = 0
     drops: Counter[str] = field(default_factory=Counter)
 
     def summary(self) -> dict:
@@ -82,6 +86,8 @@ class DataPath:
         self._load_window = 0.0
         self._load_count = 0
         self._under_load_until = 0.0
+        # Host unreachable for packets routed to us that no peer's AllowedIPs cover.
+        self.icmp = UnreachableResponder()
 
     # -- TUN -> peers -----------------------------------------------------------------------
 
@@ -105,6 +111,7 @@ class DataPath:
                 continue
             if peer is None:
                 stats.drops["no_peer_for_destination"] += 1
+                self._answer_unreachable(packet, now)
                 continue
             try:
                 segments = split(header, packet)
@@ -117,6 +124,14 @@ class DataPath:
             by_peer.setdefault(peer, []).extend(segments)
         for peer, segments in by_peer.items():
             self.send_to_peer(peer, segments, now)
+
+    def _answer_unreachable(self, packet: memoryview, now: float) -> None:
+        # As the kernel's WireGuard does (wireguard-go drops silently): the sender learns at
+        # once instead of timing out. Rate-limited; never for errors, multicast, broadcast.
+        reply = self.icmp.reply(packet, now)
+        if reply is not None:
+            self._write(Coalesced(NO_OFFLOAD, [reply]))
+            self.stats.icmp_unreachable_sent += 1
 
     def send_to_peer(self, peer: Peer, packets: list[bytes | memoryview], now: float) -> None:
         """Encrypt `packets` for `peer` and send them in as few GSO sends as possible."""
@@ -278,7 +293,8 @@ class DataPath:
         run: list[memoryview] = []
         run_index = -1
         for datagram in datagrams:
-            if datagram[0] != MESSAGE_TRANSPORT or len(datagram) < TRANSPORT_MIN_SIZE:
+            # Length first: a zero-length datagram has no type byte to look at.
+            if len(datagram) < TRANSPORT_MIN_SIZE or datagram[0] != MESSAGE_TRANSPORT:
                 self.on_handshake_message(datagram, source, now)
                 continue
             index = int.from_bytes(datagram[4:8], "little")
@@ -300,8 +316,13 @@ class DataPath:
 
     def on_handshake_message(self, datagram: memoryview, source: Address, now: float) -> None:
         self.stats.handshakes_received += 1
+        # As wireguard-go, whose handshake queue takes only well-sized handshake messages:
+        # only those count toward "under load"; garbage is dropped cheaply and must not push
+        # legitimate peers into the cookie round trip.
+        costly = _HANDSHAKE_SIZES.get(datagram[0] if datagram else 0) == len(datagram)
+        under_load = self._under_load(now) if costly else now < self._under_load_until
         result = self.device.handle_handshake_message(
-            bytes(datagram), source, now, under_load=self._under_load(now)
+            bytes(datagram), source, now, under_load=under_load
         )
         if result.drop_reason:
             self.stats.drops[result.drop_reason] += 1
