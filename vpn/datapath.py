@@ -52,6 +52,7 @@ class DataPathStats:
     jumbo_segments: int = 0
     handshakes_received: int = 0
     icmp_unreachable_sent: int = 0
+    lost_session_handshakes: int = 0
     drops: Counter[str] = field(default_factory=Counter)
 
     def summary(self) -> dict:
@@ -86,6 +87,7 @@ class DataPath:
         self._load_window = 0.0
         self._load_count = 0
         self._under_load_until = 0.0
+        self._last_lost_session_scan = float("-inf")
         # Host unreachable for packets routed to us that no peer's AllowedIPs cover.
         self.icmp = UnreachableResponder()
 
@@ -300,19 +302,36 @@ class DataPath:
             index = int.from_bytes(datagram[4:8], "little")
             if index != run_index:
                 if run:
-                    yield self._keyed(run, run_index)
+                    yield self._keyed(run, run_index, source, now)
                 run, run_index = [], index
             run.append(datagram)
         if run:
-            yield self._keyed(run, run_index)
+            yield self._keyed(run, run_index, source, now)
 
     def _keyed(
-        self, run: list[memoryview], index: int
+        self, run: list[memoryview], index: int, source: Address, now: float
     ) -> tuple[list[memoryview], Keypair | None]:
         kp = self.device.keypair_for_index(index)
         if kp is None:
             self.stats.drops["unknown_receiver_index"] += len(run)
+            self._rehandshake_lost_session(source, now)
         return run, kp
+
+    def _rehandshake_lost_session(self, source: Address, now: float) -> None:
+        """Data for a session we do not know, from the endpoint of a peer we have no session
+        with: we restarted and the peer still uses the session we lost. Waiting for its
+        timers would take 15 s; a handshake now takes a round trip. The packet is not
+        authenticated, so this costs at most one scan of the peers a second and, per peer,
+        one initiation per REKEY_TIMEOUT, sent to the peer's own endpoint, never to the
+        source of the packet."""
+        if now - self._last_lost_session_scan < 1.0:
+            return
+        self._last_lost_session_scan = now
+        for peer in self.device.peers.values():
+            if peer.endpoint == source and peer.keypair_for_sending(now) is None:
+                self.send_control(peer, peer.initiate_handshake(now))
+                self.stats.lost_session_handshakes += 1
+                return
 
     def on_handshake_message(self, datagram: memoryview, source: Address, now: float) -> None:
         self.stats.handshakes_received += 1

@@ -173,8 +173,8 @@ def test_duplicates_dropped_reordered_delivered(lab: Lab) -> None:
 
 @pytest.mark.parametrize(
     ("initiator", "down", "limit"),
-    [("restarted", 0.0, 10.0), ("surviving", 8.0, 10.0), ("surviving", 0.0, 16.5)],
-    ids=["restarted-initiates", "surviving-initiates", "surviving-initiates-quick-restart"],
+    [("restarted", 0.0, 10.0), ("surviving", 8.0, 10.0), ("surviving", 0.0, 10.0)],
+    ids=["restarted-sends", "surviving-sends", "surviving-sends-quick-restart"],
 )
 def test_peer_killed_and_restarted(lab: Lab, initiator: str, down: float, limit: float) -> None:
     """b is SIGKILLed and started again from the same config after `down` seconds; traffic
@@ -183,12 +183,10 @@ def test_peer_killed_and_restarted(lab: Lab, initiator: str, down: float, limit:
 
     When the restarted side sends, its packet starts the handshake at once. When only the
     surviving side sends, it keeps using its old session, which the restarted peer cannot
-    read; the protocol (the kernel's and wireguard-go's timers alike) starts a new handshake
-    KEEPALIVE_TIMEOUT + REKEY_TIMEOUT = 15 s (+ up to 1/3 s jitter) after the first
-    unanswered packet and retries every 5 s. So traffic is back within 10 s of the peer
-    being back when it was down 5 s or more, and within 15.33 s minus its downtime when it
-    came back at once (the quick-restart case, which pins that bound; the ping loop adds up
-    to 0.5 s, and a loaded machine a little more).
+    read: the protocol's timers (the kernel's and wireguard-go's alike) would start a new
+    handshake only 15 s after the first unanswered packet. Our restarted endpoint starts
+    one itself as soon as data for a session it does not know arrives from its peer's
+    endpoint, so traffic is back within a round trip or two either way.
     """
     pair = build(lab)
     pair.start_ours(pair.a)
@@ -213,9 +211,10 @@ def test_peer_killed_and_restarted(lab: Lab, initiator: str, down: float, limit:
     print(f"\n{initiator} side initiates, b down {down:.0f} s: traffic again {recovered:.2f} s "
           f"after b is back (initiations after the kill: from a {from_a}, from b {from_b})")
     assert recovered < limit
-    assert (from_b if initiator == "restarted" else from_a) >= 1, decoded
     if initiator == "restarted":
-        assert from_a == 0, decoded
+        assert from_b >= 1 and from_a == 0, decoded
+    else:
+        assert from_a + from_b >= 1, decoded
     # Both ways, and a transfer, on the new session.
     pair.a.host.run("ping", "-c", "2", "-i", "0.2", "-W", "2", pair.b.tunnel4)
     sent, received = checked_transfer(pair.b.host, pair.a.host, pair.a.tunnel4, 16 * MB)
