@@ -6,6 +6,7 @@ both directions, with each side taking the initiator's role.
 
 from __future__ import annotations
 
+import base64
 import re
 import shutil
 import textwrap
@@ -50,6 +51,9 @@ def test_traffic_both_ways(lab: Lab, peer_kind: str, initiator: str) -> None:
     counters = final_counters(output)
     assert forward > 0.05 and backward > 0.05
     assert "handshake completed" in output
+    # A whole run's debug log holds no private key, in base64 or in hex.
+    private = pair.a.private
+    assert private not in output and base64.b64decode(private).hex() not in output
     # The offload picture on our side: super-packets from the TUN, GSO sends, jumbo writes.
     assert counters["super_packets"] > 0, counters
     assert counters["jumbo_frames"] > 0, counters
