@@ -127,26 +127,7 @@ class Keypair:
         caller's (`sendable`); the message limit is enforced here because a reused nonce
         would be fatal.
         """
-        counter = self.send_counter
-        send = self._send
-        if counter >= REJECT_AFTER_MESSAGES or send is None:
-            raise TransportError("keypair_exhausted")
-        self.send_counter = counter + 1
-        n = len(plaintext)
-        if n != mtu:  # a full-MTU packet is never padded
-            pad = -n & _PAD_MASK  # padded_length(n, mtu) - n, inlined
-            if pad:
-                if mtu and n + pad > mtu:
-                    pad = mtu - n if mtu > n else 0
-                if pad:
-                    plaintext = b"".join((plaintext, _PADS[pad]))
-                    n += pad
-        _pack_header(out, offset, MESSAGE_TRANSPORT, self.remote_index, counter)
-        end = offset + n + TRANSPORT_MIN_SIZE
-        send.encrypt_into(
-            _nonce(counter), plaintext, None, memoryview(out)[offset + TRANSPORT_HEADER_SIZE : end]
-        )
-        return end - offset
+        return self.encrypt_batch((plaintext,), out, offset, mtu)[0]
 
     def encrypt_batch(
         self,
@@ -207,33 +188,10 @@ class Keypair:
     def decrypt_into(self, message: Buffer, out: bytearray | memoryview, offset: int = 0) -> int:
         """Authenticate `message`, then check replay; write the (padded) plaintext at
         out[offset:] and return its length. Raises TransportError with a drop reason."""
-        n = len(message) - TRANSPORT_MIN_SIZE
+        drops: dict[str, int] = {}
+        n = self.decrypt_batch((message,), out, offset, drops)[0]
         if n < 0:
-            raise TransportError("transport_too_short")
-        kind, receiver, counter = _unpack_header(message)
-        if kind != MESSAGE_TRANSPORT or receiver != self.local_index:
-            raise TransportError("wrong_keypair")
-        recv = self._recv
-        if recv is None:
-            raise TransportError("keypair_expired")
-        try:
-            # Slicing a memoryview copies nothing; bytes would be copied, which is still right.
-            recv.decrypt_into(
-                _nonce(counter),
-                message[TRANSPORT_HEADER_SIZE:],
-                None,
-                memoryview(out)[offset : offset + n],
-            )
-        except InvalidTag:
-            raise TransportError("bad_auth") from None
-        # Only after authentication may the counter move the window. The next counter in
-        # order (the common case) is ReplayWindow.validate's first branch, inlined.
-        replay = self.replay
-        if counter == replay.greatest + 1 and counter < REJECT_AFTER_MESSAGES:
-            replay._seen[counter & REPLAY_SLOT_MASK] = 1
-            replay.greatest = counter
-        elif not replay.validate(counter):
-            raise TransportError("replay")
+            raise TransportError(next(iter(drops)))
         return n
 
     def decrypt_batch(
