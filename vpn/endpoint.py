@@ -97,13 +97,19 @@ class Endpoint:
             if peer.endpoint is not None
         }
         device = Device(iface.private_key)
-        for peer_config in self.config.peers:
-            add_peer(device, peer_config, endpoints.get(peer_config.public_key))
+        try:
+            for peer_config in self.config.peers:
+                add_peer(device, peer_config, endpoints.get(peer_config.public_key))
+        except ValueError as err:  # too many peers, or a peer with our own key
+            raise EndpointError(f"{self.config.path}: {err}") from None
         try:
             # Claim the management socket first: a live one means another endpoint has this
             # name (maybe in another netns, where the TUN name alone would not clash).
             self.uapi = UapiServer(self.name, self, directory=self.socket_dir)
             self.uapi.bind()
+            # As wg-quick: PreUp runs before the interface exists; a failure stops everything.
+            for command in iface.pre_up:
+                netsetup.run_hook("PreUp", command, self.name)
             self.tun = TunDevice.open(self.name, vnet_hdr=iface.offload, offload=iface.offload)
             self.mtu = iface.mtu or netsetup.auto_mtu(
                 (ipaddress.ip_address(addr[0]) for addr in endpoints.values()),
@@ -118,10 +124,10 @@ class Endpoint:
                 fwmark=iface.fwmark,
                 dns_servers=iface.dns_servers,
                 dns_search=iface.dns_search,
-                pre_up=iface.pre_up,
+                pre_up=(),  # already run
                 post_up=iface.post_up,
                 pre_down=iface.pre_down,
-                post_down=iface.post_down,
+                post_down=(),  # run by _release once the interface is gone
             )
             self._applied = netsetup.apply(self._setup)
             fwmark = self._applied.fwmark or iface.fwmark
@@ -185,9 +191,10 @@ class Endpoint:
         log.info("interface %s down", self.name)
 
     def _release(self) -> None:
+        problems = []
+        was_up = self._applied is not None
         if self._applied is not None and self._setup is not None:
-            for problem in netsetup.teardown(self._applied, self._setup):
-                log.warning("teardown: %s", problem)
+            problems += netsetup.teardown(self._applied, self._setup)
             self._applied = None
         if self.udp is not None:
             self.udp.close()
@@ -195,6 +202,12 @@ class Endpoint:
         if self.tun is not None:
             self.tun.close()  # the kernel removes the device, its addresses and routes
             self.tun = None
+        if was_up:  # as wg-quick: PostDown once the interface is gone, and only if it was up
+            problems += netsetup.run_hooks_reporting(
+                "PostDown", self.config.interface.post_down, self.name
+            )
+        for problem in problems:
+            log.warning("teardown: %s", problem)
         if self.uapi is not None:
             # Last, so that `vpn down`, which waits for the socket to go, finds the rest gone.
             self.uapi.close()

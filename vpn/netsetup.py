@@ -153,10 +153,10 @@ def teardown(applied: Applied, setup: InterfaceSetup | None = None) -> list[str]
     setup = setup or applied.setup
     errors = []
     if applied.run_hooks:
-        errors += _run_hooks_reporting("PreDown", setup.pre_down, setup.ifname)
+        errors += run_hooks_reporting("PreDown", setup.pre_down, setup.ifname)
     errors += applied.undo()
     if applied.run_hooks:
-        errors += _run_hooks_reporting("PostDown", setup.post_down, setup.ifname)
+        errors += run_hooks_reporting("PostDown", setup.post_down, setup.ifname)
     return errors
 
 
@@ -420,7 +420,8 @@ def run_hook(stage: str, command: str, ifname: str) -> None:
         raise SetupError(f"{stage} hook `{command}` failed with exit status {proc.returncode}")
 
 
-def _run_hooks_reporting(stage: str, commands: Sequence[str], ifname: str) -> list[str]:
+def run_hooks_reporting(stage: str, commands: Sequence[str], ifname: str) -> list[str]:
+    """Run hooks whose failure must not stop a teardown; return the failures as text."""
     errors = []
     for command in commands:
         try:

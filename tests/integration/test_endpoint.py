@@ -175,3 +175,22 @@ def test_one_endpoint_serves_several_peers(lab: Lab) -> None:
     assert spoofed.returncode != 0
     counters = final_counters(pair.stop(pair.a))
     assert counters["drops"].get("source_not_allowed", 0) >= 2, counters
+
+
+def test_hooks_run_in_wg_quick_order(lab: Lab) -> None:
+    """PreUp before the interface exists, PostUp once it is up, PreDown while it still
+    exists, PostDown after it is gone; %i is the interface name."""
+    pair = build(lab)
+    log = lab.path("hooks.log")
+    pair.a.extra_interface_lines = [
+        f"{stage} = echo {stage} %i $(ip link show %i >/dev/null 2>&1 && echo present "
+        f"|| echo absent) >> {log}"
+        for stage in ("PreUp", "PostUp", "PreDown", "PostDown")
+    ]
+    pair.start_ours(pair.a)
+    pair.stop(pair.a)
+    name = pair.a.ifname
+    assert log.read_text().splitlines() == [
+        f"PreUp {name} absent", f"PostUp {name} present",
+        f"PreDown {name} present", f"PostDown {name} absent",
+    ]
