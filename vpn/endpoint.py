@@ -570,7 +570,22 @@ class Endpoint:
                 peer_config = replace(peer_config, endpoint=EndpointAddress(host, port))
             peers.append(peer_config)
         path = Path(self.config.path)
-        path.write_text(to_text(replace(self.config, peers=tuple(peers))))
+        text = to_text(replace(self.config, peers=tuple(peers)))
+        # Written aside and renamed over: a crash mid-write must not cost the old file. The
+        # new file holds the private key, so it is created 0600 whatever the umask.
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(text)
+                out.flush()
+                os.fsync(out.fileno())
+            os.rename(temp, path)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            log.error("could not save the configuration to %s: %s", path, err.strerror)
+            return
         log.info("configuration saved to %s", path)
 
 

@@ -17,6 +17,8 @@ from tests.integration import compose_lab
 from tests.integration.relay_lab import checked_transfer
 from tests.integration.wg_lab import build, final_counters, start_vpn, wg
 from tests.netns import Lab, iperf3_gbps
+from vpn.config import parse
+from vpn.keys import encode_key
 
 pytestmark = pytest.mark.netns
 
@@ -194,3 +196,23 @@ def test_hooks_run_in_wg_quick_order(lab: Lab) -> None:
         f"PreUp {name} absent", f"PostUp {name} present",
         f"PreDown {name} present", f"PostDown {name} absent",
     ]
+
+
+def test_save_config_writes_back_runtime_changes(lab: Lab) -> None:
+    """SaveConfig = true: a peer added with `wg set` while running is in the file after
+    shutdown, and the file still parses and keeps its private mode."""
+    pair = build(lab)
+    pair.a.extra_interface_lines = ["SaveConfig = true"]
+    pair.start_ours(pair.a)
+    pair.start_ours(pair.b)
+    pair.a.host.run("ping", "-c", "2", "-i", "0.2", "-W", "5", pair.b.tunnel4)
+    added = wg("pubkey", input=wg("genkey"))
+    pair.a.host.run("wg", "set", pair.a.ifname, "peer", added, "allowed-ips", "198.18.10.77/32")
+    pair.stop(pair.a)
+    assert pair.a.config is not None
+    saved = parse(pair.a.config.read_text(), str(pair.a.config))
+    peers = {encode_key(p.public_key): p for p in saved.peers}
+    assert set(peers) == {pair.b.public, added}
+    assert [str(n) for n in peers[added].allowed_ips] == ["198.18.10.77/32"]
+    assert str(peers[pair.b.public].endpoint) == "198.18.1.2:51821"
+    assert pair.a.config.stat().st_mode & 0o077 == 0
