@@ -574,8 +574,8 @@ class Endpoint:
         # Written aside and renamed over: a crash mid-write must not cost the old file. The
         # new file holds the private key, so it is created 0600 whatever the umask.
         temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             with os.fdopen(fd, "w") as out:
                 out.write(text)
                 out.flush()
