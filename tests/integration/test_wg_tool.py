@@ -305,3 +305,20 @@ def test_reload_connection_bound_and_errors(lab: Lab) -> None:
     time.sleep(0.2)
     assert a.public in a.host.run("wg", "show", name).stdout
     _ping(pair)
+
+
+def test_vpn_show_reads_a_wireguard_go_socket(lab: Lab) -> None:
+    """`vpn show` speaks plain UAPI too: against wireguard-go it shows the peers and says
+    there are no offload counters (null), instead of failing."""
+    pair = build(lab)
+    pair.start_wireguard_go(pair.a)
+    pair.start_wireguard_go(pair.b)
+    pair.a.host.run("ping", "-c", "2", "-i", "0.2", "-W", "5", pair.b.tunnel4)
+    shown = json.loads(_vpn(pair, "show", pair.a.ifname, "--json").stdout)
+    assert shown["interface"] == pair.a.ifname
+    assert shown["offload"] is None
+    (peer,) = shown["peers"]
+    assert peer["public_key"] == pair.b.public
+    assert peer["latest_handshake"] and peer["rx_bytes"] > 0
+    text = _vpn(pair, "show", pair.a.ifname).stdout
+    assert pair.b.public in text
