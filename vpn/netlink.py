@@ -133,24 +133,20 @@ def set_up(name: str, up: bool = True) -> None:
 # --- addresses --------------------------------------------------------------------------
 
 
-@_rtnl
 def add_address(name: str, cidr: str | IPInterface) -> None:
-    iface = ipaddress.ip_interface(cidr)
-    with _ipr() as ipr:
-        ipr.addr(
-            "add",
-            index=link_index(ipr, name),
-            address=str(iface.ip),
-            prefixlen=iface.network.prefixlen,
-        )
+    _address("add", name, cidr)
+
+
+def del_address(name: str, cidr: str | IPInterface) -> None:
+    _address("del", name, cidr)
 
 
 @_rtnl
-def del_address(name: str, cidr: str | IPInterface) -> None:
+def _address(command: str, name: str, cidr: str | IPInterface) -> None:
     iface = ipaddress.ip_interface(cidr)
     with _ipr() as ipr:
         ipr.addr(
-            "del",
+            command,
             index=link_index(ipr, name),
             address=str(iface.ip),
             prefixlen=iface.network.prefixlen,
