@@ -3,8 +3,8 @@
 Pure functions over buffers: ``split`` for reads from the TUN, ``coalesce`` for writes to it.
 """
 
-from vpn.offload.gro import Coalesced, coalesce
+from vpn.offload.gro import Coalesced, Coalescer, coalesce
 from vpn.offload.gso import split
 from vpn.packet.errors import OffloadError
 
-__all__ = ["Coalesced", "OffloadError", "coalesce", "split"]
+__all__ = ["Coalesced", "Coalescer", "OffloadError", "coalesce", "split"]
