@@ -316,6 +316,7 @@ def _add_default_route(applied: Applied, prefix: IPNetwork, ifname: str) -> None
         applied.default_table = applied.fwmark = table
     table = applied.default_table
     version = prefix.version
+    _remove_leftover_rules(version, table)
     _add_rule(
         applied, f"adding rule -{version} not fwmark {table} table {table}",
         lambda: netlink.add_rule(version, table, fwmark=table, invert=True),
@@ -335,6 +336,26 @@ def _add_default_route(applied: Applied, prefix: IPNetwork, ifname: str) -> None
             raise SetupError(
                 f"setting net.ipv4.conf.all.src_valid_mark=1: {_reason(err)}"
             ) from err
+
+
+def _remove_leftover_rules(version: int, table: int) -> None:
+    """A run killed before its teardown (SIGKILL, a crash) leaves its two rules behind,
+    while its table empties with its interface. A `not fwmark T table T` rule for our table
+    while that table holds no route is such a leftover: remove it, and one `table main
+    suppress_prefixlength 0` rule with each, so restarts do not pile rules up."""
+    try:
+        if netlink.routes(version, table=table):
+            return
+        found = netlink.rules(version)
+        stale = [r for r in found if r.table == table and r.fwmark == table and r.invert]
+        suppress = [r for r in found if r.table == netlink.MAIN_TABLE and r.fwmark is None
+                    and r.suppress_prefixlength == 0]
+        for rule in stale + suppress[:len(stale)]:
+            log.warning("removing rule %s, left by a run that did not stop cleanly",
+                        rule.describe())
+            netlink.del_rule(rule)
+    except (OSError, LookupError) as err:
+        raise SetupError(f"removing leftover rules for table {table}: {_reason(err)}") from err
 
 
 def _add_rule(applied: Applied, doing: str, add: Callable[[], netlink.Rule]) -> None:

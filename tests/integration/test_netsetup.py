@@ -124,6 +124,25 @@ def test_default_route_gets_its_own_table_and_fwmark_rules(lab: Lab) -> None:
         assert "table 51820" not in ip(host, "-6", "route", "show", "table", "all")
 
 
+def test_rules_left_by_a_killed_run_are_removed_at_the_next_start(lab: Lab) -> None:
+    host = lab.host("n")
+    config = setup(addresses=addrs("198.18.1.1/32", "fd00:1::1/128"),
+                   allowed_ips=net("0.0.0.0/0", "::/0"))
+    before = [ip(host, family, "rule") for family in ("-4", "-6")]
+    # A run killed by SIGKILL: set up, then the TUN closes without any teardown.
+    with tun_in(host):
+        netsetup.apply(config)
+    assert [ip(host, family, "rule") for family in ("-4", "-6")] != before
+    with tun_in(host):
+        applied = netsetup.apply(config)
+        for family in ("-4", "-6"):
+            rules = ip(host, family, "rule")
+            assert rules.count("suppress_prefixlength 0") == 1, rules
+            assert rules.count("lookup 51820") == 1, rules
+        assert netsetup.teardown(applied) == []
+    assert [ip(host, family, "rule") for family in ("-4", "-6")] == before
+
+
 def test_default_route_table_skips_used_tables_and_follows_fwmark(lab: Lab) -> None:
     host = lab.host("n")
     host.run("ip", "route", "add", "blackhole", "198.18.9.0/24", "table", "51820")
