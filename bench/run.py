@@ -96,7 +96,9 @@ def relay_throughput(rounds: int, seconds: float) -> dict[str, object]:
     }
 
 
-ENDPOINT_MODES = ("ours", "ours-offload-off", "wireguard-go")
+# "ours-wireguard-go": ours on a, Debian's wireguard-go on b, so a->b is ours sending to
+# wireguard-go and b->a wireguard-go sending to ours (one datagram at a time, no GRO).
+ENDPOINT_MODES = ("ours", "ours-offload-off", "wireguard-go", "ours-wireguard-go")
 # (parallel streams, reverse): a->b with one and four streams, and b->a.
 FLOWS = ((1, False), (4, False), (1, True), (4, True))
 
@@ -114,28 +116,30 @@ def peak_rss_mb(pid: int) -> float:
 
 def endpoint_throughput(rounds: int, seconds: float) -> dict[str, object]:
     """iperf3 through a WireGuard tunnel between two hosts, both ends of one kind: this
-    project with offloads, this project with `Offload = off`, Debian's wireguard-go."""
+    project with offloads, this project with `Offload = off`, Debian's wireguard-go; and
+    ours facing wireguard-go."""
     samples: dict[str, dict[str, list[float]]] = {
         mode: {flow_name(*flow): [] for flow in FLOWS} for mode in ENDPOINT_MODES
     }
     counters: dict[str, dict] = {}
-    rss: dict[str, list[float]] = {mode: [] for mode in ENDPOINT_MODES if mode != "wireguard-go"}
+    rss: dict[str, list[float]] = {mode: [] for mode in ("ours", "ours-offload-off")}
     for _ in range(rounds):
         for mode in ENDPOINT_MODES:
             with Lab() as lab:
                 pair = wg_lab.build(lab)
                 for node in (pair.a, pair.b):
-                    if mode == "wireguard-go":
+                    if mode == "wireguard-go" or (mode == "ours-wireguard-go"
+                                                  and node is pair.b):
                         pair.start_wireguard_go(node)
                     else:
-                        pair.start_ours(node, offload=mode == "ours")
+                        pair.start_ours(node, offload=mode != "ours-offload-off")
                 pair.a.host.run("ping", "-c", "2", "-i", "0.2", "-W", "5", pair.b.tunnel4)
                 for streams, reverse in FLOWS:
                     result = pair.a.host.iperf3(pair.b.host, pair.b.tunnel4, seconds=seconds,
                                                 reverse=reverse, extra=("-P", str(streams)))
                     gbps = result["end"]["sum_received"]["bits_per_second"] / 1e9
                     samples[mode][flow_name(streams, reverse)].append(gbps)
-                if mode != "wireguard-go":
+                if mode in ("ours", "ours-offload-off"):
                     assert pair.a.process is not None and pair.b.process is not None
                     rss[mode].append(max(peak_rss_mb(n.process.pid) for n in (pair.a, pair.b)
                                          if n.process is not None))
@@ -244,10 +248,12 @@ def draw_chart(report: dict) -> Path:
     labels, values, colours = [], [], []
     for mode, flows in report["endpoint"]["gbps_median"].items():
         for flow, gbps in flows.items():
-            short = {"ours-offload-off": "ours\nOffload=off", "wireguard-go": "wg-go"}
+            short = {"ours-offload-off": "ours\nOffload=off", "wireguard-go": "wg-go",
+                     "ours-wireguard-go": "ours a,\nwg-go b"}
             labels.append(f"{short.get(mode, mode)}\n{flow}")
             values.append(gbps)
-            colours.append({"ours": "tab:green", "ours-offload-off": "tab:olive"}.get(
+            colours.append({"ours": "tab:green", "ours-offload-off": "tab:olive",
+                            "ours-wireguard-go": "tab:cyan"}.get(
                 mode, "tab:gray"))
     for mode, gbps in (report.get("relay") or {}).get("gbps_median", {}).items():
         labels.append(f"relay\n{mode}")

@@ -90,6 +90,7 @@ class DataPath:
         self._send_buffer = bytearray(SEND_BUFFER_BYTES)
         # Decrypted packets of one receive batch, side by side until written to the TUN.
         self._recv_buffer = bytearray(udp.batch * (MAX_PACKET + 1))
+        self._recv_view = memoryview(self._recv_buffer)
         self._gro = Coalescer(udp=tun.offload.uso)
         self._load_window = 0.0
         self._load_count = 0
@@ -233,48 +234,36 @@ class DataPath:
             return
         now = self.clock()
         stats = self.stats
-        drops = stats.drops
-        view = memoryview(self._recv_buffer)
         offset = 0
         # keypair -> [bytes received, data packets, latest source]
         sessions: dict[Keypair, list] = {}
+        # Consecutive lone datagrams from one source (a peer without UDP GSO, a path without
+        # GRO) are taken together, so they share the per-run work of the general path.
+        lone: list[memoryview] = []
+        lone_source: Address | None = None
         for data, segment_size, source in received:
-            if segment_size < len(data):
-                count = -(-len(data) // segment_size)
-                stats.datagrams_received += count
-                if count >= STRIDED_MIN:
-                    used = self._receive_strided(data, segment_size, source, now, sessions,
-                                                 offset)
-                    if used >= 0:
-                        offset += used
-                        continue
-                datagrams: Sequence[memoryview] = split_gro(data, segment_size)
-            else:
+            if segment_size >= len(data):
                 stats.datagrams_received += 1
-                datagrams = (data,)
-            for run, kp in self._runs_by_keypair(datagrams, source, now):
-                if kp is None:
+                if lone and source != lone_source:
+                    offset = self._receive_datagrams(lone, lone_source, now, sessions, offset)  # type: ignore[arg-type]
+                    lone = []
+                lone.append(data)
+                lone_source = source
+                continue
+            if lone:
+                offset = self._receive_datagrams(lone, lone_source, now, sessions, offset)  # type: ignore[arg-type]
+                lone = []
+            count = -(-len(data) // segment_size)
+            stats.datagrams_received += count
+            if count >= STRIDED_MIN:
+                used = self._receive_strided(data, segment_size, source, now, sessions, offset)
+                if used >= 0:
+                    offset += used
                     continue
-                session = sessions.get(kp)
-                if session is None and not kp.receivable(now):
-                    drops["keypair_expired"] += len(run)
-                    continue
-                lengths = kp.decrypt_batch(run, view, offset, drops)
-                plaintexts = []
-                for datagram, n in zip(run, lengths, strict=True):
-                    if n < 0:
-                        continue
-                    # Only an authenticated, fresh message may move the endpoint or count as
-                    # received: a replayed or forged one from elsewhere must change nothing.
-                    if session is None:
-                        session = sessions[kp] = [0, 0, source]
-                    session[2] = source
-                    session[0] += len(datagram)
-                    if n:  # not a keepalive
-                        plaintexts.append(view[offset:offset + n])
-                        offset += n
-                if plaintexts:
-                    self._deliver(kp, session, plaintexts)  # type: ignore[arg-type]
+            offset = self._receive_datagrams(split_gro(data, segment_size), source, now,
+                                             sessions, offset)
+        if lone:
+            self._receive_datagrams(lone, lone_source, now, sessions, offset)  # type: ignore[arg-type]
         if self.coalescing:
             for frame in self._gro.frames():
                 self._write(frame)
@@ -286,6 +275,37 @@ class DataPath:
             )
             if peer.endpoint != before:
                 log.info("peer %s endpoint changed to %s", short_key(peer), endpoint_text(source))
+
+    def _receive_datagrams(self, datagrams: Sequence[memoryview], source: Address, now: float,
+                           sessions: dict[Keypair, list], offset: int) -> int:
+        """The general path: datagrams from one source, one by one, transport messages
+        decrypted in runs per keypair. Returns the new end of the receive buffer's use."""
+        drops = self.stats.drops
+        view = self._recv_view
+        for run, kp in self._runs_by_keypair(datagrams, source, now):
+            if kp is None:
+                continue
+            session = sessions.get(kp)
+            if session is None and not kp.receivable(now):
+                drops["keypair_expired"] += len(run)
+                continue
+            lengths = kp.decrypt_batch(run, view, offset, drops)
+            plaintexts = []
+            for datagram, n in zip(run, lengths, strict=True):
+                if n < 0:
+                    continue
+                # Only an authenticated, fresh message may move the endpoint or count as
+                # received: a replayed or forged one from elsewhere must change nothing.
+                if session is None:
+                    session = sessions[kp] = [0, 0, source]
+                session[2] = source
+                session[0] += len(datagram)
+                if n:  # not a keepalive
+                    plaintexts.append(view[offset:offset + n])
+                    offset += n
+            if plaintexts:
+                self._deliver(kp, session, plaintexts)  # type: ignore[arg-type]
+        return offset
 
     def _receive_strided(self, data: memoryview, stride: int, source: Address, now: float,
                          sessions: dict[Keypair, list], offset: int) -> int:
@@ -303,7 +323,7 @@ class DataPath:
         kp = self.device.keypair_for_index(index)
         if kp is None or last_room < 40 or (kp not in sessions and not kp.receivable(now)):
             return -1
-        buf = self._recv_buffer
+        buf, view = self._recv_buffer, self._recv_view
         lengths = kp.decrypt_strided(data, stride, counters, buf, offset, self.stats.drops)
         if max(lengths) < 0:
             return 0  # nothing authenticated: nothing may move the endpoint or count
@@ -312,7 +332,6 @@ class DataPath:
             session = sessions[kp] = [0, 0, source]
         session[2] = source
         if min(lengths) < 0:  # something failed: the rest one by one
-            view = memoryview(buf)
             plaintexts = []
             for i, n in enumerate(lengths):
                 if n >= 0:
@@ -323,7 +342,6 @@ class DataPath:
         session[0] += len(data)
         shared = common_source(buf, offset, body, count, last_room)
         if shared is None:
-            view = memoryview(buf)
             self._deliver(kp, session, [view[offset + i * body:offset + i * body + n]
                                         for i, n in enumerate(lengths)])
             return count * body
@@ -338,7 +356,6 @@ class DataPath:
             if self._gro.add_strided(buf, offset, body, ip_lengths):
                 self.stats.strided_blocks += 1
         else:
-            view = memoryview(buf)
             for i, n in enumerate(ip_lengths):
                 self._write(Coalesced(NO_OFFLOAD, [view[offset + i * body:offset + i * body + n]]))
         return count * body

@@ -29,6 +29,12 @@ def test_not_stripping_the_header_on_read_breaks_every_connection(lab: Lab) -> N
     assert "Flags [S.]" not in decoded
 
 
+def completed(received: str, size: int) -> bool:
+    """Did the receiver get all `size` bytes? When the sender gives up, its close may still
+    reach the receiver, which then reports the few bytes it got (seen under load)."""
+    return bool(received) and int(received.split()[0]) == size
+
+
 def test_gso_size_set_to_the_mtu_makes_the_gateway_drop_every_jumbo_frame(lab: Lab) -> None:
     """Mistake 3: gso_size is the MSS. With the MTU there, every resegmented packet is
     40+ bytes too big for a 1500-byte link: the gateway drops it and answers "fragmentation
@@ -39,7 +45,7 @@ def test_gso_size_set_to_the_mtu_makes_the_gateway_drop_every_jumbo_frame(lab: L
     stats = run.stop()
     assert stats["a_to_b"]["jumbo_frames"] > 0
     assert _icmp_frag_needed_sent(run.b) > before
-    assert received == ""  # the transfer of 64 MiB never completes
+    assert not completed(received, 64 << 20)
 
 
 def test_full_checksum_with_needs_csum_corrupts_forwarded_segments(lab: Lab) -> None:
@@ -53,7 +59,7 @@ def test_full_checksum_with_needs_csum_corrupts_forwarded_segments(lab: Lab) -> 
     stats = run.stop()
     assert stats["a_to_b"]["jumbo_frames"] > 0
     assert "incorrect" in decoded
-    assert received == ""
+    assert not completed(received, 64 << 20)
 
 
 def test_hdr_len_without_tcp_options_is_tolerated_on_write(lab: Lab) -> None:
