@@ -14,79 +14,14 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from collections.abc import Sequence
-from types import SimpleNamespace
 
+from tests.unit.datapath_doubles import DST, ENDPOINT_A, MTU, SRC, handshaken_pair
 from tests.unit.packets import tcp_super_packet
 from vpn import datapath
 from vpn.datapath import DataPath
 from vpn.packet.virtio import VirtioNetHeader
-from vpn.udp import UdpStats
-from vpn.wireguard import Device
 
-MTU = 1420
 MSS = MTU - 40 - 12  # IPv4 + TCP with the timestamps option, as Linux sends
-SRC, DST = bytes([198, 18, 10, 1]), bytes([198, 18, 10, 2])
-ENDPOINT_A, ENDPOINT_B = ("198.18.0.1", 51820), ("198.18.0.2", 51820)
-
-
-class _Tun:
-    """What DataPath asks of a TUN device, in memory: one queued read, frames kept."""
-
-    vnet_hdr = True
-    offload = SimpleNamespace(uso=True)
-
-    def __init__(self) -> None:
-        self.reads: list[tuple[VirtioNetHeader, memoryview]] = []
-        self.frames: list[bytes] = []
-        self.keep = True
-
-    def read_batch(self) -> list[tuple[VirtioNetHeader, memoryview]]:
-        reads, self.reads = self.reads, []
-        return reads
-
-    def write(self, header: bytes, parts: Sequence[bytes | memoryview]) -> None:
-        if self.keep:
-            self.frames.append(b"".join((header, *parts)))
-
-
-class _Udp:
-    """What DataPath asks of a UDP socket, in memory: GSO sends become GRO receives."""
-
-    batch = 64
-
-    def __init__(self) -> None:
-        self.stats = UdpStats()
-        self.sent: list[tuple[bytes, int]] = []
-        self.incoming: list[tuple[memoryview, int, tuple[str, int]]] = []
-
-    def send_segments(self, dest: object, view: memoryview, size: int, count: int,
-                      last: int) -> None:
-        self.sent.append((bytes(view), size))
-
-    def send(self, dest: object, datagram: bytes) -> None:
-        self.sent.append((bytes(datagram), len(datagram)))
-
-    def receive_batch(self) -> list[tuple[memoryview, int, tuple[str, int]]]:
-        incoming, self.incoming = self.incoming, []
-        return incoming
-
-
-def _pair() -> tuple[DataPath, DataPath]:
-    """Two data paths whose devices completed a handshake, each routing 198.18.10.x."""
-    now = 1.0
-    paths = []
-    devices = [Device(os.urandom(32)), Device(os.urandom(32))]
-    for me, other, theirs, endpoint in ((0, 1, DST, ENDPOINT_B), (1, 0, SRC, ENDPOINT_A)):
-        peer = devices[me].add_peer(devices[other].public_key, endpoint=endpoint)
-        devices[me].allowed_ips.insert(f"{'.'.join(map(str, theirs))}/32", peer)
-        paths.append(DataPath(devices[me], _Tun(), _Udp(), mtu=MTU, clock=lambda: now))  # type: ignore[arg-type]
-    a, b = paths
-    initiator = next(iter(a.device.peers.values()))
-    (init,) = initiator.initiate_handshake(now)
-    response = b.device.handle_handshake_message(init, ENDPOINT_A, now).replies[0]
-    a.device.handle_handshake_message(response, ENDPOINT_B, now)
-    return a, b
 
 
 def _run(a: DataPath, b: DataPath, reads: list[tuple[VirtioNetHeader, memoryview]],
@@ -111,7 +46,7 @@ def _run(a: DataPath, b: DataPath, reads: list[tuple[VirtioNetHeader, memoryview
 
 def run(rounds: int = 400) -> dict[str, float]:
     """Microseconds per 64 KiB super-packet through each side, medians over `rounds`."""
-    a, b = _pair()
+    a, b = handshaken_pair()
     payload = os.urandom(MSS * 47)  # 47 segments: what a 64 KiB TSO read carries here
     options = b"\x01\x01\x08\x0a" + bytes(8)
     header, packet = tcp_super_packet(payload, MSS, src=SRC, dst=DST, options=options)

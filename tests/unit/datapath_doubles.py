@@ -1,0 +1,107 @@
+"""In-memory stand-ins for the TUN device and the UDP socket around a real `DataPath`, and a
+pair of data paths whose devices completed a handshake: for the receive path's equivalence
+test and for `bench/pipeline.py`. Only the system calls are replaced; every line of the
+data path runs. What the kernel does with the frames is the integration tests' business."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from types import SimpleNamespace
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from vpn.datapath import DataPath
+from vpn.packet.virtio import VirtioNetHeader
+from vpn.udp import UdpStats
+from vpn.wireguard import Device
+
+MTU = 1420
+SRC, DST = bytes([198, 18, 10, 1]), bytes([198, 18, 10, 2])
+ENDPOINT_A, ENDPOINT_B = ("198.18.0.1", 51820), ("198.18.0.2", 51820)
+NOW = 1.0
+
+
+class MemoryTun:
+    """What DataPath asks of a TUN device: queued reads, written frames kept (or not)."""
+
+    vnet_hdr = True
+    offload = SimpleNamespace(uso=True)
+
+    def __init__(self) -> None:
+        self.reads: list[tuple[VirtioNetHeader, memoryview]] = []
+        self.frames: list[bytes] = []
+        self.keep = True
+
+    def read_batch(self) -> list[tuple[VirtioNetHeader, memoryview]]:
+        reads, self.reads = self.reads, []
+        return reads
+
+    def write(self, header: bytes, parts: Sequence[bytes | memoryview]) -> None:
+        if self.keep:
+            self.frames.append(b"".join((header, *parts)))
+
+
+class MemoryUdp:
+    """What DataPath asks of a UDP socket: sends kept as (datagrams, segment size), as a
+    GSO send would hand them to the receiver's GRO; receives taken from `incoming`."""
+
+    batch = 64
+
+    def __init__(self) -> None:
+        self.stats = UdpStats()
+        self.sent: list[tuple[bytes, int]] = []
+        self.incoming: list[tuple[memoryview, int, tuple[str, int]]] = []
+
+    def send_segments(self, dest: object, view: memoryview, size: int, count: int,
+                      last: int) -> None:
+        self.sent.append((bytes(view), size))
+
+    def send(self, dest: object, datagram: bytes) -> None:
+        self.sent.append((bytes(datagram), len(datagram)))
+
+    def receive_batch(self) -> list[tuple[memoryview, int, tuple[str, int]]]:
+        incoming, self.incoming = self.incoming, []
+        return incoming
+
+
+def _deterministic(seed: bytes) -> tuple[Callable[[int], bytes], Callable[[], X25519PrivateKey]]:
+    """Random bytes and ephemeral keys from a seed, so two pairs built alike are alike."""
+    counter = [0]
+
+    def random_bytes(n: int) -> bytes:
+        counter[0] += 1
+        out = b""
+        while len(out) < n:
+            out += hashlib.sha256(seed + counter[0].to_bytes(8, "little") + out).digest()
+        return out[:n]
+
+    return random_bytes, lambda: X25519PrivateKey.from_private_bytes(random_bytes(32))
+
+
+def handshaken_pair(seed: bytes | None = None) -> tuple[DataPath, DataPath]:
+    """Data paths a (198.18.10.1) and b (198.18.10.2) whose devices completed a handshake,
+    a as the initiator. With a seed, everything is derived from it: equal seeds give
+    equal pairs, down to the session keys."""
+    paths = []
+    devices = []
+    for side in (b"a", b"b"):
+        if seed is None:
+            devices.append(Device(os.urandom(32)))
+            continue
+        random_bytes, ephemeral = _deterministic(seed + side)
+        devices.append(Device(random_bytes(32), random_bytes=random_bytes,
+                              wall_clock=lambda: 1_700_000_000.0, ephemeral_factory=ephemeral,
+                              jitter=lambda: 0.5))
+    for me, other, theirs, endpoint in ((0, 1, DST, ENDPOINT_B), (1, 0, SRC, ENDPOINT_A)):
+        peer = devices[me].add_peer(devices[other].public_key, endpoint=endpoint)
+        devices[me].allowed_ips.insert(f"{'.'.join(map(str, theirs))}/32", peer)
+        paths.append(DataPath(devices[me], MemoryTun(), MemoryUdp(), mtu=MTU,  # type: ignore[arg-type]
+                              clock=lambda: NOW))
+    a, b = paths
+    initiator = next(iter(a.device.peers.values()))
+    (init,) = initiator.initiate_handshake(NOW)
+    response = b.device.handle_handshake_message(init, ENDPOINT_A, NOW).replies[0]
+    a.device.handle_handshake_message(response, ENDPOINT_B, NOW)
+    return a, b
