@@ -53,8 +53,9 @@ def apply(receives: list[Receive], ops: list[tuple[str, int, int]]) -> list[Rece
         if kind == "cut" and count > 1:  # GRO stopped at another boundary
             out[i:i + 1] = [(data[:k * size], size, source), (data[k * size:], size, source)]
         elif kind == "lose" and count > 2:  # one datagram lost on the way
-            out[i:i + 1] = [(data[:k * size], size, source),
-                            (data[(k + 1) * size:], size, source)]
+            out[i:i + 1] = [piece for piece in ((data[:k * size], size, source),
+                                                (data[(k + 1) * size:], size, source))
+                            if piece[0]]
         elif kind == "replay":  # the same again, from its source or from elsewhere
             out.insert(min(len(out), i + 1 + where % 3),
                        (data, size, FOREIGN if where & 1 else source))
