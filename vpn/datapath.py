@@ -240,18 +240,18 @@ class DataPath:
         # Consecutive lone datagrams from one source (a peer without UDP GSO, a path without
         # GRO) are taken together, so they share the per-run work of the general path.
         lone: list[memoryview] = []
-        lone_source: Address | None = None
+        lone_source: Address = ("", 0)  # meaningful while `lone` is not empty
         for data, segment_size, source in received:
             if segment_size >= len(data):
                 stats.datagrams_received += 1
                 if lone and source != lone_source:
-                    offset = self._receive_datagrams(lone, lone_source, now, sessions, offset)  # type: ignore[arg-type]
+                    offset = self._receive_datagrams(lone, lone_source, now, sessions, offset)
                     lone = []
                 lone.append(data)
                 lone_source = source
                 continue
             if lone:
-                offset = self._receive_datagrams(lone, lone_source, now, sessions, offset)  # type: ignore[arg-type]
+                offset = self._receive_datagrams(lone, lone_source, now, sessions, offset)
                 lone = []
             count = -(-len(data) // segment_size)
             stats.datagrams_received += count
@@ -263,7 +263,7 @@ class DataPath:
             offset = self._receive_datagrams(split_gro(data, segment_size), source, now,
                                              sessions, offset)
         if lone:
-            self._receive_datagrams(lone, lone_source, now, sessions, offset)  # type: ignore[arg-type]
+            self._receive_datagrams(lone, lone_source, now, sessions, offset)
         if self.coalescing:
             for frame in self._gro.frames():
                 self._write(frame)
@@ -303,8 +303,8 @@ class DataPath:
                 if n:  # not a keepalive
                     plaintexts.append(view[offset:offset + n])
                     offset += n
-            if plaintexts:
-                self._deliver(kp, session, plaintexts)  # type: ignore[arg-type]
+            if plaintexts and session is not None:  # (a plaintext implies a session)
+                self._deliver(kp, session, plaintexts)
         return offset
 
     def _receive_strided(self, data: memoryview, stride: int, source: Address, now: float,

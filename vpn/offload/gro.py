@@ -139,7 +139,8 @@ class Coalescer:
         ``offset + i * stride`` in ``buf``. Runs of in-order segments of one TCP flow (the
         bulk case) are found and checked with numpy for all their packets at once; the rest
         goes through `add` packet by packet. The frames are the same either way. Returns
-        True if every packet went the bulk way."""
+        True if the block was taken as runs (with at most single packets between them), False
+        if some of it had to go packet by packet."""
         view = memoryview(buf)
         count = len(lengths)
         start = 0
