@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from vpn.datapath import DataPath
 from vpn.packet.virtio import VirtioNetHeader
-from vpn.udp import UdpStats
+from vpn.udp import MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD, UdpStats
 from vpn.wireguard import Device
 
 MTU = 1420
@@ -56,7 +56,10 @@ class MemoryUdp:
 
     def send_segments(self, dest: object, view: memoryview, size: int, count: int,
                       last: int) -> None:
-        self.sent.append((bytes(view), size))
+        # As UdpSocket: one GSO send carries at most 64 segments and 64 KiB.
+        chunk = max(1, min(MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD // size)) * size
+        for start in range(0, len(view), chunk):
+            self.sent.append((bytes(view[start:start + chunk]), size))
 
     def send(self, dest: object, datagram: bytes) -> None:
         self.sent.append((bytes(datagram), len(datagram)))
