@@ -15,9 +15,8 @@ import os
 import statistics
 import time
 
-from tests.unit.datapath_doubles import DST, ENDPOINT_A, MTU, SRC, handshaken_pair
+from tests.unit.datapath_doubles import DST, ENDPOINT_A, MTU, SRC, bulk_path, handshaken_pair
 from tests.unit.packets import tcp_super_packet
-from vpn import datapath
 from vpn.datapath import DataPath
 from vpn.packet.virtio import VirtioNetHeader
 
@@ -61,11 +60,8 @@ def run(rounds: int = 400) -> dict[str, float]:
     # Four super-packets per wakeup, as the TUN often hands over under load.
     send4, receive4 = _run(a, b, reads * 4, rounds // 4)
     # The same receives with the bulk path turned off: what it saves.
-    bulk_min, datapath.STRIDED_MIN = datapath.STRIDED_MIN, 1 << 30
-    try:
+    with bulk_path(False):
         _, per_packet = _run(a, b, reads, rounds)
-    finally:
-        datapath.STRIDED_MIN = bulk_min
     return {
         "pipeline_send_us_per_64k": statistics.median(send_us),
         "pipeline_receive_us_per_64k": statistics.median(receive_us),

@@ -140,7 +140,7 @@ class DataPath:
         # once instead of timing out. Rate-limited; never for errors, multicast, broadcast.
         reply = self.icmp.reply(packet, now)
         if reply is not None:
-            self._write(Coalesced(NO_OFFLOAD, [reply]))
+            self._write_packet(reply)
             self.stats.icmp_unreachable_sent += 1
 
     def send_to_peer(self, peer: Peer, packets: list[bytes | memoryview], now: float) -> None:
@@ -357,7 +357,7 @@ class DataPath:
                 self.stats.strided_blocks += 1
         else:
             for i, n in enumerate(ip_lengths):
-                self._write(Coalesced(NO_OFFLOAD, [view[offset + i * body:offset + i * body + n]]))
+                self._write_packet(view[offset + i * body:offset + i * body + n])
         return count * body
 
     def _deliver(self, kp: Keypair, session: list, plaintexts: list[memoryview]) -> None:
@@ -393,7 +393,7 @@ class DataPath:
             self._gro.add(packets)
         else:
             for packet in packets:
-                self._write(Coalesced(NO_OFFLOAD, [packet]))
+                self._write_packet(packet)
 
     def _runs_by_keypair(
         self, datagrams: Sequence[memoryview], source: Address, now: float
@@ -466,6 +466,10 @@ class DataPath:
             self._under_load_until = now + 1.0
         return now < self._under_load_until
 
+    def _write_packet(self, packet: bytes | memoryview) -> None:
+        """One packet as it is, without offload."""
+        self._write(Coalesced(NO_OFFLOAD, [packet]))
+
     def _write(self, frame: Coalesced) -> None:
         try:
             self.tun.write(frame.header, frame.parts)
@@ -491,7 +495,7 @@ class DataPath:
         self.stats.drops["gro_write_refused"] += 1
         header = VirtioNetHeader.unpack(frame.header)
         for segment in split(header, b"".join(frame.parts)):
-            self._write(Coalesced(NO_OFFLOAD, [segment]))
+            self._write_packet(segment)
 
     # -- timers -----------------------------------------------------------------------------
 

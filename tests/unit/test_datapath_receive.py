@@ -7,30 +7,17 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.unit.datapath_doubles import DST, ENDPOINT_A, SRC, handshaken_pair
+from tests.unit.datapath_doubles import DST, ENDPOINT_A, SRC, bulk_path, handshaken_pair
 from tests.unit.packets import ACK, PSH, TS_OPTION, tcp_packet, tcp_super_packet
-from vpn import datapath
 from vpn.datapath import DataPath
 from vpn.packet.virtio import NO_OFFLOAD, VirtioNetHeader
 
 FOREIGN = ("198.18.99.9", 4444)
 Receive = tuple[bytes, int, tuple[str, int]]
-
-
-@contextmanager
-def bulk_path(enabled: bool) -> Iterator[None]:
-    saved = datapath.STRIDED_MIN
-    datapath.STRIDED_MIN = saved if enabled else 1 << 30
-    try:
-        yield
-    finally:
-        datapath.STRIDED_MIN = saved
 
 
 def sent_by_a(a: DataPath, reads: list[tuple[VirtioNetHeader, bytes]]) -> list[Receive]:
