@@ -7,6 +7,7 @@ per-segment work is one AEAD call and a few slices, everything else happens once
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +39,22 @@ UNDER_LOAD_PER_SECOND = 64
 STRIDED_MIN = 8
 # Initiation and response (each costs Diffie-Hellman work) and cookie reply, by exact size.
 _HANDSHAKE_SIZES = {1: 148, 2: 92, 3: 64}
+# An internal error is counted every time, its traceback logged at most this often.
+INTERNAL_ERROR_LOG_SECONDS = 60.0
+
+
+def _pump_boundary(batch: Callable[[DataPath], None]) -> Callable[[DataPath], None]:
+    """No exception leaves an event-loop callback: a batch that fails in a way no drop
+    reason foresaw is dropped whole (`internal_error`), and the endpoint goes on."""
+
+    @functools.wraps(batch)
+    def guarded(self: DataPath) -> None:
+        try:
+            batch(self)
+        except Exception:
+            self._internal_error()
+
+    return guarded
 
 
 @dataclass
@@ -96,11 +113,13 @@ class DataPath:
         self._load_count = 0
         self._under_load_until = 0.0
         self._last_lost_session_scan = float("-inf")
+        self._internal_error_logged = float("-inf")
         # Host unreachable for packets routed to us that no peer's AllowedIPs cover.
         self.icmp = UnreachableResponder()
 
     # -- TUN -> peers -----------------------------------------------------------------------
 
+    @_pump_boundary
     def on_tun_readable(self) -> None:
         batch = self.tun.read_batch()
         if not batch:
@@ -228,6 +247,7 @@ class DataPath:
 
     # -- peers -> TUN -----------------------------------------------------------------------
 
+    @_pump_boundary
     def on_udp_readable(self) -> None:
         received = self.udp.receive_batch()
         if not received:
@@ -325,6 +345,8 @@ class DataPath:
             return -1
         buf, view = self._recv_buffer, self._recv_view
         lengths = kp.decrypt_strided(data, stride, counters, buf, offset, self.stats.drops)
+        # What decrypt_strided wrote: the plaintexts keep the stride, the last is shorter.
+        used = (count - 1) * body + last_room
         if max(lengths) < 0:
             return 0  # nothing authenticated: nothing may move the endpoint or count
         session = sessions.get(kp)
@@ -338,18 +360,18 @@ class DataPath:
                     session[0] += n + TRANSPORT_MIN_SIZE
                     plaintexts.append(view[offset + i * body:offset + i * body + n])
             self._deliver(kp, session, plaintexts)
-            return count * body
+            return used
         session[0] += len(data)
         shared = common_source(buf, offset, body, count, last_room)
         if shared is None:
             self._deliver(kp, session, [view[offset + i * body:offset + i * body + n]
                                         for i, n in enumerate(lengths)])
-            return count * body
+            return used
         source_address, ip_lengths = shared
         # Cryptokey routing, once for all: the inner source must be one of the peer's.
         if self.device.allowed_ips.lookup(source_address) is not kp.peer:
             self.stats.drops["source_not_allowed"] += count
-            return count * body
+            return used
         session[1] += count
         self.stats.packets_written += count
         if self.coalescing:
@@ -358,7 +380,7 @@ class DataPath:
         else:
             for i, n in enumerate(ip_lengths):
                 self._write_packet(view[offset + i * body:offset + i * body + n])
-        return count * body
+        return used
 
     def _deliver(self, kp: Keypair, session: list, plaintexts: list[memoryview]) -> None:
         """Check decrypted packets one by one (IP, length, cryptokey routing), then hand
@@ -370,18 +392,21 @@ class DataPath:
         for packet in plaintexts:
             n = len(packet)
             version = packet[0] >> 4
-            if version == 4 and n >= 20:
-                length = (packet[2] << 8) | packet[3]
-                src = packet[12:16]
-            elif version == 6 and n >= 40:
-                length = 40 + ((packet[4] << 8) | packet[5])
-                src = packet[8:24]
+            if version == 4:
+                length = (packet[2] << 8) | packet[3] if n >= 20 else 0
+                header = 20
+            elif version == 6:
+                length = 40 + ((packet[4] << 8) | packet[5]) if n >= 40 else 0
+                header = 40
             else:
                 drops["inner_not_ip"] += 1
                 continue
-            if length > n:
-                drops["inner_bad_length"] += 1
+            # As the kernel: an IP length under the header or past what was decrypted is a
+            # lie; the source check below must only read bytes the packet keeps.
+            if not header <= length <= n:
+                drops["dishonest_packet_size"] += 1
                 continue
+            src = packet[12:16] if version == 4 else packet[8:24]
             # Cryptokey routing: the inner source must be one of the peer's AllowedIPs.
             if lookup(src) is not peer:
                 drops["source_not_allowed"] += 1
@@ -466,6 +491,20 @@ class DataPath:
             self._under_load_until = now + 1.0
         return now < self._under_load_until
 
+    def _internal_error(self) -> None:
+        """Called from the except clause at the pump's boundary. The coalescer may hold views
+        into the receive buffer, which the next batch overwrites: it must forget them, or
+        they would be written then with the next batch's plaintext. Everything else of a
+        batch lives in its locals. The traceback is logged at most once a minute, so that a
+        bug a packet can trigger cannot flood the journal."""
+        self._gro.clear()
+        self.stats.drops["internal_error"] += 1
+        now = self.clock()
+        if now - self._internal_error_logged >= INTERNAL_ERROR_LOG_SECONDS:
+            self._internal_error_logged = now
+            log.exception("internal error in the data path: batch dropped (counted as "
+                          "drops.internal_error; logged at most once a minute)")
+
     def _write_packet(self, packet: bytes | memoryview) -> None:
         """One packet as it is, without offload."""
         self._write(Coalesced(NO_OFFLOAD, [packet]))
@@ -499,6 +538,7 @@ class DataPath:
 
     # -- timers -----------------------------------------------------------------------------
 
+    @_pump_boundary
     def on_tick(self) -> None:
         """Run the protocol timers: retransmits, keepalives, rekeys, key expiry."""
         for peer, datagram in self.device.poll(self.clock()):

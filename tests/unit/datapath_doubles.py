@@ -85,10 +85,10 @@ def _deterministic(seed: bytes) -> tuple[Callable[[int], bytes], Callable[[], X2
     return random_bytes, lambda: X25519PrivateKey.from_private_bytes(random_bytes(32))
 
 
-def handshaken_pair(seed: bytes | None = None) -> tuple[DataPath, DataPath]:
+def handshaken_pair(seed: bytes | None = None, *, mtu: int = MTU) -> tuple[DataPath, DataPath]:
     """Data paths a (198.18.10.1) and b (198.18.10.2) whose devices completed a handshake,
-    a as the initiator. With a seed, everything is derived from it: equal seeds give
-    equal pairs, down to the session keys."""
+    a as the initiator, with tunnel MTU `mtu`. With a seed, everything is derived from it:
+    equal seeds give equal pairs, down to the session keys."""
     paths = []
     devices = []
     for side in (b"a", b"b"):
@@ -102,7 +102,7 @@ def handshaken_pair(seed: bytes | None = None) -> tuple[DataPath, DataPath]:
     for me, other, theirs, endpoint in ((0, 1, DST, ENDPOINT_B), (1, 0, SRC, ENDPOINT_A)):
         peer = devices[me].add_peer(devices[other].public_key, endpoint=endpoint)
         devices[me].allowed_ips.insert(f"{'.'.join(map(str, theirs))}/32", peer)
-        paths.append(DataPath(devices[me], MemoryTun(), MemoryUdp(), mtu=MTU,  # type: ignore[arg-type]
+        paths.append(DataPath(devices[me], MemoryTun(), MemoryUdp(), mtu=mtu,  # type: ignore[arg-type]
                               clock=lambda: NOW))
     a, b = paths
     initiator = next(iter(a.device.peers.values()))

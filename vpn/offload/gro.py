@@ -130,9 +130,14 @@ class Coalescer:
 
     def frames(self) -> list[Coalesced]:
         """The frames gathered so far, in order; the coalescer starts empty again."""
-        out, self._out = self._out, []
-        self._flows.clear()
+        out = self._out
+        self.clear()
         return [item if type(item) is Coalesced else _finish(item) for item in out]  # type: ignore[arg-type]
+
+    def clear(self) -> None:
+        """Forget everything gathered (and every view into the caller's buffers)."""
+        self._out = []
+        self._flows.clear()
 
     def add_strided(self, buf: bytearray, offset: int, stride: int, lengths: list[int]) -> bool:
         """Add packets laid at a fixed stride: packet i is ``lengths[i]`` bytes at
