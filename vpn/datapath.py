@@ -68,6 +68,7 @@ class DataPathStats:
     segments_split: int = 0
     datagrams_sent: int = 0
     datagrams_received: int = 0
+    full_receive_batches: int = 0  # wakeups that found a whole batch of receives waiting
     packets_written: int = 0
     tun_writes: int = 0
     jumbo_frames: int = 0
@@ -254,6 +255,8 @@ class DataPath:
             return
         now = self.clock()
         stats = self.stats
+        if len(received) == self.udp.batch:
+            stats.full_receive_batches += 1
         offset = 0
         # keypair -> [bytes received, data packets, latest source]
         sessions: dict[Keypair, list] = {}

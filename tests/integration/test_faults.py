@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -27,6 +29,8 @@ from tests.integration.wg_lab import (
     start_vpn,
 )
 from tests.netns import Host, Lab, Process
+from vpn import uapi
+from vpn.uapi_server import request
 
 pytestmark = pytest.mark.netns
 
@@ -83,6 +87,72 @@ def test_transfer_survives_random_loss_each_way(lab: Lab, loss: float) -> None:
     assert sent == received and sent.startswith(str(100 * MB))
     # The loss really happened at about the asked rate (thousands of datagrams: tight).
     assert loss * 0.8 < measured < loss * 1.2, (dropped, passed)
+
+
+# -- stalled receivers on a jumbo underlay ----------------------------------------------------
+
+
+def stats_of(ifname: str) -> dict:
+    """The endpoint's counters, live, over its management socket (get=vpn-stats)."""
+    return uapi.parse_stats(request(ifname, "get=vpn-stats\n\n")[0])
+
+
+def _stall_now_and_then(processes: list[Process], done: threading.Event) -> int:
+    """Stop each process in turn for a moment (SIGSTOP, SIGCONT) until `done`, so that it
+    wakes to a socket full of receives; returns how many stalls there were."""
+    stalls = 0
+    while not done.is_set():
+        for proc in processes:
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                done.wait(0.15)
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+            stalls += 1
+            done.wait(0.3)
+    return stalls
+
+
+def test_jumbo_underlay_both_ways_with_stalled_receivers(lab: Lab) -> None:
+    """Underlay MTU 9000, tunnel 8920: GRO receives of up to 7 x 8952 bytes, and with data
+    both ways a shorter last datagram (an ACK of the other direction) joins them: the shape
+    whose full batch once overran the receive buffer. Three streams of 50 MB each way at
+    once, with sha256, while each endpoint is stopped now and then so that it wakes to a
+    full batch of receives (rounds until both have, at most eight): every stream byte-exact
+    and no internal error, ever. (Whether a batch holds enough 8-datagram receives to have
+    overrun is up to the kernel's timing; tests/unit/test_datapath_batches.py builds the
+    exact batch.)"""
+    pair = build(lab, mtu=9000)
+    pair.start_ours(pair.a)
+    pair.start_ours(pair.b)
+    _ping_until_answered(pair.a.host, pair.b.tunnel4, 30)
+    nodes = (pair.a, pair.b)
+    processes = [node.process for node in nodes if node.process is not None]
+    full_batches = dict.fromkeys((node.ifname for node in nodes), 0)
+    for _ in range(8):
+        done = threading.Event()
+        with ThreadPoolExecutor(7) as pool:
+            stalls = pool.submit(_stall_now_and_then, processes, done)
+            try:
+                streams = [pool.submit(checked_transfer, src.host, dst.host, dst.tunnel4,
+                                       50 * MB)
+                           for src, dst in ((pair.a, pair.b), (pair.b, pair.a)) * 3]
+                transfers = [stream.result() for stream in streams]
+            finally:
+                done.set()
+            assert stalls.result() >= 1
+        for sent, received in transfers:
+            assert sent == received and sent.startswith(str(50 * MB)), transfers
+        for ifname in full_batches:
+            full_batches[ifname] = stats_of(ifname)["datapath"]["full_receive_batches"]
+        if min(full_batches.values()) > 0:
+            break
+    assert min(full_batches.values()) > 0, full_batches
+    for node in nodes:
+        output = pair.stop(node)
+        counters = final_counters(output)
+        assert "Traceback" not in output and "internal_error" not in counters["drops"], output
+        assert counters["udp"]["gro_segments"] > counters["udp"]["gro_receives"], counters
 
 
 # -- duplication and reordering ---------------------------------------------------------------

@@ -2,6 +2,8 @@
 or Debian's wireguard-go configured with `wg`, so the two can be tested against each other.
 
     a [wga0 198.18.10.1] --veth 198.18.1.1 / 198.18.1.2 (MTU 1500)-- b [wgb0 198.18.10.2]
+
+(`build(lab, mtu=9000)` gives a jumbo underlay and a tunnel MTU of 8920.)
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class WgPair:
     a: Node
     b: Node
     underlay: int = 4  # the IP version peers' Endpoints use
+    mtu: int = 1420  # the tunnel's: the underlay's less 80 (IPv6 40, UDP 8, WireGuard 32)
 
     def peer_of(self, node: Node) -> Node:
         return self.b if node is self.a else self.a
@@ -72,7 +75,7 @@ class WgPair:
             f"PrivateKey = {node.private}",
             f"ListenPort = {PORT[node.side]}",
             f"Address = {v4}/24, {v6}/64",
-            "MTU = 1420",
+            f"MTU = {self.mtu}",
             *([] if offload else ["Offload = off"]),
             *node.extra_interface_lines,
             "",
@@ -113,7 +116,7 @@ class WgPair:
         v4, v6 = TUNNEL[node.side]
         host.run("ip", "addr", "add", f"{v4}/24", "dev", node.ifname)
         host.run("ip", "addr", "add", f"{v6}/64", "dev", node.ifname, "nodad")
-        host.run("ip", "link", "set", node.ifname, "mtu", "1420", "up")
+        host.run("ip", "link", "set", node.ifname, "mtu", str(self.mtu), "up")
         node.kind, node.process = "wireguard-go", proc
         return proc
 
@@ -138,10 +141,11 @@ def start_vpn(host: Host, config: Path) -> Process:
     return proc
 
 
-def build(lab: Lab, *, underlay: int = 4) -> WgPair:
+def build(lab: Lab, *, underlay: int = 4, mtu: int = 1500) -> WgPair:
+    """The two hosts and their keys; `mtu` is the underlay's (the tunnel's is 80 less)."""
     a, b = lab.host("a"), lab.host("b")
     lab.link(a, b, a_addrs=[f"{UNDERLAY['a'][0]}/24", f"{UNDERLAY['a'][1]}/64"],
-             b_addrs=[f"{UNDERLAY['b'][0]}/24", f"{UNDERLAY['b'][1]}/64"])
+             b_addrs=[f"{UNDERLAY['b'][0]}/24", f"{UNDERLAY['b'][1]}/64"], mtu=mtu)
     # /var/run/wireguard is shared by every namespace: names must differ per run and side.
     suffix = lab.tag[-4:]
     nodes = []
@@ -149,7 +153,7 @@ def build(lab: Lab, *, underlay: int = 4) -> WgPair:
         private = wg("genkey")
         nodes.append(Node(host, side, private, wg("pubkey", input=private),
                           f"wg{side}{suffix}"))
-    return WgPair(lab, *nodes, underlay=underlay)
+    return WgPair(lab, *nodes, underlay=underlay, mtu=mtu - 80)
 
 
 _COUNTERS = re.compile(r"offload: (\{.*\})")
