@@ -50,12 +50,20 @@ OP_RELOAD = "set=vpn-reload"
 MAX_U16 = 0xFFFF
 MAX_U32 = 0xFFFFFFFF
 _DIGITS = re.compile(r"[0-9]{1,10}")
+_INTEGER = re.compile(r"-?[0-9]+")
+# What a UAPI key name looks like. Only such a name is quoted in an error: the text before a
+# line's first '=' may be a pasted key (base64 ends with '='), and no value is ever quoted.
+_KEY_NAME = re.compile(r"[a-z_]{1,32}")
 # A stats key: dotted words only, so a counter name can never break a line or contain '='.
 _STAT_KEY = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 
 
 class UapiError(ValueError):
-    """A request that cannot be applied; `code` is the (negative) errno sent back."""
+    """A request that cannot be applied; `code` is the (negative) errno sent back.
+
+    The message names the key and the problem, never the value: the server logs it, and a
+    value may be a key written on the wrong line.
+    """
 
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
@@ -100,6 +108,11 @@ class ChangeSet:
                 f"replace_peers={self.replace_peers}, peers={self.peers!r})")
 
 
+def key_name(text: str) -> str:
+    """`text` quoted if it looks like a key name; otherwise a placeholder, as it may be a key."""
+    return repr(text) if _KEY_NAME.fullmatch(text) else "(not shown: it may be a key)"
+
+
 def _key(name: str, value: str) -> bytes:
     try:
         return from_hex(value)
@@ -110,14 +123,14 @@ def _key(name: str, value: str) -> bytes:
 def _number(name: str, value: str, high: int) -> int:
     # A regex rather than int(): int() takes '+5', ' 5', '1_0' and non-ASCII digits.
     if not _DIGITS.fullmatch(value) or int(value) > high:
-        raise UapiError(EINVAL, f"{name}: {value[:32]!r} is not a number from 0 to {high}")
+        raise UapiError(EINVAL, f"{name}: not a number from 0 to {high}")
     return int(value)
 
 
 def _true(name: str, value: str) -> bool:
     # wireguard-go accepts only "true" for these flags; "false" is an error there too.
     if value != "true":
-        raise UapiError(EINVAL, f"{name}: only 'true' is accepted, not {value[:32]!r}")
+        raise UapiError(EINVAL, f"{name}: only 'true' is accepted")
     return True
 
 
@@ -130,11 +143,11 @@ def parse_endpoint(value: str) -> Address:
         if ":" in host:
             sep = ""  # an IPv6 address without brackets is ambiguous
     if not sep:
-        raise UapiError(EINVAL, f"endpoint: {value[:64]!r} is not ip:port or [ipv6]:port")
+        raise UapiError(EINVAL, "endpoint: not ip:port or [ipv6]:port")
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        raise UapiError(EINVAL, f"endpoint: {host[:64]!r} is not an IP address") from None
+        raise UapiError(EINVAL, "endpoint: the host is not an IP address") from None
     port_number = _number("endpoint port", port, MAX_U16)
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped  # the socket layer reports IPv4 peers plainly
@@ -144,12 +157,12 @@ def parse_endpoint(value: str) -> Address:
 def parse_allowed_ip(value: str) -> Network:
     """`address/length`; host bits are cleared, as every implementation's trie does."""
     if "/" not in value:
-        raise UapiError(EINVAL, f"allowed_ip: {value[:64]!r} has no /prefix-length")
+        raise UapiError(EINVAL, "allowed_ip: no /prefix-length")
     address, _, length = value.partition("/")
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
-        raise UapiError(EINVAL, f"allowed_ip: {address[:64]!r} is not an IP address") from None
+        raise UapiError(EINVAL, "allowed_ip: the address is not an IP address") from None
     bits = _number("allowed_ip prefix length", length, ip.max_prefixlen)
     return ipaddress.ip_network((ip, bits), strict=False)
 
@@ -158,21 +171,24 @@ def parse_set(lines: Iterable[str]) -> ChangeSet:
     """The `key=value` lines after `set=1` (without the empty line) as a ChangeSet.
 
     Checks every line before returning, so a bad line anywhere means nothing is applied.
-    Raises UapiError.
+    Raises UapiError naming the request line (`set=1` is line 1), since the value is not shown.
     """
     changes = ChangeSet()
     peer: PeerChange | None = None
-    for line in lines:
+    for number, line in enumerate(lines, start=2):
         key, equals, value = line.partition("=")
-        if not equals:
-            raise UapiError(EINVAL, f"expected key=value, got {line[:32]!r}")
-        if key == "public_key":
-            peer = PeerChange(_key(key, value))
-            changes.peers.append(peer)
-        elif peer is None:
-            _device_key(changes, key, value)
-        else:
-            _peer_key(peer, key, value)
+        try:
+            if not equals:
+                raise UapiError(EINVAL, "expected key=value")
+            if key == "public_key":
+                peer = PeerChange(_key(key, value))
+                changes.peers.append(peer)
+            elif peer is None:
+                _device_key(changes, key, value)
+            else:
+                _peer_key(peer, key, value)
+        except UapiError as err:
+            raise UapiError(err.code, f"line {number}: {err}") from None
     return changes
 
 
@@ -186,7 +202,7 @@ def _device_key(changes: ChangeSet, key: str, value: str) -> None:
     elif key == "replace_peers":
         changes.replace_peers = _true(key, value)
     else:
-        raise UapiError(EINVAL, f"unknown device key {key[:32]!r}")
+        raise UapiError(EINVAL, f"unknown device key {key_name(key)}")
 
 
 def _peer_key(peer: PeerChange, key: str, value: str) -> None:
@@ -207,9 +223,9 @@ def _peer_key(peer: PeerChange, key: str, value: str) -> None:
         peer.allowed_ips.append(parse_allowed_ip(value))
     elif key == "protocol_version":
         if value != "1":
-            raise UapiError(EINVAL, f"protocol_version: {value[:16]!r} is not supported")
+            raise UapiError(EINVAL, "protocol_version: only 1 is supported")
     else:
-        raise UapiError(EINVAL, f"unknown peer key {key[:32]!r}")
+        raise UapiError(EINVAL, f"unknown peer key {key_name(key)}")
 
 
 # -- get: snapshot -> answer ----------------------------------------------------------------
@@ -289,41 +305,59 @@ def parse_get(lines: Iterable[str]) -> DeviceSnapshot:
     """
     device = DeviceSnapshot(private_key=None, listen_port=0)
     peer: PeerSnapshot | None = None
-    for line in lines:
+    for number, line in enumerate(lines, start=1):
         key, _, value = line.partition("=")
         if key == "errno":
-            code = int(value)
-            if code:
-                raise UapiError(code, f"the endpoint answered errno={code}")
+            _check_errno(value)
             return device
-        if key == "public_key":
-            peer = PeerSnapshot(from_hex(value))
-            device.peers.append(peer)
-        elif peer is None:
-            if key == "private_key":
-                device.private_key = from_hex(value)
-            elif key == "listen_port":
-                device.listen_port = int(value)
-            elif key == "fwmark":
-                device.fwmark = int(value)
-        elif key == "preshared_key":
-            psk = from_hex(value)
-            peer.preshared_key = psk if any(psk) else None
-        elif key == "endpoint":
-            peer.endpoint = parse_endpoint(value)
-        elif key == "last_handshake_time_sec":
-            peer.last_handshake = (peer.last_handshake or 0) + int(value)
-        elif key == "last_handshake_time_nsec":
-            peer.last_handshake = (peer.last_handshake or 0) + int(value) / 1e9
-        elif key == "tx_bytes":
-            peer.tx_bytes = int(value)
-        elif key == "rx_bytes":
-            peer.rx_bytes = int(value)
-        elif key == "persistent_keepalive_interval":
-            peer.persistent_keepalive = int(value)
-        elif key == "allowed_ip":
-            peer.allowed_ips.append(ipaddress.ip_network(value))
+        try:
+            peer = _get_line(device, peer, key, value)
+        except ValueError:
+            # int()'s and ipaddress's messages quote the value: on a private_key line, the key.
+            raise UapiError(EPROTO, f"answer line {number}: {key_name(key)}: malformed value"
+                            ) from None
     raise UapiError(EPROTO, "the answer ended without errno")
+
+
+def _check_errno(value: str) -> None:
+    """An answer's closing `errno=` value: UapiError unless it is 0."""
+    if not _INTEGER.fullmatch(value):
+        raise UapiError(EPROTO, "errno: not a number")
+    if code := int(value):
+        raise UapiError(code, f"the endpoint answered errno={code}")
+
+
+def _get_line(device: DeviceSnapshot, peer: PeerSnapshot | None, key: str,
+              value: str) -> PeerSnapshot | None:
+    """One `key=value` line of a get answer applied to `device`; returns the current peer."""
+    if key == "public_key":
+        peer = PeerSnapshot(from_hex(value))
+        device.peers.append(peer)
+    elif peer is None:
+        if key == "private_key":
+            device.private_key = from_hex(value)
+        elif key == "listen_port":
+            device.listen_port = int(value)
+        elif key == "fwmark":
+            device.fwmark = int(value)
+    elif key == "preshared_key":
+        psk = from_hex(value)
+        peer.preshared_key = psk if any(psk) else None
+    elif key == "endpoint":
+        peer.endpoint = parse_endpoint(value)
+    elif key == "last_handshake_time_sec":
+        peer.last_handshake = (peer.last_handshake or 0) + int(value)
+    elif key == "last_handshake_time_nsec":
+        peer.last_handshake = (peer.last_handshake or 0) + int(value) / 1e9
+    elif key == "tx_bytes":
+        peer.tx_bytes = int(value)
+    elif key == "rx_bytes":
+        peer.rx_bytes = int(value)
+    elif key == "persistent_keepalive_interval":
+        peer.persistent_keepalive = int(value)
+    elif key == "allowed_ip":
+        peer.allowed_ips.append(ipaddress.ip_network(value))
+    return peer
 
 
 # -- vpn-stats: nested counters <-> flat lines ----------------------------------------------
@@ -353,8 +387,7 @@ def parse_stats(lines: Iterable[str]) -> dict[str, object]:
     for line in lines:
         key, _, value = line.partition("=")
         if key == "errno":
-            if int(value):
-                raise UapiError(int(value), f"the endpoint answered errno={value}")
+            _check_errno(value)
             return root
         node = root
         *parents, leaf = key.split(".")
@@ -364,5 +397,5 @@ def parse_stats(lines: Iterable[str]) -> dict[str, object]:
                 break
             node = child
         else:
-            node[leaf] = int(value) if value.lstrip("-").isdigit() else value
+            node[leaf] = int(value) if _INTEGER.fullmatch(value) else value
     raise UapiError(EPROTO, "the answer ended without errno")

@@ -218,7 +218,7 @@ class UapiServer:
             answer = self._run(op, await self._read_body(reader))
         else:
             # As wireguard-go, an unknown operation ends the connection; we say why first.
-            raise _Abort(uapi.EINVAL, f"unknown operation {op[:32]!r}")
+            raise _Abort(uapi.EINVAL, f"unknown operation {uapi.key_name(op)}")
         writer.write(answer.encode())
         await writer.drain()
         if op == uapi.OP_DOWN:

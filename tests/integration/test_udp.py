@@ -9,12 +9,11 @@ import logging
 import os
 import select
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
 
+from tests.integration.unprivileged import run_python
 from tests.netns import Capture, Host, Lab
 from vpn import netns
 from vpn.udp import UdpError, UdpSocket, split_gro
@@ -200,19 +199,13 @@ def test_port_in_use_is_a_clear_error(lab: Lab) -> None:
 
 
 def test_not_permitted_is_a_clear_error() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("INTEGRATION TEST NOT RUN: needs root to drop to an unprivileged user")
-    code = (
+    proc = run_python(
         "from vpn.udp import UdpSocket, UdpError\n"
         "for kw in ({'port': 80}, {'fwmark': 0x51820}):\n"
         "    try:\n"
         "        UdpSocket.open(**kw)\n"
         "    except UdpError as err:\n"
         "        print(err.strerror)\n"
-    )
-    proc = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
-        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=os.getcwd()),
     )
     assert proc.stdout.splitlines() == [
         "binding UDP port 80 needs CAP_NET_BIND_SERVICE (run as root)",

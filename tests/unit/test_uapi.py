@@ -1,15 +1,21 @@
 """The userspace API text protocol: set requests parsed and validated, get answers formatted.
 
-Plain function calls; the socket server and `wg` itself are tested in test_wg_tool.py.
+Plain function calls, and the socket server on a socket in a temporary directory; `wg`
+itself is tested in test_wg_tool.py.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import ipaddress
+import logging
+from pathlib import Path
 
 import pytest
 
-from vpn import uapi
+from vpn import uapi, uapi_server
+from vpn.keys import clamp, encode_key
 from vpn.show import offload_view, show_text, show_view
 from vpn.uapi import (
     ChangeSet,
@@ -114,6 +120,150 @@ def test_secrets_stay_out_of_reprs() -> None:
     changes = parse_set([f"private_key={PSK.hex()}", f"public_key={K1.hex()}",
                          f"preshared_key={PSK.hex()}"])
     assert PSK.hex()[:16] not in repr(changes)
+
+
+# Secrets as a careless client sends them: a `wg genkey`-style key and the hex form UAPI uses.
+B64_SECRET = encode_key(clamp(hashlib.sha256(b"test_uapi base64").digest()))
+HEX_SECRET = hashlib.sha256(b"test_uapi hex").hexdigest()
+SECRETS = [B64_SECRET, HEX_SECRET]
+P = f"public_key={K1.hex()}\n"  # opens a peer section
+# Every way a set request can fail, with the key its error must name; {s} is the secret, with
+# a '!' after it where the bare secret would be a valid value.
+BAD_SET_LINES = [
+    ("{s}", None),  # a key alone: base64 parses as an unknown key, hex as a line without '='
+    ("{s}=1", None),
+    (P + "{s}=1", None),
+    ("private_key={s}!", "private_key"),
+    ("public_key={s}!", "public_key"),
+    ("listen_port={s}", "listen_port"),
+    ("fwmark={s}", "fwmark"),
+    ("replace_peers={s}", "replace_peers"),
+    (P + "preshared_key={s}!", "preshared_key"),
+    (P + "remove={s}", "remove"),
+    (P + "update_only={s}", "update_only"),
+    (P + "replace_allowed_ips={s}", "replace_allowed_ips"),
+    (P + "persistent_keepalive_interval={s}", "persistent_keepalive_interval"),
+    (P + "protocol_version={s}", "protocol_version"),
+    (P + "endpoint={s}", "endpoint"),
+    (P + "endpoint={s}:51820", "endpoint"),
+    (P + "endpoint=[{s}]:51820", "endpoint"),
+    (P + "endpoint=198.18.0.1:{s}", "endpoint port"),
+    (P + "endpoint=[fd00::1]:{s}", "endpoint port"),
+    (P + "allowed_ip={s}", "allowed_ip"),
+    (P + "allowed_ip={s}/32", "allowed_ip"),
+    (P + "allowed_ip=198.18.0.0/{s}", "allowed_ip prefix length"),
+]
+# The same for our client reading a get answer (a foreign or broken endpoint's).
+BAD_GET_ANSWERS = [
+    "private_key={s}!", "listen_port={s}", "fwmark={s}", "public_key={s}!",
+    P + "preshared_key={s}!", P + "endpoint={s}", P + "last_handshake_time_sec={s}",
+    P + "last_handshake_time_nsec={s}", P + "tx_bytes={s}", P + "rx_bytes={s}",
+    P + "persistent_keepalive_interval={s}", P + "allowed_ip={s}", "errno={s}",
+]
+
+
+def _ids(templates: list[str]) -> list[str]:
+    return [t.replace(P, "peer:").replace("{s}", "SECRET") for t in templates]
+
+
+def _assert_hidden(text: str, secret: str) -> None:
+    """No 8 consecutive characters of `secret` appear in `text`."""
+    leaked = [secret[i:i + 8] for i in range(len(secret) - 7) if secret[i:i + 8] in text]
+    assert not leaked, f"part of the secret in {text!r}"
+
+
+@pytest.mark.parametrize("secret", SECRETS, ids=["base64", "hex"])
+@pytest.mark.parametrize(("template", "key"), BAD_SET_LINES,
+                         ids=_ids([t for t, _ in BAD_SET_LINES]))
+def test_set_errors_name_the_key_never_the_value(template: str, key: str | None,
+                                                  secret: str) -> None:
+    lines = template.format(s=secret).split("\n")
+    with pytest.raises(UapiError) as caught:
+        parse_set(lines)
+    message = str(caught.value)
+    _assert_hidden(message, secret)
+    assert message.startswith(f"line {len(lines) + 1}: ")  # set=1 is line 1
+    if key is not None:
+        assert f"line {len(lines) + 1}: {key}: " in message
+
+
+def test_a_line_without_equals_is_named_by_its_number() -> None:
+    with pytest.raises(UapiError) as caught:
+        parse_set(["listen_port=1", HEX_SECRET])
+    assert str(caught.value) == "line 3: expected key=value"
+
+
+def test_unknown_keys_are_named_only_when_they_look_like_names() -> None:
+    with pytest.raises(UapiError, match="unknown device key 'bogus'"):
+        parse_set(["bogus=1"])
+    with pytest.raises(UapiError, match=r"unknown peer key \(not shown"):
+        parse_set([f"public_key={K1.hex()}", "Bogus1=1"])
+
+
+@pytest.mark.parametrize("secret", SECRETS, ids=["base64", "hex"])
+@pytest.mark.parametrize("template", BAD_GET_ANSWERS, ids=_ids(BAD_GET_ANSWERS))
+def test_get_answer_errors_never_quote_the_value(template: str, secret: str) -> None:
+    lines = [*template.format(s=secret).split("\n"), "errno=0"]
+    with pytest.raises(UapiError) as caught:
+        parse_get(lines)
+    assert caught.value.code == uapi.EPROTO
+    _assert_hidden(str(caught.value), secret)
+
+
+@pytest.mark.parametrize("secret", SECRETS, ids=["base64", "hex"])
+def test_stats_answer_errno_error_never_quotes_the_value(secret: str) -> None:
+    with pytest.raises(UapiError) as caught:
+        parse_stats(["a.b=1", f"errno={secret}"])
+    _assert_hidden(str(caught.value), secret)
+
+
+class _NoChanges:
+    """A UapiHandler for requests that must all be refused before they reach it."""
+
+    def uapi_get(self) -> DeviceSnapshot:
+        raise AssertionError("not asked")
+
+    def uapi_set(self, changes: ChangeSet) -> None:
+        raise AssertionError(f"a bad request was accepted: {changes!r}")
+
+    def uapi_stats(self) -> dict[str, object]:
+        raise AssertionError("not asked")
+
+    def uapi_down(self) -> None:
+        raise AssertionError("not asked")
+
+    async def uapi_reload(self) -> None:
+        raise AssertionError("not asked")
+
+
+@pytest.mark.parametrize("secret", SECRETS, ids=["base64", "hex"])
+def test_the_server_logs_no_secret(secret: str, tmp_path: Path,
+                                   caplog: pytest.LogCaptureFixture) -> None:
+    bad_sets = "".join(f"set=1\n{template.format(s=secret)}\n\n"
+                       for template, _ in BAD_SET_LINES)
+
+    async def serve() -> tuple[list[list[str]], list[list[str]]]:
+        server = uapi_server.UapiServer("t", _NoChanges(), directory=tmp_path)
+        server.bind()
+        await server.start()
+        try:
+            refused = await asyncio.to_thread(uapi_server.request, "t", bad_sets,
+                                              directory=tmp_path)
+            # A key sent as the operation line: the server answers and hangs up.
+            unknown_op = await asyncio.to_thread(uapi_server.request, "t", f"{secret}\n\n",
+                                                 directory=tmp_path)
+        finally:
+            server.close()
+        return refused, unknown_op
+
+    with caplog.at_level(logging.DEBUG, logger="vpn.uapi"):
+        refused, unknown_op = asyncio.run(serve())
+    assert refused == [["errno=-22"]] * len(BAD_SET_LINES)
+    assert unknown_op == [["errno=-22"]]
+    logged = [record.getMessage() for record in caplog.records]
+    assert len([m for m in logged if "set=1 refused: line " in m]) == len(BAD_SET_LINES)
+    assert any("unknown operation" in m for m in logged)
+    _assert_hidden("\n".join(logged), secret)
 
 
 def _snapshot() -> DeviceSnapshot:
