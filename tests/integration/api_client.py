@@ -1,8 +1,10 @@
 """A program embedding the endpoint through its Python API, run inside a test namespace.
 
-`python api_client.py CONFIG PEER_PUBLIC_KEY PEER_ENDPOINT`: brings CONFIG up (no peers in
-it), adds the peer at run time, waits for its handshake, prints the counters as JSON,
-removes the peer and shuts down. Each step prints one line the test waits for.
+`python api_client.py CONFIG PEER_PUBLIC_KEY PEER_ENDPOINT GO`: brings CONFIG up (no peers
+in it), adds the peer at run time, waits for its handshake, then for the file GO (the test
+has sent its traffic), prints the counters as JSON, removes the peer, waits for GO to be
+removed (the test has checked the peer is gone) and shuts down. Each step prints one line
+the test waits for; each wait is bounded.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import asyncio
 import ipaddress
 import json
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 from vpn.config import Endpoint as EndpointAddress
 from vpn.config import PeerConfig
@@ -18,7 +22,15 @@ from vpn.endpoint import Endpoint
 from vpn.keys import decode_key
 
 
-async def main(config: str, public_key: str, endpoint: str) -> None:
+async def _until(condition: Callable[[], object], seconds: float = 60) -> None:
+    for _ in range(int(seconds / 0.05)):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError("the test did not give the signal")
+
+
+async def main(config: str, public_key: str, endpoint: str, go: str) -> None:
     host, port = endpoint.rsplit(":", 1)
     peer = PeerConfig(
         public_key=decode_key(public_key),
@@ -29,17 +41,14 @@ async def main(config: str, public_key: str, endpoint: str) -> None:
         print("up", flush=True)
         await ep.set_peer(peer)
         print("peer added", flush=True)
-        for _ in range(200):
-            if ep.counters()["peers"][0]["last_handshake"]:
-                break
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)  # let the test's pings through
+        await _until(lambda: ep.counters()["peers"][0]["last_handshake"])
+        await _until(Path(go).exists)
         print(json.dumps(ep.counters()), flush=True)
         ep.remove_peer(peer.public_key)
         print("peer removed", flush=True)
-        await asyncio.sleep(3)
+        await _until(lambda: not Path(go).exists())
     print("down", flush=True)
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:4]))
+    asyncio.run(main(*sys.argv[1:5]))

@@ -32,12 +32,14 @@ def test_add_and_remove_a_peer_at_run_time(lab: Lab) -> None:
     # The file has no [Peer]: the program adds it through the API.
     config.write_text(config.read_text().split("[Peer]")[0])
     pair.start_ours(pair.b)
+    go = lab.path("go")  # the client's signal: the test's traffic has been sent
     client = pair.a.host.start(
         sys.executable, str(ROOT / "tests" / "integration" / "api_client.py"), str(config),
-        pair.b.public, "198.18.1.2:51821", env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        pair.b.public, "198.18.1.2:51821", str(go), env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
     _wait_line(client, "peer added")
     pair.b.host.run("ping", "-c", "3", "-i", "0.2", "-W", "5", pair.a.tunnel4)
+    go.touch()
     counters = json.loads(_wait_line(client, "{"))
     (peer,) = counters["peers"]
     assert peer["public_key"] == pair.b.public
@@ -47,6 +49,8 @@ def test_add_and_remove_a_peer_at_run_time(lab: Lab) -> None:
     _wait_line(client, "peer removed")
     gone = pair.b.host.run("ping", "-c", "1", "-W", "1", pair.a.tunnel4, check=False)
     assert gone.returncode != 0
+    assert pair.a.ifname in pair.a.host.run("ip", "link").stdout  # still up: the peer went
+    go.unlink()
     _wait_line(client, "down")
     assert client.popen.wait(timeout=10) == 0
     assert pair.a.ifname not in pair.a.host.run("ip", "link").stdout
