@@ -23,7 +23,7 @@ from .constants import (
     MESSAGE_RESPONSE,
     MESSAGE_TRANSPORT,
 )
-from .cookie import Address, CookieChecker, MacState, address_bytes
+from .cookie import Address, CookieChecker, HandshakeLoad, address_bytes
 from .keypair import Keypair, TransportError
 from .messages import (
     Buffer,
@@ -81,6 +81,7 @@ class Device:
         self.jitter = jitter
         self.max_peers = max_peers
         self.checker = CookieChecker(self.identity.public, random_bytes)
+        self.load = HandshakeLoad()
         self.ratelimiter = RateLimiter()
         self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
         self.peers: dict[bytes, Peer] = {}
@@ -170,21 +171,27 @@ class Device:
         return None if peer is None else peer.handshake
 
     def handle_handshake_message(
-        self, data: Buffer, src: Address, now: float, under_load: bool = False
+        self, data: Buffer, src: Address, now: float, under_load: bool | None = None
     ) -> HandshakeResult:
-        """Process an initiation, response or cookie reply from `src`."""
+        """Process an initiation, response or cookie reply from `src`.
+
+        `now` is the time of the data path's wakeup: the mac1-valid initiations and responses
+        handled at one `now` are the backlog that decides whether we are under load
+        (HandshakeLoad). A bool `under_load` overrides that decision (the cookie exchange's
+        tests)."""
         try:
             kind = message_type(data)
             if kind == MESSAGE_TRANSPORT:
                 return self._drop("not_handshake")
             if kind == MESSAGE_COOKIE_REPLY:
-                return self._consume_cookie_reply(data, now)
+                return self._consume_cookie_reply(data, now)  # no DH work: never load
             data = bytes(data)
-            state = self.checker.check(data, src, now, check_cookie=under_load)
-            if state is MacState.INVALID_MAC1:
+            if not self.checker.valid_mac1(data):
                 return self._drop("bad_mac1")
+            if under_load is None:
+                under_load = self.load.count_costly(now)
             if under_load:
-                if state is not MacState.VALID_MAC2:
+                if not self.checker.valid_mac2(data, src, now):
                     sender = _SENDER_INDEX.unpack_from(data, 4)[0]
                     reply = self.checker.make_reply(data, sender, src, now)
                     self.drops["cookie_sent"] += 1
