@@ -92,7 +92,6 @@ class DataPath:
         self._recv_buffer = bytearray(udp.batch * (MAX_PACKET + 1))
         self._recv_view = memoryview(self._recv_buffer)
         self._gro = Coalescer(udp=tun.offload.uso)
-        self._last_lost_session_scan = float("-inf")
         # Host unreachable for packets routed to us that no peer's AllowedIPs cover.
         self.icmp = UnreachableResponder()
 
@@ -423,20 +422,11 @@ class DataPath:
         return run, kp
 
     def _rehandshake_lost_session(self, source: Address, now: float) -> None:
-        """Data for a session we do not know, from the endpoint of a peer we have no session
-        with: we restarted and the peer still uses the session we lost. Waiting for its
-        timers would take 15 s; a handshake now takes a round trip. The packet is not
-        authenticated, so this costs at most one scan of the peers a second and, per peer,
-        one initiation per REKEY_TIMEOUT, sent to the peer's own endpoint, never to the
-        source of the packet."""
-        if now - self._last_lost_session_scan < 1.0:
-            return
-        self._last_lost_session_scan = now
-        for peer in self.device.peers.values():
-            if peer.endpoint == source and peer.keypair_for_sending(now) is None:
-                self.send_control(peer, peer.initiate_handshake(now))
-                self.stats.lost_session_handshakes += 1
-                return
+        """Data for a session we do not know: whether it starts a handshake (we restarted
+        and the peer still uses the session we lost) is the protocol's decision."""
+        for peer, datagram in self.device.on_unknown_index(source, now):
+            self.send_control(peer, [datagram])
+            self.stats.lost_session_handshakes += 1
 
     def on_handshake_message(self, datagram: memoryview, source: Address, now: float) -> None:
         self.stats.handshakes_received += 1

@@ -1,19 +1,23 @@
 """The protocol policy the data path leaves to the core, through a real DataPath over the
 in-memory TUN and socket and a fake clock: what puts the endpoint under load (cookies
-demanded)."""
+demanded), and what a spoofed transport message for an unknown session may do."""
 
 from __future__ import annotations
 
 import os
 
 from tests.unit.datapath_doubles import ENDPOINT_A, MTU, MemoryTun, MemoryUdp
-from tests.unit.wireguard.helpers import handshake_shaped, mac1_valid
+from tests.unit.wireguard.helpers import handshake_shaped, ipv4_packet, mac1_valid
 from vpn.datapath import DataPath
+from vpn.packet.virtio import NO_OFFLOAD, VirtioNetHeader
 from vpn.wireguard import Device, Peer
 from vpn.wireguard.constants import (
     COOKIE_REPLY_SIZE,
+    MAX_TIMER_HANDSHAKES,
     MESSAGE_COOKIE_REPLY,
+    MESSAGE_INITIATION,
     MESSAGE_RESPONSE,
+    REKEY_TIMEOUT,
     UNDER_LOAD_BACKLOG,
 )
 
@@ -83,3 +87,40 @@ def test_a_wakeup_of_mac1_valid_initiations_demands_cookies() -> None:
     receive(path, [init], [ENDPOINT_A])
     data, size = path.udp.sent[-1]  # type: ignore[attr-defined]
     assert data[0] == MESSAGE_COOKIE_REPLY and size == COOKIE_REPLY_SIZE
+
+
+def test_spoofed_unknown_index_every_second_does_not_keep_a_dead_peer_alive() -> None:
+    """A packet for the peer with no session is staged and a handshake starts; the peer is
+    dead. A 32-byte transport message with an unknown receiver index comes from the peer's
+    endpoint every second. Before: each one restarted the count of attempts, and the
+    endpoint never gave up. Now it gives up after the 20th timeout, as without them."""
+    path, clock, peer, _ = endpoint()
+    packet = ipv4_packet("198.18.10.2", "198.18.10.1")
+    path.tun.reads.append((VirtioNetHeader.unpack(NO_OFFLOAD), memoryview(packet)))  # type: ignore[attr-defined]
+    path.on_tun_readable()
+    assert list(peer.staged) == [packet]
+    gave_up = None
+    for tick in range(1, 1500):
+        clock.now = tick * TICK
+        if tick % 10 == 0:
+            spoofed = b"\x04\x00\x00\x00" + os.urandom(28)
+            receive(path, [spoofed], [ENDPOINT_A])
+        path.on_tick()
+        if "give_up" in peer.events:
+            gave_up = clock.now
+            break
+    assert gave_up is not None, peer.timers
+    assert gave_up <= (MAX_TIMER_HANDSHAKES + 2) * (REKEY_TIMEOUT + TICK)
+    assert not peer.staged
+    assert path.stats.drops["unknown_receiver_index"] == int(gave_up)
+    # The first initiation and the timer's retries, no more: none was the spoofer's doing.
+    assert sent_types(path) == [MESSAGE_INITIATION] * (MAX_TIMER_HANDSHAKES + 2)
+    assert path.stats.lost_session_handshakes == 0
+
+
+def test_a_restarted_endpoint_rehandshakes_on_data_for_a_lost_session() -> None:
+    path, clock, _, _ = endpoint()
+    clock.now = 3.0
+    receive(path, [b"\x04\x00\x00\x00" + os.urandom(60)], [ENDPOINT_A])
+    assert sent_types(path) == [MESSAGE_INITIATION]
+    assert path.stats.lost_session_handshakes == 1

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from .allowedips import AllowedIPs
 from .constants import (
     INDEXES_PER_PEER,
+    LOST_SESSION_INTERVAL,
     MESSAGE_COOKIE_REPLY,
     MESSAGE_INITIATION,
     MESSAGE_RESPONSE,
@@ -88,6 +89,7 @@ class Device:
         # receiver index -> (peer, keypair), keypair None while the index names a handshake.
         self._index: dict[int, tuple[Peer, Keypair | None]] = {}
         self._handshake_index: dict[Peer, int] = {}
+        self._last_lost_session_scan = float("-inf")
         self.drops: Counter[str] = Counter()
 
     def __repr__(self) -> str:
@@ -236,6 +238,22 @@ class Device:
         peer.timers.any_authenticated_packet_received(now)
         peer.timers.any_authenticated_packet_traversal(now)
         return HandshakeResult(peer=peer, replies=replies, event="response_consumed")
+
+    def on_unknown_index(self, source: Address, now: float) -> list[tuple[Peer, bytes]]:
+        """A transport message for no receiver index of ours came from `source`. From the
+        endpoint of a peer we have no session with, it most likely means we restarted and
+        the peer still uses the session we lost: a handshake now takes a round trip, where
+        the peer's timers would take 15 s. The message is not authenticated, so this scans
+        the peers at most once per LOST_SESSION_INTERVAL, sends only to the peer's own
+        endpoint, never to `source`, and leaves the peer's give-up clock alone
+        (Peer.handshake_for_lost_session). Returns (peer, datagram) pairs, as `poll` does."""
+        if now - self._last_lost_session_scan < LOST_SESSION_INTERVAL:
+            return []
+        self._last_lost_session_scan = now
+        for peer in self.peers.values():
+            if peer.endpoint == source and peer.keypair_for_sending(now) is None:
+                return [(peer, datagram) for datagram in peer.handshake_for_lost_session(now)]
+        return []
 
     # -- transport (slow path; the data plane batches with Keypair.decrypt_into) ------------
 
