@@ -32,13 +32,13 @@ log = logging.getLogger("vpn.datapath")
 SEND_BUFFER_BYTES = 1 << 20
 # A transport message is at most the padded packet plus header and tag.
 MAX_DATAGRAM = MAX_PACKET + TRANSPORT_MIN_SIZE + 16
-# More handshake messages than this per second means we are under load: demand cookies.
+# The old "under load" rule's figure (handshake-sized datagrams a second). The rule is now
+# the core's (vpn.wireguard.cookie.HandshakeLoad); tests/integration/test_hostile.py still
+# bounds an initiation flood's DH work by it. Remove with that use.
 UNDER_LOAD_PER_SECOND = 64
 # GRO receives of at least this many datagrams take the bulk path (_receive_strided); below
 # it, numpy's fixed costs outweigh the per-packet work it saves.
 STRIDED_MIN = 8
-# Initiation and response (each costs Diffie-Hellman work) and cookie reply, by exact size.
-_HANDSHAKE_SIZES = {1: 148, 2: 92, 3: 64}
 # An internal error is counted every time, its traceback logged at most this often.
 INTERNAL_ERROR_LOG_SECONDS = 60.0
 
@@ -110,10 +110,6 @@ class DataPath:
         self._recv_buffer = bytearray(udp.batch * (MAX_PACKET + 1))
         self._recv_view = memoryview(self._recv_buffer)
         self._gro = Coalescer(udp=tun.offload.uso)
-        self._load_window = 0.0
-        self._load_count = 0
-        self._under_load_until = 0.0
-        self._last_lost_session_scan = float("-inf")
         self._internal_error_logged = float("-inf")
         # Host unreachable for packets routed to us that no peer's AllowedIPs cover.
         self.icmp = UnreachableResponder()
@@ -454,45 +450,22 @@ class DataPath:
         return run, kp
 
     def _rehandshake_lost_session(self, source: Address, now: float) -> None:
-        """Data for a session we do not know, from the endpoint of a peer we have no session
-        with: we restarted and the peer still uses the session we lost. Waiting for its
-        timers would take 15 s; a handshake now takes a round trip. The packet is not
-        authenticated, so this costs at most one scan of the peers a second and, per peer,
-        one initiation per REKEY_TIMEOUT, sent to the peer's own endpoint, never to the
-        source of the packet."""
-        if now - self._last_lost_session_scan < 1.0:
-            return
-        self._last_lost_session_scan = now
-        for peer in self.device.peers.values():
-            if peer.endpoint == source and peer.keypair_for_sending(now) is None:
-                self.send_control(peer, peer.initiate_handshake(now))
-                self.stats.lost_session_handshakes += 1
-                return
+        """Data for a session we do not know: whether it starts a handshake (we restarted
+        and the peer still uses the session we lost) is the protocol's decision."""
+        for peer, datagram in self.device.on_unknown_index(source, now):
+            self.send_control(peer, [datagram])
+            self.stats.lost_session_handshakes += 1
 
     def on_handshake_message(self, datagram: memoryview, source: Address, now: float) -> None:
         self.stats.handshakes_received += 1
-        # As wireguard-go, whose handshake queue takes only well-sized handshake messages:
-        # only those count toward "under load"; garbage is dropped cheaply and must not push
-        # legitimate peers into the cookie round trip.
-        costly = _HANDSHAKE_SIZES.get(datagram[0] if datagram else 0) == len(datagram)
-        under_load = self._under_load(now) if costly else now < self._under_load_until
-        result = self.device.handle_handshake_message(
-            bytes(datagram), source, now, under_load=under_load
-        )
+        # `now` is this wakeup's: the device takes the mac1-valid handshake messages of one
+        # wakeup as its backlog of Diffie-Hellman work, which decides "under load".
+        result = self.device.handle_handshake_message(bytes(datagram), source, now)
         if result.drop_reason:
             self.stats.drops[result.drop_reason] += 1
         for reply in result.replies:
             self.udp.send(source, reply)
         self.stats.datagrams_sent += len(result.replies)
-
-    def _under_load(self, now: float) -> bool:
-        """Too many handshake messages in the current second: cookies for a second more."""
-        if now - self._load_window >= 1.0:
-            self._load_window, self._load_count = now, 0
-        self._load_count += 1
-        if self._load_count > UNDER_LOAD_PER_SECOND:
-            self._under_load_until = now + 1.0
-        return now < self._under_load_until
 
     def _internal_error(self) -> None:
         """Called from the except clause at the pump's boundary. The coalescer may hold views

@@ -54,6 +54,13 @@ RATELIMIT_PACKETS_PER_SECOND: Final = 20  # per source address, under load
 RATELIMIT_BURST: Final = 5
 RATELIMIT_MAX_ENTRIES: Final = 8192
 RATELIMIT_GC_INTERVAL: Final = 1.0
+# Under load (cookies demanded): this many handshake messages that passed mac1 and wait for
+# Diffie-Hellman work in one wakeup of the data path, then for UNDER_LOAD_TIME more.
+UNDER_LOAD_BACKLOG: Final = 8
+UNDER_LOAD_TIME: Final = 1.0
+# A transport message for no session we know starts a handshake (the lost-session
+# rehandshake) at most once in this many seconds, whoever sends such messages.
+LOST_SESSION_INTERVAL: Final = 1.0
 
 # Replay window: 128 words of 64 bits, one word kept as slack for the sliding edge.
 REPLAY_WORD_BITS: Final = 64

@@ -1,11 +1,11 @@
 """MAC1/MAC2 and cookie replies: WireGuard's defence against handshake floods.
 
-CookieChecker validates and answers (one per device); CookieGenerator adds MACs (one per peer).
+CookieChecker validates and answers (one per device); CookieGenerator adds MACs (one per peer);
+HandshakeLoad decides when the device demands cookies.
 """
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 import os
 from collections.abc import Callable
@@ -17,6 +17,8 @@ from .constants import (
     LABEL_MAC1,
     MAC_LEN,
     MESSAGE_INITIATION,
+    UNDER_LOAD_BACKLOG,
+    UNDER_LOAD_TIME,
 )
 from .crypto import InvalidTag, constant_time_equal, hash_, mac, xaead_decrypt, xaead_encrypt
 from .messages import (
@@ -46,12 +48,6 @@ def address_bytes(addr: Address) -> bytes:
     return ipaddress.ip_address(addr[0]).packed + addr[1].to_bytes(2, "big")
 
 
-class MacState(enum.Enum):
-    INVALID_MAC1 = 0
-    VALID_MAC1 = 1  # mac2 absent or wrong
-    VALID_MAC2 = 2  # mac1 and a fresh cookie's mac2
-
-
 class CookieChecker:
     """Responder side: checks MACs keyed by our public key and mints cookie replies."""
 
@@ -73,17 +69,16 @@ class CookieChecker:
             self._secret_born = now
         return mac(self._secret, address_bytes(addr))
 
-    def check(self, data: Buffer, addr: Address, now: float, check_cookie: bool) -> MacState:
-        """Validate mac1 always, and mac2 only when under load (`check_cookie`)."""
+    def valid_mac1(self, data: Buffer) -> bool:
+        """mac1, keyed by our public key: checked on every handshake message."""
         off1, off2 = mac_offsets(data)
-        if not constant_time_equal(mac(self._mac1_key, bytes(data[:off1])), bytes(data[off1:off2])):
-            return MacState.INVALID_MAC1
-        if not check_cookie:
-            return MacState.VALID_MAC1
+        return constant_time_equal(mac(self._mac1_key, bytes(data[:off1])), bytes(data[off1:off2]))
+
+    def valid_mac2(self, data: Buffer, addr: Address, now: float) -> bool:
+        """mac2, keyed by the cookie of `addr`: checked only under load."""
+        _, off2 = mac_offsets(data)
         expected = mac(self._cookie(addr, now), bytes(data[:off2]))
-        if constant_time_equal(expected, bytes(data[off2 : off2 + MAC_LEN])):
-            return MacState.VALID_MAC2
-        return MacState.VALID_MAC1
+        return constant_time_equal(expected, bytes(data[off2 : off2 + MAC_LEN]))
 
     def make_reply(self, data: Buffer, sender_index: int, addr: Address, now: float) -> bytes:
         """A cookie reply to the handshake message `data` that came from `addr`."""
@@ -93,6 +88,43 @@ class CookieChecker:
             self._encryption_key, nonce, self._cookie(addr, now), bytes(data[off1:off2])
         )
         return CookieReply(sender_index, nonce, sealed).pack()
+
+
+class HandshakeLoad:
+    """Whether the device is under load: then a handshake message gets a cookie reply, not
+    Diffie-Hellman work, unless its mac2 proves the source address.
+
+    The kernel and wireguard-go judge load by the depth of their handshake queue (an eighth
+    full) and stay under load for a second after. The data path has no such queue: it
+    handles each handshake message inline, in the receive batch it came in, so what waits
+    for Diffie-Hellman work is what one wakeup found. The data path reads its clock once per
+    wakeup, so that backlog is the mac1-valid initiations and responses handled at one `now`;
+    UNDER_LOAD_BACKLOG of them (an eighth of a 64-receive batch; for real peers about 1.5 ms
+    of DH work that the data waits behind) mean DH work comes in faster than it is done.
+    Garbage, bad mac1 and cookie replies cost a hash at most, never DH: they never count, so
+    a flood of them cannot push real peers into the cookie round trip. Messages answered
+    with a cookie do count: they are demand for DH work, so the load lasts as long as the
+    flood.
+    """
+
+    __slots__ = ("_backlog", "_until", "_wakeup")
+
+    def __init__(self) -> None:
+        self._wakeup: float | None = None
+        self._backlog = 0
+        self._until = float("-inf")
+
+    def __repr__(self) -> str:
+        return f"HandshakeLoad(backlog={self._backlog}, until={self._until})"
+
+    def count_costly(self, now: float) -> bool:
+        """One mac1-valid initiation or response at `now`: is the device under load?"""
+        if now != self._wakeup:
+            self._wakeup, self._backlog = now, 0
+        self._backlog += 1
+        if self._backlog >= UNDER_LOAD_BACKLOG:
+            self._until = now + UNDER_LOAD_TIME
+        return now < self._until
 
 
 class CookieGenerator:

@@ -18,12 +18,13 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from .allowedips import AllowedIPs
 from .constants import (
     INDEXES_PER_PEER,
+    LOST_SESSION_INTERVAL,
     MESSAGE_COOKIE_REPLY,
     MESSAGE_INITIATION,
     MESSAGE_RESPONSE,
     MESSAGE_TRANSPORT,
 )
-from .cookie import Address, CookieChecker, MacState, address_bytes
+from .cookie import Address, CookieChecker, HandshakeLoad, address_bytes
 from .keypair import Keypair, TransportError
 from .messages import (
     Buffer,
@@ -81,12 +82,14 @@ class Device:
         self.jitter = jitter
         self.max_peers = max_peers
         self.checker = CookieChecker(self.identity.public, random_bytes)
+        self.load = HandshakeLoad()
         self.ratelimiter = RateLimiter()
         self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
         self.peers: dict[bytes, Peer] = {}
         # receiver index -> (peer, keypair), keypair None while the index names a handshake.
         self._index: dict[int, tuple[Peer, Keypair | None]] = {}
         self._handshake_index: dict[Peer, int] = {}
+        self._last_lost_session_scan = float("-inf")
         self.drops: Counter[str] = Counter()
 
     def __repr__(self) -> str:
@@ -170,21 +173,27 @@ class Device:
         return None if peer is None else peer.handshake
 
     def handle_handshake_message(
-        self, data: Buffer, src: Address, now: float, under_load: bool = False
+        self, data: Buffer, src: Address, now: float, under_load: bool | None = None
     ) -> HandshakeResult:
-        """Process an initiation, response or cookie reply from `src`."""
+        """Process an initiation, response or cookie reply from `src`.
+
+        `now` is the time of the data path's wakeup: the mac1-valid initiations and responses
+        handled at one `now` are the backlog that decides whether we are under load
+        (HandshakeLoad). A bool `under_load` overrides that decision (the cookie exchange's
+        tests)."""
         try:
             kind = message_type(data)
             if kind == MESSAGE_TRANSPORT:
                 return self._drop("not_handshake")
             if kind == MESSAGE_COOKIE_REPLY:
-                return self._consume_cookie_reply(data, now)
+                return self._consume_cookie_reply(data, now)  # no DH work: never load
             data = bytes(data)
-            state = self.checker.check(data, src, now, check_cookie=under_load)
-            if state is MacState.INVALID_MAC1:
+            if not self.checker.valid_mac1(data):
                 return self._drop("bad_mac1")
+            if under_load is None:
+                under_load = self.load.count_costly(now)
             if under_load:
-                if state is not MacState.VALID_MAC2:
+                if not self.checker.valid_mac2(data, src, now):
                     sender = _SENDER_INDEX.unpack_from(data, 4)[0]
                     reply = self.checker.make_reply(data, sender, src, now)
                     self.drops["cookie_sent"] += 1
@@ -229,6 +238,22 @@ class Device:
         peer.timers.any_authenticated_packet_received(now)
         peer.timers.any_authenticated_packet_traversal(now)
         return HandshakeResult(peer=peer, replies=replies, event="response_consumed")
+
+    def on_unknown_index(self, source: Address, now: float) -> list[tuple[Peer, bytes]]:
+        """A transport message for no receiver index of ours came from `source`. From the
+        endpoint of a peer we have no session with, it most likely means we restarted and
+        the peer still uses the session we lost: a handshake now takes a round trip, where
+        the peer's timers would take 15 s. The message is not authenticated, so this scans
+        the peers at most once per LOST_SESSION_INTERVAL, sends only to the peer's own
+        endpoint, never to `source`, and leaves the peer's give-up clock alone
+        (Peer.handshake_for_lost_session). Returns (peer, datagram) pairs, as `poll` does."""
+        if now - self._last_lost_session_scan < LOST_SESSION_INTERVAL:
+            return []
+        self._last_lost_session_scan = now
+        for peer in self.peers.values():
+            if peer.endpoint == source and peer.keypair_for_sending(now) is None:
+                return [(peer, datagram) for datagram in peer.handshake_for_lost_session(now)]
+        return []
 
     # -- transport (slow path; the data plane batches with Keypair.decrypt_into) ------------
 

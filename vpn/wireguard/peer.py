@@ -102,6 +102,17 @@ class Peer:
         self.timers.handshake_initiated(now)
         return [data]
 
+    def handshake_for_lost_session(self, now: float) -> list[bytes]:
+        """An initiation on an unauthenticated hint (Device.on_unknown_index): only while no
+        initiation is being retransmitted and none was given up on, and as a retry, so the
+        count of attempts goes on. Were it to restart the count, or to go out ahead of a
+        due retransmission (which re-arms the timer without counting an attempt), one
+        spoofed packet a second would keep a dead peer's handshake, and its staged packets,
+        alive past REKEY_ATTEMPT_TIME."""
+        if self.timers.retransmit_at is not None or self.timers.out_of_attempts:
+            return []
+        return self.initiate_handshake(now, retry=True)
+
     def create_response(self, now: float) -> bytes:
         """Answer the initiation just consumed; the new keypair waits in `next`."""
         dev = self._device

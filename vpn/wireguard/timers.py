@@ -98,6 +98,12 @@ class Timers:
     def session_derived(self, now: float) -> None:
         self.zero_keys_at = now + 3 * REJECT_AFTER_TIME
 
+    @property
+    def out_of_attempts(self) -> bool:
+        """Every retransmission is spent: the next expiry gives up (or did), until a
+        handshake completes or is asked for anew."""
+        return self.handshake_attempts > MAX_TIMER_HANDSHAKES
+
     def new_handshake_requested(self) -> None:
         """A handshake not caused by a retransmission starts a fresh count of attempts."""
         self.handshake_attempts = 0
@@ -127,7 +133,7 @@ class Timers:
         actions: list[TimerAction] = []
         if self.retransmit_at is not None and self.retransmit_at <= now:
             self.retransmit_at = None
-            if self.handshake_attempts > MAX_TIMER_HANDSHAKES:
+            if self.out_of_attempts:
                 self.keepalive_at = None
                 actions.append(TimerAction.GIVE_UP)
                 if self.zero_keys_at is None:

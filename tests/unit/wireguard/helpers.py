@@ -71,3 +71,24 @@ def ipv4_packet(src: str, dst: str, payload: bytes = b"x" * 20) -> bytes:
         + ipaddress.IPv4Address(dst).packed
         + payload
     )
+
+
+def mac1_valid(kind: int, victim_public: bytes) -> bytes:
+    """An initiation (1) or response (2) from nobody with a valid mac1 for the victim and
+    no mac2: it passes the cheap check and would cost the victim Diffie-Hellman work."""
+    from vpn.wireguard.constants import LABEL_MAC1
+    from vpn.wireguard.crypto import hash_, mac
+    from vpn.wireguard.messages import INITIATION_MAC1_OFFSET, RESPONSE_MAC1_OFFSET
+
+    offset = INITIATION_MAC1_OFFSET if kind == 1 else RESPONSE_MAC1_OFFSET
+    body = bytes([kind, 0, 0, 0]) + os.urandom(offset - 4)
+    return body + mac(hash_(LABEL_MAC1, victim_public), body) + bytes(16)
+
+
+def handshake_shaped(count: int) -> list[bytes]:
+    """Random bytes in the exact shape of initiations, responses and cookie replies (type
+    byte, zero reserved bytes, exact size): what a flood of garbage at those sizes looks
+    like once it passes the length checks. mac1 fails; a cookie reply's index is no one's."""
+    shapes = [(1, 148), (2, 92), (3, 64)]
+    return [bytes([kind, 0, 0, 0]) + os.urandom(size - 4)
+            for kind, size in (shapes[i % 3] for i in range(count))]
