@@ -15,7 +15,7 @@ import os
 import statistics
 import time
 
-from tests.unit.datapath_doubles import DST, ENDPOINT_A, MTU, SRC, bulk_path, handshaken_pair
+from tests.unit.datapath_doubles import DST, ENDPOINT_A, MTU, SRC, handshaken_pair
 from tests.unit.packets import tcp_super_packet
 from vpn.datapath import DataPath
 from vpn.packet.virtio import VirtioNetHeader
@@ -59,13 +59,9 @@ def run(rounds: int = 400) -> dict[str, float]:
     send_us, receive_us = _run(a, b, reads, rounds)
     # Four super-packets per wakeup, as the TUN often hands over under load.
     send4, receive4 = _run(a, b, reads * 4, rounds // 4)
-    # The same receives with the bulk path turned off: what it saves.
-    with bulk_path(False):
-        _, per_packet = _run(a, b, reads, rounds)
     return {
         "pipeline_send_us_per_64k": statistics.median(send_us),
         "pipeline_receive_us_per_64k": statistics.median(receive_us),
-        "pipeline_receive_us_per_64k_without_bulk_path": statistics.median(per_packet),
         "pipeline_send_us_per_64k_batch4": statistics.median(send4),
         "pipeline_receive_us_per_64k_batch4": statistics.median(receive4),
     }

@@ -22,7 +22,7 @@ from tests.integration import wg_lab
 from tests.integration.relay_lab import B4, host_to_host
 from tests.netns import Lab, lab_unavailable_reason
 from tests.unit.packets import tcp_super_packet
-from vpn.offload import Coalesced, Coalescer, coalesce, split
+from vpn.offload import coalesce, split
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RELAY_MODES = ("plain", "passthrough", "offload")
@@ -52,26 +52,8 @@ def offload_micro() -> dict[str, float]:
             tag = f"ipv{version}_mss{mss}"
             out[f"split_us_{tag}"] = median_us(lambda h=header, p=packet: split(h, p))
             out[f"coalesce_us_{tag}"] = median_us(lambda s=segments: coalesce(s))
-            laid = strided(segments)
-            out[f"coalesce_strided_us_{tag}"] = median_us(
-                lambda laid=laid: strided_coalesce(*laid))
             out[f"segments_{tag}"] = len(segments)
     return out
-
-
-def strided(segments: list[bytes]) -> tuple[bytearray, int, list[int]]:
-    """The segments at a fixed stride in one buffer, as the data path decrypts them."""
-    stride = max(map(len, segments))
-    buf = bytearray(stride * len(segments))
-    for i, segment in enumerate(segments):
-        buf[i * stride:i * stride + len(segment)] = segment
-    return buf, stride, [len(s) for s in segments]
-
-
-def strided_coalesce(buf: bytearray, stride: int, lengths: list[int]) -> list[Coalesced]:
-    coalescer = Coalescer()
-    coalescer.add_strided(buf, 0, stride, lengths)
-    return coalescer.frames()
 
 
 def relay_throughput(rounds: int, seconds: float) -> dict[str, object]:

@@ -16,14 +16,12 @@ from dataclasses import asdict, dataclass, field
 from vpn.keys import encode_key
 from vpn.offload import Coalesced, Coalescer, OffloadError, split
 from vpn.packet.icmp import UnreachableResponder
-from vpn.packet.strided import common_source
 from vpn.packet.virtio import NO_OFFLOAD, VirtioNetHeader
 from vpn.tun import MAX_PACKET, TunDevice
 from vpn.uapi import endpoint_text
 from vpn.udp import Address, UdpSocket, UdpStats, split_gro
 from vpn.wireguard import Device, Keypair, Peer, TransportError
 from vpn.wireguard.constants import MESSAGE_TRANSPORT, TRANSPORT_MIN_SIZE
-from vpn.wireguard.messages import transport_run
 from vpn.wireguard.peer import MAX_STAGED_PACKETS
 
 log = logging.getLogger("vpn.datapath")
@@ -36,9 +34,6 @@ MAX_DATAGRAM = MAX_PACKET + TRANSPORT_MIN_SIZE + 16
 # the core's (vpn.wireguard.cookie.HandshakeLoad); tests/integration/test_hostile.py still
 # bounds an initiation flood's DH work by it. Remove with that use.
 UNDER_LOAD_PER_SECOND = 64
-# GRO receives of at least this many datagrams take the bulk path (_receive_strided); below
-# it, numpy's fixed costs outweigh the per-packet work it saves.
-STRIDED_MIN = 8
 # An internal error is counted every time, its traceback logged at most this often.
 INTERNAL_ERROR_LOG_SECONDS = 60.0
 
@@ -73,7 +68,6 @@ class DataPathStats:
     tun_writes: int = 0
     jumbo_frames: int = 0
     jumbo_segments: int = 0
-    strided_blocks: int = 0  # GRO receives that went through the bulk path as one TCP run
     handshakes_received: int = 0
     icmp_unreachable_sent: int = 0
     lost_session_handshakes: int = 0
@@ -272,13 +266,7 @@ class DataPath:
             if lone:
                 offset = self._receive_datagrams(lone, lone_source, now, sessions, offset)
                 lone = []
-            count = -(-len(data) // segment_size)
-            stats.datagrams_received += count
-            if count >= STRIDED_MIN:
-                used = self._receive_strided(data, segment_size, source, now, sessions, offset)
-                if used >= 0:
-                    offset += used
-                    continue
+            stats.datagrams_received += -(-len(data) // segment_size)
             offset = self._receive_datagrams(split_gro(data, segment_size), source, now,
                                              sessions, offset)
         if lone:
@@ -325,61 +313,6 @@ class DataPath:
             if plaintexts and session is not None:  # (a plaintext implies a session)
                 self._deliver(kp, session, plaintexts)
         return offset
-
-    def _receive_strided(self, data: memoryview, stride: int, source: Address, now: float,
-                         sessions: dict[Keypair, list], offset: int) -> int:
-        """The bulk case of a GRO receive: all transport messages for one live keypair. The
-        headers are read, the plaintexts checked and coalesced with numpy for all of them at
-        once; only the AEAD calls remain per packet. Returns the bytes used in the receive
-        buffer from `offset`, or -1, having done nothing, to leave it to the general path."""
-        run = transport_run(data, stride)
-        if run is None:
-            return -1
-        index, counters = run
-        count = len(counters)
-        body = stride - TRANSPORT_MIN_SIZE
-        last_room = len(data) - (count - 1) * stride - TRANSPORT_MIN_SIZE
-        kp = self.device.keypair_for_index(index)
-        if kp is None or last_room < 40 or (kp not in sessions and not kp.receivable(now)):
-            return -1
-        buf, view = self._recv_buffer, self._recv_view
-        lengths = kp.decrypt_strided(data, stride, counters, buf, offset, self.stats.drops)
-        # What decrypt_strided wrote: the plaintexts keep the stride, the last is shorter.
-        used = (count - 1) * body + last_room
-        if max(lengths) < 0:
-            return 0  # nothing authenticated: nothing may move the endpoint or count
-        session = sessions.get(kp)
-        if session is None:
-            session = sessions[kp] = [0, 0, source]
-        session[2] = source
-        if min(lengths) < 0:  # something failed: the rest one by one
-            plaintexts = []
-            for i, n in enumerate(lengths):
-                if n >= 0:
-                    session[0] += n + TRANSPORT_MIN_SIZE
-                    plaintexts.append(view[offset + i * body:offset + i * body + n])
-            self._deliver(kp, session, plaintexts)
-            return used
-        session[0] += len(data)
-        shared = common_source(buf, offset, body, count, last_room)
-        if shared is None:
-            self._deliver(kp, session, [view[offset + i * body:offset + i * body + n]
-                                        for i, n in enumerate(lengths)])
-            return used
-        source_address, ip_lengths = shared
-        # Cryptokey routing, once for all: the inner source must be one of the peer's.
-        if self.device.allowed_ips.lookup(source_address) is not kp.peer:
-            self.stats.drops["source_not_allowed"] += count
-            return used
-        session[1] += count
-        self.stats.packets_written += count
-        if self.coalescing:
-            if self._gro.add_strided(buf, offset, body, ip_lengths):
-                self.stats.strided_blocks += 1
-        else:
-            for i, n in enumerate(ip_lengths):
-                self._write_packet(view[offset + i * body:offset + i * body + n])
-        return used
 
     def _deliver(self, kp: Keypair, session: list, plaintexts: list[memoryview]) -> None:
         """Check decrypted packets one by one (IP, length, cryptokey routing), then hand

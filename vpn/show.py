@@ -45,7 +45,6 @@ def offload_view(stats: dict[str, Any]) -> dict[str, Any]:
         "segments_per_gso_send": _ratio(_int(udp, "gso_segments"), _int(udp, "gso_sends")),
         "udp_gro_receives": _int(udp, "gro_receives"),
         "segments_per_gro_receive": _ratio(_int(udp, "gro_segments"), _int(udp, "gro_receives")),
-        "bulk_receives": _int(dp, "strided_blocks"),
         "handshakes_received": _int(stats, "handshakes", "received"),
         "handshakes_completed": _int(stats, "handshakes", "completed"),
         "drops": drops,
@@ -135,8 +134,7 @@ def show_text(view: dict[str, Any], now: float) -> str:
         f"{off['segments_per_jumbo_frame']} segments each",
         f"  UDP GSO sends: {off['udp_gso_sends']}, {off['segments_per_gso_send']} datagrams each",
         f"  UDP GRO receives: {off['udp_gro_receives']}, "
-        f"{off['segments_per_gro_receive']} datagrams each, {off['bulk_receives']} "
-        "through the bulk path",
+        f"{off['segments_per_gro_receive']} datagrams each",
         f"  handshakes: {off['handshakes_completed']} completed, "
         f"{off['handshakes_received']} handshake messages received",
     ]

@@ -59,10 +59,6 @@ def test_traffic_both_ways(lab: Lab, peer_kind: str, initiator: str) -> None:
     # The offload picture on our side: super-packets from the TUN, GSO sends, jumbo writes.
     assert counters["super_packets"] > 0, counters
     assert counters["jumbo_frames"] > 0, counters
-    # From a peer of ours (UDP GSO, so GRO receives here), the bulk receive path carried
-    # some of the checked transfers above; Debian's wireguard-go sends one datagram at a time.
-    if peer_kind == "ours":
-        assert counters["strided_blocks"] > 0, counters
     udp = counters["udp"]
     assert udp["gso_segments"] > 2 * udp["gso_sends"] > 0, udp
 

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from vpn import datapath
 from vpn.datapath import DataPath
 from vpn.packet.virtio import VirtioNetHeader
 from vpn.udp import MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD, UdpStats
@@ -110,14 +108,3 @@ def handshaken_pair(seed: bytes | None = None, *, mtu: int = MTU) -> tuple[DataP
     response = b.device.handle_handshake_message(init, ENDPOINT_A, NOW).replies[0]
     a.device.handle_handshake_message(response, ENDPOINT_B, NOW)
     return a, b
-
-
-@contextmanager
-def bulk_path(enabled: bool) -> Iterator[None]:
-    """Within the block, GRO receives take the bulk path (as usual) or never do."""
-    saved = datapath.STRIDED_MIN
-    datapath.STRIDED_MIN = saved if enabled else 1 << 30
-    try:
-        yield
-    finally:
-        datapath.STRIDED_MIN = saved

@@ -1,7 +1,8 @@
-"""The receive path's bulk case (a GRO receive taken as a whole with numpy) against the
-general per-packet path: for the same datagrams, cut, lost, replayed, tampered with, mixed
-with garbage or sent from elsewhere, both must write the same frames to the TUN, count the
-same drops and leave the peer in the same state (endpoint, bytes, replay window)."""
+"""The receive path, whatever the network did to a's datagrams (cut, lost, replayed,
+tampered with, mixed with garbage, sent from elsewhere) and however GRO grouped them: the
+same datagrams as GRO receives and as one receive each must write the same frames to the
+TUN, count the same drops and leave the peer in the same state (endpoint, bytes, replay
+window)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.unit.datapath_doubles import DST, ENDPOINT_A, SRC, bulk_path, handshaken_pair
+from tests.unit.datapath_doubles import DST, ENDPOINT_A, SRC, handshaken_pair
 from tests.unit.packets import ACK, PSH, TS_OPTION, tcp_packet, tcp_super_packet
 from vpn.datapath import DataPath
 from vpn.packet.virtio import NO_OFFLOAD, VirtioNetHeader
@@ -61,19 +62,29 @@ def apply(receives: list[Receive], ops: list[tuple[str, int, int]]) -> list[Rece
     return out
 
 
-def receive(b: DataPath, receives: list[Receive], batches: int) -> dict:
+def one_datagram_each(receives: list[Receive]) -> list[Receive]:
+    """The same datagrams as if GRO had merged none of them."""
+    return [(data[j:j + size], min(size, len(data) - j), source)
+            for data, size, source in receives for j in range(0, len(data), size)]
+
+
+def receive(b: DataPath, receives: list[Receive], batches: int, *, ungrouped: bool = False
+            ) -> dict:
     step = max(1, -(-len(receives) // batches))
     for start in range(0, len(receives), step):
+        batch = receives[start:start + step]
+        if ungrouped:
+            batch = one_datagram_each(batch)
         b.udp.incoming = [(memoryview(d), s, src)  # type: ignore[attr-defined]
-                          for d, s, src in receives[start:start + step]]
+                          for d, s, src in batch]
         b.on_udp_readable()
     peer = next(iter(b.device.peers.values()))
     kp = peer.keypairs.current or peer.keypairs.next
     stats = b.stats.summary()
-    blocks = stats.pop("strided_blocks")
+    del stats["full_receive_batches"]  # more receives per batch when ungrouped
     return {"frames": b.tun.frames, "stats": stats, "endpoint": peer.endpoint,  # type: ignore[attr-defined]
             "rx_bytes": peer.rx_bytes, "greatest": kp.replay.greatest if kp else None,
-            "seen": bytes(kp.replay._seen) if kp else None, "blocks": blocks}
+            "seen": bytes(kp.replay._seen) if kp else None}
 
 
 def traffic(flows: list[tuple[int, int, bool]], *, one_flow: bool = False
@@ -109,29 +120,25 @@ FLOWS = st.lists(st.tuples(st.sampled_from([0, 1, 3, 9, 20, 44]),
 
 @settings(max_examples=60, deadline=None)
 @given(FLOWS, OPS, st.integers(1, 3), st.binary(min_size=4, max_size=4))
-def test_bulk_and_per_packet_paths_agree(flows: list[tuple[int, int, bool]],
-                                         ops: list[tuple[str, int, int]], batches: int,
-                                         seed: bytes) -> None:
+def test_grouped_and_ungrouped_receives_agree(flows: list[tuple[int, int, bool]],
+                                              ops: list[tuple[str, int, int]], batches: int,
+                                              seed: bytes) -> None:
     reads = traffic(flows)
     results = []
-    for enabled in (True, False):
+    for ungrouped in (False, True):
         a, b = handshaken_pair(seed)
         receives = apply(sent_by_a(a, reads), ops)
-        with bulk_path(enabled):
-            results.append(receive(b, receives, batches))
-    bulk, per_packet = results
-    assert per_packet["blocks"] == 0
-    bulk.pop("blocks"), per_packet.pop("blocks")
-    assert bulk == per_packet
+        results.append(receive(b, receives, batches, ungrouped=ungrouped))
+    grouped, one_each = results
+    assert grouped == one_each
 
 
-def test_clean_bulk_traffic_takes_the_bulk_path_and_arrives_whole() -> None:
+def test_clean_bulk_traffic_arrives_whole() -> None:
     reads = traffic([(44, 1368, False), (44, 1368, True)], one_flow=True)
     a, b = handshaken_pair(b"seed")
     receives = sent_by_a(a, reads)
     assert len(receives) == 2  # 45 datagrams of 1452 bytes fill one GSO send (64 KiB)
     result = receive(b, receives, 1)
-    assert result["blocks"] == 2
     payload_in = b"".join(p[52:] for _, p in reads)
     # 88 segments of one flow in order: two jumbo frames (64 KiB at most each).
     assert len(result["frames"]) == 2
@@ -139,7 +146,7 @@ def test_clean_bulk_traffic_takes_the_bulk_path_and_arrives_whole() -> None:
     assert result["stats"]["drops"] == {}
 
 
-def test_replayed_bulk_receive_from_elsewhere_moves_nothing() -> None:
+def test_replayed_gro_receive_from_elsewhere_moves_nothing() -> None:
     """In the same wakeup as the real receive, and in a later one."""
     a, b = handshaken_pair(b"seed")
     receives = sent_by_a(a, traffic([(44, 1368, False)]))

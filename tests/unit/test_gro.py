@@ -28,7 +28,7 @@ from tests.unit.packets import (
     udp_super_packet,
     verify,
 )
-from vpn.offload import Coalesced, Coalescer, coalesce, split
+from vpn.offload import Coalesced, coalesce, split
 from vpn.packet.virtio import (
     FLAG_NEEDS_CSUM,
     GSO_TCPV4,
@@ -294,71 +294,3 @@ def test_udp_frame_header_fields() -> None:
     assert int.from_bytes(head[24:26], "big") == 8 + 300  # UDP length covers every datagram
     assert VirtioNetHeader.unpack(frame.header) == VirtioNetHeader(
         FLAG_NEEDS_CSUM, GSO_UDP_L4, 28, 100, 20, 6)
-
-
-# -- add_strided: the numpy bulk path gives exactly the frames of the per-packet path --------
-
-def lay_out(packets: list[bytes], slack: int) -> tuple[bytearray, int, int, list[int]]:
-    """Packets at a fixed stride in one buffer, as the data path decrypts them."""
-    stride = max(map(len, packets)) + slack
-    offset = 7
-    buf = bytearray(os.urandom(offset + stride * len(packets)))
-    for i, packet in enumerate(packets):
-        buf[offset + i * stride:offset + i * stride + len(packet)] = packet
-    return buf, offset, stride, [len(p) for p in packets]
-
-
-def strided_frames(before: list[bytes], packets: list[bytes], slack: int = 0,
-                   max_size: int = 65535) -> tuple[list[bytes], bool]:
-    coalescer = Coalescer(max_size=max_size)
-    coalescer.add(before)
-    whole = coalescer.add_strided(*lay_out(packets, slack))
-    return [f.frame() for f in coalescer.frames()], whole
-
-
-@pytest.mark.parametrize("version", [4, 6])
-@pytest.mark.parametrize("last", [1000, 400])
-@pytest.mark.parametrize("options", [b"", TS_OPTION])
-def test_strided_bulk_is_one_run(version: int, last: int, options: bytes) -> None:
-    packets = stream(20, version=version, options=options, changes={19: {"length": last}})
-    frames, whole = strided_frames([], packets, slack=16)
-    assert whole
-    assert frames == [f.frame() for f in coalesce(packets)]
-    assert len(frames) == 1
-
-
-def test_strided_continues_a_run_from_add() -> None:
-    packets = stream(30)
-    frames, whole = strided_frames(packets[:5], packets[5:])
-    assert whole
-    assert frames == [f.frame() for f in coalesce(packets)]
-    assert len(frames) == 1
-
-
-def test_strided_past_max_size_fills_the_run_then_starts_another() -> None:
-    packets = stream(30)
-    frames, whole = strided_frames(packets[:12], packets[12:], max_size=25 * 1000 + 40)
-    assert whole
-    assert frames == [f.frame() for f in coalesce(packets, max_size=25 * 1000 + 40)]
-    assert counts([Coalesced(f[:10], [f[10:]]) for f in frames]) == [25, 5]
-
-
-@settings(max_examples=150, deadline=None)
-@given(st.sampled_from([4, 6]), st.integers(8, 40), st.integers(0, 5),
-       st.lists(st.tuples(st.integers(0, 39), st.sampled_from([c for c, _ in MERGE_RULES])),
-                max_size=3),
-       st.integers(0, 40), st.booleans(), st.sampled_from([65535, 20000, 9000, 1500]))
-def test_strided_matches_per_packet(version: int, count: int, before: int,
-                                    changes: list[tuple[int, dict[str, object]]], slack: int,
-                                    psh_last: bool, max_size: int) -> None:
-    per_segment: dict[int, dict[str, object]] = {}
-    for index, change in changes:
-        if version == 6 and "df" in change:
-            continue
-        per_segment.setdefault(index, {}).update(change)
-    if psh_last:
-        per_segment.setdefault(before + count - 1, {}).setdefault("flags", ACK | PSH)
-    packets = stream(before + count, version=version, changes=per_segment)
-    frames, _ = strided_frames(packets[:before], packets[before:], slack=slack,
-                               max_size=max_size)
-    assert frames == [f.frame() for f in coalesce(packets, max_size=max_size)]

@@ -8,17 +8,13 @@ pseudo-header partial sum we leave in it (NEEDS_CSUM), exactly as for a locally 
 
 from __future__ import annotations
 
-import functools
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import numpy as np
-
 from vpn.packet.checksum import fold, ones_complement_sum, pseudo_header_sum
 from vpn.packet.headers import (
     IPV4_CSUM,
-    IPV4_ID,
     IPV4_TOTAL_LEN,
     IPV6_PAYLOAD_LEN,
     PROTO_TCP,
@@ -26,7 +22,6 @@ from vpn.packet.headers import (
     TCP_CSUM,
     TCP_FLAGS,
     TCP_PSH,
-    TCP_SEQ,
     UDP_CSUM,
     UDP_LEN,
 )
@@ -116,9 +111,8 @@ def coalesce(packets: Iterable[Buffer], *, udp: bool = False,
 
 
 class Coalescer:
-    """GRO state across the receives of one wakeup: packets go in with `add` (any packets)
-    or `add_strided` (packets laid at a fixed stride, checked as a whole with numpy), and
-    `frames` turns what was gathered into the writes, in order."""
+    """GRO state across the receives of one wakeup: packets go in with `add`, and `frames`
+    turns what was gathered into the writes, in order."""
 
     __slots__ = ("_flows", "_out", "max_size", "udp")
 
@@ -138,127 +132,6 @@ class Coalescer:
         """Forget everything gathered (and every view into the caller's buffers)."""
         self._out = []
         self._flows.clear()
-
-    def add_strided(self, buf: bytearray, offset: int, stride: int, lengths: list[int]) -> bool:
-        """Add packets laid at a fixed stride: packet i is ``lengths[i]`` bytes at
-        ``offset + i * stride`` in ``buf``. Runs of in-order segments of one TCP flow (the
-        bulk case) are found and checked with numpy for all their packets at once; the rest
-        goes through `add` packet by packet. The frames are the same either way. Returns
-        True if the block was taken as runs (with at most single packets between them), False
-        if some of it had to go packet by packet."""
-        view = memoryview(buf)
-        count = len(lengths)
-        start = 0
-        for _ in range(_STRIDED_ATTEMPTS):
-            if count - start < _STRIDED_MIN:
-                break
-            taken = self._add_tcp_run(view, offset + start * stride, stride, lengths[start:])
-            if not taken:
-                break
-            if taken == 1:  # a lone segment before a new run (PSH, a gap): `add` places it
-                self.add((view[offset + start * stride:offset + start * stride + lengths[start]],))
-            start += taken
-            if start == count:
-                return True
-        position = offset + start * stride
-        self.add([view[o:o + n] for o, n in zip(
-            range(position, position + stride * (count - start), stride), lengths[start:],
-            strict=True)])
-        return False
-
-    def _add_tcp_run(self, buf: memoryview, offset: int, stride: int,
-                     lengths: list[int]) -> int:
-        """Add the leading packets that make one GRO run: TCP over IPv4 (no options) or IPv6
-        (no extension headers), one flow, in sequence, ACK alone (PSH allowed on the last),
-        full-size but the last, every header byte GRO compares equal. Returns how many were
-        added as one run (2 or more); 1 if only the first could be (it is then left to the
-        caller); 0, having changed nothing, if not even the first fits the bulk case."""
-        n0 = lengths[0]
-        b0 = buf[offset]
-        if b0 == 0x45 and buf[offset + 9] == PROTO_TCP and n0 >= 40:
-            (tos, total, frag, ttl, addrs, ports, seq, ack, off, flags,
-             win) = _V4_TCP.unpack_from(buf, offset)
-            ihl, key = 20, (addrs << 32) | ports
-            sig_head: tuple[int, ...] = (tos, ttl, frag)
-            if frag & 0xBFFF:
-                return 0
-        elif b0 >> 4 == 6 and buf[offset + 6] == PROTO_TCP and n0 >= 60:
-            (first, plen, _, hop, s1, s2, d1, d2, ports, seq, ack, off, flags,
-             win) = _V6_TCP.unpack_from(buf, offset)
-            ihl, key, total = 40, (s1, s2, d1, d2, ports), plen + 40
-            sig_head = (first, hop, 0)
-        else:
-            return 0
-        thl = (off >> 4) << 2
-        hlen = ihl + thl
-        if total != n0 or thl < 20 or off & 0x0F or n0 <= hlen:
-            return 0
-        if flags != _ACK:
-            return 1 if flags == _ACK_PSH else 0
-        # Which neighbours continue one another: packet i-1 full-size and ACK alone; packet
-        # i with the same compared header bytes, the next sequence number, ACK (or ACK+PSH),
-        # a payload no larger, and a length field that agrees with its length.
-        count = len(lengths)
-        if offset + (count - 1) * stride + hlen > len(buf):
-            return 0  # the last packet is too short to hold the headers read below
-        is_v4 = ihl == 20
-        seg = n0 - hlen
-        rows = np.ndarray((count, hlen), _U8, buf, offset, (stride, 1))
-        same = rows[:, _same_columns(is_v4, hlen)]
-        flag_col = rows[:, ihl + TCP_FLAGS]
-        ip_len = np.ndarray((count,), ">u2", buf, offset + (IPV4_TOTAL_LEN if is_v4
-                                                           else IPV6_PAYLOAD_LEN), (stride,))
-        if not is_v4:
-            ip_len = ip_len + 40
-        seqs = np.ndarray((count,), ">u4", buf, offset + ihl + TCP_SEQ, (stride,))
-        joins = ((same[1:] == same[:-1]).all(axis=1) & (flag_col[:-1] == _ACK)
-                 & ((flag_col[1:] | TCP_PSH) == _ACK_PSH) & (ip_len[:-1] == n0)
-                 & (ip_len[1:] <= n0) & (ip_len[1:] > hlen)
-                 & ((seqs[1:] - seqs[:-1]) == seg))  # uint32: wraps as TCP sequence numbers do
-        stop = int(joins.argmin())
-        size = count if joins[stop] else stop + 1
-        last_flags = int(flag_col[size - 1])
-        ip_lengths = ip_len[:size].tolist()
-        del rows, same, flag_col, ip_len, seqs, joins  # release numpy's hold on the buffer
-        if size == 1:
-            return 1
-        if ip_lengths != lengths[:size]:
-            return 0  # a length field that disagrees with the packet: `add` decides
-        last = lengths[size - 1]
-        payload = seg * (size - 1) + last - hlen
-        if hlen + payload > self.max_size:
-            return 0
-        sig = (*sig_head, ack, win, off,
-               bytes(buf[offset + ihl + 20:offset + hlen]) if thl > 20 else b"")
-        packets = [buf[o:o + n] for o, n in zip(
-            range(offset, offset + stride * size, stride), lengths, strict=False)]
-        flows = self._flows
-        run = flows.get(key)
-        fit = 0
-        if run is not None and run.open and run.sig == sig and run.next_seq == seq:
-            if run.seg_size != seg:
-                return 0  # the first packet would close that run: leave it to `add`
-            # As `add` does: append while the frame stays within max_size, then start anew.
-            fit = min(size - 1, (self.max_size - run.total) // seg)
-            if fit == size - 1 and run.total + payload <= self.max_size:
-                fit = size
-            run.packets += packets[:fit]
-            run.count += fit
-            run.total += payload if fit == size else fit * seg
-        if fit < size:
-            rest = packets[fit:]
-            alone = len(rest) == 1  # a run of one keeps its own size, as in `add`
-            run = _Run(rest[0], sig, ihl, hlen, last - hlen if alone else seg, hlen, 0, is_v4,
-                       True, True)
-            run.packets = rest
-            run.count = len(rest)
-            run.total = hlen + payload - fit * seg
-            flows[key] = run
-            self._out.append(run)
-        run.next_seq = (seq + payload) & 0xFFFFFFFF
-        run.psh = last_flags == _ACK_PSH
-        run.open = last_flags == _ACK and (last == n0 or run.count == 1)
-        return size
 
     def add(self, packets: Iterable[Buffer]) -> None:
         """Add packets one by one (the general path)."""
@@ -354,28 +227,6 @@ class Coalescer:
 
 # IPv6 next headers that cannot belong to a TCP or UDP flow (ICMPv6, no next header).
 _V6_TRANSPARENT = frozenset({58, 59})
-
-# Below this many packets, numpy's fixed costs outweigh the per-packet path; past this many
-# runs in one block, the rest goes packet by packet (bounding the numpy work on odd input).
-_STRIDED_MIN = 8
-_STRIDED_ATTEMPTS = 4
-_U8 = np.uint8
-
-
-@functools.lru_cache(maxsize=32)
-def _same_columns(is_v4: bool, hlen: int) -> np.ndarray:
-    """Offsets of the header bytes that must be equal in every packet of a TCP run: all but
-    the length, IPv4 ID and checksum, sequence number, flags and TCP checksum."""
-    ihl = 20 if is_v4 else 40
-    varying = {ihl + TCP_FLAGS, ihl + TCP_CSUM, ihl + TCP_CSUM + 1,
-               *range(ihl + TCP_SEQ, ihl + TCP_SEQ + 4)}
-    if is_v4:
-        varying |= {IPV4_TOTAL_LEN, IPV4_TOTAL_LEN + 1, IPV4_ID, IPV4_ID + 1, IPV4_CSUM,
-                    IPV4_CSUM + 1}
-    else:
-        varying |= {IPV6_PAYLOAD_LEN, IPV6_PAYLOAD_LEN + 1}
-    return np.array([i for i in range(hlen) if i not in varying], dtype=np.intp)
-
 
 def _pass_flow(out: list[Coalesced | _Run], flows: dict[object, _Run], key: object,
                pkt: Buffer) -> None:

@@ -254,59 +254,6 @@ class Keypair:
                 drops[reason] = drops.get(reason, 0) + 1
         return lengths
 
-    def decrypt_strided(
-        self,
-        data: Buffer,
-        stride: int,
-        counters: list[int],
-        out: bytearray | memoryview,
-        offset: int = 0,
-        drops: MutableMapping[str, int] | None = None,
-    ) -> list[int]:
-        """decrypt_batch for the datagrams of one GRO receive: `stride` bytes each, the last
-        possibly shorter, all transport messages to this keypair with these `counters` (the
-        caller read the headers, see messages.transport_run). Plaintext i goes to
-        out[offset + i * (stride - TRANSPORT_MIN_SIZE):], so the plaintexts keep the stride
-        too. Returns the lengths, -1 for a dropped message, with drops counted as
-        decrypt_batch does; the replay window moves only for messages that authenticated."""
-        count = len(counters)
-        recv = self._recv
-        if recv is None:
-            if drops is not None:
-                drops["keypair_expired"] = drops.get("keypair_expired", 0) + count
-            return [-1] * count
-        body = stride - TRANSPORT_MIN_SIZE
-        lengths = [body] * count
-        lengths[-1] = len(data) - (count - 1) * stride - TRANSPORT_MIN_SIZE
-        src = memoryview(data)
-        dst = memoryview(out)
-        decrypt = recv.decrypt_into
-        failed: list[int] = []
-        position = TRANSPORT_HEADER_SIZE
-        for i, (counter, n) in enumerate(zip(counters, lengths, strict=True)):
-            try:
-                decrypt(_nonce(counter), src[position:position + n + AEAD_TAG_LEN], None,
-                        dst[offset:offset + n])
-            except InvalidTag:
-                failed.append(i)
-            position += stride
-            offset += body
-        if not failed and self.replay.accept_in_order(counters):
-            return lengths
-        for i in failed:
-            lengths[i] = -1
-        validate = self.replay.validate
-        replays = 0
-        for i, counter in enumerate(counters):
-            if lengths[i] >= 0 and not validate(counter):
-                lengths[i] = -1
-                replays += 1
-        if drops is not None:
-            for reason, n in (("bad_auth", len(failed)), ("replay", replays)):
-                if n:
-                    drops[reason] = drops.get(reason, 0) + n
-        return lengths
-
     def decrypt(self, message: Buffer, now: float) -> bytes:
         """The padded plaintext of a transport message (b"" for a keepalive)."""
         if not self.receivable(now):

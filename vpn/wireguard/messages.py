@@ -8,8 +8,6 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-import numpy as np
-
 from .constants import (
     COOKIE_REPLY_SIZE,
     INITIATION_SIZE,
@@ -182,30 +180,6 @@ def pack_transport_header(receiver_index: int, counter: int) -> bytes:
     return TRANSPORT_HEADER.pack(MESSAGE_TRANSPORT, receiver_index, counter)
 
 
-# The transport header of every datagram of a GRO receive, read in one numpy pass.
-_TRANSPORT_ROW = np.dtype({"names": ["kind", "receiver", "counter"],
-                           "formats": ["<u4", "<u4", "<u8"], "offsets": [0, 4, 8],
-                           "itemsize": TRANSPORT_HEADER_SIZE})
-
-
-def transport_run(data: Buffer, stride: int) -> tuple[int, list[int]] | None:
-    """`data` holds datagrams of `stride` bytes, the last possibly shorter (one GRO receive).
-    If every one is a transport message (at least TRANSPORT_MIN_SIZE bytes) to the same
-    receiver index, return that index and their counters; otherwise None, and the caller
-    takes them one by one. Nothing is authenticated here."""
-    n = len(data)
-    if stride < TRANSPORT_MIN_SIZE or n < TRANSPORT_MIN_SIZE:
-        return None
-    count = -(-n // stride)
-    if n - (count - 1) * stride < TRANSPORT_MIN_SIZE:
-        return None
-    rows = np.ndarray((count,), _TRANSPORT_ROW, data, 0, (stride,))
-    receivers = rows["receiver"]
-    if not ((rows["kind"] == MESSAGE_TRANSPORT).all() and (receivers == receivers[0]).all()):
-        return None
-    return int(receivers[0]), rows["counter"].tolist()
-
-
 __all__ = [
     "INITIATION_MAC1_OFFSET",
     "INITIATION_MAC2_OFFSET",
@@ -226,5 +200,4 @@ __all__ = [
     "parse_initiation",
     "parse_response",
     "parse_transport_header",
-    "transport_run",
 ]

@@ -10,9 +10,8 @@ if it is below the limit, no more than REPLAY_WINDOW behind the greatest accepte
 seen before. Because the ring has more slots than the window is wide, every slot that a
 counter inside the window maps to holds that counter's own state.
 
-Keypair.decrypt_into / decrypt_batch inline the first branch of `validate` for the next
-counter in order (set its slot, make it the greatest), and `accept_in_order` does the same
-for a whole run of counters at once, so keep the three in step.
+Keypair.decrypt_batch inlines the first branch of `validate` for the next counter in order
+(set its slot, make it the greatest): keep the two in step.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from .constants import REJECT_AFTER_MESSAGES, REPLAY_WINDOW
 REPLAY_SLOTS = 8192  # a power of two above REPLAY_WINDOW + 1
 REPLAY_SLOT_MASK = REPLAY_SLOTS - 1
 _ALL_CLEAR = bytes(REPLAY_SLOTS)
-_ALL_SEEN = b"\x01" * REPLAY_SLOTS
 
 assert REPLAY_SLOTS > REPLAY_WINDOW + 1 and not REPLAY_SLOTS & REPLAY_SLOT_MASK
 
@@ -71,25 +69,4 @@ class ReplayWindow:
         if seen[slot]:
             return False
         seen[slot] = 1
-        return True
-
-    def accept_in_order(self, counters: list[int], limit: int = REJECT_AFTER_MESSAGES) -> bool:
-        """If `counters` are exactly the next ones in order (greatest + 1, + 2, ...), no more
-        than the ring holds, accept them all, as `validate` one by one would, and return
-        True; otherwise change nothing and return False (the caller then validates them one
-        by one)."""
-        first = self.greatest + 1
-        count = len(counters)
-        if (not counters or counters[0] != first or count > REPLAY_SLOTS
-                or first + count > limit or counters != list(range(first, first + count))):
-            return False
-        start = first & REPLAY_SLOT_MASK
-        stop = start + count
-        seen = self._seen
-        if stop <= REPLAY_SLOTS:
-            seen[start:stop] = _ALL_SEEN[:count]
-        else:
-            seen[start:] = _ALL_SEEN[:REPLAY_SLOTS - start]
-            seen[:stop - REPLAY_SLOTS] = _ALL_SEEN[:stop - REPLAY_SLOTS]
-        self.greatest = first + count - 1
         return True
