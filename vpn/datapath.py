@@ -22,6 +22,7 @@ from vpn.uapi import endpoint_text
 from vpn.udp import Address, UdpSocket, UdpStats, split_gro
 from vpn.wireguard import Device, Keypair, Peer, TransportError
 from vpn.wireguard.constants import MESSAGE_TRANSPORT, TRANSPORT_MIN_SIZE
+from vpn.wireguard.inner import inner_packet
 from vpn.wireguard.peer import MAX_STAGED_PACKETS
 
 log = logging.getLogger("vpn.datapath")
@@ -322,23 +323,11 @@ class DataPath:
         peer = kp.peer
         packets = []
         for packet in plaintexts:
-            n = len(packet)
-            version = packet[0] >> 4
-            if version == 4:
-                length = (packet[2] << 8) | packet[3] if n >= 20 else 0
-                header = 20
-            elif version == 6:
-                length = 40 + ((packet[4] << 8) | packet[5]) if n >= 40 else 0
-                header = 40
-            else:
-                drops["inner_not_ip"] += 1
+            checked = inner_packet(packet)
+            if isinstance(checked, str):
+                drops[checked] += 1
                 continue
-            # As the kernel: an IP length under the header or past what was decrypted is a
-            # lie; the source check below must only read bytes the packet keeps.
-            if not header <= length <= n:
-                drops["dishonest_packet_size"] += 1
-                continue
-            src = packet[12:16] if version == 4 else packet[8:24]
+            length, src = checked
             # Cryptokey routing: the inner source must be one of the peer's AllowedIPs.
             if lookup(src) is not peer:
                 drops["source_not_allowed"] += 1

@@ -25,6 +25,7 @@ from .constants import (
     MESSAGE_TRANSPORT,
 )
 from .cookie import Address, CookieChecker, HandshakeLoad, address_bytes
+from .inner import inner_packet
 from .keypair import Keypair, TransportError
 from .messages import (
     Buffer,
@@ -54,7 +55,7 @@ class HandshakeResult:
 
 @dataclass(slots=True)
 class TransportResult:
-    """A decrypted transport message (slow path): the inner packet, still padded."""
+    """A decrypted transport message (slow path): the inner packet, its padding cut off."""
 
     peer: Peer | None = None
     packet: bytes = b""
@@ -273,12 +274,18 @@ class Device:
             return self._drop_transport(exc.reason, peer)
         replies = peer.after_receive(now, kp, len(data), keepalive=not packet, source=src)
         if packet:
-            source = inner_source(packet)
-            if source is None or not self.allowed_ips.source_allowed(peer, source):
-                res = self._drop_transport("source_not_allowed", peer)
-                res.replies = replies
-                return res
-        return TransportResult(peer=peer, packet=packet, replies=replies)
+            checked = inner_packet(packet)
+            if isinstance(checked, str):
+                reason = checked
+            else:
+                length, source = checked
+                if self.allowed_ips.source_allowed(peer, source):
+                    return TransportResult(peer=peer, packet=packet[:length], replies=replies)
+                reason = "source_not_allowed"
+            res = self._drop_transport(reason, peer)
+            res.replies = replies
+            return res
+        return TransportResult(peer=peer, replies=replies)
 
     def _drop_transport(self, reason: str, peer: Peer | None = None) -> TransportResult:
         self.drops[reason] += 1
@@ -298,13 +305,3 @@ class Device:
     def next_deadline(self) -> float | None:
         deadlines = [d for p in self.peers.values() if (d := p.timers.next_deadline()) is not None]
         return min(deadlines) if deadlines else None
-
-
-def inner_source(packet: bytes | memoryview) -> bytes | None:
-    """The source address of a decrypted IPv4/IPv6 packet, or None if it is neither."""
-    version = packet[0] >> 4
-    if version == 4 and len(packet) >= 20:
-        return bytes(packet[12:16])
-    if version == 6 and len(packet) >= 40:
-        return bytes(packet[8:24])
-    return None

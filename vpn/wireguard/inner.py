@@ -1,0 +1,26 @@
+"""What the receive path checks of a decrypted packet before cryptokey routing: that it is
+IPv4 or IPv6 and that its length field is honest. Shared by the data path's batches and
+`Device.receive_transport`, so the rule lives in one place."""
+
+from __future__ import annotations
+
+from .messages import Buffer
+
+
+def inner_packet(packet: Buffer) -> tuple[int, Buffer] | str:
+    """The IP length and the source address of a decrypted packet (its padding starts at
+    that length), or the reason to drop it: `inner_not_ip` for neither IPv4 nor IPv6,
+    `dishonest_packet_size` (the kernel's name) for a length under the IP header or past
+    what was decrypted. The source is a slice of `packet`, within the header, so it is
+    read only from bytes the packet keeps."""
+    n = len(packet)
+    version = packet[0] >> 4 if n else 0
+    if version == 4:
+        if n >= 20 and 20 <= (length := (packet[2] << 8) | packet[3]) <= n:
+            return length, packet[12:16]
+    elif version == 6:
+        if n >= 40 and (length := 40 + ((packet[4] << 8) | packet[5])) <= n:
+            return length, packet[8:24]
+    else:
+        return "inner_not_ip"
+    return "dishonest_packet_size"
