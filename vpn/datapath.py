@@ -23,7 +23,6 @@ from vpn.udp import Address, UdpSocket, UdpStats, split_gro
 from vpn.wireguard import Device, Keypair, Peer, TransportError
 from vpn.wireguard.constants import MESSAGE_TRANSPORT, TRANSPORT_MIN_SIZE
 from vpn.wireguard.inner import inner_packet
-from vpn.wireguard.peer import MAX_STAGED_PACKETS
 
 log = logging.getLogger("vpn.datapath")
 
@@ -220,11 +219,10 @@ class DataPath:
 
     def stage(self, peer: Peer, packets: list[bytes | memoryview], now: float) -> None:
         """No usable session: hold the newest packets (bounded) and start a handshake."""
-        overflow = len(peer.staged) + len(packets) - MAX_STAGED_PACKETS
-        if overflow > 0:
-            self.stats.drops["staged_queue_full"] += overflow
-        peer.staged.extend(bytes(p) for p in packets[-MAX_STAGED_PACKETS:])
-        self.send_control(peer, peer.initiate_handshake(now))
+        dropped, handshake = peer.stage(packets, now)
+        if dropped:
+            self.stats.drops["staged_queue_full"] += dropped
+        self.send_control(peer, handshake)
 
     def send_control(self, peer: Peer, datagrams: list[bytes]) -> None:
         """Handshake messages, keepalives and flushed staged packets, one send each."""

@@ -6,6 +6,7 @@ Methods take `now` and return the datagrams to send to `peer.endpoint`; nothing 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .constants import (
@@ -18,6 +19,7 @@ from .constants import (
 from .cookie import Address, CookieGenerator
 from .crypto import tai64n
 from .keypair import Keypair, KeypairSet, TransportError
+from .messages import Buffer
 from .noise import Handshake, create_initiation, create_response, derive_session
 from .timers import TimerAction, Timers
 
@@ -148,14 +150,20 @@ class Peer:
         """Encrypt one IP packet (slow path); without a session, stage it and handshake."""
         kp = self.keypair_for_sending(now)
         if kp is None:
-            self.staged.append(packet)
-            return self.initiate_handshake(now)
+            return self.stage([packet], now)[1]
         try:
             data = kp.encrypt(packet, now, self.mtu)
         except TransportError:
-            self.staged.append(packet)
-            return self.initiate_handshake(now)
+            return self.stage([packet], now)[1]
         return [data, *self.after_send(now, kp, len(data), keepalive=not packet)]
+
+    def stage(self, packets: Sequence[Buffer], now: float) -> tuple[int, list[bytes]]:
+        """No usable session: hold the newest MAX_STAGED_PACKETS (copies: the caller's
+        buffers are reused) and start a handshake. Returns how many older packets were
+        pushed out, and the handshake datagrams to send."""
+        dropped = max(0, len(self.staged) + len(packets) - MAX_STAGED_PACKETS)
+        self.staged.extend(bytes(p) for p in packets[-MAX_STAGED_PACKETS:])
+        return dropped, self.initiate_handshake(now)
 
     def flush_staged(self, now: float) -> list[bytes]:
         out: list[bytes] = []
