@@ -2,11 +2,16 @@
 
 Each mode runs for SECONDS at up to RATE datagrams a second and prints one JSON line of what
 it sent, by kind. Batches of equal-sized datagrams go out with UDP GSO (one sendmsg for up
-to 64), so a Python sender reaches millions of datagrams in seconds.
+to 64), so a Python sender reaches millions of datagrams in seconds. The sockets set
+IP_RECVERR, so a datagram the local stack drops on the way out (ENOBUFS: a full veth
+backlog) fails its send and is reported as `unsent` instead of counted as sent; `total` is
+what the kernel took.
 
-`garbage ADDR PORT SECONDS RATE [PCAP]`: random bytes, too short, type bytes 1-4 with wrong
-lengths, nonzero reserved bytes, bad mac1, unknown receiver indices, oversized datagrams
-and, from the transport messages in PCAP (a tcpdump capture), exact replays and forgeries.
+`garbage ADDR PORT SECONDS RATE [PCAP] [--limit=N]`: random bytes, too short, type bytes
+1-4 with wrong lengths, nonzero reserved bytes, bad mac1, unknown receiver indices,
+oversized datagrams and, from the transport messages in PCAP (a tcpdump capture), exact
+replays and forgeries; with --limit, it stops once N datagrams are sent (a burst of a
+known size).
 
 `initiations ADDR PORT SECONDS RATE VICTIM_PUBLIC_HEX SOURCE...`: handshake initiations with
 a valid mac1 for the victim (so each costs it a Diffie-Hellman unless it demands cookies),
@@ -19,6 +24,7 @@ private key completes a handshake with the victim and confirms it with a keepali
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -34,6 +40,11 @@ from vpn.wireguard.crypto import hash_, mac
 from vpn.wireguard.messages import INITIATION_MAC1_OFFSET, TRANSPORT_HEADER
 
 SOL_UDP, UDP_SEGMENT = 17, 103
+# <linux/in.h>, <linux/in6.h>: not in Python's socket module.
+IP_RECVERR, IPV6_RECVERR = 11, 25
+# A send that fails with one of these sent nothing (EAGAIN: the socket buffer is full;
+# ENOBUFS: a queue on the way out dropped it; ECONNREFUSED: an ICMP error was pending).
+_UNSENT = frozenset({errno.EAGAIN, errno.ENOBUFS, errno.ECONNREFUSED})
 MAX_SEGMENTS = 64
 MAX_UDP = 65507
 PLAIN_MAX = 1472  # larger datagrams are sent one by one and fragmented by IP
@@ -64,15 +75,27 @@ def transport_messages(pcap: Path) -> list[bytes]:
     return out
 
 
+def report_drops(sock: socket.socket) -> None:
+    """Without IP_RECVERR the kernel hides a local drop (ENOBUFS) from a UDP send: it only
+    counts it in Udp SndbufErrors and the send "succeeds"."""
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+
+
 class Sender:
-    """Sends batches with GSO where it can, paced to `rate` datagrams a second."""
+    """Sends batches with GSO where it can, paced to `rate` datagrams a second; counts the
+    datagrams the kernel took (`sent`) and those it refused (`unsent`, in `errors` sends)."""
 
     def __init__(self, sock: socket.socket, dest: tuple[str, int], rate: float) -> None:
+        report_drops(sock)
         self.sock = sock
         self.dest = dest
         self.rate = rate
         self.start = time.monotonic()
         self.sent = 0
+        self.unsent = 0
         self.errors = 0
 
     def pace(self) -> None:
@@ -84,15 +107,20 @@ class Sender:
         """Send equal-sized datagrams (the last may be shorter) in one GSO sendmsg."""
         sock = sock or self.sock
         size = len(datagrams[0])
+        if len(datagrams) == 1 or size == 0 or size > PLAIN_MAX:
+            return sum(self._send(sock, [d], []) for d in datagrams)
+        cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
+        return self._send(sock, datagrams, cmsg)
+
+    def _send(self, sock: socket.socket, datagrams: list[bytes], cmsg: list) -> int:
+        """One sendmsg; returns how many datagrams the kernel took (all or none)."""
         try:
-            if len(datagrams) == 1 or size == 0 or size > PLAIN_MAX:
-                for d in datagrams:
-                    sock.sendto(d, self.dest)
-            else:
-                cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
-                sock.sendmsg([b"".join(datagrams)], cmsg, 0, self.dest)
-        except (BlockingIOError, ConnectionRefusedError):
+            sock.sendmsg([b"".join(datagrams)], cmsg, 0, self.dest)
+        except OSError as err:
+            if err.errno not in _UNSENT:
+                raise
             self.errors += 1
+            self.unsent += len(datagrams)
             return 0
         self.sent += len(datagrams)
         return len(datagrams)
@@ -102,7 +130,10 @@ def _count(size: int) -> int:
     return max(1, min(MAX_SEGMENTS, MAX_UDP // size))
 
 
-def garbage(sender: Sender, seconds: float, captured: list[bytes]) -> Counter[str]:
+def garbage(
+    sender: Sender, seconds: float, captured: list[bytes], *, limit: int | None = None
+) -> Counter[str]:
+    """Hostile datagrams of every kind for `seconds`, or until `limit` are sent."""
     rng = random.Random(1)
     sent: Counter[str] = Counter()
     by_size: dict[int, list[bytes]] = {}
@@ -114,7 +145,7 @@ def garbage(sender: Sender, seconds: float, captured: list[bytes]) -> Counter[st
     if captured:
         kinds += ["replay", "replay", "forged", "truncated_transport"]
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and (limit is None or sender.sent < limit):
         kind = rng.choice(kinds)
         if kind == "random":
             size = rng.randint(4, 1400)
@@ -178,6 +209,7 @@ def initiations(
     for address in sources:
         for _ in range(2):  # two ports per address: more distinct sources for cookies
             sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+            report_drops(sock)
             sock.bind((address, 0))
             socks.append(sock)
     cookies = 0
@@ -206,6 +238,8 @@ def _drain(sock: socket.socket) -> int:
             data = sock.recv(2048)
         except BlockingIOError:
             return n
+        except ConnectionRefusedError:
+            continue  # an ICMP error, reported once (IP_RECVERR): no datagram to count
         n += data[:1] == b"\x03"
 
 
@@ -240,6 +274,9 @@ def main(argv: list[str]) -> None:
         report = clients(addr, port, victim, [bytes.fromhex(k) for k in argv[4:]])
         print(json.dumps(report), flush=True)
         return
+    options = [a for a in argv if a.startswith("--limit=")]
+    argv = [a for a in argv if a not in options]
+    limit = int(options[-1].partition("=")[2]) if options else None
     mode, addr, port, seconds, rate = argv[:5]
     family = socket.AF_INET6 if ":" in addr else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -248,13 +285,14 @@ def main(argv: list[str]) -> None:
     began = time.monotonic()
     if mode == "garbage":
         captured = transport_messages(Path(argv[5])) if len(argv) > 5 else []
-        report: dict[str, object] = dict(garbage(sender, float(seconds), captured))
+        report: dict[str, object] = dict(garbage(sender, float(seconds), captured, limit=limit))
         report["captured"] = len(captured)
     else:
         report = initiations(sender, float(seconds), bytes.fromhex(argv[5]), argv[6:])
     elapsed = time.monotonic() - began
     report.update(total=sender.sent, seconds=round(elapsed, 2),
-                  rate=round(sender.sent / elapsed), send_errors=sender.errors)
+                  rate=round(sender.sent / elapsed), send_errors=sender.errors,
+                  unsent=sender.unsent)
     print(json.dumps(report), flush=True)
 
 

@@ -9,12 +9,16 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import sys
 import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.integration.flood import MAX_SEGMENTS
 from tests.integration.relay_lab import checked_transfer
 from tests.integration.wg_lab import (
     PORT,
@@ -53,16 +57,79 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def kernel_udp_drops(host: Host) -> int:
-    """Datagrams the namespace's UDP layer dropped for a full socket buffer (both MIBs)."""
-    total = 0
-    snmp = host.run("cat", "/proc/net/snmp").stdout.splitlines()
-    names, values = [ln.split() for ln in snmp if ln.startswith("Udp:")][:2]
-    total += int(values[names.index("RcvbufErrors")])
+def udp_mib(host: Host) -> Counter[str]:
+    """The namespace's UDP counters (/proc/net/snmp Udp and snmp6 Udp6, summed by name)."""
+    mib: Counter[str] = Counter()
+    names, values = [ln.split() for ln in host.run("cat", "/proc/net/snmp").stdout.splitlines()
+                     if ln.startswith("Udp:")][:2]
+    mib.update(dict(zip(names[1:], map(int, values[1:]), strict=True)))
     for line in host.run("cat", "/proc/net/snmp6").stdout.splitlines():
-        if line.startswith("Udp6RcvbufErrors"):
-            total += int(line.split()[1])
-    return total
+        name, _, value = line.partition(" ")
+        if name.startswith("Udp6"):
+            mib[name[4:]] += int(value)
+    return mib
+
+
+def ip_mib(host: Host, name: str) -> int:
+    """One IPv4 counter of /proc/net/snmp (Ip: line)."""
+    names, values = [ln.split() for ln in host.run("cat", "/proc/net/snmp").stdout.splitlines()
+                     if ln.startswith("Ip:")][:2]
+    return int(values[names.index(name)])
+
+
+def link_drops(host: Host, ifname: str) -> int:
+    """A link's rx and tx drops (veth counts a full peer backlog in tx_dropped)."""
+    stats = json.loads(host.run("ip", "-s", "-j", "link", "show", ifname).stdout)[0]["stats64"]
+    return sum(stats[way][kind] for way in ("rx", "tx") for kind in ("dropped", "errors"))
+
+
+def kernel_drops(flood: Host, victim: Host) -> dict[str, int]:
+    """Every kernel counter on the flood's way that can hold a datagram the flooder's kernel
+    took: the flooder's send buffer, both ends of the link, IP reassembly, the victim's
+    socket. Each counts packets (skbs): a UDP GSO batch crosses veth whole and is dropped
+    at the socket whole, counted once for up to MAX_SEGMENTS datagrams."""
+    return {
+        "flood_sndbuf": udp_mib(flood)["SndbufErrors"],
+        "flood_link": link_drops(flood, "to-b"),
+        "victim_link": link_drops(victim, "to-f"),
+        "victim_reassembly": ip_mib(victim, "ReasmFails"),
+        # RcvbufErrors, MemErrors and InCsumErrors are all also counted in InErrors.
+        "victim_socket": udp_mib(victim)["InErrors"],
+    }
+
+
+def drops_since(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {key: after[key] - before[key] for key in after}
+
+
+def socket_queued(host: Host, port: int) -> int:
+    """Bytes waiting in the receive queues of the namespace's UDP sockets on `port`."""
+    queued = 0
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        for line in host.run("cat", table).stdout.splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                queued += int(fields[4].split(":")[1], 16)
+    return queued
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still not {what} after {timeout} s")
+        time.sleep(0.05)
+
+
+def flood_counted(stats: dict) -> int:
+    """Datagrams the endpoint dropped under one of the flood's reasons."""
+    return sum(n for reason, n in stats["drops"].items() if reason in FLOOD_REASONS)
+
+
+def datapath_stats(ifname: str) -> dict:
+    stats = stats_of(ifname)["datapath"]
+    assert isinstance(stats, dict)
+    return stats
 
 
 def stats_of(ifname: str) -> dict:
@@ -98,8 +165,17 @@ def flood_host(lab: Lab, pair: WgPair, extra: int = 0) -> Host:
 
 def test_garbage_flood_during_transfer(lab: Lab) -> None:
     """Millions of bad datagrams while a sha256-checked transfer runs: the transfer is exact,
-    each bad datagram the endpoint reads is dropped under a reason, RSS stays flat, and no
-    replayed or forged message moves the peer's endpoint."""
+    each bad datagram the endpoint reads is dropped under a reason, each one it does not is
+    in a kernel drop counter, RSS stays flat, and no replayed or forged message moves the
+    peer's endpoint.
+
+    The kernel counts drops per packet, and a flood batch (UDP GSO, up to MAX_SEGMENTS
+    datagrams) crosses veth and is dropped at the socket as one: its counters cannot say how
+    many datagrams they hold. So the books are kept in two parts. A burst that fits the
+    socket buffer, sent while the endpoint is stopped, must be read and counted datagram by
+    datagram and kind by kind. Under the overload, every datagram the endpoint read is a
+    delivered packet or counted under a reason, and those it never read are covered by the
+    kernel's drops at MAX_SEGMENTS datagrams each at most."""
     pair = build(lab)
     flood = flood_host(lab, pair)
     pair.start_ours(pair.a)
@@ -113,38 +189,72 @@ def test_garbage_flood_during_transfer(lab: Lab) -> None:
     sent, received = checked_transfer(pair.a.host, pair.b.host, pair.b.tunnel4, 2 << 20)
     capture.stop()
     assert sent == received
-    time.sleep(0.5)
+    flood_args = ["garbage", VICTIM, str(PORT["b"])]
+
+    # 1. The exact books: 10,000 datagrams (about a third of b's 14 MB socket buffer, as
+    # GSO batches) queue up while b is stopped; b then wakes to full batches of them.
+    before, kernel_before = datapath_stats(pair.b.ifname), kernel_drops(flood, pair.b.host)
+    os.kill(victim.pid, signal.SIGSTOP)
+    try:
+        burst = flood_result(start_flood(flood, *flood_args, "60", "1000000",
+                                         str(capture.pcap), "--limit=10000"))
+        kernel = drops_since(kernel_before, kernel_drops(flood, pair.b.host))
+    finally:
+        os.kill(victim.pid, signal.SIGCONT)
+    assert not any(kernel.values()), (kernel, burst)  # the burst must fit, or it proves less
+    # The stats are answered on the event loop that reads the socket: once its queue is
+    # empty, they include every datagram read from it.
+    wait_until(lambda: socket_queued(pair.b.host, PORT["b"]) == 0, "drained")
+    after = datapath_stats(pair.b.ifname)
+    drops = Counter(after["drops"])
+    drops.subtract(before["drops"])
+    print(f"\nburst: {burst}\nendpoint drops: {dict(+drops)}")
+    assert burst["unsent"] == 0 and burst["total"] >= 10_000, burst
+    assert flood_counted(after) - flood_counted(before) == burst["total"], (drops, burst)
+    assert after["udp"]["gro_segments"] - before["udp"]["gro_segments"] > burst["total"] // 2
+    for kind, reason in (("replay", "replay"), ("forged", "bad_auth"), ("bad_mac1", "bad_mac1"),
+                         ("reserved_nonzero", "reserved_nonzero"), ("too_short", "too_short")):
+        assert drops[reason] == burst[kind], (reason, drops, burst)
+
+    # 2. The overload: a 30 s flood at up to 150,000 datagrams a second, a transfer inside.
     rss_before = vm_rss_kb(victim.pid)
-    kernel_before = kernel_udp_drops(pair.b.host)
-    seconds, rate = 30, 150_000
-    flooder = start_flood(flood, "garbage", VICTIM, str(PORT["b"]), str(seconds),
-                          str(rate), str(capture.pcap))
-    time.sleep(1)
+    before, kernel_before = datapath_stats(pair.b.ifname), kernel_drops(flood, pair.b.host)
+    flooder = start_flood(flood, *flood_args, "30", "150000", str(capture.pcap))
+    wait_until(lambda: flood_counted(datapath_stats(pair.b.ifname)) > flood_counted(before),
+               "flooded")
     began = time.monotonic()
     sent, received = checked_transfer(pair.a.host, pair.b.host, pair.b.tunnel4, 128 << 20)
     transfer_seconds = time.monotonic() - began
     result = flood_result(flooder)
-    time.sleep(0.5)
+    wait_until(lambda: socket_queued(pair.b.host, PORT["b"]) == 0, "drained")
     rss_after = vm_rss_kb(victim.pid)
-    kernel_dropped = kernel_udp_drops(pair.b.host) - kernel_before
+    kernel = drops_since(kernel_before, kernel_drops(flood, pair.b.host))
+    after = datapath_stats(pair.b.ifname)
     output = pair.stop(pair.b)
-    counters = final_counters(output)
-    drops = counters["drops"]
-    counted = sum(n for reason, n in drops.items() if reason in FLOOD_REASONS)
-    print(f"\nflood: {result}\nendpoint drops: {drops}\nkernel socket drops: {kernel_dropped}"
+    drops = Counter(after["drops"])
+    drops.subtract(before["drops"])
+    counted = flood_counted(after) - flood_counted(before)
+    read = after["datagrams_received"] - before["datagrams_received"]
+    delivered = after["packets_written"] - before["packets_written"]
+    unread = result["total"] - counted
+    print(f"\nflood: {result}\nendpoint drops: {dict(+drops)}\nkernel drops (packets): "
+          f"{kernel}\nflood datagrams not read: {unread}; read: {read}, of which counted "
+          f"{counted} and delivered {delivered}"
           f"\nRSS {rss_before} kB -> {rss_after} kB ({(rss_after - rss_before) / 1024:+.1f} MB)"
           f"\n128 MB transfer under flood: {transfer_seconds:.1f} s")
     assert sent == received, (sent, received)
     assert result["captured"] > 0 and result["total"] >= 1_000_000, result
-    # Each flood datagram was either read and dropped under a reason, or dropped by the
-    # kernel for a full socket buffer (legit datagrams can be among the latter).
-    assert counted <= result["total"]
-    assert counted + kernel_dropped >= result["total"] * 0.999, (counted, kernel_dropped)
+    # Every datagram read is a delivered packet or dropped under a reason, but for a's
+    # control messages (no handshake in this window; a keepalive at most every 10 s).
+    assert 0 <= read - counted - delivered <= 1 + result["seconds"] // 10, (read, drops)
+    # Every flood datagram not read is in a kernel drop, at most MAX_SEGMENTS to a packet.
+    assert 0 <= unread <= MAX_SEGMENTS * sum(kernel.values()), (unread, kernel)
     for reason in ("too_short", "bad_length", "unknown_type", "reserved_nonzero", "bad_mac1",
                    "unknown_receiver_index", "replay", "bad_auth", "transport_too_short"):
-        assert drops.get(reason, 0) > 0, (reason, drops)
-    if not kernel_dropped:
-        # Then the books balance kind by kind where a kind has a reason of its own.
+        assert drops[reason] > 0, (reason, drops)
+    if not any(kernel.values()):
+        # Then the books balance datagram by datagram and kind by kind.
+        assert unread == 0, (unread, result)
         assert drops["replay"] == result["replay"], (drops, result)
         assert drops["bad_auth"] == result["forged"], (drops, result)
         assert drops["bad_mac1"] == result["bad_mac1"], (drops, result)
@@ -152,7 +262,7 @@ def test_garbage_flood_during_transfer(lab: Lab) -> None:
     assert rss_after - rss_before < 30 * 1024
     # A replay or forgery from the flooder's address must never look like roaming.
     assert "endpoint changed" not in output
-    assert counters["handshakes_received"] > 0
+    assert after["handshakes_received"] > 0
 
 
 def test_initiation_flood_switches_to_cookies(lab: Lab) -> None:
@@ -168,11 +278,15 @@ def test_initiation_flood_switches_to_cookies(lab: Lab) -> None:
     began = time.monotonic()
     flooder = start_flood(flood, "initiations", VICTIM, str(PORT["b"]), str(seconds),
                           str(rate), public_hex(pair.b.public), *sources)
-    time.sleep(3)
+    # a starts once b is demanding cookies, so its handshake meets the flood at its worst.
+    wait_until(lambda: "cookie_sent" in stats_of(pair.b.ifname).get("protocol_drops", {}),
+               "demanding cookies")
     pair.start_ours(pair.a)
     started = time.monotonic()
-    ping = pair.a.host.run("ping", "-c", "1", "-w", "20", pair.b.tunnel4, check=False)
+    # Each lost handshake message costs a REKEY_TIMEOUT (5 s): a busy machine loses some.
+    ping = pair.a.host.run("ping", "-c", "1", "-w", "30", pair.b.tunnel4, check=False)
     handshake_seconds = time.monotonic() - started
+    flood_running = flooder.popen.poll() is None
     assert ping.returncode == 0, ping.stdout
     sent, received = checked_transfer(pair.a.host, pair.b.host, pair.b.tunnel4, 8 << 20)
     transfer_done = time.monotonic() - started
@@ -192,7 +306,8 @@ def test_initiation_flood_switches_to_cookies(lab: Lab) -> None:
     # Without cookies every initiation would cost a DH; with them, about the under-load
     # threshold's worth a second get through before the switch.
     assert costly <= 5 * UNDER_LOAD_PER_SECOND, (costly, result)
-    assert handshake_seconds < 15
+    # The outcome, not a duration: the handshake completed while the flood still ran.
+    assert flood_running, handshake_seconds
 
 
 def test_no_peer_destination_gets_unreachable(lab: Lab) -> None:
@@ -208,13 +323,15 @@ def test_no_peer_destination_gets_unreachable(lab: Lab) -> None:
     print(f"\n{v4.stdout}\n{v6.stdout}\nv4 answered in {v4_seconds:.2f} s")
     assert "Destination Host Unreachable" in v4.stdout, v4.stdout
     assert "Address unreachable" in v6.stdout, v6.stdout
-    assert v4_seconds < 1.0
+    # Answered, not timed out (-W 3): on a busy machine starting ping alone can take most
+    # of a second, so the bound is the timeout it must beat.
+    assert v4_seconds < 3.0
     # A TCP connect fails at once (EHOSTUNREACH) instead of timing out.
     started = time.monotonic()
     tcp = host.run(sys.executable, "-c", "import socket; socket.create_connection("
                    "('198.18.10.99', 80), timeout=5)", check=False)
     assert "No route to host" in tcp.stderr, tcp.stderr
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 5  # the connect's own timeout: it did not wait
     counters = final_counters(pair.stop(pair.a))
     assert counters["drops"]["no_peer_for_destination"] >= 3, counters
     assert counters["icmp_unreachable_sent"] >= 3, counters
