@@ -30,10 +30,6 @@ log = logging.getLogger("vpn.datapath")
 SEND_BUFFER_BYTES = 1 << 20
 # A transport message is at most the padded packet plus header and tag.
 MAX_DATAGRAM = MAX_PACKET + TRANSPORT_MIN_SIZE + 16
-# The old "under load" rule's figure (handshake-sized datagrams a second). The rule is now
-# the core's (vpn.wireguard.cookie.HandshakeLoad); tests/integration/test_hostile.py still
-# bounds an initiation flood's DH work by it. Remove with that use.
-UNDER_LOAD_PER_SECOND = 64
 # An internal error is counted every time, its traceback logged at most this often.
 INTERNAL_ERROR_LOG_SECONDS = 60.0
 
