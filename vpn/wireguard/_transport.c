@@ -553,7 +553,9 @@ PyDoc_STRVAR(open_strided_doc,
 "    -> (lengths, greatest, drops)\n\n"
 "open_batch for the `count` messages of one GRO receive, `stride` bytes each (the last\n"
 "possibly shorter), as Keypair.decrypt_strided: plaintext i goes to\n"
-"out[offset + i * (stride - 32):].");
+"out[offset + i * (stride - 32):]. The counters come from the headers, which the caller\n"
+"has checked (messages.transport_run); one of another type or receiver counts as\n"
+"wrong_keypair.");
 
 static PyObject *TransportKey_open_strided(TransportKey *self, PyObject *args)
 {
