@@ -7,18 +7,32 @@ checks, coalesces and "writes" the jumbo frames. Both sides are real `DataPath` 
 real `Device`s that completed a handshake, so every line of the hot path runs; only the
 system calls are replaced. The receiver's frames are checked against the sender's input, so
 a fast figure cannot come from a broken path.
+
+The figures are for the fast path the endpoint would use (fastpath.FAST_PATH: native when
+the C module is built); the `_python` ones, measured in the same run, are for the Python
+reference path.
 """
 
 from __future__ import annotations
 
 import os
 import statistics
+import sys
 import time
 
-from tests.unit.datapath_doubles import DST, ENDPOINT_A, MTU, SRC, bulk_path, handshaken_pair
+from tests.unit.datapath_doubles import (
+    DST,
+    ENDPOINT_A,
+    MTU,
+    SRC,
+    bulk_path,
+    fast_path,
+    handshaken_pair,
+)
 from tests.unit.packets import tcp_super_packet
 from vpn.datapath import DataPath
 from vpn.packet.virtio import VirtioNetHeader
+from vpn.wireguard import fastpath
 
 MSS = MTU - 40 - 12  # IPv4 + TCP with the timestamps option, as Linux sends
 
@@ -43,10 +57,9 @@ def _run(a: DataPath, b: DataPath, reads: list[tuple[VirtioNetHeader, memoryview
     return send_us, receive_us
 
 
-def run(rounds: int = 400) -> dict[str, float]:
-    """Microseconds per 64 KiB super-packet through each side, medians over `rounds`."""
+def _pair(payload: bytes) -> tuple[DataPath, DataPath, list[tuple[VirtioNetHeader, memoryview]]]:
+    """Two handshaken data paths and the TSO read carrying `payload`, checked end to end."""
     a, b = handshaken_pair()
-    payload = os.urandom(MSS * 47)  # 47 segments: what a 64 KiB TSO read carries here
     options = b"\x01\x01\x08\x0a" + bytes(8)
     header, packet = tcp_super_packet(payload, MSS, src=SRC, dst=DST, options=options)
     reads = [(header, memoryview(packet))]
@@ -56,19 +69,40 @@ def run(rounds: int = 400) -> dict[str, float]:
     if len(frames) != 1 or frames[0][-len(payload):] != payload:
         raise RuntimeError(f"pipeline benchmark: wrong output ({len(frames)} frames)")
     a.tun.keep = b.tun.keep = False
+    return a, b, reads
+
+
+def run(rounds: int = 400) -> dict[str, float]:
+    """Microseconds per 64 KiB super-packet through each side, medians over `rounds`."""
+    payload = os.urandom(MSS * 47)  # 47 segments: what a 64 KiB TSO read carries here
+    a, b, reads = _pair(payload)
     send_us, receive_us = _run(a, b, reads, rounds)
     # Four super-packets per wakeup, as the TUN often hands over under load.
     send4, receive4 = _run(a, b, reads * 4, rounds // 4)
     # The same receives with the bulk path turned off: what it saves.
     with bulk_path(False):
         _, per_packet = _run(a, b, reads, rounds)
-    return {
+    result = {
         "pipeline_send_us_per_64k": statistics.median(send_us),
         "pipeline_receive_us_per_64k": statistics.median(receive_us),
         "pipeline_receive_us_per_64k_without_bulk_path": statistics.median(per_packet),
         "pipeline_send_us_per_64k_batch4": statistics.median(send4),
         "pipeline_receive_us_per_64k_batch4": statistics.median(receive4),
     }
+    if fastpath.FAST_PATH != "native":
+        print(f"bench: NATIVE FAST PATH NOT MEASURED: {fastpath.FAST_PATH_REASON}",
+              file=sys.stderr)
+        return result
+    with fast_path("python"):
+        a, b, reads = _pair(payload)
+        send_py, receive_py = _run(a, b, reads, rounds)
+    result["pipeline_send_us_per_64k_python"] = statistics.median(send_py)
+    result["pipeline_receive_us_per_64k_python"] = statistics.median(receive_py)
+    result["pipeline_send_python_over_native"] = statistics.median(send_py) / result[
+        "pipeline_send_us_per_64k"]
+    result["pipeline_receive_python_over_native"] = statistics.median(receive_py) / result[
+        "pipeline_receive_us_per_64k"]
+    return result
 
 
 if __name__ == "__main__":

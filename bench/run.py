@@ -189,7 +189,8 @@ def print_table(report: dict) -> None:
     for key, value in report.get("wireguard_micro", {}).items():
         rows.append((f"wireguard {key}", f"{value:10.1f}"))
     for key, value in report.get("pipeline_micro", {}).items():
-        rows.append((f"data path, no kernel: {key}", f"{value:8.1f} us"))
+        unit = "x" if key.endswith("_over_native") else " us"
+        rows.append((f"data path, no kernel: {key}", f"{value:8.1f}{unit}"))
     relay = report.get("relay")
     if relay:
         for mode, gbps in relay["gbps_median"].items():
