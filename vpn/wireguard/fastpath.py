@@ -34,5 +34,9 @@ FAST_PATH, FAST_PATH_REASON = _decide()
 
 
 def describe() -> str:
-    """The decision as the start log line names it."""
-    return f"{FAST_PATH} ({FAST_PATH_REASON})" if FAST_PATH_REASON else FAST_PATH
+    """The decision as the start log line names it: the library, or why not native."""
+    if FAST_PATH == "native":
+        from ._transport import OPENSSL_VERSION
+
+        return f"native ({OPENSSL_VERSION})"
+    return f"python ({FAST_PATH_REASON})"

@@ -75,7 +75,8 @@ near_limit = st.integers(REJECT_AFTER_MESSAGES - 40, REJECT_AFTER_MESSAGES)
 @given(
     sizes=st.lists(st.one_of(st.integers(0, 100), st.integers(1380, 1440),
                              st.integers(0, 9000)), max_size=12),
-    mtu=st.one_of(st.just(0), st.integers(0, 9000), st.sampled_from([1280, 1420, 1500, 9000])),
+    mtu=st.one_of(st.just(0), st.integers(0, 9000), st.sampled_from([1280, 1420, 1500, 9000]),
+                  st.integers(-20, 20)),
     counter=st.one_of(st.integers(0, 2**20), near_limit),
     offset=st.integers(0, 64),
     seed=st.integers(0, 2**32),
@@ -308,10 +309,22 @@ def test_vpn_fast_path_python_selects_the_python_path() -> None:
     code = ("from vpn.wireguard import fastpath, keypair; "
             "from vpn.wireguard.noise import SessionKeys; "
             "kp = keypair.Keypair(SessionKeys(bytes(32), bytes(32), True, 1, 2), 0.0); "
-            "print(fastpath.FAST_PATH, kp.native, type(kp._send).__name__)")
+            "print(fastpath.FAST_PATH, kp.native, type(kp._send).__name__, "
+            "fastpath.describe().split()[1])")
     outputs = []
     for value in ("python", ""):
         env = dict(os.environ, VPN_FAST_PATH=value, PYTHONPATH=str(ROOT))
         outputs.append(subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
                                       capture_output=True, text=True, check=True).stdout)
-    assert outputs == ["python False ChaCha20Poly1305\n", "native True TransportKey\n"]
+    assert outputs == ["python False ChaCha20Poly1305 (VPN_FAST_PATH=python)\n",
+                       "native True TransportKey (OpenSSL\n"]
+
+
+def test_a_missing_module_selects_python_and_says_why() -> None:
+    code = ("import sys; sys.modules['vpn.wireguard._transport'] = None; "
+            "from vpn.wireguard import fastpath; print(fastpath.describe())")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("VPN_FAST_PATH", None)
+    shown = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout
+    assert shown.startswith("python (native module not available (")
