@@ -8,27 +8,21 @@ real `Device`s that completed a handshake, so every line of the hot path runs; o
 system calls are replaced. The receiver's frames are checked against the sender's input, so
 a fast figure cannot come from a broken path.
 
-The figures are for the fast path the endpoint would use (fastpath.FAST_PATH: native when
-the C module is built); the `_python` ones, measured in the same run, are for the Python
-reference path.
+`run()` measures the fast path the endpoint would use (fastpath.FAST_PATH: native when the
+C module is built); `run_with_python_path()` adds the Python reference path's figures from
+a child process with VPN_FAST_PATH=python, in the same run.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
-from tests.unit.datapath_doubles import (
-    DST,
-    ENDPOINT_A,
-    MTU,
-    SRC,
-    bulk_path,
-    fast_path,
-    handshaken_pair,
-)
+from tests.unit.datapath_doubles import DST, ENDPOINT_A, MTU, SRC, bulk_path, handshaken_pair
 from tests.unit.packets import tcp_super_packet
 from vpn.datapath import DataPath
 from vpn.packet.virtio import VirtioNetHeader
@@ -57,9 +51,10 @@ def _run(a: DataPath, b: DataPath, reads: list[tuple[VirtioNetHeader, memoryview
     return send_us, receive_us
 
 
-def _pair(payload: bytes) -> tuple[DataPath, DataPath, list[tuple[VirtioNetHeader, memoryview]]]:
-    """Two handshaken data paths and the TSO read carrying `payload`, checked end to end."""
+def run(rounds: int = 400) -> dict[str, float]:
+    """Microseconds per 64 KiB super-packet through each side, medians over `rounds`."""
     a, b = handshaken_pair()
+    payload = os.urandom(MSS * 47)  # 47 segments: what a 64 KiB TSO read carries here
     options = b"\x01\x01\x08\x0a" + bytes(8)
     header, packet = tcp_super_packet(payload, MSS, src=SRC, dst=DST, options=options)
     reads = [(header, memoryview(packet))]
@@ -69,42 +64,43 @@ def _pair(payload: bytes) -> tuple[DataPath, DataPath, list[tuple[VirtioNetHeade
     if len(frames) != 1 or frames[0][-len(payload):] != payload:
         raise RuntimeError(f"pipeline benchmark: wrong output ({len(frames)} frames)")
     a.tun.keep = b.tun.keep = False
-    return a, b, reads
-
-
-def run(rounds: int = 400) -> dict[str, float]:
-    """Microseconds per 64 KiB super-packet through each side, medians over `rounds`."""
-    payload = os.urandom(MSS * 47)  # 47 segments: what a 64 KiB TSO read carries here
-    a, b, reads = _pair(payload)
     send_us, receive_us = _run(a, b, reads, rounds)
     # Four super-packets per wakeup, as the TUN often hands over under load.
     send4, receive4 = _run(a, b, reads * 4, rounds // 4)
     # The same receives with the bulk path turned off: what it saves.
     with bulk_path(False):
         _, per_packet = _run(a, b, reads, rounds)
-    result = {
+    return {
         "pipeline_send_us_per_64k": statistics.median(send_us),
         "pipeline_receive_us_per_64k": statistics.median(receive_us),
         "pipeline_receive_us_per_64k_without_bulk_path": statistics.median(per_packet),
         "pipeline_send_us_per_64k_batch4": statistics.median(send4),
         "pipeline_receive_us_per_64k_batch4": statistics.median(receive4),
     }
+
+
+def run_with_python_path(rounds: int = 400) -> dict[str, float]:
+    """run(), then the same in a child on the Python path: its figures as `*_python`, and
+    how many times slower its send and receive are."""
+    figures = run(rounds)
     if fastpath.FAST_PATH != "native":
         print(f"bench: NATIVE FAST PATH NOT MEASURED: {fastpath.FAST_PATH_REASON}",
               file=sys.stderr)
-        return result
-    with fast_path("python"):
-        a, b, reads = _pair(payload)
-        send_py, receive_py = _run(a, b, reads, rounds)
-    result["pipeline_send_us_per_64k_python"] = statistics.median(send_py)
-    result["pipeline_receive_us_per_64k_python"] = statistics.median(receive_py)
-    result["pipeline_send_python_over_native"] = statistics.median(send_py) / result[
-        "pipeline_send_us_per_64k"]
-    result["pipeline_receive_python_over_native"] = statistics.median(receive_py) / result[
-        "pipeline_receive_us_per_64k"]
-    return result
+        return figures
+    child = subprocess.run([sys.executable, "-m", "bench.pipeline", "--json", str(rounds)],
+                           env=dict(os.environ, VPN_FAST_PATH="python"), capture_output=True,
+                           text=True, check=True)
+    python = json.loads(child.stdout)
+    figures.update({f"{key}_python": value for key, value in python.items()})
+    for side in ("send", "receive"):
+        key = f"pipeline_{side}_us_per_64k"
+        figures[f"pipeline_{side}_python_over_native"] = python[key] / figures[key]
+    return figures
 
 
 if __name__ == "__main__":
-    for key, value in run().items():
-        print(f"{key:40} {value:8.1f}")
+    if sys.argv[1:2] == ["--json"]:  # the child of run_with_python_path
+        print(json.dumps(run(int(sys.argv[2]))))
+    else:
+        for key, value in run_with_python_path().items():
+            print(f"{key:40} {value:8.1f}")

@@ -293,7 +293,7 @@ def main() -> int:
                                                                   time.gmtime())},
         "offload_micro": offload_micro(),
         "wireguard_micro": wireguard_micro(),
-        "pipeline_micro": pipeline.run(),
+        "pipeline_micro": pipeline.run_with_python_path(),
     }
     reason = lab_unavailable_reason()
     if args.micro_only or reason:

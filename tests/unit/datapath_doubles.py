@@ -17,8 +17,7 @@ from vpn import datapath
 from vpn.datapath import DataPath
 from vpn.packet.virtio import VirtioNetHeader
 from vpn.udp import MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD, UdpStats
-from vpn.wireguard import Device, keypair
-from vpn.wireguard.fastpath import FastPath
+from vpn.wireguard import Device
 
 MTU = 1420
 SRC, DST = bytes([198, 18, 10, 1]), bytes([198, 18, 10, 2])
@@ -111,17 +110,6 @@ def handshaken_pair(seed: bytes | None = None) -> tuple[DataPath, DataPath]:
     response = b.device.handle_handshake_message(init, ENDPOINT_A, NOW).replies[0]
     a.device.handle_handshake_message(response, ENDPOINT_B, NOW)
     return a, b
-
-
-@contextmanager
-def fast_path(name: FastPath) -> Iterator[None]:
-    """Within the block, new keypairs seal and open with this fast path."""
-    saved = keypair.FAST_PATH
-    keypair.FAST_PATH = name
-    try:
-        yield
-    finally:
-        keypair.FAST_PATH = saved
 
 
 @contextmanager

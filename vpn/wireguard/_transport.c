@@ -1,5 +1,5 @@
 /* Native transport-message batches for vpn/wireguard/keypair.py (the readable reference:
- * Keypair.encrypt_batch, decrypt_batch, decrypt_strided and replay.ReplayWindow.validate).
+ * Keypair.encrypt_batch, decrypt_batch and replay.ReplayWindow.validate).
  * Each call seals or opens a whole batch with the GIL released; everything else (keypair
  * rotation, limits, drop accounting) stays in Python.
  *
@@ -372,29 +372,12 @@ done_out:
     return result;
 }
 
-/* The messages of one open call: either a list of buffers or one strided buffer. */
-typedef struct {
-    Py_buffer *views;   /* the list's items, or NULL */
-    const uint8_t *data; /* the strided buffer */
-    Py_ssize_t stride, data_len, count;
-} Messages;
-
-static inline const uint8_t *message_at(const Messages *m, Py_ssize_t i, Py_ssize_t *len)
-{
-    if (m->views) {
-        *len = m->views[i].len;
-        return m->views[i].buf;
-    }
-    *len = i < m->count - 1 ? m->stride : m->data_len - i * m->stride;
-    return m->data + i * m->stride;
-}
-
-/* Open every message into out (packed back to back, or at i * (stride - MIN_LEN) when
- * strided), then check it against the replay window; returns (lengths, greatest, drops):
- * -1 for a dropped message, drops None or the counts by reason. */
-static PyObject *open_messages(TransportKey *self, const Messages *m, Py_buffer *out,
-                               Py_ssize_t offset, uint32_t local, PyObject *seen_obj,
-                               PyObject *greatest_obj)
+/* Open every message into out, back to back, then check it against the replay window;
+ * returns (lengths, greatest, drops): -1 for a dropped message, drops None or the counts
+ * by reason. */
+static PyObject *open_messages(TransportKey *self, const Py_buffer *views, Py_ssize_t count,
+                               Py_buffer *out, Py_ssize_t offset, uint32_t local,
+                               PyObject *seen_obj, PyObject *greatest_obj)
 {
     Py_buffer seen;
     Py_ssize_t *lengths, need = 0, drops[DROP_REASONS] = {0};
@@ -411,9 +394,8 @@ static PyObject *open_messages(TransportKey *self, const Messages *m, Py_buffer 
         PyErr_Format(PyExc_ValueError, "the replay window has %d slots", REPLAY_SLOTS);
         goto done_seen;
     }
-    for (Py_ssize_t i = 0; i < m->count; i++) {
-        Py_ssize_t len;
-        message_at(m, i, &len);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t len = views[i].len;
         if (len > MAX_BODY) {
             PyErr_Format(PyExc_ValueError, "message %zd too long (%zd bytes)", i, len);
             goto done_seen;
@@ -421,12 +403,9 @@ static PyObject *open_messages(TransportKey *self, const Messages *m, Py_buffer 
         if (len >= MIN_LEN)
             need += len - MIN_LEN; /* room for every message, as if all authenticate */
     }
-    if (m->views == NULL && m->count)
-        need = (m->count - 1) * (m->stride - MIN_LEN)
-               + (m->data_len - (m->count - 1) * m->stride - MIN_LEN);
     if (check_out(out, offset, need) < 0)
         goto done_seen;
-    lengths = PyMem_Malloc((m->count ? (size_t)m->count : 1) * sizeof(Py_ssize_t));
+    lengths = PyMem_Malloc((count ? (size_t)count : 1) * sizeof(Py_ssize_t));
     if (!lengths) {
         PyErr_NoMemory();
         goto done_seen;
@@ -438,11 +417,10 @@ static PyObject *open_messages(TransportKey *self, const Messages *m, Py_buffer 
     uint8_t *dst = (uint8_t *)out->buf + offset, nonce[12];
     uint64_t g = greatest;
     EVP_CIPHER_CTX *ctx = self->open;
-    for (Py_ssize_t i = 0; i < m->count && !failed; i++) {
-        Py_ssize_t len;
-        const uint8_t *msg = message_at(m, i, &len);
-        int n = (int)(len - MIN_LEN), outl, reason;
-        uint8_t *plain = m->views ? dst : (uint8_t *)out->buf + offset + i * (m->stride - MIN_LEN);
+    for (Py_ssize_t i = 0; i < count && !failed; i++) {
+        const uint8_t *msg = views[i].buf;
+        int n = (int)(views[i].len - MIN_LEN), outl, reason;
+        uint8_t *plain = dst;
         lengths[i] = -1;
         if (n < 0) {
             reason = DROP_TOO_SHORT;
@@ -478,7 +456,7 @@ static PyObject *open_messages(TransportKey *self, const Messages *m, Py_buffer 
         PyErr_SetString(PyExc_RuntimeError, "OpenSSL ChaCha20-Poly1305 decryption failed");
         goto done_lengths;
     }
-    list = lengths_list(lengths, m->count);
+    list = lengths_list(lengths, count);
     if (list) {
         if (drops[DROP_TOO_SHORT] | drops[DROP_WRONG_KEYPAIR] | drops[DROP_BAD_AUTH]
             | drops[DROP_REPLAY])
@@ -522,8 +500,8 @@ static PyObject *TransportKey_open_batch(TransportKey *self, PyObject *args)
 {
     PyObject *messages, *out_obj, *local_obj, *seen, *greatest, *seq, *result = NULL;
     Py_ssize_t offset;
-    Py_buffer out;
-    Messages m = {0};
+    Py_buffer out, *views;
+    Py_ssize_t count;
     uint32_t local;
 
     if (!PyArg_ParseTuple(args, "OOnOOO:open_batch", &messages, &out_obj, &offset, &local_obj,
@@ -537,63 +515,20 @@ static PyObject *TransportKey_open_batch(TransportKey *self, PyObject *args)
         Py_DECREF(seq);
         return NULL;
     }
-    m.count = PySequence_Fast_GET_SIZE(seq);
-    m.views = get_views(seq, m.count);
-    if (m.views) {
-        result = open_messages(self, &m, &out, offset, local, seen, greatest);
-        release_views(m.views, m.count);
+    count = PySequence_Fast_GET_SIZE(seq);
+    views = get_views(seq, count);
+    if (views) {
+        result = open_messages(self, views, count, &out, offset, local, seen, greatest);
+        release_views(views, count);
     }
     PyBuffer_Release(&out);
     Py_DECREF(seq);
     return result;
 }
 
-PyDoc_STRVAR(open_strided_doc,
-"open_strided(data, stride, count, out, offset, local_index, seen, greatest)\n"
-"    -> (lengths, greatest, drops)\n\n"
-"open_batch for the `count` messages of one GRO receive, `stride` bytes each (the last\n"
-"possibly shorter), as Keypair.decrypt_strided: plaintext i goes to\n"
-"out[offset + i * (stride - 32):]. The counters come from the headers, which the caller\n"
-"has checked (messages.transport_run); one of another type or receiver counts as\n"
-"wrong_keypair.");
-
-static PyObject *TransportKey_open_strided(TransportKey *self, PyObject *args)
-{
-    PyObject *data_obj, *out_obj, *local_obj, *seen, *greatest, *result = NULL;
-    Py_ssize_t offset, stride, count;
-    Py_buffer data, out;
-    Messages m = {0};
-    uint32_t local;
-
-    if (!PyArg_ParseTuple(args, "OnnOnOOO:open_strided", &data_obj, &stride, &count, &out_obj,
-                          &offset, &local_obj, &seen, &greatest)
-        || parse_local(local_obj, &local) < 0)
-        return NULL;
-    if (PyObject_GetBuffer(data_obj, &data, PyBUF_SIMPLE) < 0)
-        return NULL;
-    /* count messages of `stride` bytes, the last one at least a keepalive long. */
-    if (count < 1 || stride < MIN_LEN || data.len < MIN_LEN
-        || (data.len - MIN_LEN) / stride < count - 1) {
-        PyErr_SetString(PyExc_ValueError, "data does not hold count messages of this stride");
-        PyBuffer_Release(&data);
-        return NULL;
-    }
-    if (PyObject_GetBuffer(out_obj, &out, PyBUF_WRITABLE) == 0) {
-        m.data = data.buf;
-        m.data_len = data.len;
-        m.stride = stride;
-        m.count = count;
-        result = open_messages(self, &m, &out, offset, local, seen, greatest);
-        PyBuffer_Release(&out);
-    }
-    PyBuffer_Release(&data);
-    return result;
-}
-
 static PyMethodDef TransportKey_methods[] = {
     {"seal_batch", (PyCFunction)TransportKey_seal_batch, METH_VARARGS, seal_batch_doc},
     {"open_batch", (PyCFunction)TransportKey_open_batch, METH_VARARGS, open_batch_doc},
-    {"open_strided", (PyCFunction)TransportKey_open_strided, METH_VARARGS, open_strided_doc},
     {"zero", (PyCFunction)TransportKey_zero, METH_NOARGS,
      "Wipe the key (frees the OpenSSL contexts); later batches raise ValueError."},
     {NULL, NULL, 0, NULL},

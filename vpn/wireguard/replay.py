@@ -12,9 +12,7 @@ counter inside the window maps to holds that counter's own state.
 
 Keypair.decrypt_into / decrypt_batch inline the first branch of `validate` for the next
 counter in order (set its slot, make it the greatest), and `accept_in_order` does the same
-for a whole run of counters at once, so keep the three in step. The native transport
-module (_transport.c, `replay_validate`) runs `validate` on these same slots; its property
-tests (test_transport_native.py) require the same window after every batch.
+for a whole run of counters at once, so keep the three in step.
 """
 
 from __future__ import annotations
