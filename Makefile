@@ -1,7 +1,7 @@
 # The two commands of the README (`make demo`, `make test`) install what they need first.
 VENV   ?= .venv
 PYTHON := $(VENV)/bin/python
-.PHONY: deps test unit integration lint bench demo clean docker-test fuzz
+.PHONY: deps test unit integration lint bench demo clean docker-test fuzz sanitize
 
 # Always run: it only checks when everything is there (system packages can vanish while
 # the virtualenv stays).
@@ -17,9 +17,14 @@ unit: deps
 integration: deps
 	$(PYTHON) -m pytest -q tests/integration
 
-test: deps lint
+test: deps lint sanitize
 	docker-compose -f docker/docker-compose.yml config -q
 	$(PYTHON) -m pytest -q tests
+
+# The native module built with AddressSanitizer and UBSan, against its property tests
+# (about 20 s, so part of `make test`).
+sanitize: deps
+	PYTHON=$(PYTHON) bash scripts/sanitize.sh
 
 # The parsers' property tests (tests/unit/test_fuzz.py) with 20,000 examples each.
 fuzz: deps
@@ -37,4 +42,5 @@ docker-test: deps
 	bash scripts/docker-test.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis bench/results
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis bench/results build \
+		vpn/wireguard/_transport*.so

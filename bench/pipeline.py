@@ -7,18 +7,26 @@ checks, coalesces and "writes" the jumbo frames. Both sides are real `DataPath` 
 real `Device`s that completed a handshake, so every line of the hot path runs; only the
 system calls are replaced. The receiver's frames are checked against the sender's input, so
 a fast figure cannot come from a broken path.
+
+`run()` measures the fast path the endpoint would use (fastpath.FAST_PATH: native when the
+C module is built); `run_with_python_path()` adds the Python reference path's figures from
+a child process with VPN_FAST_PATH=python, in the same run.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 from tests.unit.datapath_doubles import DST, ENDPOINT_A, MTU, SRC, handshaken_pair
 from tests.unit.packets import tcp_super_packet
 from vpn.datapath import DataPath
 from vpn.packet.virtio import VirtioNetHeader
+from vpn.wireguard import fastpath
 
 MSS = MTU - 40 - 12  # IPv4 + TCP with the timestamps option, as Linux sends
 
@@ -67,6 +75,28 @@ def run(rounds: int = 400) -> dict[str, float]:
     }
 
 
+def run_with_python_path(rounds: int = 400) -> dict[str, float]:
+    """run(), then the same in a child on the Python path: its figures as `*_python`, and
+    how many times slower its send and receive are."""
+    figures = run(rounds)
+    if fastpath.FAST_PATH != "native":
+        print(f"bench: NATIVE FAST PATH NOT MEASURED: {fastpath.FAST_PATH_REASON}",
+              file=sys.stderr)
+        return figures
+    child = subprocess.run([sys.executable, "-m", "bench.pipeline", "--json", str(rounds)],
+                           env=dict(os.environ, VPN_FAST_PATH="python"), capture_output=True,
+                           text=True, check=True)
+    python = json.loads(child.stdout)
+    figures.update({f"{key}_python": value for key, value in python.items()})
+    for side in ("send", "receive"):
+        key = f"pipeline_{side}_us_per_64k"
+        figures[f"pipeline_{side}_python_over_native"] = python[key] / figures[key]
+    return figures
+
+
 if __name__ == "__main__":
-    for key, value in run().items():
-        print(f"{key:40} {value:8.1f}")
+    if sys.argv[1:2] == ["--json"]:  # the child of run_with_python_path
+        print(json.dumps(run(int(sys.argv[2]))))
+    else:
+        for key, value in run_with_python_path().items():
+            print(f"{key:40} {value:8.1f}")

@@ -171,7 +171,8 @@ def print_table(report: dict) -> None:
     for key, value in report.get("wireguard_micro", {}).items():
         rows.append((f"wireguard {key}", f"{value:10.1f}"))
     for key, value in report.get("pipeline_micro", {}).items():
-        rows.append((f"data path, no kernel: {key}", f"{value:8.1f} us"))
+        unit = "x" if key.endswith("_over_native") else " us"
+        rows.append((f"data path, no kernel: {key}", f"{value:8.1f}{unit}"))
     relay = report.get("relay")
     if relay:
         for mode, gbps in relay["gbps_median"].items():
@@ -274,7 +275,7 @@ def main() -> int:
                                                                   time.gmtime())},
         "offload_micro": offload_micro(),
         "wireguard_micro": wireguard_micro(),
-        "pipeline_micro": pipeline.run(),
+        "pipeline_micro": pipeline.run_with_python_path(),
     }
     reason = lab_unavailable_reason()
     if args.micro_only or reason:

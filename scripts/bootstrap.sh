@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 
 SYSTEM_PACKAGES=(iperf3 iproute2 tcpdump wireguard-tools wireguard-go ethtool iptables
                  procps kmod iputils-ping util-linux docker-compose python3 python3-venv
-                 python3-pip)
+                 python3-pip python3-dev build-essential libssl-dev)
+# build-essential, python3-dev and libssl-dev build the native module
+# (vpn/wireguard/_transport.c, linked to the system's libcrypto).
 VENV=${VENV:-.venv}
 
 missing=()
@@ -15,11 +17,18 @@ for pkg in "${SYSTEM_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
         || missing+=("$pkg")
 done
-# python3 may come from elsewhere (pyenv); only ask apt for it when none is usable.
+# python3 may come from elsewhere (pyenv); only ask apt for it when none is usable, and
+# for python3-dev only when that python has no headers of its own (pyenv ships them).
 if python3 -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    headers=$(python3 -c 'import os, sysconfig
+print(os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))')
     filtered=()
     for pkg in "${missing[@]}"; do
-        case "$pkg" in python3|python3-venv|python3-pip) ;; *) filtered+=("$pkg") ;; esac
+        case "$pkg" in
+            python3|python3-venv|python3-pip) ;;
+            python3-dev) [ "$headers" = True ] || filtered+=("$pkg") ;;
+            *) filtered+=("$pkg") ;;
+        esac
     done
     missing=("${filtered[@]}")
 fi
@@ -39,8 +48,19 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
 stamp="$VENV/.installed"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+# Reinstall when the build inputs change: the editable install does not rebuild the native
+# module by itself.
+stale=0
+[ -f "$stamp" ] || stale=1
+for input in pyproject.toml setup.py vpn/wireguard/*.c; do
+    [ "$input" -nt "$stamp" ] && stale=1
+done
+if [ "$stale" = 1 ]; then
     "$VENV/bin/pip" install -q --upgrade pip
-    "$VENV/bin/pip" install -q -e '.[test,bench]'
+    if ! "$VENV/bin/pip" install -q -e '.[test,bench]'; then
+        echo "bootstrap: installing the project failed (see above); the native module needs" \
+             "build-essential, python3-dev (or a python with its headers) and libssl-dev" >&2
+        exit 1
+    fi
     touch "$stamp"
 fi

@@ -29,7 +29,7 @@ from vpn.tun import TunDevice, TunError
 from vpn.uapi import ChangeSet, DeviceSnapshot, PeerSnapshot, UapiError, endpoint_text
 from vpn.uapi_server import SOCKET_DIR, UapiServer, UapiServerError
 from vpn.udp import Address, UdpError, UdpSocket
-from vpn.wireguard import Device, Peer
+from vpn.wireguard import Device, Peer, fastpath
 
 log = logging.getLogger("vpn.endpoint")
 
@@ -150,10 +150,10 @@ class Endpoint:
             loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         log.info(
             "interface %s up: listen port %d, MTU %d, TUN offloads %s, UDP GSO %s, GRO %s, "
-            "%d peer(s)",
+            "fast path %s, %d peer(s)",
             self.name, self.udp.port, self.mtu, self.tun.offload.describe(),
             "on" if self.udp.gso_enabled else "off", "on" if self.udp.gro_enabled else "off",
-            len(device.peers),
+            fastpath.describe(), len(device.peers),
         )
         now = self.clock()
         for peer in device.peers.values():
@@ -553,6 +553,7 @@ class Endpoint:
             "listen_port": self.udp.port,
             "mtu": self.mtu,
             "tun_offloads": self.tun.offload.describe(),
+            "fast_path": fastpath.FAST_PATH,
             "peers": peers,
             "datapath": self.datapath.stats.summary(),
             "udp": self.udp.stats.summary(),

@@ -33,6 +33,7 @@ def offload_view(stats: dict[str, Any]) -> dict[str, Any]:
         "mtu": _int(stats, "mtu"),
         "udp_gso": bool(_int(stats, "udp_offloads", "gso")),
         "udp_gro": bool(_int(stats, "udp_offloads", "gro")),
+        "fast_path": str(stats.get("fast_path", "")),  # "native" or "python"
         "tun_reads": _int(dp, "tun_reads"),
         "super_packets": _int(dp, "super_packets"),
         "segments_per_super_packet": _ratio(_int(dp, "segments_split"), _int(dp, "super_packets")),
@@ -128,6 +129,7 @@ def show_text(view: dict[str, Any], now: float) -> str:
         "offload:",
         f"  TUN offloads: {off['tun_offloads']}, MTU {off['mtu']}",
         f"  UDP: GSO {'on' if off['udp_gso'] else 'off'}, GRO {'on' if off['udp_gro'] else 'off'}",
+        f"  fast path: {off['fast_path']}",
         f"  super-packets read: {off['super_packets']} of {off['tun_reads']} TUN reads, "
         f"{off['segments_per_super_packet']} segments each",
         f"  jumbo frames written: {off['jumbo_frames']} of {off['tun_writes']} TUN writes, "

@@ -22,6 +22,7 @@ import pytest
 from tests.integration.relay_lab import checked_transfer
 from tests.integration.wg_lab import ROOT, WgPair, build, wg
 from tests.netns import Lab, Process
+from vpn.wireguard import fastpath
 
 pytestmark = pytest.mark.netns
 
@@ -219,6 +220,9 @@ def test_wg_tool_drives_the_endpoint(lab: Lab) -> None:
     off = view["offload"]
     assert off["super_packets"] > 0 and off["segments_per_super_packet"] > 1
     assert off["udp_gso_sends"] > 0 and off["handshakes_completed"] >= 1
+    # the endpoint runs with this process's environment, so it made the same decision
+    assert off["fast_path"] == fastpath.FAST_PATH
+    assert f"fast path {fastpath.describe()}, " in proc.output()
     everything = json.loads(_vpn(pair, "show", "--json").stdout)
     assert name in {v["interface"] for v in everything}
 

@@ -342,6 +342,7 @@ def test_errno_codes_are_negative_like_wireguard_go() -> None:
 
 def test_show_view_and_text() -> None:
     stats = {"tun_offloads": "csum+tso4", "mtu": 1420, "udp_offloads": {"gso": 1, "gro": 1},
+             "fast_path": "native",
              "datapath": {"tun_reads": 10, "super_packets": 4, "segments_split": 100,
                           "jumbo_frames": 2, "jumbo_segments": 30, "tun_writes": 5,
                           "drops": {"no_peer_for_destination": 1}},
@@ -351,10 +352,12 @@ def test_show_view_and_text() -> None:
     view = show_view("wg0", _snapshot(), stats)
     assert view["offload"]["segments_per_super_packet"] == 25.0
     assert view["offload"]["segments_per_jumbo_frame"] == 15.0
+    assert view["offload"]["fast_path"] == "native"
     assert view["peers"][0]["endpoint"] == "[fd00::2]:51821"
     assert view["peers"][1]["preshared_key"] is True
     text = show_text(view, now=1700000065.0)
     assert "latest handshake: 1 minute, 4 seconds ago" in text
     assert "no_peer_for_destination 1" in text
+    assert "fast path: native" in text
     assert offload_view({})["segments_per_gso_send"] == 0.0  # no division by zero
     assert "not served by a vpn endpoint" in show_text(show_view("x", _snapshot(), None), 0)

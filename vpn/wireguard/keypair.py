@@ -5,6 +5,11 @@ encrypt_batch / decrypt_batch that loop over many packets with everything bound 
 everything else is rare. The hot paths are written for CPython's sake: the nonce comes from
 one precompiled struct, padding is decided with integer ops (a full-MTU segment needs none
 and is never copied), and attributes are bound to locals.
+
+Those loops are the readable reference. Where the native module is built (fastpath.py),
+a keypair's keys live in _transport.TransportKey objects instead and each batch is one
+native call (vpn/wireguard/_transport.c) that does what the loops do, byte for byte, with
+the replay check on this keypair's own ReplayWindow.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from .constants import (
     TRANSPORT_MIN_SIZE,
 )
 from .crypto import InvalidTag
+from .fastpath import FAST_PATH, TransportKey
 from .messages import TRANSPORT_HEADER, Buffer, MessageError
 from .noise import SessionKeys
 from .replay import REPLAY_SLOT_MASK, ReplayWindow
@@ -40,6 +46,9 @@ _pack_header = TRANSPORT_HEADER.pack_into
 _unpack_header = TRANSPORT_HEADER.unpack_from
 
 assert PADDING_MULTIPLE & _PAD_MASK == 0  # a power of two, so -n & _PAD_MASK is the pad
+
+# The order of the drop counts a native open returns.
+_NATIVE_DROP_REASONS = ("transport_too_short", "wrong_keypair", "bad_auth", "replay")
 
 
 class TransportError(MessageError):
@@ -68,6 +77,7 @@ class Keypair:
         "created",
         "is_initiator",
         "local_index",
+        "native",
         "peer",
         "remote_index",
         "replay",
@@ -75,9 +85,18 @@ class Keypair:
         "valid",
     )
 
-    def __init__(self, keys: SessionKeys, now: float, peer: Any = None) -> None:
-        self._send: ChaCha20Poly1305 | None = ChaCha20Poly1305(keys.send_key)
-        self._recv: ChaCha20Poly1305 | None = ChaCha20Poly1305(keys.recv_key)
+    def __init__(
+        self, keys: SessionKeys, now: float, peer: Any = None, native: bool | None = None
+    ) -> None:
+        # native: None follows fastpath.FAST_PATH; True or False picks (tests compare both).
+        if native is None:
+            native = FAST_PATH == "native"
+        elif native and TransportKey is None:
+            raise RuntimeError("the native transport module is not built")
+        self.native = native
+        aead: Any = TransportKey if native else ChaCha20Poly1305
+        self._send: Any = aead(keys.send_key)  # ChaCha20Poly1305 | TransportKey | None
+        self._recv: Any = aead(keys.recv_key)
         self.send_counter = 0
         self.replay = ReplayWindow()
         self.created = now
@@ -112,7 +131,11 @@ class Keypair:
         )
 
     def zero(self) -> None:
-        """Drop the key material; the AEAD objects hold the only copies of the keys."""
+        """Drop the key material; the AEAD objects hold the only copies of the keys (a
+        native one is wiped at once, a `cryptography` one when it is freed)."""
+        if self.native and self._send is not None:
+            self._send.zero()
+            self._recv.zero()
         self._send = self._recv = None
         self.valid = False
 
@@ -152,8 +175,10 @@ class Keypair:
         if counter + count > REJECT_AFTER_MESSAGES or send is None:
             raise TransportError("keypair_exhausted")
         self.send_counter = counter + count
-        encrypt = send.encrypt_into
         remote = self.remote_index
+        if self.native:
+            return send.seal_batch(packets, out, offset, mtu, remote, counter)
+        encrypt = send.encrypt_into
         view = memoryview(out)
         lengths: list[int] = []
         append = lengths.append
@@ -210,10 +235,17 @@ class Keypair:
         caller checks `receivable` once per batch and the replay window moves only for
         messages that authenticated.
         """
-        view = memoryview(out)
         recv = self._recv
         local = self.local_index
         replay = self.replay
+        if self.native and recv is not None:
+            lengths, replay.greatest, counts = recv.open_batch(
+                messages, out, offset, local, replay._seen, replay.greatest
+            )
+            if counts is not None and drops is not None:
+                _add_drops(drops, counts)
+            return lengths
+        view = memoryview(out)
         seen = replay._seen
         validate = replay.validate
         lengths: list[int] = []
@@ -261,6 +293,13 @@ class Keypair:
         out = bytearray(max(0, len(message) - TRANSPORT_MIN_SIZE))
         self.decrypt_into(message, out)
         return bytes(out)
+
+
+def _add_drops(drops: MutableMapping[str, int], counts: tuple[int, ...]) -> None:
+    """Add a native open's drop counts to `drops` under the reasons the Python path uses."""
+    for reason, n in zip(_NATIVE_DROP_REASONS, counts, strict=True):
+        if n:
+            drops[reason] = drops.get(reason, 0) + n
 
 
 class KeypairSet:

@@ -1,0 +1,42 @@
+"""Which code seals and opens transport messages: the native module or the Python reference.
+
+Decided once, at import: "native" when vpn/wireguard/_transport.c was built and the
+environment does not say VPN_FAST_PATH=python; otherwise "python", with the reason the
+endpoint logs at start. Keypair (keypair.py) is the only user; its pure-Python loops stay
+the reference the native code is tested equal to.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+try:
+    from ._transport import TransportKey
+except ImportError as error:  # not built (or no usable libcrypto): the Python path runs
+    TransportKey = None  # type: ignore[assignment, misc]
+    _MISSING = f"native module not available ({error})"
+else:
+    _MISSING = ""
+
+FastPath = Literal["native", "python"]
+
+
+def _decide() -> tuple[FastPath, str]:
+    if os.environ.get("VPN_FAST_PATH") == "python":
+        return "python", "VPN_FAST_PATH=python"
+    if _MISSING:
+        return "python", _MISSING
+    return "native", ""
+
+
+FAST_PATH, FAST_PATH_REASON = _decide()
+
+
+def describe() -> str:
+    """The decision as the start log line names it: the library, or why not native."""
+    if FAST_PATH == "native":
+        from ._transport import OPENSSL_VERSION
+
+        return f"native ({OPENSSL_VERSION})"
+    return f"python ({FAST_PATH_REASON})"
