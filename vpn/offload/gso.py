@@ -1,15 +1,20 @@
 """GSO: turn one TUN read (a TCP/UDP super-packet or a packet with a partial checksum)
 into complete IP packets whose every checksum is filled in, ready to encrypt and send.
 
-Up to _SCALAR_MAX segments are built one by one as bytes objects. Beyond that, segments are
-written side by side into one fresh bytearray and returned as memoryviews of it (one
-allocation), with per-segment fields and checksums computed for all segments at once by numpy.
+``split`` is the native twin in _gso.c when that module was built and VPN_FAST_PATH is not
+``python`` (decided once, at import; FAST_PATH says which). ``split_python`` is the readable
+reference, tested byte for byte equal to the native code: up to _SCALAR_MAX segments are built
+one by one as bytes objects. Beyond that, segments are written side by side into one fresh
+bytearray and returned as memoryviews of it (one allocation), with per-segment fields and
+checksums computed for all segments at once by numpy.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import struct
+from collections.abc import Callable
 
 import numpy as np
 
@@ -48,7 +53,12 @@ from vpn.packet.virtio import (
     validate,
 )
 
-__all__ = ["split"]
+try:
+    from vpn.offload import _gso
+except ImportError:  # not built: the Python path runs
+    _gso = None
+
+__all__ = ["FAST_PATH", "split", "split_python"]
 
 Buffer = bytes | bytearray | memoryview
 
@@ -64,7 +74,7 @@ _U8 = np.uint8
 _U64 = np.uint64
 
 
-def split(hdr: VirtioNetHeader, packet: Buffer) -> list[bytes | memoryview]:
+def split_python(hdr: VirtioNetHeader, packet: Buffer) -> list[bytes | memoryview]:
     """Return the complete IP packets that ``packet`` (read after ``hdr``) stands for.
 
     A plain packet comes back as is (no copy); one with NEEDS_CSUM gets its transport checksum
@@ -94,6 +104,22 @@ def split(hdr: VirtioNetHeader, packet: Buffer) -> list[bytes | memoryview]:
         l4_len = tcp_header_len(packet, info)
     return _segment(packet, info.version == 4, info.header_len, l4_len, info.total_len,
                     info.proto, hdr.gso_size)
+
+
+def _split_native(hdr: VirtioNetHeader, packet: Buffer) -> list[bytes | memoryview]:
+    """split_python's result from _gso.c: one bytearray, the segments memoryviews of it."""
+    fields = (hdr.flags, hdr.gso_type, hdr.hdr_len, hdr.gso_size, hdr.csum_start,
+              hdr.csum_offset)
+    size = _gso.size(packet, *fields, 0, 0)  # validates: raises OffloadError like split_python
+    if not hdr.gso_type and not hdr.flags & FLAG_NEEDS_CSUM:
+        return [packet]  # nothing to do, as split_python: no copy
+    buf = bytearray(size)
+    count, full, last = _gso.split_into(buf, 0, packet, *fields, 0, 0)
+    view = memoryview(buf)
+    end = (count - 1) * full
+    segments: list[bytes | memoryview] = [view[i:i + full] for i in range(0, end, full)]
+    segments.append(view[end:end + last])
+    return segments
 
 
 def _complete_checksum(packet: Buffer, start: int, offset: int) -> bytes:
@@ -277,3 +303,8 @@ def _segment_scalar(packet: Buffer, is_v4: bool, ihl: int, l4_len: int, total: i
     return segments
 
 
+# The one place that decides which implementation `split` is.
+FAST_PATH = "native" if _gso is not None and os.environ.get("VPN_FAST_PATH") != "python" \
+    else "python"
+split: Callable[[VirtioNetHeader, Buffer], list[bytes | memoryview]] = (
+    _split_native if FAST_PATH == "native" else split_python)
