@@ -1,7 +1,7 @@
 # The two commands of the README (`make demo`, `make test`) install what they need first.
 VENV   ?= .venv
 PYTHON := $(VENV)/bin/python
-.PHONY: deps test unit integration lint bench demo clean docker-test fuzz
+.PHONY: deps test unit integration lint bench demo clean docker-test fuzz sanitize-gso
 
 # Always run: it only checks when everything is there (system packages can vanish while
 # the virtualenv stays).
@@ -24,6 +24,10 @@ test: deps lint
 # The parsers' property tests (tests/unit/test_fuzz.py) with 20,000 examples each.
 fuzz: deps
 	HYPOTHESIS_PROFILE=fuzz $(PYTHON) -m pytest -q tests/unit/test_fuzz.py
+
+# The native GSO split built with AddressSanitizer and UBSan, under its property tests.
+sanitize-gso: deps
+	bash scripts/sanitize-gso.sh $(PYTHON)
 
 bench: deps
 	$(PYTHON) -m bench.run

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 SYSTEM_PACKAGES=(iperf3 iproute2 tcpdump wireguard-tools wireguard-go ethtool iptables
                  procps kmod iputils-ping util-linux docker-compose python3 python3-venv
-                 python3-pip)
+                 python3-pip python3-dev build-essential)
 VENV=${VENV:-.venv}
 
 missing=()
@@ -15,11 +15,18 @@ for pkg in "${SYSTEM_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
         || missing+=("$pkg")
 done
-# python3 may come from elsewhere (pyenv); only ask apt for it when none is usable.
+# python3 may come from elsewhere (pyenv); only ask apt for it when none is usable, and for
+# its headers (the native modules' build) when that python has none. The compiler
+# (build-essential) is always needed.
 if python3 -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    skip="python3 python3-venv python3-pip"
+    if python3 -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+        skip="$skip python3-dev"
+    fi
     filtered=()
     for pkg in "${missing[@]}"; do
-        case "$pkg" in python3|python3-venv|python3-pip) ;; *) filtered+=("$pkg") ;; esac
+        case " $skip " in *" $pkg "*) ;; *) filtered+=("$pkg") ;; esac
     done
     missing=("${filtered[@]}")
 fi
@@ -39,8 +46,18 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
 stamp="$VENV/.installed"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+# Reinstall (which rebuilds the C extensions in place) when the metadata, the build script
+# or any C source changed since the last install, or a built module went missing.
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
+        || [ -n "$(find vpn -name '*.c' -newer "$stamp")" ] \
+        || ! "$VENV/bin/python" -c 'import vpn.offload._gso' 2>/dev/null; then
     "$VENV/bin/pip" install -q --upgrade pip
-    "$VENV/bin/pip" install -q -e '.[test,bench]'
+    log="$VENV/install.log"
+    if ! "$VENV/bin/pip" install -v -e '.[test,bench]' >"$log" 2>&1; then
+        grep -E 'error|Error|ERROR' "$log" | grep -v "WARNING: Location" | head -30 >&2
+        echo "bootstrap: installing the project failed (building its C extension needs" \
+             "build-essential and python3-dev); the full output is in $log" >&2
+        exit 1
+    fi
     touch "$stamp"
 fi
