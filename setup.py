@@ -7,7 +7,7 @@ setup(
         Extension(
             "vpn.offload._gso",
             ["vpn/offload/_gso.c"],
-            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror"],
+            extra_compile_args=["-O3", "-Wall", "-Wextra", "-Werror"],
         ),
     ],
 )

@@ -318,14 +318,15 @@ static int raise_reason(enum reason r)
     return -1;
 }
 
-/* Reads packet, the six header fields, gap and tail from args[0..8]. */
-static int parse_common(PyObject *const *args, Py_buffer *packet, struct vnet_hdr *h,
-                        size_t *gap, size_t *tail)
+/* Reads the packet from args[0] and the six header fields, then (if room) gap and tail,
+ * from the arguments after it. */
+static int parse_common(PyObject *const *args, int room, Py_buffer *packet,
+                        struct vnet_hdr *h, size_t *gap, size_t *tail)
 {
     static const Py_ssize_t limits[8] = {0xFF, 0xFF, 0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF,
                                          MAX_ROOM, MAX_ROOM};
-    Py_ssize_t v[8];
-    for (int i = 0; i < 8; i++) {
+    Py_ssize_t v[8] = {0};
+    for (int i = 0; i < (room ? 8 : 6); i++) {
         v[i] = PyLong_AsSsize_t(args[i + 1]);
         if (v[i] == -1 && PyErr_Occurred())
             return -1;
@@ -342,6 +343,31 @@ static int parse_common(PyObject *const *args, Py_buffer *packet, struct vnet_hd
     return PyObject_GetBuffer(args[0], packet, PyBUF_SIMPLE);
 }
 
+/* How many segments, every one's length but the last, and the last's. */
+static void plan_shape(const struct plan *pl, size_t *count, size_t *full, size_t *last)
+{
+    if (pl->kind != SEGMENT) {
+        *count = 1;
+        *full = *last = pl->len;
+        return;
+    }
+    *count = pl->count;
+    *full = pl->hl + (pl->count > 1 ? pl->mss : pl->payload);
+    *last = pl->hl + pl->payload - (pl->count - 1) * pl->mss;
+}
+
+/* Writes what the plan says at dst (which has plan_size bytes), releasing the GIL. */
+static void write_plan(const struct plan *pl, const uint8_t *pkt, uint8_t *dst, size_t gap,
+                       size_t tail)
+{
+    Py_BEGIN_ALLOW_THREADS
+    if (pl->kind == SEGMENT)
+        write_segments(pl, pkt, dst, gap, tail);
+    else
+        write_csum(pl, pkt, dst + gap);
+    Py_END_ALLOW_THREADS
+}
+
 PyDoc_STRVAR(size_doc,
 "size(packet, flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, gap, tail) -> int\n\n"
 "Bytes that split_into needs for this packet with that gap and tail around each segment.\n"
@@ -356,7 +382,7 @@ static PyObject *gso_size(PyObject *self, PyObject *const *args, Py_ssize_t narg
     struct vnet_hdr h;
     size_t gap, tail;
     struct plan pl;
-    if (parse_common(args, &packet, &h, &gap, &tail) < 0)
+    if (parse_common(args, 1, &packet, &h, &gap, &tail) < 0)
         return NULL;
     enum reason r = make_plan(&h, packet.buf, (size_t)packet.len, &pl);
     PyBuffer_Release(&packet);
@@ -389,7 +415,7 @@ static PyObject *gso_split_into(PyObject *self, PyObject *const *args, Py_ssize_
     struct plan pl;
     if (PyObject_GetBuffer(args[0], &out, PyBUF_WRITABLE) < 0)
         return NULL;
-    if (parse_common(args + 2, &packet, &h, &gap, &tail) < 0) {
+    if (parse_common(args + 2, 1, &packet, &h, &gap, &tail) < 0) {
         PyBuffer_Release(&out);
         return NULL;
     }
@@ -402,22 +428,9 @@ static PyObject *gso_split_into(PyObject *self, PyObject *const *args, Py_ssize_
         PyErr_Format(PyExc_ValueError, "out buffer too small: %zu bytes needed at offset %zd"
                      " of %zd", plan_size(&pl, gap, tail), offset, out.len);
     } else {
-        uint8_t *dst = (uint8_t *)out.buf + offset;
-        size_t full, last, count;
-        if (pl.kind == SEGMENT) {
-            count = pl.count;
-            full = pl.hl + (count > 1 ? pl.mss : pl.payload);
-            last = pl.hl + pl.payload - (count - 1) * pl.mss;
-        } else {
-            count = 1;
-            full = last = pl.len;
-        }
-        Py_BEGIN_ALLOW_THREADS
-        if (pl.kind == SEGMENT)
-            write_segments(&pl, packet.buf, dst, gap, tail);
-        else
-            write_csum(&pl, packet.buf, dst + gap);
-        Py_END_ALLOW_THREADS
+        size_t count, full, last;
+        plan_shape(&pl, &count, &full, &last);
+        write_plan(&pl, packet.buf, (uint8_t *)out.buf + offset, gap, tail);
         result = Py_BuildValue("nnn", (Py_ssize_t)count, (Py_ssize_t)full, (Py_ssize_t)last);
     }
     PyBuffer_Release(&packet);
@@ -425,7 +438,62 @@ static PyObject *gso_split_into(PyObject *self, PyObject *const *args, Py_ssize_
     return result;
 }
 
+PyDoc_STRVAR(segments_doc,
+"segments(packet, flags, gso_type, hdr_len, gso_size, csum_start, csum_offset) -> list\n\n"
+"What split_python returns, in one call: the packet itself when there is nothing to do, else\n"
+"memoryviews of one new bytearray that holds the complete packets side by side.\n"
+"Raises OffloadError as size() does.");
+
+static PyObject *gso_segments(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 7)
+        return PyErr_Format(PyExc_TypeError, "segments() takes 7 arguments (%zd given)",
+                            nargs);
+    Py_buffer packet;
+    struct vnet_hdr h;
+    size_t gap, tail, count, full, last;
+    struct plan pl;
+    if (parse_common(args, 0, &packet, &h, &gap, &tail) < 0)
+        return NULL;
+    PyObject *buf = NULL, *view = NULL, *list = NULL;
+    enum reason r = make_plan(&h, packet.buf, (size_t)packet.len, &pl);
+    if (r != RSN_OK) {
+        raise_reason(r);
+        goto done;
+    }
+    if (pl.kind == PASS) { /* as split_python: the packet itself, no copy */
+        list = PyList_New(1);
+        if (list)
+            PyList_SET_ITEM(list, 0, Py_NewRef(args[0]));
+        goto done;
+    }
+    /* Not zero-filled: every byte is written (no gap, no tail). */
+    buf = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)plan_size(&pl, 0, 0));
+    if (!buf)
+        goto done;
+    write_plan(&pl, packet.buf, (uint8_t *)PyByteArray_AS_STRING(buf), 0, 0);
+    plan_shape(&pl, &count, &full, &last);
+    view = PyMemoryView_FromObject(buf);
+    list = view ? PyList_New((Py_ssize_t)count) : NULL;
+    for (size_t i = 0; list && i < count; i++) {
+        Py_ssize_t start = (Py_ssize_t)(i * full);
+        PyObject *seg = PySequence_GetSlice(view, start,
+                                            start + (Py_ssize_t)(i + 1 < count ? full : last));
+        if (!seg)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, (Py_ssize_t)i, seg);
+    }
+done:
+    Py_XDECREF(view);
+    Py_XDECREF(buf);
+    PyBuffer_Release(&packet);
+    return list;
+}
+
 static PyMethodDef methods[] = {
+    {"segments", (PyCFunction)(void (*)(void))gso_segments, METH_FASTCALL, segments_doc},
     {"size", (PyCFunction)(void (*)(void))gso_size, METH_FASTCALL, size_doc},
     {"split_into", (PyCFunction)(void (*)(void))gso_split_into, METH_FASTCALL,
      split_into_doc},

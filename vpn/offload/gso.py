@@ -107,19 +107,9 @@ def split_python(hdr: VirtioNetHeader, packet: Buffer) -> list[bytes | memoryvie
 
 
 def _split_native(hdr: VirtioNetHeader, packet: Buffer) -> list[bytes | memoryview]:
-    """split_python's result from _gso.c: one bytearray, the segments memoryviews of it."""
-    fields = (hdr.flags, hdr.gso_type, hdr.hdr_len, hdr.gso_size, hdr.csum_start,
-              hdr.csum_offset)
-    size = _gso.size(packet, *fields, 0, 0)  # validates: raises OffloadError like split_python
-    if not hdr.gso_type and not hdr.flags & FLAG_NEEDS_CSUM:
-        return [packet]  # nothing to do, as split_python: no copy
-    buf = bytearray(size)
-    count, full, last = _gso.split_into(buf, 0, packet, *fields, 0, 0)
-    view = memoryview(buf)
-    end = (count - 1) * full
-    segments: list[bytes | memoryview] = [view[i:i + full] for i in range(0, end, full)]
-    segments.append(view[end:end + last])
-    return segments
+    """split_python's result from _gso.c (memoryviews of one bytearray), in one call."""
+    return _gso.segments(packet, hdr.flags, hdr.gso_type, hdr.hdr_len, hdr.gso_size,
+                         hdr.csum_start, hdr.csum_offset)
 
 
 def _complete_checksum(packet: Buffer, start: int, offset: int) -> bytes:
