@@ -325,13 +325,15 @@ static int parse_common(PyObject *const *args, int room, Py_buffer *packet,
 {
     static const Py_ssize_t limits[8] = {0xFF, 0xFF, 0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF,
                                          MAX_ROOM, MAX_ROOM};
+    static const char *const names[8] = {"flags", "gso_type", "hdr_len", "gso_size",
+                                         "csum_start", "csum_offset", "gap", "tail"};
     Py_ssize_t v[8] = {0};
     for (int i = 0; i < (room ? 8 : 6); i++) {
         v[i] = PyLong_AsSsize_t(args[i + 1]);
         if (v[i] == -1 && PyErr_Occurred())
             return -1;
         if (v[i] < 0 || v[i] > limits[i]) {
-            PyErr_Format(PyExc_ValueError, "argument %d out of range 0..%zd", i + 2,
+            PyErr_Format(PyExc_ValueError, "%s %zd out of range 0..%zd", names[i], v[i],
                          limits[i]);
             return -1;
         }
