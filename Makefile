@@ -21,8 +21,8 @@ test: deps lint sanitize
 	docker-compose -f docker/docker-compose.yml config -q
 	$(PYTHON) -m pytest -q tests
 
-# The native module built with AddressSanitizer and UBSan, against its property tests
-# (about 20 s, so part of `make test`).
+# The native modules built with AddressSanitizer and UBSan, against their property tests
+# (about a minute, so part of `make test`).
 sanitize: deps
 	PYTHON=$(PYTHON) bash scripts/sanitize.sh
 

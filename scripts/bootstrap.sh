@@ -48,18 +48,20 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
 stamp="$VENV/.installed"
-# Reinstall when the build inputs change: the editable install does not rebuild the native
-# module by itself.
-stale=0
-[ -f "$stamp" ] || stale=1
-for input in pyproject.toml setup.py vpn/wireguard/*.c; do
-    [ "$input" -nt "$stamp" ] && stale=1
-done
-if [ "$stale" = 1 ]; then
+# Reinstall (which rebuilds the C modules in place: an editable install does not by itself)
+# when the metadata, the build script or any C source changed since the last install, or a
+# built module does not import.
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
+        || [ -n "$(find vpn -name '*.c' -newer "$stamp")" ] \
+        || ! "$VENV/bin/python" -c 'import vpn.offload._gso, vpn.wireguard._transport' \
+             2>/dev/null; then
     "$VENV/bin/pip" install -q --upgrade pip
-    if ! "$VENV/bin/pip" install -q -e '.[test,bench]'; then
-        echo "bootstrap: installing the project failed (see above); the native module needs" \
-             "build-essential, python3-dev (or a python with its headers) and libssl-dev" >&2
+    log="$VENV/install.log"
+    if ! "$VENV/bin/pip" install -v -e '.[test,bench]' >"$log" 2>&1; then
+        grep -E 'error|Error|ERROR' "$log" | grep -v "WARNING: Location" | head -30 >&2
+        echo "bootstrap: installing the project failed (its C modules need build-essential," \
+             "python3-dev or a python with its headers, and libssl-dev); the full output" \
+             "is in $log" >&2
         exit 1
     fi
     touch "$stamp"

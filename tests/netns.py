@@ -193,6 +193,9 @@ class Lab:
 
     hosts: dict[str, Host] = field(default_factory=dict)
     processes: list[Process] = field(default_factory=list)
+    # Files outside the workdir that the lab's processes may leave behind when killed (the
+    # UAPI sockets of endpoints stopped with SIGKILL): removed at teardown.
+    leftovers: list[Path] = field(default_factory=list)
     tag: str = ""
     workdir: Path | None = None
 
@@ -266,6 +269,9 @@ class Lab:
         for host in self.hosts.values():
             _ip("netns", "del", host.ns, check=False)
         self.hosts.clear()
+        for path in self.leftovers:
+            path.unlink(missing_ok=True)
+        self.leftovers.clear()
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None

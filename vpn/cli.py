@@ -171,6 +171,12 @@ def cmd_show(args: argparse.Namespace) -> int:
             )
             snapshot = uapi.parse_get(answers[0] if answers else [])
         except (OSError, uapi.UapiError, ValueError) as error:
+            if isinstance(error, ConnectionRefusedError) and not args.interface:
+                # Listing all: a socket nobody serves is what a killed endpoint leaves
+                # behind (the next start with that name replaces it), not an interface.
+                print(f"{PROG}: {name}: stale management socket (no endpoint serves it), "
+                      "skipped", file=sys.stderr)
+                continue
             print(f"{PROG}: {name}: cannot read the interface: {error}", file=sys.stderr)
             status = EXIT_FAILURE
             continue

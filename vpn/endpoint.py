@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from vpn import netsetup, uapi
+from vpn import native, netsetup, uapi
 from vpn.config import Config, ConfigError, PeerConfig, load, to_text
 from vpn.config import Endpoint as EndpointAddress
 from vpn.datapath import DataPath
@@ -29,7 +29,7 @@ from vpn.tun import TunDevice, TunError
 from vpn.uapi import ChangeSet, DeviceSnapshot, PeerSnapshot, UapiError, endpoint_text
 from vpn.uapi_server import SOCKET_DIR, UapiServer, UapiServerError
 from vpn.udp import Address, UdpError, UdpSocket
-from vpn.wireguard import Device, Peer, fastpath
+from vpn.wireguard import Device, Peer
 
 log = logging.getLogger("vpn.endpoint")
 
@@ -153,7 +153,7 @@ class Endpoint:
             "fast path %s, %d peer(s)",
             self.name, self.udp.port, self.mtu, self.tun.offload.describe(),
             "on" if self.udp.gso_enabled else "off", "on" if self.udp.gro_enabled else "off",
-            fastpath.describe(), len(device.peers),
+            native.fast_path()[1], len(device.peers),
         )
         now = self.clock()
         for peer in device.peers.values():
@@ -553,7 +553,7 @@ class Endpoint:
             "listen_port": self.udp.port,
             "mtu": self.mtu,
             "tun_offloads": self.tun.offload.describe(),
-            "fast_path": fastpath.FAST_PATH,
+            "fast_path": native.fast_path()[0],
             "peers": peers,
             "datapath": self.datapath.stats.summary(),
             "udp": self.udp.stats.summary(),

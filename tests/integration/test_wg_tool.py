@@ -22,7 +22,7 @@ import pytest
 from tests.integration.relay_lab import checked_transfer
 from tests.integration.wg_lab import ROOT, WgPair, build, wg
 from tests.netns import Lab, Process
-from vpn.wireguard import fastpath
+from vpn import native
 
 pytestmark = pytest.mark.netns
 
@@ -221,10 +221,20 @@ def test_wg_tool_drives_the_endpoint(lab: Lab) -> None:
     assert off["super_packets"] > 0 and off["segments_per_super_packet"] > 1
     assert off["udp_gso_sends"] > 0 and off["handshakes_completed"] >= 1
     # the endpoint runs with this process's environment, so it made the same decision
-    assert off["fast_path"] == fastpath.FAST_PATH
-    assert f"fast path {fastpath.describe()}, " in proc.output()
-    everything = json.loads(_vpn(pair, "show", "--json").stdout)
+    assert off["fast_path"] == native.fast_path()[0]
+    assert f"fast path {native.fast_path()[1]}, " in proc.output()
+    # Listing all: a socket left by a killed endpoint is skipped with a note, not an error.
+    stale = SOCKET_DIR / f"wgz{pair.lab.tag[-4:]}.sock"
+    pair.lab.leftovers.append(stale)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
+        dead.bind(str(stale))
+    listed = _vpn(pair, "show", "--json")
+    everything = json.loads(listed.stdout)
     assert name in {v["interface"] for v in everything}
+    assert stale.stem not in {v["interface"] for v in everything}
+    assert f"{stale.stem}: stale management socket" in listed.stderr
+    named = _vpn(pair, "show", stale.stem, check=False)
+    assert named.returncode != 0 and "Connection refused" in named.stderr
 
     # vpn down: clean exit, interface and socket gone
     _vpn(pair, "down", name)

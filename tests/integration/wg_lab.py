@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.netns import Host, Lab, Process
+from vpn.uapi_server import SOCKET_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 UNDERLAY = {"a": ("198.18.1.1", "fd00:1::1"), "b": ("198.18.1.2", "fd00:1::2")}
@@ -133,7 +134,9 @@ def start_vpn(host: Host, config: Path) -> Process:
     """`vpn -v up CONFIG` in `host`, once it has logged that the interface is up."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = host.start(sys.executable, "-m", "vpn.cli", "-v", "up", str(config), env=env)
-    deadline = time.monotonic() + 20
+    # Generous: a loaded 2-core machine can take many seconds (1,000 peers' routes), and the
+    # bound only matters when the endpoint never comes up.
+    deadline = time.monotonic() + 90
     while f"interface {config.stem} up" not in proc.output():
         if proc.popen.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"vpn up did not come up:\n{proc.output()}")
@@ -150,6 +153,7 @@ def build(lab: Lab, *, underlay: int = 4, mtu: int = 1500) -> WgPair:
     suffix = lab.tag[-4:]
     nodes = []
     for side, host in (("a", a), ("b", b)):
+        lab.leftovers.append(SOCKET_DIR / f"wg{side}{suffix}.sock")
         private = wg("genkey")
         nodes.append(Node(host, side, private, wg("pubkey", input=private),
                           f"wg{side}{suffix}"))

@@ -1,18 +1,23 @@
 """GSO: turn one TUN read (a TCP/UDP super-packet or a packet with a partial checksum)
 into complete IP packets whose every checksum is filled in, ready to encrypt and send.
 
-Up to _SCALAR_MAX segments are built one by one as bytes objects. Beyond that, segments are
-written side by side into one fresh bytearray and returned as memoryviews of it (one
-allocation), with per-segment fields and checksums computed for all segments at once by numpy.
+``split`` is the native twin in _gso.c when that module was built and VPN_FAST_PATH is not
+``python`` (decided once, at import; FAST_PATH says which). ``split_python`` is the readable
+reference, tested byte for byte equal to the native code: up to _SCALAR_MAX segments are built
+one by one as bytes objects. Beyond that, segments are written side by side into one fresh
+bytearray and returned as memoryviews of it (one allocation), with per-segment fields and
+checksums computed for all segments at once by numpy.
 """
 
 from __future__ import annotations
 
 import functools
 import struct
+from collections.abc import Callable
 
 import numpy as np
 
+from vpn.native import PYTHON_FORCED
 from vpn.packet.checksum import ones_complement_sum, pseudo_header_sum
 from vpn.packet.errors import OffloadError
 from vpn.packet.headers import (
@@ -48,7 +53,15 @@ from vpn.packet.virtio import (
     validate,
 )
 
-__all__ = ["split"]
+try:
+    from vpn.offload import _gso
+except ImportError as error:  # not built: the Python path runs
+    _gso = None
+    _MISSING = f"native GSO split not available ({error})"
+else:
+    _MISSING = ""
+
+__all__ = ["FAST_PATH", "split", "split_python"]
 
 Buffer = bytes | bytearray | memoryview
 
@@ -64,7 +77,7 @@ _U8 = np.uint8
 _U64 = np.uint64
 
 
-def split(hdr: VirtioNetHeader, packet: Buffer) -> list[bytes | memoryview]:
+def split_python(hdr: VirtioNetHeader, packet: Buffer) -> list[bytes | memoryview]:
     """Return the complete IP packets that ``packet`` (read after ``hdr``) stands for.
 
     A plain packet comes back as is (no copy); one with NEEDS_CSUM gets its transport checksum
@@ -94,6 +107,12 @@ def split(hdr: VirtioNetHeader, packet: Buffer) -> list[bytes | memoryview]:
         l4_len = tcp_header_len(packet, info)
     return _segment(packet, info.version == 4, info.header_len, l4_len, info.total_len,
                     info.proto, hdr.gso_size)
+
+
+def _split_native(hdr: VirtioNetHeader, packet: Buffer) -> list[bytes | memoryview]:
+    """split_python's result from _gso.c (memoryviews of one bytearray), in one call."""
+    return _gso.segments(packet, hdr.flags, hdr.gso_type, hdr.hdr_len, hdr.gso_size,
+                         hdr.csum_start, hdr.csum_offset)
 
 
 def _complete_checksum(packet: Buffer, start: int, offset: int) -> bytes:
@@ -277,3 +296,8 @@ def _segment_scalar(packet: Buffer, is_v4: bool, ihl: int, l4_len: int, total: i
     return segments
 
 
+# The one place that decides which implementation `split` is.
+FAST_PATH_REASON = "VPN_FAST_PATH=python" if PYTHON_FORCED else _MISSING
+FAST_PATH = "python" if FAST_PATH_REASON else "native"
+split: Callable[[VirtioNetHeader, Buffer], list[bytes | memoryview]] = (
+    _split_native if FAST_PATH == "native" else split_python)

@@ -8,14 +8,16 @@ the reference the native code is tested equal to.
 
 from __future__ import annotations
 
-import os
 from typing import Literal
 
+from vpn.native import PYTHON_FORCED
+
 try:
-    from ._transport import TransportKey
+    from ._transport import OPENSSL_VERSION, TransportKey
 except ImportError as error:  # not built (or no usable libcrypto): the Python path runs
     TransportKey = None  # type: ignore[assignment, misc]
-    _MISSING = f"native module not available ({error})"
+    OPENSSL_VERSION = ""
+    _MISSING = f"native transport module not available ({error})"
 else:
     _MISSING = ""
 
@@ -23,7 +25,7 @@ FastPath = Literal["native", "python"]
 
 
 def _decide() -> tuple[FastPath, str]:
-    if os.environ.get("VPN_FAST_PATH") == "python":
+    if PYTHON_FORCED:
         return "python", "VPN_FAST_PATH=python"
     if _MISSING:
         return "python", _MISSING
@@ -31,12 +33,3 @@ def _decide() -> tuple[FastPath, str]:
 
 
 FAST_PATH, FAST_PATH_REASON = _decide()
-
-
-def describe() -> str:
-    """The decision as the start log line names it: the library, or why not native."""
-    if FAST_PATH == "native":
-        from ._transport import OPENSSL_VERSION
-
-        return f"native ({OPENSSL_VERSION})"
-    return f"python ({FAST_PATH_REASON})"

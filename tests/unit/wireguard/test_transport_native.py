@@ -253,25 +253,25 @@ def test_zero_wipes_and_repr_shows_no_key() -> None:
 
 
 def test_vpn_fast_path_python_selects_the_python_path() -> None:
-    code = ("from vpn.wireguard import fastpath, keypair; "
+    code = ("from vpn import native; from vpn.wireguard import fastpath, keypair; "
             "from vpn.wireguard.noise import SessionKeys; "
             "kp = keypair.Keypair(SessionKeys(bytes(32), bytes(32), True, 1, 2), 0.0); "
             "print(fastpath.FAST_PATH, kp.native, type(kp._send).__name__, "
-            "fastpath.describe().split()[1])")
+            "native.fast_path()[1].split()[1])")
     outputs = []
     for value in ("python", ""):
         env = dict(os.environ, VPN_FAST_PATH=value, PYTHONPATH=str(ROOT))
         outputs.append(subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
                                       capture_output=True, text=True, check=True).stdout)
     assert outputs == ["python False ChaCha20Poly1305 (VPN_FAST_PATH=python)\n",
-                       "native True TransportKey (OpenSSL\n"]
+                       "native True TransportKey (transport\n"]
 
 
 def test_a_missing_module_selects_python_and_says_why() -> None:
     code = ("import sys; sys.modules['vpn.wireguard._transport'] = None; "
-            "from vpn.wireguard import fastpath; print(fastpath.describe())")
+            "from vpn import native; print(native.fast_path()[1])")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("VPN_FAST_PATH", None)
     shown = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout
-    assert shown.startswith("python (native module not available (")
+    assert shown.startswith("python (native transport module not available (")
