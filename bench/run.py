@@ -1,8 +1,23 @@
-"""`make bench`: micro-benchmarks of the offload core and the WireGuard crypto, and the
-relay's iperf3 throughput per mode, side by side in one run; prints a table, writes JSON.
+"""`make bench`: micro-benchmarks of the offload core and the WireGuard crypto, the relay's
+iperf3 throughput per mode, and iperf3 through a WireGuard tunnel between two hosts with
+each kind of endpoint, side by side in one run; prints a table, writes JSON
+(bench/results/latest.json) and draws docs/bench.png.
+
+The tunnel modes (MODE_ENDS): two of ours, ours with `Offload = off`, two of Debian's
+wireguard-go (0.0.20220316, no offloads), two modern wireguard-go (0.0.20250522, TUN and UDP
+offloads, from ../shared/peers/ beside the project), and ours on a facing either
+wireguard-go on b. A flood row (bench/hostile.py) measures how much of its clean goodput
+two of ours and two modern wireguard-go keep under about 100,000 garbage datagrams a second
+from a third host. Peak RSS of every endpoint under load is recorded.
+
+Where the modern wireguard-go cannot run, its modes and its flood row are skipped loudly: a
+"MODERN WIREGUARD-GO NOT MEASURED: <reason>" line on stderr and in the table, and
+`modern_wireguard_go.measured` false with the reason in the JSON. `--modern-wireguard-go
+PATH` (or BENCH_MODERN_WIREGUARD_GO=PATH, e.g. for `make bench`) picks another binary; a
+path that does not exist shows that line.
 
 The machines are shared and noisy: every figure is a median, modes are interleaved round by
-round, and the goals are ratios measured within the same run.
+round (each round runs every mode), and the goals are ratios measured within the same run.
 """
 
 from __future__ import annotations
@@ -11,16 +26,18 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import faults, pipeline
+from bench import faults, hostile, pipeline
 from tests.integration import wg_lab
 from tests.integration.relay_lab import B4, host_to_host
-from tests.netns import Lab, lab_unavailable_reason
+from tests.netns import Lab, iperf3_gbps, lab_unavailable_reason
 from tests.unit.packets import tcp_super_packet
 from vpn.offload import coalesce, split
 
@@ -28,6 +45,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 RELAY_MODES = ("plain", "passthrough", "offload")
 # The issue's goal: the relay through split+coalesce at least 6x the offloads-off relay.
 OFFLOAD_GOAL = 6.0
+# Upstream wireguard-go with TUN and UDP offloads, the peer to measure against (see its
+# README there); BENCH_MODERN_WIREGUARD_GO or --modern-wireguard-go point elsewhere.
+MODERN_WIREGUARD_GO = wg_lab.ROOT.parent / "shared" / "peers" / "wireguard-go-0.0.20250522"
+MODERN_NOT_MEASURED = "MODERN WIREGUARD-GO NOT MEASURED"
 
 
 def median_us(fn: Callable[[], object], *, repeat: int = 7, number: int = 200) -> float:
@@ -78,9 +99,27 @@ def relay_throughput(rounds: int, seconds: float) -> dict[str, object]:
     }
 
 
-# "ours-wireguard-go": ours on a, Debian's wireguard-go on b, so a->b is ours sending to
-# wireguard-go and b->a wireguard-go sending to ours (one datagram at a time, no GRO).
-ENDPOINT_MODES = ("ours", "ours-offload-off", "wireguard-go", "ours-wireguard-go")
+# Which endpoint serves each end (a, b) in each mode. "ours-wireguard-go": ours on a,
+# Debian's wireguard-go on b, so a->b is ours sending to it and b->a it sending to ours (one
+# datagram at a time, no GRO); "ours-modern-wireguard-go" the same facing the modern one.
+MODE_ENDS = {
+    "ours": ("ours", "ours"),
+    "modern-wireguard-go": ("modern", "modern"),
+    "wireguard-go": ("debian", "debian"),
+    "ours-modern-wireguard-go": ("ours", "modern"),
+    "ours-wireguard-go": ("ours", "debian"),
+    "ours-offload-off": ("ours-offload-off", "ours-offload-off"),
+}
+# Short names for the table and the chart.
+MODE_LABELS = {
+    "ours": "ours",
+    "modern-wireguard-go": "modern wg-go",
+    "wireguard-go": "Debian wg-go",
+    "ours-modern-wireguard-go": "ours a, modern b",
+    "ours-wireguard-go": "ours a, Debian b",
+    "ours-offload-off": "ours Offload=off",
+}
+MODERN_MODES = ("modern-wireguard-go", "ours-modern-wireguard-go")
 # (parallel streams, reverse): a->b with one and four streams, and b->a.
 FLOWS = ((1, False), (4, False), (1, True), (4, True))
 
@@ -89,55 +128,81 @@ def flow_name(streams: int, reverse: bool) -> str:
     return f"{'b->a' if reverse else 'a->b'} x{streams}"
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+SINGLE = (flow_name(1, False), flow_name(1, True))
 
 
-def endpoint_throughput(rounds: int, seconds: float) -> dict[str, object]:
-    """iperf3 through a WireGuard tunnel between two hosts, both ends of one kind: this
-    project with offloads, this project with `Offload = off`, Debian's wireguard-go; and
-    ours facing wireguard-go."""
+def wireguard_go_version(binary: str | Path) -> tuple[str | None, str | None]:
+    """(the version line of a wireguard-go binary, None), or (None, why it cannot run)."""
+    path = Path(binary) if os.sep in str(binary) else shutil.which(binary)
+    if path is None or not Path(path).is_file():
+        return None, f"{binary}: no such file"
+    if not os.access(path, os.X_OK):
+        return None, f"{binary}: not executable"
+    try:
+        out = subprocess.run([str(path), "--version"], capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"{binary} --version: {exc}"
+    first = out.stdout.strip().splitlines()[0] if out.stdout.strip() else ""
+    if out.returncode != 0 or not first.startswith("wireguard-go"):
+        return None, f"{binary} --version exited {out.returncode}: {out.stderr.strip()[:200]}"
+    return first, None
+
+
+def endpoint_throughput(rounds: int, seconds: float, modern: Path | None) -> dict[str, object]:
+    """iperf3 through a WireGuard tunnel between two hosts in each mode of MODE_ENDS (the
+    modern wireguard-go modes only when its binary is given), every mode in every round."""
+    modes = [m for m in MODE_ENDS if modern or m not in MODERN_MODES]
     samples: dict[str, dict[str, list[float]]] = {
-        mode: {flow_name(*flow): [] for flow in FLOWS} for mode in ENDPOINT_MODES
+        mode: {flow_name(*flow): [] for flow in FLOWS} for mode in modes
     }
     counters: dict[str, dict] = {}
-    rss: dict[str, list[float]] = {mode: [] for mode in ("ours", "ours-offload-off")}
+    rss: dict[str, dict[str, list[float]]] = {mode: {"a": [], "b": []} for mode in modes}
     for _ in range(rounds):
-        for mode in ENDPOINT_MODES:
+        for mode in modes:
             with Lab() as lab:
                 pair = wg_lab.build(lab)
-                for node in (pair.a, pair.b):
-                    if mode == "wireguard-go" or (mode == "ours-wireguard-go"
-                                                  and node is pair.b):
+                for node, kind in zip((pair.a, pair.b), MODE_ENDS[mode], strict=True):
+                    if kind == "debian":
                         pair.start_wireguard_go(node)
+                    elif kind == "modern":
+                        assert modern is not None
+                        pair.start_wireguard_go(node, binary=modern)
                     else:
-                        pair.start_ours(node, offload=mode != "ours-offload-off")
+                        pair.start_ours(node, offload=kind != "ours-offload-off")
                 pair.a.host.run("ping", "-c", "2", "-i", "0.2", "-W", "5", pair.b.tunnel4)
                 for streams, reverse in FLOWS:
                     result = pair.a.host.iperf3(pair.b.host, pair.b.tunnel4, seconds=seconds,
                                                 reverse=reverse, extra=("-P", str(streams)))
-                    gbps = result["end"]["sum_received"]["bits_per_second"] / 1e9
-                    samples[mode][flow_name(streams, reverse)].append(gbps)
+                    samples[mode][flow_name(streams, reverse)].append(iperf3_gbps(result))
+                for node in (pair.a, pair.b):
+                    assert node.process is not None
+                    rss[mode][node.side].append(wg_lab.peak_rss_mb(node.process.pid))
                 if mode in ("ours", "ours-offload-off"):
-                    assert pair.a.process is not None and pair.b.process is not None
-                    rss[mode].append(max(peak_rss_mb(n.process.pid) for n in (pair.a, pair.b)
-                                         if n.process is not None))
                     counters[mode] = {
                         "sender": wg_lab.final_counters(pair.stop(pair.a)),
                         "receiver": wg_lab.final_counters(pair.stop(pair.b)),
                     }
     medians = {mode: {flow: statistics.median(v) for flow, v in flows.items()}
                for mode, flows in samples.items()}
-    single = flow_name(1, False)
+
+    def ratio(mode: str) -> dict[str, float]:
+        return {flow: medians["ours"][flow] / medians[mode][flow] for flow in SINGLE}
+
+    ours_rss = [mb for mode in modes for side, kind in zip("ab", MODE_ENDS[mode], strict=True)
+                if kind.startswith("ours") for mb in rss[mode][side]]
     return {
+        "rounds": rounds,
         "gbps_samples": samples,
         "gbps_median": medians,
-        "ours_over_wireguard_go": medians["ours"][single] / medians["wireguard-go"][single],
-        "ours_over_offload_off": medians["ours"][single] / medians["ours-offload-off"][single],
-        "peak_rss_mb": {mode: max(v) for mode, v in rss.items() if v},
+        "ours_over_wireguard_go": ratio("wireguard-go"),
+        **({"ours_over_modern_wireguard_go": ratio("modern-wireguard-go")} if modern else {}),
+        "ours_over_offload_off": medians["ours"][SINGLE[0]]
+        / medians["ours-offload-off"][SINGLE[0]],
+        # Peak resident set of each end's process (whichever endpoint it is), per mode.
+        "peak_rss_mb": {mode: {side: max(v) for side, v in sides.items()}
+                        for mode, sides in rss.items()},
+        "ours_peak_rss_mb": max(ours_rss),
         "counters": counters,
     }
 
@@ -186,18 +251,24 @@ def print_table(report: dict) -> None:
         rows.append(("relay offload segments per super-packet / per jumbo frame",
                      f"{counters.get('segments_per_super_packet')} / "
                      f"{counters.get('segments_per_jumbo_frame')}"))
+    modern = report.get("modern_wireguard_go", {})
+    if modern.get("reason"):
+        rows.append((MODERN_NOT_MEASURED, modern["reason"]))
     endpoint = report.get("endpoint")
     if endpoint:
-        for mode, flows in endpoint["gbps_median"].items():
-            for flow, gbps in flows.items():
-                samples = ", ".join(f"{s:.2f}" for s in endpoint["gbps_samples"][mode][flow])
-                rows.append((f"tunnel {mode} iperf3 {flow}", f"{gbps:6.2f} Gb/s  [{samples}]"))
-        rows.append(("tunnel ours / wireguard-go (a->b x1)",
-                     f"{endpoint['ours_over_wireguard_go']:6.2f}x (goal 3x)"))
+        rss = endpoint["peak_rss_mb"]
+        for mode, sides in rss.items():
+            rows.append((f"tunnel {MODE_LABELS[mode]}: peak RSS under load, a / b",
+                         f"{sides['a']:6.1f} / {sides['b']:6.1f} MB"))
+        rows.append(("tunnel: peak RSS of our endpoints under load (max of all modes)",
+                     f"{endpoint['ours_peak_rss_mb']:6.1f} MB (goal <= 80)"))
+        for flow, value in endpoint["ours_over_wireguard_go"].items():
+            rows.append((f"tunnel ours / Debian wg-go ({flow})", f"{value:6.2f}x (goal >= 2.5x)"))
+        for flow, value in endpoint.get("ours_over_modern_wireguard_go", {}).items():
+            rows.append((f"tunnel ours / modern wg-go ({flow})",
+                         f"{value:6.2f}x (goal >= 0.8x, team's 1.0x)"))
         rows.append(("tunnel ours / ours with Offload = off (a->b x1)",
                      f"{endpoint['ours_over_offload_off']:6.2f}x (goal 5x)"))
-        for mode, mb in endpoint["peak_rss_mb"].items():
-            rows.append((f"tunnel {mode}: peak RSS of an endpoint", f"{mb:6.1f} MB (goal < 80)"))
         ours = endpoint["counters"].get("ours", {})
         if ours:
             tx, rx = ours["sender"], ours["receiver"]
@@ -206,6 +277,7 @@ def print_table(report: dict) -> None:
                          f"{udp['gso_segments'] / max(udp['gso_sends'], 1):6.1f}"))
             rows.append(("tunnel ours: segments per jumbo TUN write (receiver)",
                          f"{rx['jumbo_segments'] / max(rx['jumbo_frames'], 1):6.1f}"))
+    rows += flood_rows(report.get("flood"))
     loss = report.get("loss")
     if loss:
         for rate, gbps in loss["gbps_median"].items():
@@ -219,43 +291,128 @@ def print_table(report: dict) -> None:
     print(f"{'-' * width}  {'-' * 30}")
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
+    if endpoint:
+        print_tunnel_matrix(report)
+
+
+def flood_rows(flood: dict | None) -> list[tuple[str, str]]:
+    if not flood:
+        return []
+    rows = []
+    target = flood["rate_target"]
+    for kind in ("ours", "modern-wireguard-go"):
+        if kind not in flood:
+            continue
+        f = flood[kind]
+        verdict = ""
+        if kind == "ours":
+            half = "met" if f["share_median"] >= 0.5 else "NOT met"
+            if "modern-wireguard-go" in flood:
+                vs = f["share_median"] >= flood["modern-wireguard-go"]["share_median"]
+                than_modern = "met" if vs else "NOT met"
+            else:
+                than_modern = MODERN_NOT_MEASURED
+            verdict = f"  (goal >= 0.5: {half}; >= modern's: {than_modern})"
+        rows.append((f"flood ~{target:,}/s garbage at b: {MODE_LABELS[kind]} keeps",
+                     f"{f['share_median']:6.3f} of clean ({f['clean_gbps_median']:.2f} -> "
+                     f"{f['flooded_gbps_median']:.3f} Gb/s){verdict}"))
+        rows.append((f"flood: rate achieved (flooder's count / its seconds), {MODE_LABELS[kind]}",
+                     f"{f['flood_rate_median']:,.0f} datagrams/s  "
+                     f"[{', '.join(f'{r:,}' for r in f['flood_rate_samples'])}]"))
+        rows.append((f"flood: peak RSS of the flooded end (b), {MODE_LABELS[kind]}",
+                     f"{f['victim_peak_rss_mb']:6.1f} MB"))
+        uncovered = f["flood_covered_run"].count(False)
+        if uncovered:
+            rows.append((f"flood: WARNING {MODE_LABELS[kind]}",
+                         f"the flood ended before iperf3 in {uncovered} run(s)"))
+        for error in f["iperf3_errors"]:
+            rows.append((f"flood: iperf3 FAILED under flood, {MODE_LABELS[kind]}", error[:120]))
+    return rows
+
+
+def print_tunnel_matrix(report: dict) -> None:
+    """The tunnel modes side by side: one row per flow, one column per mode (medians)."""
+    endpoint = report["endpoint"]
+    medians = endpoint["gbps_median"]
+    modes = list(medians)
+    width = max(len(MODE_LABELS[m]) for m in modes)
+    print(f"\ntunnel iperf3 Gb/s, medians of {endpoint['rounds']} round(s) (samples in the "
+          "JSON)")
+    print(f"{'flow':<9}" + "".join(f"  {MODE_LABELS[m]:>{width}}" for m in modes))
+    for flow in medians[modes[0]]:
+        print(f"{flow:<9}" + "".join(f"  {medians[m][flow]:>{width}.2f}" for m in modes))
+    versions = report.get("versions", {})
+    print("modern wg-go: " + (versions.get("modern") or MODERN_NOT_MEASURED)
+          + "; Debian wg-go: " + (versions.get("debian") or "?"))
 
 
 def draw_chart(report: dict) -> Path:
-    """A bar chart of the medians next to each other, for the README."""
+    """The medians side by side, for the README: the tunnel modes per flow, goodput under
+    the flood, and the relay with the veth ceiling."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels, values, colours = [], [], []
-    for mode, flows in report["endpoint"]["gbps_median"].items():
-        for flow, gbps in flows.items():
-            short = {"ours-offload-off": "ours\nOffload=off", "wireguard-go": "wg-go",
-                     "ours-wireguard-go": "ours a,\nwg-go b"}
-            labels.append(f"{short.get(mode, mode)}\n{flow}")
-            values.append(gbps)
-            colours.append({"ours": "tab:green", "ours-offload-off": "tab:olive",
-                            "ours-wireguard-go": "tab:cyan"}.get(
-                mode, "tab:gray"))
+    colours = {"ours": "tab:green", "modern-wireguard-go": "tab:red",
+               "wireguard-go": "tab:gray", "ours-modern-wireguard-go": "tab:orange",
+               "ours-wireguard-go": "tab:cyan", "ours-offload-off": "tab:olive"}
+    fig, (tunnel, flood, relay) = plt.subplots(
+        1, 3, figsize=(15, 5), gridspec_kw={"width_ratios": [4, 1.3, 1.5]})
+    medians = report["endpoint"]["gbps_median"]
+    flows = list(next(iter(medians.values())))
+    width = 0.8 / len(medians)
+    for i, (mode, by_flow) in enumerate(medians.items()):
+        xs = [f + (i - (len(medians) - 1) / 2) * width for f in range(len(flows))]
+        values = [by_flow[flow] for flow in flows]
+        tunnel.bar(xs, values, width, label=MODE_LABELS[mode], color=colours[mode])
+        for x, v in zip(xs, values, strict=True):
+            tunnel.text(x, v, f"{v:.2f}", ha="center", va="bottom", fontsize=6, rotation=90)
+    tunnel.set_xticks(range(len(flows)), flows)
+    tunnel.set_ylim(0, 1.3 * max(v for by_flow in medians.values() for v in by_flow.values()))
+    tunnel.set_ylabel("Gb/s (iperf3, median)")
+    tunnel.set_title("tunnel between two hosts, by flow (streams)", fontsize=9)
+    tunnel.legend(fontsize=7, ncols=3, loc="upper center")
+    versions = report.get("versions", {})
+    if not versions.get("modern"):
+        tunnel.text(0.5, 0.5, f"{MODERN_NOT_MEASURED}:\n"
+                    f"{report['modern_wireguard_go'].get('reason')}", transform=tunnel.transAxes,
+                    ha="center", color="red", fontsize=8)
+    flooded = report.get("flood") or {}
+    kinds = [k for k in ("ours", "modern-wireguard-go") if k in flooded]
+    for i, kind in enumerate(kinds):
+        f = flooded[kind]
+        flood.bar([i - 0.2], [f["clean_gbps_median"]], 0.4, color=colours[kind], alpha=0.4,
+                  label="clean" if i == 0 else None)
+        flood.bar([i + 0.2], [f["flooded_gbps_median"]], 0.4, color=colours[kind],
+                  label="under flood" if i == 0 else None)
+        flood.text(i + 0.2, f["flooded_gbps_median"], f"{f['share_median']:.2f}\nof clean",
+                   ha="center", va="bottom", fontsize=7)
+    flood.set_xticks(range(len(kinds)), [MODE_LABELS[k] for k in kinds], fontsize=7)
+    if flooded:
+        rate = statistics.median(flooded[k]["flood_rate_median"] for k in kinds)
+        flood.set_title(f"a->b under {rate:,.0f} garbage\ndatagrams/s at b", fontsize=9)
+        flood.legend(fontsize=7)
+    labels, values, bar_colours = [], [], []
     for mode, gbps in (report.get("relay") or {}).get("gbps_median", {}).items():
         labels.append(f"relay\n{mode}")
         values.append(gbps)
-        colours.append("tab:blue")
+        bar_colours.append("tab:blue")
     if report.get("veth_gbps"):
         labels.append("plain\nveth")
         values.append(statistics.median(report["veth_gbps"]))
-        colours.append("tab:purple")
-    fig, ax = plt.subplots(figsize=(13, 4.5))
-    ax.bar(range(len(values)), values, color=colours)
-    ax.set_xticks(range(len(values)), labels, fontsize=7)
-    ax.set_ylabel("Gb/s (iperf3, median)")
-    ax.set_yscale("log")
-    machine = report["machine"]
-    ax.set_title(f"make bench, {machine['when']}: kernel {machine['kernel']}, "
-                 f"Python {machine['python']}, {machine['cpus']} CPUs")
+        bar_colours.append("tab:purple")
+    relay.bar(range(len(values)), values, color=bar_colours)
+    relay.set_xticks(range(len(values)), labels, fontsize=7)
+    relay.set_yscale("log")
+    relay.set_title("relay (split + coalesce), veth", fontsize=9)
     for i, v in enumerate(values):
-        ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
+        relay.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
+    machine = report["machine"]
+    fig.suptitle(f"make bench, {machine['when']}: kernel {machine['kernel']}, "
+                 f"Python {machine['python']}, {machine['cpus']} CPUs; modern wg-go = "
+                 f"{versions.get('modern') or 'not measured'}, Debian wg-go = "
+                 f"{versions.get('debian') or '?'}", fontsize=9)
     fig.tight_layout()
     path = Path(__file__).resolve().parents[1] / "docs" / "bench.png"
     fig.savefig(path, dpi=110)
@@ -268,6 +425,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="iperf3 runs per relay mode")
     parser.add_argument("--seconds", type=float, default=4, help="length of each iperf3 run")
     parser.add_argument("--micro-only", action="store_true", help="skip the netns runs")
+    parser.add_argument("--modern-wireguard-go", type=Path,
+                        default=Path(os.environ.get("BENCH_MODERN_WIREGUARD_GO",
+                                                    MODERN_WIREGUARD_GO)),
+                        help="the modern wireguard-go binary to measure against "
+                             "(default: $BENCH_MODERN_WIREGUARD_GO or %(default)s)")
     args = parser.parse_args()
     report: dict[str, object] = {
         "machine": {"kernel": platform.release(), "python": platform.python_version(),
@@ -282,11 +444,24 @@ def main() -> int:
         if reason:
             print(f"bench: RELAY THROUGHPUT NOT MEASURED: {reason}", file=sys.stderr)
     else:
+        modern_version, modern_reason = wireguard_go_version(args.modern_wireguard_go)
+        modern = None if modern_reason else args.modern_wireguard_go.resolve()
+        report["versions"] = {"modern": modern_version,
+                              "debian": wireguard_go_version("wireguard-go")[0]}
+        report["modern_wireguard_go"] = {"binary": str(args.modern_wireguard_go),
+                                         "measured": modern is not None,
+                                         "reason": modern_reason}
+        if modern_reason:
+            print(f"bench: {MODERN_NOT_MEASURED}: {modern_reason}", file=sys.stderr)
         report["relay"] = relay_throughput(args.rounds, args.seconds)
-        report["endpoint"] = endpoint_throughput(args.rounds, args.seconds)
+        report["endpoint"] = endpoint_throughput(args.rounds, args.seconds, modern)
+        report["flood"] = hostile.flood_goodput(args.rounds, args.seconds, modern)
         report["loss"] = faults.loss_throughput(args.rounds, args.seconds)
         report["veth_gbps"] = veth_throughput(args.rounds, args.seconds)
     print_table(report)
+    modern_reason = report.get("modern_wireguard_go", {}).get("reason")
+    if modern_reason:  # again after the table: the first one scrolled away long ago
+        print(f"bench: {MODERN_NOT_MEASURED}: {modern_reason}", file=sys.stderr)
     if "endpoint" in report:
         chart = draw_chart(report)
         print(f"chart: {chart}")

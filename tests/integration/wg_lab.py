@@ -97,12 +97,17 @@ class WgPair:
         node.kind, node.process = "ours", start_vpn(node.host, config)
         return node.process
 
-    def start_wireguard_go(self, node: Node, *, keepalive: int = 0) -> Process:
+    def start_wireguard_go(self, node: Node, *, keepalive: int = 0,
+                           binary: str | Path = "wireguard-go") -> Process:
+        """A wireguard-go serving the node's interface, configured with `wg set`; `binary`
+        picks which build (Debian's on the PATH unless given, e.g. a newer one to measure)."""
         other = self.peer_of(node)
         host = node.host
-        proc = host.start("wireguard-go", "-f", node.ifname,
+        proc = host.start(str(binary), "-f", node.ifname,
                           env=dict(os.environ, LOG_LEVEL="error"))
-        host.wait_for(f"ip link show {node.ifname}")
+        # The UAPI socket comes after the interface: `wg set` needs both.
+        host.wait_for(f"ip link show {node.ifname} && "
+                      f"test -S /var/run/wireguard/{node.ifname}.sock")
         key = self.lab.path(f"{node.ifname}.key")
         key.write_text(node.private + "\n")
         key.chmod(0o600)
@@ -118,7 +123,7 @@ class WgPair:
         host.run("ip", "addr", "add", f"{v4}/24", "dev", node.ifname)
         host.run("ip", "addr", "add", f"{v6}/64", "dev", node.ifname, "nodad")
         host.run("ip", "link", "set", node.ifname, "mtu", str(self.mtu), "up")
-        node.kind, node.process = "wireguard-go", proc
+        node.kind, node.process = Path(binary).name, proc
         return proc
 
     def stop(self, node: Node) -> str:
@@ -158,6 +163,14 @@ def build(lab: Lab, *, underlay: int = 4, mtu: int = 1500) -> WgPair:
         nodes.append(Node(host, side, private, wg("pubkey", input=private),
                           f"wg{side}{suffix}"))
     return WgPair(lab, *nodes, underlay=underlay, mtu=mtu - 80)
+
+
+def peak_rss_mb(pid: int) -> float:
+    """A running process's peak resident set (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 _COUNTERS = re.compile(r"offload: (\{.*\})")
