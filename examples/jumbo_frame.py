@@ -42,7 +42,14 @@ FULL_SEGMENTS, LAST_PAYLOAD = 9, 700  # the last segment may be shorter, never l
 
 
 def ip(*args: str, check: bool = True) -> None:
-    proc = subprocess.run(["ip", *args], capture_output=True, text=True)
+    # SIGTERM waits until the command has finished: raised between the fork and the wait,
+    # it would leave an `ip netns add` running on, to create its namespace after the
+    # cleanup below had already deleted everything.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        proc = subprocess.run(["ip", *args], capture_output=True, text=True)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     if check and proc.returncode != 0:
         raise RuntimeError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
 
