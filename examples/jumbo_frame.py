@@ -41,15 +41,28 @@ MSS = 1460  # payload per segment: 1500 - 20 (IPv4) - 20 (TCP without options)
 FULL_SEGMENTS, LAST_PAYLOAD = 9, 700  # the last segment may be shorter, never longer
 
 
+# SIGTERM unwinds like Ctrl-C, so that main's finally always cleans up, but never in the
+# middle of an ip command: raised between subprocess.run's fork and its wait, it would leave
+# an `ip netns add` running on, to create its namespace after the cleanup had deleted
+# everything. Within a command it is only noted, and acted on once the command is done;
+# during the cleanup itself, not at all (the cleanup is what it asks for).
+_terminate = {"requested": False, "deferred": False, "cleaning": False}
+
+
+def _on_sigterm(*_: object) -> None:
+    _terminate["requested"] = True
+    if not (_terminate["deferred"] or _terminate["cleaning"]):
+        sys.exit(143)
+
+
 def ip(*args: str, check: bool = True) -> None:
-    # SIGTERM waits until the command has finished: raised between the fork and the wait,
-    # it would leave an `ip netns add` running on, to create its namespace after the
-    # cleanup below had already deleted everything.
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    _terminate["deferred"] = True
     try:
         proc = subprocess.run(["ip", *args], capture_output=True, text=True)
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        _terminate["deferred"] = False
+    if _terminate["requested"] and not _terminate["cleaning"]:
+        sys.exit(143)
     if check and proc.returncode != 0:
         raise RuntimeError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
 
@@ -132,8 +145,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("run as root: it creates network namespaces and a TUN device", file=sys.stderr)
         return 1
-    # SIGTERM unwinds like Ctrl-C, so the finally below always cleans up.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGTERM, _on_sigterm)
     tag = f"{PREFIX}{os.getpid()}"
     a, gw, b = f"{tag}-a", f"{tag}-gw", f"{tag}-b"
     tcpdump: subprocess.Popen[str] | None = None
@@ -185,6 +197,7 @@ def main() -> int:
               f"correct: {'OK' if ok else 'FAILED'}")
         return 0 if ok else 1
     finally:
+        _terminate["cleaning"] = True
         if tcpdump is not None:
             tcpdump.kill()
             tcpdump.wait()
