@@ -10,19 +10,20 @@ import errno
 import functools
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from vpn.keys import encode_key
-from vpn.offload import Coalesced, Coalescer, OffloadError, split
+from vpn.offload import Coalesced, OffloadError, split
+from vpn.offload.gro import RecordCoalescer
 from vpn.packet.icmp import UnreachableResponder
 from vpn.packet.virtio import NO_OFFLOAD, VirtioNetHeader
 from vpn.tun import MAX_PACKET, TunDevice
 from vpn.uapi import endpoint_text
-from vpn.udp import Address, UdpSocket, UdpStats, split_gro
+from vpn.udp import Address, UdpSocket, UdpStats
 from vpn.wireguard import Device, Keypair, Peer, TransportError
 from vpn.wireguard.constants import MESSAGE_TRANSPORT, TRANSPORT_MIN_SIZE
-from vpn.wireguard.inner import inner_packet
+from vpn.wireguard.keypair import RECORD
 
 log = logging.getLogger("vpn.datapath")
 
@@ -30,6 +31,8 @@ log = logging.getLogger("vpn.datapath")
 SEND_BUFFER_BYTES = 1 << 20
 # A transport message is at most the padded packet plus header and tag.
 MAX_DATAGRAM = MAX_PACKET + TRANSPORT_MIN_SIZE + 16
+# Records of one receive_run call; a longer run is opened in several calls.
+RECORDS_PER_RUN = 256
 # An internal error is counted every time, its traceback logged at most this often.
 INTERNAL_ERROR_LOG_SECONDS = 60.0
 
@@ -99,7 +102,9 @@ class DataPath:
         # Decrypted packets of one receive batch, side by side until written to the TUN.
         self._recv_buffer = bytearray(udp.batch * (MAX_PACKET + 1))
         self._recv_view = memoryview(self._recv_buffer)
-        self._gro = Coalescer(udp=tun.offload.uso)
+        # What Keypair.receive_run found in one call: (offset, length, source slot) per packet.
+        self._records = bytearray(RECORD.size * RECORDS_PER_RUN)
+        self._gro = RecordCoalescer(self._recv_buffer, udp=tun.offload.uso)
         self._internal_error_logged = float("-inf")
         # Host unreachable for packets routed to us that no peer's AllowedIPs cover.
         self.icmp = UnreachableResponder()
@@ -243,29 +248,14 @@ class DataPath:
         if len(received) == self.udp.batch:
             stats.full_receive_batches += 1
         offset = 0
-        # keypair -> [bytes received, data packets, latest source]
+        # keypair -> [bytes received, data packets delivered, latest source]
         sessions: dict[Keypair, list] = {}
-        # Consecutive lone datagrams from one source (a peer without UDP GSO, a path without
-        # GRO) are taken together, so they share the per-run work of the general path.
-        lone: list[memoryview] = []
-        lone_source: Address = ("", 0)  # meaningful while `lone` is not empty
         for data, segment_size, source in received:
-            if segment_size >= len(data):
-                stats.datagrams_received += 1
-                if lone and source != lone_source:
-                    offset = self._receive_datagrams(lone, lone_source, now, sessions, offset)
-                    lone = []
-                lone.append(data)
-                lone_source = source
-                continue
-            if lone:
-                offset = self._receive_datagrams(lone, lone_source, now, sessions, offset)
-                lone = []
-            stats.datagrams_received += -(-len(data) // segment_size)
-            offset = self._receive_datagrams(split_gro(data, segment_size), source, now,
-                                             sessions, offset)
-        if lone:
-            self._receive_datagrams(lone, lone_source, now, sessions, offset)
+            size = len(data)
+            if not 0 < segment_size < size:
+                segment_size = size  # one datagram
+            stats.datagrams_received += -(-size // segment_size) if size else 1
+            offset = self._receive(data, segment_size, source, now, sessions, offset)
         if self.coalescing:
             for frame in self._gro.frames():
                 self._write(frame)
@@ -278,92 +268,71 @@ class DataPath:
             if peer.endpoint != before:
                 log.info("peer %s endpoint changed to %s", short_key(peer), endpoint_text(source))
 
-    def _receive_datagrams(self, datagrams: Sequence[memoryview], source: Address, now: float,
-                           sessions: dict[Keypair, list], offset: int) -> int:
-        """The general path: datagrams from one source, one by one, transport messages
-        decrypted in runs per keypair. Returns the new end of the receive buffer's use."""
+    def _receive(self, data: memoryview, segment_size: int, source: Address, now: float,
+                 sessions: dict[Keypair, list], offset: int) -> int:
+        """One receive (a GRO run of datagrams, or a single one): handshake messages are
+        handled on the way, transport messages opened a keypair's run at a time into the
+        receive buffer from `offset`. Returns the new end of the buffer's use."""
         drops = self.stats.drops
-        view = self._recv_view
-        for run, kp in self._runs_by_keypair(datagrams, source, now):
-            if kp is None:
-                continue
-            session = sessions.get(kp)
-            if session is None and not kp.receivable(now):
-                drops["keypair_expired"] += len(run)
-                continue
-            lengths = kp.decrypt_batch(run, view, offset, drops)
-            plaintexts = []
-            for datagram, n in zip(run, lengths, strict=True):
-                if n < 0:
-                    continue
-                # Only an authenticated, fresh message may move the endpoint or count as
-                # received: a replayed or forged one from elsewhere must change nothing.
-                if session is None:
-                    session = sessions[kp] = [0, 0, source]
-                session[2] = source
-                session[0] += len(datagram)
-                if n:  # not a keepalive
-                    plaintexts.append(view[offset:offset + n])
-                    offset += n
-            if plaintexts and session is not None:  # (a plaintext implies a session)
-                self._deliver(kp, session, plaintexts)
-        return offset
+        keypair_for_index = self.device.keypair_for_index
+        size = len(data)
+        pos = 0
+        while True:
+            end = min(pos + segment_size, size)
+            # Length first: a zero-length datagram has no type byte to look at.
+            if end - pos < TRANSPORT_MIN_SIZE or data[pos] != MESSAGE_TRANSPORT:
+                self.on_handshake_message(data[pos:end], source, now)
+                pos = end
+            elif (kp := keypair_for_index(int.from_bytes(data[pos + 4:pos + 8], "little"))
+                  ) is None:
+                drops["unknown_receiver_index"] += 1
+                self._rehandshake_lost_session(source, now)
+                pos = end
+            elif (session := sessions.get(kp)) is None and not kp.receivable(now):
+                drops["keypair_expired"] += 1
+                pos = end
+            else:
+                stop, offset, nrec, fresh, nbytes, sources = kp.receive_run(
+                    data, segment_size, pos, self._recv_view, offset, self._records, drops)
+                if stop <= pos:
+                    raise RuntimeError(f"receive_run made no progress at {pos} of {size}")
+                pos = stop
+                if fresh:
+                    # Only an authenticated, fresh message may move the endpoint or count
+                    # as received: a replayed or forged one from elsewhere changes nothing.
+                    if session is None:
+                        session = sessions[kp] = [0, 0, source]
+                    session[0] += nbytes
+                    session[2] = source
+                    if nrec:
+                        session[1] += self._deliver(kp, nrec, sources)
+            if pos >= size:
+                return offset
 
-    def _deliver(self, kp: Keypair, session: list, plaintexts: list[memoryview]) -> None:
-        """Check decrypted packets one by one (IP, length, cryptokey routing), then hand
-        them to GRO or write them."""
-        drops = self.stats.drops
+    def _deliver(self, kp: Keypair, nrec: int, sources: list[bytes]) -> int:
+        """Cryptokey routing, once per distinct inner source (each must be one of the peer's
+        AllowedIPs), then the recorded packets to GRO or straight to the TUN. Returns how
+        many were delivered."""
         lookup = self.device.allowed_ips.lookup
         peer = kp.peer
-        packets = []
-        for packet in plaintexts:
-            checked = inner_packet(packet)
-            if isinstance(checked, str):
-                drops[checked] += 1
-                continue
-            length, src = checked
-            # Cryptokey routing: the inner source must be one of the peer's AllowedIPs.
+        denied = None
+        for slot, src in enumerate(sources):
             if lookup(src) is not peer:
-                drops["source_not_allowed"] += 1
-                continue
-            packets.append(packet[:length])  # the padding stays behind
-        session[1] += len(packets)
-        self.stats.packets_written += len(packets)
+                denied = denied or bytearray(len(sources))
+                denied[slot] = 1
         if self.coalescing:
-            self._gro.add(packets)
+            skipped = self._gro.add_records(self._records, 0, nrec, denied)
         else:
-            for packet in packets:
-                self._write_packet(packet)
-
-    def _runs_by_keypair(
-        self, datagrams: Sequence[memoryview], source: Address, now: float
-    ) -> Iterator[tuple[list[memoryview], Keypair | None]]:
-        """Consecutive transport messages for one keypair, as runs to decrypt in one call;
-        handshake messages are handled on the way (never queued behind data)."""
-        run: list[memoryview] = []
-        run_index = -1
-        for datagram in datagrams:
-            # Length first: a zero-length datagram has no type byte to look at.
-            if len(datagram) < TRANSPORT_MIN_SIZE or datagram[0] != MESSAGE_TRANSPORT:
-                self.on_handshake_message(datagram, source, now)
-                continue
-            index = int.from_bytes(datagram[4:8], "little")
-            if index != run_index:
-                if run:
-                    yield self._keyed(run, run_index, source, now)
-                run, run_index = [], index
-            run.append(datagram)
-        if run:
-            yield self._keyed(run, run_index, source, now)
-
-    def _keyed(
-        self, run: list[memoryview], index: int, source: Address, now: float
-    ) -> tuple[list[memoryview], Keypair | None]:
-        kp = self.device.keypair_for_index(index)
-        if kp is None:
-            self.stats.drops["unknown_receiver_index"] += len(run)
-            self._rehandshake_lost_session(source, now)
-        return run, kp
+            skipped = 0
+            for at, length, slot in RECORD.iter_unpack(self._records[:RECORD.size * nrec]):
+                if denied and denied[slot]:
+                    skipped += 1
+                else:
+                    self._write_packet(self._recv_view[at:at + length])
+        if skipped:
+            self.stats.drops["source_not_allowed"] += skipped
+        self.stats.packets_written += nrec - skipped
+        return nrec - skipped
 
     def _rehandshake_lost_session(self, source: Address, now: float) -> None:
         """Data for a session we do not know: whether it starts a handshake (we restarted

@@ -173,15 +173,15 @@ def test_an_internal_error_mid_batch_leaves_nothing_for_the_next(
              for _ in range(6)]
     flows.allowed.clear()
     calls = {"n": 0}
-    real = Keypair.decrypt_batch
+    real = Keypair.receive_run
 
-    def failing(self: Keypair, *args: object, **kwargs: object) -> list[int]:
+    def failing(self: Keypair, *args: object, **kwargs: object) -> tuple:
         calls["n"] += 1
         if calls["n"] == 4:
             raise RuntimeError("injected")
         return real(self, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(Keypair, "decrypt_batch", failing)
+    monkeypatch.setattr(Keypair, "receive_run", failing)
     with caplog.at_level(logging.ERROR, logger="vpn.datapath"):
         assert run_batch(b, first) == {}
         second = [flows.gro_receive(flows.segments(SRC, 40001, [1420] * 5 + [200]))

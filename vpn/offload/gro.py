@@ -309,3 +309,38 @@ def _finish(run: _Run) -> Coalesced:
     for pkt in run.packets:
         parts.append(pkt[hlen:] if type(pkt) is memoryview else memoryview(pkt)[hlen:])
     return Coalesced(vnet.pack(), parts, run.count)
+
+
+_RECORD = struct.Struct("<III")
+
+
+class RecordCoalescer(Coalescer):
+    """A Coalescer over one receive buffer, fed the records of Keypair.receive_run: the
+    reference for the native twin in _gro.c, which takes the same calls."""
+
+    __slots__ = ("_view",)
+
+    def __init__(self, buffer: bytearray, *, udp: bool = False, max_size: int = 65535) -> None:
+        super().__init__(udp=udp, max_size=max_size)
+        self._view = memoryview(buffer)
+
+    def add_records(self, records: Buffer, start: int, stop: int,
+                    denied: Buffer | None = None) -> int:
+        """Add the packets of records[start:stop] ((offset, length, slot), three
+        little-endian uint32 each), skipping those whose slot is marked in `denied`;
+        returns how many were skipped."""
+        view = self._view
+        if not 0 <= start <= stop <= len(records) // _RECORD.size:
+            raise ValueError("add_records: start or stop outside the records")
+        packets = []
+        skipped = 0
+        for at, length, slot in _RECORD.iter_unpack(
+                memoryview(records)[start * _RECORD.size:stop * _RECORD.size]):
+            if denied is not None and slot < len(denied) and denied[slot]:
+                skipped += 1
+            elif at + length > len(view):
+                raise ValueError("add_records: a record outside the buffer")
+            else:
+                packets.append(view[at:at + length])
+        self.add(packets)
+        return skipped

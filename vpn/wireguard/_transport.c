@@ -526,9 +526,199 @@ static PyObject *TransportKey_open_batch(TransportKey *self, PyObject *args)
     return result;
 }
 
+/* Keypair.receive_run's loop (the reference is in keypair.py): see open_run_doc. */
+enum {
+    RUN_WRONG_KEYPAIR, RUN_BAD_AUTH, RUN_REPLAY, RUN_NOT_IP, RUN_DISHONEST, RUN_REASONS
+};
+#define RECORD_LEN 12
+#define MAX_SOURCES 64
+
+typedef struct {
+    uint8_t len; /* 4 or 16 */
+    uint8_t addr[16];
+} Source;
+
+/* The IP length and source of a decrypted packet (vpn/wireguard/inner.py), or a drop
+ * reason: a negative RUN_* code. */
+static inline Py_ssize_t inner_packet(const uint8_t *p, Py_ssize_t n, const uint8_t **src,
+                                      uint8_t *src_len)
+{
+    int version = n ? p[0] >> 4 : 0;
+    Py_ssize_t length;
+    if (version == 4) {
+        if (n >= 20 && (length = (Py_ssize_t)p[2] << 8 | p[3]) >= 20 && length <= n) {
+            *src = p + 12;
+            *src_len = 4;
+            return length;
+        }
+        return -RUN_DISHONEST;
+    }
+    if (version == 6) {
+        if (n >= 40 && (length = 40 + ((Py_ssize_t)p[4] << 8 | p[5])) <= n) {
+            *src = p + 8;
+            *src_len = 16;
+            return length;
+        }
+        return -RUN_DISHONEST;
+    }
+    return -RUN_NOT_IP;
+}
+
+/* The slot of a source among the call's distinct ones, adding it if new (the caller made
+ * sure there is room). */
+static inline uint32_t source_slot(Source *sources, int *count, const uint8_t *src,
+                                   uint8_t len)
+{
+    for (int i = *count - 1; i >= 0; i--) /* newest first: a batch is mostly one flow */
+        if (sources[i].len == len && memcmp(sources[i].addr, src, len) == 0)
+            return (uint32_t)i;
+    sources[*count].len = len;
+    memcpy(sources[*count].addr, src, len);
+    return (uint32_t)(*count)++;
+}
+
+PyDoc_STRVAR(open_run_doc,
+"open_run(data, segment_size, start, out, offset, local_index, seen, greatest, records)\n"
+"    -> (stop, offset, nrec, greatest, fresh, nbytes, drops, sources)\n\n"
+"Keypair.receive_run: open the transport messages for `local_index` found one after the\n"
+"other in data[start:] (each segment_size bytes, the last possibly shorter), checking each\n"
+"against the replay window (`seen`, updated in place; `greatest`, returned updated) and its\n"
+"plaintext as an IP packet. Stops before the first datagram that is not such a message, once\n"
+"`records` is full or MAX_SOURCES distinct sources were seen. Each good packet is written at\n"
+"out[offset:] and recorded as (offset, ip length, source slot), three little-endian uint32\n"
+"from records[0], nrec of them; `sources` lists the distinct inner sources by slot, for the\n"
+"caller's cryptokey-routing check. fresh and nbytes count the messages (and their bytes)\n"
+"that authenticated and were new, keepalives included; drops is None or the counts\n"
+"(wrong_keypair, bad_auth, replay, inner_not_ip, dishonest_packet_size).");
+
+static PyObject *TransportKey_open_run(TransportKey *self, PyObject *args)
+{
+    PyObject *local_obj, *seen_obj, *greatest_obj, *result = NULL, *sources_list = NULL;
+    Py_buffer data, out, seen, records;
+    Py_ssize_t segment_size, start, offset, nrec = 0, capacity, fresh = 0, nbytes = 0;
+    Py_ssize_t drops[RUN_REASONS] = {0};
+    unsigned long long greatest;
+    uint32_t local;
+    Source sources[MAX_SOURCES];
+    int nsources = 0, failed = 0;
+
+    if (!PyArg_ParseTuple(args, "y*nnw*nOOOw*:open_run", &data, &segment_size, &start, &out,
+                          &offset, &local_obj, &seen_obj, &greatest_obj, &records))
+        return NULL;
+    if (PyObject_GetBuffer(seen_obj, &seen, PyBUF_WRITABLE) < 0)
+        goto done_buffers;
+    greatest = PyLong_AsUnsignedLongLong(greatest_obj);
+    if (PyErr_Occurred() || parse_local(local_obj, &local) < 0)
+        goto done_seen;
+    capacity = records.len / RECORD_LEN;
+    if (seen.len != REPLAY_SLOTS) {
+        PyErr_Format(PyExc_ValueError, "the replay window has %d slots", REPLAY_SLOTS);
+        goto done_seen;
+    }
+    if (segment_size < 1 || start < 0 || start > data.len || data.len > MAX_BODY || out.len > UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "open_run: segment_size or start out of range");
+        goto done_seen;
+    }
+    /* Room for every plaintext, as if all of data[start:] were messages that authenticate. */
+    if (check_out(&out, offset, data.len - start) < 0 || begin_batch(self) < 0)
+        goto done_seen;
+
+    Py_BEGIN_ALLOW_THREADS
+    const uint8_t *base = data.buf;
+    uint8_t *plain_base = out.buf, *rec = (uint8_t *)records.buf, nonce[12];
+    Py_ssize_t pos = start, off = offset;
+    uint64_t g = greatest;
+    EVP_CIPHER_CTX *ctx = self->open;
+    while (pos < data.len) {
+        Py_ssize_t end = data.len - pos > segment_size ? pos + segment_size : data.len;
+        const uint8_t *msg = base + pos;
+        Py_ssize_t size = end - pos;
+        int n = (int)(size - MIN_LEN), outl;
+        uint8_t *plain = plain_base + off;
+        if (size < MIN_LEN || msg[0] != MESSAGE_TRANSPORT || load32(msg + 4) != local
+            || nrec == capacity || nsources == MAX_SOURCES)
+            break;
+        pos = end;
+        if (load32(msg) != MESSAGE_TRANSPORT) {
+            drops[RUN_WRONG_KEYPAIR]++;
+            continue;
+        }
+        uint64_t counter = load64(msg + 8);
+        make_nonce(nonce, counter);
+        if (EVP_DecryptInit_ex2(ctx, NULL, NULL, nonce, NULL) != 1
+            || EVP_DecryptUpdate(ctx, plain, &outl, msg + HEADER_LEN, n) != 1
+            || EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, TAG_LEN,
+                                   (void *)(msg + HEADER_LEN + n)) != 1) {
+            failed = 1;
+            break;
+        }
+        if (EVP_DecryptFinal_ex(ctx, plain + n, &outl) != 1) {
+            OPENSSL_cleanse(plain, (size_t)n); /* no unauthenticated plaintext stays */
+            drops[RUN_BAD_AUTH]++;
+            continue;
+        }
+        if (!replay_validate(seen.buf, &g, counter)) {
+            drops[RUN_REPLAY]++;
+            continue;
+        }
+        fresh++;
+        nbytes += size;
+        if (n == 0)
+            continue; /* a keepalive */
+        const uint8_t *src = NULL;
+        uint8_t src_len = 0;
+        Py_ssize_t length = inner_packet(plain, n, &src, &src_len);
+        if (length < 0) {
+            drops[-length]++;
+            continue;
+        }
+        uint8_t *r = rec + RECORD_LEN * nrec++;
+        store32(r, (uint32_t)off);
+        store32(r + 4, (uint32_t)length);
+        store32(r + 8, source_slot(sources, &nsources, src, src_len));
+        off += n;
+    }
+    start = pos;
+    offset = off;
+    greatest = g;
+    Py_END_ALLOW_THREADS
+    end_batch(self);
+    if (failed) {
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL ChaCha20-Poly1305 decryption failed");
+        goto done_seen;
+    }
+    sources_list = PyList_New(nsources);
+    if (!sources_list)
+        goto done_seen;
+    for (int i = 0; i < nsources; i++) {
+        PyObject *s = PyBytes_FromStringAndSize((const char *)sources[i].addr, sources[i].len);
+        if (!s)
+            goto done_seen;
+        PyList_SET_ITEM(sources_list, i, s);
+    }
+    int any = 0;
+    for (int i = 0; i < RUN_REASONS; i++)
+        any |= drops[i] != 0;
+    if (any)
+        result = Py_BuildValue("nnnKnn(nnnnn)O", start, offset, nrec, greatest, fresh, nbytes,
+                               drops[0], drops[1], drops[2], drops[3], drops[4], sources_list);
+    else
+        result = Py_BuildValue("nnnKnnOO", start, offset, nrec, greatest, fresh, nbytes,
+                               Py_None, sources_list);
+done_seen:
+    Py_XDECREF(sources_list);
+    PyBuffer_Release(&seen);
+done_buffers:
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&records);
+    return result;
+}
+
 static PyMethodDef TransportKey_methods[] = {
     {"seal_batch", (PyCFunction)TransportKey_seal_batch, METH_VARARGS, seal_batch_doc},
     {"open_batch", (PyCFunction)TransportKey_open_batch, METH_VARARGS, open_batch_doc},
+    {"open_run", (PyCFunction)TransportKey_open_run, METH_VARARGS, open_run_doc},
     {"zero", (PyCFunction)TransportKey_zero, METH_NOARGS,
      "Wipe the key (frees the OpenSSL contexts); later batches raise ValueError."},
     {NULL, NULL, 0, NULL},
@@ -578,6 +768,8 @@ PyMODINIT_FUNC PyInit__transport(void)
     if (PyModule_AddObjectRef(module, "TransportKey", (PyObject *)&TransportKeyType) < 0
         || PyModule_AddIntConstant(module, "REPLAY_SLOTS", REPLAY_SLOTS) < 0
         || PyModule_AddIntConstant(module, "REPLAY_WINDOW", REPLAY_WINDOW) < 0
+        || PyModule_AddIntConstant(module, "RECORD_LEN", RECORD_LEN) < 0
+        || PyModule_AddIntConstant(module, "MAX_SOURCES", MAX_SOURCES) < 0
         || PyModule_AddObject(module, "REJECT_AFTER_MESSAGES",
                               PyLong_FromUnsignedLongLong(REJECT_AFTER_MESSAGES)) < 0
         || PyModule_AddStringConstant(module, "OPENSSL_VERSION",

@@ -31,6 +31,7 @@ from .constants import (
 )
 from .crypto import InvalidTag
 from .fastpath import FAST_PATH, TransportKey
+from .inner import inner_packet
 from .messages import TRANSPORT_HEADER, Buffer, MessageError
 from .noise import SessionKeys
 from .replay import REPLAY_SLOT_MASK, ReplayWindow
@@ -49,6 +50,15 @@ assert PADDING_MULTIPLE & _PAD_MASK == 0  # a power of two, so -n & _PAD_MASK is
 
 # The order of the drop counts a native open returns.
 _NATIVE_DROP_REASONS = ("transport_too_short", "wrong_keypair", "bad_auth", "replay")
+_RUN_DROP_REASONS = ("wrong_keypair", "bad_auth", "replay", "inner_not_ip",
+                     "dishonest_packet_size")
+
+# receive_run's record of one good packet: its offset in `out`, its IP length, the slot of
+# its inner source; three little-endian uint32.
+RECORD = struct.Struct("<III")
+# receive_run returns once a call has seen this many distinct inner sources, so that its
+# search among them stays short whatever an authenticated peer puts in its packets.
+MAX_SOURCES = 64
 
 
 class TransportError(MessageError):
@@ -285,6 +295,98 @@ class Keypair:
             if drops is not None:
                 drops[reason] = drops.get(reason, 0) + 1
         return lengths
+
+    def receive_run(
+        self,
+        data: Buffer,
+        segment_size: int,
+        start: int,
+        out: bytearray | memoryview,
+        offset: int,
+        records: bytearray,
+        drops: MutableMapping[str, int],
+    ) -> tuple[int, int, int, int, int, list[bytes]]:
+        """Open the run of transport messages for this keypair that starts at data[start:]
+        (datagrams of `segment_size` bytes, the last possibly shorter: one GRO receive, or
+        one datagram), as the receive path needs them. Returns (stop, offset, nrec, fresh,
+        nbytes, sources).
+
+        It stops before the first datagram that is not a transport message for this
+        keypair's receiver index (the caller dispatches it), once `records` is full, or once
+        MAX_SOURCES distinct inner sources were seen. Each message is authenticated, checked
+        against the replay window, then its plaintext checked as an IP packet
+        (inner.inner_packet); a good one stays at out[offset:] and is recorded in
+        `records` (RECORD, from 0) as (offset, IP length, source slot), where `sources[slot]`
+        is its inner source, for the caller's cryptokey-routing check. `fresh` and `nbytes`
+        count the messages that authenticated and were new (keepalives included) and their
+        bytes; drops are added to `drops` by reason. The caller checks `receivable` first.
+        `out` needs room for len(data) - start bytes from `offset` (ValueError otherwise).
+        """
+        if self.native:
+            (stop, offset, nrec, self.replay.greatest, fresh, nbytes, counts,
+             sources) = self._recv.open_run(data, segment_size, start, out, offset,
+                                            self.local_index, self.replay._seen,
+                                            self.replay.greatest, records)
+            if counts is not None:
+                for reason, n in zip(_RUN_DROP_REASONS, counts, strict=True):
+                    if n:
+                        drops[reason] = drops.get(reason, 0) + n
+            return stop, offset, nrec, fresh, nbytes, sources
+        return self._receive_run_python(data, segment_size, start, out, offset, records, drops)
+
+    def _receive_run_python(
+        self,
+        data: Buffer,
+        segment_size: int,
+        start: int,
+        out: bytearray | memoryview,
+        offset: int,
+        records: bytearray,
+        drops: MutableMapping[str, int],
+    ) -> tuple[int, int, int, int, int, list[bytes]]:
+        """receive_run's reference, datagram by datagram."""
+        size = len(data)
+        if segment_size < 1 or not 0 <= start <= size:
+            raise ValueError("receive_run: segment_size or start out of range")
+        if not 0 <= offset <= len(out) or size - start > len(out) - offset:
+            raise ValueError("receive_run: out too short")
+        view = memoryview(data)
+        plain = memoryview(out)
+        capacity = len(records) // RECORD.size
+        local = self.local_index
+        sources: list[bytes] = []
+        slots: dict[bytes, int] = {}
+        pos = start
+        nrec = fresh = nbytes = 0
+        while pos < size:
+            end = min(pos + segment_size, size)
+            message = view[pos:end]
+            if (end - pos < TRANSPORT_MIN_SIZE or message[0] != MESSAGE_TRANSPORT
+                    or int.from_bytes(message[4:8], "little") != local
+                    or nrec == capacity or len(sources) == MAX_SOURCES):
+                break
+            pos = end
+            n = self.decrypt_batch((message,), plain, offset, drops)[0]
+            if n < 0:
+                continue
+            fresh += 1
+            nbytes += len(message)
+            if n == 0:
+                continue  # a keepalive
+            checked = inner_packet(plain[offset:offset + n])
+            if isinstance(checked, str):
+                drops[checked] = drops.get(checked, 0) + 1
+                continue
+            length, src = checked
+            source = bytes(src)
+            slot = slots.get(source)
+            if slot is None:
+                slot = slots[source] = len(sources)
+                sources.append(source)
+            RECORD.pack_into(records, RECORD.size * nrec, offset, length, slot)
+            nrec += 1
+            offset += n
+        return pos, offset, nrec, fresh, nbytes, sources
 
     def decrypt(self, message: Buffer, now: float) -> bytes:
         """The padded plaintext of a transport message (b"" for a keepalive)."""

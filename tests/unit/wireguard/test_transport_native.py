@@ -12,6 +12,7 @@ import random
 import struct
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vpn.wireguard import _transport, replay
+from vpn.wireguard import _transport, keypair, replay
 from vpn.wireguard.constants import (
     MESSAGE_TRANSPORT,
     REJECT_AFTER_MESSAGES,
@@ -44,8 +45,9 @@ def pair(*, initiator: bool = True) -> tuple[Keypair, Keypair]:
 
 
 def seal(key: bytes, counter: int, plaintext: bytes, receiver: int = LOCAL) -> bytes:
-    """A transport message to our receiver, made independently of either path (so counters
-    past the message limit can be made too)."""
+    """A transport message to our receiver, sealed with `key` (RECV_KEY is the one our
+    keypairs open with), made independently of either path (so counters past the message
+    limit can be made too)."""
     nonce = struct.pack("<4xQ", counter)
     header = struct.pack("<IIQ", MESSAGE_TRANSPORT, receiver, counter)
     return header + ChaCha20Poly1305(key).encrypt(nonce, plaintext, None)
@@ -141,7 +143,7 @@ def make_message(kind: str, counter: int, size: int, seed: int, keep_header: boo
                  ) -> bytes:
     plaintext = data(seed, size)
     rng = random.Random(seed)
-    message = seal(SEND_KEY, counter, plaintext)
+    message = seal(RECV_KEY, counter, plaintext)
     if kind == "cut":
         return message[:rng.randrange(len(message))]
     if kind == "tampered":
@@ -150,7 +152,7 @@ def make_message(kind: str, counter: int, size: int, seed: int, keep_header: boo
     if kind == "wrong_key":
         return seal(OTHER_KEY, counter, plaintext)
     if kind == "foreign":
-        return seal(SEND_KEY, counter, plaintext, receiver=LOCAL + 1)
+        return seal(RECV_KEY, counter, plaintext, receiver=LOCAL + 1)
     if kind == "header":  # a reserved byte set
         return message[:1] + b"\x01" + message[2:]
     if kind == "garbage":
@@ -275,3 +277,137 @@ def test_a_missing_module_selects_python_and_says_why() -> None:
     shown = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout
     assert shown.startswith("python (native transport module not available (")
+
+
+# -- receive runs (Keypair.receive_run: open, replay, inner checks, sources) ---------------
+
+def inner(kind: str, size: int, source: int, seed: int) -> bytes:
+    """A plaintext of `size` bytes: an IPv4 or IPv6 packet from source number `source`, with
+    an honest or a dishonest length field, or not IP at all."""
+    body = bytearray(data(seed, size))
+    if kind == "not_ip" or size == 0:
+        if size:
+            body[0] = (body[0] & 0x0F) | 0x50
+        return bytes(body)
+    rng = random.Random(seed)
+    if kind.startswith("v4") and size >= 20:
+        length = rng.randint(20, size) if kind == "v4" else rng.choice([0, 19, size + 1, 65535])
+        body[0] = 0x45
+        body[2:4] = length.to_bytes(2, "big")
+        body[12:16] = bytes([198, 18, source >> 8, source & 0xFF])
+    elif kind.startswith("v6") and size >= 40:
+        length = rng.randint(0, size - 40) if kind == "v6" else size - 39 + rng.randrange(9)
+        body[0] = 0x60
+        body[4:6] = min(length, 65535).to_bytes(2, "big")
+        body[8:24] = bytes(14) + source.to_bytes(2, "big")
+    else:
+        body[0] = 0x40 if kind.startswith("v4") else 0x60  # too short for its header
+    return bytes(body)
+
+
+Wire = st.sampled_from(["valid"] * 6 + ["tampered", "wrong_key", "foreign", "header",
+                                         "handshake", "replayed"])
+Inner = st.sampled_from(["v4", "v4", "v6", "v6", "v4_dishonest", "v6_dishonest", "not_ip"])
+
+
+@st.composite
+def gro_receive(draw: st.DrawFn) -> tuple[bytes, int]:
+    """One GRO receive as the socket hands it over: datagrams of one size, the last possibly
+    shorter, of every kind a peer or an attacker can send."""
+    segment_size = draw(st.one_of(st.integers(32, 120), st.sampled_from([1452, 9000])))
+    count = draw(st.integers(1, 80))
+    many_sources = draw(st.booleans())  # past MAX_SOURCES, or a few reused
+    counter = draw(st.integers(0, 20_000))
+    datagrams: list[bytes] = []
+    for i in range(count):
+        size = segment_size
+        if i == count - 1 and draw(st.booleans()):
+            size = draw(st.integers(0, segment_size))
+        wire = draw(Wire)
+        source = i if many_sources else draw(st.integers(0, 3))
+        seed = draw(st.integers(0, 2**32))
+        counter = max(0, counter + draw(st.sampled_from([1, 1, 1, 2, 9000, -3])))
+        if wire == "replayed" and datagrams:
+            datagrams.append(draw(st.sampled_from(datagrams))[:size])
+            continue
+        plain = inner(draw(Inner), max(size - TRANSPORT_MIN_SIZE, 0), source, seed)
+        if size < TRANSPORT_MIN_SIZE:
+            datagrams.append(data(seed, size))
+            continue
+        message = bytearray(seal(OTHER_KEY if wire == "wrong_key" else RECV_KEY, counter,
+                                 plain, receiver=LOCAL + (wire == "foreign")))
+        if wire == "tampered":
+            message[random.Random(seed).randrange(16, len(message))] ^= 1
+        elif wire == "header":  # a reserved byte set
+            message[1] = 1
+        elif wire == "handshake":
+            message[0] = 1
+        datagrams.append(bytes(message))
+    return b"".join(datagrams), segment_size
+
+
+OUTCOMES: Counter[str] = Counter()
+
+
+@PROPERTY
+@given(receive=gro_receive(), capacity=st.one_of(st.just(4096), st.integers(0, 90)),
+       offset=st.integers(0, 40), start=st.one_of(st.none(), counters))
+def test_receive_run_matches_python(receive: tuple[bytes, int], capacity: int, offset: int,
+                                    start: int | None) -> None:
+    blob, segment_size = receive
+    native, python = pair()
+    if start is not None:
+        assert native.replay.validate(start) == python.replay.validate(start)
+    outs = [bytearray(b"\xaa" * (offset + len(blob))) for _ in range(2)]
+    records = [bytearray(12 * capacity) for _ in range(2)]
+    pos = 0
+    while pos < len(blob):
+        drops: list[dict[str, int]] = [{}, {}]
+        results = [kp.receive_run(memoryview(blob), segment_size, pos, out, offset, rec, d)
+                   for kp, out, rec, d in zip((native, python), outs, records, drops,
+                                              strict=True)]
+        assert results[0] == results[1]
+        assert drops[0] == drops[1]
+        stop, _, nrec, fresh, nbytes, sources = results[0]
+        assert records[0][:12 * nrec] == records[1][:12 * nrec]
+        for i in range(nrec):
+            at, length, slot = struct.unpack_from("<III", records[0], 12 * i)
+            packet = bytes(outs[0][at:at + length])
+            assert packet == outs[1][at:at + length]
+            assert packet[0] >> 4 in (4, 6) and slot < len(sources) <= 64
+            assert sources[slot] == (packet[12:16] if packet[0] >> 4 == 4 else packet[8:24])
+        assert fresh >= nrec and nbytes >= 32 * fresh
+        OUTCOMES.update(drops[0])
+        OUTCOMES.update(records=nrec, sources_full=len(sources) == keypair.MAX_SOURCES)
+        same_window(native, python)
+        # Nothing done: the receive path hands this datagram to the handshake code or to
+        # another keypair, then goes on.
+        pos = stop if stop > pos else pos + segment_size
+
+
+def test_receive_run_checks_its_numbers() -> None:
+    native, python = pair()
+    message = seal(RECV_KEY, 1, inner("v4", 100, 1, 1))
+    for kp in (native, python):
+        for args in ((message, 0, 0, bytearray(200), 0), (message, 200, len(message) + 1,
+                     bytearray(200), 0), (message, 200, 0, bytearray(len(message) - 1), 0),
+                     (message, 200, 0, bytearray(200), 201)):
+            with pytest.raises(ValueError):
+                kp.receive_run(*args, bytearray(12), {})
+        assert kp.replay.greatest == 0 and not any(kp.replay._seen)
+    assert _transport.RECORD_LEN == 12 and _transport.MAX_SOURCES == keypair.MAX_SOURCES
+
+
+def test_receive_run_stops_at_max_sources_and_full_records() -> None:
+    """An authenticated peer that varies its inner source on every packet gets a short search
+    per call, and a full record buffer ends a call, on both paths alike."""
+    size = 100
+    blob = b"".join(seal(RECV_KEY, i + 1, inner("v4", size, i, i)) for i in range(70))
+    segment = size + TRANSPORT_MIN_SIZE
+    for kp in pair():
+        out = bytearray(len(blob))
+        stop, _, nrec, fresh, _, sources = kp.receive_run(blob, segment, 0, out, 0,
+                                                          bytearray(12 * 100), {})
+        assert (stop, nrec, fresh, len(sources)) == (64 * segment, 64, 64, 64)
+        stop, _, nrec, *_ = kp.receive_run(blob, segment, stop, out, 0, bytearray(12 * 5), {})
+        assert (stop, nrec) == (69 * segment, 5)
