@@ -16,19 +16,30 @@ from dataclasses import asdict, dataclass, field
 from vpn.keys import encode_key
 from vpn.offload import Coalesced, OffloadError, split
 from vpn.offload.gro import RecordCoalescer
+from vpn.offload.gso import split_into
 from vpn.packet.icmp import UnreachableResponder
 from vpn.packet.virtio import NO_OFFLOAD, VirtioNetHeader
 from vpn.tun import MAX_PACKET, TunDevice
 from vpn.uapi import endpoint_text
 from vpn.udp import Address, UdpSocket, UdpStats
 from vpn.wireguard import Device, Keypair, Peer, TransportError
-from vpn.wireguard.constants import MESSAGE_TRANSPORT, TRANSPORT_MIN_SIZE
+from vpn.wireguard.constants import (
+    AEAD_TAG_LEN,
+    MESSAGE_TRANSPORT,
+    PADDING_MULTIPLE,
+    TRANSPORT_HEADER_SIZE,
+    TRANSPORT_MIN_SIZE,
+)
 from vpn.wireguard.keypair import RECORD
 
 log = logging.getLogger("vpn.datapath")
 
 # Encrypted datagrams are built in one buffer; past this much, a batch is sent in parts.
 SEND_BUFFER_BYTES = 1 << 20
+# Around each segment split into the send buffer: room for the transport header before it,
+# and for its padding (up to 15 bytes) and tag after, so it is sealed where it lies.
+SEAL_GAP = TRANSPORT_HEADER_SIZE
+SEAL_TAIL = PADDING_MULTIPLE - 1 + AEAD_TAG_LEN
 # A transport message is at most the padded packet plus header and tag.
 MAX_DATAGRAM = MAX_PACKET + TRANSPORT_MIN_SIZE + 16
 # Records of one receive_run call; a longer run is opened in several calls.
@@ -120,8 +131,9 @@ class DataPath:
         stats = self.stats
         stats.tun_reads += len(batch)
         lookup = self.device.allowed_ips.lookup
-        by_peer: dict[Peer, list[bytes | memoryview]] = {}
-        for header, packet in batch:
+        by_peer: dict[Peer, list[tuple[VirtioNetHeader, memoryview]]] = {}
+        for read in batch:
+            packet = read[1]
             version = packet[0] >> 4 if packet else 0
             if version == 4 and len(packet) >= 20:
                 peer = lookup(packet[16:20])
@@ -134,17 +146,9 @@ class DataPath:
                 stats.drops["no_peer_for_destination"] += 1
                 self._answer_unreachable(packet, now)
                 continue
-            try:
-                segments = split(header, packet)
-            except OffloadError as err:
-                stats.drops[err.reason] += 1
-                continue
-            if header.gso_type:
-                stats.super_packets += 1
-                stats.segments_split += len(segments)
-            by_peer.setdefault(peer, []).extend(segments)
-        for peer, segments in by_peer.items():
-            self.send_to_peer(peer, segments, now)
+            by_peer.setdefault(peer, []).append(read)
+        for peer, reads in by_peer.items():
+            self.send_to_peer(peer, reads, now)
 
     def _answer_unreachable(self, packet: memoryview, now: float) -> None:
         # As the kernel's WireGuard does (wireguard-go drops silently): the sender learns at
@@ -154,22 +158,76 @@ class DataPath:
             self._write_packet(reply)
             self.stats.icmp_unreachable_sent += 1
 
-    def send_to_peer(self, peer: Peer, packets: list[bytes | memoryview], now: float) -> None:
-        """Encrypt `packets` for `peer` and send them in as few GSO sends as possible."""
+    def send_to_peer(self, peer: Peer, reads: list[tuple[VirtioNetHeader, memoryview]],
+                     now: float) -> None:
+        """Encrypt what was read for `peer` and send it in as few GSO sends as possible."""
         endpoint = peer.endpoint
         if endpoint is None:
-            self.stats.drops["peer_without_endpoint"] += len(packets)
+            self.stats.drops["peer_without_endpoint"] += len(self._complete(reads))
             return
         kp = peer.keypair_for_sending(now)
         if kp is None:
-            self.stage(peer, packets, now)
+            self.stage(peer, self._complete(reads), now)
             return
-        try:
-            sent = self._encrypt_and_send(kp, endpoint, packets)
-        except TransportError:  # the keypair ran out of nonces: rare, handshake again
-            self.stage(peer, packets, now)
+        sent, done = self._seal_and_send(kp, endpoint, reads)
+        if done < len(reads):  # the keypair ran out of nonces: rare, handshake again
+            self.stage(peer, self._complete(reads[done:]), now)
             return
         self.send_control(peer, peer.after_send(now, kp, sent))
+
+    def _complete(self, reads: list[tuple[VirtioNetHeader, memoryview]]
+                  ) -> list[bytes | memoryview]:
+        """The complete packets that TUN reads stand for (for staging or counting)."""
+        packets: list[bytes | memoryview] = []
+        for header, packet in reads:
+            try:
+                segments = split(header, packet)
+            except OffloadError as err:
+                self.stats.drops[err.reason] += 1
+                continue
+            if header.gso_type:
+                self.stats.super_packets += 1
+                self.stats.segments_split += len(segments)
+            packets.extend(segments)
+        return packets
+
+    def _seal_and_send(self, kp: Keypair, dest: Address,
+                       reads: list[tuple[VirtioNetHeader, memoryview]]) -> tuple[int, int]:
+        """Each super-packet split straight into the send buffer, sealed there in place and
+        sent as one GSO run; the packets between them (ACKs, pings) sealed together. Returns
+        the bytes sent and how many reads were handled (all, unless the keypair ran out)."""
+        stats = self.stats
+        buf = self._send_buffer
+        view = memoryview(buf)
+        sent = unsent = 0  # reads[unsent:] are not sent yet
+        try:
+            for i, (header, packet) in enumerate(reads):
+                if not header.gso_type:
+                    continue
+                if unsent < i:
+                    sent += self._encrypt_and_send(kp, dest, self._complete(reads[unsent:i]))
+                unsent = i + 1
+                try:
+                    count, full, last = split_into(buf, 0, header, packet, SEAL_GAP, SEAL_TAIL)
+                except OffloadError as err:
+                    stats.drops[err.reason] += 1
+                    continue
+                stats.super_packets += 1
+                stats.segments_split += count
+                try:
+                    size, last_size = kp.seal_segments(buf, 0, count, full, last, SEAL_GAP,
+                                                       SEAL_TAIL, self.mtu)
+                except TransportError:
+                    unsent = i
+                    raise
+                self._send_run(dest, view, 0, size, count, last_size)
+                sent += size * (count - 1) + last_size
+            if unsent < len(reads):
+                sent += self._encrypt_and_send(kp, dest, self._complete(reads[unsent:]))
+                unsent = len(reads)
+        except TransportError:
+            pass
+        return sent, unsent
 
     def _encrypt_and_send(
         self, kp: Keypair, dest: Address, packets: list[bytes | memoryview]

@@ -108,11 +108,34 @@ def wrapper(hdr: VirtioNetHeader, packet: bytes) -> Outcome:
         return err.reason
 
 
+def same_layout(hdr: VirtioNetHeader, packet: bytes, gap: int, tail: int, offset: int) -> None:
+    """gso.split_into_python lays the segments out exactly as _gso.split_into does, and
+    refuses what it refuses, before writing anything."""
+    try:
+        size = _gso.size(packet, *fields(hdr), gap, tail)
+    except OffloadError as err:
+        with pytest.raises(OffloadError) as again:
+            gso.split_into_python(bytearray(100), 0, hdr, packet, gap, tail)
+        assert again.value.reason == err.reason
+        return
+    outs = [bytearray([FILL]) * (offset + size) for _ in range(2)]
+    shapes = [_gso.split_into(outs[0], offset, packet, *fields(hdr), gap, tail),
+              gso.split_into_python(outs[1], offset, hdr, packet, gap, tail)]
+    assert shapes[0] == shapes[1] and outs[0] == outs[1]
+    if not size:
+        return
+    short = bytearray([FILL]) * (offset + size - 1)
+    with pytest.raises(ValueError):
+        gso.split_into_python(short, offset, hdr, packet, gap, tail)
+    assert short == bytearray([FILL]) * len(short)
+
+
 def check_same(hdr: VirtioNetHeader, packet: bytes, gap: int = 0, tail: int = 0,
                offset: int = 0) -> Outcome:
     want = reference(hdr, packet)
     assert native(hdr, packet, gap, tail, offset) == want
     assert wrapper(hdr, packet) == want
+    same_layout(hdr, packet, gap, tail, offset)
     return want
 
 

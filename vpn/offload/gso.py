@@ -61,7 +61,7 @@ except ImportError as error:  # not built: the Python path runs
 else:
     _MISSING = ""
 
-__all__ = ["FAST_PATH", "split", "split_python"]
+__all__ = ["FAST_PATH", "split", "split_into", "split_into_python", "split_python"]
 
 Buffer = bytes | bytearray | memoryview
 
@@ -113,6 +113,30 @@ def _split_native(hdr: VirtioNetHeader, packet: Buffer) -> list[bytes | memoryvi
     """split_python's result from _gso.c (memoryviews of one bytearray), in one call."""
     return _gso.segments(packet, hdr.flags, hdr.gso_type, hdr.hdr_len, hdr.gso_size,
                          hdr.csum_start, hdr.csum_offset)
+
+
+def split_into_python(out: bytearray | memoryview, offset: int, hdr: VirtioNetHeader,
+                      packet: Buffer, gap: int, tail: int) -> tuple[int, int, int]:
+    """split_python's packets laid out in `out` for sealing in place: segment i at
+    offset + gap + i * (gap + full + tail), each `full` bytes but the last, `last` bytes;
+    returns (count, full, last). Raises OffloadError as split_python does, ValueError if out
+    is too small; either way before anything is written."""
+    segments = split_python(hdr, packet)
+    count, full, last = len(segments), len(segments[0]), len(segments[-1])
+    stride = gap + full + tail
+    if not 0 <= offset <= len(out) - ((count - 1) * stride + gap + last + tail):
+        raise ValueError(f"out buffer too small for {count} segments at offset {offset}")
+    view = memoryview(out)
+    for i, segment in enumerate(segments):
+        at = offset + gap + i * stride
+        view[at:at + len(segment)] = segment
+    return count, full, last
+
+
+def _split_into_native(out: bytearray | memoryview, offset: int, hdr: VirtioNetHeader,
+                       packet: Buffer, gap: int, tail: int) -> tuple[int, int, int]:
+    return _gso.split_into(out, offset, packet, hdr.flags, hdr.gso_type, hdr.hdr_len,
+                           hdr.gso_size, hdr.csum_start, hdr.csum_offset, gap, tail)
 
 
 def _complete_checksum(packet: Buffer, start: int, offset: int) -> bytes:
@@ -301,3 +325,6 @@ FAST_PATH_REASON = "VPN_FAST_PATH=python" if PYTHON_FORCED else _MISSING
 FAST_PATH = "python" if FAST_PATH_REASON else "native"
 split: Callable[[VirtioNetHeader, Buffer], list[bytes | memoryview]] = (
     _split_native if FAST_PATH == "native" else split_python)
+split_into: Callable[[bytearray | memoryview, int, VirtioNetHeader, Buffer, int, int],
+                     tuple[int, int, int]] = (
+    _split_into_native if FAST_PATH == "native" else split_into_python)

@@ -372,6 +372,94 @@ done_out:
     return result;
 }
 
+PyDoc_STRVAR(seal_segments_doc,
+"seal_segments(out, offset, count, full, last, gap, tail, mtu, receiver_index, first_counter)\n"
+"    -> (size, last_size)\n\n"
+"Keypair.seal_segments: seal in place the `count` plaintexts that _gso.split_into wrote at\n"
+"out[offset:] (segment i at offset + gap + i * (gap + full + tail), `full` bytes long, the\n"
+"last `last` bytes), as transport messages back to back from out[offset]: each `size` bytes\n"
+"but the last, `last_size` bytes, ready for one UDP GSO send. A layout where a message would\n"
+"not fit in its segment's slot, or out too short, raises ValueError before anything is\n"
+"written.");
+
+static PyObject *TransportKey_seal_segments(TransportKey *self, PyObject *args)
+{
+    PyObject *receiver_obj, *counter_obj, *result = NULL;
+    Py_ssize_t offset, count, full, last, gap, tail, mtu, size, last_size, stride;
+    Py_buffer out;
+    unsigned long receiver;
+    unsigned long long first;
+    int failed = 0;
+
+    if (!PyArg_ParseTuple(args, "w*nnnnnnnOO:seal_segments", &out, &offset, &count, &full,
+                          &last, &gap, &tail, &mtu, &receiver_obj, &counter_obj))
+        return NULL;
+    receiver = PyLong_AsUnsignedLong(receiver_obj);
+    if (PyErr_Occurred())
+        goto done;
+    if (receiver > 0xffffffffUL) {
+        PyErr_SetString(PyExc_OverflowError, "receiver_index is a 32-bit unsigned integer");
+        goto done;
+    }
+    first = PyLong_AsUnsignedLongLong(counter_obj);
+    if (PyErr_Occurred())
+        goto done;
+    if (first > REJECT_AFTER_MESSAGES || (uint64_t)count > REJECT_AFTER_MESSAGES - first) {
+        PyErr_SetString(PyExc_ValueError, "batch passes the message limit");
+        goto done;
+    }
+    /* Sizes first (all small enough that the products below cannot overflow), then the
+     * layout: every message within its own segment's slot, the last segment within out. */
+    if (count < 1 || full < 0 || full > 0xffff || last < 0 || last > full || gap < 0
+        || gap > 0xffff || tail < 0 || tail > 0xffff || count > (PY_SSIZE_T_MAX >> 20)) {
+        PyErr_SetString(PyExc_ValueError, "seal_segments: count, full, last, gap or tail out "
+                        "of range");
+        goto done;
+    }
+    stride = gap + full + tail;
+    size = HEADER_LEN + padded_length(full, mtu) + TAG_LEN;
+    last_size = HEADER_LEN + padded_length(last, mtu) + TAG_LEN;
+    if (size > stride || last_size > gap + last + tail) {
+        PyErr_SetString(PyExc_ValueError, "seal_segments: a message would not fit in its "
+                        "segment's slot (gap + tail too small)");
+        goto done;
+    }
+    if (check_out(&out, offset, (count - 1) * stride + gap + last + tail) < 0
+        || begin_batch(self) < 0)
+        goto done;
+
+    Py_BEGIN_ALLOW_THREADS
+    uint8_t *base = (uint8_t *)out.buf + offset, nonce[12];
+    EVP_CIPHER_CTX *ctx = self->seal;
+    for (Py_ssize_t i = 0; i < count && !failed; i++) {
+        uint64_t counter = first + (uint64_t)i;
+        int n = (int)(i + 1 < count ? full : last), len;
+        int body = (int)((i + 1 < count ? size : last_size) - MIN_LEN);
+        uint8_t *dst = base + i * size, *ct = dst + HEADER_LEN;
+        /* Segment i moves down to its message (never onto a later one: size <= stride);
+         * OpenSSL encrypts in place only when input and output are the same bytes. */
+        memmove(ct, base + gap + i * stride, (size_t)n);
+        memset(ct + n, 0, (size_t)(body - n));
+        store32(dst, MESSAGE_TRANSPORT);
+        store32(dst + 4, (uint32_t)receiver);
+        store64(dst + 8, counter);
+        make_nonce(nonce, counter);
+        failed = EVP_EncryptInit_ex2(ctx, NULL, NULL, nonce, NULL) != 1
+                 || EVP_EncryptUpdate(ctx, ct, &len, ct, body) != 1
+                 || EVP_EncryptFinal_ex(ctx, ct + body, &len) != 1
+                 || EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, TAG_LEN, ct + body) != 1;
+    }
+    Py_END_ALLOW_THREADS
+    end_batch(self);
+    if (failed)
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL ChaCha20-Poly1305 encryption failed");
+    else
+        result = Py_BuildValue("nn", size, last_size);
+done:
+    PyBuffer_Release(&out);
+    return result;
+}
+
 /* Open every message into out, back to back, then check it against the replay window;
  * returns (lengths, greatest, drops): -1 for a dropped message, drops None or the counts
  * by reason. */
@@ -717,6 +805,8 @@ done_buffers:
 
 static PyMethodDef TransportKey_methods[] = {
     {"seal_batch", (PyCFunction)TransportKey_seal_batch, METH_VARARGS, seal_batch_doc},
+    {"seal_segments", (PyCFunction)TransportKey_seal_segments, METH_VARARGS,
+     seal_segments_doc},
     {"open_batch", (PyCFunction)TransportKey_open_batch, METH_VARARGS, open_batch_doc},
     {"open_run", (PyCFunction)TransportKey_open_run, METH_VARARGS, open_run_doc},
     {"zero", (PyCFunction)TransportKey_zero, METH_NOARGS,

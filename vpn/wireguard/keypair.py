@@ -188,8 +188,16 @@ class Keypair:
         remote = self.remote_index
         if self.native:
             return send.seal_batch(packets, out, offset, mtu, remote, counter)
-        encrypt = send.encrypt_into
+        return self._seal_python(packets, out, offset, mtu, counter)
+
+    def _seal_python(self, packets: Iterable[Buffer], out: bytearray | memoryview,
+                     offset: int, mtu: int, counter: int) -> list[int]:
+        """The reference loop of encrypt_batch and seal_segments, from counter `counter`."""
+        encrypt = self._send.encrypt_into
+        remote = self.remote_index
         view = memoryview(out)
+        if len(view) < offset + sum(transport_size(len(p), mtu) for p in packets):
+            raise ValueError("out too short for the batch")
         lengths: list[int] = []
         append = lengths.append
         for plaintext in packets:
@@ -209,6 +217,37 @@ class Keypair:
             offset = end
             counter += 1
         return lengths
+
+    def seal_segments(self, out: bytearray, offset: int, count: int, full: int, last: int,
+                      gap: int, tail: int, mtu: int) -> tuple[int, int]:
+        """Seal in place the segments that gso.split_into wrote at out[offset:] (segment i at
+        offset + gap + i * (gap + full + tail), `full` bytes, the last `last`), as transport
+        messages back to back from out[offset]: all `size` bytes but the last, `last_size`
+        bytes; returns (size, last_size), what one UDP GSO send needs. Counters and limits
+        as in encrypt_batch; a layout where a message would not fit in its segment's slot
+        raises ValueError."""
+        counter = self.send_counter
+        send = self._send
+        if counter + count > REJECT_AFTER_MESSAGES or send is None:
+            raise TransportError("keypair_exhausted")
+        if count < 1 or not 0 <= last <= full <= 0xFFFF or not 0 <= gap <= 0xFFFF \
+                or not 0 <= tail <= 0xFFFF:
+            raise ValueError("seal_segments: count, full, last, gap or tail out of range")
+        self.send_counter = counter + count
+        if self.native:
+            return send.seal_segments(out, offset, count, full, last, gap, tail, mtu,
+                                      self.remote_index, counter)
+        stride = gap + full + tail
+        size, last_size = transport_size(full, mtu), transport_size(last, mtu)
+        if size > stride or last_size > gap + last + tail:
+            raise ValueError("seal_segments: a message would not fit in its segment's slot")
+        if not 0 <= offset <= len(out) - ((count - 1) * stride + gap + last + tail):
+            raise ValueError("seal_segments: out too short")
+        view = memoryview(out)
+        plaintexts = [bytes(view[offset + gap + i * stride:][:full if i + 1 < count else last])
+                      for i in range(count)]
+        self._seal_python(plaintexts, out, offset, mtu, counter)
+        return size, last_size
 
     def encrypt(self, plaintext: Buffer, now: float, mtu: int = 0) -> bytes:
         """One transport message, checking every limit; b"" plaintext makes a keepalive."""

@@ -411,3 +411,50 @@ def test_receive_run_stops_at_max_sources_and_full_records() -> None:
         assert (stop, nrec, fresh, len(sources)) == (64 * segment, 64, 64, 64)
         stop, _, nrec, *_ = kp.receive_run(blob, segment, stop, out, 0, bytearray(12 * 5), {})
         assert (stop, nrec) == (69 * segment, 5)
+
+
+# -- sealing in place (Keypair.seal_segments, after gso.split_into) -----------------------
+
+@PROPERTY
+@given(count=st.integers(1, 50), full=st.one_of(st.integers(0, 100), st.integers(1380, 1440),
+                                               st.just(9000)),
+       cut=st.integers(0, 2000), gap=st.sampled_from([16, 0, 20, 3]),
+       tail=st.sampled_from([31, 0, 16, 47, 40]),
+       mtu=st.one_of(st.just(0), st.sampled_from([1280, 1420, 1500, 9000]),
+                     st.integers(0, 1500)),
+       offset=st.integers(0, 40), counter=st.one_of(st.integers(0, 2**20), near_limit),
+       seed=st.integers(0, 2**32))
+def test_seal_segments_matches_python(count: int, full: int, cut: int, gap: int, tail: int,
+                                      mtu: int, offset: int, counter: int, seed: int) -> None:
+    """Segments laid out with a gap and a tail, sealed where they lie: the same messages,
+    back to back, as encrypt_batch would write from copies of them, on both paths."""
+    last = max(0, full - cut)
+    stride = gap + full + tail
+    plaintexts = [data(seed + i, full if i + 1 < count else last) for i in range(count)]
+    layout = bytearray(data(seed, offset + (count - 1) * stride + gap + last + tail))
+    for i, plain in enumerate(plaintexts):
+        at = offset + gap + i * stride
+        layout[at:at + len(plain)] = plain
+    native, python = pair()
+    outs = [bytearray(layout) for _ in range(2)]
+    results = []
+    for kp, out in zip((native, python), outs, strict=True):
+        kp.send_counter = counter
+        try:
+            results.append(kp.seal_segments(out, offset, count, full, last, gap, tail, mtu))
+        except (TransportError, ValueError) as error:
+            results.append(type(error).__name__)
+    assert results[0] == results[1]
+    assert native.send_counter == python.send_counter
+    if isinstance(results[0], str):
+        assert outs[0] == layout == outs[1]  # refused before anything was written
+        return
+    size, last_size = results[0]
+    end = offset + size * (count - 1) + last_size
+    assert outs[0][:end] == outs[1][:end]
+    _, reference = pair()
+    reference.send_counter = counter
+    expected = bytearray(end)
+    assert reference.encrypt_batch(plaintexts, expected, offset, mtu) == (
+        [size] * (count - 1) + [last_size])
+    assert outs[0][offset:end] == expected[offset:]
