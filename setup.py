@@ -29,6 +29,7 @@ setup(
         Extension("vpn.wireguard._transport", ["vpn/wireguard/_transport.c"],
                   libraries=["crypto"], extra_compile_args=_FLAGS),
         Extension("vpn.offload._gso", ["vpn/offload/_gso.c"], extra_compile_args=_FLAGS),
+        Extension("vpn._udp", ["vpn/_udp.c"], extra_compile_args=_FLAGS),
     ],
     cmdclass={"build_ext": _BuildExt},
 )

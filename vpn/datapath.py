@@ -21,7 +21,7 @@ from vpn.packet.icmp import UnreachableResponder
 from vpn.packet.virtio import NO_OFFLOAD, VirtioNetHeader
 from vpn.tun import MAX_PACKET, TunDevice
 from vpn.uapi import endpoint_text
-from vpn.udp import Address, UdpSocket, UdpStats
+from vpn.udp import SCREEN_REASONS, Address, UdpSocket, UdpStats
 from vpn.wireguard import Device, Keypair, Peer, TransportError
 from vpn.wireguard.constants import (
     AEAD_TAG_LEN,
@@ -298,12 +298,20 @@ class DataPath:
 
     @_pump_boundary
     def on_udp_readable(self) -> None:
-        received = self.udp.receive_batch()
-        if not received:
+        udp = self.udp
+        receives = udp.stats.receives
+        lost: list[Address] = []
+        if udp.screens:  # garbage was dropped (and counted here) before any Python ran
+            received, screened, lost = udp.receive_screened(self.device.keypair_indexes())
+            if screened:
+                self._count_screened(screened)
+        else:
+            received = udp.receive_batch()
+        if not received and not lost:
             return
         now = self.clock()
         stats = self.stats
-        if len(received) == self.udp.batch:
+        if udp.stats.receives - receives == udp.batch:
             stats.full_receive_batches += 1
         offset = 0
         # keypair -> [bytes received, data packets delivered, latest source]
@@ -325,6 +333,23 @@ class DataPath:
             )
             if peer.endpoint != before:
                 log.info("peer %s endpoint changed to %s", short_key(peer), endpoint_text(source))
+        for source in lost:
+            self._rehandshake_lost_session(source, now)
+
+    def _count_screened(self, counts: tuple[int, ...]) -> None:
+        """The screen's drops, under the counters the Python path would have used: a
+        datagram that is not a transport message goes to the handshake code, which drops it
+        by its reason (counted by the protocol and here, as on_handshake_message does); a
+        transport message for no keypair of ours is the data path's alone."""
+        stats = self.stats
+        protocol = self.device.drops
+        stats.datagrams_received += sum(counts)
+        for reason, n in zip(SCREEN_REASONS, counts, strict=True):
+            if n:
+                stats.drops[reason] += n
+                if reason != "unknown_receiver_index":
+                    protocol[reason] += n
+                    stats.handshakes_received += n
 
     def _receive(self, data: memoryview, segment_size: int, source: Address, now: float,
                  sessions: dict[Keypair, list], offset: int) -> int:

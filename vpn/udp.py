@@ -9,10 +9,29 @@ import errno
 import logging
 import socket
 import struct
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
+from vpn.native import PYTHON_FORCED
+
+try:
+    from vpn import _udp
+except ImportError as error:  # not built: receive_batch serves
+    _udp = None  # type: ignore[assignment]
+    _MISSING = f"native batch receive not available ({error})"
+else:
+    _MISSING = ""
+
 log = logging.getLogger("vpn.udp")
+
+# The native receive (recvmmsg and the screen, vpn/_udp.c) or, with VPN_FAST_PATH=python
+# or without the module, receive_batch datagram by datagram.
+FAST_PATH_REASON = "VPN_FAST_PATH=python" if PYTHON_FORCED else _MISSING
+SCREENS = not FAST_PATH_REASON
+# The order of the screen's drop counts: the handshake path's five, then the data path's.
+SCREEN_REASONS = ("too_short", "transport_too_short", "unknown_type", "bad_length",
+                  "reserved_nonzero", "unknown_receiver_index")
 
 Address = tuple[str, int]
 
@@ -67,6 +86,7 @@ class UdpStats:
     send_dropped: int = 0
     gso_fallbacks: int = 0
     truncated: int = 0
+    receive_errors: int = 0  # receive calls that failed (a pending ICMP error, say)
 
     def summary(self) -> dict[str, object]:
         return {
@@ -80,6 +100,7 @@ class UdpStats:
             "send_dropped": self.send_dropped,
             "gso_fallbacks": self.gso_fallbacks,
             "truncated": self.truncated,
+            "receive_errors": self.receive_errors,
         }
 
 
@@ -114,6 +135,8 @@ def _set_buffer(sock: socket.socket, force: int, plain: int, size: int) -> None:
 class UdpSocket:
     """A non-blocking UDP socket for every peer; close() (or the context manager) frees it."""
 
+    screens = SCREENS  # receive_screened is there (the native receive was built)
+
     def __init__(self, sock: socket.socket, *, gso: bool, gro: bool, batch: int = 64) -> None:
         self._sock = sock
         self.fd = sock.fileno()
@@ -132,7 +155,8 @@ class UdpSocket:
         self._dests: dict[Address, tuple[str, int]] = {}
         self._gso_plans: dict[int, tuple[int, list[tuple[int, int, bytes]]]] = {}
         self._buffer = bytearray(RECEIVE_SLOT * batch)
-        whole = memoryview(self._buffer)
+        self._names: dict[bytes, Address] = {}  # the same, keyed by the raw sockaddr bytes
+        self._whole = whole = memoryview(self._buffer)
         self._slots = [
             (whole[i * RECEIVE_SLOT : (i + 1) * RECEIVE_SLOT],) for i in range(batch)
         ]
@@ -338,6 +362,7 @@ class UdpSocket:
             except OSError:
                 # Not expected (an unconnected socket without IP_RECVERR is not told of
                 # ICMP errors); whatever it is, it says nothing about the datagrams queued.
+                self.stats.receive_errors += 1
                 continue
             if flags & _MSG_TRUNC:
                 truncated += 1
@@ -361,6 +386,51 @@ class UdpSocket:
         if truncated:
             stats.truncated += truncated
         return out
+
+    def receive_screened(
+        self, known: bytes
+    ) -> tuple[list[tuple[memoryview, int, Address]], tuple[int, ...] | None, list[Address]]:
+        """receive_batch in one recvmmsg, each datagram screened first (vpn/_udp.c): returns
+        what passed, in receive_batch's form, the drops by SCREEN_REASONS (None: none), and
+        the sources of transport messages for receiver indexes not in `known` (the sorted
+        uint32 array of Device.keypair_indexes)."""
+        entries, counts, lost, (receives, gro_receives, gro_segments, truncated,
+                                errors) = _udp.receive(self.fd, self._buffer, RECEIVE_SLOT,
+                                                       self.batch, known)
+        whole = self._whole
+        names = self._names
+        out = []
+        for offset, length, size, raw in entries:
+            source = names.get(raw)
+            if source is None:
+                source = self._name(raw)
+            out.append((whole[offset:offset + length], size, source))
+        stats = self.stats
+        stats.receives += receives
+        if gro_receives:
+            stats.gro_receives += gro_receives
+            stats.gro_segments += gro_segments
+        if truncated:
+            stats.truncated += truncated
+        if errors:
+            stats.receive_errors += errors
+        return out, counts, [names.get(raw) or self._name(raw) for raw in lost]
+
+    def _name(self, raw: bytes) -> Address:
+        """(ip, port) of a raw struct sockaddr from the native receive."""
+        family = int.from_bytes(raw[:2], sys.byteorder)
+        if family == socket.AF_INET6 and len(raw) >= 24:
+            host = socket.inet_ntop(socket.AF_INET6, raw[8:24])
+            if host.startswith("::ffff:") and "." in host:
+                host = host[7:]
+        elif family == socket.AF_INET and len(raw) >= 8:
+            host = socket.inet_ntop(socket.AF_INET, raw[4:8])
+        else:
+            host = ""
+        if len(self._names) >= _ADDRESS_CACHE_MAX:
+            self._names.clear()
+        source = self._names[raw] = (host, int.from_bytes(raw[2:4], "big"))
+        return source
 
     def _normalise(self, raw: tuple) -> Address:
         host: str = raw[0]

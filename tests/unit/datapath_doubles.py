@@ -12,9 +12,10 @@ from types import SimpleNamespace
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from vpn import _udp
 from vpn.datapath import DataPath
 from vpn.packet.virtio import VirtioNetHeader
-from vpn.udp import MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD, UdpStats
+from vpn.udp import MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD, SCREEN_REASONS, UdpStats
 from vpn.wireguard import Device
 
 MTU = 1420
@@ -48,6 +49,7 @@ class MemoryUdp:
     GSO send would hand them to the receiver's GRO; receives taken from `incoming`."""
 
     batch = 64
+    screens = False
 
     def __init__(self) -> None:
         self.stats = UdpStats()
@@ -66,7 +68,32 @@ class MemoryUdp:
 
     def receive_batch(self) -> list[tuple[memoryview, int, tuple[str, int]]]:
         incoming, self.incoming = self.incoming, []
+        self.stats.receives += len(incoming)
         return incoming
+
+
+class ScreeningUdp(MemoryUdp):
+    """MemoryUdp with the native receive's screen (vpn/_udp.c's `screen`, the same code
+    `receive` runs on what recvmmsg got) applied to each incoming receive."""
+
+    screens = True
+
+    def receive_screened(self, known: bytes) -> tuple[list[tuple[memoryview, int,
+                                                                   tuple[str, int]]],
+                                                       tuple[int, ...] | None,
+                                                       list[tuple[str, int]]]:
+        passed, lost = [], []
+        totals = [0] * len(SCREEN_REASONS)
+        for data, size, source in self.receive_batch():
+            runs, counts, unknown = _udp.screen(data, size, known)
+            for start, length in runs:
+                passed.append((data[start:start + length], min(size, length) or length,
+                               source))
+            if counts:
+                totals = [t + n for t, n in zip(totals, counts, strict=True)]
+            if unknown and (not lost or lost[-1] != source):
+                lost.append(source)
+        return passed, tuple(totals) if any(totals) else None, lost
 
 
 def _deterministic(seed: bytes) -> tuple[Callable[[int], bytes], Callable[[], X25519PrivateKey]]:

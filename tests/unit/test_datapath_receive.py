@@ -12,7 +12,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.unit.datapath_doubles import DST, ENDPOINT_A, SRC, handshaken_pair
+from tests.unit.datapath_doubles import DST, ENDPOINT_A, SRC, ScreeningUdp, handshaken_pair
 from tests.unit.packets import ACK, PSH, TS_OPTION, tcp_packet, tcp_super_packet
 from vpn.datapath import DataPath
 from vpn.packet.virtio import NO_OFFLOAD, VirtioNetHeader
@@ -56,10 +56,39 @@ def apply(receives: list[Receive], ops: list[tuple[str, int, int]]) -> list[Rece
         elif kind == "garbage":  # the same junk in both runs: it comes from `where`
             junk = random.Random(where).randbytes(16 + where % 200)
             out.insert(i, (junk, len(junk), FOREIGN))
+        elif kind == "flood":  # what a flood sends: one kind of junk, GRO-merged or not
+            junk = flood_datagram(where, data)
+            count = 1 + where % 5
+            out.insert(i, (junk * count, len(junk) or 1, FOREIGN if where & 1 else source))
         elif kind == "lone":  # no GRO: one datagram per receive
             out[i:i + 1] = [(data[j:j + size], min(size, len(data) - j), source)
                             for j in range(0, len(data), size)]
     return out
+
+
+def flood_datagram(where: int, real: bytes) -> bytes:
+    """One of the garbage kinds a flood sends (tests/integration/flood.py), decided by
+    `where`; `real` is one of a's receives, for a live receiver index."""
+    rng = random.Random(where)
+    kind = where % 9
+    if kind == 0:
+        return bytes([rng.choice([0, 5, 255])]) + rng.randbytes(rng.randint(3, 300))
+    if kind == 1:
+        return rng.randbytes(where % 4)  # too short, zero-length included
+    if kind == 2:  # a type byte with the wrong length for it
+        msg_type = 1 + where % 4
+        return bytes([msg_type, 0, 0, 0]) + rng.randbytes(rng.choice([0, 27, 60, 87, 143, 150]))
+    if kind == 3:  # reserved bytes set
+        return bytes([1 + where % 3, 0, 1, 0]) + rng.randbytes((144, 88, 60)[where % 3])
+    if kind == 4:  # the right lengths, a bad mac1
+        return bytes([1 + where % 3, 0, 0, 0]) + rng.randbytes((144, 88, 60)[where % 3])
+    if kind == 5:  # a transport message for no index of ours
+        return b"\x04\x00\x00\x00" + rng.randbytes(28 + where % 300)
+    if kind == 6:  # a live index, a forged body
+        return real[:8] + rng.randbytes(max(24, min(len(real), 1452) - 8))
+    if kind == 7:  # a real message cut short
+        return real[:4 + where % 28]
+    return b"\x04\x00\x00\x00" + real[4:8] + rng.randbytes(where % 24)  # live, too short
 
 
 def one_datagram_each(receives: list[Receive]) -> list[Receive]:
@@ -81,7 +110,9 @@ def receive(b: DataPath, receives: list[Receive], batches: int, *, ungrouped: bo
     peer = next(iter(b.device.peers.values()))
     kp = peer.keypairs.current or peer.keypairs.next
     stats = b.stats.summary()
+    stats["protocol_drops"] = dict(b.device.drops)
     del stats["full_receive_batches"]  # more receives per batch when ungrouped
+    del stats["udp"]["receives"]
     return {"frames": b.tun.frames, "stats": stats, "endpoint": peer.endpoint,  # type: ignore[attr-defined]
             "rx_bytes": peer.rx_bytes, "greatest": kp.replay.greatest if kp else None,
             "seen": bytes(kp.replay._seen) if kp else None}
@@ -111,7 +142,7 @@ def traffic(flows: list[tuple[int, int, bool]], *, one_flow: bool = False
 
 
 OPS = st.lists(st.tuples(st.sampled_from(["cut", "lose", "replay", "tamper", "foreign",
-                                          "garbage", "lone"]),
+                                          "garbage", "flood", "lone"]),
                          st.integers(0, 50), st.integers(0, 5000)), max_size=6)
 FLOWS = st.lists(st.tuples(st.sampled_from([0, 1, 3, 9, 20, 44]),
                            st.sampled_from([1368, 1000, 536]), st.booleans()),
@@ -123,14 +154,20 @@ FLOWS = st.lists(st.tuples(st.sampled_from([0, 1, 3, 9, 20, 44]),
 def test_grouped_and_ungrouped_receives_agree(flows: list[tuple[int, int, bool]],
                                               ops: list[tuple[str, int, int]], batches: int,
                                               seed: bytes) -> None:
+    """...and the native screen (vpn/_udp.c), which drops garbage before the dispatch, ends
+    in the same frames, counters and state as the Python dispatch of every datagram."""
     reads = traffic(flows)
     results = []
-    for ungrouped in (False, True):
+    for ungrouped, screened in ((False, False), (True, False), (False, True)):
         a, b = handshaken_pair(seed)
+        if screened:
+            b.udp = ScreeningUdp()
+            b.stats.udp = b.udp.stats
         receives = apply(sent_by_a(a, reads), ops)
         results.append(receive(b, receives, batches, ungrouped=ungrouped))
-    grouped, one_each = results
+    grouped, one_each, screened_first = results
     assert grouped == one_each
+    assert screened_first == grouped
 
 
 def test_clean_bulk_traffic_arrives_whole() -> None:
@@ -156,3 +193,23 @@ def test_replayed_gro_receive_from_elsewhere_moves_nothing() -> None:
     assert first["endpoint"] == second["endpoint"] == ENDPOINT_A
     assert second["rx_bytes"] == first["rx_bytes"] == sum(len(d) for d, _, _ in receives)
     assert second["stats"]["drops"]["replay"] == 2 * 44
+
+
+def test_the_screen_counts_every_flood_kind_as_the_python_dispatch() -> None:
+    """Every kind of flood garbage, many times over, around real traffic: the native screen
+    and the Python dispatch end alike, and each kind was seen."""
+    reads = traffic([(9, 1368, False), (0, 1368, False), (3, 1000, True)])
+    ops = [("flood", i, where) for i, where in enumerate(range(300))]
+    results = []
+    for screened in (False, True):
+        a, b = handshaken_pair(b"flood")
+        if screened:
+            b.udp = ScreeningUdp()
+            b.stats.udp = b.udp.stats
+        results.append(receive(b, apply(sent_by_a(a, reads), ops), 2))
+    assert results[0] == results[1]
+    drops = results[0]["stats"]["drops"]
+    for reason in ("too_short", "transport_too_short", "unknown_type", "bad_length",
+                   "reserved_nonzero", "bad_mac1", "unknown_receiver_index", "bad_auth"):
+        assert drops.get(reason), (reason, drops)
+    assert len(results[0]["frames"]) >= 3  # and the real traffic got through

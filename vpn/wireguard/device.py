@@ -9,6 +9,7 @@ import os
 import random
 import struct
 import time
+from array import array
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -90,6 +91,7 @@ class Device:
         # receiver index -> (peer, keypair), keypair None while the index names a handshake.
         self._index: dict[int, tuple[Peer, Keypair | None]] = {}
         self._handshake_index: dict[Peer, int] = {}
+        self._keypair_indexes: bytes | None = None  # keypair_indexes(), until they change
         self._last_lost_session_scan = float("-inf")
         self.drops: Counter[str] = Counter()
 
@@ -152,11 +154,22 @@ class Device:
         # The handshake's index passes to the keypair it produced.
         self._handshake_index.pop(kp.peer, None)
         self._index[kp.local_index] = (kp.peer, kp)
+        self._keypair_indexes = None
 
     def _forget_keypair(self, kp: Keypair) -> None:
         entry = self._index.get(kp.local_index)
         if entry is not None and entry[1] is kp:
             del self._index[kp.local_index]
+            self._keypair_indexes = None
+
+    def keypair_indexes(self) -> bytes:
+        """The receiver indexes that name a keypair, sorted, as a native uint32 array: what
+        the native receive screens transport messages with (vpn/_udp.c)."""
+        if self._keypair_indexes is None:
+            self._keypair_indexes = array(
+                "I", sorted(i for i, (_, kp) in self._index.items() if kp is not None)
+            ).tobytes()
+        return self._keypair_indexes
 
     def keypair_for_index(self, index: int) -> Keypair | None:
         """The data plane's receive lookup: a transport message's receiver index."""
