@@ -26,8 +26,7 @@ from .constants import (
     MESSAGE_TRANSPORT,
 )
 from .cookie import Address, CookieChecker, HandshakeLoad, address_bytes
-from .inner import inner_packet
-from .keypair import Keypair, TransportError
+from .keypair import RECORD, Keypair
 from .messages import (
     Buffer,
     MessageError,
@@ -56,7 +55,8 @@ class HandshakeResult:
 
 @dataclass(slots=True)
 class TransportResult:
-    """A decrypted transport message (slow path): the inner packet, its padding cut off."""
+    """One decrypted transport message (receive_transport): the inner packet, its padding
+    cut off."""
 
     peer: Peer | None = None
     packet: bytes = b""
@@ -269,10 +269,11 @@ class Device:
                 return [(peer, datagram) for datagram in peer.handshake_for_lost_session(now)]
         return []
 
-    # -- transport (slow path; the data plane batches with Keypair.decrypt_into) ------------
+    # -- transport: one message through the data path's own Keypair.receive_run -------------
 
     def receive_transport(self, data: Buffer, src: Address | None, now: float) -> TransportResult:
-        """Decrypt one transport message, check replay and the inner source address."""
+        """Decrypt one transport message, check replay, the inner packet and its source
+        address, exactly as the data path does a GRO receive's worth at a time."""
         try:
             header = parse_transport_header(data)
         except MessageError as exc:
@@ -281,24 +282,31 @@ class Device:
         if kp is None:
             return self._drop_transport("unknown_receiver_index")
         peer = kp.peer
-        try:
-            packet = kp.decrypt(data, now)
-        except TransportError as exc:
-            return self._drop_transport(exc.reason, peer)
-        replies = peer.after_receive(now, kp, len(data), keepalive=not packet, source=src)
-        if packet:
-            checked = inner_packet(packet)
-            if isinstance(checked, str):
-                reason = checked
-            else:
-                length, source = checked
-                if self.allowed_ips.source_allowed(peer, source):
-                    return TransportResult(peer=peer, packet=packet[:length], replies=replies)
-                reason = "source_not_allowed"
-            res = self._drop_transport(reason, peer)
-            res.replies = replies
-            return res
-        return TransportResult(peer=peer, replies=replies)
+        if not kp.receivable(now):
+            return self._drop_transport("keypair_expired", peer)
+        out = bytearray(len(data))
+        records = bytearray(RECORD.size)
+        drops: dict[str, int] = {}
+        _, _, nrec, fresh, nbytes, sources = kp.receive_run(data, len(data), 0, out, 0,
+                                                            records, drops)
+        if not fresh:
+            return self._drop_transport(next(iter(drops)), peer)
+        if drops:  # authenticated and fresh, but not an IP packet we can deliver
+            reason = next(iter(drops))
+        elif nrec:
+            at, length, _ = RECORD.unpack_from(records)
+            if self.allowed_ips.source_allowed(peer, sources[0]):
+                replies = peer.after_receive(now, kp, nbytes, keepalive=False, source=src)
+                return TransportResult(peer=peer, packet=bytes(out[at:at + length]),
+                                       replies=replies)
+            reason = "source_not_allowed"
+        else:  # a keepalive
+            replies = peer.after_receive(now, kp, nbytes, keepalive=True, source=src)
+            return TransportResult(peer=peer, replies=replies)
+        replies = peer.after_receive(now, kp, nbytes, keepalive=False, source=src)
+        res = self._drop_transport(reason, peer)
+        res.replies = replies
+        return res
 
     def _drop_transport(self, reason: str, peer: Peer | None = None) -> TransportResult:
         self.drops[reason] += 1

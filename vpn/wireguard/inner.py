@@ -1,6 +1,7 @@
 """What the receive path checks of a decrypted packet before cryptokey routing: that it is
-IPv4 or IPv6 and that its length field is honest. Shared by the data path's batches and
-`Device.receive_transport`, so the rule lives in one place."""
+IPv4 or IPv6 and that its length field is honest. Keypair.receive_run's reference applies
+it (its native twin, _transport.c's inner_packet, is tested equal), and every receive, the
+data path's and `Device.receive_transport`'s, goes through receive_run."""
 
 from __future__ import annotations
 
