@@ -255,7 +255,9 @@ CTX=$TMP/context
 mkdir -p "$CTX/wheelhouse" "$TMP/src"
 cp "$ROOT/docker/Dockerfile" "$ROOT/docker/entrypoint.sh" "$CTX/"
 # Build from a copy of the sources: nothing (build/, *.egg-info) is written into the tree.
-cp -r "$ROOT/pyproject.toml" "$ROOT/README.md" "$ROOT/vpn" "$TMP/src/"
+# setup.py too: pip wheel builds the native modules here, so the image runs the fast path.
+cp -r "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT/README.md" "$ROOT/vpn" "$TMP/src/"
+find "$TMP/src" -name '*.so' -delete
 find "$TMP/src" -name __pycache__ -prune -exec rm -rf {} +
 "$PY" -m pip wheel -q --no-deps --disable-pip-version-check -w "$CTX/wheelhouse" "$TMP/src" \
     >"$TMP/wheel.log" 2>&1 || { cat "$TMP/wheel.log" >&2; die "pip wheel of the project failed"; }
@@ -297,6 +299,8 @@ for name in gw-a gw-b; do
     "$DOCKER" logs "$id" 2>&1 | grep "interface $name up" >/dev/null \
         || { "$DOCKER" logs "$id" >&2; die "$name did not come up in 30 s"; }
     log "$("$DOCKER" logs "$id" 2>&1 | grep -o "interface $name up.*")"
+    "$DOCKER" logs "$id" 2>&1 | grep "interface $name up.*fast path native" >/dev/null \
+        || die "$name runs without the native fast path (the wheel was built without it?)"
 done
 
 # --- 5. checks ------------------------------------------------------------------------------
