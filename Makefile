@@ -42,5 +42,5 @@ docker-test: deps
 	bash scripts/docker-test.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis bench/results build \
-		vpn/wireguard/_transport*.so
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis bench/results build
+	find vpn -name '*.so' -delete

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# `make sanitize`: builds the native modules (vpn/wireguard/_transport.c, vpn/offload/_gso.c)
-# with AddressSanitizer and UBSan in a scratch copy of the tree and runs their property
-# tests (native against the Python reference) there; any overrun or undefined behaviour
-# aborts the run. The installed build is untouched.
+# `make sanitize`: builds the native modules (vpn/wireguard/_transport.c, vpn/offload/_gso.c,
+# vpn/_udp.c,
+# vpn/offload/_gro.c) with AddressSanitizer and UBSan in a scratch copy of the tree and runs
+# their property tests (native against the Python reference) there; any overrun or undefined
+# behaviour aborts the run. The installed build is untouched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-.venv/bin/python}
@@ -26,10 +27,12 @@ export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export PYTHONMALLOC=malloc
 # The instrumented copies must be the ones imported, not the editable install's.
-"$PYTHON" -c 'import sys, vpn.wireguard._transport as t, vpn.offload._gso as g
-sys.exit(not all(m.__file__.startswith(sys.argv[1]) for m in (t, g)))' "$work" \
+"$PYTHON" -c 'import sys, vpn.wireguard._transport as t, vpn.offload._gso as g, vpn.offload._gro as r, vpn._udp as u
+sys.exit(not all(m.__file__.startswith(sys.argv[1]) for m in (t, g, r, u)))' "$work" \
     || { echo "sanitize: the tests would not use the instrumented modules" >&2; exit 1; }
 # --capture=sys: a sanitizer report goes to file descriptor 2 and must reach the terminal.
 "$PYTHON" -m pytest -q -p no:cacheprovider --capture=sys \
     tests/unit/wireguard/test_transport_native.py tests/unit/test_gso_native.py \
-    tests/unit/test_gso.py
+    tests/unit/test_gso.py tests/unit/test_gro_native.py tests/unit/test_gro.py \
+    tests/unit/test_udp_screen.py tests/unit/test_datapath_receive.py \
+    tests/unit/test_datapath_batches.py

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 from vpn.keys import encode_key
 from vpn.offload import Coalesced, OffloadError, split
-from vpn.offload.gro import RecordCoalescer
+from vpn.offload.gro import receive_coalescer
 from vpn.offload.gso import split_into
 from vpn.packet.icmp import UnreachableResponder
 from vpn.packet.virtio import NO_OFFLOAD, VirtioNetHeader
@@ -115,7 +115,7 @@ class DataPath:
         self._recv_view = memoryview(self._recv_buffer)
         # What Keypair.receive_run found in one call: (offset, length, source slot) per packet.
         self._records = bytearray(RECORD.size * RECORDS_PER_RUN)
-        self._gro = RecordCoalescer(self._recv_buffer, udp=tun.offload.uso)
+        self._gro = receive_coalescer(self._recv_buffer, udp=tun.offload.uso)
         self._internal_error_logged = float("-inf")
         # Host unreachable for packets routed to us that no peer's AllowedIPs cover.
         self.icmp = UnreachableResponder()

@@ -4,6 +4,11 @@ batch, into jumbo frames with a virtio-net header so one TUN write carries many 
 Checksums of the input packets are not verified: WireGuard has already authenticated every
 decrypted packet, and the kernel completes the checksum of a coalesced frame from the
 pseudo-header partial sum we leave in it (NEEDS_CSUM), exactly as for a locally built packet.
+
+``Coalescer`` is the readable reference. ``NATIVE_GRO`` is its C twin (_gro.c) when that was
+built and VPN_FAST_PATH is not ``python`` (decided once, at import; FAST_PATH_REASON says why
+not), and ``NativeCoalescer`` wraps it: the same frames, for packets that lie in one buffer,
+named by (offset, length, slot) records. Both bound the flow table by MAX_FLOWS alike.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from vpn.native import PYTHON_FORCED
 from vpn.packet.checksum import fold, ones_complement_sum, pseudo_header_sum
 from vpn.packet.headers import (
     IPV4_CSUM,
@@ -34,12 +40,26 @@ from vpn.packet.virtio import (
     VirtioNetHeader,
 )
 
-__all__ = ["MAX_UDP_SEGMENTS", "Coalesced", "Coalescer", "coalesce"]
+try:
+    from vpn.offload import _gro
+except ImportError as error:  # not built: the Python path runs
+    _gro = None
+    _MISSING = f"native GRO coalescer not available ({error})"
+else:
+    _MISSING = ""
+
+__all__ = ["FAST_PATH_REASON", "MAX_FLOWS", "MAX_UDP_SEGMENTS", "NATIVE_GRO", "Coalesced",
+           "Coalescer", "NativeCoalescer", "coalesce"]
 
 Buffer = bytes | bytearray | memoryview
 
 # The kernel refuses UDP_L4 writes of more than 64 segments (128 on newer kernels).
 MAX_UDP_SEGMENTS = 64
+
+# At most this many flows are tracked: before a new flow's run goes in while this many are
+# held, every flow is forgotten (runs already gathered still become their frames). Bounds the
+# table whatever a batch holds; _gro.c has the same rule.
+MAX_FLOWS = 1024
 
 _ACK = 0x10
 _ACK_PSH = 0x18
@@ -252,6 +272,8 @@ def _add_tcp(out: list[Coalesced | _Run], flows: dict[object, _Run], key: object
         elif payload < run.seg_size:
             run.open = False
         return
+    if run is None and len(flows) >= MAX_FLOWS:
+        flows.clear()
     run = _Run(pkt, sig, ihl, hlen, payload, n, (seq + payload) & 0xFFFFFFFF, is_v4, True,
                flags == _ACK)
     run.psh = flags == _ACK_PSH
@@ -272,6 +294,8 @@ def _add_udp(out: list[Coalesced | _Run], flows: dict[object, _Run], key: object
         if payload < run.seg_size:
             run.open = False
         return
+    if run is None and len(flows) >= MAX_FLOWS:
+        flows.clear()
     run = _Run(pkt, sig, ihl, ihl + 8, payload, n, 0, is_v4, False, True)
     flows[key] = run
     out.append(run)
@@ -344,3 +368,44 @@ class RecordCoalescer(Coalescer):
                 packets.append(view[at:at + length])
         self.add(packets)
         return skipped
+
+
+class NativeCoalescer:
+    """`Coalescer` in C (_gro.c) over packets that lie in one buffer: records name them, and
+    `frames` gives the same frames as the reference fed those packets, each as
+    ``Coalesced(header, [body], segments)`` (body: the frame after the header, one copy)."""
+
+    __slots__ = ("_native",)
+
+    def __init__(self, buffer: Buffer, *, udp: bool = False, max_size: int = 65535) -> None:
+        if NATIVE_GRO is None:
+            raise RuntimeError(FAST_PATH_REASON or "native GRO coalescer not available")
+        self._native = NATIVE_GRO.Coalescer(buffer, udp=udp, max_size=max_size)
+
+    def add_records(self, records: Buffer, start: int, stop: int,
+                    denied: Buffer | None = None) -> int:
+        """Add the packets of records start..stop-1 (little-endian uint32 offset, length,
+        slot each), skipping those whose slot is set in ``denied``; returns how many were."""
+        return self._native.add_records(records, start, stop, denied)
+
+    def frames(self) -> list[Coalesced]:
+        """The frames gathered so far, in order; the coalescer starts empty again."""
+        return [Coalesced(header, [body], segments)
+                for header, body, segments in self._native.frames()]
+
+    def clear(self) -> None:
+        """Forget everything gathered."""
+        self._native.clear()
+
+
+# The one place that decides whether the native coalescer runs.
+FAST_PATH_REASON = "VPN_FAST_PATH=python" if PYTHON_FORCED else _MISSING
+NATIVE_GRO = None if FAST_PATH_REASON else _gro
+
+
+def receive_coalescer(buffer: bytearray, *, udp: bool = False
+                      ) -> RecordCoalescer | NativeCoalescer:
+    """The data path's coalescer over its receive buffer: the native one where it runs."""
+    if NATIVE_GRO is not None:
+        return NativeCoalescer(buffer, udp=udp)
+    return RecordCoalescer(buffer, udp=udp)
