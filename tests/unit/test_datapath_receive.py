@@ -94,7 +94,7 @@ def flood_datagram(where: int, real: bytes) -> bytes:
 def one_datagram_each(receives: list[Receive]) -> list[Receive]:
     """The same datagrams as if GRO had merged none of them."""
     return [(data[j:j + size], min(size, len(data) - j), source)
-            for data, size, source in receives for j in range(0, len(data), size)]
+            for data, size, source in receives for j in range(0, max(len(data), 1), size)]
 
 
 def receive(b: DataPath, receives: list[Receive], batches: int, *, ungrouped: bool = False

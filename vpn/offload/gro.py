@@ -378,9 +378,9 @@ class NativeCoalescer:
     __slots__ = ("_native",)
 
     def __init__(self, buffer: Buffer, *, udp: bool = False, max_size: int = 65535) -> None:
-        if NATIVE_GRO is None:
-            raise RuntimeError(FAST_PATH_REASON or "native GRO coalescer not available")
-        self._native = NATIVE_GRO.Coalescer(buffer, udp=udp, max_size=max_size)
+        if _gro is None:
+            raise RuntimeError(_MISSING)
+        self._native = _gro.Coalescer(buffer, udp=udp, max_size=max_size)
 
     def add_records(self, records: Buffer, start: int, stop: int,
                     denied: Buffer | None = None) -> int:
