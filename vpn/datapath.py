@@ -212,6 +212,9 @@ class DataPath:
                 except OffloadError as err:
                     stats.drops[err.reason] += 1
                     continue
+                except ValueError:  # more segments than the buffer holds (a tiny gso_size)
+                    sent += self._encrypt_and_send(kp, dest, self._complete([(header, packet)]))
+                    continue
                 stats.super_packets += 1
                 stats.segments_split += count
                 try:

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit.datapath_doubles import DST, ENDPOINT_A, SRC, handshaken_pair
-from tests.unit.packets import ACK, PSH, tcp_packet
+from tests.unit.packets import ACK, PSH, tcp_packet, udp_super_packet
 from vpn.datapath import DataPath
 from vpn.offload import split
 from vpn.packet.virtio import NO_OFFLOAD, VirtioNetHeader
@@ -210,3 +210,17 @@ def test_an_internal_error_on_the_send_side_is_caught(monkeypatch: pytest.Monkey
     a.tun.reads = [(VirtioNetHeader.unpack(NO_OFFLOAD), memoryview(packet))]  # type: ignore[attr-defined]
     a.on_tun_readable()
     assert len(a.udp.sent) == 1  # type: ignore[attr-defined]
+
+
+def test_a_super_packet_of_more_segments_than_the_send_buffer_holds_is_sent_whole() -> None:
+    """A local app's UDP GSO send with 2-byte segments: 30,000 of them do not fit the send
+    buffer's in-place layout, so they go the chunked way, every one sent and received."""
+    a, b = handshaken_pair(b"tiny")
+    header, packet = udp_super_packet(bytes(range(256)) * 234 + bytes(96), 2, src=SRC, dst=DST)
+    a.tun.reads = [(header, memoryview(packet))]  # type: ignore[attr-defined]
+    a.on_tun_readable()
+    assert a.stats.drops == {} and a.stats.segments_split == 30_000
+    assert a.stats.datagrams_sent == 30_000
+    b.udp.incoming = [(memoryview(d), s, ENDPOINT_A) for d, s in a.udp.sent]  # type: ignore[attr-defined]
+    b.on_udp_readable()
+    assert b.stats.drops == {} and b.stats.packets_written == 30_000
