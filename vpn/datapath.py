@@ -40,6 +40,7 @@ SEND_BUFFER_BYTES = 1 << 20
 # and for its padding (up to 15 bytes) and tag after, so it is sealed where it lies.
 SEAL_GAP = TRANSPORT_HEADER_SIZE
 SEAL_TAIL = PADDING_MULTIPLE - 1 + AEAD_TAG_LEN
+SEAL_GAP_AND_TAIL = SEAL_GAP + SEAL_TAIL  # what a message may add to its packet
 # A transport message is at most the padded packet plus header and tag.
 MAX_DATAGRAM = MAX_PACKET + TRANSPORT_MIN_SIZE + 16
 # Records of one receive_run call; a longer run is opened in several calls.
@@ -243,7 +244,7 @@ class DataPath:
         while start < end:
             stop = end
             # Each message is its packet plus header, tag and up to 15 bytes of padding.
-            while sum(map(len, packets[start:stop])) + 48 * (stop - start) > room:
+            while sum(map(len, packets[start:stop])) + SEAL_GAP_AND_TAIL * (stop - start) > room:
                 stop = start + max(1, (stop - start) // 2)
             lengths = kp.encrypt_batch(packets[start:stop], buf, 0, self.mtu)
             total += self._send_runs(dest, lengths)
