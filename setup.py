@@ -30,7 +30,7 @@ setup(
                   libraries=["crypto"], extra_compile_args=_FLAGS),
         Extension("vpn.offload._gso", ["vpn/offload/_gso.c"], extra_compile_args=_FLAGS),
         Extension("vpn.offload._gro", ["vpn/offload/_gro.c"], extra_compile_args=_FLAGS),
-        Extension("vpn._udp", ["vpn/_udp.c"], extra_compile_args=_FLAGS),
+        Extension("vpn._udp", ["vpn/_udp.c"], libraries=["crypto"], extra_compile_args=_FLAGS),
     ],
     cmdclass={"build_ext": _BuildExt},
 )

@@ -5,7 +5,8 @@
  * and DataPath._receive's dispatch, which hands every datagram that is not a transport
  * message to Device.handle_handshake_message (whose message_type, in
  * vpn/wireguard/messages.py, rejects by length, type and reserved bytes) and looks every
- * transport message's receiver index up. The screen applies exactly those rules, so a
+ * transport message's receiver index up. The screen applies exactly those rules (mac1
+ * included, keyed BLAKE2s from the system's OpenSSL libcrypto), so a
  * garbage datagram costs nanoseconds here instead of microseconds there, and is counted
  * under the reason the Python path would have given it. What passes (transport messages
  * for an index we have a keypair for, handshake messages of the right length) goes on to
@@ -23,6 +24,11 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/params.h>
+
 #ifndef UDP_GRO
 #define UDP_GRO 104
 #endif
@@ -39,15 +45,66 @@
 #define RESPONSE_SIZE 92
 #define COOKIE_REPLY_SIZE 64
 #define TRANSPORT_MIN_SIZE 32
+#define MAC_LEN 16
+#define MAC1_KEY_LEN 32
 #define MAX_BATCH 1024
 
-/* Drop reasons, in the order `screen` and `receive` count them. The first five are the
+/* Drop reasons, in the order `screen` and `receive` count them. The first six are the
  * handshake path's (Device.drops, each also a handshake message received); the last is
  * the data path's. */
 enum {
     SCR_TOO_SHORT, SCR_TRANSPORT_TOO_SHORT, SCR_UNKNOWN_TYPE, SCR_BAD_LENGTH,
-    SCR_RESERVED_NONZERO, SCR_UNKNOWN_INDEX, SCR_REASONS, SCR_PASS = SCR_REASONS
+    SCR_RESERVED_NONZERO, SCR_BAD_MAC1, SCR_UNKNOWN_INDEX, SCR_REASONS, SCR_PASS = SCR_REASONS
 };
+
+/* mac1 is keyed BLAKE2s-128 (the whitepaper's MAC), from OpenSSL's BLAKE2SMAC: fetched once,
+ * keyed once per call with HASH("mac1----" || our public key), re-initialised per message. */
+static EVP_MAC *blake2s_mac;
+
+typedef struct {
+    EVP_MAC_CTX *ctx; /* NULL: no key given, mac1 is left to the Python path */
+} Mac1;
+
+static int mac1_open(Mac1 *m, const Py_buffer *key)
+{
+    m->ctx = NULL;
+    if (key->len == 0)
+        return 0;
+    if (key->len != MAC1_KEY_LEN) {
+        PyErr_Format(PyExc_ValueError, "the mac1 key is %d bytes", MAC1_KEY_LEN);
+        return -1;
+    }
+    size_t size = MAC_LEN;
+    OSSL_PARAM params[] = {OSSL_PARAM_construct_size_t(OSSL_MAC_PARAM_SIZE, &size),
+                           OSSL_PARAM_construct_end()};
+    m->ctx = EVP_MAC_CTX_new(blake2s_mac);
+    if (!m->ctx || EVP_MAC_init(m->ctx, key->buf, (size_t)key->len, params) != 1) {
+        EVP_MAC_CTX_free(m->ctx); /* cleanses the key it holds */
+        m->ctx = NULL;
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL could not set up BLAKE2s for mac1");
+        return -1;
+    }
+    return 0;
+}
+
+static void mac1_close(Mac1 *m)
+{
+    EVP_MAC_CTX_free(m->ctx);
+    m->ctx = NULL;
+}
+
+/* Does the handshake message p[0:n] carry a valid mac1 (over p[0:n-32], at p[n-32:n-16])?
+ * On an OpenSSL failure it says yes: the Python path checks again. */
+static int mac1_valid(const Mac1 *m, const uint8_t *p, Py_ssize_t n)
+{
+    uint8_t tag[MAC_LEN];
+    size_t len = 0;
+    if (EVP_MAC_init(m->ctx, NULL, 0, NULL) != 1
+        || EVP_MAC_update(m->ctx, p, (size_t)(n - 2 * MAC_LEN)) != 1
+        || EVP_MAC_final(m->ctx, tag, &len, sizeof(tag)) != 1 || len != MAC_LEN)
+        return 1;
+    return CRYPTO_memcmp(tag, p + n - 2 * MAC_LEN, MAC_LEN) == 0;
+}
 
 static inline uint32_t load32(const uint8_t *p)
 {
@@ -69,7 +126,8 @@ static int known_index(const uint32_t *known, Py_ssize_t count, uint32_t index)
 }
 
 /* The verdict on one datagram: SCR_PASS or the reason the Python path would drop it for. */
-static int screen_one(const uint8_t *p, Py_ssize_t n, const uint32_t *known, Py_ssize_t nknown)
+static int screen_one(const uint8_t *p, Py_ssize_t n, const uint32_t *known, Py_ssize_t nknown,
+                      const Mac1 *mac1)
 {
     if (n >= TRANSPORT_MIN_SIZE && p[0] == MESSAGE_TRANSPORT)
         return known_index(known, nknown, load32(p + 4)) ? SCR_PASS : SCR_UNKNOWN_INDEX;
@@ -94,7 +152,12 @@ static int screen_one(const uint8_t *p, Py_ssize_t n, const uint32_t *known, Py_
     }
     if (n != expected)
         return SCR_BAD_LENGTH;
-    return word >> 8 ? SCR_RESERVED_NONZERO : SCR_PASS;
+    if (word >> 8)
+        return SCR_RESERVED_NONZERO;
+    /* Device.handle_handshake_message: a cookie reply has no mac1; the others must. */
+    if (kind != MESSAGE_COOKIE_REPLY && mac1->ctx && !mac1_valid(mac1, p, n))
+        return SCR_BAD_MAC1;
+    return SCR_PASS;
 }
 
 /* One receive: `len` bytes of datagrams of `segment` bytes (the last possibly shorter).
@@ -105,8 +168,8 @@ typedef struct {
 } Run;
 
 static int screen_receive(const uint8_t *data, Py_ssize_t len, Py_ssize_t segment,
-                          const uint32_t *known, Py_ssize_t nknown, Py_ssize_t counts[],
-                          Run *runs, Py_ssize_t *nruns)
+                          const uint32_t *known, Py_ssize_t nknown, const Mac1 *mac1,
+                          Py_ssize_t counts[], Run *runs, Py_ssize_t *nruns)
 {
     int lost = 0;
     Py_ssize_t run_start = -1, pos = 0;
@@ -115,7 +178,7 @@ static int screen_receive(const uint8_t *data, Py_ssize_t len, Py_ssize_t segmen
         segment = len ? len : 1;
     do {
         Py_ssize_t n = len - pos < segment ? len - pos : segment;
-        int verdict = screen_one(data + pos, n, known, nknown);
+        int verdict = screen_one(data + pos, n, known, nknown, mac1);
         if (verdict == SCR_PASS) {
             if (run_start < 0)
                 run_start = pos;
@@ -152,41 +215,46 @@ static PyObject *counts_tuple(const Py_ssize_t counts[])
 {
     for (int i = 0; i < SCR_REASONS; i++)
         if (counts[i])
-            return Py_BuildValue("(nnnnnn)", counts[0], counts[1], counts[2], counts[3],
-                                 counts[4], counts[5]);
+            return Py_BuildValue("(nnnnnnn)", counts[0], counts[1], counts[2], counts[3],
+                                 counts[4], counts[5], counts[6]);
     Py_RETURN_NONE;
 }
 
 PyDoc_STRVAR(screen_doc,
-"screen(data, segment_size, known) -> (runs, counts, lost)\n\n"
+"screen(data, segment_size, known, mac1_key) -> (runs, counts, lost)\n\n"
 "The screen `receive` applies to one receive (datagrams of segment_size bytes, the last\n"
 "possibly shorter; 0 or more than len(data): one datagram), as a pure function: runs lists\n"
 "(start, length) of each stretch of datagrams that pass, counts is None or the drops by\n"
 "reason (too_short, transport_too_short, unknown_type, bad_length, reserved_nonzero,\n"
-"unknown_receiver_index), lost says whether an unknown receiver index was seen. known is\n"
-"the sorted uint32 array of receiver indexes with a keypair.");
+"bad_mac1, unknown_receiver_index), lost says whether an unknown receiver index was seen.\n"
+"known is the sorted uint32 array of receiver indexes with a keypair; mac1_key the device's\n"
+"(HASH(\"mac1----\" || public key)), or b\"\" to leave mac1 to the Python path.");
 
 static PyObject *udp_screen(PyObject *self, PyObject *args)
 {
     (void)self;
-    Py_buffer data, known;
+    Py_buffer data, known, key;
     Py_ssize_t segment, counts[SCR_REASONS] = {0}, nruns;
     PyObject *known_obj, *list = NULL, *result = NULL;
-    Run *runs;
-    if (!PyArg_ParseTuple(args, "y*nO:screen", &data, &segment, &known_obj))
+    Run *runs = NULL;
+    Mac1 mac1 = {NULL};
+    if (!PyArg_ParseTuple(args, "y*nOy*:screen", &data, &segment, &known_obj, &key))
         return NULL;
     if (get_known(known_obj, &known) < 0) {
         PyBuffer_Release(&data);
+        PyBuffer_Release(&key);
         return NULL;
     }
+    if (mac1_open(&mac1, &key) < 0)
+        goto done;
     /* At most one run per two datagrams, plus one; a datagram is at least one byte here. */
     runs = PyMem_Malloc(sizeof(Run) * (size_t)(data.len / 2 + 2));
     if (!runs) {
         PyErr_NoMemory();
         goto done;
     }
-    int lost = screen_receive(data.buf, data.len, segment, known.buf, known.len / 4, counts,
-                              runs, &nruns);
+    int lost = screen_receive(data.buf, data.len, segment, known.buf, known.len / 4, &mac1,
+                              counts, runs, &nruns);
     list = PyList_New(nruns);
     for (Py_ssize_t i = 0; list && i < nruns; i++) {
         PyObject *run = Py_BuildValue("(nn)", runs[i].start, runs[i].length);
@@ -200,15 +268,17 @@ static PyObject *udp_screen(PyObject *self, PyObject *args)
         result = Py_BuildValue("NNO", list, count_obj, lost ? Py_True : Py_False);
     else
         Py_XDECREF(list);
-    PyMem_Free(runs);
 done:
+    PyMem_Free(runs);
+    mac1_close(&mac1);
+    PyBuffer_Release(&key);
     PyBuffer_Release(&known);
     PyBuffer_Release(&data);
     return result;
 }
 
 PyDoc_STRVAR(receive_doc,
-"receive(fd, buffer, slot_size, slots, known) -> (entries, counts, lost, stats)\n\n"
+"receive(fd, buffer, slot_size, slots, known, mac1_key) -> (entries, counts, lost, stats)\n\n"
 "UdpSocket.receive_batch with one recvmmsg and the screen: up to `slots` receives, receive\n"
 "i into buffer[i * slot_size:]. entries lists (offset, length, segment_size, sockaddr) for\n"
 "each stretch of datagrams that passed (sockaddr: the raw struct sockaddr of the source,\n"
@@ -221,8 +291,9 @@ static PyObject *udp_receive(PyObject *self, PyObject *args)
 {
     (void)self;
     int fd;
-    Py_buffer buffer, known;
+    Py_buffer buffer, known, key;
     Py_ssize_t slot_size, slots, counts[SCR_REASONS] = {0};
+    Mac1 mac1 = {NULL};
     Py_ssize_t receives = 0, gro_receives = 0, gro_segments = 0, truncated = 0, errors = 0;
     PyObject *known_obj, *entries = NULL, *lost = NULL, *result = NULL;
     struct mmsghdr *msgs = NULL;
@@ -232,13 +303,16 @@ static PyObject *udp_receive(PyObject *self, PyObject *args)
     Run *runs = NULL;
     int n = 0;
 
-    if (!PyArg_ParseTuple(args, "iw*nnO:receive", &fd, &buffer, &slot_size, &slots,
-                          &known_obj))
+    if (!PyArg_ParseTuple(args, "iw*nnOy*:receive", &fd, &buffer, &slot_size, &slots,
+                          &known_obj, &key))
         return NULL;
     if (get_known(known_obj, &known) < 0) {
         PyBuffer_Release(&buffer);
+        PyBuffer_Release(&key);
         return NULL;
     }
+    if (mac1_open(&mac1, &key) < 0)
+        goto done;
     if (slots < 1 || slots > MAX_BATCH || slot_size < 1 || slot_size > (1 << 20)
         || slot_size * slots > buffer.len) {
         PyErr_SetString(PyExc_ValueError, "receive: slots or slot_size do not fit the buffer");
@@ -303,8 +377,8 @@ static PyObject *udp_receive(PyObject *self, PyObject *args)
         if (len > slot_size)
             len = slot_size; /* never: MSG_TRUNC says so; kept for the reader of the bounds */
         const uint8_t *data = (const uint8_t *)iovs[i].iov_base;
-        int lost_here = screen_receive(data, len, segment, known.buf, known.len / 4, counts,
-                                       runs, &nruns);
+        int lost_here = screen_receive(data, len, segment, known.buf, known.len / 4, &mac1,
+                                       counts, runs, &nruns);
         if (!nruns && !lost_here)
             continue;
         socklen_t namelen = h->msg_namelen <= sizeof(names[i]) ? h->msg_namelen
@@ -348,6 +422,8 @@ done:
     PyMem_Free(names);
     PyMem_Free(controls);
     PyMem_Free(runs);
+    mac1_close(&mac1);
+    PyBuffer_Release(&key);
     PyBuffer_Release(&known);
     PyBuffer_Release(&buffer);
     return result;
@@ -367,6 +443,13 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__udp(void)
 {
+    if (!blake2s_mac) {
+        blake2s_mac = EVP_MAC_fetch(NULL, "BLAKE2SMAC", NULL);
+        if (!blake2s_mac) {
+            PyErr_SetString(PyExc_ImportError, "the system OpenSSL has no BLAKE2SMAC");
+            return NULL;
+        }
+    }
     PyObject *m = PyModule_Create(&module);
     if (!m)
         return NULL;

@@ -306,7 +306,9 @@ class DataPath:
         receives = udp.stats.receives
         lost: list[Address] = []
         if udp.screens:  # garbage was dropped (and counted here) before any Python ran
-            received, screened, lost = udp.receive_screened(self.device.keypair_indexes())
+            device = self.device
+            received, screened, lost = udp.receive_screened(device.keypair_indexes(),
+                                                            device.checker.mac1_key)
             if screened:
                 self._count_screened(screened)
         else:

@@ -31,7 +31,7 @@ FAST_PATH_REASON = "VPN_FAST_PATH=python" if PYTHON_FORCED else _MISSING
 SCREENS = not FAST_PATH_REASON
 # The order of the screen's drop counts: the handshake path's five, then the data path's.
 SCREEN_REASONS = ("too_short", "transport_too_short", "unknown_type", "bad_length",
-                  "reserved_nonzero", "unknown_receiver_index")
+                  "reserved_nonzero", "bad_mac1", "unknown_receiver_index")
 
 Address = tuple[str, int]
 
@@ -388,15 +388,16 @@ class UdpSocket:
         return out
 
     def receive_screened(
-        self, known: bytes
+        self, known: bytes, mac1_key: bytes
     ) -> tuple[list[tuple[memoryview, int, Address]], tuple[int, ...] | None, list[Address]]:
         """receive_batch in one recvmmsg, each datagram screened first (vpn/_udp.c): returns
         what passed, in receive_batch's form, the drops by SCREEN_REASONS (None: none), and
         the sources of transport messages for receiver indexes not in `known` (the sorted
-        uint32 array of Device.keypair_indexes)."""
+        uint32 array of Device.keypair_indexes). Handshake messages are checked against
+        `mac1_key` (CookieChecker.mac1_key) too."""
         entries, counts, lost, (receives, gro_receives, gro_segments, truncated,
                                 errors) = _udp.receive(self.fd, self._buffer, RECEIVE_SLOT,
-                                                       self.batch, known)
+                                                       self.batch, known, mac1_key)
         whole = self._whole
         names = self._names
         out = []

@@ -78,14 +78,14 @@ class ScreeningUdp(MemoryUdp):
 
     screens = True
 
-    def receive_screened(self, known: bytes) -> tuple[list[tuple[memoryview, int,
+    def receive_screened(self, known: bytes, mac1_key: bytes) -> tuple[list[tuple[memoryview, int,
                                                                    tuple[str, int]]],
                                                        tuple[int, ...] | None,
                                                        list[tuple[str, int]]]:
         passed, lost = [], []
         totals = [0] * len(SCREEN_REASONS)
         for data, size, source in self.receive_batch():
-            runs, counts, unknown = _udp.screen(data, size, known)
+            runs, counts, unknown = _udp.screen(data, size, known, mac1_key)
             for start, length in runs:
                 passed.append((data[start:start + length], min(size, length) or length,
                                source))

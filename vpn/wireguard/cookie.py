@@ -69,6 +69,11 @@ class CookieChecker:
             self._secret_born = now
         return mac(self._secret, address_bytes(addr))
 
+    @property
+    def mac1_key(self) -> bytes:
+        """The key of every mac1 sent to us (the native receive screens with it)."""
+        return self._mac1_key
+
     def valid_mac1(self, data: Buffer) -> bool:
         """mac1, keyed by our public key: checked on every handshake message."""
         off1, off2 = mac_offsets(data)
