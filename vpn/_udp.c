@@ -277,12 +277,29 @@ done:
     return result;
 }
 
+/* An entry of `receive`'s result being built: consecutive datagrams of one source. */
+typedef struct {
+    Py_ssize_t offset, length, size;
+    const struct sockaddr_storage *name; /* NULL: no entry pending */
+    socklen_t namelen;
+} Entry;
+
+static int flush_entry(PyObject *entries, Entry *e)
+{
+    PyObject *entry = Py_BuildValue("(nnny#)", e->offset, e->length, e->size,
+                                    (const char *)e->name, (Py_ssize_t)e->namelen);
+    int failed = !entry || PyList_Append(entries, entry) < 0;
+    Py_XDECREF(entry);
+    e->name = NULL;
+    return failed ? -1 : 0;
+}
+
 PyDoc_STRVAR(receive_doc,
 "receive(fd, buffer, slot_size, slots, known, mac1_key) -> (entries, counts, lost, stats)\n\n"
 "UdpSocket.receive_batch with one recvmmsg and the screen: up to `slots` receives, receive\n"
 "i into buffer[i * slot_size:]. entries lists (offset, length, segment_size, sockaddr) for\n"
 "each stretch of datagrams that passed (sockaddr: the raw struct sockaddr of the source,\n"
-"as bytes); counts as screen's, for the whole batch; lost lists the sockaddrs that sent a\n"
+"as bytes), lone datagrams from one source moved together as GRO would have; counts as screen's, for the whole batch; lost lists the sockaddrs that sent a\n"
 "transport message for an unknown receiver index; stats is (receives, gro_receives,\n"
 "gro_segments, truncated, errors). A socket error other than EAGAIN is counted, never\n"
 "raised.");
@@ -301,6 +318,9 @@ static PyObject *udp_receive(PyObject *self, PyObject *args)
     struct sockaddr_storage *names = NULL;
     char (*controls)[CMSG_SPACE(sizeof(int))] = NULL;
     Run *runs = NULL;
+    Entry pending = {0};
+    const struct sockaddr_storage *last_lost = NULL;
+    socklen_t last_lost_len = 0;
     int n = 0;
 
     if (!PyArg_ParseTuple(args, "iw*nnOy*:receive", &fd, &buffer, &slot_size, &slots,
@@ -383,32 +403,41 @@ static PyObject *udp_receive(PyObject *self, PyObject *args)
             continue;
         socklen_t namelen = h->msg_namelen <= sizeof(names[i]) ? h->msg_namelen
                                                                 : sizeof(names[i]);
-        PyObject *name = PyBytes_FromStringAndSize((const char *)&names[i], namelen);
-        if (!name)
-            goto fail;
         /* One entry per source in a row: a flood from one address asks Python once. */
-        Py_ssize_t nlost = PyList_GET_SIZE(lost);
-        if (lost_here
-            && (!nlost || PyObject_RichCompareBool(PyList_GET_ITEM(lost, nlost - 1), name,
-                                                   Py_EQ) != 1)
-            && PyList_Append(lost, name) < 0) {
-            Py_DECREF(name);
-            goto fail;
-        }
-        for (Py_ssize_t r = 0; r < nruns; r++) {
-            Py_ssize_t size = segment > 0 && segment < runs[r].length ? segment
-                                                                       : runs[r].length;
-            PyObject *entry = Py_BuildValue("(nnnO)", i * slot_size + runs[r].start,
-                                            runs[r].length, size, name);
-            if (!entry || PyList_Append(entries, entry) < 0) {
-                Py_XDECREF(entry);
-                Py_DECREF(name);
+        if (lost_here && (!last_lost || last_lost_len != namelen
+                          || memcmp(last_lost, &names[i], namelen) != 0)) {
+            PyObject *name = PyBytes_FromStringAndSize((const char *)&names[i], namelen);
+            if (!name || PyList_Append(lost, name) < 0) {
+                Py_XDECREF(name);
                 goto fail;
             }
-            Py_DECREF(entry);
+            Py_DECREF(name);
+            last_lost = &names[i];
+            last_lost_len = namelen;
         }
-        Py_DECREF(name);
+        for (Py_ssize_t r = 0; r < nruns; r++) {
+            Py_ssize_t off = i * slot_size + runs[r].start, run_len = runs[r].length;
+            Py_ssize_t size = segment > 0 && segment < run_len ? segment : run_len;
+            /* GRO in software for datagrams that came one per receive (a peer without UDP
+             * GSO, a path without GRO, a flood): a lone datagram from the same source as
+             * the pending entry, no longer than its datagrams, is moved in after them while
+             * the slot has room, so Python opens the whole run in one receive_run. */
+            if (pending.name && size == run_len && run_len <= pending.size && run_len > 0
+                && pending.length % pending.size == 0 && pending.namelen == namelen
+                && memcmp(pending.name, &names[i], namelen) == 0
+                && pending.offset % slot_size + pending.length + run_len <= slot_size) {
+                memmove((uint8_t *)buffer.buf + pending.offset + pending.length,
+                        (uint8_t *)buffer.buf + off, (size_t)run_len);
+                pending.length += run_len;
+                continue;
+            }
+            if (pending.name && flush_entry(entries, &pending) < 0)
+                goto fail;
+            pending = (Entry){off, run_len, size, &names[i], namelen};
+        }
     }
+    if (pending.name && flush_entry(entries, &pending) < 0)
+        goto fail;
     PyObject *count_obj = counts_tuple(counts);
     if (count_obj)
         result = Py_BuildValue("ONO(nnnnn)", entries, count_obj, lost, receives, gro_receives,

@@ -132,3 +132,38 @@ def test_receive_checks_its_numbers() -> None:
         # A closed descriptor: counted as errors, never raised.
     *_, stats = _udp.receive(-1, buffer, 100, 10, b"", b"")
     assert stats[-1] > 0
+
+
+def transport(index: int, size: int) -> bytes:
+    return b"\x04\x00\x00\x00" + index.to_bytes(4, "little") + os.urandom(size - 8)
+
+
+def test_receive_moves_lone_datagrams_of_one_source_together() -> None:
+    """recvmmsg on a datagram socketpair (no IP traffic at all): datagrams that came one per
+    receive are laid together as GRO would have laid them (all of one size but the last),
+    so Python opens them in one receive_run; a longer datagram, garbage or a full slot starts
+    a new entry."""
+    known = array("I", [7]).tobytes()
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        sizes = [100] * 5 + [60, 100, 120, 100]
+        sent = [transport(7, n) for n in sizes]
+        for i, datagram in enumerate(sent):
+            a.send(datagram)
+            if i == 6:
+                a.send(b"\xff" * 50)  # garbage between: dropped by the screen
+        buffer = bytearray(1000 * 16)
+        entries, counts, lost, stats = _udp.receive(b.fileno(), buffer, 1000, 16, known, b"")
+        assert counts == (0, 0, 1, 0, 0, 0, 0) and lost == []
+        assert stats[0] == len(sent) + 1
+        shapes = [(length, size) for _, length, size, _ in entries]
+        # 5 x 100 + 60 ends a run (the last may be shorter); 100 starts one, the garbage
+        # ends it, 120 is longer than 100 so it starts one, and 100 may follow it.
+        assert shapes == [(560, 100), (100, 100), (220, 120)]
+        got = b"".join(bytes(buffer[offset:offset + length]) for offset, length, _, _ in entries)
+        assert got == b"".join(sent)
+        # A slot holds what it holds: 300-byte slots take three 100-byte datagrams at most.
+        for _ in range(7):
+            a.send(transport(7, 100))
+        entries, *_ = _udp.receive(b.fileno(), buffer, 300, 16, known, b"")
+        assert [length for _, length, _, _ in entries] == [300, 300, 100]
