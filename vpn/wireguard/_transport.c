@@ -125,6 +125,15 @@ static int replay_validate(uint8_t *seen, uint64_t *greatest, uint64_t counter)
     return 1;
 }
 
+/* replay.ReplayWindow.rejects: would replay_validate refuse this counter now? Read-only,
+ * so it may come before authentication: a replayed message costs no AEAD. */
+static inline int replay_rejects(const uint8_t *seen, uint64_t greatest, uint64_t counter)
+{
+    return counter >= REJECT_AFTER_MESSAGES
+           || (counter <= greatest
+               && (greatest - counter > REPLAY_WINDOW || seen[counter & REPLAY_SLOT_MASK]));
+}
+
 typedef struct {
     PyObject_HEAD
     EVP_CIPHER_CTX *seal; /* keyed for encryption; per message only the nonce changes */
@@ -514,6 +523,8 @@ static PyObject *open_messages(TransportKey *self, const Py_buffer *views, Py_ss
             reason = DROP_TOO_SHORT;
         } else if (load32(msg) != MESSAGE_TRANSPORT || load32(msg + 4) != local) {
             reason = DROP_WRONG_KEYPAIR;
+        } else if (replay_rejects(seen.buf, g, load64(msg + 8))) {
+            reason = DROP_REPLAY;
         } else {
             uint64_t counter = load64(msg + 8);
             make_nonce(nonce, counter);
@@ -732,6 +743,10 @@ static PyObject *TransportKey_open_run(TransportKey *self, PyObject *args)
             continue;
         }
         uint64_t counter = load64(msg + 8);
+        if (replay_rejects(seen.buf, g, counter)) {
+            drops[RUN_REPLAY]++;
+            continue;
+        }
         make_nonce(nonce, counter);
         if (EVP_DecryptInit_ex2(ctx, NULL, NULL, nonce, NULL) != 1
             || EVP_DecryptUpdate(ctx, plain, &outl, msg + HEADER_LEN, n) != 1

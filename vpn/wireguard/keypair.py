@@ -309,6 +309,8 @@ class Keypair:
                     reason = "wrong_keypair"
                 elif recv is None:
                     reason = "keypair_expired"
+                elif counter != replay.greatest + 1 and replay.rejects(counter):
+                    reason = "replay"  # known before the AEAD, which it is spared
                 else:
                     end = offset + n
                     try:

@@ -1,6 +1,7 @@
 """The sliding anti-replay window for transport counters (8128 packets, as the kernel's).
 
-Call `validate` only after the packet authenticated, or a forger could move the window.
+Call `validate` only after the packet authenticated, or a forger could move the window;
+`rejects` only reads it, so the receive path asks it first and spares a replay its AEAD.
 
 The window is a ring of 8192 one-byte slots indexed by `counter & 8191` rather than the
 kernel's ring of 64-bit words: in Python a byte store is a single operation, whereas a word
@@ -37,6 +38,15 @@ class ReplayWindow:
     def reset(self) -> None:
         self._seen[:] = _ALL_CLEAR  # in place: the slots object never changes
         self.greatest = 0
+
+    def rejects(self, counter: int) -> bool:
+        """Would `validate` refuse `counter` now? Read-only, so it may be asked before the
+        packet authenticated: a replayed message is dropped without its AEAD."""
+        greatest = self.greatest
+        return counter >= REJECT_AFTER_MESSAGES or (
+            counter <= greatest
+            and (greatest - counter > REPLAY_WINDOW or self._seen[counter & REPLAY_SLOT_MASK] != 0)
+        )
 
     def validate(self, counter: int, limit: int = REJECT_AFTER_MESSAGES) -> bool:
         """True, and remember it, if `counter` is new and not too old; False otherwise."""

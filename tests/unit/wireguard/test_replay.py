@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import random
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from vpn.wireguard.constants import REJECT_AFTER_MESSAGES, REPLAY_WINDOW
 from vpn.wireguard.replay import ReplayWindow
 
@@ -144,3 +147,19 @@ def test_reset_forgets_everything() -> None:
     window.reset()
     assert window.greatest == 0
     assert [window.validate(c) for c in (0, 1, 5, 9000)] == [True] * 4
+
+
+@settings(max_examples=300, deadline=None)
+@given(history=st.lists(st.integers(0, 20_000), max_size=40),
+       counter=st.one_of(st.integers(0, 20_000),
+                         st.integers(REJECT_AFTER_MESSAGES - 2, REJECT_AFTER_MESSAGES + 2)))
+def test_rejects_is_validate_without_the_change(history: list[int], counter: int) -> None:
+    """The read-only question the receive path asks before the AEAD: exactly the counters
+    validate would refuse, and asking changes nothing."""
+    window = ReplayWindow()
+    for seen in history:
+        window.validate(seen)
+    state = (window.greatest, bytes(window._seen))
+    rejected = window.rejects(counter)
+    assert (window.greatest, bytes(window._seen)) == state
+    assert rejected == (not window.validate(counter))
