@@ -299,10 +299,10 @@ PyDoc_STRVAR(receive_doc,
 "UdpSocket.receive_batch with one recvmmsg and the screen: up to `slots` receives, receive\n"
 "i into buffer[i * slot_size:]. entries lists (offset, length, segment_size, sockaddr) for\n"
 "each stretch of datagrams that passed (sockaddr: the raw struct sockaddr of the source,\n"
-"as bytes), lone datagrams from one source moved together as GRO would have; counts as screen's, for the whole batch; lost lists the sockaddrs that sent a\n"
-"transport message for an unknown receiver index; stats is (receives, gro_receives,\n"
-"gro_segments, truncated, errors). A socket error other than EAGAIN is counted, never\n"
-"raised.");
+"as bytes), lone datagrams from one source moved together as GRO would have; counts as\n"
+"screen's, for the whole batch; lost lists the sockaddrs that sent a transport message for\n"
+"an unknown receiver index; stats is (receives, gro_receives, gro_segments, truncated,\n"
+"errors). A socket error other than EAGAIN is counted, never raised.");
 
 static PyObject *udp_receive(PyObject *self, PyObject *args)
 {
