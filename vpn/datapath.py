@@ -402,11 +402,11 @@ class DataPath:
         """Cryptokey routing, once per distinct inner source (each must be one of the peer's
         AllowedIPs), then the recorded packets to GRO or straight to the TUN. Returns how
         many were delivered."""
-        lookup = self.device.allowed_ips.lookup
+        allowed = self.device.allowed_ips.source_allowed
         peer = kp.peer
         denied = None
         for slot, src in enumerate(sources):
-            if lookup(src) is not peer:
+            if not allowed(peer, src):
                 denied = denied or bytearray(len(sources))
                 denied[slot] = 1
         if self.coalescing:
