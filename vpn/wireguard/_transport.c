@@ -279,6 +279,29 @@ static PyObject *lengths_list(const Py_ssize_t *lengths, Py_ssize_t count)
     return list;
 }
 
+/* The receiver index and first counter of a sealing batch of `count` messages: never past
+ * the message limit, so a counter can neither wrap nor reach a reserved value. */
+static int parse_sealing(PyObject *receiver_obj, PyObject *counter_obj, Py_ssize_t count,
+                         unsigned long *receiver, unsigned long long *first)
+{
+    *receiver = PyLong_AsUnsignedLong(receiver_obj);
+    if (PyErr_Occurred())
+        return -1;
+    if (*receiver > 0xffffffffUL) {
+        PyErr_SetString(PyExc_OverflowError, "receiver_index is a 32-bit unsigned integer");
+        return -1;
+    }
+    *first = PyLong_AsUnsignedLongLong(counter_obj);
+    if (PyErr_Occurred())
+        return -1;
+    if (count < 0 || *first > REJECT_AFTER_MESSAGES
+        || (uint64_t)count > REJECT_AFTER_MESSAGES - *first) {
+        PyErr_SetString(PyExc_ValueError, "batch passes the message limit");
+        return -1;
+    }
+    return 0;
+}
+
 PyDoc_STRVAR(seal_batch_doc,
 "seal_batch(packets, out, offset, mtu, receiver_index, first_counter) -> list[int]\n\n"
 "Write one transport message per packet back to back from out[offset:] (counters\n"
@@ -298,24 +321,12 @@ static PyObject *TransportKey_seal_batch(TransportKey *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOnnOO:seal_batch", &packets, &out_obj, &offset, &mtu,
                           &receiver_obj, &counter_obj))
         return NULL;
-    receiver = PyLong_AsUnsignedLong(receiver_obj);
-    if (PyErr_Occurred())
-        return NULL;
-    if (receiver > 0xffffffffUL) {
-        PyErr_SetString(PyExc_OverflowError, "receiver_index is a 32-bit unsigned integer");
-        return NULL;
-    }
-    first = PyLong_AsUnsignedLongLong(counter_obj);
-    if (PyErr_Occurred())
-        return NULL;
     seq = PySequence_Fast(packets, "packets must be a sequence");
     if (!seq)
         return NULL;
     count = PySequence_Fast_GET_SIZE(seq);
-    /* Never past the message limit: a counter must not wrap or reach a reserved value. */
-    if (first > REJECT_AFTER_MESSAGES || (uint64_t)count > REJECT_AFTER_MESSAGES - first) {
+    if (parse_sealing(receiver_obj, counter_obj, count, &receiver, &first) < 0) {
         Py_DECREF(seq);
-        PyErr_SetString(PyExc_ValueError, "batch passes the message limit");
         return NULL;
     }
     if (PyObject_GetBuffer(out_obj, &out, PyBUF_WRITABLE) < 0) {
@@ -403,20 +414,8 @@ static PyObject *TransportKey_seal_segments(TransportKey *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "w*nnnnnnnOO:seal_segments", &out, &offset, &count, &full,
                           &last, &gap, &tail, &mtu, &receiver_obj, &counter_obj))
         return NULL;
-    receiver = PyLong_AsUnsignedLong(receiver_obj);
-    if (PyErr_Occurred())
+    if (parse_sealing(receiver_obj, counter_obj, count, &receiver, &first) < 0)
         goto done;
-    if (receiver > 0xffffffffUL) {
-        PyErr_SetString(PyExc_OverflowError, "receiver_index is a 32-bit unsigned integer");
-        goto done;
-    }
-    first = PyLong_AsUnsignedLongLong(counter_obj);
-    if (PyErr_Occurred())
-        goto done;
-    if (first > REJECT_AFTER_MESSAGES || (uint64_t)count > REJECT_AFTER_MESSAGES - first) {
-        PyErr_SetString(PyExc_ValueError, "batch passes the message limit");
-        goto done;
-    }
     /* Sizes first (all small enough that the products below cannot overflow), then the
      * layout: every message within its own segment's slot, the last segment within out. */
     if (count < 1 || full < 0 || full > 0xffff || last < 0 || last > full || gap < 0
