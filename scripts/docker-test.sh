@@ -267,6 +267,9 @@ find "$TMP/src" -name __pycache__ -prune -exec rm -rf {} +
 platforms=()
 for v in $(seq 36 -1 17); do platforms+=(--platform "manylinux_2_${v}_$(uname -m)"); done
 for p in manylinux2014 manylinux2010 manylinux1; do platforms+=(--platform "${p}_$(uname -m)"); done
+# The project's own wheel carries the native modules built here: linux_<arch>, for this
+# very Debian (glibc and libcrypto), which the image is.
+platforms+=(--platform "linux_$(uname -m)")
 "$PY" -m pip download -q --disable-pip-version-check --only-binary=:all: \
     --implementation cp --python-version 3.11 "${platforms[@]}" \
     -d "$CTX/wheelhouse" "$CTX"/wheelhouse/vpn-*.whl >"$TMP/download.log" 2>&1 \
