@@ -313,12 +313,12 @@ class DataPath:
                 self._count_screened(screened)
         else:
             received = udp.receive_batch()
+        stats = self.stats
+        if udp.stats.receives - receives == udp.batch:  # garbage too: the socket was full
+            stats.full_receive_batches += 1
         if not received and not lost:
             return
         now = self.clock()
-        stats = self.stats
-        if udp.stats.receives - receives == udp.batch:
-            stats.full_receive_batches += 1
         offset = 0
         # keypair -> [bytes received, data packets delivered, latest source]
         sessions: dict[Keypair, list] = {}

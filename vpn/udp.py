@@ -104,13 +104,6 @@ class UdpStats:
         }
 
 
-def split_gro(data: memoryview, segment_size: int) -> list[memoryview]:
-    """Cut one GRO receive into its datagrams: all `segment_size` bytes but the last."""
-    if segment_size <= 0 or segment_size >= len(data):
-        return [data]
-    return [data[i : i + segment_size] for i in range(0, len(data), segment_size)]
-
-
 def _error_name(err: OSError) -> str:
     if isinstance(err, socket.gaierror):
         # An IPv6 peer on the IPv4-only fallback socket: Python fails to build the address.
@@ -348,7 +341,7 @@ class UdpSocket:
         """Drain up to `batch` receives without blocking: (data, segment size, source).
 
         With GRO one receive holds several datagrams of `segment size` (the last may be
-        shorter; see split_gro). The views are reused by the next call.
+        shorter). The views are reused by the next call.
         """
         out: list[tuple[memoryview, int, Address]] = []
         recv = self._sock.recvmsg_into

@@ -15,8 +15,9 @@ import pytest
 
 from tests.integration.unprivileged import run_python
 from tests.netns import Capture, Host, Lab
+from tests.unit.packets import split_gro
 from vpn import netns
-from vpn.udp import UdpError, UdpSocket, split_gro
+from vpn.udp import UdpError, UdpSocket
 
 pytestmark = pytest.mark.netns
 

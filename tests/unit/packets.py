@@ -191,3 +191,11 @@ def verify(pkt: bytes | memoryview) -> Parsed:
     if p.proto == 17:
         assert p.csum != 0
     return p
+
+
+def split_gro(data: memoryview, segment_size: int) -> list[memoryview]:
+    """Cut one GRO receive into its datagrams: all `segment_size` bytes but the last (what
+    DataPath._receive walks through in place)."""
+    if segment_size <= 0 or segment_size >= len(data):
+        return [data]
+    return [data[i : i + segment_size] for i in range(0, len(data), segment_size)]

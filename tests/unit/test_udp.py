@@ -13,8 +13,9 @@ import struct
 
 import pytest
 
+from tests.unit.packets import split_gro
 from vpn import udp
-from vpn.udp import MAX_GSO_SEGMENTS, SOL_UDP, UDP_GRO, UDP_SEGMENT, UdpSocket, split_gro
+from vpn.udp import MAX_GSO_SEGMENTS, SOL_UDP, UDP_GRO, UDP_SEGMENT, UdpSocket
 
 
 class FakeSocket:
