@@ -134,6 +134,26 @@ static inline int replay_rejects(const uint8_t *seen, uint64_t greatest, uint64_
                && (greatest - counter > REPLAY_WINDOW || seen[counter & REPLAY_SLOT_MASK]));
 }
 
+/* Open one message's n-byte body into plain: 1 if it authenticated, 0 if not (plain is
+ * wiped: no unauthenticated plaintext stays), -1 if OpenSSL itself failed. */
+static int open_message(EVP_CIPHER_CTX *ctx, const uint8_t *msg, int n, uint8_t *plain,
+                        uint64_t counter)
+{
+    uint8_t nonce[12];
+    int outl;
+    make_nonce(nonce, counter);
+    if (EVP_DecryptInit_ex2(ctx, NULL, NULL, nonce, NULL) != 1
+        || EVP_DecryptUpdate(ctx, plain, &outl, msg + HEADER_LEN, n) != 1
+        || EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, TAG_LEN,
+                               (void *)(msg + HEADER_LEN + n)) != 1)
+        return -1;
+    if (EVP_DecryptFinal_ex(ctx, plain + n, &outl) != 1) {
+        OPENSSL_cleanse(plain, (size_t)n);
+        return 0;
+    }
+    return 1;
+}
+
 typedef struct {
     PyObject_HEAD
     EVP_CIPHER_CTX *seal; /* keyed for encryption; per message only the nonce changes */
@@ -510,12 +530,12 @@ static PyObject *open_messages(TransportKey *self, const Py_buffer *views, Py_ss
         goto done_lengths;
 
     Py_BEGIN_ALLOW_THREADS
-    uint8_t *dst = (uint8_t *)out->buf + offset, nonce[12];
+    uint8_t *dst = (uint8_t *)out->buf + offset;
     uint64_t g = greatest;
     EVP_CIPHER_CTX *ctx = self->open;
     for (Py_ssize_t i = 0; i < count && !failed; i++) {
         const uint8_t *msg = views[i].buf;
-        int n = (int)(views[i].len - MIN_LEN), outl, reason;
+        int n = (int)(views[i].len - MIN_LEN), reason;
         uint8_t *plain = dst;
         lengths[i] = -1;
         if (n < 0) {
@@ -526,16 +546,12 @@ static PyObject *open_messages(TransportKey *self, const Py_buffer *views, Py_ss
             reason = DROP_REPLAY;
         } else {
             uint64_t counter = load64(msg + 8);
-            make_nonce(nonce, counter);
-            if (EVP_DecryptInit_ex2(ctx, NULL, NULL, nonce, NULL) != 1
-                || EVP_DecryptUpdate(ctx, plain, &outl, msg + HEADER_LEN, n) != 1
-                || EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, TAG_LEN,
-                                       (void *)(msg + HEADER_LEN + n)) != 1) {
+            int opened = open_message(ctx, msg, n, plain, counter);
+            if (opened < 0) {
                 failed = 1;
                 break;
             }
-            if (EVP_DecryptFinal_ex(ctx, plain + n, &outl) != 1) {
-                OPENSSL_cleanse(plain, (size_t)n); /* no unauthenticated plaintext stays */
+            if (!opened) {
                 reason = DROP_BAD_AUTH;
             } else if (!replay_validate(seen.buf, &g, counter)) {
                 reason = DROP_REPLAY;
@@ -723,7 +739,7 @@ static PyObject *TransportKey_open_run(TransportKey *self, PyObject *args)
 
     Py_BEGIN_ALLOW_THREADS
     const uint8_t *base = data.buf;
-    uint8_t *plain_base = out.buf, *rec = (uint8_t *)records.buf, nonce[12];
+    uint8_t *plain_base = out.buf, *rec = (uint8_t *)records.buf;
     Py_ssize_t pos = start, off = offset;
     uint64_t g = greatest;
     EVP_CIPHER_CTX *ctx = self->open;
@@ -731,7 +747,7 @@ static PyObject *TransportKey_open_run(TransportKey *self, PyObject *args)
         Py_ssize_t end = data.len - pos > segment_size ? pos + segment_size : data.len;
         const uint8_t *msg = base + pos;
         Py_ssize_t size = end - pos;
-        int n = (int)(size - MIN_LEN), outl;
+        int n = (int)(size - MIN_LEN);
         uint8_t *plain = plain_base + off;
         if (size < MIN_LEN || msg[0] != MESSAGE_TRANSPORT || load32(msg + 4) != local
             || nrec == capacity || nsources == MAX_SOURCES)
@@ -746,16 +762,12 @@ static PyObject *TransportKey_open_run(TransportKey *self, PyObject *args)
             drops[RUN_REPLAY]++;
             continue;
         }
-        make_nonce(nonce, counter);
-        if (EVP_DecryptInit_ex2(ctx, NULL, NULL, nonce, NULL) != 1
-            || EVP_DecryptUpdate(ctx, plain, &outl, msg + HEADER_LEN, n) != 1
-            || EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, TAG_LEN,
-                                   (void *)(msg + HEADER_LEN + n)) != 1) {
+        int opened = open_message(ctx, msg, n, plain, counter);
+        if (opened < 0) {
             failed = 1;
             break;
         }
-        if (EVP_DecryptFinal_ex(ctx, plain + n, &outl) != 1) {
-            OPENSSL_cleanse(plain, (size_t)n); /* no unauthenticated plaintext stays */
+        if (!opened) {
             drops[RUN_BAD_AUTH]++;
             continue;
         }
