@@ -9,7 +9,7 @@ deps:
 	VENV=$(VENV) bash scripts/bootstrap.sh
 
 lint: deps
-	$(VENV)/bin/ruff check vpn tests bench scripts examples
+	$(VENV)/bin/ruff check vpn lab tests bench scripts examples
 
 unit: deps
 	$(PYTHON) -m pytest -q tests/unit

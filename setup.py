@@ -1,7 +1,7 @@
 """The native fast path's C modules; every other piece of metadata lives in pyproject.toml.
 
-vpn/wireguard/_transport.c links the system's OpenSSL libcrypto (Debian: libssl-dev);
-vpn/offload/_gso.c and _gro.c need only the compiler and the Python headers."""
+vpn/core/wireguard/_transport.c links the system's OpenSSL libcrypto (Debian: libssl-dev);
+vpn/core/offload/_gso.c and _gro.c need only the compiler and the Python headers."""
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -26,11 +26,11 @@ class _BuildExt(build_ext):
 
 setup(
     ext_modules=[
-        Extension("vpn.wireguard._transport", ["vpn/wireguard/_transport.c"],
+        Extension("vpn.core.wireguard._transport", ["vpn/core/wireguard/_transport.c"],
                   libraries=["crypto"], extra_compile_args=_FLAGS),
-        Extension("vpn.offload._gso", ["vpn/offload/_gso.c"], extra_compile_args=_FLAGS),
-        Extension("vpn.offload._gro", ["vpn/offload/_gro.c"], extra_compile_args=_FLAGS),
-        Extension("vpn._udp", ["vpn/_udp.c"], libraries=["crypto"], extra_compile_args=_FLAGS),
+        Extension("vpn.core.offload._gso", ["vpn/core/offload/_gso.c"], extra_compile_args=_FLAGS),
+        Extension("vpn.core.offload._gro", ["vpn/core/offload/_gro.c"], extra_compile_args=_FLAGS),
+        Extension("vpn.io._udp", ["vpn/io/_udp.c"], libraries=["crypto"], extra_compile_args=_FLAGS),
     ],
     cmdclass={"build_ext": _BuildExt},
 )

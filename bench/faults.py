@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import statistics
 
-from tests.integration import wg_lab
-from tests.netns import Lab, iperf3_gbps
+from lab import wg_lab
+from lab.netns import Lab, iperf3_gbps
 
 LOSS_RATES = {"0%": 0.0, "1%": 0.01, "5%": 0.05, "20%": 0.20}
 # Each host's veth towards the other (wg_lab.build names them after the far host).

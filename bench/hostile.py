@@ -3,7 +3,7 @@
 Each round, for two of ours and (when its binary is given) two modern wireguard-go: iperf3
 a->b clean, then again while a third host (test_hostile's flood host, on its own link to b)
 sends about FLOOD_RATE datagrams a second at b's WireGuard port with
-tests/integration/flood.py's `garbage` mode: random bytes, wrong lengths, bad-mac1
+lab/flood.py's `garbage` mode: random bytes, wrong lengths, bad-mac1
 handshakes, unknown receiver indices, oversized datagrams, and exact replays and forgeries
 of a's transport messages to b (captured during the setup ping, so the forgeries carry b's
 live receiver index and each costs b an AEAD). The flood is bounded (the iperf3 run plus
@@ -19,9 +19,9 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from tests.integration import wg_lab
+from lab import wg_lab
+from lab.netns import Host, Lab, iperf3_gbps
 from tests.integration.test_hostile import VICTIM, flood_host, flood_result, start_flood
-from tests.netns import Host, Lab, iperf3_gbps
 
 FLOOD_RATE = 100_000
 # The flood outlasts iperf3's connect and its `seconds` of transfer by this much.

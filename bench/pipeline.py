@@ -22,11 +22,11 @@ import subprocess
 import sys
 import time
 
-from tests.unit.datapath_doubles import DST, ENDPOINT_A, MTU, SRC, handshaken_pair
-from tests.unit.packets import tcp_super_packet
-from vpn.datapath import DataPath
-from vpn.packet.virtio import VirtioNetHeader
-from vpn.wireguard import fastpath
+from lab.doubles import DST, ENDPOINT_A, MTU, SRC, handshaken_pair
+from lab.packets import tcp_super_packet
+from vpn.core.packet.virtio import VirtioNetHeader
+from vpn.core.wireguard import fastpath
+from vpn.io.datapath import DataPath
 
 MSS = MTU - 40 - 12  # IPv4 + TCP with the timestamps option, as Linux sends
 

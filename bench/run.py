@@ -35,11 +35,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import faults, hostile, pipeline
-from tests.integration import wg_lab
-from tests.integration.relay_lab import B4, host_to_host
-from tests.netns import Lab, iperf3_gbps, lab_unavailable_reason
-from tests.unit.packets import tcp_super_packet
-from vpn.offload import coalesce, split
+from lab import wg_lab
+from lab.netns import Lab, iperf3_gbps, lab_unavailable_reason
+from lab.packets import tcp_super_packet
+from lab.relay_lab import B4, host_to_host
+from vpn.core.offload import coalesce, split
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RELAY_MODES = ("plain", "passthrough", "offload")
@@ -220,9 +220,9 @@ def veth_throughput(rounds: int, seconds: float) -> list[float]:
 
 
 def wireguard_micro() -> dict[str, float]:
-    from vpn.wireguard import bench as wg_bench
+    from bench import protocol
 
-    return wg_bench.run()
+    return protocol.run()
 
 
 def print_table(report: dict) -> None:

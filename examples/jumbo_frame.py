@@ -6,7 +6,7 @@ correctly checksummed segments. Run as root:  sudo .venv/bin/python examples/jum
 The script plays the VPN endpoint on gateway `gw`: it holds ten TCP segments of one flow
 from a to b, as if just decrypted (a is a real host so that the source is plausible and b's
 RST goes there, not into the TUN). Instead of writing them one by one, it coalesces them
-(vpn.offload.coalesce) into one 13,880-byte frame with a virtio-net header (gso_type TCPV4,
+(vpn.core.offload.coalesce) into one 13,880-byte frame with a virtio-net header (gso_type TCPV4,
 gso_size = the MSS, NEEDS_CSUM with the pseudo-header sum in the checksum field) and writes
 that with a single writev. The kernel routes the frame like any packet; because the egress
 veth can do no TSO and no checksum offload, it cuts the frame into MTU-sized segments and
@@ -28,11 +28,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from vpn import netns  # entering a namespace to open the TUN there
-from vpn.offload import coalesce
-from vpn.packet.checksum import checksum, pseudo_header_sum
-from vpn.packet.virtio import VirtioNetHeader
-from vpn.tun import TunDevice
+from lab import netns  # entering a namespace to open the TUN there
+from vpn.core.offload import coalesce
+from vpn.core.packet.checksum import checksum, pseudo_header_sum
+from vpn.core.packet.virtio import VirtioNetHeader
+from vpn.io.tun import TunDevice
 
 PREFIX = "jumbo"  # namespace names start with this, then the pid: jumbo1234-gw
 SRC, DST = "198.18.1.2", "198.18.2.2"

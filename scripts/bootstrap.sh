@@ -9,7 +9,7 @@ SYSTEM_PACKAGES=(iperf3 iproute2 tcpdump wireguard-tools wireguard-go ethtool ip
                  procps kmod iputils-ping util-linux docker-compose python3 python3-venv
                  python3-pip python3-dev build-essential libssl-dev)
 # build-essential, python3-dev and libssl-dev build the native module
-# (vpn/wireguard/_transport.c, linked to the system's libcrypto).
+# (vpn/core/wireguard/_transport.c, linked to the system's libcrypto).
 VENV=${VENV:-.venv}
 
 missing=()
@@ -53,7 +53,8 @@ stamp="$VENV/.installed"
 # built module does not import.
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
         || [ -n "$(find vpn -name '*.c' -newer "$stamp")" ] \
-        || ! "$VENV/bin/python" -c 'import vpn.offload._gso, vpn.wireguard._transport' \
+        || ! "$VENV/bin/python" -c 'import vpn.core.offload._gso, vpn.core.offload._gro
+import vpn.core.wireguard._transport, vpn.io._udp' \
              2>/dev/null; then
     "$VENV/bin/pip" install -q --upgrade pip
     log="$VENV/install.log"

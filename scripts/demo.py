@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.integration import compose_lab
-from tests.integration.wg_lab import final_counters
-from tests.netns import Host, Lab, LabUnavailable
+from lab import compose_lab
+from lab.netns import Host, Lab, LabUnavailable
+from lab.wg_lab import final_counters
 
 
 def step(text: str) -> None:

@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# `make sanitize`: builds the native modules (vpn/wireguard/_transport.c, vpn/offload/_gso.c,
-# vpn/_udp.c,
-# vpn/offload/_gro.c) with AddressSanitizer and UBSan in a scratch copy of the tree and runs
+# `make sanitize`: builds the native modules (vpn/core/wireguard/_transport.c,
+# vpn/core/offload/_gso.c and _gro.c, vpn/io/_udp.c) with AddressSanitizer and UBSan in a scratch copy of the tree and runs
 # their property tests (native against the Python reference) there; any overrun or undefined
 # behaviour aborts the run. The installed build is untouched.
 set -euo pipefail
@@ -11,7 +10,7 @@ python=${PYTHON:-.venv/bin/python}
 PYTHON=$(cd "$(dirname "$python")" && pwd)/$(basename "$python")
 work=$(mktemp -d /tmp/vpn-sanitize.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-cp -r vpn tests setup.py pyproject.toml README.md "$work/"
+cp -r vpn lab tests setup.py pyproject.toml README.md "$work/"
 find "$work" -name '*.so' -delete
 cd "$work"
 # These come before setup.py's own flags (-O3 -Werror still apply).
@@ -27,12 +26,12 @@ export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export PYTHONMALLOC=malloc
 # The instrumented copies must be the ones imported, not the editable install's.
-"$PYTHON" -c 'import sys, vpn.wireguard._transport as t, vpn.offload._gso as g, vpn.offload._gro as r, vpn._udp as u
+"$PYTHON" -c 'import sys, vpn.core.wireguard._transport as t, vpn.core.offload._gso as g, vpn.core.offload._gro as r, vpn.io._udp as u
 sys.exit(not all(m.__file__.startswith(sys.argv[1]) for m in (t, g, r, u)))' "$work" \
     || { echo "sanitize: the tests would not use the instrumented modules" >&2; exit 1; }
 # --capture=sys: a sanitizer report goes to file descriptor 2 and must reach the terminal.
 "$PYTHON" -m pytest -q -p no:cacheprovider --capture=sys \
-    tests/unit/wireguard/test_transport_native.py tests/unit/test_gso_native.py \
-    tests/unit/test_gso.py tests/unit/test_gro_native.py tests/unit/test_gro.py \
-    tests/unit/test_udp_screen.py tests/unit/test_datapath_receive.py \
-    tests/unit/test_datapath_batches.py
+    tests/unit/core/wireguard/test_transport_native.py tests/unit/core/test_gso_native.py \
+    tests/unit/core/test_gso.py tests/unit/core/test_gro_native.py tests/unit/core/test_gro.py \
+    tests/unit/io/test_udp_screen.py tests/unit/io/test_datapath_receive.py \
+    tests/unit/io/test_datapath_batches.py

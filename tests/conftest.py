@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import settings
 
-from tests.netns import Lab, lab_unavailable_reason
+from lab.netns import Lab, lab_unavailable_reason
 
 # `make fuzz` runs the property tests with HYPOTHESIS_PROFILE=fuzz: many more examples.
 settings.register_profile("fuzz", max_examples=20_000, deadline=None)

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from vpn import config, keys
+from vpn.control import config
+from vpn.core import keys
 
 if TYPE_CHECKING:
     from vpn.endpoint import Endpoint
@@ -160,7 +161,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from vpn import show, uapi, uapi_server
+    from vpn.control import show, uapi, uapi_server
 
     names = [args.interface] if args.interface else uapi_server.interfaces()
     views, status = [], EXIT_OK
@@ -201,7 +202,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     """Ask a running endpoint to stop (set=vpn-down), then wait until its socket is gone."""
     import time
 
-    from vpn import uapi, uapi_server
+    from vpn.control import uapi, uapi_server
 
     try:
         path = uapi_server.socket_path(args.interface)
@@ -225,7 +226,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def cmd_reload(args: argparse.Namespace) -> int:
     """Ask a running endpoint to re-read its config file (as SIGHUP does), and wait for it."""
-    from vpn import uapi, uapi_server
+    from vpn.control import uapi, uapi_server
 
     try:
         answers = uapi_server.request(args.interface, f"{uapi.OP_RELOAD}\n\n", timeout=30)

@@ -20,16 +20,18 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from vpn import native, netsetup, uapi
-from vpn.config import Config, ConfigError, PeerConfig, load, to_text
-from vpn.config import Endpoint as EndpointAddress
-from vpn.datapath import DataPath
-from vpn.keys import encode_key, public_from_private
-from vpn.tun import TunDevice, TunError
-from vpn.uapi import ChangeSet, DeviceSnapshot, PeerSnapshot, UapiError, endpoint_text
-from vpn.uapi_server import SOCKET_DIR, UapiServer, UapiServerError
-from vpn.udp import Address, UdpError, UdpSocket
-from vpn.wireguard import Device, Peer
+from vpn.control import uapi
+from vpn.control.config import Config, ConfigError, PeerConfig, load, to_text
+from vpn.control.config import Endpoint as EndpointAddress
+from vpn.control.uapi import ChangeSet, DeviceSnapshot, PeerSnapshot, UapiError, endpoint_text
+from vpn.control.uapi_server import SOCKET_DIR, UapiServer, UapiServerError
+from vpn.core.keys import encode_key, public_from_private
+from vpn.core.wireguard import Device, Peer
+from vpn.host import netsetup
+from vpn.io import native
+from vpn.io.datapath import DataPath
+from vpn.io.tun import TunDevice, TunError
+from vpn.io.udp import Address, UdpError, UdpSocket
 
 log = logging.getLogger("vpn.endpoint")
 
@@ -282,7 +284,7 @@ class Endpoint:
             raise EndpointError("the endpoint is not running")
         return self.device
 
-    # -- the management API (vpn.uapi_server calls these) ------------------------------------
+    # -- the management API (vpn.control.uapi_server calls these) -----------------------
 
     def uapi_get(self) -> DeviceSnapshot:
         device = self._running_device()

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from tests.integration.wg_lab import ROOT, build
-from tests.netns import Lab, Process
+from lab.netns import Lab, Process
+from lab.wg_lab import ROOT, build
 
 pytestmark = pytest.mark.netns
 
@@ -34,7 +34,7 @@ def test_add_and_remove_a_peer_at_run_time(lab: Lab) -> None:
     pair.start_ours(pair.b)
     go = lab.path("go")  # the client's signal: the test's traffic has been sent
     client = pair.a.host.start(
-        sys.executable, str(ROOT / "tests" / "integration" / "api_client.py"), str(config),
+        sys.executable, str(ROOT / "lab" / "api_client.py"), str(config),
         pair.b.public, "198.18.1.2:51821", str(go), env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
     _wait_line(client, "peer added")

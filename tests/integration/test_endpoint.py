@@ -13,12 +13,12 @@ import textwrap
 
 import pytest
 
-from tests.integration import compose_lab
-from tests.integration.relay_lab import checked_transfer
-from tests.integration.wg_lab import build, final_counters, start_vpn, wg
-from tests.netns import Lab, iperf3_gbps
-from vpn.config import parse
-from vpn.keys import encode_key
+from lab import compose_lab
+from lab.netns import Lab, iperf3_gbps
+from lab.relay_lab import checked_transfer
+from lab.wg_lab import build, final_counters, start_vpn, wg
+from vpn.control.config import parse
+from vpn.core.keys import encode_key
 
 pytestmark = pytest.mark.netns
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns import lab_unavailable_reason
+from lab.netns import lab_unavailable_reason
 
 pytestmark = pytest.mark.netns
 

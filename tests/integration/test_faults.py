@@ -17,8 +17,9 @@ from datetime import datetime
 import pytest
 
 from bench.faults import lossy_underlay, underlay_counts
-from tests.integration.relay_lab import checked_transfer
-from tests.integration.wg_lab import (
+from lab.netns import Host, Lab, Process
+from lab.relay_lab import checked_transfer
+from lab.wg_lab import (
     PORT,
     ROOT,
     UNDERLAY,
@@ -28,9 +29,8 @@ from tests.integration.wg_lab import (
     final_counters,
     start_vpn,
 )
-from tests.netns import Host, Lab, Process
-from vpn import uapi
-from vpn.uapi_server import request
+from vpn.control import uapi
+from vpn.control.uapi_server import request
 
 pytestmark = pytest.mark.netns
 
@@ -120,7 +120,7 @@ def test_jumbo_underlay_both_ways_with_stalled_receivers(lab: Lab) -> None:
     once, with sha256, while each endpoint is stopped now and then so that it wakes to a
     full batch of receives (rounds until both have, at most eight): every stream byte-exact
     and no internal error, ever. (Whether a batch holds enough 8-datagram receives to have
-    overrun is up to the kernel's timing; tests/unit/test_datapath_batches.py builds the
+    overrun is up to the kernel's timing; tests/unit/io/test_datapath_batches.py builds the
     exact batch.)"""
     pair = build(lab, mtu=9000)
     pair.start_ours(pair.a)
@@ -198,7 +198,7 @@ def test_duplicates_dropped_reordered_delivered(lab: Lab) -> None:
     left, right = f"{b4}:51900", f"{b4}:51901"  # a's and b's way into the proxy
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proxy = b_host.start(
-        sys.executable, "-m", "tests.integration.udp_proxy",
+        sys.executable, "-m", "lab.udp_proxy",
         left, f"{UNDERLAY['a'][0]}:{PORT['a']}", right, f"{b4}:{PORT['b']}",
         "--duplicate-every", "5", "--hold-every", "7", "--depth", "8", "--max-delay", "0.02",
         env=env,

@@ -1,7 +1,7 @@
 """Hostile input at a running endpoint: garbage and replay floods, handshake floods, traffic to
 no peer, and a 1,000-peer table, each with its numbers printed (pytest -s shows them).
 
-The flooder (tests/integration/flood.py) runs in a third namespace linked to b.
+The flooder (lab/flood.py) runs in a third namespace linked to b.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.flood import MAX_SEGMENTS
-from tests.integration.relay_lab import checked_transfer
-from tests.integration.wg_lab import (
+from lab.flood import MAX_SEGMENTS
+from lab.netns import Host, Lab, Process
+from lab.relay_lab import checked_transfer
+from lab.wg_lab import (
     PORT,
     ROOT,
     UNDERLAY,
@@ -29,11 +30,10 @@ from tests.integration.wg_lab import (
     final_counters,
     start_vpn,
 )
-from tests.netns import Host, Lab, Process
-from vpn import uapi
-from vpn.keys import decode_key, encode_key, public_from_private
-from vpn.uapi_server import request
-from vpn.wireguard.constants import UNDER_LOAD_BACKLOG
+from vpn.control import uapi
+from vpn.control.uapi_server import request
+from vpn.core.keys import decode_key, encode_key, public_from_private
+from vpn.core.wireguard.constants import UNDER_LOAD_BACKLOG
 
 pytestmark = pytest.mark.netns
 
@@ -143,7 +143,7 @@ def public_hex(key: str) -> str:
 
 def start_flood(host: Host, *args: str) -> Process:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return host.start(sys.executable, "-m", "tests.integration.flood", *args, env=env)
+    return host.start(sys.executable, "-m", "lab.flood", *args, env=env)
 
 
 def flood_result(proc: Process, timeout: float = 120) -> dict:
@@ -361,7 +361,7 @@ def test_thousand_peers(lab: Lab) -> None:
     one_peer = pair.start_ours(pair.a)
     pair.a.host.run("ping", "-c", "2", "-i", "0.2", "-W", "5", pair.b.tunnel4)
     out = pair.a.host.run("env", f"PYTHONPATH={ROOT}", sys.executable, "-m",
-                          "tests.integration.flood", "clients", UNDERLAY["b"][0],
+                          "lab.flood", "clients", UNDERLAY["b"][0],
                           str(PORT["b"]), public_hex(pair.b.public),
                           *[k.hex() for k in clients], timeout=60)
     done = json.loads(out.stdout.splitlines()[-1])

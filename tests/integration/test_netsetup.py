@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns import Host, Lab
-from vpn import netns, netsetup
-from vpn.netsetup import InterfaceSetup, SetupError
-from vpn.tun import TunDevice
+from lab import netns
+from lab.netns import Host, Lab
+from vpn.host import netsetup
+from vpn.host.netsetup import InterfaceSetup, SetupError
+from vpn.io.tun import TunDevice
 
 pytestmark = pytest.mark.netns
 

@@ -10,7 +10,8 @@ import re
 
 import pytest
 
-from tests.integration.relay_lab import (
+from lab.netns import Lab, iperf3_gbps
+from lab.relay_lab import (
     B4,
     B6,
     LAN4,
@@ -19,7 +20,6 @@ from tests.integration.relay_lab import (
     gateway,
     host_to_host,
 )
-from tests.netns import Lab, iperf3_gbps
 
 pytestmark = pytest.mark.netns
 

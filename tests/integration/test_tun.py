@@ -9,12 +9,13 @@ import time
 
 import pytest
 
-from tests.integration.unprivileged import run_python
-from tests.netns import Lab
-from vpn import netlink, netns
-from vpn.packet.checksum import checksum
-from vpn.packet.virtio import NO_OFFLOAD
-from vpn.tun import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TunDevice, TunError
+from lab import netns
+from lab.netns import Lab
+from lab.unprivileged import run_python
+from vpn.core.packet.checksum import checksum
+from vpn.core.packet.virtio import NO_OFFLOAD
+from vpn.host import netlink
+from vpn.io.tun import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TunDevice, TunError
 
 pytestmark = pytest.mark.netns
 
@@ -54,7 +55,7 @@ def test_too_long_name_is_rejected() -> None:
 
 
 def test_not_permitted_is_a_clear_error() -> None:
-    proc = run_python("from vpn.tun import TunDevice\nTunDevice.open('noperm0')")
+    proc = run_python("from vpn.io.tun import TunDevice\nTunDevice.open('noperm0')")
     assert proc.returncode != 0
     assert "creating TUN 'noperm0' needs CAP_NET_ADMIN (run as root)" in proc.stderr, proc.stderr
 

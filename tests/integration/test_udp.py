@@ -13,11 +13,11 @@ import time
 
 import pytest
 
-from tests.integration.unprivileged import run_python
-from tests.netns import Capture, Host, Lab
-from tests.unit.packets import split_gro
-from vpn import netns
-from vpn.udp import UdpError, UdpSocket
+from lab import netns
+from lab.netns import Capture, Host, Lab
+from lab.packets import split_gro
+from lab.unprivileged import run_python
+from vpn.io.udp import UdpError, UdpSocket
 
 pytestmark = pytest.mark.netns
 
@@ -147,7 +147,7 @@ def test_gso_refused_falls_back_to_one_datagram_per_send(
         alias = socket.socket(fileno=os.dup(sender.fd))
         alias.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
         alias.close()
-        with caplog.at_level(logging.WARNING, logger="vpn.udp"):
+        with caplog.at_level(logging.WARNING, logger="vpn.io.udp"):
             sender.send_segments((B4, receiver.port), memoryview(PAYLOAD), SEGMENT, COUNT, LAST)
             got = receive(receiver, len(PAYLOAD))
             sender.send_segments((B4, receiver.port), memoryview(PAYLOAD), SEGMENT, COUNT, LAST)
@@ -201,7 +201,7 @@ def test_port_in_use_is_a_clear_error(lab: Lab) -> None:
 
 def test_not_permitted_is_a_clear_error() -> None:
     proc = run_python(
-        "from vpn.udp import UdpSocket, UdpError\n"
+        "from vpn.io.udp import UdpSocket, UdpError\n"
         "for kw in ({'port': 80}, {'fwmark': 0x51820}):\n"
         "    try:\n"
         "        UdpSocket.open(**kw)\n"

@@ -15,7 +15,9 @@ import time
 
 import pytest
 
-from tests.integration.flood import MAX_SEGMENTS, Sender
+from lab.flood import MAX_SEGMENTS, Sender
+from lab.netns import Lab, Process
+from lab.wg_lab import PORT, ROOT, WgPair, build
 from tests.integration.test_hostile import (
     FLOOD_NET,
     VICTIM,
@@ -24,9 +26,7 @@ from tests.integration.test_hostile import (
     start_flood,
     stats_of,
 )
-from tests.integration.wg_lab import PORT, ROOT, WgPair, build
-from tests.netns import Lab, Process
-from vpn.wireguard.constants import COOKIE_REPLY_SIZE, INITIATION_SIZE, RESPONSE_SIZE
+from vpn.core.wireguard.constants import COOKIE_REPLY_SIZE, INITIATION_SIZE, RESPONSE_SIZE
 
 pytestmark = pytest.mark.netns
 

@@ -1,6 +1,6 @@
 """The classic virtio-net header mistakes, each shown against the real kernel with its symptom.
 
-Each test runs the relay with one mistake built in (tests/integration/mistake_relay.py) and
+Each test runs the relay with one mistake built in (lab/mistake_relay.py) and
 checks the failure a user would see; docs/tun-offload.md points here.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.relay_lab import B4, LAN4, checked_transfer, gateway, host_to_host
-from tests.netns import Lab
+from lab.netns import Lab
+from lab.relay_lab import B4, LAN4, checked_transfer, gateway, host_to_host
 
 pytestmark = pytest.mark.netns
 
@@ -66,7 +66,7 @@ def test_hdr_len_without_tcp_options_is_tolerated_on_write(lab: Lab) -> None:
     """Mistake 3b: hdr_len must cover the TCP options. On write, this kernel recomputes the
     header length from the packet itself, so a short hdr_len does no harm here; the danger
     is on read, where a forwarded packet's hdr_len is not to be trusted (see
-    tests/unit/test_gso.py, which splits using the TCP data offset instead)."""
+    tests/unit/core/test_gso.py, which splits using the TCP data offset instead)."""
     run = host_to_host(lab, mistake="hdr-len-without-options")
     sent, received = checked_transfer(run.a, run.b, B4, 8 << 20)
     stats = run.stop()

@@ -57,7 +57,7 @@ def wireguard_go(tmp_path: Path) -> Iterator[tuple[WgGo, bytes]]:
         if os.environ.get("CI"):
             pytest.fail(f"interop test cannot run in CI: {reason}")
         pytest.skip(f"INTEROP TEST NOT RUN: {reason}")
-    from vpn.wireguard.crypto import X25519PrivateKey, public_bytes
+    from vpn.core.wireguard.crypto import X25519PrivateKey, public_bytes
 
     suffix = secrets.token_hex(4)
     netns, ifname = f"vpnt-wg-{suffix}", f"wgi{suffix}"  # ifname: 11 chars, unique per run
@@ -107,7 +107,7 @@ def wireguard_go(tmp_path: Path) -> Iterator[tuple[WgGo, bytes]]:
 
 def client_main(args: dict[str, object]) -> dict[str, object]:
     """Runs inside the namespace: handshake with wireguard-go, then exchange transport."""
-    from vpn.wireguard import Device
+    from vpn.core.wireguard import Device
 
     our_private = bytes.fromhex(str(args["our_private"]))
     their_public = bytes.fromhex(str(args["their_public"]))

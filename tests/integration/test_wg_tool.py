@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.relay_lab import checked_transfer
-from tests.integration.wg_lab import ROOT, WgPair, build, wg
-from tests.netns import Lab, Process
-from vpn import native
+from lab.netns import Lab, Process
+from lab.relay_lab import checked_transfer
+from lab.wg_lab import ROOT, WgPair, build, wg
+from vpn.io import native
 
 pytestmark = pytest.mark.netns
 

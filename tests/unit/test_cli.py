@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from vpn import cli
-from vpn.keys import decode_key, encode_key, generate_private, public_from_private
+from vpn.core.keys import decode_key, encode_key, generate_private, public_from_private
 
 WG = shutil.which("wg")
 needs_wg = pytest.mark.skipif(WG is None, reason="WG COMPATIBILITY NOT TESTED: no `wg` binary")

@@ -12,14 +12,14 @@ import os
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.unit.packets import tcp_packet, tcp_super_packet, udp_packet, udp_super_packet
-from tests.unit.wireguard.helpers import A_ADDR, B_ADDR, ipv4_packet, make_pair
-from vpn import config, uapi
-from vpn.offload import coalesce, split
-from vpn.packet.errors import OffloadError
-from vpn.packet.headers import parse_ip, tcp_header_len
-from vpn.packet.icmp import unreachable
-from vpn.packet.virtio import (
+from lab.packets import tcp_packet, tcp_super_packet, udp_packet, udp_super_packet
+from tests.unit.core.wireguard.helpers import A_ADDR, B_ADDR, ipv4_packet, make_pair
+from vpn.control import config, uapi
+from vpn.core.offload import coalesce, split
+from vpn.core.packet.errors import OffloadError
+from vpn.core.packet.headers import parse_ip, tcp_header_len
+from vpn.core.packet.icmp import unreachable
+from vpn.core.packet.virtio import (
     GSO_NONE,
     GSO_TCPV4,
     GSO_TCPV6,
@@ -28,8 +28,8 @@ from vpn.packet.virtio import (
     VirtioNetHeader,
     validate,
 )
-from vpn.wireguard import messages
-from vpn.wireguard.messages import MessageError
+from vpn.core.wireguard import messages
+from vpn.core.wireguard.messages import MessageError
 
 # At least 300 examples each in `make test` (about 5 s in all); the fuzz profile's 20,000
 # in `make fuzz`.

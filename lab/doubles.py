@@ -1,0 +1,137 @@
+"""In-memory stand-ins for the TUN device and the UDP socket around a real `DataPath`, and a
+pair of data paths whose devices completed a handshake: for the receive path's equivalence
+test and for `bench/pipeline.py`. Only the system calls are replaced; every line of the
+data path runs. What the kernel does with the frames is the integration tests' business."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from types import SimpleNamespace
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from vpn.core.packet.virtio import VirtioNetHeader
+from vpn.core.wireguard import Device
+from vpn.io import _udp
+from vpn.io.datapath import DataPath
+from vpn.io.udp import MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD, SCREEN_REASONS, UdpStats
+
+MTU = 1420
+SRC, DST = bytes([198, 18, 10, 1]), bytes([198, 18, 10, 2])
+ENDPOINT_A, ENDPOINT_B = ("198.18.0.1", 51820), ("198.18.0.2", 51820)
+NOW = 1.0
+
+
+class MemoryTun:
+    """What DataPath asks of a TUN device: queued reads, written frames kept (or not)."""
+
+    vnet_hdr = True
+    offload = SimpleNamespace(uso=True)
+
+    def __init__(self) -> None:
+        self.reads: list[tuple[VirtioNetHeader, memoryview]] = []
+        self.frames: list[bytes] = []
+        self.keep = True
+
+    def read_batch(self) -> list[tuple[VirtioNetHeader, memoryview]]:
+        reads, self.reads = self.reads, []
+        return reads
+
+    def write(self, header: bytes, parts: Sequence[bytes | memoryview]) -> None:
+        if self.keep:
+            self.frames.append(b"".join((header, *parts)))
+
+
+class MemoryUdp:
+    """What DataPath asks of a UDP socket: sends kept as (datagrams, segment size), as a
+    GSO send would hand them to the receiver's GRO; receives taken from `incoming`."""
+
+    batch = 64
+    screens = False
+
+    def __init__(self) -> None:
+        self.stats = UdpStats()
+        self.sent: list[tuple[bytes, int]] = []
+        self.incoming: list[tuple[memoryview, int, tuple[str, int]]] = []
+
+    def send_segments(self, dest: object, view: memoryview, size: int, count: int,
+                      last: int) -> None:
+        # As UdpSocket: one GSO send carries at most 64 segments and 64 KiB.
+        chunk = max(1, min(MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD // size)) * size
+        for start in range(0, len(view), chunk):
+            self.sent.append((bytes(view[start:start + chunk]), size))
+
+    def send(self, dest: object, datagram: bytes) -> None:
+        self.sent.append((bytes(datagram), len(datagram)))
+
+    def receive_batch(self) -> list[tuple[memoryview, int, tuple[str, int]]]:
+        incoming, self.incoming = self.incoming, []
+        self.stats.receives += len(incoming)
+        return incoming
+
+
+class ScreeningUdp(MemoryUdp):
+    """MemoryUdp with the native receive's screen (vpn/io/_udp.c's `screen`, the same code
+    `receive` runs on what recvmmsg got) applied to each incoming receive."""
+
+    screens = True
+
+    def receive_screened(self, known: bytes, mac1_key: bytes) -> tuple[list[tuple[memoryview, int,
+                                                                   tuple[str, int]]],
+                                                       tuple[int, ...] | None,
+                                                       list[tuple[str, int]]]:
+        passed, lost = [], []
+        totals = [0] * len(SCREEN_REASONS)
+        for data, size, source in self.receive_batch():
+            runs, counts, unknown = _udp.screen(data, size, known, mac1_key)
+            for start, length in runs:
+                passed.append((data[start:start + length], min(size, length) or length,
+                               source))
+            if counts:
+                totals = [t + n for t, n in zip(totals, counts, strict=True)]
+            if unknown and (not lost or lost[-1] != source):
+                lost.append(source)
+        return passed, tuple(totals) if any(totals) else None, lost
+
+
+def _deterministic(seed: bytes) -> tuple[Callable[[int], bytes], Callable[[], X25519PrivateKey]]:
+    """Random bytes and ephemeral keys from a seed, so two pairs built alike are alike."""
+    counter = [0]
+
+    def random_bytes(n: int) -> bytes:
+        counter[0] += 1
+        out = b""
+        while len(out) < n:
+            out += hashlib.sha256(seed + counter[0].to_bytes(8, "little") + out).digest()
+        return out[:n]
+
+    return random_bytes, lambda: X25519PrivateKey.from_private_bytes(random_bytes(32))
+
+
+def handshaken_pair(seed: bytes | None = None, *, mtu: int = MTU) -> tuple[DataPath, DataPath]:
+    """Data paths a (198.18.10.1) and b (198.18.10.2) whose devices completed a handshake,
+    a as the initiator, with tunnel MTU `mtu`. With a seed, everything is derived from it:
+    equal seeds give equal pairs, down to the session keys."""
+    paths = []
+    devices = []
+    for side in (b"a", b"b"):
+        if seed is None:
+            devices.append(Device(os.urandom(32)))
+            continue
+        random_bytes, ephemeral = _deterministic(seed + side)
+        devices.append(Device(random_bytes(32), random_bytes=random_bytes,
+                              wall_clock=lambda: 1_700_000_000.0, ephemeral_factory=ephemeral,
+                              jitter=lambda: 0.5))
+    for me, other, theirs, endpoint in ((0, 1, DST, ENDPOINT_B), (1, 0, SRC, ENDPOINT_A)):
+        peer = devices[me].add_peer(devices[other].public_key, endpoint=endpoint)
+        devices[me].allowed_ips.insert(f"{'.'.join(map(str, theirs))}/32", peer)
+        paths.append(DataPath(devices[me], MemoryTun(), MemoryUdp(), mtu=mtu,  # type: ignore[arg-type]
+                              clock=lambda: NOW))
+    a, b = paths
+    initiator = next(iter(a.device.peers.values()))
+    (init,) = initiator.initiate_handshake(NOW)
+    response = b.device.handle_handshake_message(init, ENDPOINT_A, NOW).replies[0]
+    a.device.handle_handshake_message(response, ENDPOINT_B, NOW)
+    return a, b

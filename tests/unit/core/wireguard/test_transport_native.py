@@ -1,0 +1,496 @@
+"""The native transport batches (vpn/core/wireguard/_transport.c) against the Python reference.
+
+Every property feeds a native and a Python Keypair holding the same keys the same inputs and
+requires the same bytes out, the same lengths, the same drops by reason and the same replay
+window. `make sanitize` runs this file against a build with AddressSanitizer and UBSan.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vpn.core.wireguard import _transport, keypair, replay
+from vpn.core.wireguard.constants import (
+    MESSAGE_TRANSPORT,
+    REJECT_AFTER_MESSAGES,
+    REPLAY_WINDOW,
+    TRANSPORT_MIN_SIZE,
+)
+from vpn.core.wireguard.keypair import Keypair, TransportError, transport_size
+from vpn.core.wireguard.noise import SessionKeys
+
+TransportKey = _transport.TransportKey
+ROOT = Path(__file__).resolve().parents[4]
+SEND_KEY, RECV_KEY, OTHER_KEY = bytes(range(32)), bytes(range(32, 64)), bytes(range(64, 96))
+LOCAL, REMOTE = 0x1234, 0xABCD
+PROPERTY = settings(deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def pair(*, initiator: bool = True) -> tuple[Keypair, Keypair]:
+    """The same keypair twice: (native, python)."""
+    keys = SessionKeys(SEND_KEY, RECV_KEY, initiator, LOCAL, REMOTE)
+    return Keypair(keys, 0.0, native=True), Keypair(keys, 0.0, native=False)
+
+
+def seal(key: bytes, counter: int, plaintext: bytes, receiver: int = LOCAL) -> bytes:
+    """A transport message to our receiver, sealed with `key` (RECV_KEY is the one our
+    keypairs open with), made independently of either path (so counters past the message
+    limit can be made too)."""
+    nonce = struct.pack("<4xQ", counter)
+    header = struct.pack("<IIQ", MESSAGE_TRANSPORT, receiver, counter)
+    return header + ChaCha20Poly1305(key).encrypt(nonce, plaintext, None)
+
+
+def data(seed: int, n: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def same_window(a: Keypair, b: Keypair) -> None:
+    assert a.replay.greatest == b.replay.greatest
+    assert a.replay._seen == b.replay._seen
+
+
+def test_native_constants_match_the_protocol() -> None:
+    assert _transport.REPLAY_SLOTS == replay.REPLAY_SLOTS
+    assert _transport.REPLAY_WINDOW == REPLAY_WINDOW
+    assert _transport.REJECT_AFTER_MESSAGES == REJECT_AFTER_MESSAGES
+
+
+# -- sealing ------------------------------------------------------------------------------
+
+near_limit = st.integers(REJECT_AFTER_MESSAGES - 40, REJECT_AFTER_MESSAGES)
+
+
+@PROPERTY
+@given(
+    sizes=st.lists(st.one_of(st.integers(0, 100), st.integers(1380, 1440),
+                             st.integers(0, 9000)), max_size=12),
+    mtu=st.one_of(st.just(0), st.integers(0, 9000), st.sampled_from([1280, 1420, 1500, 9000]),
+                  st.integers(-20, 20)),
+    counter=st.one_of(st.integers(0, 2**20), near_limit),
+    offset=st.integers(0, 64),
+    seed=st.integers(0, 2**32),
+)
+def test_seal_batch_matches_python(sizes: list[int], mtu: int, counter: int, offset: int,
+                                   seed: int) -> None:
+    native, python = pair()
+    native.send_counter = python.send_counter = counter
+    packets = [data(seed + i, n) for i, n in enumerate(sizes)]
+    room = offset + sum(transport_size(n, mtu) for n in sizes)
+    outs = [bytearray(b"\xaa" * room) for _ in range(2)]
+    results = []
+    for kp, out in zip((native, python), outs, strict=True):
+        try:
+            results.append(kp.encrypt_batch(packets, out, offset, mtu))
+        except TransportError as error:
+            results.append(error.reason)
+    assert results[0] == results[1]
+    assert outs[0] == outs[1]
+    assert native.send_counter == python.send_counter
+    if isinstance(results[0], list):  # and the receiving side reads it back
+        receiver = Keypair(SessionKeys(RECV_KEY, SEND_KEY, False, REMOTE, LOCAL), 0.0)
+        receiver.replay.greatest = max(0, counter - 1)
+        plain = bytearray(room)
+        lengths = receiver.decrypt_batch(_split(bytes(outs[0][offset:]), results[0]), plain)
+        assert lengths == [n - TRANSPORT_MIN_SIZE for n in results[0]]
+
+
+def _split(blob: bytes, lengths: list[int]) -> list[bytes]:
+    messages, at = [], 0
+    for n in lengths:
+        messages.append(blob[at:at + n])
+        at += n
+    return messages
+
+
+def test_seal_short_out_writes_nothing() -> None:
+    key = TransportKey(SEND_KEY)
+    out = bytearray(b"\xaa" * (transport_size(100) * 2 - 1))
+    with pytest.raises(ValueError, match="out too short"):
+        key.seal_batch([bytes(100), bytes(100)], out, 0, 0, REMOTE, 7)
+    assert out == b"\xaa" * len(out)
+    with pytest.raises(ValueError, match="offset"):
+        key.seal_batch([b""], out, len(out) + 1, 0, REMOTE, 7)
+    # Counters never pass the limit, even when asked directly.
+    with pytest.raises(ValueError, match="limit"):
+        key.seal_batch([b"", b""], bytearray(64), 0, 0, REMOTE, REJECT_AFTER_MESSAGES - 1)
+    with pytest.raises(OverflowError):
+        key.seal_batch([b""], out, 0, 0, 2**32, 7)
+
+
+# -- opening ------------------------------------------------------------------------------
+
+# One received message: how it is made from the counter it carries.
+Kind = st.sampled_from(["valid", "valid", "valid", "cut", "tampered", "wrong_key", "foreign",
+                        "header", "garbage", "empty"])
+counters = st.one_of(st.integers(0, 40), st.integers(0, 20_000), near_limit,
+                     st.integers(REJECT_AFTER_MESSAGES, 2**64 - 1))
+
+
+def make_message(kind: str, counter: int, size: int, seed: int, keep_header: bool = False
+                 ) -> bytes:
+    plaintext = data(seed, size)
+    rng = random.Random(seed)
+    message = seal(RECV_KEY, counter, plaintext)
+    if kind == "cut":
+        return message[:rng.randrange(len(message))]
+    if kind == "tampered":
+        at = rng.randrange(16 if keep_header else 0, len(message))
+        return message[:at] + bytes([message[at] ^ (1 << rng.randrange(8))]) + message[at + 1:]
+    if kind == "wrong_key":
+        return seal(OTHER_KEY, counter, plaintext)
+    if kind == "foreign":
+        return seal(RECV_KEY, counter, plaintext, receiver=LOCAL + 1)
+    if kind == "header":  # a reserved byte set
+        return message[:1] + b"\x01" + message[2:]
+    if kind == "garbage":
+        return data(seed, rng.choice([1, 31, 32, 33, 48, size + 32]))
+    if kind == "empty":
+        return b""
+    return message
+
+
+@st.composite
+def traffic(draw: st.DrawFn) -> list[list[bytes]]:
+    """Batches of messages: valid, cut, tampered, replayed, reordered, foreign, garbage."""
+    messages = []
+    for _ in range(draw(st.integers(0, 24))):
+        kind = draw(Kind)
+        size = draw(st.one_of(st.integers(0, 64), st.integers(1380, 1440), st.integers(0, 9000)))
+        messages.append(make_message(kind, draw(counters), size, draw(st.integers(0, 2**32))))
+    if messages and draw(st.booleans()):  # replays of some of them
+        messages += draw(st.lists(st.sampled_from(messages), max_size=4))
+    messages = draw(st.permutations(messages))
+    cuts = sorted(draw(st.lists(st.integers(0, len(messages)), max_size=3)))
+    return [messages[a:b] for a, b in zip([0, *cuts], [*cuts, len(messages)], strict=True)]
+
+
+@PROPERTY
+@given(batches=traffic(), start=st.one_of(st.none(), counters), offset=st.integers(0, 40))
+def test_decrypt_batch_matches_python(batches: list[list[bytes]], start: int | None,
+                                      offset: int) -> None:
+    native, python = pair()
+    if start is not None:  # a window that has moved before
+        assert native.replay.validate(start) == python.replay.validate(start)
+    for batch in batches:
+        room = offset + sum(max(0, len(m) - TRANSPORT_MIN_SIZE) for m in batch)
+        outs = [bytearray(room) for _ in range(2)]
+        drops: list[dict[str, int]] = [{}, {}]
+        results = [kp.decrypt_batch(batch, out, offset, d)
+                   for kp, out, d in zip((native, python), outs, drops, strict=True)]
+        assert results[0] == results[1]
+        assert drops[0] == drops[1]
+        assert sum(drops[0].values()) == results[0].count(-1)
+        end = offset + sum(n for n in results[0] if n >= 0)
+        assert outs[0][:end] == outs[1][:end]
+        same_window(native, python)
+
+
+def test_open_short_out_or_bad_window_writes_nothing() -> None:
+    key = TransportKey(RECV_KEY)
+    message = seal(RECV_KEY, 5, bytes(100))
+    seen = bytearray(replay.REPLAY_SLOTS)
+    out = bytearray(b"\xaa" * 99)
+    with pytest.raises(ValueError, match="out too short"):
+        key.open_batch([message], out, 0, LOCAL, seen, 0)
+    with pytest.raises(ValueError, match="replay window"):
+        key.open_batch([message], bytearray(100), 0, LOCAL, bytearray(10), 0)
+    with pytest.raises(ValueError, match="offset"):
+        key.open_batch([message], out, -1, LOCAL, seen, 0)
+    assert out == b"\xaa" * 99 and seen == bytes(replay.REPLAY_SLOTS)
+    with pytest.raises(TypeError):
+        key.open_batch([message, 7], bytearray(200), 0, LOCAL, seen, 0)
+    with pytest.raises(BufferError):
+        key.open_batch([message], bytes(200), 0, LOCAL, seen, 0)  # out must be writable
+    with pytest.raises(BufferError):
+        key.open_batch([message], bytearray(200), 0, LOCAL, bytes(8192), 0)
+
+
+@PROPERTY
+@given(sizes=st.lists(st.integers(0, 300), max_size=6), out_size=st.integers(0, 1000),
+       offset=st.integers(-5, 1000), local=st.integers(-1, 2**32),
+       greatest=st.integers(-1, 2**64))
+def test_open_batch_any_numbers_are_safe(sizes: list[int], out_size: int, offset: int,
+                                         local: int, greatest: int) -> None:
+    """Whatever the numbers, a clean answer or a clear error, never a read or write out of
+    bounds (the sanitizer build checks that)."""
+    key = TransportKey(RECV_KEY)
+    seen = bytearray(replay.REPLAY_SLOTS)
+    messages = [data(n, n) for n in sizes]
+    try:
+        lengths, _, drops = key.open_batch(messages, bytearray(out_size), offset, local, seen,
+                                           greatest)
+    except (ValueError, OverflowError):
+        return
+    assert lengths == [-1] * len(sizes)
+    assert drops is None if not sizes else sum(drops) == len(sizes)
+
+
+def test_zero_wipes_and_repr_shows_no_key() -> None:
+    key = TransportKey(SEND_KEY)
+    assert SEND_KEY.hex() not in repr(key) and "key" in repr(key)
+    key.zero()
+    assert repr(key) == "TransportKey(zeroed)"
+    with pytest.raises(ValueError, match="zeroed") as info:
+        key.seal_batch([b""], bytearray(64), 0, 0, REMOTE, 0)
+    assert SEND_KEY.hex() not in str(info.value)
+    key.zero()  # twice is fine
+    with pytest.raises(ValueError, match="32 bytes"):
+        TransportKey(bytes(31))
+    native, _ = pair()
+    native.zero()
+    assert native._send is None and not native.valid
+
+
+def test_vpn_fast_path_python_selects_the_python_path() -> None:
+    code = ("from vpn.io import native; from vpn.core.wireguard import fastpath, keypair; "
+            "from vpn.core.wireguard.noise import SessionKeys; "
+            "kp = keypair.Keypair(SessionKeys(bytes(32), bytes(32), True, 1, 2), 0.0); "
+            "print(fastpath.FAST_PATH, kp.native, type(kp._send).__name__, "
+            "native.fast_path()[1].split()[1])")
+    outputs = []
+    for value in ("python", ""):
+        env = dict(os.environ, VPN_FAST_PATH=value, PYTHONPATH=str(ROOT))
+        outputs.append(subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
+                                      capture_output=True, text=True, check=True).stdout)
+    assert outputs == ["python False ChaCha20Poly1305 (VPN_FAST_PATH=python)\n",
+                       "native True TransportKey (transport\n"]
+
+
+def test_a_missing_module_selects_python_and_says_why() -> None:
+    code = ("import sys; sys.modules['vpn.core.wireguard._transport'] = None; "
+            "from vpn.io import native; print(native.fast_path()[1])")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("VPN_FAST_PATH", None)
+    shown = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout
+    assert shown.startswith("python (native transport module not available (")
+
+
+# -- receive runs (Keypair.receive_run: open, replay, inner checks, sources) ---------------
+
+def inner(kind: str, size: int, source: int, seed: int) -> bytes:
+    """A plaintext of `size` bytes: an IPv4 or IPv6 packet from source number `source`, with
+    an honest or a dishonest length field, or not IP at all."""
+    body = bytearray(data(seed, size))
+    if kind == "not_ip" or size == 0:
+        if size:
+            body[0] = (body[0] & 0x0F) | 0x50
+        return bytes(body)
+    rng = random.Random(seed)
+    if kind.startswith("v4") and size >= 20:
+        length = rng.randint(20, size) if kind == "v4" else rng.choice([0, 19, size + 1, 65535])
+        body[0] = 0x45
+        body[2:4] = length.to_bytes(2, "big")
+        body[12:16] = bytes([198, 18, source >> 8, source & 0xFF])
+    elif kind.startswith("v6") and size >= 40:
+        length = rng.randint(0, size - 40) if kind == "v6" else size - 39 + rng.randrange(9)
+        body[0] = 0x60
+        body[4:6] = min(length, 65535).to_bytes(2, "big")
+        body[8:24] = bytes(14) + source.to_bytes(2, "big")
+    else:
+        body[0] = 0x40 if kind.startswith("v4") else 0x60  # too short for its header
+    return bytes(body)
+
+
+Wire = st.sampled_from(["valid"] * 6 + ["tampered", "wrong_key", "foreign", "header",
+                                         "handshake", "replayed"])
+Inner = st.sampled_from(["v4", "v4", "v6", "v6", "v4_dishonest", "v6_dishonest", "not_ip"])
+
+
+@st.composite
+def gro_receive(draw: st.DrawFn) -> tuple[bytes, int]:
+    """One GRO receive as the socket hands it over: datagrams of one size, the last possibly
+    shorter, of every kind a peer or an attacker can send."""
+    segment_size = draw(st.one_of(st.integers(32, 120), st.sampled_from([1452, 9000])))
+    count = draw(st.integers(1, 80))
+    many_sources = draw(st.booleans())  # past MAX_SOURCES, or a few reused
+    counter = draw(st.integers(0, 20_000))
+    datagrams: list[bytes] = []
+    for i in range(count):
+        size = segment_size
+        if i == count - 1 and draw(st.booleans()):
+            size = draw(st.integers(0, segment_size))
+        wire = draw(Wire)
+        source = i if many_sources else draw(st.integers(0, 3))
+        seed = draw(st.integers(0, 2**32))
+        counter = max(0, counter + draw(st.sampled_from([1, 1, 1, 2, 9000, -3])))
+        if wire == "replayed" and datagrams:
+            datagrams.append(draw(st.sampled_from(datagrams))[:size])
+            continue
+        plain = inner(draw(Inner), max(size - TRANSPORT_MIN_SIZE, 0), source, seed)
+        if size < TRANSPORT_MIN_SIZE:
+            datagrams.append(data(seed, size))
+            continue
+        message = bytearray(seal(OTHER_KEY if wire == "wrong_key" else RECV_KEY, counter,
+                                 plain, receiver=LOCAL + (wire == "foreign")))
+        if wire == "tampered":
+            message[random.Random(seed).randrange(16, len(message))] ^= 1
+        elif wire == "header":  # a reserved byte set
+            message[1] = 1
+        elif wire == "handshake":
+            message[0] = 1
+        datagrams.append(bytes(message))
+    return b"".join(datagrams), segment_size
+
+
+OUTCOMES: Counter[str] = Counter()
+
+
+@PROPERTY
+@given(receive=gro_receive(), capacity=st.one_of(st.just(4096), st.integers(0, 90)),
+       offset=st.integers(0, 40), start=st.one_of(st.none(), counters))
+def test_receive_run_matches_python(receive: tuple[bytes, int], capacity: int, offset: int,
+                                    start: int | None) -> None:
+    blob, segment_size = receive
+    native, python = pair()
+    if start is not None:
+        assert native.replay.validate(start) == python.replay.validate(start)
+    outs = [bytearray(b"\xaa" * (offset + len(blob))) for _ in range(2)]
+    records = [bytearray(12 * capacity) for _ in range(2)]
+    pos = 0
+    while pos < len(blob):
+        drops: list[dict[str, int]] = [{}, {}]
+        results = [kp.receive_run(memoryview(blob), segment_size, pos, out, offset, rec, d)
+                   for kp, out, rec, d in zip((native, python), outs, records, drops,
+                                              strict=True)]
+        assert results[0] == results[1]
+        assert drops[0] == drops[1]
+        stop, _, nrec, fresh, nbytes, sources = results[0]
+        assert records[0][:12 * nrec] == records[1][:12 * nrec]
+        for i in range(nrec):
+            at, length, slot = struct.unpack_from("<III", records[0], 12 * i)
+            packet = bytes(outs[0][at:at + length])
+            assert packet == outs[1][at:at + length]
+            assert packet[0] >> 4 in (4, 6) and slot < len(sources) <= 64
+            assert sources[slot] == (packet[12:16] if packet[0] >> 4 == 4 else packet[8:24])
+        assert fresh >= nrec and nbytes >= 32 * fresh
+        OUTCOMES.update(drops[0])
+        OUTCOMES.update(records=nrec, sources_full=len(sources) == keypair.MAX_SOURCES)
+        same_window(native, python)
+        # Nothing done: the receive path hands this datagram to the handshake code or to
+        # another keypair, then goes on.
+        pos = stop if stop > pos else pos + segment_size
+
+
+def test_receive_run_checks_its_numbers() -> None:
+    native, python = pair()
+    message = seal(RECV_KEY, 1, inner("v4", 100, 1, 1))
+    for kp in (native, python):
+        for args in ((message, 0, 0, bytearray(200), 0), (message, 200, len(message) + 1,
+                     bytearray(200), 0), (message, 200, 0, bytearray(len(message) - 1), 0),
+                     (message, 200, 0, bytearray(200), 201)):
+            with pytest.raises(ValueError):
+                kp.receive_run(*args, bytearray(12), {})
+        assert kp.replay.greatest == 0 and not any(kp.replay._seen)
+    assert _transport.RECORD_LEN == 12 and _transport.MAX_SOURCES == keypair.MAX_SOURCES
+
+
+def test_receive_run_stops_at_max_sources_and_full_records() -> None:
+    """An authenticated peer that varies its inner source on every packet gets a short search
+    per call, and a full record buffer ends a call, on both paths alike."""
+    size = 100
+    blob = b"".join(seal(RECV_KEY, i + 1, inner("v4", size, i, i)) for i in range(70))
+    segment = size + TRANSPORT_MIN_SIZE
+    for kp in pair():
+        out = bytearray(len(blob))
+        stop, _, nrec, fresh, _, sources = kp.receive_run(blob, segment, 0, out, 0,
+                                                          bytearray(12 * 100), {})
+        assert (stop, nrec, fresh, len(sources)) == (64 * segment, 64, 64, 64)
+        stop, _, nrec, *_ = kp.receive_run(blob, segment, stop, out, 0, bytearray(12 * 5), {})
+        assert (stop, nrec) == (69 * segment, 5)
+
+
+# -- sealing in place (Keypair.seal_segments, after gso.split_into) -----------------------
+
+@PROPERTY
+@given(count=st.integers(1, 50), full=st.one_of(st.integers(0, 100), st.integers(1380, 1440),
+                                               st.just(9000)),
+       cut=st.integers(0, 2000), gap=st.sampled_from([16, 0, 20, 3]),
+       tail=st.sampled_from([31, 0, 16, 47, 40]),
+       mtu=st.one_of(st.just(0), st.sampled_from([1280, 1420, 1500, 9000]),
+                     st.integers(0, 1500)),
+       offset=st.integers(0, 40), counter=st.one_of(st.integers(0, 2**20), near_limit),
+       seed=st.integers(0, 2**32))
+def test_seal_segments_matches_python(count: int, full: int, cut: int, gap: int, tail: int,
+                                      mtu: int, offset: int, counter: int, seed: int) -> None:
+    """Segments laid out with a gap and a tail, sealed where they lie: the same messages,
+    back to back, as encrypt_batch would write from copies of them, on both paths."""
+    last = max(0, full - cut)
+    stride = gap + full + tail
+    plaintexts = [data(seed + i, full if i + 1 < count else last) for i in range(count)]
+    layout = bytearray(data(seed, offset + (count - 1) * stride + gap + last + tail))
+    for i, plain in enumerate(plaintexts):
+        at = offset + gap + i * stride
+        layout[at:at + len(plain)] = plain
+    native, python = pair()
+    outs = [bytearray(layout) for _ in range(2)]
+    results = []
+    for kp, out in zip((native, python), outs, strict=True):
+        kp.send_counter = counter
+        try:
+            results.append(kp.seal_segments(out, offset, count, full, last, gap, tail, mtu))
+        except (TransportError, ValueError) as error:
+            results.append(type(error).__name__)
+    assert results[0] == results[1]
+    assert native.send_counter == python.send_counter
+    if isinstance(results[0], str):
+        assert outs[0] == layout == outs[1]  # refused before anything was written
+        return
+    size, last_size = results[0]
+    end = offset + size * (count - 1) + last_size
+    assert outs[0][:end] == outs[1][:end]
+    _, reference = pair()
+    reference.send_counter = counter
+    expected = bytearray(end)
+    assert reference.encrypt_batch(plaintexts, expected, offset, mtu) == (
+        [size] * (count - 1) + [last_size])
+    assert outs[0][offset:end] == expected[offset:]
+
+
+def test_zero_during_a_batch_on_another_thread_waits_for_it() -> None:
+    """A batch runs without the GIL: zero() from another thread while it runs must not free
+    the contexts under it (the batch frees them when it ends), and a second batch on the
+    same key is refused rather than run alongside. Whatever the interleaving, nothing
+    crashes and the key ends zeroed."""
+    import threading
+
+    key = TransportKey(SEND_KEY)
+    packets = [bytes(1400)] * 20_000  # long enough for zero() to land during it, usually
+    out = bytearray(sum(transport_size(1400) for _ in packets))
+    outcome: dict[str, object] = {}
+
+    def seal() -> None:
+        try:
+            outcome["lengths"] = len(key.seal_batch(packets, out, 0, 0, REMOTE, 0))
+        except ValueError as error:  # zero() came first
+            outcome["error"] = str(error)
+
+    worker = threading.Thread(target=seal)
+    worker.start()
+    refused = 0
+    while worker.is_alive() and not refused:
+        try:
+            key.seal_batch([b""], bytearray(64), 0, 0, REMOTE, 0)
+        except RuntimeError:
+            refused += 1  # busy: the big batch is running
+        except ValueError:
+            break
+    key.zero()
+    worker.join()
+    assert outcome.get("lengths") == len(packets) or "zeroed" in str(outcome.get("error"))
+    assert repr(key) == "TransportKey(zeroed)"
+    with pytest.raises(ValueError, match="zeroed"):
+        key.seal_batch([b""], bytearray(64), 0, 0, REMOTE, 0)

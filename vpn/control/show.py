@@ -1,0 +1,149 @@
+"""`vpn show`: what `wg show` shows plus the offload picture, as text or as stable JSON.
+
+Pure: takes a get=1 snapshot and the get=vpn-stats counters (None for a socket served by
+another implementation) and returns a dict or lines; the command line does the socket work.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vpn.control.uapi import DeviceSnapshot, endpoint_text
+from vpn.core.keys import encode_key, public_from_private
+
+
+def _ratio(part: int, whole: int) -> float:
+    return round(part / whole, 2) if whole else 0.0
+
+
+def _int(tree: dict[str, Any], *path: str) -> int:
+    node: Any = tree
+    for part in path:
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+    return node if isinstance(node, int) else 0
+
+
+def offload_view(stats: dict[str, Any]) -> dict[str, Any]:
+    """The counters of get=vpn-stats, named and averaged for people (the JSON `offload`)."""
+    dp = stats.get("datapath", {})
+    udp = stats.get("udp", {})
+    drops = dict(dp.get("drops", {})) if isinstance(dp, dict) else {}
+    return {
+        "tun_offloads": str(stats.get("tun_offloads", "")),
+        "mtu": _int(stats, "mtu"),
+        "udp_gso": bool(_int(stats, "udp_offloads", "gso")),
+        "udp_gro": bool(_int(stats, "udp_offloads", "gro")),
+        "fast_path": str(stats.get("fast_path", "")),  # "native" or "python"
+        "tun_reads": _int(dp, "tun_reads"),
+        "super_packets": _int(dp, "super_packets"),
+        "segments_per_super_packet": _ratio(_int(dp, "segments_split"), _int(dp, "super_packets")),
+        "tun_writes": _int(dp, "tun_writes"),
+        "jumbo_frames": _int(dp, "jumbo_frames"),
+        "segments_per_jumbo_frame": _ratio(_int(dp, "jumbo_segments"), _int(dp, "jumbo_frames")),
+        "datagrams_sent": _int(dp, "datagrams_sent"),
+        "datagrams_received": _int(dp, "datagrams_received"),
+        "udp_gso_sends": _int(udp, "gso_sends"),
+        "segments_per_gso_send": _ratio(_int(udp, "gso_segments"), _int(udp, "gso_sends")),
+        "udp_gro_receives": _int(udp, "gro_receives"),
+        "segments_per_gro_receive": _ratio(_int(udp, "gro_segments"), _int(udp, "gro_receives")),
+        "handshakes_received": _int(stats, "handshakes", "received"),
+        "handshakes_completed": _int(stats, "handshakes", "completed"),
+        "drops": drops,
+        "protocol_drops": dict(stats.get("protocol_drops", {}) or {}),
+        "udp_send_errors": dict(udp.get("send_errors", {}) or {}) if isinstance(udp, dict) else {},
+    }
+
+
+def show_view(name: str, snapshot: DeviceSnapshot, stats: dict[str, Any] | None) -> dict[str, Any]:
+    """The `vpn show --json` object for one interface (documented in the README)."""
+    public = public_from_private(snapshot.private_key) if snapshot.private_key else None
+    return {
+        "interface": name,
+        "public_key": encode_key(public) if public else None,
+        "listen_port": snapshot.listen_port,
+        "fwmark": snapshot.fwmark,
+        "peers": [
+            {
+                "public_key": encode_key(peer.public_key),
+                "preshared_key": peer.preshared_key is not None,
+                "endpoint": endpoint_text(peer.endpoint) if peer.endpoint else None,
+                "allowed_ips": [str(n) for n in peer.allowed_ips],
+                "latest_handshake": peer.last_handshake,
+                "rx_bytes": peer.rx_bytes,
+                "tx_bytes": peer.tx_bytes,
+                "persistent_keepalive": peer.persistent_keepalive,
+            }
+            for peer in snapshot.peers
+        ],
+        "offload": offload_view(stats) if stats is not None else None,
+    }
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)  # pragma: no cover
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    parts = []
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        if seconds >= size or (unit == "second" and not parts):
+            count, seconds = divmod(seconds, size)
+            parts.append(f"{count} {unit}{'s' * (count != 1)}")
+    return ", ".join(parts) + " ago"
+
+
+def show_text(view: dict[str, Any], now: float) -> str:
+    """The human form: `wg show`'s layout, then the offload section."""
+    lines = [f"interface: {view['interface']}"]
+    if view["public_key"]:
+        lines.append(f"  public key: {view['public_key']}")
+        lines.append("  private key: (hidden)")
+    lines.append(f"  listening port: {view['listen_port']}")
+    if view["fwmark"]:
+        lines.append(f"  fwmark: {view['fwmark']:#x}")
+    for peer in view["peers"]:
+        lines += ["", f"peer: {peer['public_key']}"]
+        if peer["preshared_key"]:
+            lines.append("  preshared key: (hidden)")
+        if peer["endpoint"]:
+            lines.append(f"  endpoint: {peer['endpoint']}")
+        lines.append(f"  allowed ips: {', '.join(peer['allowed_ips']) or '(none)'}")
+        if peer["latest_handshake"]:
+            lines.append(f"  latest handshake: {_ago(now - peer['latest_handshake'])}")
+        if peer["rx_bytes"] or peer["tx_bytes"]:
+            lines.append(f"  transfer: {_bytes(peer['rx_bytes'])} received, "
+                         f"{_bytes(peer['tx_bytes'])} sent")
+        if peer["persistent_keepalive"]:
+            lines.append(f"  persistent keepalive: every {peer['persistent_keepalive']} seconds")
+    off = view["offload"]
+    lines.append("")
+    if off is None:
+        lines.append("offload: (no counters: this socket is not served by a vpn endpoint)")
+        return "\n".join(lines)
+    lines += [
+        "offload:",
+        f"  TUN offloads: {off['tun_offloads']}, MTU {off['mtu']}",
+        f"  UDP: GSO {'on' if off['udp_gso'] else 'off'}, GRO {'on' if off['udp_gro'] else 'off'}",
+        f"  fast path: {off['fast_path']}",
+        f"  super-packets read: {off['super_packets']} of {off['tun_reads']} TUN reads, "
+        f"{off['segments_per_super_packet']} segments each",
+        f"  jumbo frames written: {off['jumbo_frames']} of {off['tun_writes']} TUN writes, "
+        f"{off['segments_per_jumbo_frame']} segments each",
+        f"  UDP GSO sends: {off['udp_gso_sends']}, {off['segments_per_gso_send']} datagrams each",
+        f"  UDP GRO receives: {off['udp_gro_receives']}, "
+        f"{off['segments_per_gro_receive']} datagrams each",
+        f"  handshakes: {off['handshakes_completed']} completed, "
+        f"{off['handshakes_received']} handshake messages received",
+    ]
+    drops = {**off["drops"], **{f"protocol:{k}": v for k, v in off["protocol_drops"].items()},
+             **{f"udp_send:{k}": v for k, v in off["udp_send_errors"].items()}}
+    if drops:
+        lines.append("  drops: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
+    else:
+        lines.append("  drops: none")
+    return "\n".join(lines)

@@ -1,0 +1,401 @@
+"""The cross-platform userspace API (what `wg` speaks over IFACE.sock), as pure functions.
+
+Parses `set=1` requests into a validated ChangeSet, formats `get=1` answers from a snapshot, and
+reads both back for our own client (`vpn show`); no sockets, no clock, no endpoint state.
+
+The protocol (https://www.wireguard.com/xplatform/): a request is one operation line (`get=1` or
+`set=1`), `key=value` lines for a set, and an empty line; the answer is `key=value` lines ending
+with `errno=N` and an empty line. Keys travel as 64 lowercase hex digits. Errors are reported as
+negative errno values, as wireguard-go does: `wg` sets errno to minus the number, so `-22` makes
+it print "Invalid argument".
+
+Project-specific operations that `wg` never sends:
+
+``get=vpn-stats``
+    the endpoint's offload and drop counters as flat ``dotted.name=value`` lines.
+``set=vpn-down``
+    stop the endpoint (answered with ``errno=0`` before it goes).
+``set=vpn-reload``
+    re-read the config file and apply the difference as `wg syncconf` would.
+
+Each is one line followed by the empty line.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from vpn.core.keys import KeyFormatError, from_hex, to_hex
+
+Address = tuple[str, int]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# wireguard-go's codes (ipc.IpcError*): negative errno values.
+EINVAL = -errno.EINVAL  # bad key, bad value, unknown key
+EADDRINUSE = -errno.EADDRINUSE  # listen_port taken
+EPROTO = -errno.EPROTO  # malformed request: not key=value, not text, over a limit
+EIO = -errno.EIO  # the endpoint failed to do something valid
+ENOANO = -55  # wireguard-go's "unknown" (its IpcErrorUnknown)
+
+OP_GET = "get=1"
+OP_SET = "set=1"
+OP_STATS = "get=vpn-stats"
+OP_DOWN = "set=vpn-down"
+OP_RELOAD = "set=vpn-reload"
+
+MAX_U16 = 0xFFFF
+MAX_U32 = 0xFFFFFFFF
+_DIGITS = re.compile(r"[0-9]{1,10}")
+_INTEGER = re.compile(r"-?[0-9]+")
+# What a UAPI key name looks like. Only such a name is quoted in an error: the text before a
+# line's first '=' may be a pasted key (base64 ends with '='), and no value is ever quoted.
+_KEY_NAME = re.compile(r"[a-z_]{1,32}")
+# A stats key: dotted words only, so a counter name can never break a line or contain '='.
+_STAT_KEY = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+
+
+class UapiError(ValueError):
+    """A request that cannot be applied; `code` is the (negative) errno sent back.
+
+    The message names the key and the problem, never the value: the server logs it, and a
+    value may be a key written on the wrong line.
+    """
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- set: request -> ChangeSet --------------------------------------------------------------
+
+
+@dataclass
+class PeerChange:
+    """One `public_key=` section of a set request. None means "leave as it is"."""
+
+    public_key: bytes
+    remove: bool = False
+    update_only: bool = False
+    preshared_key: bytes | None = None  # 32 zero bytes clear it
+    endpoint: Address | None = None
+    persistent_keepalive: int | None = None  # seconds, 0 turns it off
+    replace_allowed_ips: bool = False
+    allowed_ips: list[Network] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        # Never show the preshared key; the public key is public, a prefix tells peers apart.
+        return (f"PeerChange({self.public_key.hex()[:8]}..., remove={self.remove}, "
+                f"allowed_ips={len(self.allowed_ips)})")
+
+
+@dataclass
+class ChangeSet:
+    """A whole validated set request: applied all at once or not at all."""
+
+    private_key: bytes | None = None
+    listen_port: int | None = None
+    fwmark: int | None = None  # 0 turns it off
+    replace_peers: bool = False
+    peers: list[PeerChange] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return (f"ChangeSet(private_key={'<hidden>' if self.private_key else None}, "
+                f"listen_port={self.listen_port}, fwmark={self.fwmark}, "
+                f"replace_peers={self.replace_peers}, peers={self.peers!r})")
+
+
+def key_name(text: str) -> str:
+    """`text` quoted if it looks like a key name; otherwise a placeholder, as it may be a key."""
+    return repr(text) if _KEY_NAME.fullmatch(text) else "(not shown: it may be a key)"
+
+
+def _key(name: str, value: str) -> bytes:
+    try:
+        return from_hex(value)
+    except KeyFormatError:
+        raise UapiError(EINVAL, f"{name}: not 64 lowercase hex digits") from None
+
+
+def _number(name: str, value: str, high: int) -> int:
+    # A regex rather than int(): int() takes '+5', ' 5', '1_0' and non-ASCII digits.
+    if not _DIGITS.fullmatch(value) or int(value) > high:
+        raise UapiError(EINVAL, f"{name}: not a number from 0 to {high}")
+    return int(value)
+
+
+def _true(name: str, value: str) -> bool:
+    # wireguard-go accepts only "true" for these flags; "false" is an error there too.
+    if value != "true":
+        raise UapiError(EINVAL, f"{name}: only 'true' is accepted")
+    return True
+
+
+def parse_endpoint(value: str) -> Address:
+    """`a.b.c.d:port` or `[v6]:port`, IP literals only (wg resolves names before sending)."""
+    if value.startswith("["):
+        host, sep, port = value[1:].partition("]:")
+    else:
+        host, sep, port = value.rpartition(":")
+        if ":" in host:
+            sep = ""  # an IPv6 address without brackets is ambiguous
+    if not sep:
+        raise UapiError(EINVAL, "endpoint: not ip:port or [ipv6]:port")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise UapiError(EINVAL, "endpoint: the host is not an IP address") from None
+    port_number = _number("endpoint port", port, MAX_U16)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # the socket layer reports IPv4 peers plainly
+    return str(address), port_number
+
+
+def parse_allowed_ip(value: str) -> Network:
+    """`address/length`; host bits are cleared, as every implementation's trie does."""
+    if "/" not in value:
+        raise UapiError(EINVAL, "allowed_ip: no /prefix-length")
+    address, _, length = value.partition("/")
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        raise UapiError(EINVAL, "allowed_ip: the address is not an IP address") from None
+    bits = _number("allowed_ip prefix length", length, ip.max_prefixlen)
+    return ipaddress.ip_network((ip, bits), strict=False)
+
+
+def parse_set(lines: Iterable[str]) -> ChangeSet:
+    """The `key=value` lines after `set=1` (without the empty line) as a ChangeSet.
+
+    Checks every line before returning, so a bad line anywhere means nothing is applied.
+    Raises UapiError naming the request line (`set=1` is line 1), since the value is not shown.
+    """
+    changes = ChangeSet()
+    peer: PeerChange | None = None
+    for number, line in enumerate(lines, start=2):
+        key, equals, value = line.partition("=")
+        try:
+            if not equals:
+                raise UapiError(EINVAL, "expected key=value")
+            if key == "public_key":
+                peer = PeerChange(_key(key, value))
+                changes.peers.append(peer)
+            elif peer is None:
+                _device_key(changes, key, value)
+            else:
+                _peer_key(peer, key, value)
+        except UapiError as err:
+            raise UapiError(err.code, f"line {number}: {err}") from None
+    return changes
+
+
+def _device_key(changes: ChangeSet, key: str, value: str) -> None:
+    if key == "private_key":
+        changes.private_key = _key(key, value)
+    elif key == "listen_port":
+        changes.listen_port = _number(key, value, MAX_U16)
+    elif key == "fwmark":
+        changes.fwmark = _number(key, value, MAX_U32)
+    elif key == "replace_peers":
+        changes.replace_peers = _true(key, value)
+    else:
+        raise UapiError(EINVAL, f"unknown device key {key_name(key)}")
+
+
+def _peer_key(peer: PeerChange, key: str, value: str) -> None:
+    if key == "remove":
+        peer.remove = _true(key, value)
+    elif key == "update_only":
+        peer.update_only = _true(key, value)
+    elif key == "preshared_key":
+        peer.preshared_key = _key(key, value)
+    elif key == "endpoint":
+        peer.endpoint = parse_endpoint(value)
+    elif key == "persistent_keepalive_interval":
+        peer.persistent_keepalive = _number(key, value, MAX_U16)
+    elif key == "replace_allowed_ips":
+        peer.replace_allowed_ips = _true(key, value)
+        peer.allowed_ips.clear()  # lines before it are replaced too, as wireguard-go does
+    elif key == "allowed_ip":
+        peer.allowed_ips.append(parse_allowed_ip(value))
+    elif key == "protocol_version":
+        if value != "1":
+            raise UapiError(EINVAL, "protocol_version: only 1 is supported")
+    else:
+        raise UapiError(EINVAL, f"unknown peer key {key_name(key)}")
+
+
+# -- get: snapshot -> answer ----------------------------------------------------------------
+
+
+@dataclass
+class PeerSnapshot:
+    """One peer as `get=1` reports it."""
+
+    public_key: bytes
+    preshared_key: bytes | None = None
+    endpoint: Address | None = None
+    last_handshake: float | None = None  # wall-clock seconds
+    tx_bytes: int = 0
+    rx_bytes: int = 0
+    persistent_keepalive: int = 0
+    allowed_ips: list[Network] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return f"PeerSnapshot({self.public_key.hex()[:8]}..., endpoint={self.endpoint})"
+
+
+@dataclass
+class DeviceSnapshot:
+    """The interface as `get=1` reports it."""
+
+    private_key: bytes | None
+    listen_port: int
+    fwmark: int = 0
+    peers: list[PeerSnapshot] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return f"DeviceSnapshot(listen_port={self.listen_port}, peers={self.peers!r})"
+
+
+def endpoint_text(address: Address) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def format_get(snapshot: DeviceSnapshot) -> str:
+    """The whole `get=1` answer, `errno=0` and the closing empty line included."""
+    out: list[str] = []
+    if snapshot.private_key is not None:
+        out.append(f"private_key={to_hex(snapshot.private_key)}")
+    if snapshot.listen_port:
+        out.append(f"listen_port={snapshot.listen_port}")
+    if snapshot.fwmark:
+        out.append(f"fwmark={snapshot.fwmark}")
+    for peer in snapshot.peers:
+        out.append(f"public_key={to_hex(peer.public_key)}")
+        out.append(f"preshared_key={to_hex(peer.preshared_key or bytes(32))}")
+        out.append("protocol_version=1")
+        if peer.endpoint is not None:
+            out.append(f"endpoint={endpoint_text(peer.endpoint)}")
+        # Split before scaling: seconds * 1e9 would spend the float's precision on the seconds.
+        seconds = int(peer.last_handshake) if peer.last_handshake else 0
+        nanos = min(round((peer.last_handshake - seconds) * 1e9), 999_999_999) if seconds else 0
+        out.append(f"last_handshake_time_sec={seconds}")
+        out.append(f"last_handshake_time_nsec={nanos}")
+        out.append(f"tx_bytes={peer.tx_bytes}")
+        out.append(f"rx_bytes={peer.rx_bytes}")
+        out.append(f"persistent_keepalive_interval={peer.persistent_keepalive}")
+        out.extend(f"allowed_ip={network}" for network in peer.allowed_ips)
+    out.append("errno=0")
+    return "\n".join(out) + "\n\n"
+
+
+def format_errno(code: int) -> str:
+    return f"errno={code}\n\n"
+
+
+def parse_get(lines: Iterable[str]) -> DeviceSnapshot:
+    """Our client's side: a `get=1` answer (its lines, errno included) as a snapshot.
+
+    Raises UapiError with the endpoint's code when the answer is an error.
+    """
+    device = DeviceSnapshot(private_key=None, listen_port=0)
+    peer: PeerSnapshot | None = None
+    for number, line in enumerate(lines, start=1):
+        key, _, value = line.partition("=")
+        if key == "errno":
+            _check_errno(value)
+            return device
+        try:
+            peer = _get_line(device, peer, key, value)
+        except ValueError:
+            # int()'s and ipaddress's messages quote the value: on a private_key line, the key.
+            raise UapiError(EPROTO, f"answer line {number}: {key_name(key)}: malformed value"
+                            ) from None
+    raise UapiError(EPROTO, "the answer ended without errno")
+
+
+def _check_errno(value: str) -> None:
+    """An answer's closing `errno=` value: UapiError unless it is 0."""
+    if not _INTEGER.fullmatch(value):
+        raise UapiError(EPROTO, "errno: not a number")
+    if code := int(value):
+        raise UapiError(code, f"the endpoint answered errno={code}")
+
+
+def _get_line(device: DeviceSnapshot, peer: PeerSnapshot | None, key: str,
+              value: str) -> PeerSnapshot | None:
+    """One `key=value` line of a get answer applied to `device`; returns the current peer."""
+    if key == "public_key":
+        peer = PeerSnapshot(from_hex(value))
+        device.peers.append(peer)
+    elif peer is None:
+        if key == "private_key":
+            device.private_key = from_hex(value)
+        elif key == "listen_port":
+            device.listen_port = int(value)
+        elif key == "fwmark":
+            device.fwmark = int(value)
+    elif key == "preshared_key":
+        psk = from_hex(value)
+        peer.preshared_key = psk if any(psk) else None
+    elif key == "endpoint":
+        peer.endpoint = parse_endpoint(value)
+    elif key == "last_handshake_time_sec":
+        peer.last_handshake = (peer.last_handshake or 0) + int(value)
+    elif key == "last_handshake_time_nsec":
+        peer.last_handshake = (peer.last_handshake or 0) + int(value) / 1e9
+    elif key == "tx_bytes":
+        peer.tx_bytes = int(value)
+    elif key == "rx_bytes":
+        peer.rx_bytes = int(value)
+    elif key == "persistent_keepalive_interval":
+        peer.persistent_keepalive = int(value)
+    elif key == "allowed_ip":
+        peer.allowed_ips.append(ipaddress.ip_network(value))
+    return peer
+
+
+# -- vpn-stats: nested counters <-> flat lines ----------------------------------------------
+
+
+def format_stats(stats: Mapping[str, object]) -> str:
+    """Nested dicts of numbers and strings as `a.b.c=value` lines, then errno=0."""
+    out: list[str] = []
+
+    def walk(prefix: str, value: object) -> None:
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        elif value is not None:
+            text = str(value).replace("\n", " ")  # a value never spans lines
+            if _STAT_KEY.fullmatch(prefix):
+                out.append(f"{prefix}={text}")
+
+    walk("", stats)
+    out.append("errno=0")
+    return "\n".join(out) + "\n\n"
+
+
+def parse_stats(lines: Iterable[str]) -> dict[str, object]:
+    """`format_stats` read back: nested dicts, integers where the value is one."""
+    root: dict[str, object] = {}
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key == "errno":
+            _check_errno(value)
+            return root
+        node = root
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                break
+            node = child
+        else:
+            node[leaf] = int(value) if _INTEGER.fullmatch(value) else value
+    raise UapiError(EPROTO, "the answer ended without errno")

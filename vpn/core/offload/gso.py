@@ -1,0 +1,330 @@
+"""GSO: turn one TUN read (a TCP/UDP super-packet or a packet with a partial checksum)
+into complete IP packets whose every checksum is filled in, ready to encrypt and send.
+
+``split`` is the native twin in _gso.c when that module was built and VPN_FAST_PATH is not
+``python`` (decided once, at import; FAST_PATH says which). ``split_python`` is the readable
+reference, tested byte for byte equal to the native code: up to _SCALAR_MAX segments are built
+one by one as bytes objects. Beyond that, segments are written side by side into one fresh
+bytearray and returned as memoryviews of it (one allocation), with per-segment fields and
+checksums computed for all segments at once by numpy.
+"""
+
+from __future__ import annotations
+
+import functools
+import struct
+from collections.abc import Callable
+
+import numpy as np
+
+from vpn.core.native import PYTHON_FORCED
+from vpn.core.packet.checksum import ones_complement_sum, pseudo_header_sum
+from vpn.core.packet.errors import OffloadError
+from vpn.core.packet.headers import (
+    IPV4_CSUM,
+    IPV4_ID,
+    IPV4_SRC,
+    IPV4_TOTAL_LEN,
+    IPV6_PAYLOAD_LEN,
+    IPV6_SRC,
+    PROTO_TCP,
+    PROTO_UDP,
+    TCP_CSUM,
+    TCP_CWR,
+    TCP_FIN,
+    TCP_FLAGS,
+    TCP_PSH,
+    TCP_SEQ,
+    UDP_CSUM,
+    UDP_HDR_LEN,
+    UDP_LEN,
+    parse_ip,
+    require_proto,
+    tcp_header_len,
+)
+from vpn.core.packet.virtio import (
+    FLAG_NEEDS_CSUM,
+    GSO_ECN,
+    GSO_NONE,
+    GSO_TCPV4,
+    GSO_TCPV6,
+    GSO_UDP_L4,
+    VirtioNetHeader,
+    validate,
+)
+
+try:
+    from vpn.core.offload import _gso
+except ImportError as error:  # not built: the Python path runs
+    _gso = None
+    _MISSING = f"native GSO split not available ({error})"
+else:
+    _MISSING = ""
+
+__all__ = ["FAST_PATH", "split", "split_into", "split_into_python", "split_python"]
+
+Buffer = bytes | bytearray | memoryview
+
+# Up to this many segments a plain loop beats the fixed cost of the numpy path (measured).
+_SCALAR_MAX = 5
+
+_H16 = struct.Struct("!H")
+_TCP_VARY = struct.Struct("!I")
+_UDP_VARY = struct.Struct("!HH")
+_IP_VARY = struct.Struct("!HH")
+
+_U8 = np.uint8
+_U64 = np.uint64
+
+
+def split_python(hdr: VirtioNetHeader, packet: Buffer) -> list[bytes | memoryview]:
+    """Return the complete IP packets that ``packet`` (read after ``hdr``) stands for.
+
+    A plain packet comes back as is (no copy); one with NEEDS_CSUM gets its transport checksum
+    completed; a TCP or UDP_L4 super-packet is cut into gso_size-payload segments. hdr_len is
+    not trusted: header lengths come from the IP header and the TCP data offset. Anything
+    malformed raises OffloadError, never another exception.
+    """
+    validate(hdr, len(packet))
+    gso = hdr.gso_type & ~GSO_ECN
+    if gso == GSO_NONE:
+        if not hdr.flags & FLAG_NEEDS_CSUM:
+            return [packet]
+        return [_complete_checksum(packet, hdr.csum_start, hdr.csum_offset)]
+    info = parse_ip(packet)
+    want_version = 6 if gso == GSO_TCPV6 else 4 if gso == GSO_TCPV4 else info.version
+    if info.version != want_version:
+        raise OffloadError(
+            "ip_version_mismatch", f"IPv{info.version} packet with gso_type {hdr.gso_type:#x}"
+        )
+    if gso == GSO_UDP_L4:
+        require_proto(info, PROTO_UDP)
+        if info.total_len < info.header_len + UDP_HDR_LEN:
+            raise OffloadError("truncated_udp", "packet too short for a UDP header")
+        l4_len = UDP_HDR_LEN
+    else:
+        require_proto(info, PROTO_TCP)
+        l4_len = tcp_header_len(packet, info)
+    return _segment(packet, info.version == 4, info.header_len, l4_len, info.total_len,
+                    info.proto, hdr.gso_size)
+
+
+def _split_native(hdr: VirtioNetHeader, packet: Buffer) -> list[bytes | memoryview]:
+    """split_python's result from _gso.c (memoryviews of one bytearray), in one call."""
+    return _gso.segments(packet, hdr.flags, hdr.gso_type, hdr.hdr_len, hdr.gso_size,
+                         hdr.csum_start, hdr.csum_offset)
+
+
+def split_into_python(out: bytearray | memoryview, offset: int, hdr: VirtioNetHeader,
+                      packet: Buffer, gap: int, tail: int) -> tuple[int, int, int]:
+    """split_python's packets laid out in `out` for sealing in place: segment i at
+    offset + gap + i * (gap + full + tail), each `full` bytes but the last, `last` bytes;
+    returns (count, full, last). Raises OffloadError as split_python does, ValueError if out
+    is too small; either way before anything is written."""
+    segments = split_python(hdr, packet)
+    count, full, last = len(segments), len(segments[0]), len(segments[-1])
+    stride = gap + full + tail
+    if not 0 <= offset <= len(out) - ((count - 1) * stride + gap + last + tail):
+        raise ValueError(f"out buffer too small for {count} segments at offset {offset}")
+    view = memoryview(out)
+    for i, segment in enumerate(segments):
+        at = offset + gap + i * stride
+        view[at:at + len(segment)] = segment
+    return count, full, last
+
+
+def _split_into_native(out: bytearray | memoryview, offset: int, hdr: VirtioNetHeader,
+                       packet: Buffer, gap: int, tail: int) -> tuple[int, int, int]:
+    return _gso.split_into(out, offset, packet, hdr.flags, hdr.gso_type, hdr.hdr_len,
+                           hdr.gso_size, hdr.csum_start, hdr.csum_offset, gap, tail)
+
+
+def _complete_checksum(packet: Buffer, start: int, offset: int) -> bytes:
+    """Apply the kernel's rule for CHECKSUM_PARTIAL: sum from ``start`` to the end with the
+    field as it is (it holds the pseudo-header sum) and store the complement in the field."""
+    view = memoryview(packet)
+    value = ~ones_complement_sum(view[start:]) & 0xFFFF
+    # The kernel stores 0xFFFF for a zero result (CSUM_MANGLED_0); for UDP zero would mean
+    # "no checksum", and for TCP both forms are equivalent.
+    pos = start + offset
+    return b"".join((view[:pos], (value or 0xFFFF).to_bytes(2, "big"), view[pos + 2:]))
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(is_v4: bool, ihl: int, proto: int, stride: int) -> np.dtype:
+    """A record type over one segment's slot in the output buffer, naming the header fields
+    that change per segment, so each is written for every segment in one numpy assignment."""
+    fields: list[tuple[str, str, int]] = []
+    if is_v4:
+        fields += [("tot", ">u2", IPV4_TOTAL_LEN), ("id", ">u2", IPV4_ID),
+                   ("ipcsum", ">u2", IPV4_CSUM)]
+    else:
+        fields.append(("tot", ">u2", IPV6_PAYLOAD_LEN))
+    if proto == PROTO_TCP:
+        fields += [("seq", ">u4", ihl + TCP_SEQ), ("flags", "u1", ihl + TCP_FLAGS),
+                   ("csum", ">u2", ihl + TCP_CSUM)]
+    else:
+        fields += [("ulen", ">u2", ihl + UDP_LEN), ("csum", ">u2", ihl + UDP_CSUM)]
+    names, formats, offsets = zip(*fields, strict=True)
+    return np.dtype({"names": list(names), "formats": list(formats), "offsets": list(offsets),
+                     "itemsize": stride})
+
+
+def _segment(packet: Buffer, is_v4: bool, ihl: int, l4_len: int, total: int, proto: int,
+             mss: int) -> list[bytes | memoryview]:
+    hl = ihl + l4_len
+    payload_len = total - hl
+    count = max(1, -(-payload_len // mss))
+    if count <= _SCALAR_MAX:
+        return _segment_scalar(packet, is_v4, ihl, l4_len, total, proto, mss, count)
+    full = count - 1
+    last = payload_len - full * mss
+    stride = hl + mss
+    buf = bytearray(count * stride)  # zero-filled: the last row's padding adds nothing to sums
+    out = np.frombuffer(buf, dtype=_U8).reshape(count, stride)
+    src = np.frombuffer(packet, dtype=_U8, count=total)
+    out[:, :hl] = src[:hl]
+    out[:full, hl:] = src[hl:hl + full * mss].reshape(full, mss)
+    out[full, hl:hl + last] = src[hl + full * mss:]
+
+    # Payload sum of every segment in one pass. All sums below are only kept modulo 0xFFFF,
+    # which is what a one's-complement sum is (2**16 == 1 mod 0xFFFF), so no folding is needed.
+    if mss & 1:
+        rows = out[:, hl:]
+        sums = (rows[:, 0::2].sum(axis=1, dtype=_U64) << 8) + rows[:, 1::2].sum(axis=1, dtype=_U64)
+    else:
+        # Native little-endian words: a byte-swapped word is congruent to 256 times the word,
+        # so 256 * (little-endian sum) is congruent to the big-endian sum. uint32 is enough
+        # for up to 32767 words per row, and sums faster than uint64.
+        sums = out.view("<u2")[:, hl >> 1:].sum(axis=1, dtype=np.uint32) % 0xFFFF
+        sums = sums.astype(_U64) << 8
+
+    head = bytes(src[:hl])
+    rec = np.frombuffer(buf, dtype=_layout(is_v4, ihl, proto, stride))
+    index = np.arange(count, dtype=_U64)
+    addr_len = 4 if is_v4 else 16
+    addr_off = IPV4_SRC if is_v4 else IPV6_SRC
+    # The pseudo-header with the length of a full segment; the last one is corrected below.
+    seg_l4 = l4_len + mss
+    short = mss - last
+    pseudo = pseudo_header_sum(head[addr_off:addr_off + addr_len],
+                               head[addr_off + addr_len:addr_off + 2 * addr_len], proto, seg_l4)
+    th = bytearray(head[ihl:hl])
+    if proto == PROTO_TCP:
+        seq = int.from_bytes(th[TCP_SEQ:TCP_SEQ + 4], "big")
+        flags = th[TCP_FLAGS]
+        mid_flags = flags & ~(TCP_FIN | TCP_PSH | TCP_CWR)
+        # Sum of the TCP header without the fields that vary per segment.
+        th[TCP_SEQ:TCP_SEQ + 4] = bytes(4)
+        th[TCP_FLAGS] = mid_flags
+        th[TCP_CSUM:TCP_CSUM + 2] = bytes(2)
+        base = ones_complement_sum(th) + pseudo
+        seqs = (index * mss + seq) & 0xFFFFFFFF  # a 32-bit value is congruent to hi + lo
+        sums += seqs + base
+        sums[0] += flags & TCP_CWR  # the kernel keeps CWR on the first segment only
+        # FIN/PSH on the last segment only; its TCP length is shorter by `short`.
+        sums[full] += (flags & (TCP_FIN | TCP_PSH)) + 0xFFFF - short
+        rec["seq"] = seqs
+        rec["flags"] = mid_flags
+        rec["flags"][0] |= flags & TCP_CWR
+        rec["flags"][full] |= flags & (TCP_FIN | TCP_PSH)
+    else:
+        th[UDP_LEN:UDP_LEN + 4] = bytes(4)
+        # The length counts twice: once in the pseudo-header, once in the UDP header.
+        sums += ones_complement_sum(th) + pseudo + seg_l4
+        sums[full] += 2 * (0xFFFF - short)
+        rec["ulen"] = seg_l4
+        rec["ulen"][full] = seg_l4 - short
+    # ~fold(x) is 0xFFFF - (x mod 0xFFFF) except that a sum congruent to 0 gives 0xFFFF
+    # rather than 0: the same checksum in one's complement, and never 0 for UDP.
+    rec["csum"] = 0xFFFF - sums % 0xFFFF
+
+    rec["tot"] = seg_l4 + ihl if is_v4 else seg_l4
+    rec["tot"][full] -= short
+    if is_v4:
+        ih = bytearray(head[:ihl])
+        ip_id = (ih[IPV4_ID] << 8) | ih[IPV4_ID + 1]
+        ih[IPV4_TOTAL_LEN:IPV4_TOTAL_LEN + 2] = (seg_l4 + ihl).to_bytes(2, "big")
+        ih[IPV4_ID:IPV4_ID + 2] = bytes(2)
+        ih[IPV4_CSUM:IPV4_CSUM + 2] = bytes(2)
+        ids = (index + ip_id) & 0xFFFF
+        rec["id"] = ids
+        ids += ones_complement_sum(ih)
+        ids[full] += 0xFFFF - short
+        rec["ipcsum"] = 0xFFFF - ids % 0xFFFF
+
+    del out, src, rec  # release the numpy exports of the buffers
+    view = memoryview(buf)
+    segments: list[bytes | memoryview] = [
+        view[i:i + stride] for i in range(0, full * stride, stride)
+    ]
+    segments.append(view[full * stride:full * stride + hl + last])
+    return segments
+
+
+def _segment_scalar(packet: Buffer, is_v4: bool, ihl: int, l4_len: int, total: int,
+                    proto: int, mss: int, count: int) -> list[bytes | memoryview]:
+    """The same as the numpy path, one segment at a time: cheaper for a few segments."""
+    hl = ihl + l4_len
+    view = memoryview(packet)
+    head = bytearray(view[:hl])
+    if is_v4:
+        src, dst = head[IPV4_SRC:IPV4_SRC + 4], head[IPV4_SRC + 4:IPV4_SRC + 8]
+        ip_id = (head[IPV4_ID] << 8) | head[IPV4_ID + 1]
+        head[IPV4_CSUM:IPV4_CSUM + 2] = bytes(2)
+        head[IPV4_TOTAL_LEN:IPV4_ID + 2] = bytes(4)
+        ip_base = ones_complement_sum(head[:ihl])
+    else:
+        src, dst = head[IPV6_SRC:IPV6_SRC + 16], head[IPV6_SRC + 16:IPV6_SRC + 32]
+        ip_id = ip_base = 0
+    pseudo = pseudo_header_sum(src, dst, proto, 0)
+    tcp = proto == PROTO_TCP
+    if tcp:
+        seq = int.from_bytes(head[ihl + TCP_SEQ:ihl + TCP_SEQ + 4], "big")
+        flags = head[ihl + TCP_FLAGS]
+        head[ihl + TCP_SEQ:ihl + TCP_SEQ + 4] = bytes(4)
+        head[ihl + TCP_FLAGS] = 0
+        head[ihl + TCP_CSUM:ihl + TCP_CSUM + 2] = bytes(2)
+    else:
+        seq = flags = 0
+        head[ihl + UDP_LEN:ihl + UDP_LEN + 4] = bytes(4)
+    base = ones_complement_sum(head[ihl:]) + pseudo
+    segments: list[bytes | memoryview] = []
+    last = count - 1
+    for i in range(count):
+        start = hl + i * mss
+        payload = view[start:min(start + mss, total)]
+        seg_l4 = l4_len + len(payload)
+        if tcp:
+            seg_seq = (seq + i * mss) & 0xFFFFFFFF
+            seg_flags = flags & ~(TCP_FIN | TCP_PSH | TCP_CWR)
+            if i == 0:
+                seg_flags |= flags & TCP_CWR
+            if i == last:
+                seg_flags |= flags & (TCP_FIN | TCP_PSH)
+            value = base + ones_complement_sum(payload) + seg_seq + seg_flags + seg_l4
+            _TCP_VARY.pack_into(head, ihl + TCP_SEQ, seg_seq)
+            head[ihl + TCP_FLAGS] = seg_flags
+            _H16.pack_into(head, ihl + TCP_CSUM, 0xFFFF - value % 0xFFFF)
+        else:
+            value = base + ones_complement_sum(payload) + 2 * seg_l4
+            _UDP_VARY.pack_into(head, ihl + UDP_LEN, seg_l4, 0xFFFF - value % 0xFFFF)
+        if is_v4:
+            seg_id = (ip_id + i) & 0xFFFF
+            ip_sum = ip_base + seg_id + ihl + seg_l4
+            _IP_VARY.pack_into(head, IPV4_TOTAL_LEN, ihl + seg_l4, seg_id)
+            _H16.pack_into(head, IPV4_CSUM, 0xFFFF - ip_sum % 0xFFFF)
+        else:
+            _H16.pack_into(head, IPV6_PAYLOAD_LEN, seg_l4)
+        segments.append(b"".join((head, payload)))
+    return segments
+
+
+# The one place that decides which implementation `split` is.
+FAST_PATH_REASON = "VPN_FAST_PATH=python" if PYTHON_FORCED else _MISSING
+FAST_PATH = "python" if FAST_PATH_REASON else "native"
+split: Callable[[VirtioNetHeader, Buffer], list[bytes | memoryview]] = (
+    _split_native if FAST_PATH == "native" else split_python)
+split_into: Callable[[bytearray | memoryview, int, VirtioNetHeader, Buffer, int, int],
+                     tuple[int, int, int]] = (
+    _split_into_native if FAST_PATH == "native" else split_into_python)

@@ -1,0 +1,500 @@
+"""The data path: TUN -> split -> encrypt -> UDP GSO, and UDP GRO -> decrypt -> coalesce -> TUN.
+
+Both directions run as event-loop reader callbacks that drain a bounded batch per wakeup;
+per-segment work is one AEAD call and a few slices, everything else happens once per batch.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from vpn.control.uapi import endpoint_text
+from vpn.core.keys import encode_key
+from vpn.core.offload import Coalesced, OffloadError, split
+from vpn.core.offload.gro import receive_coalescer
+from vpn.core.offload.gso import split_into
+from vpn.core.packet.icmp import UnreachableResponder
+from vpn.core.packet.virtio import NO_OFFLOAD, VirtioNetHeader
+from vpn.core.wireguard import Device, Keypair, Peer, TransportError
+from vpn.core.wireguard.constants import (
+    AEAD_TAG_LEN,
+    MESSAGE_TRANSPORT,
+    PADDING_MULTIPLE,
+    TRANSPORT_HEADER_SIZE,
+    TRANSPORT_MIN_SIZE,
+)
+from vpn.core.wireguard.keypair import RECORD
+from vpn.io.tun import MAX_PACKET, TunDevice
+from vpn.io.udp import SCREEN_REASONS, Address, UdpSocket, UdpStats
+
+log = logging.getLogger("vpn.io.datapath")
+
+# Encrypted datagrams are built in one buffer; past this much, a batch is sent in parts.
+SEND_BUFFER_BYTES = 1 << 20
+# Around each segment split into the send buffer: room for the transport header before it,
+# and for its padding (up to 15 bytes) and tag after, so it is sealed where it lies.
+SEAL_GAP = TRANSPORT_HEADER_SIZE
+SEAL_TAIL = PADDING_MULTIPLE - 1 + AEAD_TAG_LEN
+SEAL_GAP_AND_TAIL = SEAL_GAP + SEAL_TAIL  # what a message may add to its packet
+# A transport message is at most the padded packet plus header and tag.
+MAX_DATAGRAM = MAX_PACKET + TRANSPORT_MIN_SIZE + 16
+# Records of one receive_run call; a longer run is opened in several calls.
+RECORDS_PER_RUN = 256
+# An internal error is counted every time, its traceback logged at most this often.
+INTERNAL_ERROR_LOG_SECONDS = 60.0
+
+
+def _pump_boundary(batch: Callable[[DataPath], None]) -> Callable[[DataPath], None]:
+    """No exception leaves an event-loop callback: a batch that fails in a way no drop
+    reason foresaw is dropped whole (`internal_error`), and the endpoint goes on."""
+
+    @functools.wraps(batch)
+    def guarded(self: DataPath) -> None:
+        try:
+            batch(self)
+        except Exception:
+            self._internal_error()
+
+    return guarded
+
+
+@dataclass
+class DataPathStats:
+    """Counters of the offload picture and of every drop, by reason; `udp` holds the
+    socket's own (GSO sends and segments, GRO receives), so one summary tells it all."""
+
+    udp: UdpStats
+    tun_reads: int = 0
+    super_packets: int = 0
+    segments_split: int = 0
+    datagrams_sent: int = 0
+    datagrams_received: int = 0
+    full_receive_batches: int = 0  # wakeups that found a whole batch of receives waiting
+    packets_written: int = 0
+    tun_writes: int = 0
+    jumbo_frames: int = 0
+    jumbo_segments: int = 0
+    handshakes_received: int = 0
+    icmp_unreachable_sent: int = 0
+    lost_session_handshakes: int = 0
+    drops: Counter[str] = field(default_factory=Counter)
+
+    def summary(self) -> dict:
+        out = asdict(self)
+        out["drops"] = dict(self.drops)
+        out["udp"] = self.udp.summary()
+        return out
+
+
+class DataPath:
+    """Moves packets between one TUN device and one UDP socket for a WireGuard Device."""
+
+    def __init__(
+        self,
+        device: Device,
+        tun: TunDevice,
+        udp: UdpSocket,
+        *,
+        mtu: int,
+        clock: Callable[[], float],
+    ) -> None:
+        self.device = device
+        self.tun = tun
+        self.udp = udp
+        self.mtu = mtu
+        self.clock = clock
+        self.stats = DataPathStats(udp.stats)
+        self.coalescing = tun.vnet_hdr
+        self._send_buffer = bytearray(SEND_BUFFER_BYTES)
+        # Decrypted packets of one receive batch, side by side until written to the TUN.
+        self._recv_buffer = bytearray(udp.batch * (MAX_PACKET + 1))
+        self._recv_view = memoryview(self._recv_buffer)
+        # What Keypair.receive_run found in one call: (offset, length, source slot) per packet.
+        self._records = bytearray(RECORD.size * RECORDS_PER_RUN)
+        self._gro = receive_coalescer(self._recv_buffer, udp=tun.offload.uso)
+        self._internal_error_logged = float("-inf")
+        # Host unreachable for packets routed to us that no peer's AllowedIPs cover.
+        self.icmp = UnreachableResponder()
+
+    # -- TUN -> peers -----------------------------------------------------------------------
+
+    @_pump_boundary
+    def on_tun_readable(self) -> None:
+        batch = self.tun.read_batch()
+        if not batch:
+            return
+        now = self.clock()
+        stats = self.stats
+        stats.tun_reads += len(batch)
+        lookup = self.device.allowed_ips.lookup
+        by_peer: dict[Peer, list[tuple[VirtioNetHeader, memoryview]]] = {}
+        for read in batch:
+            packet = read[1]
+            version = packet[0] >> 4 if packet else 0
+            if version == 4 and len(packet) >= 20:
+                peer = lookup(packet[16:20])
+            elif version == 6 and len(packet) >= 40:
+                peer = lookup(packet[24:40])
+            else:
+                stats.drops["tun_not_ip"] += 1
+                continue
+            if peer is None:
+                stats.drops["no_peer_for_destination"] += 1
+                self._answer_unreachable(packet, now)
+                continue
+            by_peer.setdefault(peer, []).append(read)
+        for peer, reads in by_peer.items():
+            self.send_to_peer(peer, reads, now)
+
+    def _answer_unreachable(self, packet: memoryview, now: float) -> None:
+        # As the kernel's WireGuard does (wireguard-go drops silently): the sender learns at
+        # once instead of timing out. Rate-limited; never for errors, multicast, broadcast.
+        reply = self.icmp.reply(packet, now)
+        if reply is not None:
+            self._write_packet(reply)
+            self.stats.icmp_unreachable_sent += 1
+
+    def send_to_peer(self, peer: Peer, reads: list[tuple[VirtioNetHeader, memoryview]],
+                     now: float) -> None:
+        """Encrypt what was read for `peer` and send it in as few GSO sends as possible."""
+        endpoint = peer.endpoint
+        if endpoint is None:
+            self.stats.drops["peer_without_endpoint"] += len(self._complete(reads))
+            return
+        kp = peer.keypair_for_sending(now)
+        if kp is None:
+            self.stage(peer, self._complete(reads), now)
+            return
+        sent, done = self._seal_and_send(kp, endpoint, reads)
+        if done < len(reads):  # the keypair ran out of nonces: rare, handshake again
+            self.stage(peer, self._complete(reads[done:]), now)
+            return
+        self.send_control(peer, peer.after_send(now, kp, sent))
+
+    def _complete(self, reads: list[tuple[VirtioNetHeader, memoryview]]
+                  ) -> list[bytes | memoryview]:
+        """The complete packets that TUN reads stand for (for staging or counting)."""
+        packets: list[bytes | memoryview] = []
+        for header, packet in reads:
+            try:
+                segments = split(header, packet)
+            except OffloadError as err:
+                self.stats.drops[err.reason] += 1
+                continue
+            if header.gso_type:
+                self.stats.super_packets += 1
+                self.stats.segments_split += len(segments)
+            packets.extend(segments)
+        return packets
+
+    def _seal_and_send(self, kp: Keypair, dest: Address,
+                       reads: list[tuple[VirtioNetHeader, memoryview]]) -> tuple[int, int]:
+        """Each super-packet split straight into the send buffer, sealed there in place and
+        sent as one GSO run; the packets between them (ACKs, pings) sealed together. Returns
+        the bytes sent and how many reads were handled (all, unless the keypair ran out)."""
+        stats = self.stats
+        buf = self._send_buffer
+        view = memoryview(buf)
+        sent = unsent = 0  # reads[unsent:] are not sent yet
+        try:
+            for i, (header, packet) in enumerate(reads):
+                if not header.gso_type:
+                    continue
+                if unsent < i:
+                    sent += self._encrypt_and_send(kp, dest, self._complete(reads[unsent:i]))
+                unsent = i + 1
+                try:
+                    count, full, last = split_into(buf, 0, header, packet, SEAL_GAP, SEAL_TAIL)
+                except OffloadError as err:
+                    stats.drops[err.reason] += 1
+                    continue
+                except ValueError:  # more segments than the buffer holds (a tiny gso_size)
+                    sent += self._encrypt_and_send(kp, dest, self._complete([(header, packet)]))
+                    continue
+                stats.super_packets += 1
+                stats.segments_split += count
+                try:
+                    size, last_size = kp.seal_segments(buf, 0, count, full, last, SEAL_GAP,
+                                                       SEAL_TAIL, self.mtu)
+                except TransportError:
+                    unsent = i
+                    raise
+                self._send_run(dest, view, 0, size, count, last_size)
+                sent += size * (count - 1) + last_size
+            if unsent < len(reads):
+                sent += self._encrypt_and_send(kp, dest, self._complete(reads[unsent:]))
+                unsent = len(reads)
+        except TransportError:
+            pass
+        return sent, unsent
+
+    def _encrypt_and_send(
+        self, kp: Keypair, dest: Address, packets: list[bytes | memoryview]
+    ) -> int:
+        """Encrypt in chunks that fit the send buffer; send each chunk as GSO runs."""
+        buf = self._send_buffer
+        room = len(buf)
+        total = 0
+        start, end = 0, len(packets)
+        while start < end:
+            stop = end
+            # Each message is its packet plus header, tag and up to 15 bytes of padding.
+            while sum(map(len, packets[start:stop])) + SEAL_GAP_AND_TAIL * (stop - start) > room:
+                stop = start + max(1, (stop - start) // 2)
+            lengths = kp.encrypt_batch(packets[start:stop], buf, 0, self.mtu)
+            total += self._send_runs(dest, lengths)
+            start = stop
+        return total
+
+    def _send_runs(self, dest: Address, lengths: list[int]) -> int:
+        """Send the messages laid back to back in the send buffer, as few GSO sends as the
+        rule "all the same size, only the last smaller" allows."""
+        view = memoryview(self._send_buffer)
+        send_run = self._send_run
+        offset = run_start = run_size = run_count = 0
+        for n in lengths:
+            if run_count and n == run_size:
+                run_count += 1
+            elif run_count and n < run_size:
+                # A shorter datagram ends a GSO run.
+                send_run(dest, view, run_start, run_size, run_count + 1, n)
+                run_count = 0
+            else:
+                if run_count:
+                    send_run(dest, view, run_start, run_size, run_count, run_size)
+                run_start, run_size, run_count = offset, n, 1
+            offset += n
+        if run_count:
+            send_run(dest, view, run_start, run_size, run_count, run_size)
+        return offset
+
+    def _send_run(
+        self, dest: Address, view: memoryview, start: int, size: int, count: int, last: int
+    ) -> None:
+        end = start + size * (count - 1) + last
+        self.udp.send_segments(dest, view[start:end], size, count, last)
+        self.stats.datagrams_sent += count
+
+    def stage(self, peer: Peer, packets: list[bytes | memoryview], now: float) -> None:
+        """No usable session: hold the newest packets (bounded) and start a handshake."""
+        dropped, handshake = peer.stage(packets, now)
+        if dropped:
+            self.stats.drops["staged_queue_full"] += dropped
+        self.send_control(peer, handshake)
+
+    def send_control(self, peer: Peer, datagrams: list[bytes]) -> None:
+        """Handshake messages, keepalives and flushed staged packets, one send each."""
+        if not datagrams:
+            return
+        if peer.endpoint is None:
+            self.stats.drops["peer_without_endpoint"] += len(datagrams)
+            return
+        for datagram in datagrams:
+            self.udp.send(peer.endpoint, datagram)
+        self.stats.datagrams_sent += len(datagrams)
+
+    # -- peers -> TUN -----------------------------------------------------------------------
+
+    @_pump_boundary
+    def on_udp_readable(self) -> None:
+        udp = self.udp
+        receives = udp.stats.receives
+        lost: list[Address] = []
+        if udp.screens:  # garbage was dropped (and counted here) before any Python ran
+            device = self.device
+            received, screened, lost = udp.receive_screened(device.keypair_indexes(),
+                                                            device.checker.mac1_key)
+            if screened:
+                self._count_screened(screened)
+        else:
+            received = udp.receive_batch()
+        stats = self.stats
+        if udp.stats.receives - receives == udp.batch:  # garbage too: the socket was full
+            stats.full_receive_batches += 1
+        if not received and not lost:
+            return
+        now = self.clock()
+        offset = 0
+        # keypair -> [bytes received, data packets delivered, latest source]
+        sessions: dict[Keypair, list] = {}
+        for data, segment_size, source in received:
+            size = len(data)
+            if not 0 < segment_size < size:
+                segment_size = size  # one datagram
+            stats.datagrams_received += -(-size // segment_size) if size else 1
+            offset = self._receive(data, segment_size, source, now, sessions, offset)
+        if self.coalescing:
+            for frame in self._gro.frames():
+                self._write(frame)
+        for kp, (nbytes, count, source) in sessions.items():
+            peer = kp.peer
+            before = peer.endpoint
+            self.send_control(
+                peer, peer.after_receive(now, kp, nbytes, keepalive=count == 0, source=source)
+            )
+            if peer.endpoint != before:
+                log.info("peer %s endpoint changed to %s", short_key(peer), endpoint_text(source))
+        for source in lost:
+            self._rehandshake_lost_session(source, now)
+
+    def _count_screened(self, counts: tuple[int, ...]) -> None:
+        """The screen's drops, under the counters the Python path would have used: a
+        datagram that is not a transport message goes to the handshake code, which drops it
+        by its reason (counted by the protocol and here, as on_handshake_message does); a
+        transport message for no keypair of ours is the data path's alone."""
+        stats = self.stats
+        protocol = self.device.drops
+        stats.datagrams_received += sum(counts)
+        for reason, n in zip(SCREEN_REASONS, counts, strict=True):
+            if n:
+                stats.drops[reason] += n
+                if reason != "unknown_receiver_index":
+                    protocol[reason] += n
+                    stats.handshakes_received += n
+
+    def _receive(self, data: memoryview, segment_size: int, source: Address, now: float,
+                 sessions: dict[Keypair, list], offset: int) -> int:
+        """One receive (a GRO run of datagrams, or a single one): handshake messages are
+        handled on the way, transport messages opened a keypair's run at a time into the
+        receive buffer from `offset`. Returns the new end of the buffer's use."""
+        drops = self.stats.drops
+        keypair_for_index = self.device.keypair_for_index
+        size = len(data)
+        pos = 0
+        while True:
+            end = min(pos + segment_size, size)
+            # Length first: a zero-length datagram has no type byte to look at.
+            if end - pos < TRANSPORT_MIN_SIZE or data[pos] != MESSAGE_TRANSPORT:
+                self.on_handshake_message(data[pos:end], source, now)
+                pos = end
+            elif (kp := keypair_for_index(int.from_bytes(data[pos + 4:pos + 8], "little"))
+                  ) is None:
+                drops["unknown_receiver_index"] += 1
+                self._rehandshake_lost_session(source, now)
+                pos = end
+            elif (session := sessions.get(kp)) is None and not kp.receivable(now):
+                drops["keypair_expired"] += 1
+                pos = end
+            else:
+                stop, offset, nrec, fresh, nbytes, sources = kp.receive_run(
+                    data, segment_size, pos, self._recv_view, offset, self._records, drops)
+                if stop <= pos:
+                    raise RuntimeError(f"receive_run made no progress at {pos} of {size}")
+                pos = stop
+                if fresh:
+                    # Only an authenticated, fresh message may move the endpoint or count
+                    # as received: a replayed or forged one from elsewhere changes nothing.
+                    if session is None:
+                        session = sessions[kp] = [0, 0, source]
+                    session[0] += nbytes
+                    session[2] = source
+                    if nrec:
+                        session[1] += self._deliver(kp, nrec, sources)
+            if pos >= size:
+                return offset
+
+    def _deliver(self, kp: Keypair, nrec: int, sources: list[bytes]) -> int:
+        """Cryptokey routing, once per distinct inner source (each must be one of the peer's
+        AllowedIPs), then the recorded packets to GRO or straight to the TUN. Returns how
+        many were delivered."""
+        allowed = self.device.allowed_ips.source_allowed
+        peer = kp.peer
+        denied = None
+        for slot, src in enumerate(sources):
+            if not allowed(peer, src):
+                denied = denied or bytearray(len(sources))
+                denied[slot] = 1
+        if self.coalescing:
+            skipped = self._gro.add_records(self._records, 0, nrec, denied)
+        else:
+            skipped = 0
+            for at, length, slot in RECORD.iter_unpack(self._records[:RECORD.size * nrec]):
+                if denied and denied[slot]:
+                    skipped += 1
+                else:
+                    self._write_packet(self._recv_view[at:at + length])
+        if skipped:
+            self.stats.drops["source_not_allowed"] += skipped
+        self.stats.packets_written += nrec - skipped
+        return nrec - skipped
+
+    def _rehandshake_lost_session(self, source: Address, now: float) -> None:
+        """Data for a session we do not know: whether it starts a handshake (we restarted
+        and the peer still uses the session we lost) is the protocol's decision."""
+        for peer, datagram in self.device.on_unknown_index(source, now):
+            self.send_control(peer, [datagram])
+            self.stats.lost_session_handshakes += 1
+
+    def on_handshake_message(self, datagram: memoryview, source: Address, now: float) -> None:
+        self.stats.handshakes_received += 1
+        # `now` is this wakeup's: the device takes the mac1-valid handshake messages of one
+        # wakeup as its backlog of Diffie-Hellman work, which decides "under load".
+        result = self.device.handle_handshake_message(bytes(datagram), source, now)
+        if result.drop_reason:
+            self.stats.drops[result.drop_reason] += 1
+        for reply in result.replies:
+            self.udp.send(source, reply)
+        self.stats.datagrams_sent += len(result.replies)
+
+    def _internal_error(self) -> None:
+        """Called from the except clause at the pump's boundary. The coalescer may hold views
+        into the receive buffer, which the next batch overwrites: it must forget them, or
+        they would be written then with the next batch's plaintext. Everything else of a
+        batch lives in its locals. The traceback is logged at most once a minute, so that a
+        bug a packet can trigger cannot flood the journal."""
+        self._gro.clear()
+        self.stats.drops["internal_error"] += 1
+        now = self.clock()
+        if now - self._internal_error_logged >= INTERNAL_ERROR_LOG_SECONDS:
+            self._internal_error_logged = now
+            log.exception("internal error in the data path: batch dropped (counted as "
+                          "drops.internal_error; logged at most once a minute)")
+
+    def _write_packet(self, packet: bytes | memoryview) -> None:
+        """One packet as it is, without offload."""
+        self._write(Coalesced(NO_OFFLOAD, [packet]))
+
+    def _write(self, frame: Coalesced) -> None:
+        try:
+            self.tun.write(frame.header, frame.parts)
+        except BlockingIOError:
+            self.stats.drops["tun_write_full"] += frame.segments
+            return
+        except OSError as err:
+            if err.errno == errno.EINVAL and frame.segments > 1:
+                self._refuse_coalescing(frame)
+                return
+            self.stats.drops[f"tun_write_{errno.errorcode.get(err.errno, err.errno)}"] += 1
+            return
+        self.stats.tun_writes += 1
+        if frame.segments > 1:
+            self.stats.jumbo_frames += 1
+            self.stats.jumbo_segments += frame.segments
+
+    def _refuse_coalescing(self, frame: Coalesced) -> None:
+        """Some stable kernels reject valid coalesced writes: write plain from now on."""
+        log.warning("the kernel refused a coalesced TUN write (EINVAL); writing segments "
+                    "one by one from now on")
+        self.coalescing = False
+        self.stats.drops["gro_write_refused"] += 1
+        header = VirtioNetHeader.unpack(frame.header)
+        for segment in split(header, b"".join(frame.parts)):
+            self._write_packet(segment)
+
+    # -- timers -----------------------------------------------------------------------------
+
+    @_pump_boundary
+    def on_tick(self) -> None:
+        """Run the protocol timers: retransmits, keepalives, rekeys, key expiry."""
+        for peer, datagram in self.device.poll(self.clock()):
+            self.send_control(peer, [datagram])
+
+
+def short_key(peer: Peer) -> str:
+    """A peer's public key as `wg` prints it, shortened for logs."""
+    return encode_key(peer.public_key)[:8] + "..."

@@ -1,0 +1,235 @@
+"""The Linux TUN device opened with IFF_VNET_HDR and negotiated offloads.
+
+Reads hand out (virtio-net header, packet view) pairs from preallocated buffers; writes take
+the 10-byte header and the frame as a list of buffers so jumbo frames go out with one writev.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from vpn.core.packet.virtio import VIRTIO_NET_HDR_LEN, VirtioNetHeader
+
+TUN_PATH = "/dev/net/tun"
+
+# ioctl request numbers from <linux/if_tun.h> (_IOW('T', n, int) / _IOR('T', n, unsigned int)).
+TUNSETIFF = 0x400454CA
+TUNGETFEATURES = 0x800454CF
+TUNSETOFFLOAD = 0x400454D0
+TUNSETVNETHDRSZ = 0x400454D8
+
+IFF_TUN = 0x0001
+IFF_MULTI_QUEUE = 0x0100
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+TUN_F_TSO_ECN = 0x08
+TUN_F_USO4 = 0x20
+TUN_F_USO6 = 0x40
+
+OFFLOAD_NAMES = {
+    TUN_F_CSUM: "csum",
+    TUN_F_TSO4: "tso4",
+    TUN_F_TSO6: "tso6",
+    TUN_F_TSO_ECN: "tso_ecn",
+    TUN_F_USO4: "uso4",
+    TUN_F_USO6: "uso6",
+}
+
+# Tried in order until the kernel accepts one; an unknown bit is EINVAL. USO4/USO6 only
+# exist together (Linux 6.2+), ECN only with TSO, and every offload needs CSUM.
+OFFLOAD_LADDER = (
+    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN | TUN_F_USO4 | TUN_F_USO6,
+    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN,
+    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6,
+    TUN_F_CSUM,
+    0,
+)
+
+# The largest packet plus its header: a smaller read buffer truncates silently.
+MAX_PACKET = 65535
+READ_SLOT = VIRTIO_NET_HDR_LEN + MAX_PACKET
+
+
+# The header reported for reads from a device without IFF_VNET_HDR.
+PLAIN = VirtioNetHeader()
+
+
+class TunError(OSError):
+    """Opening or configuring the TUN device failed; the message says what to do."""
+
+
+def offload_names(flags: int) -> list[str]:
+    return [name for bit, name in OFFLOAD_NAMES.items() if flags & bit]
+
+
+@dataclass(frozen=True, slots=True)
+class OffloadResult:
+    """What TUNSETOFFLOAD accepted out of what was requested."""
+
+    flags: int
+    requested: int
+
+    @property
+    def tso(self) -> bool:
+        return bool(self.flags & (TUN_F_TSO4 | TUN_F_TSO6))
+
+    @property
+    def uso(self) -> bool:
+        return bool(self.flags & TUN_F_USO4)
+
+    def describe(self) -> str:
+        got = "+".join(offload_names(self.flags)) or "none"
+        missing = self.requested & ~self.flags
+        if not missing:
+            return got
+        return f"{got} (not available: {'+'.join(offload_names(missing))})"
+
+
+class TunDevice:
+    """One queue of a TUN device; close() (or the context manager) releases it."""
+
+    def __init__(
+        self,
+        fd: int,
+        name: str,
+        *,
+        vnet_hdr: bool,
+        offload: OffloadResult,
+        batch: int,
+    ) -> None:
+        self.fd = fd
+        self.name = name
+        self.vnet_hdr = vnet_hdr
+        self.offload = offload
+        self._slot = READ_SLOT if vnet_hdr else MAX_PACKET
+        self._buffer = bytearray(self._slot * batch)
+        self._views = [
+            memoryview(self._buffer)[i * self._slot : (i + 1) * self._slot] for i in range(batch)
+        ]
+
+    @classmethod
+    def open(
+        cls,
+        name: str,
+        *,
+        vnet_hdr: bool = True,
+        offload: bool = True,
+        multi_queue: bool = False,
+        batch: int = 64,
+    ) -> TunDevice:
+        """Create (or attach to) TUN device `name`, non-blocking, with offloads negotiated.
+
+        With vnet_hdr=False the device carries plain IP packets and no offload is possible.
+        """
+        if len(name.encode()) > 15:
+            raise TunError(errno.EINVAL, f"interface name {name!r} is longer than 15 bytes")
+        try:
+            fd = os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise TunError(
+                errno.ENOENT, f"{TUN_PATH} is missing: load the tun module (modprobe tun)"
+            ) from None
+        except PermissionError:
+            raise TunError(errno.EPERM, f"cannot open {TUN_PATH}: run as root") from None
+        try:
+            features = struct.unpack("I", fcntl.ioctl(fd, TUNGETFEATURES, bytes(4)))[0]
+            flags = IFF_TUN | IFF_NO_PI
+            if vnet_hdr:
+                if not features & IFF_VNET_HDR:
+                    raise TunError(errno.ENOTSUP, "this kernel's TUN has no IFF_VNET_HDR")
+                flags |= IFF_VNET_HDR
+            if multi_queue:
+                flags |= IFF_MULTI_QUEUE
+            ifreq = struct.pack("16sH22x", name.encode(), flags)
+            try:
+                ifreq = fcntl.ioctl(fd, TUNSETIFF, ifreq)
+            except PermissionError:
+                raise TunError(
+                    errno.EPERM, f"creating TUN {name!r} needs CAP_NET_ADMIN (run as root)"
+                ) from None
+            except OSError as err:
+                if err.errno in (errno.EBUSY, errno.EINVAL):
+                    raise TunError(
+                        err.errno,
+                        f"interface name {name!r} is taken (an existing device of another "
+                        "type, or a TUN with other flags or already attached)",
+                    ) from None
+                raise
+            actual = ifreq[:16].rstrip(b"\0").decode()
+            result = OffloadResult(0, 0)
+            if vnet_hdr:
+                fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VIRTIO_NET_HDR_LEN))
+                result = negotiate_offloads(fd) if offload else set_offloads(fd, 0)
+            return cls(fd, actual, vnet_hdr=vnet_hdr, offload=result, batch=batch)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def read_batch(self) -> list[tuple[VirtioNetHeader, memoryview]]:
+        """Drain up to `batch` packets without blocking.
+
+        The views point into buffers reused by the next call: use them before reading again.
+        """
+        packets = []
+        fd = self.fd
+        readv = os.readv
+        for view in self._views:
+            try:
+                n = readv(fd, (view,))
+            except BlockingIOError:
+                break
+            if self.vnet_hdr:
+                if n < VIRTIO_NET_HDR_LEN:
+                    continue
+                packets.append((VirtioNetHeader.unpack(view), view[VIRTIO_NET_HDR_LEN:n]))
+            else:
+                packets.append((PLAIN, view[:n]))
+        return packets
+
+    def write(self, header: bytes, parts: Sequence[bytes | memoryview]) -> None:
+        """Write one frame: the virtio-net header (ignored without IFF_VNET_HDR) then parts.
+
+        Raises OSError as the kernel reports it (EINVAL for a header it rejects).
+        """
+        if self.vnet_hdr:
+            os.writev(self.fd, (header, *parts))
+        else:
+            os.writev(self.fd, parts)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> TunDevice:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def set_offloads(fd: int, flags: int) -> OffloadResult:
+    fcntl.ioctl(fd, TUNSETOFFLOAD, flags)
+    return OffloadResult(flags, flags)
+
+
+def negotiate_offloads(fd: int) -> OffloadResult:
+    """Ask for the most the kernel may give, stepping down the ladder on EINVAL."""
+    for flags in OFFLOAD_LADDER:
+        try:
+            fcntl.ioctl(fd, TUNSETOFFLOAD, flags)
+        except OSError as err:
+            if err.errno != errno.EINVAL:
+                raise
+            continue
+        return OffloadResult(flags, OFFLOAD_LADDER[0])
+    raise TunError(errno.EINVAL, "TUNSETOFFLOAD refused even no offload at all")
