@@ -23,15 +23,16 @@ from pathlib import Path
 from vpn.control import uapi
 from vpn.control.config import Config, ConfigError, PeerConfig, load, to_text
 from vpn.control.config import Endpoint as EndpointAddress
-from vpn.control.uapi import ChangeSet, DeviceSnapshot, PeerSnapshot, UapiError, endpoint_text
+from vpn.control.uapi import ChangeSet, DeviceSnapshot, PeerSnapshot, UapiError
 from vpn.control.uapi_server import SOCKET_DIR, UapiServer, UapiServerError
 from vpn.core.keys import encode_key, public_from_private
+from vpn.core.types import Address, endpoint_text
 from vpn.core.wireguard import Device, Peer
 from vpn.host import netsetup
 from vpn.io import native
 from vpn.io.datapath import DataPath
 from vpn.io.tun import TunDevice, TunError
-from vpn.io.udp import Address, UdpError, UdpSocket
+from vpn.io.udp import UdpError, UdpSocket
 
 log = logging.getLogger("vpn.endpoint")
 

@@ -33,8 +33,8 @@ from pathlib import PurePath
 from typing import Any
 
 from vpn.core.keys import KeyFormatError, decode_key, encode_key, public_from_private
+from vpn.core.types import IPAddress
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from vpn.control.uapi import DeviceSnapshot, endpoint_text
+from vpn.control.uapi import DeviceSnapshot
 from vpn.core.keys import encode_key, public_from_private
+from vpn.core.types import endpoint_text
 
 
 def _ratio(part: int, whole: int) -> float:

@@ -30,9 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from vpn.core.keys import KeyFormatError, from_hex, to_hex
-
-Address = tuple[str, int]
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from vpn.core.types import Address, Network, endpoint_text
 
 # wireguard-go's codes (ipc.IpcError*): negative errno values.
 EINVAL = -errno.EINVAL  # bad key, bad value, unknown key
@@ -260,10 +258,6 @@ class DeviceSnapshot:
     def __repr__(self) -> str:
         return f"DeviceSnapshot(listen_port={self.listen_port}, peers={self.peers!r})"
 
-
-def endpoint_text(address: Address) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def format_get(snapshot: DeviceSnapshot) -> str:

@@ -18,7 +18,8 @@ from typing import ParamSpec, TypeVar
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from vpn.core.types import IPAddress
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 

@@ -13,13 +13,13 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from vpn.control.uapi import endpoint_text
 from vpn.core.keys import encode_key
 from vpn.core.offload import Coalesced, OffloadError, split
 from vpn.core.offload.gro import receive_coalescer
 from vpn.core.offload.gso import split_into
 from vpn.core.packet.icmp import UnreachableResponder
 from vpn.core.packet.virtio import NO_OFFLOAD, VirtioNetHeader
+from vpn.core.types import Address, endpoint_text
 from vpn.core.wireguard import Device, Keypair, Peer, TransportError
 from vpn.core.wireguard.constants import (
     AEAD_TAG_LEN,
@@ -30,7 +30,7 @@ from vpn.core.wireguard.constants import (
 )
 from vpn.core.wireguard.keypair import RECORD
 from vpn.io.tun import MAX_PACKET, TunDevice
-from vpn.io.udp import SCREEN_REASONS, Address, UdpSocket, UdpStats
+from vpn.io.udp import SCREEN_REASONS, UdpSocket, UdpStats
 
 log = logging.getLogger("vpn.io.datapath")
 

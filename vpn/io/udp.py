@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from vpn.core.native import PYTHON_FORCED
+from vpn.core.types import Address
 
 try:
     from vpn.io import _udp
@@ -33,7 +34,6 @@ SCREENS = not FAST_PATH_REASON
 SCREEN_REASONS = ("too_short", "transport_too_short", "unknown_type", "bad_length",
                   "reserved_nonzero", "bad_mac1", "unknown_receiver_index")
 
-Address = tuple[str, int]
 
 # <linux/udp.h>: Python 3.11's socket module has neither constant.
 SOL_UDP = 17

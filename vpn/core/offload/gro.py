@@ -39,6 +39,7 @@ from vpn.core.packet.virtio import (
     NO_OFFLOAD,
     VirtioNetHeader,
 )
+from vpn.core.types import Buffer
 
 try:
     from vpn.core.offload import _gro
@@ -51,7 +52,6 @@ else:
 __all__ = ["FAST_PATH_REASON", "MAX_FLOWS", "MAX_UDP_SEGMENTS", "NATIVE_GRO", "Coalesced",
            "Coalescer", "NativeCoalescer", "coalesce"]
 
-Buffer = bytes | bytearray | memoryview
 
 # The kernel refuses UDP_L4 writes of more than 64 segments (128 on newer kernels).
 MAX_UDP_SEGMENTS = 64

@@ -52,6 +52,7 @@ from vpn.core.packet.virtio import (
     VirtioNetHeader,
     validate,
 )
+from vpn.core.types import Buffer
 
 try:
     from vpn.core.offload import _gso
@@ -63,7 +64,6 @@ else:
 
 __all__ = ["FAST_PATH", "split", "split_into", "split_into_python", "split_python"]
 
-Buffer = bytes | bytearray | memoryview
 
 # Up to this many segments a plain loop beats the fixed cost of the numpy path (measured).
 _SCALAR_MAX = 5

@@ -8,8 +8,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from vpn.core.packet.errors import OffloadError
-
-Buffer = bytes | bytearray | memoryview
+from vpn.core.types import Buffer
 
 PROTO_TCP = 6
 PROTO_UDP = 17

@@ -8,8 +8,7 @@ from __future__ import annotations
 import struct
 
 from vpn.core.packet.checksum import checksum, pseudo_header_sum
-
-Buffer = bytes | bytearray | memoryview
+from vpn.core.types import Buffer
 
 PROTO_ICMP = 1
 PROTO_ICMPV6 = 58

@@ -9,8 +9,9 @@ import ipaddress
 from collections.abc import Hashable, Iterator
 from typing import Generic, TypeVar
 
+from vpn.core.types import Network
+
 P = TypeVar("P", bound=Hashable)
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _from_bytes = int.from_bytes
 
 

@@ -10,6 +10,8 @@ import ipaddress
 import os
 from collections.abc import Callable
 
+from vpn.core.types import Address
+
 from .constants import (
     COOKIE_NONCE_LEN,
     COOKIE_REFRESH_TIME,
@@ -31,7 +33,6 @@ from .messages import (
     MessageError,
 )
 
-Address = tuple[str, int]  # (ip, port) as the socket layer reports it
 RandomSource = Callable[[int], bytes]
 _ZERO_MAC = bytes(MAC_LEN)
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from vpn.core.types import Address
+
 from .allowedips import AllowedIPs
 from .constants import (
     INDEXES_PER_PEER,
@@ -25,7 +27,7 @@ from .constants import (
     MESSAGE_RESPONSE,
     MESSAGE_TRANSPORT,
 )
-from .cookie import Address, CookieChecker, HandshakeLoad, address_bytes
+from .cookie import CookieChecker, HandshakeLoad, address_bytes
 from .keypair import RECORD, Keypair
 from .messages import (
     Buffer,

@@ -5,7 +5,7 @@ data path's and `Device.receive_transport`'s, goes through receive_run."""
 
 from __future__ import annotations
 
-from .messages import Buffer
+from vpn.core.types import Buffer
 
 
 def inner_packet(packet: Buffer) -> tuple[int, Buffer] | str:

@@ -20,6 +20,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from vpn.core.types import Buffer
+
 from .constants import (
     AEAD_TAG_LEN,
     MESSAGE_TRANSPORT,
@@ -32,7 +34,7 @@ from .constants import (
 from .crypto import InvalidTag
 from .fastpath import FAST_PATH, TransportKey
 from .inner import inner_packet
-from .messages import TRANSPORT_HEADER, Buffer, MessageError
+from .messages import TRANSPORT_HEADER, MessageError
 from .noise import SessionKeys
 from .replay import REPLAY_SLOT_MASK, ReplayWindow
 

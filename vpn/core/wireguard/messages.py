@@ -8,6 +8,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from vpn.core.types import Buffer
+
 from .constants import (
     COOKIE_REPLY_SIZE,
     INITIATION_SIZE,
@@ -19,8 +21,6 @@ from .constants import (
     TRANSPORT_HEADER_SIZE,
     TRANSPORT_MIN_SIZE,
 )
-
-Buffer = bytes | bytearray | memoryview
 
 # Offsets of the two MACs: each covers every byte of the message before it.
 INITIATION_MAC1_OFFSET = 116

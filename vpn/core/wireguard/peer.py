@@ -9,6 +9,8 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from vpn.core.types import Address, Buffer
+
 from .constants import (
     KEEPALIVE_TIMEOUT,
     REJECT_AFTER_TIME,
@@ -16,10 +18,9 @@ from .constants import (
     REKEY_AFTER_TIME,
     REKEY_TIMEOUT,
 )
-from .cookie import Address, CookieGenerator
+from .cookie import CookieGenerator
 from .crypto import tai64n
 from .keypair import Keypair, KeypairSet, TransportError
-from .messages import Buffer
 from .noise import Handshake, create_initiation, create_response, derive_session
 from .timers import TimerAction, Timers
 
