@@ -17,17 +17,18 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
-from vpn.control import uapi
+from vpn.control import running, uapi
 from vpn.control.config import Config, ConfigError, PeerConfig, load, to_text
 from vpn.control.config import Endpoint as EndpointAddress
-from vpn.control.uapi import ChangeSet, DeviceSnapshot, PeerSnapshot, UapiError
+from vpn.control.uapi import UapiError
 from vpn.control.uapi_server import SOCKET_DIR, UapiServer, UapiServerError
-from vpn.core.keys import encode_key, public_from_private
+from vpn.core.keys import encode_key
 from vpn.core.types import Address, endpoint_text
 from vpn.core.wireguard import Device, Peer
+from vpn.core.wireguard.changes import ChangeError, ChangeSet, DeviceSnapshot
+from vpn.core.wireguard.peer import PeerEvent
 from vpn.host import netsetup
 from vpn.io import native
 from vpn.io.datapath import DataPath
@@ -36,7 +37,9 @@ from vpn.io.udp import UdpError, UdpSocket
 
 log = logging.getLogger("vpn.endpoint")
 
-TICK_SECONDS = 0.1  # protocol timers are seconds-scale; jitter is 1/3 s
+# The timers run at the core's next deadline; this much later at most is not worth a
+# second wakeup (the protocol's timers are seconds-scale, their jitter 1/3 s).
+TIMER_SLACK = 0.02
 
 
 class EndpointError(RuntimeError):
@@ -70,7 +73,8 @@ class Endpoint:
         self.fwmark = 0
         self._applied: netsetup.Applied | None = None
         self._setup: netsetup.InterfaceSetup | None = None
-        self._ticker: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
         self._stopped = asyncio.Event()
         self.socket_dir = socket_dir
         self.uapi: UapiServer | None = None
@@ -94,16 +98,12 @@ class Endpoint:
         """Bring the interface up; on any failure undo what was done and raise."""
         loop = asyncio.get_running_loop()
         iface = self.config.interface
-        endpoints = {
-            peer.public_key: await resolve(loop, peer.endpoint)
-            for peer in self.config.peers
-            if peer.endpoint is not None
-        }
+        endpoints = await resolve_all(loop, self.config)
         device = Device(iface.private_key)
         try:
-            for peer_config in self.config.peers:
-                add_peer(device, peer_config, endpoints.get(peer_config.public_key))
-        except ValueError as err:  # too many peers, or a peer with our own key
+            owed_keepalive = device.apply(running.config_changes(self.config, endpoints),
+                                          self.clock())
+        except ChangeError as err:  # too many peers
             raise EndpointError(f"{self.config.path}: {err}") from None
         try:
             # Claim the management socket first: a live one means another endpoint has this
@@ -139,13 +139,14 @@ class Endpoint:
         except BaseException:
             self._release()
             raise
-        for peer in device.peers.values():
-            peer.mtu = self.mtu
+        device.set_mtu(self.mtu)
+        device.listen_port, device.fwmark = self.udp.port, self.fwmark
         self.device = device
         self.datapath = DataPath(device, self.tun, self.udp, mtu=self.mtu, clock=self.clock)
         loop.add_reader(self.tun.fd, self.datapath.on_tun_readable)
         loop.add_reader(self.udp.fd, self.datapath.on_udp_readable)
-        self._ticker = loop.create_task(self._tick())
+        device.on_earlier_deadline = self._arm_timers
+        device.on_peer_event = self._log_peer_event
         assert self.uapi is not None
         await self.uapi.start()
         # SIGHUP reloads, as for other daemons; only the main thread may set signal handlers.
@@ -159,9 +160,9 @@ class Endpoint:
             native.fast_path()[1], len(device.peers),
         )
         now = self.clock()
-        for peer in device.peers.values():
-            if peer.timers.persistent_interval and peer.endpoint is not None:
-                self.datapath.send_control(peer, peer.keepalive(now))
+        for peer in owed_keepalive:
+            self.datapath.send_control(peer, peer.keepalive(now))
+        self._arm_timers(device.wake_at)
 
     async def stop(self) -> None:
         """Stop the data path and remove everything start() added. Safe to call twice."""
@@ -171,11 +172,11 @@ class Endpoint:
         # through the teardown below. A SIGHUP from now on is only logged.
         with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, ignore_sighup)
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
-            self._ticker = None
+        if self.device is not None:
+            self.device.on_earlier_deadline = self.device.on_peer_event = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         loop = asyncio.get_running_loop()
         for dev in (self.tun, self.udp):
             if dev is not None and dev.fd >= 0:
@@ -226,28 +227,35 @@ class Endpoint:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def _tick(self) -> None:
-        assert self.datapath is not None and self.device is not None
-        while True:
-            await asyncio.sleep(TICK_SECONDS)
-            self.datapath.on_tick()
-            self._log_peer_events()
+    # -- timers: armed at the core's next deadline ---------------------------------------------
 
-    def _log_peer_events(self) -> None:
-        assert self.device is not None
-        for peer in self.device.peers.values():
-            while peer.events:
-                event = peer.events.popleft()
-                if event == "handshake_complete":
-                    self.handshakes_completed += 1
-                    log.info("peer %s: handshake completed (endpoint %s)",
-                             encode_key(peer.public_key),
-                             endpoint_text(peer.endpoint) if peer.endpoint else "(none)")
-                elif event == "give_up":
-                    log.warning("peer %s: no handshake response, giving up for now",
-                                encode_key(peer.public_key))
-                else:
-                    log.debug("peer %s: %s", encode_key(peer.public_key), event)
+    def _arm_timers(self, deadline: float) -> None:
+        """Wake for the timers at `deadline` (the core calls this when a timer is armed
+        earlier than any before it), unless a wakeup is due about then anyway."""
+        if deadline == float("inf") or deadline >= self._timer_at - TIMER_SLACK:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        delay = max(0.0, deadline - self.clock())
+        self._timer = asyncio.get_running_loop().call_later(delay, self._on_timers)
+
+    def _on_timers(self) -> None:
+        self._timer, self._timer_at = None, float("inf")
+        assert self.datapath is not None and self.device is not None
+        self.datapath.on_tick()
+        self._arm_timers(self.device.wake_at)
+
+    def _log_peer_event(self, peer: Peer, event: PeerEvent) -> None:
+        if event is PeerEvent.HANDSHAKE_COMPLETE:
+            self.handshakes_completed += 1
+            log.info("peer %s: handshake completed (endpoint %s)", encode_key(peer.public_key),
+                     endpoint_text(peer.endpoint) if peer.endpoint else "(none)")
+        elif event is PeerEvent.GIVE_UP:
+            log.warning("peer %s: no handshake response, giving up for now",
+                        encode_key(peer.public_key))
+        else:
+            log.debug("peer %s: %s", encode_key(peer.public_key), event)
 
     # -- peers at run time ------------------------------------------------------------------
 
@@ -256,29 +264,11 @@ class Endpoint:
 
         Routes are not changed (as with `wg set`); sessions of a changed peer are kept.
         """
-        device = self._running_device()
         address = await resolve(asyncio.get_running_loop(), peer_config.endpoint)
-        peer = device.peers.get(peer_config.public_key)
-        if peer is None:
-            peer = add_peer(device, peer_config, address)
-            peer.mtu = self.mtu
-        else:
-            peer.handshake.psk = peer_config.preshared_key or bytes(32)
-            keepalive = peer_config.persistent_keepalive or 0
-            peer.timers.set_persistent_keepalive(keepalive, self.clock())
-            if address is not None:
-                peer.endpoint = address
-            device.allowed_ips.remove_by_peer(peer)
-            for network in peer_config.allowed_ips:
-                device.allowed_ips.insert(network, peer)
-        peers = [p for p in self.config.peers if p.public_key != peer_config.public_key]
-        self.config = replace(self.config, peers=(*peers, peer_config))
+        self.apply(ChangeSet(peers=[running.peer_change(peer_config, address)]))
 
     def remove_peer(self, public_key: bytes) -> None:
-        device = self._running_device()
-        device.remove_peer(public_key)
-        peers = tuple(p for p in self.config.peers if p.public_key != public_key)
-        self.config = replace(self.config, peers=peers)
+        self.apply(ChangeSet(peers=[uapi.PeerChange(public_key, remove=True)]))
 
     def _running_device(self) -> Device:
         if self.device is None:
@@ -288,27 +278,7 @@ class Endpoint:
     # -- the management API (vpn.control.uapi_server calls these) -----------------------
 
     def uapi_get(self) -> DeviceSnapshot:
-        device = self._running_device()
-        assert self.udp is not None
-        peers = []
-        for peer in device.peers.values():
-            psk = peer.handshake.psk
-            peers.append(PeerSnapshot(
-                public_key=peer.public_key,
-                preshared_key=psk if any(psk) else None,
-                endpoint=peer.endpoint,
-                last_handshake=peer.last_handshake_wall,
-                tx_bytes=peer.tx_bytes,
-                rx_bytes=peer.rx_bytes,
-                persistent_keepalive=int(peer.timers.persistent_interval),
-                allowed_ips=device.allowed_ips.entries_for(peer),
-            ))
-        return DeviceSnapshot(
-            private_key=self.config.interface.private_key,
-            listen_port=self.udp.port,
-            fwmark=self.fwmark,
-            peers=peers,
-        )
+        return self._running_device().snapshot()
 
     def uapi_stats(self) -> dict[str, object]:
         stats = self.counters()
@@ -343,27 +313,12 @@ class Endpoint:
             raise UapiError(uapi.EINVAL, str(error)) from None
         for warning in warnings:
             log.warning("%s", warning)
-        loop = asyncio.get_running_loop()
-        iface = config.interface
-        changes = ChangeSet(private_key=iface.private_key, listen_port=iface.listen_port,
-                            fwmark=iface.fwmark)  # None: keep (e.g. the mark Table=auto chose)
-        wanted = {peer.public_key for peer in config.peers}
-        changes.peers = [uapi.PeerChange(key, remove=True) for key in device.peers
-                         if key not in wanted]
-        for peer_config in config.peers:
-            try:
-                address = await resolve(loop, peer_config.endpoint)
-            except EndpointError as error:
-                raise UapiError(uapi.EINVAL, str(error)) from None
-            changes.peers.append(uapi.PeerChange(
-                peer_config.public_key,
-                preshared_key=peer_config.preshared_key or bytes(32),
-                endpoint=address,  # None keeps the endpoint learned from the peer
-                persistent_keepalive=peer_config.persistent_keepalive or 0,
-                replace_allowed_ips=True,
-                allowed_ips=list(peer_config.allowed_ips),
-            ))
-        self.uapi_set(changes)
+        try:
+            endpoints = await resolve_all(asyncio.get_running_loop(), config)
+        except EndpointError as error:
+            raise UapiError(uapi.EINVAL, str(error)) from None
+        # fwmark None (absent from the file) keeps what runs, e.g. the mark Table=auto chose.
+        self.uapi_set(running.config_changes(config, endpoints, current=list(device.peers)))
         log.info("interface %s: configuration reloaded from %s (%d peers)", self.name,
                  config.path, len(config.peers))
 
@@ -377,63 +332,45 @@ class Endpoint:
         self._reload_task = asyncio.get_running_loop().create_task(run())
 
     def uapi_set(self, changes: ChangeSet) -> None:
-        """Apply a validated set request, all of it or (raising UapiError) none of it.
+        """Apply a validated set request, all of it or (raising UapiError) none of it."""
+        try:
+            self.apply(changes)
+        except ChangeError as error:
+            raise UapiError(uapi.EINVAL, str(error)) from None
 
-        Everything that can fail (the new private key, the peer count, opening a new UDP
-        socket, setting the fwmark) happens before the first change to the running state.
-        """
+    def apply(self, changes: ChangeSet) -> None:
+        """The one way the running configuration changes: all of `changes` or, raising
+        ChangeError (the device refuses it) or UapiError (the socket cannot follow), none.
+        Everything that can fail happens before the first change to the running state."""
         device = self._running_device()
         assert self.udp is not None and self.datapath is not None
-        now = self.clock()
-        private_key = self.config.interface.private_key
-        new_private = changes.private_key
-        if new_private is not None and new_private == private_key:
-            new_private = None
-        try:
-            own_public = public_from_private(new_private) if new_private else device.public_key
-        except ValueError:
-            raise UapiError(uapi.EINVAL, "private_key: not a usable X25519 key") from None
-        self._check_peer_count(device, changes, own_public)
+        device.check(changes)
         fwmark = self.fwmark if changes.fwmark is None else changes.fwmark
         new_udp = None
         if changes.listen_port is not None and changes.listen_port != self.udp.port:
             new_udp = self._open_udp(changes.listen_port, fwmark)
         elif fwmark != self.fwmark:
             try:
-                with socket.socket(fileno=os.dup(self.udp.fd)) as same:  # the same socket
-                    same.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, fwmark)
+                self.udp.set_mark(fwmark)
             except OSError as err:
-                raise UapiError(-(err.errno or 5), f"fwmark: {err.strerror}") from None
+                raise UapiError(-(err.errno or errno.EIO), f"fwmark: {err.strerror}") from None
         # -- nothing below can fail ----------------------------------------------------------
-        if new_private is not None:
-            device = self._replace_device(new_private)
-        if changes.replace_peers:
-            for key in list(device.peers):
-                device.remove_peer(key)
-        keepalive_now: list[Peer] = []
-        for change in changes.peers:
-            peer = self._apply_peer(device, change, now)
-            if peer is not None and change.persistent_keepalive and peer.endpoint is not None:
-                keepalive_now.append(peer)
+        public_key = device.public_key
+        now = self.clock()
+        owed_keepalive = device.apply(changes, now)
+        if device.public_key != public_key:
+            log.info("interface %s: private key changed, public key now %s", self.name,
+                     encode_key(device.public_key))
         if new_udp is not None:
             self._swap_udp(new_udp)
-        self.fwmark = fwmark
-        self._sync_config(private_key if new_private is None else new_private,
-                          port_set=changes.listen_port is not None)
-        for peer in keepalive_now:
-            # As wireguard-go: a newly set persistent keepalive sends one at once.
+        self.fwmark = device.fwmark = fwmark
+        device.listen_port = self.udp.port
+        self.config = running.running_config(
+            self.config, device.snapshot(),
+            record_port=bool(self.config.interface.listen_port) or changes.listen_port is not None,
+        )
+        for peer in owed_keepalive:
             self.datapath.send_control(peer, peer.keepalive(now))
-
-    def _check_peer_count(self, device: Device, changes: ChangeSet, own: bytes) -> None:
-        keys = set() if changes.replace_peers else set(device.peers)
-        keys.discard(own)
-        for change in changes.peers:
-            if change.remove:
-                keys.discard(change.public_key)
-            elif change.public_key != own and not change.update_only:
-                keys.add(change.public_key)
-        if len(keys) > device.max_peers:
-            raise UapiError(uapi.EINVAL, f"more than {device.max_peers} peers")
 
     def _open_udp(self, port: int, fwmark: int) -> UdpSocket:
         try:
@@ -456,100 +393,12 @@ class Endpoint:
         old.close()
         log.info("interface %s: now listening on UDP port %d", self.name, new.port)
 
-    def _replace_device(self, private_key: bytes) -> Device:
-        """A new identity: a new Device with the same peers (sessions cannot survive it)."""
-        old = self._running_device()
-        assert self.datapath is not None
-        new = Device(private_key)
-        new.drops = old.drops
-        for peer in list(old.peers.values()):
-            if peer.public_key == new.public_key:
-                continue  # as wireguard-go: a peer with our own new key is dropped
-            psk = peer.handshake.psk
-            copy = new.add_peer(
-                peer.public_key,
-                preshared_key=psk if any(psk) else None,
-                persistent_keepalive=peer.timers.persistent_interval,
-                endpoint=peer.endpoint,
-            )
-            copy.mtu, copy.rx_bytes, copy.tx_bytes = peer.mtu, peer.rx_bytes, peer.tx_bytes
-            copy.last_handshake_wall = peer.last_handshake_wall
-            for network in old.allowed_ips.entries_for(peer):
-                new.allowed_ips.insert(network, copy)
-        for key in list(old.peers):
-            old.remove_peer(key)  # zeroes the old sessions' keys
-        self.device = self.datapath.device = new
-        log.info("interface %s: private key changed, public key now %s", self.name,
-                 encode_key(new.public_key))
-        return new
-
-    def _apply_peer(self, device: Device, change: uapi.PeerChange, now: float) -> Peer | None:
-        if change.public_key == device.public_key:
-            return None  # wireguard-go ignores a peer with the interface's own key
-        if change.remove:
-            device.remove_peer(change.public_key)
-            return None
-        peer = device.peers.get(change.public_key)
-        if peer is None:
-            if change.update_only:
-                return None
-            peer = device.add_peer(change.public_key)
-            peer.mtu = self.mtu
-        if change.preshared_key is not None:
-            peer.handshake.psk = change.preshared_key
-        if change.endpoint is not None:
-            peer.endpoint = change.endpoint
-        if change.persistent_keepalive is not None:
-            peer.timers.set_persistent_keepalive(change.persistent_keepalive, now)
-        if change.replace_allowed_ips:
-            device.allowed_ips.remove_by_peer(peer)
-        for network in change.allowed_ips:
-            device.allowed_ips.insert(network, peer)
-        return peer
-
-    def _sync_config(self, private_key: bytes, *, port_set: bool) -> None:
-        """Keep self.config what the interface runs, for SaveConfig and `counters()`."""
-        device = self._running_device()
-        assert self.udp is not None
-        peers = []
-        for peer in device.peers.values():
-            psk = peer.handshake.psk
-            endpoint = None
-            if peer.endpoint is not None:
-                endpoint = EndpointAddress(peer.endpoint[0], peer.endpoint[1])
-            keepalive = int(peer.timers.persistent_interval)
-            peers.append(PeerConfig(
-                public_key=peer.public_key,
-                preshared_key=psk if any(psk) else None,
-                allowed_ips=tuple(device.allowed_ips.entries_for(peer)),
-                endpoint=endpoint,
-                persistent_keepalive=keepalive or None,
-            ))
-        interface = replace(
-            self.config.interface,
-            private_key=private_key,
-            # A port chosen by the kernel stays unrecorded, so a saved config asks for any port.
-            listen_port=self.udp.port if self.config.interface.listen_port or port_set else None,
-            fwmark=self.fwmark or None,
-        )
-        self.config = replace(self.config, interface=interface, peers=tuple(peers))
-
     # -- state ------------------------------------------------------------------------------
 
-    def counters(self) -> dict:
+    def counters(self) -> dict[str, object]:
         """Peers (public keys, endpoints, bytes, handshakes) and the data path's counters."""
         device = self._running_device()
         assert self.datapath is not None and self.udp is not None and self.tun is not None
-        peers = []
-        for peer in device.peers.values():
-            peers.append({
-                "public_key": encode_key(peer.public_key),
-                "endpoint": endpoint_text(peer.endpoint) if peer.endpoint else None,
-                "allowed_ips": [str(n) for n in device.allowed_ips.entries_for(peer)],
-                "rx_bytes": peer.rx_bytes,
-                "tx_bytes": peer.tx_bytes,
-                "last_handshake": peer.last_handshake_wall,
-            })
         return {
             "interface": self.name,
             "public_key": encode_key(device.public_key),
@@ -557,7 +406,7 @@ class Endpoint:
             "mtu": self.mtu,
             "tun_offloads": self.tun.offload.describe(),
             "fast_path": native.fast_path()[0],
-            "peers": peers,
+            "peers": running.peer_counters(device.snapshot()),
             "datapath": self.datapath.stats.summary(),
             "udp": self.udp.stats.summary(),
             "protocol_drops": dict(device.drops),
@@ -566,47 +415,28 @@ class Endpoint:
     def save_config(self) -> None:
         """SaveConfig = true: write the running peers (endpoints as last seen) back."""
         assert self.device is not None
-        peers = []
-        for peer_config in self.config.peers:
-            peer = self.device.peers.get(peer_config.public_key)
-            if peer is not None and peer.endpoint is not None:
-                host, port = peer.endpoint
-                peer_config = replace(peer_config, endpoint=EndpointAddress(host, port))
-            peers.append(peer_config)
         path = Path(self.config.path)
-        text = to_text(replace(self.config, peers=tuple(peers)))
-        # Written aside and renamed over: a crash mid-write must not cost the old file. The
-        # new file holds the private key, so it is created 0600 whatever the umask.
-        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        config = running.with_seen_endpoints(self.config, self.device.snapshot())
         try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(text)
-                out.flush()
-                os.fsync(out.fileno())
-            os.rename(temp, path)
+            running.write_atomically(path, to_text(config))
         except OSError as err:
-            with contextlib.suppress(OSError):
-                temp.unlink()
             log.error("could not save the configuration to %s: %s", path, err.strerror)
             return
         log.info("configuration saved to %s", path)
 
 
-def add_peer(device: Device, peer_config: PeerConfig, endpoint: Address | None) -> Peer:
-    peer = device.add_peer(
-        peer_config.public_key,
-        preshared_key=peer_config.preshared_key,
-        persistent_keepalive=peer_config.persistent_keepalive or 0,
-        endpoint=endpoint,
-    )
-    for network in peer_config.allowed_ips:
-        device.allowed_ips.insert(network, peer)
-    return peer
-
-
 def ignore_sighup() -> None:
     log.info("SIGHUP ignored: the interface is starting or stopping")
+
+
+async def resolve_all(loop: asyncio.AbstractEventLoop, config: Config) -> dict[bytes, Address]:
+    """Every peer's config Endpoint resolved, by public key (peers without one left out)."""
+    endpoints = {}
+    for peer in config.peers:
+        address = await resolve(loop, peer.endpoint)
+        if address is not None:
+            endpoints[peer.public_key] = address
+    return endpoints
 
 
 async def resolve(

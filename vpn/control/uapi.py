@@ -27,10 +27,10 @@ import errno
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 
 from vpn.core.keys import KeyFormatError, from_hex, to_hex
 from vpn.core.types import Address, Network, endpoint_text
+from vpn.core.wireguard.changes import ChangeSet, DeviceSnapshot, PeerChange, PeerSnapshot
 
 # wireguard-go's codes (ipc.IpcError*): negative errno values.
 EINVAL = -errno.EINVAL  # bad key, bad value, unknown key
@@ -71,39 +71,8 @@ class UapiError(ValueError):
 # -- set: request -> ChangeSet --------------------------------------------------------------
 
 
-@dataclass
-class PeerChange:
-    """One `public_key=` section of a set request. None means "leave as it is"."""
-
-    public_key: bytes
-    remove: bool = False
-    update_only: bool = False
-    preshared_key: bytes | None = None  # 32 zero bytes clear it
-    endpoint: Address | None = None
-    persistent_keepalive: int | None = None  # seconds, 0 turns it off
-    replace_allowed_ips: bool = False
-    allowed_ips: list[Network] = field(default_factory=list)
-
-    def __repr__(self) -> str:
-        # Never show the preshared key; the public key is public, a prefix tells peers apart.
-        return (f"PeerChange({self.public_key.hex()[:8]}..., remove={self.remove}, "
-                f"allowed_ips={len(self.allowed_ips)})")
 
 
-@dataclass
-class ChangeSet:
-    """A whole validated set request: applied all at once or not at all."""
-
-    private_key: bytes | None = None
-    listen_port: int | None = None
-    fwmark: int | None = None  # 0 turns it off
-    replace_peers: bool = False
-    peers: list[PeerChange] = field(default_factory=list)
-
-    def __repr__(self) -> str:
-        return (f"ChangeSet(private_key={'<hidden>' if self.private_key else None}, "
-                f"listen_port={self.listen_port}, fwmark={self.fwmark}, "
-                f"replace_peers={self.replace_peers}, peers={self.peers!r})")
 
 
 def key_name(text: str) -> str:
@@ -229,34 +198,8 @@ def _peer_key(peer: PeerChange, key: str, value: str) -> None:
 # -- get: snapshot -> answer ----------------------------------------------------------------
 
 
-@dataclass
-class PeerSnapshot:
-    """One peer as `get=1` reports it."""
-
-    public_key: bytes
-    preshared_key: bytes | None = None
-    endpoint: Address | None = None
-    last_handshake: float | None = None  # wall-clock seconds
-    tx_bytes: int = 0
-    rx_bytes: int = 0
-    persistent_keepalive: int = 0
-    allowed_ips: list[Network] = field(default_factory=list)
-
-    def __repr__(self) -> str:
-        return f"PeerSnapshot({self.public_key.hex()[:8]}..., endpoint={self.endpoint})"
 
 
-@dataclass
-class DeviceSnapshot:
-    """The interface as `get=1` reports it."""
-
-    private_key: bytes | None
-    listen_port: int
-    fwmark: int = 0
-    peers: list[PeerSnapshot] = field(default_factory=list)
-
-    def __repr__(self) -> str:
-        return f"DeviceSnapshot(listen_port={self.listen_port}, peers={self.peers!r})"
 
 
 

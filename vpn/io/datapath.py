@@ -63,6 +63,16 @@ def _pump_boundary(batch: Callable[[DataPath], None]) -> Callable[[DataPath], No
     return guarded
 
 
+@dataclass(slots=True)
+class _Received:
+    """What one wakeup received on one keypair, for the peer's bookkeeping after it."""
+
+    peer: Peer
+    source: Address  # the latest authenticated message's
+    nbytes: int = 0
+    packets: int = 0  # data packets delivered (0: only keepalives)
+
+
 @dataclass
 class DataPathStats:
     """Counters of the offload picture and of every drop, by reason; `udp` holds the
@@ -320,8 +330,7 @@ class DataPath:
             return
         now = self.clock()
         offset = 0
-        # keypair -> [bytes received, data packets delivered, latest source]
-        sessions: dict[Keypair, list] = {}
+        sessions: dict[Keypair, _Received] = {}
         for data, segment_size, source in received:
             size = len(data)
             if not 0 < segment_size < size:
@@ -331,14 +340,15 @@ class DataPath:
         if self.coalescing:
             for frame in self._gro.frames():
                 self._write(frame)
-        for kp, (nbytes, count, source) in sessions.items():
-            peer = kp.peer
+        for kp, got in sessions.items():
+            peer = got.peer
             before = peer.endpoint
-            self.send_control(
-                peer, peer.after_receive(now, kp, nbytes, keepalive=count == 0, source=source)
-            )
+            self.send_control(peer, peer.after_receive(now, kp, got.nbytes,
+                                                       keepalive=got.packets == 0,
+                                                       source=got.source))
             if peer.endpoint != before:
-                log.info("peer %s endpoint changed to %s", short_key(peer), endpoint_text(source))
+                log.info("peer %s endpoint changed to %s", short_key(peer),
+                         endpoint_text(got.source))
         for source in lost:
             self._rehandshake_lost_session(source, now)
 
@@ -358,12 +368,12 @@ class DataPath:
                     stats.handshakes_received += n
 
     def _receive(self, data: memoryview, segment_size: int, source: Address, now: float,
-                 sessions: dict[Keypair, list], offset: int) -> int:
+                 sessions: dict[Keypair, _Received], offset: int) -> int:
         """One receive (a GRO run of datagrams, or a single one): handshake messages are
         handled on the way, transport messages opened a keypair's run at a time into the
         receive buffer from `offset`. Returns the new end of the buffer's use."""
         drops = self.stats.drops
-        keypair_for_index = self.device.keypair_for_index
+        session_for = self.device.session
         size = len(data)
         pos = 0
         while True:
@@ -372,15 +382,16 @@ class DataPath:
             if end - pos < TRANSPORT_MIN_SIZE or data[pos] != MESSAGE_TRANSPORT:
                 self.on_handshake_message(data[pos:end], source, now)
                 pos = end
-            elif (kp := keypair_for_index(int.from_bytes(data[pos + 4:pos + 8], "little"))
+            elif (found := session_for(int.from_bytes(data[pos + 4:pos + 8], "little"))
                   ) is None:
                 drops["unknown_receiver_index"] += 1
                 self._rehandshake_lost_session(source, now)
                 pos = end
-            elif (session := sessions.get(kp)) is None and not kp.receivable(now):
+            elif (got := sessions.get(found[1])) is None and not found[1].receivable(now):
                 drops["keypair_expired"] += 1
                 pos = end
             else:
+                peer, kp = found
                 stop, offset, nrec, fresh, nbytes, sources = kp.receive_run(
                     data, segment_size, pos, self._recv_view, offset, self._records, drops)
                 if stop <= pos:
@@ -389,21 +400,20 @@ class DataPath:
                 if fresh:
                     # Only an authenticated, fresh message may move the endpoint or count
                     # as received: a replayed or forged one from elsewhere changes nothing.
-                    if session is None:
-                        session = sessions[kp] = [0, 0, source]
-                    session[0] += nbytes
-                    session[2] = source
+                    if got is None:
+                        got = sessions[kp] = _Received(peer, source)
+                    got.nbytes += nbytes
+                    got.source = source
                     if nrec:
-                        session[1] += self._deliver(kp, nrec, sources)
+                        got.packets += self._deliver(peer, nrec, sources)
             if pos >= size:
                 return offset
 
-    def _deliver(self, kp: Keypair, nrec: int, sources: list[bytes]) -> int:
+    def _deliver(self, peer: Peer, nrec: int, sources: list[bytes]) -> int:
         """Cryptokey routing, once per distinct inner source (each must be one of the peer's
         AllowedIPs), then the recorded packets to GRO or straight to the TUN. Returns how
         many were delivered."""
         allowed = self.device.allowed_ips.source_allowed
-        peer = kp.peer
         denied = None
         for slot, src in enumerate(sources):
             if not allowed(peer, src):

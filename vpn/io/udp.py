@@ -182,12 +182,7 @@ class UdpSocket:
             _set_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, buffer_bytes)
             _set_buffer(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, buffer_bytes)
             if fwmark is not None:
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, fwmark)
-                except PermissionError:
-                    raise UdpError(
-                        errno.EPERM, f"setting fwmark {fwmark:#x} needs CAP_NET_ADMIN (run as root)"
-                    ) from None
+                _set_mark(sock, fwmark)
             try:
                 sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
             except OSError as err:
@@ -437,6 +432,10 @@ class UdpSocket:
 
     # -- lifetime -----------------------------------------------------------------------------
 
+    def set_mark(self, fwmark: int) -> None:
+        """SO_MARK on the running socket (0 clears it); UdpError if the kernel refuses."""
+        _set_mark(self._sock, fwmark)
+
     def close(self) -> None:
         if self.fd >= 0:
             self._sock.close()
@@ -447,6 +446,15 @@ class UdpSocket:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _set_mark(sock: socket.socket, fwmark: int) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, fwmark)
+    except PermissionError:
+        raise UdpError(
+            errno.EPERM, f"setting fwmark {fwmark:#x} needs CAP_NET_ADMIN (run as root)"
+        ) from None
 
 
 def _probe_gso(sock: socket.socket) -> bool:

@@ -1,6 +1,7 @@
-"""The device: our static identity, the peer table, receiver indices and the handshake dispatcher.
+"""The device: our static identity, the peer table, receiver indexes and the handshake dispatcher.
 
-`handle_handshake_message` and `receive_transport` take a datagram, its source and `now`.
+`handle_handshake_message` and `receive_transport` take a datagram, its source and `now`;
+`apply` changes the configuration (all of a ChangeSet or none of it), `snapshot` reports it.
 """
 
 from __future__ import annotations
@@ -9,18 +10,18 @@ import os
 import random
 import struct
 import time
-from array import array
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from vpn.core.types import Address
 
 from .allowedips import AllowedIPs
+from .changes import ChangeError, ChangeSet, DeviceSnapshot, PeerChange, PeerSnapshot
 from .constants import (
-    INDEXES_PER_PEER,
     LOST_SESSION_INTERVAL,
     MESSAGE_COOKIE_REPLY,
     MESSAGE_INITIATION,
@@ -28,6 +29,7 @@ from .constants import (
     MESSAGE_TRANSPORT,
 )
 from .cookie import CookieChecker, HandshakeLoad, address_bytes
+from .index import IndexTable
 from .keypair import RECORD, Keypair
 from .messages import (
     Buffer,
@@ -39,10 +41,19 @@ from .messages import (
     parse_transport_header,
 )
 from .noise import Handshake, StaticIdentity, consume_initiation, consume_response
-from .peer import Peer
+from .peer import Peer, PeerEvent, Sources
 from .ratelimiter import RateLimiter
 
 _SENDER_INDEX = struct.Struct("<I")
+
+
+class HandshakeEvent(StrEnum):
+    """What a handshake-class datagram did, when it was not dropped."""
+
+    INITIATION_CONSUMED = "initiation_consumed"
+    RESPONSE_CONSUMED = "response_consumed"
+    COOKIE_CONSUMED = "cookie_consumed"
+    COOKIE_SENT = "cookie_sent"  # under load: answered with a cookie reply instead
 
 
 @dataclass(slots=True)
@@ -51,7 +62,7 @@ class HandshakeResult:
 
     peer: Peer | None = None
     replies: list[bytes] = field(default_factory=list)
-    event: str | None = None  # initiation_consumed, response_consumed, cookie_consumed, cookie_sent
+    event: HandshakeEvent | None = None
     drop_reason: str | None = None
 
 
@@ -81,21 +92,26 @@ class Device:
     ) -> None:
         self.identity = StaticIdentity.from_private_bytes(private_key)
         self.random_bytes = random_bytes
-        self.wall_clock = wall_clock  # TAI64N timestamps and `wg show` only, never timers
-        self.ephemeral_factory = ephemeral_factory
-        self.jitter = jitter
+        self.sources = Sources(wall_clock, ephemeral_factory, jitter, self._timer_armed,
+                               self._peer_event)
         self.max_peers = max_peers
         self.checker = CookieChecker(self.identity.public, random_bytes)
         self.load = HandshakeLoad()
         self.ratelimiter = RateLimiter()
         self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
         self.peers: dict[bytes, Peer] = {}
-        # receiver index -> (peer, keypair), keypair None while the index names a handshake.
-        self._index: dict[int, tuple[Peer, Keypair | None]] = {}
-        self._handshake_index: dict[Peer, int] = {}
-        self._keypair_indexes: bytes | None = None  # keypair_indexes(), until they change
+        self.indexes: IndexTable[Peer] = IndexTable(random_bytes)
         self._last_lost_session_scan = float("-inf")
         self.drops: Counter[str] = Counter()
+        self.mtu = 0  # the padding cap of new peers (0: pad to 16, no cap)
+        # The socket's settings, which the shell applies and records here for `snapshot`.
+        self.listen_port = 0
+        self.fwmark = 0
+        # The shell's hooks: a timer armed earlier than `wake_at` (so it can sleep until the
+        # next deadline instead of polling), and a peer's event (to log it).
+        self.wake_at = float("inf")
+        self.on_earlier_deadline: Callable[[float], None] | None = None
+        self.on_peer_event: Callable[[Peer, PeerEvent], None] | None = None
 
     def __repr__(self) -> str:
         return f"Device(public={self.identity.public[:4].hex()}..., peers={len(self.peers)})"
@@ -103,6 +119,11 @@ class Device:
     @property
     def public_key(self) -> bytes:
         return self.identity.public
+
+    @property
+    def private_key(self) -> bytes:
+        # Read from the identity, never kept as a field a debug dump would show.
+        return self.identity.private.private_bytes_raw()
 
     # -- peers ------------------------------------------------------------------------------
 
@@ -119,9 +140,17 @@ class Device:
             raise ValueError("a peer cannot have the device's own public key")
         if len(self.peers) >= self.max_peers:
             raise ValueError("too many peers")
-        peer = Peer(self, public_key, preshared_key, persistent_keepalive, endpoint)
+        peer = Peer(public_key, self.identity, self.indexes, self.sources, preshared_key,
+                    persistent_keepalive, endpoint)
+        peer.mtu = self.mtu
         self.peers[peer.public_key] = peer
         return peer
+
+    def set_mtu(self, mtu: int) -> None:
+        """The padding cap of every peer, and of peers added later."""
+        self.mtu = mtu
+        for peer in self.peers.values():
+            peer.mtu = mtu
 
     def remove_peer(self, public_key: bytes) -> None:
         peer = self.peers.pop(public_key, None)
@@ -131,52 +160,103 @@ class Device:
         peer.timers.stop()
         self.allowed_ips.remove_by_peer(peer)
 
-    # -- receiver indices (bounded: one handshake and three keypairs per peer) ---------------
+    # -- configuration: a ChangeSet applied whole, a snapshot of what runs --------------------
 
-    def _new_index(self) -> int:
-        while True:
-            index = int.from_bytes(self.random_bytes(4), "little")
-            if index not in self._index:
-                return index
+    def check(self, changes: ChangeSet) -> None:
+        """Raise ChangeError if `apply` would refuse `changes`; changes nothing."""
+        own = self.public_key
+        if changes.private_key is not None and changes.private_key != self.private_key:
+            try:
+                own = StaticIdentity.from_private_bytes(changes.private_key).public
+            except ValueError:
+                raise ChangeError("private_key: not a usable X25519 key") from None
+        keys = set() if changes.replace_peers else set(self.peers)
+        keys.discard(own)
+        for change in changes.peers:
+            if change.remove:
+                keys.discard(change.public_key)
+            elif change.public_key != own and not change.update_only:
+                keys.add(change.public_key)
+        if len(keys) > self.max_peers:
+            raise ChangeError(f"more than {self.max_peers} peers")
 
-    def _register_handshake(self, peer: Peer) -> int:
-        self._forget_handshake(peer)
-        index = self._new_index()
-        self._index[index] = (peer, None)
-        self._handshake_index[peer] = index
-        assert len(self._index) <= INDEXES_PER_PEER * len(self.peers)
-        return index
+    def apply(self, changes: ChangeSet, now: float) -> list[Peer]:
+        """Apply all of `changes` (checked first: ChangeError applies nothing). listen_port
+        and fwmark are the socket's, for the shell to apply. Returns the peers owed a
+        keepalive at once (a newly set persistent keepalive sends one, as wireguard-go's)."""
+        self.check(changes)
+        if changes.private_key is not None and changes.private_key != self.private_key:
+            self._set_private_key(changes.private_key)
+        if changes.replace_peers:
+            for key in list(self.peers):
+                self.remove_peer(key)
+        owed = []
+        for change in changes.peers:
+            peer = self._apply_peer(change, now)
+            if peer is not None and change.persistent_keepalive and peer.endpoint is not None:
+                owed.append(peer)
+        return owed
 
-    def _forget_handshake(self, peer: Peer) -> None:
-        index = self._handshake_index.pop(peer, None)
-        if index is not None and self._index.get(index, (None, 1))[1] is None:
-            del self._index[index]
+    def _apply_peer(self, change: PeerChange, now: float) -> Peer | None:
+        if change.public_key == self.public_key:
+            return None  # as wireguard-go: a peer with the interface's own key is ignored
+        if change.remove:
+            self.remove_peer(change.public_key)
+            return None
+        peer = self.peers.get(change.public_key)
+        if peer is None:
+            if change.update_only:
+                return None
+            peer = self.add_peer(change.public_key)
+        if change.preshared_key is not None:
+            peer.handshake.psk = change.preshared_key
+        if change.endpoint is not None:
+            peer.endpoint = change.endpoint
+        if change.persistent_keepalive is not None:
+            peer.timers.set_persistent_keepalive(change.persistent_keepalive, now)
+        if change.replace_allowed_ips:
+            self.allowed_ips.remove_by_peer(peer)
+        for network in change.allowed_ips:
+            self.allowed_ips.insert(network, peer)
+        return peer
 
-    def _register_keypair(self, kp: Keypair) -> None:
-        # The handshake's index passes to the keypair it produced.
-        self._handshake_index.pop(kp.peer, None)
-        self._index[kp.local_index] = (kp.peer, kp)
-        self._keypair_indexes = None
+    def _set_private_key(self, private_key: bytes) -> None:
+        """A new identity: every session ends, each peer's handshake is rebuilt on the new
+        key, and a peer that has the new public key goes (as wireguard-go)."""
+        self.identity = StaticIdentity.from_private_bytes(private_key)
+        self.checker = CookieChecker(self.identity.public, self.random_bytes)
+        self.remove_peer(self.identity.public)
+        for peer in self.peers.values():
+            peer.set_identity(self.identity)
 
-    def _forget_keypair(self, kp: Keypair) -> None:
-        entry = self._index.get(kp.local_index)
-        if entry is not None and entry[1] is kp:
-            del self._index[kp.local_index]
-            self._keypair_indexes = None
+    def snapshot(self) -> DeviceSnapshot:
+        """The running configuration and the peers' counters: what `wg show`, `vpn show`,
+        SaveConfig and the endpoint's counters render."""
+        peers = []
+        for peer in self.peers.values():
+            psk = peer.handshake.psk
+            peers.append(PeerSnapshot(
+                public_key=peer.public_key,
+                preshared_key=psk if any(psk) else None,
+                endpoint=peer.endpoint,
+                last_handshake=peer.last_handshake_wall,
+                tx_bytes=peer.tx_bytes,
+                rx_bytes=peer.rx_bytes,
+                persistent_keepalive=int(peer.timers.persistent_interval),
+                allowed_ips=self.allowed_ips.entries_for(peer),
+            ))
+        return DeviceSnapshot(private_key=self.private_key, listen_port=self.listen_port,
+                              fwmark=self.fwmark, peers=peers)
+
+    # -- receiver indexes (IndexTable: one handshake and three keypairs per peer) ----------
 
     def keypair_indexes(self) -> bytes:
-        """The receiver indexes that name a keypair, sorted, as a native uint32 array: what
-        the native receive screens transport messages with (vpn/io/_udp.c)."""
-        if self._keypair_indexes is None:
-            self._keypair_indexes = array(
-                "I", sorted(i for i, (_, kp) in self._index.items() if kp is not None)
-            ).tobytes()
-        return self._keypair_indexes
+        """The receiver indexes that name a keypair (IndexTable.keypair_indexes)."""
+        return self.indexes.keypair_indexes()
 
-    def keypair_for_index(self, index: int) -> Keypair | None:
+    def session(self, index: int) -> tuple[Peer, Keypair] | None:
         """The data plane's receive lookup: a transport message's receiver index."""
-        entry = self._index.get(index)
-        return None if entry is None else entry[1]
+        return self.indexes.session(index)
 
     # -- handshake dispatcher ---------------------------------------------------------------
 
@@ -213,7 +293,7 @@ class Device:
                     sender = _SENDER_INDEX.unpack_from(data, 4)[0]
                     reply = self.checker.make_reply(data, sender, src, now)
                     self.drops["cookie_sent"] += 1
-                    return HandshakeResult(replies=[reply], event="cookie_sent")
+                    return HandshakeResult(replies=[reply], event=HandshakeEvent.COOKIE_SENT)
                 if not self.ratelimiter.allow(address_bytes(src)[:-2], now):
                     return self._drop("ratelimited")
             if kind == MESSAGE_INITIATION:
@@ -225,12 +305,11 @@ class Device:
 
     def _consume_cookie_reply(self, data: Buffer, now: float) -> HandshakeResult:
         reply = parse_cookie_reply(data)
-        entry = self._index.get(reply.receiver_index)
-        if entry is None:
+        peer = self.indexes.peer(reply.receiver_index)
+        if peer is None:
             return self._drop("unknown_receiver_index")
-        peer = entry[0]
         peer.cookies.consume_reply(reply, now)
-        return HandshakeResult(peer=peer, event="cookie_consumed")
+        return HandshakeResult(peer=peer, event=HandshakeEvent.COOKIE_CONSUMED)
 
     def _consume_initiation(self, data: bytes, src: Address, now: float) -> HandshakeResult:
         msg = parse_initiation(data)
@@ -240,20 +319,20 @@ class Device:
         reply = peer.create_response(now)
         peer.timers.any_authenticated_packet_received(now)
         peer.timers.any_authenticated_packet_traversal(now)
-        return HandshakeResult(peer=peer, replies=[reply], event="initiation_consumed")
+        return HandshakeResult(peer=peer, replies=[reply],
+                               event=HandshakeEvent.INITIATION_CONSUMED)
 
     def _consume_response(self, data: bytes, src: Address, now: float) -> HandshakeResult:
         msg = parse_response(data)
-        entry = self._index.get(msg.receiver_index)
-        hs = entry[0].handshake if entry is not None and entry[1] is None else None
-        consume_response(msg, hs)
-        assert entry is not None
-        peer = entry[0]
+        initiator = self.indexes.handshake_peer(msg.receiver_index)
+        consume_response(msg, None if initiator is None else initiator.handshake)
+        assert initiator is not None  # consume_response raised otherwise
+        peer = initiator
         peer.endpoint = src
         replies = peer.complete_as_initiator(now)
         peer.timers.any_authenticated_packet_received(now)
         peer.timers.any_authenticated_packet_traversal(now)
-        return HandshakeResult(peer=peer, replies=replies, event="response_consumed")
+        return HandshakeResult(peer=peer, replies=replies, event=HandshakeEvent.RESPONSE_CONSUMED)
 
     def on_unknown_index(self, source: Address, now: float) -> list[tuple[Peer, bytes]]:
         """A transport message for no receiver index of ours came from `source`. From the
@@ -280,10 +359,10 @@ class Device:
             header = parse_transport_header(data)
         except MessageError as exc:
             return self._drop_transport(exc.reason)
-        kp = self.keypair_for_index(header.receiver_index)
-        if kp is None:
+        session = self.session(header.receiver_index)
+        if session is None:
             return self._drop_transport("unknown_receiver_index")
-        peer = kp.peer
+        peer, kp = session
         if not kp.receivable(now):
             return self._drop_transport("keypair_expired", peer)
         out = bytearray(len(data))
@@ -316,13 +395,26 @@ class Device:
 
     # -- timers -----------------------------------------------------------------------------
 
+    def _timer_armed(self, deadline: float) -> None:
+        if deadline < self.wake_at:
+            self.wake_at = deadline
+            if self.on_earlier_deadline is not None:
+                self.on_earlier_deadline(deadline)
+
+    def _peer_event(self, peer: Peer, event: PeerEvent) -> None:
+        if self.on_peer_event is not None:
+            self.on_peer_event(peer, event)
+
     def poll(self, now: float) -> list[tuple[Peer, bytes]]:
-        """Run every peer's expired timers; return (peer, datagram) pairs to send."""
+        """Run every peer's expired timers; return (peer, datagram) pairs to send. Afterwards
+        `wake_at` is the next deadline (inf: none)."""
         out: list[tuple[Peer, bytes]] = []
         for peer in list(self.peers.values()):
             deadline = peer.timers.next_deadline()
             if deadline is not None and deadline <= now:
                 out += [(peer, d) for d in peer.poll(now)]
+        deadline = self.next_deadline()
+        self.wake_at = float("inf") if deadline is None else deadline
         return out
 
     def next_deadline(self) -> float | None:

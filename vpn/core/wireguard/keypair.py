@@ -90,7 +90,6 @@ class Keypair:
         "is_initiator",
         "local_index",
         "native",
-        "peer",
         "remote_index",
         "replay",
         "send_counter",
@@ -98,7 +97,7 @@ class Keypair:
     )
 
     def __init__(
-        self, keys: SessionKeys, now: float, peer: Any = None, native: bool | None = None
+        self, keys: SessionKeys, now: float, *, native: bool | None = None
     ) -> None:
         # native: None follows fastpath.FAST_PATH; True or False picks (tests compare both).
         if native is None:
@@ -115,7 +114,6 @@ class Keypair:
         self.is_initiator = keys.is_initiator
         self.local_index = keys.local_index
         self.remote_index = keys.remote_index
-        self.peer = peer  # the owning Peer, so a receiver-index lookup yields both
         self.valid = True
 
     def __repr__(self) -> str:

@@ -6,8 +6,11 @@ Methods take `now` and return the datagrams to send to `peer.endpoint`; nothing 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from vpn.core.types import Address, Buffer
 
@@ -20,23 +23,42 @@ from .constants import (
 )
 from .cookie import CookieGenerator
 from .crypto import tai64n
+from .index import IndexTable
 from .keypair import Keypair, KeypairSet, TransportError
-from .noise import Handshake, create_initiation, create_response, derive_session
+from .noise import Handshake, StaticIdentity, create_initiation, create_response, derive_session
 from .timers import TimerAction, Timers
-
-if TYPE_CHECKING:
-    from .device import Device
 
 MAX_STAGED_PACKETS = 128  # packets held while a handshake is in flight (the kernel's figure)
 # The initiator rekeys on receive when a session gets this old (the kernel's last-minute rule).
 _LASTMINUTE_AGE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
 
 
+class PeerEvent(StrEnum):
+    """What happened to a peer, queued in `Peer.events` for the shell to log."""
+
+    HANDSHAKE_COMPLETE = "handshake_complete"
+    GIVE_UP = "give_up"  # no response for REKEY_ATTEMPT_TIME: staged packets dropped
+    KEYS_ZEROED = "keys_zeroed"
+
+
+@dataclass(frozen=True, slots=True)
+class Sources:
+    """What the device lends its peers: randomness and clocks (injected for the tests), and
+    where to report a timer armed and an event."""
+
+    wall_clock: Callable[[], float]  # TAI64N timestamps and `wg show` only, never timers
+    ephemeral_factory: Callable[[], X25519PrivateKey]
+    jitter: Callable[[], float]
+    timer_armed: Callable[[float], None]
+    event: Callable[[Peer, PeerEvent], None]
+
+
 class Peer:
     """All protocol state for one remote static key."""
 
     __slots__ = (
-        "_device",
+        "_indexes",
+        "_sources",
         "cookies",
         "endpoint",
         "events",
@@ -54,17 +76,20 @@ class Peer:
 
     def __init__(
         self,
-        device: Device,
         public_key: bytes,
+        identity: StaticIdentity,
+        indexes: IndexTable[Peer],
+        sources: Sources,
         preshared_key: bytes | None = None,
         persistent_keepalive: float = 0.0,
         endpoint: Address | None = None,
     ) -> None:
-        self._device = device
+        self._indexes = indexes
+        self._sources = sources
         self.public_key = bytes(public_key)
-        self.handshake = Handshake(device.identity, public_key, preshared_key)
-        self.keypairs = KeypairSet(on_drop=device._forget_keypair)
-        self.timers = Timers(persistent_keepalive, jitter=device.jitter)
+        self.handshake = Handshake(identity, public_key, preshared_key)
+        self.keypairs = KeypairSet(on_drop=indexes.forget_keypair)
+        self.timers = Timers(persistent_keepalive, sources.jitter, sources.timer_armed)
         self.cookies = CookieGenerator(public_key)
         self.endpoint = endpoint
         self.last_sent_handshake = float("-inf")
@@ -73,9 +98,7 @@ class Peer:
         self.tx_bytes = 0
         self.mtu = 0  # padding cap; 0 pads to 16 with no cap
         self.staged: deque[bytes] = deque(maxlen=MAX_STAGED_PACKETS)
-        # "handshake_complete", "give_up", "keys_zeroed": drained by the shell; bounded in case
-        # nobody does.
-        self.events: deque[str] = deque(maxlen=64)
+        self.events: deque[PeerEvent] = deque(maxlen=64)  # the latest, for inspection
 
     def __repr__(self) -> str:
         # A public key is public; show a short prefix so logs can tell peers apart.
@@ -94,10 +117,10 @@ class Peer:
         if now - self.last_sent_handshake < REKEY_TIMEOUT or self.handshake.precomputed_ss is None:
             return []  # one in flight already, or a low-order peer key no handshake can use
         self.last_sent_handshake = now
-        dev = self._device
-        index = dev._register_handshake(self)
+        index = self._indexes.new_handshake(self)
         msg = create_initiation(
-            self.handshake, index, tai64n(dev.wall_clock()), dev.ephemeral_factory()
+            self.handshake, index, tai64n(self._sources.wall_clock()),
+            self._sources.ephemeral_factory(),
         )
         data = self.cookies.add_macs(msg.pack(), now)
         self.timers.any_authenticated_packet_traversal(now)
@@ -118,10 +141,9 @@ class Peer:
 
     def create_response(self, now: float) -> bytes:
         """Answer the initiation just consumed; the new keypair waits in `next`."""
-        dev = self._device
         self.last_sent_handshake = now
-        index = dev._register_handshake(self)
-        msg = create_response(self.handshake, index, dev.ephemeral_factory())
+        index = self._indexes.new_handshake(self)
+        msg = create_response(self.handshake, index, self._sources.ephemeral_factory())
         data = self.cookies.add_macs(msg.pack(), now)
         self._begin_session(now)
         self.timers.any_authenticated_packet_traversal(now)
@@ -129,8 +151,8 @@ class Peer:
         return data
 
     def _begin_session(self, now: float) -> Keypair:
-        kp = Keypair(derive_session(self.handshake), now, self)
-        self._device._register_keypair(kp)
+        kp = Keypair(derive_session(self.handshake), now)
+        self._indexes.add_keypair(self, kp)
         self.keypairs.add(kp)
         self.timers.session_derived(now)
         return kp
@@ -144,8 +166,8 @@ class Peer:
 
     def _handshake_complete(self, now: float) -> None:
         self.timers.handshake_complete(now)
-        self.last_handshake_wall = self._device.wall_clock()
-        self.events.append("handshake_complete")
+        self.last_handshake_wall = self._sources.wall_clock()
+        self._emit(PeerEvent.HANDSHAKE_COMPLETE)
 
     def send(self, packet: bytes, now: float) -> list[bytes]:
         """Encrypt one IP packet (slow path); without a session, stage it and handshake."""
@@ -240,7 +262,7 @@ class Peer:
                 out += self.keepalive(now)
             elif action is TimerAction.GIVE_UP:
                 self.staged.clear()
-                self.events.append("give_up")
+                self._emit(PeerEvent.GIVE_UP)
             elif action is TimerAction.ZERO_KEYS:
                 self.zero_keys()
         return out
@@ -248,9 +270,21 @@ class Peer:
     def zero_keys(self) -> None:
         """Forget every session key and the handshake in flight."""
         self.keypairs.clear()
-        self._device._forget_handshake(self)
+        self._indexes.forget_handshake(self)
         self.handshake.clear()
-        self.events.append("keys_zeroed")
+        self._emit(PeerEvent.KEYS_ZEROED)
+
+    def set_identity(self, identity: StaticIdentity) -> None:
+        """The device's private key changed: every session ends and the handshake is
+        rebuilt on the new key (its static-static secret changes), the preshared key kept."""
+        self.zero_keys()
+        self.handshake = Handshake(identity, self.public_key, self.handshake.psk)
+        self.timers = Timers(self.timers.persistent_interval, self._sources.jitter,
+                             self._sources.timer_armed)
+
+    def _emit(self, event: PeerEvent) -> None:
+        self.events.append(event)
+        self._sources.event(self, event)
 
     def next_deadline(self) -> float | None:
         return self.timers.next_deadline()

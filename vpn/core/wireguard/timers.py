@@ -36,6 +36,7 @@ class Timers:
     __slots__ = (
         *_DEADLINES,
         "_jitter",
+        "_on_arm",
         "handshake_attempts",
         "need_another_keepalive",
         "persistent_interval",
@@ -43,7 +44,10 @@ class Timers:
     )
 
     def __init__(
-        self, persistent_keepalive: float = 0.0, jitter: Callable[[], float] = random.random
+        self,
+        persistent_keepalive: float = 0.0,
+        jitter: Callable[[], float] = random.random,
+        on_arm: Callable[[float], None] | None = None,
     ) -> None:
         self.retransmit_at: float | None = None
         self.keepalive_at: float | None = None
@@ -55,6 +59,8 @@ class Timers:
         self.sent_lastminute_handshake = False
         self.persistent_interval = persistent_keepalive
         self._jitter = jitter  # returns [0, 1); scaled to at most 333 ms
+        # Told every deadline armed, so a shell can sleep until the earliest one.
+        self._on_arm = on_arm
 
     def __repr__(self) -> str:
         armed = {n: getattr(self, n) for n in _DEADLINES if getattr(self, n) is not None}
@@ -63,17 +69,23 @@ class Timers:
     def _jittered(self, base: float) -> float:
         return base + self._jitter() * REKEY_TIMEOUT_JITTER_MAX
 
+    def _arm(self, deadline: float) -> float:
+        if self._on_arm is not None:
+            self._on_arm(deadline)
+        return deadline
+
     # -- events (the kernel's wg_timers_* hooks) -------------------------------------------
 
     def data_sent(self, now: float) -> None:
         """A data packet (not a keepalive) went out: expect something back in time."""
         if self.new_handshake_at is None:
-            self.new_handshake_at = now + self._jittered(KEEPALIVE_TIMEOUT + REKEY_TIMEOUT)
+            unanswered = KEEPALIVE_TIMEOUT + REKEY_TIMEOUT
+            self.new_handshake_at = self._arm(now + self._jittered(unanswered))
 
     def data_received(self, now: float) -> None:
         """A data packet arrived: answer with a keepalive if we send nothing else."""
         if self.keepalive_at is None:
-            self.keepalive_at = now + KEEPALIVE_TIMEOUT
+            self.keepalive_at = self._arm(now + KEEPALIVE_TIMEOUT)
         else:
             self.need_another_keepalive = True
 
@@ -85,10 +97,10 @@ class Timers:
 
     def any_authenticated_packet_traversal(self, now: float) -> None:
         if self.persistent_interval:
-            self.persistent_at = now + self.persistent_interval
+            self.persistent_at = self._arm(now + self.persistent_interval)
 
     def handshake_initiated(self, now: float) -> None:
-        self.retransmit_at = now + self._jittered(REKEY_TIMEOUT)
+        self.retransmit_at = self._arm(now + self._jittered(REKEY_TIMEOUT))
 
     def handshake_complete(self, now: float) -> None:
         self.retransmit_at = None
@@ -96,7 +108,7 @@ class Timers:
         self.sent_lastminute_handshake = False
 
     def session_derived(self, now: float) -> None:
-        self.zero_keys_at = now + 3 * REJECT_AFTER_TIME
+        self.zero_keys_at = self._arm(now + 3 * REJECT_AFTER_TIME)
 
     @property
     def out_of_attempts(self) -> bool:
@@ -112,11 +124,11 @@ class Timers:
         """After a timer keepalive was sent: re-arm if more data arrived meanwhile."""
         if self.need_another_keepalive:
             self.need_another_keepalive = False
-            self.keepalive_at = now + KEEPALIVE_TIMEOUT
+            self.keepalive_at = self._arm(now + KEEPALIVE_TIMEOUT)
 
     def set_persistent_keepalive(self, interval: float, now: float) -> None:
         self.persistent_interval = interval
-        self.persistent_at = now + interval if interval else None
+        self.persistent_at = self._arm(now + interval) if interval else None
 
     def stop(self) -> None:
         for name in _DEADLINES:
@@ -137,7 +149,7 @@ class Timers:
                 self.keepalive_at = None
                 actions.append(TimerAction.GIVE_UP)
                 if self.zero_keys_at is None:
-                    self.zero_keys_at = now + 3 * REJECT_AFTER_TIME
+                    self.zero_keys_at = self._arm(now + 3 * REJECT_AFTER_TIME)
             else:
                 self.handshake_attempts += 1
                 actions.append(TimerAction.SEND_HANDSHAKE_RETRY)

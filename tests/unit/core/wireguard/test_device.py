@@ -90,8 +90,8 @@ def test_unknown_initiator_is_dropped() -> None:
 def test_index_table_stays_bounded_over_many_handshakes(pair: Pair) -> None:
     for i in range(50):
         pair.handshake(10.0 * i)
-    assert len(pair.a._index) <= INDEXES_PER_PEER and len(pair.b._index) <= INDEXES_PER_PEER
-    assert len(pair.a._index) == 2  # previous and current: the handshake index moved on
+    assert len(pair.a.indexes) <= INDEXES_PER_PEER and len(pair.b.indexes) <= INDEXES_PER_PEER
+    assert len(pair.a.indexes) == 2  # previous and current: the handshake index moved on
 
 
 def test_simultaneous_initiations_settle(pair: Pair) -> None:
@@ -112,7 +112,7 @@ def test_remove_peer_forgets_everything(pair: Pair) -> None:
     pair.handshake(0.0)
     pair.b.allowed_ips.insert("198.18.0.0/24", pair.pb)
     pair.b.remove_peer(pair.a.public_key)
-    assert pair.b._index == {} and len(pair.b.allowed_ips) == 0
+    assert len(pair.b.indexes) == 0 and len(pair.b.allowed_ips) == 0
     assert pair.b.next_deadline() is None
 
 

@@ -1,0 +1,86 @@
+"""Receiver indexes: the random 32-bit names our handshakes and keypairs go by on the wire.
+
+A peer holds at most one handshake index and three keypair indexes (previous, current,
+next). The handshake's index passes to the keypair it produced, as in the kernel, so a
+response or cookie reply finds the handshake and the first transport message finds the
+keypair under the same name. The table is the one place those rules are kept; the Device
+owns it and hands it to every peer.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from .keypair import Keypair
+
+P = TypeVar("P")  # the peer type: the table only stores it
+
+
+class IndexTable(Generic[P]):
+    __slots__ = ("_entries", "_handshakes", "_keypair_indexes", "_random_bytes")
+
+    def __init__(self, random_bytes: Callable[[int], bytes]) -> None:
+        self._random_bytes = random_bytes
+        # index -> (peer, keypair); keypair None while the index names a handshake.
+        self._entries: dict[int, tuple[P, Keypair | None]] = {}
+        self._handshakes: dict[P, int] = {}
+        self._keypair_indexes: bytes | None = None  # keypair_indexes(), until they change
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def new_handshake(self, peer: P) -> int:
+        """A fresh index for `peer`'s handshake; its previous handshake index is freed."""
+        self.forget_handshake(peer)
+        while True:
+            index = int.from_bytes(self._random_bytes(4), "little")
+            if index not in self._entries:
+                break
+        self._entries[index] = (peer, None)
+        self._handshakes[peer] = index
+        return index
+
+    def forget_handshake(self, peer: P) -> None:
+        index = self._handshakes.pop(peer, None)
+        if index is not None and self._entries.get(index, (None, True))[1] is None:
+            del self._entries[index]
+
+    def add_keypair(self, peer: P, keypair: Keypair) -> None:
+        """The keypair takes over the index of the handshake that derived it."""
+        self._handshakes.pop(peer, None)
+        self._entries[keypair.local_index] = (peer, keypair)
+        self._keypair_indexes = None
+
+    def forget_keypair(self, keypair: Keypair) -> None:
+        entry = self._entries.get(keypair.local_index)
+        if entry is not None and entry[1] is keypair:
+            del self._entries[keypair.local_index]
+            self._keypair_indexes = None
+
+    def peer(self, index: int) -> P | None:
+        """Whoever the index names, handshake or keypair (a cookie reply may answer either)."""
+        entry = self._entries.get(index)
+        return None if entry is None else entry[0]
+
+    def handshake_peer(self, index: int) -> P | None:
+        """The peer whose handshake in flight the index names (a response's receiver)."""
+        entry = self._entries.get(index)
+        return entry[0] if entry is not None and entry[1] is None else None
+
+    def session(self, index: int) -> tuple[P, Keypair] | None:
+        """The peer and keypair a transport message's receiver index names."""
+        entry = self._entries.get(index)
+        if entry is None or entry[1] is None:
+            return None
+        return entry[0], entry[1]
+
+    def keypair_indexes(self) -> bytes:
+        """The indexes that name a keypair, sorted, as a native uint32 array: what the native
+        receive screens transport messages with (vpn/io/_udp.c)."""
+        if self._keypair_indexes is None:
+            self._keypair_indexes = array(
+                "I", sorted(i for i, (_, kp) in self._entries.items() if kp is not None)
+            ).tobytes()
+        return self._keypair_indexes
