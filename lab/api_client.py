@@ -16,8 +16,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from vpn.control.config import Endpoint as EndpointAddress
-from vpn.control.config import PeerConfig
+from vpn.control.config_model import Endpoint as EndpointAddress
+from vpn.control.config_model import PeerConfig
 from vpn.core.keys import decode_key
 from vpn.endpoint import Endpoint
 

@@ -17,7 +17,7 @@ import pytest
 
 from lab import netns
 from lab.netns import Host, Lab
-from vpn.host import netsetup
+from vpn.host import dns, netsetup, routes
 from vpn.host.netsetup import InterfaceSetup, SetupError
 from vpn.io.tun import TunDevice
 
@@ -202,15 +202,15 @@ def test_table_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rt_tables.write_text("# comment\n254 main\n100\tvpn # ours\n0x20 hexed\n")
     (tmp_path / "rt_tables.d").mkdir()
     (tmp_path / "rt_tables.d" / "more.conf").write_text("300 extra\n100 ignored-dup\n")
-    monkeypatch.setattr(netsetup, "RT_TABLES_FILES", (rt_tables, tmp_path / "missing"))
-    assert netsetup.parse_table("auto") == "auto" and netsetup.parse_table("Off") == "off"
-    assert netsetup.parse_table("vpn") == 100 and netsetup.parse_table("extra") == 300
-    assert netsetup.parse_table("hexed") == 0x20 and netsetup.parse_table("main") == 254
-    assert netsetup.parse_table("1234") == 1234 and netsetup.parse_table("0x10") == 16
+    monkeypatch.setattr(routes, "RT_TABLES_FILES", (rt_tables, tmp_path / "missing"))
+    assert routes.parse_table("auto") == "auto" and routes.parse_table("Off") == "off"
+    assert routes.parse_table("vpn") == 100 and routes.parse_table("extra") == 300
+    assert routes.parse_table("hexed") == 0x20 and routes.parse_table("main") == 254
+    assert routes.parse_table("1234") == 1234 and routes.parse_table("0x10") == 16
     with pytest.raises(SetupError, match="Table = nope: not auto, off, a number or a table"):
-        netsetup.parse_table("nope")
+        routes.parse_table("nope")
     with pytest.raises(SetupError, match="numbered 1 to"):
-        netsetup.parse_table("0")
+        routes.parse_table("0")
 
 
 def test_unknown_table_name_fails_before_anything(lab: Lab) -> None:
@@ -320,7 +320,7 @@ def test_dns_through_resolvconf(
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
     order = tmp_path / "interface-order"
     order.write_text("lo.inet6*\nlo.inet*\nlo\ntun*\ntap*\n*\n")
-    monkeypatch.setattr(netsetup, "RESOLVCONF_INTERFACE_ORDER", order)
+    monkeypatch.setattr(dns, "RESOLVCONF_INTERFACE_ORDER", order)
     host = lab.host("n")
     with tun_in(host):
         applied = netsetup.apply(setup(
@@ -337,9 +337,9 @@ def test_dns_through_resolvconf(
 
 def test_resolvconf_record_name(tmp_path: Path) -> None:
     order = tmp_path / "interface-order"
-    assert netsetup.resolvconf_interface("wg0", order) == "wg0"  # openresolv: no such file
+    assert dns.resolvconf_interface("wg0", order) == "wg0"  # openresolv: no such file
     order.write_text("lo.inet*\nlo\ntun*\n")
-    assert netsetup.resolvconf_interface("wg0", order) == "tun.wg0"
+    assert dns.resolvconf_interface("wg0", order) == "tun.wg0"
 
 
 def test_apply_from_a_running_event_loop(lab: Lab) -> None:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -89,7 +89,7 @@ def link_index(ipr: IPRoute, name: str) -> int:
     found = ipr.link_lookup(ifname=name)
     if not found:
         raise LookupError(f"no interface named {name!r}")
-    return found[0]
+    return int(found[0])
 
 
 # --- links ------------------------------------------------------------------------------
@@ -157,7 +157,7 @@ def _address(command: str, name: str, cidr: str | IPInterface) -> None:
 # --- routes -----------------------------------------------------------------------------
 
 
-def _route_attrs(ipr: IPRoute, dst: IPNetwork, ifname: str, table: int) -> dict:
+def _route_attrs(ipr: IPRoute, dst: IPNetwork, ifname: str, table: int) -> dict[str, Any]:
     return {
         "family": _family(dst.version),
         "dst": str(dst),
@@ -186,7 +186,7 @@ def del_route(dst: IPNetwork, ifname: str, *, table: int = MAIN_TABLE) -> None:
         ipr.route("del", **_route_attrs(ipr, dst, ifname, table))
 
 
-def _route_dst(msg: dict, version: int) -> IPNetwork:
+def _route_dst(msg: dict[str, Any], version: int) -> IPNetwork:
     dst = msg.get("RTA_DST") or ("0.0.0.0" if version == 4 else "::")
     return ipaddress.ip_network(f"{dst}/{msg['dst_len']}")
 
@@ -233,14 +233,15 @@ def default_route_mtu(version: int) -> int | None:
         return None
 
 
-def _mtu_of(ipr: IPRoute, msg: dict) -> int | None:
+def _mtu_of(ipr: IPRoute, msg: dict[str, Any]) -> int | None:
     metrics = msg.get("RTA_METRICS")
     if metrics is not None and metrics.get("RTAX_MTU"):
         return int(metrics.get("RTAX_MTU"))
     oif = msg.get("RTA_OIF")
     if oif is None:
         return None
-    return ipr.link("get", index=oif)[0].get("IFLA_MTU")
+    mtu = ipr.link("get", index=oif)[0].get("IFLA_MTU")
+    return None if mtu is None else int(mtu)
 
 
 # --- policy rules -----------------------------------------------------------------------
@@ -266,8 +267,8 @@ class Rule:
             parts.append(f"suppress_prefixlength {self.suppress_prefixlength}")
         return " ".join(parts)
 
-    def _attrs(self) -> dict:
-        attrs: dict = {
+    def _attrs(self) -> dict[str, Any]:
+        attrs: dict[str, Any] = {
             "family": _family(self.version),
             "table": self.table,
             "priority": self.priority,

@@ -15,16 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vpn.control.config import (
-    Config,
-    ConfigError,
-    Endpoint,
-    InterfaceConfig,
-    PeerConfig,
-    load,
-    parse,
-    to_text,
-)
+from vpn.control.config import Config, ConfigError, load, parse, to_text
+from vpn.control.config_model import Endpoint, InterfaceConfig, PeerConfig
 from vpn.core.keys import clamp, encode_key, public_from_private
 
 PRIV_RAW = clamp(bytes(range(1, 33)))
