@@ -20,8 +20,8 @@ import statistics
 from pathlib import Path
 
 from lab import wg_lab
+from lab.flood_lab import VICTIM, flood_host, flood_result, start_flood
 from lab.netns import Host, Lab, iperf3_gbps
-from tests.integration.test_hostile import VICTIM, flood_host, flood_result, start_flood
 
 FLOOD_RATE = 100_000
 # The flood outlasts iperf3's connect and its `seconds` of transfer by this much.

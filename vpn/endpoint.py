@@ -20,8 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vpn.control import running, uapi
-from vpn.control.config import Config, ConfigError, PeerConfig, load, to_text
-from vpn.control.config import Endpoint as EndpointAddress
+from vpn.control.config import load, to_text
+from vpn.control.config_model import Config, ConfigError, PeerConfig
+from vpn.control.config_model import Endpoint as EndpointAddress
 from vpn.control.uapi import UapiError
 from vpn.control.uapi_server import SOCKET_DIR, UapiServer, UapiServerError
 from vpn.core.keys import encode_key

@@ -19,26 +19,32 @@ from pathlib import Path
 import pytest
 
 from lab.flood import MAX_SEGMENTS
-from lab.netns import Host, Lab, Process
+from lab.flood_lab import (
+    FLOOD_NET,
+    VICTIM,
+    flood_host,
+    flood_result,
+    public_hex,
+    start_flood,
+    stats_of,
+)
+from lab.netns import Host, Lab
 from lab.relay_lab import checked_transfer
 from lab.wg_lab import (
     PORT,
     ROOT,
     UNDERLAY,
-    WgPair,
     build,
     final_counters,
     start_vpn,
 )
 from vpn.control import uapi
 from vpn.control.uapi_server import request
-from vpn.core.keys import decode_key, encode_key, public_from_private
+from vpn.core.keys import encode_key, public_from_private
 from vpn.core.wireguard.constants import UNDER_LOAD_BACKLOG
 
 pytestmark = pytest.mark.netns
 
-FLOOD_NET = "198.18.5"
-VICTIM = f"{FLOOD_NET}.1"  # b, on the flood link
 # The reasons a flood datagram may be dropped under, and where in the counters they land.
 FLOOD_REASONS = {"too_short", "transport_too_short", "bad_length", "unknown_type",
                  "reserved_nonzero", "bad_mac1", "unknown_receiver_index", "replay",
@@ -132,35 +138,14 @@ def datapath_stats(ifname: str) -> dict:
     return stats
 
 
-def stats_of(ifname: str) -> dict:
-    """get=vpn-stats over the management socket (protocol_drops holds cookie_sent)."""
-    return uapi.parse_stats(request(ifname, "get=vpn-stats\n\n")[0])
 
 
-def public_hex(key: str) -> str:
-    return decode_key(key).hex()
 
 
-def start_flood(host: Host, *args: str) -> Process:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return host.start(sys.executable, "-m", "lab.flood", *args, env=env)
 
 
-def flood_result(proc: Process, timeout: float = 120) -> dict:
-    proc.popen.wait(timeout)
-    lines = [ln for ln in proc.output().splitlines() if ln.startswith("{")]
-    assert lines, proc.output()
-    return json.loads(lines[-1])
 
 
-def flood_host(lab: Lab, pair: WgPair, extra: int = 0) -> Host:
-    """A third namespace on its own link to b, with `extra` more source addresses."""
-    flood = lab.host("f")
-    lab.link(flood, pair.b.host, a_addrs=[f"{FLOOD_NET}.2/24"], b_addrs=[f"{FLOOD_NET}.1/24"])
-    if extra:
-        batch = "".join(f"addr add {FLOOD_NET}.{3 + i}/24 dev to-b\n" for i in range(extra))
-        flood.run("ip", "-batch", "-", input=batch)
-    return flood
 
 
 def test_garbage_flood_during_transfer(lab: Lab) -> None:

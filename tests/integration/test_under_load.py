@@ -16,9 +16,7 @@ import time
 import pytest
 
 from lab.flood import MAX_SEGMENTS, Sender
-from lab.netns import Lab, Process
-from lab.wg_lab import PORT, ROOT, WgPair, build
-from tests.integration.test_hostile import (
+from lab.flood_lab import (
     FLOOD_NET,
     VICTIM,
     flood_host,
@@ -26,6 +24,8 @@ from tests.integration.test_hostile import (
     start_flood,
     stats_of,
 )
+from lab.netns import Lab, Process
+from lab.wg_lab import PORT, ROOT, WgPair, build
 from vpn.core.wireguard.constants import COOKIE_REPLY_SIZE, INITIATION_SIZE, RESPONSE_SIZE
 
 pytestmark = pytest.mark.netns

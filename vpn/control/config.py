@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import os
 
-from vpn.control.config_model import Config, ConfigError, Endpoint, PeerConfig, quote
+from vpn.control.config_model import Config, ConfigError, quote
 from vpn.control.config_parse import parse
 from vpn.core.keys import encode_key
-
-# Endpoint and PeerConfig are not used here: vpn/endpoint.py imports them from this module.
-__all__ = ["Config", "ConfigError", "Endpoint", "PeerConfig", "load", "parse", "to_text"]
 
 
 def load(path: str | os.PathLike[str], name: str | None = None) -> tuple[Config, list[str]]:

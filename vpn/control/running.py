@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from vpn.control.config import Config, PeerConfig
-from vpn.control.config import Endpoint as EndpointAddress
+from vpn.control.config_model import Config, PeerConfig
+from vpn.control.config_model import Endpoint as EndpointAddress
 from vpn.core.keys import encode_key
 from vpn.core.types import Address, endpoint_text
 from vpn.core.wireguard.changes import ChangeSet, DeviceSnapshot, PeerChange
