@@ -7,9 +7,10 @@ cd "$(dirname "$0")/.."
 
 SYSTEM_PACKAGES=(iperf3 iproute2 tcpdump wireguard-tools wireguard-go ethtool iptables
                  procps kmod iputils-ping util-linux docker-compose python3 python3-venv
-                 python3-pip python3-dev build-essential libssl-dev)
+                 python3-pip python3-dev build-essential libssl-dev golang-go)
 # build-essential, python3-dev and libssl-dev build the native module
-# (vpn/wireguard/_transport.c, linked to the system's libcrypto).
+# (vpn/wireguard/_transport.c, linked to the system's libcrypto); golang-go builds the Go
+# example of docs/tun-offload.md (examples/go) for its integration test.
 VENV=${VENV:-.venv}
 
 missing=()
