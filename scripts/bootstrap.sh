@@ -7,9 +7,10 @@ cd "$(dirname "$0")/.."
 
 SYSTEM_PACKAGES=(iperf3 iproute2 tcpdump wireguard-tools wireguard-go ethtool iptables
                  procps kmod iputils-ping util-linux docker-compose python3 python3-venv
-                 python3-pip python3-dev build-essential libssl-dev)
+                 python3-pip python3-dev build-essential libssl-dev golang-go)
 # build-essential, python3-dev and libssl-dev build the native module
-# (vpn/core/wireguard/_transport.c, linked to the system's libcrypto).
+# (vpn/core/wireguard/_transport.c, linked to the system's libcrypto); golang-go builds the Go
+# example of docs/tun-offload.md (examples/go) for its integration test.
 VENV=${VENV:-.venv}
 
 missing=()
@@ -53,8 +54,7 @@ stamp="$VENV/.installed"
 # built module does not import.
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
         || [ -n "$(find vpn -name '*.c' -newer "$stamp")" ] \
-        || ! "$VENV/bin/python" -c 'import vpn.core.offload._gso, vpn.core.offload._gro
-import vpn.core.wireguard._transport, vpn.io._udp' \
+        || ! "$VENV/bin/python" -c 'import vpn.core.offload._gso, vpn.core.wireguard._transport' \
              2>/dev/null; then
     "$VENV/bin/pip" install -q --upgrade pip
     log="$VENV/install.log"

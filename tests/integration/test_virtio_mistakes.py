@@ -36,9 +36,9 @@ def completed(received: str, size: int) -> bool:
 
 
 def test_gso_size_set_to_the_mtu_makes_the_gateway_drop_every_jumbo_frame(lab: Lab) -> None:
-    """Mistake 3: gso_size is the MSS. With the MTU there, every resegmented packet is
-    40+ bytes too big for a 1500-byte link: the gateway drops it and answers "fragmentation
-    needed", and the transfer crawls on retransmitted single segments."""
+    """Mistake 3: gso_size is the MSS. With the MTU there, the segments would be 40 bytes
+    too big for a 1500-byte link, so the gateway drops each whole jumbo frame and answers
+    "fragmentation needed", and the transfer crawls on retransmitted single segments."""
     run, lan = gateway(lab, mtu=1500, lan_mtu=1500, mistake="gso-size-mtu")
     before = _icmp_frag_needed_sent(run.b)
     _, received = checked_transfer(run.a, lan, LAN4, 64 << 20, seconds=4)

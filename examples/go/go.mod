@@ -1,0 +1,3 @@
+module tunjumbo
+
+go 1.19
