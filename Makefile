@@ -8,8 +8,14 @@ PYTHON := $(VENV)/bin/python
 deps:
 	VENV=$(VENV) bash scripts/bootstrap.sh
 
+# mypy reads its configuration (which packages, strict on vpn/core) from pyproject.toml;
+# stubtest checks the .pyi stubs of the C modules against the built modules.
+NATIVE_MODULES := vpn.core.offload._gso vpn.core.offload._gro vpn.core.wireguard._transport \
+                  vpn.io._udp
 lint: deps
 	$(VENV)/bin/ruff check vpn lab tests bench scripts examples
+	$(VENV)/bin/mypy --config-file pyproject.toml
+	$(PYTHON) -m mypy.stubtest --mypy-config-file pyproject.toml $(NATIVE_MODULES)
 
 unit: deps
 	$(PYTHON) -m pytest -q tests/unit
@@ -42,5 +48,5 @@ docker-test: deps
 	bash scripts/docker-test.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis bench/results build
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis bench/results build
 	find vpn -name '*.so' -delete

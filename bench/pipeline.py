@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from lab.doubles import DST, ENDPOINT_A, MTU, SRC, handshaken_pair
+from lab.doubles import DST, ENDPOINT_A, MTU, SRC, MemoryTun, MemoryUdp, handshaken_pair
 from lab.packets import tcp_super_packet
 from vpn.core.packet.virtio import VirtioNetHeader
 from vpn.core.wireguard import fastpath
@@ -31,9 +31,16 @@ from vpn.io.datapath import DataPath
 MSS = MTU - 40 - 12  # IPv4 + TCP with the timestamps option, as Linux sends
 
 
+def _doubles(path: DataPath) -> tuple[MemoryTun, MemoryUdp]:
+    """The in-memory stand-ins for the TUN and the socket that handshaken_pair gave `path`."""
+    tun, udp = path.tun, path.udp
+    assert isinstance(tun, MemoryTun) and isinstance(udp, MemoryUdp)
+    return tun, udp
+
+
 def _run(a: DataPath, b: DataPath, reads: list[tuple[VirtioNetHeader, memoryview]],
          rounds: int) -> tuple[list[float], list[float]]:
-    tun_a, udp_a, tun_b, udp_b = a.tun, a.udp, b.tun, b.udp
+    (tun_a, udp_a), (tun_b, udp_b) = _doubles(a), _doubles(b)
     send_us, receive_us = [], []
     for _ in range(rounds):
         tun_a.reads = list(reads)
@@ -60,10 +67,11 @@ def run(rounds: int = 400) -> dict[str, float]:
     reads = [(header, memoryview(packet))]
     # Warm up, then check the receiver got the payload back in one jumbo frame.
     _run(a, b, reads, 3)
-    frames = b.tun.frames
+    (tun_a, _), (tun_b, _) = _doubles(a), _doubles(b)
+    frames = tun_b.frames
     if len(frames) != 1 or frames[0][-len(payload):] != payload:
         raise RuntimeError(f"pipeline benchmark: wrong output ({len(frames)} frames)")
-    a.tun.keep = b.tun.keep = False
+    tun_a.keep = tun_b.keep = False
     send_us, receive_us = _run(a, b, reads, rounds)
     # Four super-packets per wakeup, as the TUN often hands over under load.
     send4, receive4 = _run(a, b, reads * 4, rounds // 4)

@@ -23,6 +23,7 @@ round (each round runs every mode), and the goals are ratios measured within the
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -71,8 +72,8 @@ def offload_micro() -> dict[str, float]:
             header, packet = tcp_super_packet(payload, mss, version=version, options=options)
             segments = [bytes(s) for s in split(header, packet)]
             tag = f"ipv{version}_mss{mss}"
-            out[f"split_us_{tag}"] = median_us(lambda h=header, p=packet: split(h, p))
-            out[f"coalesce_us_{tag}"] = median_us(lambda s=segments: coalesce(s))
+            out[f"split_us_{tag}"] = median_us(functools.partial(split, header, packet))
+            out[f"coalesce_us_{tag}"] = median_us(functools.partial(coalesce, segments))
             out[f"segments_{tag}"] = len(segments)
     return out
 
@@ -440,6 +441,7 @@ def main() -> int:
         "pipeline_micro": pipeline.run_with_python_path(),
     }
     reason = lab_unavailable_reason()
+    modern_reason: str | None = None  # why the modern wireguard-go was not measured
     if args.micro_only or reason:
         if reason:
             print(f"bench: RELAY THROUGHPUT NOT MEASURED: {reason}", file=sys.stderr)
@@ -459,7 +461,6 @@ def main() -> int:
         report["loss"] = faults.loss_throughput(args.rounds, args.seconds)
         report["veth_gbps"] = veth_throughput(args.rounds, args.seconds)
     print_table(report)
-    modern_reason = report.get("modern_wireguard_go", {}).get("reason")
     if modern_reason:  # again after the table: the first one scrolled away long ago
         print(f"bench: {MODERN_NOT_MEASURED}: {modern_reason}", file=sys.stderr)
     if "endpoint" in report:

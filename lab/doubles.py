@@ -12,9 +12,10 @@ from types import SimpleNamespace
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+import vpn.io._udp as _udp
 from vpn.core.packet.virtio import VirtioNetHeader
+from vpn.core.types import Buffer
 from vpn.core.wireguard import Device
-from vpn.io import _udp
 from vpn.io.datapath import DataPath
 from vpn.io.udp import MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD, SCREEN_REASONS, UdpStats
 
@@ -39,7 +40,7 @@ class MemoryTun:
         reads, self.reads = self.reads, []
         return reads
 
-    def write(self, header: bytes, parts: Sequence[bytes | memoryview]) -> None:
+    def write(self, header: bytes, parts: Sequence[Buffer]) -> None:
         if self.keep:
             self.frames.append(b"".join((header, *parts)))
 
@@ -82,7 +83,8 @@ class ScreeningUdp(MemoryUdp):
                                                                    tuple[str, int]]],
                                                        tuple[int, ...] | None,
                                                        list[tuple[str, int]]]:
-        passed, lost = [], []
+        passed: list[tuple[memoryview, int, tuple[str, int]]] = []
+        lost: list[tuple[str, int]] = []
         totals = [0] * len(SCREEN_REASONS)
         for data, size, source in self.receive_batch():
             runs, counts, unknown = _udp.screen(data, size, known, mac1_key)
@@ -127,6 +129,7 @@ def handshaken_pair(seed: bytes | None = None, *, mtu: int = MTU) -> tuple[DataP
     for me, other, theirs, endpoint in ((0, 1, DST, ENDPOINT_B), (1, 0, SRC, ENDPOINT_A)):
         peer = devices[me].add_peer(devices[other].public_key, endpoint=endpoint)
         devices[me].allowed_ips.insert(f"{'.'.join(map(str, theirs))}/32", peer)
+        # DataPath is typed for TunDevice and UdpSocket (no Protocol yet); these stand in.
         paths.append(DataPath(devices[me], MemoryTun(), MemoryUdp(), mtu=mtu,  # type: ignore[arg-type]
                               clock=lambda: NOW))
     a, b = paths

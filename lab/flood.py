@@ -270,9 +270,9 @@ def clients(addr: str, port: int, victim: bytes, privates: list[bytes]) -> dict[
 
 def main(argv: list[str]) -> None:
     if argv[0] == "clients":
-        addr, port, victim = argv[1], int(argv[2]), bytes.fromhex(argv[3])
-        report = clients(addr, port, victim, [bytes.fromhex(k) for k in argv[4:]])
-        print(json.dumps(report), flush=True)
+        victim = bytes.fromhex(argv[3])
+        privates = [bytes.fromhex(k) for k in argv[4:]]
+        print(json.dumps(clients(argv[1], int(argv[2]), victim, privates)), flush=True)
         return
     options = [a for a in argv if a.startswith("--limit=")]
     argv = [a for a in argv if a not in options]

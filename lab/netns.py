@@ -108,8 +108,9 @@ class Host:
             )
         return proc
 
-    def sh(self, script: str, **kw: object) -> subprocess.CompletedProcess[str]:
-        return self.run("sh", "-c", script, **kw)  # type: ignore[arg-type]
+    def sh(self, script: str, *, check: bool = True, timeout: float = 120,
+           input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return self.run("sh", "-c", script, check=check, timeout=timeout, input=input)
 
     def start(self, *args: str, env: dict[str, str] | None = None) -> Process:
         return self.lab.spawn(self.command(args), label=self.name, env=env)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import TypedDict, Unpack
 
 from vpn.core.packet.virtio import (
     FLAG_NEEDS_CSUM,
@@ -98,7 +99,30 @@ def udp_packet(payload: bytes = b"", *, version: int = 4, sport: int = 51820, dp
     return ipv6_header(src, dst, 17, len(udp), tclass=tos, hop_limit=ttl) + udp
 
 
-def tcp_super_packet(payload: bytes, mss: int, *, version: int = 4, **kw: object
+class UdpFields(TypedDict, total=False):
+    """udp_packet's keywords that udp_super_packet passes on."""
+
+    sport: int
+    dport: int
+    src: bytes | None
+    dst: bytes | None
+    ident: int
+    ttl: int
+    tos: int
+
+
+class TcpFields(UdpFields, total=False):
+    """tcp_packet's keywords that tcp_super_packet passes on."""
+
+    seq: int
+    ack: int
+    flags: int
+    window: int
+    options: bytes
+    df: bool
+
+
+def tcp_super_packet(payload: bytes, mss: int, *, version: int = 4, **kw: Unpack[TcpFields]
                      ) -> tuple[VirtioNetHeader, bytes]:
     """A TSO super-packet as the kernel hands it to a TUN reader: NEEDS_CSUM, the folded
     pseudo-header sum (total TCP length) in the checksum field, csum_start at the TCP header."""
@@ -107,8 +131,8 @@ def tcp_super_packet(payload: bytes, mss: int, *, version: int = 4, **kw: object
     options = kw.get("options", b"")
     assert isinstance(options, bytes)
     tcp_len = 20 + len(options) + len(payload)
-    partial = ref_sum(pseudo(src, dst, 6, tcp_len))  # type: ignore[arg-type]
-    pkt = tcp_packet(payload, version=version, csum=partial, **kw)  # type: ignore[arg-type]
+    partial = ref_sum(pseudo(src, dst, 6, tcp_len))
+    pkt = tcp_packet(payload, version=version, csum=partial, **kw)
     ihl = 20 if version == 4 else 40
     hdr = VirtioNetHeader(
         flags=FLAG_NEEDS_CSUM, gso_type=GSO_TCPV4 if version == 4 else GSO_TCPV6,
@@ -117,13 +141,13 @@ def tcp_super_packet(payload: bytes, mss: int, *, version: int = 4, **kw: object
     return hdr, pkt
 
 
-def udp_super_packet(payload: bytes, mss: int, *, version: int = 4, **kw: object
+def udp_super_packet(payload: bytes, mss: int, *, version: int = 4, **kw: Unpack[UdpFields]
                      ) -> tuple[VirtioNetHeader, bytes]:
     """A UDP_L4 GSO super-packet as the kernel hands it over (partial sum in the field)."""
     src = kw.get("src") or (SRC4 if version == 4 else SRC6)
     dst = kw.get("dst") or (DST4 if version == 4 else DST6)
-    partial = ref_sum(pseudo(src, dst, 17, 8 + len(payload)))  # type: ignore[arg-type]
-    pkt = udp_packet(payload, version=version, csum=partial, **kw)  # type: ignore[arg-type]
+    partial = ref_sum(pseudo(src, dst, 17, 8 + len(payload)))
+    pkt = udp_packet(payload, version=version, csum=partial, **kw)
     ihl = 20 if version == 4 else 40
     hdr = VirtioNetHeader(flags=FLAG_NEEDS_CSUM, gso_type=GSO_UDP_L4, hdr_len=ihl + 8,
                           gso_size=mss, csum_start=ihl, csum_offset=6)
@@ -168,8 +192,9 @@ def parse(pkt: bytes | memoryview) -> Parsed:
         assert plen + 40 == len(pkt)
         tos, ident, df, src, dst = (first >> 20) & 0xFF, 0, False, pkt[8:24], pkt[24:40]
     l4 = pkt[ihl:]
-    p = Parsed(4 if ihl < 40 else 6, ihl, tos, ttl, ident, df, proto, src, dst,
-               *struct.unpack_from("!HH", l4, 0), l4=l4)
+    sport, dport = struct.unpack_from("!HH", l4, 0)
+    p = Parsed(4 if ihl < 40 else 6, ihl, tos, ttl, ident, df, proto, src, dst, sport, dport,
+               l4=l4)
     if proto == 6:
         p.seq, p.ack, off, p.flags, p.window, p.csum = struct.unpack_from("!IIBBHH", l4, 4)
         thl = (off >> 4) * 4

@@ -22,6 +22,7 @@ import uvloop
 from lab import netns
 from vpn.core.offload import Coalesced, OffloadError, coalesce, split
 from vpn.core.packet.virtio import NO_OFFLOAD
+from vpn.core.types import Buffer
 from vpn.host import netlink
 from vpn.io.tun import TunDevice
 
@@ -77,7 +78,7 @@ class Direction:
                 stats.bytes_read += len(packet)
                 self.write(header.pack(), (packet,))
             return
-        segments: list[bytes | memoryview] = []
+        segments: list[Buffer] = []
         for header, packet in batch:
             stats.bytes_read += len(packet)
             try:
@@ -97,14 +98,16 @@ class Direction:
             self.stats.jumbo_frames += 1
             self.stats.jumbo_segments += frame.segments
 
-    def write(self, header: bytes, parts: Sequence[bytes | memoryview]) -> bool:
+    def write(self, header: bytes, parts: Sequence[Buffer]) -> bool:
         try:
             self.dst.write(header, parts)
         except BlockingIOError:
             self.stats.drops["tun_write_full"] += 1
             return False
         except OSError as err:
-            self.stats.drops[f"tun_write_{errno.errorcode.get(err.errno, err.errno)}"] += 1
+            code = err.errno
+            name = errno.errorcode.get(code, code) if code is not None else None
+            self.stats.drops[f"tun_write_{name}"] += 1
             return False
         self.stats.frames_written += 1
         return True

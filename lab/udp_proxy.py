@@ -92,8 +92,8 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, int]]:
 
     signal.signal(signal.SIGTERM, stop)
     selector = selectors.DefaultSelector()
-    for sock in ways:
-        selector.register(sock, selectors.EVENT_READ)
+    for way_sock in ways:
+        selector.register(way_sock, selectors.EVENT_READ)
     print("ready", flush=True)
     while not stopping:
         ready = selector.select(timeout=0.005)

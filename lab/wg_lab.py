@@ -162,7 +162,8 @@ def build(lab: Lab, *, underlay: int = 4, mtu: int = 1500) -> WgPair:
         private = wg("genkey")
         nodes.append(Node(host, side, private, wg("pubkey", input=private),
                           f"wg{side}{suffix}"))
-    return WgPair(lab, *nodes, underlay=underlay, mtu=mtu - 80)
+    node_a, node_b = nodes
+    return WgPair(lab, node_a, node_b, underlay=underlay, mtu=mtu - 80)
 
 
 def peak_rss_mb(pid: int) -> float:

@@ -81,16 +81,17 @@ def show_view(name: str, snapshot: DeviceSnapshot, stats: dict[str, Any] | None)
 
 
 def _bytes(n: int) -> str:
+    size: float = n
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)  # pragma: no cover
+        if size < 1024 or unit == "GiB":
+            return f"{size} {unit}" if unit == "B" else f"{size:.2f} {unit}"
+        size /= 1024
+    return str(size)  # pragma: no cover
 
 
 def _ago(seconds: float) -> str:
     seconds = max(0, int(seconds))
-    parts = []
+    parts: list[str] = []
     for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
         if seconds >= size or (unit == "second" and not parts):
             count, seconds = divmod(seconds, size)

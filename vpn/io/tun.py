@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vpn.core.packet.virtio import VIRTIO_NET_HDR_LEN, VirtioNetHeader
+from vpn.core.types import Buffer
 
 TUN_PATH = "/dev/net/tun"
 
@@ -195,7 +196,7 @@ class TunDevice:
                 packets.append((PLAIN, view[:n]))
         return packets
 
-    def write(self, header: bytes, parts: Sequence[bytes | memoryview]) -> None:
+    def write(self, header: bytes, parts: Sequence[Buffer]) -> None:
         """Write one frame: the virtio-net header (ignored without IFF_VNET_HDR) then parts.
 
         Raises OSError as the kernel reports it (EINVAL for a header it rejects).

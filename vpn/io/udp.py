@@ -17,9 +17,9 @@ from vpn.core.native import PYTHON_FORCED
 from vpn.core.types import Address
 
 try:
-    from vpn.io import _udp
+    import vpn.io._udp as _udp
 except ImportError as error:  # not built: receive_batch serves
-    _udp = None  # type: ignore[assignment]
+    _udp = None  # type: ignore[assignment]  # only reached when SCREENS is false
     _MISSING = f"native batch receive not available ({error})"
 else:
     _MISSING = ""

@@ -55,9 +55,9 @@ from vpn.core.packet.virtio import (
 from vpn.core.types import Buffer
 
 try:
-    from vpn.core.offload import _gso
+    import vpn.core.offload._gso as _gso
 except ImportError as error:  # not built: the Python path runs
-    _gso = None
+    _gso = None  # type: ignore[assignment]  # only reached when FAST_PATH says "python"
     _MISSING = f"native GSO split not available ({error})"
 else:
     _MISSING = ""
@@ -77,7 +77,7 @@ _U8 = np.uint8
 _U64 = np.uint64
 
 
-def split_python(hdr: VirtioNetHeader, packet: Buffer) -> list[bytes | memoryview]:
+def split_python(hdr: VirtioNetHeader, packet: Buffer) -> list[Buffer]:
     """Return the complete IP packets that ``packet`` (read after ``hdr``) stands for.
 
     A plain packet comes back as is (no copy); one with NEEDS_CSUM gets its transport checksum
@@ -109,7 +109,7 @@ def split_python(hdr: VirtioNetHeader, packet: Buffer) -> list[bytes | memoryvie
                     info.proto, hdr.gso_size)
 
 
-def _split_native(hdr: VirtioNetHeader, packet: Buffer) -> list[bytes | memoryview]:
+def _split_native(hdr: VirtioNetHeader, packet: Buffer) -> list[Buffer]:
     """split_python's result from _gso.c (memoryviews of one bytearray), in one call."""
     return _gso.segments(packet, hdr.flags, hdr.gso_type, hdr.hdr_len, hdr.gso_size,
                          hdr.csum_start, hdr.csum_offset)
@@ -171,7 +171,7 @@ def _layout(is_v4: bool, ihl: int, proto: int, stride: int) -> np.dtype:
 
 
 def _segment(packet: Buffer, is_v4: bool, ihl: int, l4_len: int, total: int, proto: int,
-             mss: int) -> list[bytes | memoryview]:
+             mss: int) -> list[Buffer]:
     hl = ihl + l4_len
     payload_len = total - hl
     count = max(1, -(-payload_len // mss))
@@ -255,7 +255,7 @@ def _segment(packet: Buffer, is_v4: bool, ihl: int, l4_len: int, total: int, pro
 
     del out, src, rec  # release the numpy exports of the buffers
     view = memoryview(buf)
-    segments: list[bytes | memoryview] = [
+    segments: list[Buffer] = [
         view[i:i + stride] for i in range(0, full * stride, stride)
     ]
     segments.append(view[full * stride:full * stride + hl + last])
@@ -263,7 +263,7 @@ def _segment(packet: Buffer, is_v4: bool, ihl: int, l4_len: int, total: int, pro
 
 
 def _segment_scalar(packet: Buffer, is_v4: bool, ihl: int, l4_len: int, total: int,
-                    proto: int, mss: int, count: int) -> list[bytes | memoryview]:
+                    proto: int, mss: int, count: int) -> list[Buffer]:
     """The same as the numpy path, one segment at a time: cheaper for a few segments."""
     hl = ihl + l4_len
     view = memoryview(packet)
@@ -289,7 +289,7 @@ def _segment_scalar(packet: Buffer, is_v4: bool, ihl: int, l4_len: int, total: i
         seq = flags = 0
         head[ihl + UDP_LEN:ihl + UDP_LEN + 4] = bytes(4)
     base = ones_complement_sum(head[ihl:]) + pseudo
-    segments: list[bytes | memoryview] = []
+    segments: list[Buffer] = []
     last = count - 1
     for i in range(count):
         start = hl + i * mss
@@ -323,7 +323,7 @@ def _segment_scalar(packet: Buffer, is_v4: bool, ihl: int, l4_len: int, total: i
 # The one place that decides which implementation `split` is.
 FAST_PATH_REASON = "VPN_FAST_PATH=python" if PYTHON_FORCED else _MISSING
 FAST_PATH = "python" if FAST_PATH_REASON else "native"
-split: Callable[[VirtioNetHeader, Buffer], list[bytes | memoryview]] = (
+split: Callable[[VirtioNetHeader, Buffer], list[Buffer]] = (
     _split_native if FAST_PATH == "native" else split_python)
 split_into: Callable[[bytearray | memoryview, int, VirtioNetHeader, Buffer, int, int],
                      tuple[int, int, int]] = (

@@ -55,7 +55,7 @@ def checksum(data: Buffer, initial: int = 0) -> int:
     return ~fold(ones_complement_sum(data) + initial) & 0xFFFF
 
 
-def pseudo_header_sum(src: bytes, dst: bytes, proto: int, length: int) -> int:
+def pseudo_header_sum(src: Buffer, dst: Buffer, proto: int, length: int) -> int:
     """Return the folded sum of the TCP/UDP pseudo-header for IPv4 or IPv6 addresses."""
     value = int.from_bytes(src, "big") + int.from_bytes(dst, "big")
     # Reduce each address modulo 0xFFFF first; the result is congruent to the true sum.
