@@ -18,6 +18,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from vpn.control import running, uapi
 from vpn.control.config import load, to_text
@@ -396,7 +397,7 @@ class Endpoint:
 
     # -- state ------------------------------------------------------------------------------
 
-    def counters(self) -> dict[str, object]:
+    def counters(self) -> dict[str, Any]:  # JSON: `vpn show --json`, get=vpn-stats
         """Peers (public keys, endpoints, bytes, handshakes) and the data path's counters."""
         device = self._running_device()
         assert self.datapath is not None and self.udp is not None and self.tun is not None
@@ -451,4 +452,4 @@ async def resolve(
     except OSError as err:
         raise EndpointError(f"cannot resolve endpoint {endpoint}: {err}") from None
     family_order = sorted(infos, key=lambda info: info[0] != socket.AF_INET)
-    return family_order[0][4][0], endpoint.port
+    return str(family_order[0][4][0]), endpoint.port

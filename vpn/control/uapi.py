@@ -219,8 +219,9 @@ def format_get(snapshot: DeviceSnapshot) -> str:
         if peer.endpoint is not None:
             out.append(f"endpoint={endpoint_text(peer.endpoint)}")
         # Split before scaling: seconds * 1e9 would spend the float's precision on the seconds.
-        seconds = int(peer.last_handshake) if peer.last_handshake else 0
-        nanos = min(round((peer.last_handshake - seconds) * 1e9), 999_999_999) if seconds else 0
+        last = peer.last_handshake or 0.0
+        seconds = int(last)
+        nanos = min(round((last - seconds) * 1e9), 999_999_999) if seconds else 0
         out.append(f"last_handshake_time_sec={seconds}")
         out.append(f"last_handshake_time_nsec={nanos}")
         out.append(f"tx_bytes={peer.tx_bytes}")

@@ -19,7 +19,7 @@ from vpn.core.offload.gro import receive_coalescer
 from vpn.core.offload.gso import split_into
 from vpn.core.packet.icmp import UnreachableResponder
 from vpn.core.packet.virtio import NO_OFFLOAD, VirtioNetHeader
-from vpn.core.types import Address, endpoint_text
+from vpn.core.types import Address, Buffer, endpoint_text
 from vpn.core.wireguard import Device, Keypair, Peer, TransportError
 from vpn.core.wireguard.constants import (
     AEAD_TAG_LEN,
@@ -187,9 +187,9 @@ class DataPath:
         self.send_control(peer, peer.after_send(now, kp, sent))
 
     def _complete(self, reads: list[tuple[VirtioNetHeader, memoryview]]
-                  ) -> list[bytes | memoryview]:
+                  ) -> list[Buffer]:
         """The complete packets that TUN reads stand for (for staging or counting)."""
-        packets: list[bytes | memoryview] = []
+        packets: list[Buffer] = []
         for header, packet in reads:
             try:
                 segments = split(header, packet)
@@ -244,7 +244,7 @@ class DataPath:
         return sent, unsent
 
     def _encrypt_and_send(
-        self, kp: Keypair, dest: Address, packets: list[bytes | memoryview]
+        self, kp: Keypair, dest: Address, packets: list[Buffer]
     ) -> int:
         """Encrypt in chunks that fit the send buffer; send each chunk as GSO runs."""
         buf = self._send_buffer
@@ -290,7 +290,7 @@ class DataPath:
         self.udp.send_segments(dest, view[start:end], size, count, last)
         self.stats.datagrams_sent += count
 
-    def stage(self, peer: Peer, packets: list[bytes | memoryview], now: float) -> None:
+    def stage(self, peer: Peer, packets: list[Buffer], now: float) -> None:
         """No usable session: hold the newest packets (bounded) and start a handshake."""
         dropped, handshake = peer.stage(packets, now)
         if dropped:
@@ -465,7 +465,7 @@ class DataPath:
             log.exception("internal error in the data path: batch dropped (counted as "
                           "drops.internal_error; logged at most once a minute)")
 
-    def _write_packet(self, packet: bytes | memoryview) -> None:
+    def _write_packet(self, packet: Buffer) -> None:
         """One packet as it is, without offload."""
         self._write(Coalesced(NO_OFFLOAD, [packet]))
 
@@ -479,7 +479,8 @@ class DataPath:
             if err.errno == errno.EINVAL and frame.segments > 1:
                 self._refuse_coalescing(frame)
                 return
-            self.stats.drops[f"tun_write_{errno.errorcode.get(err.errno, err.errno)}"] += 1
+            code = err.errno or 0
+            self.stats.drops[f"tun_write_{errno.errorcode.get(code, code)}"] += 1
             return
         self.stats.tun_writes += 1
         if frame.segments > 1:

@@ -21,5 +21,4 @@ def fast_path() -> tuple[str, str]:
     if missing:
         return "python", f"python ({'; '.join(missing)})"
     return "native", ("native (transport AEAD, GSO split, GRO and batch receive in C, "
-                      # fastpath.py does not export it explicitly yet (TODO(issue 12))
-                      f"{fastpath.OPENSSL_VERSION})")  # type: ignore[attr-defined]
+                      f"{fastpath.OPENSSL_VERSION})")

@@ -10,7 +10,7 @@ import ipaddress
 import os
 from collections.abc import Callable
 
-from vpn.core.types import Address
+from vpn.core.types import Address, Buffer
 
 from .constants import (
     COOKIE_NONCE_LEN,
@@ -28,7 +28,6 @@ from .messages import (
     INITIATION_MAC2_OFFSET,
     RESPONSE_MAC1_OFFSET,
     RESPONSE_MAC2_OFFSET,
-    Buffer,
     CookieReply,
     MessageError,
 )

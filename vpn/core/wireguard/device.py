@@ -17,7 +17,7 @@ from enum import StrEnum
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from vpn.core.types import Address
+from vpn.core.types import Address, Buffer
 
 from .allowedips import AllowedIPs
 from .changes import ChangeError, ChangeSet, DeviceSnapshot, PeerChange, PeerSnapshot
@@ -32,7 +32,6 @@ from .cookie import CookieChecker, HandshakeLoad, address_bytes
 from .index import IndexTable
 from .keypair import RECORD, Keypair
 from .messages import (
-    Buffer,
     MessageError,
     message_type,
     parse_cookie_reply,

@@ -21,6 +21,8 @@ except ImportError as error:  # not built (or no usable libcrypto): the Python p
 else:
     _MISSING = ""
 
+__all__ = ["FAST_PATH", "FAST_PATH_REASON", "OPENSSL_VERSION", "FastPath", "TransportKey"]
+
 FastPath = Literal["native", "python"]
 
 

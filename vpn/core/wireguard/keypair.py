@@ -187,7 +187,8 @@ class Keypair:
         self.send_counter = counter + count
         remote = self.remote_index
         if self.native:
-            return send.seal_batch(packets, out, offset, mtu, remote, counter)
+            lengths: list[int] = send.seal_batch(packets, out, offset, mtu, remote, counter)
+            return lengths
         return self._seal_python(packets, out, offset, mtu, counter)
 
     def _seal_python(self, packets: Iterable[Buffer], out: bytearray | memoryview,
@@ -235,8 +236,9 @@ class Keypair:
             raise ValueError("seal_segments: count, full, last, gap or tail out of range")
         self.send_counter = counter + count
         if self.native:
-            return send.seal_segments(out, offset, count, full, last, gap, tail, mtu,
-                                      self.remote_index, counter)
+            sealed: tuple[int, int] = send.seal_segments(out, offset, count, full, last, gap,
+                                                         tail, mtu, self.remote_index, counter)
+            return sealed
         stride = gap + full + tail
         size, last_size = transport_size(full, mtu), transport_size(last, mtu)
         if size > stride or last_size > gap + last + tail:
@@ -288,12 +290,13 @@ class Keypair:
         local = self.local_index
         replay = self.replay
         if self.native and recv is not None:
-            lengths, replay.greatest, counts = recv.open_batch(
+            opened: list[int]
+            opened, replay.greatest, counts = recv.open_batch(
                 messages, out, offset, local, replay._seen, replay.greatest
             )
             if counts is not None and drops is not None:
                 _add_drops(drops, counts)
-            return lengths
+            return opened
         view = memoryview(out)
         seen = replay._seen
         validate = replay.validate

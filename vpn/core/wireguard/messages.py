@@ -116,7 +116,7 @@ def message_type(data: Buffer) -> int:
     """The type of a datagram after checking its length and reserved bytes."""
     if len(data) < 4:
         raise MessageError("too_short", f"{len(data)} bytes")
-    word = _U32.unpack_from(data)[0]
+    word: int = _U32.unpack_from(data)[0]
     kind = word & 0xFF
     if kind == MESSAGE_TRANSPORT:
         if len(data) < TRANSPORT_MIN_SIZE:
