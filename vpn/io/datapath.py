@@ -17,6 +17,7 @@ from vpn.core.keys import encode_key
 from vpn.core.offload import Coalesced, OffloadError, split
 from vpn.core.offload.gro import receive_coalescer
 from vpn.core.offload.gso import split_into
+from vpn.core.packet.headers import ip_destination
 from vpn.core.packet.icmp import UnreachableResponder
 from vpn.core.packet.virtio import NO_OFFLOAD, VirtioNetHeader
 from vpn.core.types import Address, Buffer, endpoint_text
@@ -145,14 +146,11 @@ class DataPath:
         by_peer: dict[Peer, list[tuple[VirtioNetHeader, memoryview]]] = {}
         for read in batch:
             packet = read[1]
-            version = packet[0] >> 4 if packet else 0
-            if version == 4 and len(packet) >= 20:
-                peer = lookup(packet[16:20])
-            elif version == 6 and len(packet) >= 40:
-                peer = lookup(packet[24:40])
-            else:
+            destination = ip_destination(packet)
+            if destination is None:
                 stats.drops["tun_not_ip"] += 1
                 continue
+            peer = lookup(destination)
             if peer is None:
                 stats.drops["no_peer_for_destination"] += 1
                 self._answer_unreachable(packet, now)

@@ -115,7 +115,7 @@ def receive(b: DataPath, receives: list[Receive], batches: int, *, ungrouped: bo
     del stats["udp"]["receives"]
     return {"frames": b.tun.frames, "stats": stats, "endpoint": peer.endpoint,  # type: ignore[attr-defined]
             "rx_bytes": peer.rx_bytes, "greatest": kp.replay.greatest if kp else None,
-            "seen": bytes(kp.replay._seen) if kp else None}
+            "seen": bytes(kp.replay.seen) if kp else None}
 
 
 def traffic(flows: list[tuple[int, int, bool]], *, one_flow: bool = False

@@ -125,3 +125,14 @@ def tcp_header_len(buf: Buffer, info: IPInfo) -> int:
     if start + doff > info.total_len:
         raise OffloadError("truncated_tcp", f"TCP header of {doff} bytes beyond the packet")
     return doff
+
+
+def ip_destination(packet: Buffer) -> Buffer | None:
+    """The destination address of an IPv4 or IPv6 packet (what AllowedIPs routes by), or
+    None when the packet is neither."""
+    version = packet[0] >> 4 if packet else 0
+    if version == 4 and len(packet) >= IPV4_HDR_LEN:
+        return packet[IPV4_DST:IPV4_DST + 4]
+    if version == 6 and len(packet) >= IPV6_HDR_LEN:
+        return packet[IPV6_DST:IPV6_DST + 16]
+    return None

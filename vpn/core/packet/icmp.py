@@ -8,6 +8,18 @@ from __future__ import annotations
 import struct
 
 from vpn.core.packet.checksum import checksum, pseudo_header_sum
+from vpn.core.packet.headers import (
+    IPV4_DST,
+    IPV4_FRAG,
+    IPV4_FRAG_OFFSET_MASK,
+    IPV4_HDR_LEN,
+    IPV4_PROTO,
+    IPV4_SRC,
+    IPV6_DST,
+    IPV6_HDR_LEN,
+    IPV6_NEXT_HEADER,
+    IPV6_SRC,
+)
 from vpn.core.types import Buffer
 
 PROTO_ICMP = 1
@@ -33,16 +45,16 @@ _ICMP = struct.Struct("!BBHI")
 
 def _v4_reply(packet: Buffer) -> bytes | None:
     ihl = (packet[0] & 0x0F) * 4
-    if ihl < 20 or len(packet) < ihl:
+    if ihl < IPV4_HDR_LEN or len(packet) < ihl:
         return None
-    src, dst = bytes(packet[12:16]), bytes(packet[16:20])
+    src, dst = bytes(packet[IPV4_SRC:IPV4_SRC + 4]), bytes(packet[IPV4_DST:IPV4_DST + 4])
     # No reply to an unspecified, multicast or broadcast source, nor to a packet sent to a
     # multicast or broadcast address (224/4 and 240/4 take in 255.255.255.255).
     if src[0] == 0 or src[0] >= 224 or dst[0] >= 224:
         return None
-    if ((packet[6] << 8) | packet[7]) & 0x1FFF:
+    if ((packet[IPV4_FRAG] << 8) | packet[IPV4_FRAG + 1]) & IPV4_FRAG_OFFSET_MASK:
         return None  # only the first fragment is answered
-    if packet[9] == PROTO_ICMP:
+    if packet[IPV4_PROTO] == PROTO_ICMP:
         if len(packet) <= ihl:
             return None
         kind = packet[ihl]
@@ -59,13 +71,13 @@ def _v4_reply(packet: Buffer) -> bytes | None:
 
 
 def _v6_reply(packet: Buffer) -> bytes | None:
-    src, dst = bytes(packet[8:24]), bytes(packet[24:40])
+    src, dst = bytes(packet[IPV6_SRC:IPV6_SRC + 16]), bytes(packet[IPV6_DST:IPV6_DST + 16])
     if src == bytes(16) or src[0] == 0xFF or dst[0] == 0xFF:
         return None
-    if packet[6] == PROTO_ICMPV6:
-        if len(packet) <= 40:
+    if packet[IPV6_NEXT_HEADER] == PROTO_ICMPV6:
+        if len(packet) <= IPV6_HDR_LEN:
             return None
-        kind = packet[40]
+        kind = packet[IPV6_HDR_LEN]
         if kind < 128 or kind == _ICMPV6_REDIRECT:
             return None
     quote = bytes(packet[: IPV6_REPLY_MAX - 48])
@@ -79,9 +91,9 @@ def _v6_reply(packet: Buffer) -> bytes | None:
 def unreachable(packet: Buffer) -> bytes | None:
     """The host/address-unreachable reply to `packet`, or None where none may be sent."""
     n = len(packet)
-    if n >= 20 and packet[0] >> 4 == 4:
+    if n >= IPV4_HDR_LEN and packet[0] >> 4 == 4:
         return _v4_reply(packet)
-    if n >= 40 and packet[0] >> 4 == 6:
+    if n >= IPV6_HDR_LEN and packet[0] >> 4 == 6:
         return _v6_reply(packet)
     return None
 

@@ -5,6 +5,14 @@ data path's and `Device.receive_transport`'s, goes through receive_run."""
 
 from __future__ import annotations
 
+from vpn.core.packet.headers import (
+    IPV4_HDR_LEN,
+    IPV4_SRC,
+    IPV4_TOTAL_LEN,
+    IPV6_HDR_LEN,
+    IPV6_PAYLOAD_LEN,
+    IPV6_SRC,
+)
 from vpn.core.types import Buffer
 
 
@@ -17,11 +25,15 @@ def inner_packet(packet: Buffer) -> tuple[int, Buffer] | str:
     n = len(packet)
     version = packet[0] >> 4 if n else 0
     if version == 4:
-        if n >= 20 and 20 <= (length := (packet[2] << 8) | packet[3]) <= n:
-            return length, packet[12:16]
+        if n >= IPV4_HDR_LEN and IPV4_HDR_LEN <= (length := _u16(packet, IPV4_TOTAL_LEN)) <= n:
+            return length, packet[IPV4_SRC:IPV4_SRC + 4]
     elif version == 6:
-        if n >= 40 and (length := 40 + ((packet[4] << 8) | packet[5])) <= n:
-            return length, packet[8:24]
+        if n >= IPV6_HDR_LEN and (length := IPV6_HDR_LEN + _u16(packet, IPV6_PAYLOAD_LEN)) <= n:
+            return length, packet[IPV6_SRC:IPV6_SRC + 16]
     else:
         return "inner_not_ip"
     return "dishonest_packet_size"
+
+
+def _u16(packet: Buffer, at: int) -> int:
+    return (packet[at] << 8) | packet[at + 1]

@@ -292,13 +292,13 @@ class Keypair:
         if self.native and recv is not None:
             opened: list[int]
             opened, replay.greatest, counts = recv.open_batch(
-                messages, out, offset, local, replay._seen, replay.greatest
+                messages, out, offset, local, replay.seen, replay.greatest
             )
             if counts is not None and drops is not None:
                 _add_drops(drops, counts)
             return opened
         view = memoryview(out)
-        seen = replay._seen
+        seen = replay.seen
         validate = replay.validate
         lengths: list[int] = []
         append = lengths.append
@@ -369,7 +369,7 @@ class Keypair:
         if self.native:
             (stop, offset, nrec, self.replay.greatest, fresh, nbytes, counts,
              sources) = self._recv.open_run(data, segment_size, start, out, offset,
-                                            self.local_index, self.replay._seen,
+                                            self.local_index, self.replay.seen,
                                             self.replay.greatest, records)
             if counts is not None:
                 for reason, n in zip(_RUN_DROP_REASONS, counts, strict=True):

@@ -29,14 +29,14 @@ assert REPLAY_SLOTS > REPLAY_WINDOW + 1 and not REPLAY_SLOTS & REPLAY_SLOT_MASK
 class ReplayWindow:
     """8192 byte slots (1: seen) and the greatest counter accepted so far."""
 
-    __slots__ = ("_seen", "greatest")
+    __slots__ = ("greatest", "seen")
 
     def __init__(self) -> None:
-        self._seen = bytearray(REPLAY_SLOTS)
+        self.seen = bytearray(REPLAY_SLOTS)
         self.greatest = 0  # greatest counter accepted so far
 
     def reset(self) -> None:
-        self._seen[:] = _ALL_CLEAR  # in place: the slots object never changes
+        self.seen[:] = _ALL_CLEAR  # in place: the slots object never changes
         self.greatest = 0
 
     def rejects(self, counter: int) -> bool:
@@ -45,7 +45,7 @@ class ReplayWindow:
         greatest = self.greatest
         return counter >= REJECT_AFTER_MESSAGES or (
             counter <= greatest
-            and (greatest - counter > REPLAY_WINDOW or self._seen[counter & REPLAY_SLOT_MASK] != 0)
+            and (greatest - counter > REPLAY_WINDOW or self.seen[counter & REPLAY_SLOT_MASK] != 0)
         )
 
     def validate(self, counter: int, limit: int = REJECT_AFTER_MESSAGES) -> bool:
@@ -54,7 +54,7 @@ class ReplayWindow:
             return False
         greatest = self.greatest
         if counter > greatest:
-            seen = self._seen
+            seen = self.seen
             skipped = counter - greatest - 1
             if skipped:
                 # Clear the slots of the counters jumped over (they were last used by
@@ -74,7 +74,7 @@ class ReplayWindow:
             return True
         if greatest - counter > REPLAY_WINDOW:
             return False
-        seen = self._seen
+        seen = self.seen
         slot = counter & REPLAY_SLOT_MASK
         if seen[slot]:
             return False

@@ -159,7 +159,7 @@ def test_rejects_is_validate_without_the_change(history: list[int], counter: int
     window = ReplayWindow()
     for seen in history:
         window.validate(seen)
-    state = (window.greatest, bytes(window._seen))
+    state = (window.greatest, bytes(window.seen))
     rejected = window.rejects(counter)
-    assert (window.greatest, bytes(window._seen)) == state
+    assert (window.greatest, bytes(window.seen)) == state
     assert rejected == (not window.validate(counter))

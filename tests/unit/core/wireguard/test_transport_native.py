@@ -59,7 +59,7 @@ def data(seed: int, n: int) -> bytes:
 
 def same_window(a: Keypair, b: Keypair) -> None:
     assert a.replay.greatest == b.replay.greatest
-    assert a.replay._seen == b.replay._seen
+    assert a.replay.seen == b.replay.seen
 
 
 def test_native_constants_match_the_protocol() -> None:
@@ -394,7 +394,7 @@ def test_receive_run_checks_its_numbers() -> None:
                      (message, 200, 0, bytearray(200), 201)):
             with pytest.raises(ValueError):
                 kp.receive_run(*args, bytearray(12), {})
-        assert kp.replay.greatest == 0 and not any(kp.replay._seen)
+        assert kp.replay.greatest == 0 and not any(kp.replay.seen)
     assert _transport.RECORD_LEN == 12 and _transport.MAX_SOURCES == keypair.MAX_SOURCES
 
 
