@@ -103,26 +103,22 @@ class Coalesced:
         return b"".join((self.header, *self.parts))
 
 
+@dataclass(slots=True, kw_only=True)
 class _Run:
     """Consecutive segments of one flow waiting to become a single frame."""
 
-    __slots__ = ("count", "hlen", "ihl", "is_tcp", "is_v4", "next_seq", "open", "packets",
-                 "psh", "seg_size", "sig", "total")
-
-    def __init__(self, pkt: Buffer, sig: _Signature, ihl: int, hlen: int, payload: int,
-                 total: int, next_seq: int, is_v4: bool, is_tcp: bool, open_: bool) -> None:
-        self.sig = sig
-        self.packets = [pkt]
-        self.ihl = ihl
-        self.hlen = hlen
-        self.seg_size = payload
-        self.total = total
-        self.next_seq = next_seq
-        self.is_v4 = is_v4
-        self.is_tcp = is_tcp
-        self.open = open_
-        self.psh = False
-        self.count = 1
+    sig: _Signature
+    packets: list[Buffer]
+    ihl: int  # IP header length
+    hlen: int  # IP and transport headers
+    seg_size: int  # the first segment's payload: every other but the last must match
+    total: int  # the frame's IP length so far
+    next_seq: int  # TCP: the sequence number the next segment must carry
+    is_v4: bool
+    is_tcp: bool
+    open: bool  # False once a segment ended the run (short, PSH, other flags)
+    psh: bool = False
+    count: int = 1
 
 
 def coalesce(packets: Iterable[Buffer], *, udp: bool = False,
@@ -283,9 +279,9 @@ def _add_tcp(out: list[Coalesced | _Run], flows: dict[object, _Run], key: object
         return
     if run is None and len(flows) >= MAX_FLOWS:
         flows.clear()
-    run = _Run(pkt, sig, ihl, hlen, payload, n, (seq + payload) & 0xFFFFFFFF, is_v4, True,
-               flags == _ACK)
-    run.psh = flags == _ACK_PSH
+    run = _Run(sig=sig, packets=[pkt], ihl=ihl, hlen=hlen, seg_size=payload, total=n,
+               next_seq=(seq + payload) & 0xFFFFFFFF, is_v4=is_v4, is_tcp=True,
+               open=flags == _ACK, psh=flags == _ACK_PSH)
     flows[key] = run
     out.append(run)
 
@@ -305,7 +301,8 @@ def _add_udp(out: list[Coalesced | _Run], flows: dict[object, _Run], key: object
         return
     if run is None and len(flows) >= MAX_FLOWS:
         flows.clear()
-    run = _Run(pkt, sig, ihl, ihl + 8, payload, n, 0, is_v4, False, True)
+    run = _Run(sig=sig, packets=[pkt], ihl=ihl, hlen=ihl + 8, seg_size=payload, total=n,
+               next_seq=0, is_v4=is_v4, is_tcp=False, open=True)
     flows[key] = run
     out.append(run)
 
