@@ -143,6 +143,15 @@ def del_address(name: str, cidr: str | IPInterface) -> None:
 
 
 @_rtnl
+def addresses(name: str, version: int) -> list[IPAddress]:
+    """The addresses of one family on interface `name`, in the kernel's order (as `ip addr`)."""
+    with _ipr() as ipr:
+        index = link_index(ipr, name)
+        return [ipaddress.ip_address(msg.get("IFA_ADDRESS"))
+                for msg in ipr.addr("dump", family=_family(version)) if msg["index"] == index]
+
+
+@_rtnl
 def _address(command: str, name: str, cidr: str | IPInterface) -> None:
     iface = ipaddress.ip_interface(cidr)
     with _ipr() as ipr:

@@ -1,7 +1,8 @@
 """The system side of bringing a tunnel interface up and down, the way wg-quick does it.
 
-Hooks, addresses, MTU, link state, DNS (dns.py), routes and fwmark rules (routes.py), in
-wg-quick's order; every step is recorded (steps.py) and undone exactly.
+Hooks, addresses, MTU, link state, DNS (dns.py), routes and fwmark rules (routes.py), a
+default route's firewall rules (firewall.py), in wg-quick's order; every step is recorded
+(steps.py) and undone exactly.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from vpn.core.types import IPAddress
-from vpn.host import dns, netlink, routes
+from vpn.host import dns, firewall, netlink, routes
 from vpn.host.hooks import run_hook, run_hooks_reporting
 from vpn.host.netlink import IPInterface, IPNetwork
 from vpn.host.steps import SetupError, Steps, reason, unless_gone
@@ -57,8 +58,9 @@ class Applied(Steps):
 def apply(setup: InterfaceSetup, *, run_hooks: bool = True) -> Applied:
     """Configure the existing interface `setup.ifname`; all or nothing.
 
-    Order as wg-quick: PreUp hooks, addresses, MTU, link up, DNS, routes (and rules),
-    PostUp hooks. On failure every step already taken is undone and SetupError raised.
+    Order as wg-quick: PreUp hooks, addresses, MTU, link up, DNS, routes (their rules and
+    a default route's firewall), PostUp hooks. On failure every step already taken is
+    undone and SetupError raised.
     """
     # Everything that can be checked without touching the system is, first.
     table = routes.parse_table(setup.table)
@@ -102,6 +104,8 @@ def apply(setup: InterfaceSetup, *, run_hooks: bool = True) -> Applied:
             )
             if default_table is not None:
                 applied.default_table = applied.fwmark = default_table
+                full = sorted({n.version for n in setup.allowed_ips if n.prefixlen == 0})
+                firewall.add_default(applied, setup.ifname, full, default_table)
         if run_hooks:
             for command in setup.post_up:
                 run_hook("PostUp", command, setup.ifname)
