@@ -24,6 +24,7 @@ from vpn.control import running, uapi
 from vpn.control.config import load, to_text
 from vpn.control.config_model import Config, ConfigError, PeerConfig
 from vpn.control.config_model import Endpoint as EndpointAddress
+from vpn.control.show import plural
 from vpn.control.uapi import UapiError
 from vpn.control.uapi_server import SOCKET_DIR, UapiServer, UapiServerError
 from vpn.core.keys import encode_key
@@ -156,10 +157,10 @@ class Endpoint:
             loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         log.info(
             "interface %s up: listen port %d, MTU %d, TUN offloads %s, UDP GSO %s, GRO %s, "
-            "fast path %s, %d peer(s)",
+            "fast path %s, %s",
             self.name, self.udp.port, self.mtu, self.tun.offload.describe(),
             "on" if self.udp.gso_enabled else "off", "on" if self.udp.gro_enabled else "off",
-            native.fast_path()[1], len(device.peers),
+            native.fast_path()[1], plural(len(device.peers), "peer"),
         )
         now = self.clock()
         for peer in owed_keepalive:
@@ -321,8 +322,8 @@ class Endpoint:
             raise UapiError(uapi.EINVAL, str(error)) from None
         # fwmark None (absent from the file) keeps what runs, e.g. the mark Table=auto chose.
         self.uapi_set(running.config_changes(config, endpoints, current=list(device.peers)))
-        log.info("interface %s: configuration reloaded from %s (%d peers)", self.name,
-                 config.path, len(config.peers))
+        log.info("interface %s: configuration reloaded from %s (%s)", self.name,
+                 config.path, plural(len(config.peers), "peer"))
 
     def _on_sighup(self) -> None:
         async def run() -> None:
