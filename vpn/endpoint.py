@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +32,7 @@ from vpn.core.wireguard import Device, Peer
 from vpn.core.wireguard.changes import ChangeError, ChangeSet, DeviceSnapshot
 from vpn.core.wireguard.peer import PeerEvent
 from vpn.host import netsetup
+from vpn.host import resolve as host_resolve
 from vpn.io import native
 from vpn.io.datapath import DataPath
 from vpn.io.tun import TunDevice, TunError
@@ -445,12 +445,14 @@ async def resolve_all(loop: asyncio.AbstractEventLoop, config: Config) -> dict[b
 async def resolve(
     loop: asyncio.AbstractEventLoop, endpoint: EndpointAddress | None
 ) -> Address | None:
-    """A config Endpoint (IP literal or host name) as an (ip, port) address."""
+    """A config Endpoint (IP literal or host name) as an (ip, port) address, retried as
+    `wg` retries (WG_ENDPOINT_RESOLUTION_RETRIES)."""
     if endpoint is None:
         return None
     try:
-        infos = await loop.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_DGRAM)
-    except OSError as err:
-        raise EndpointError(f"cannot resolve endpoint {endpoint}: {err}") from None
-    family_order = sorted(infos, key=lambda info: info[0] != socket.AF_INET)
-    return str(family_order[0][4][0]), endpoint.port
+        return await host_resolve.resolve(loop, endpoint.host, endpoint.port,
+                                          attempts_left=host_resolve.retries())
+    except ValueError as err:
+        raise EndpointError(str(err)) from None
+    except host_resolve.ResolveError as err:
+        raise EndpointError(f"cannot resolve endpoint {endpoint}: {err.strerror}") from None
