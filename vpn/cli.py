@@ -131,6 +131,7 @@ def _load(arg: str, interface: str | None = None) -> config.Config | None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from vpn.control.show import plural
     from vpn.host import dns, steps
 
     conf = _load(args.path, args.interface)
@@ -141,8 +142,6 @@ def cmd_check(args: argparse.Namespace) -> int:
             dns.check_resolvconf(conf.interface.dns_servers, conf.interface.dns_search)
         except steps.SetupError as error:
             print(f"Warning: {error}: `vpn up` will fail", file=sys.stderr)
-    from vpn.control.show import plural
-
     print(f"{conf.interface_name}: ok, {plural(len(conf.interface.addresses), 'address', 'es')}"
           f", {plural(len(conf.peers), 'peer')}")
     return EXIT_OK

@@ -191,8 +191,8 @@ def checked_interface_name(name: str, path: str) -> str:
 
 
 def stem(path: str) -> str:
-    """The interface name a config file gives: its name before ".conf" (PurePath.stem
-    would keep "x.conf" of "x.conf.conf" whole)."""
+    """The interface name a config file gives, as wg-quick takes it: the file's name
+    before ".conf" (another file's, its stem)."""
     name = PurePath(path).name
     return name.removesuffix(".conf") if name.endswith(".conf") else PurePath(path).stem
 
