@@ -1,7 +1,7 @@
 #!/bin/sh
 # Entry point of the endpoint image.
 #
-#   vpn-entrypoint up /etc/vpn/NAME.conf [ARGS]   bring the tunnel up (`vpn up`), as PID 1
+#   vpn-entrypoint up /etc/vpn/NAME.conf [ARGS]   bring the tunnel up (`vpn up --foreground`), as PID 1
 #   vpn-entrypoint idle                            only wait (a plain host: client, lan)
 #   vpn-entrypoint COMMAND...                      run COMMAND
 #
@@ -32,7 +32,7 @@ up)
     chmod 700 /run/vpn
     conf=/run/vpn/$(basename "$src")
     (umask 077 && cat "$src" >"$conf")
-    exec vpn up "$conf" "$@"
+    exec vpn up --foreground "$conf" "$@"
     ;;
 idle)
     # PID 1 ignores signals it has no handler for: trap them so `docker stop` is immediate.

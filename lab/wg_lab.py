@@ -136,9 +136,10 @@ class WgPair:
 
 
 def start_vpn(host: Host, config: Path) -> Process:
-    """`vpn -v up CONFIG` in `host`, once it has logged that the interface is up."""
+    """`vpn -v up --foreground CONFIG` in `host`, once it has logged that the interface is up."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = host.start(sys.executable, "-m", "vpn.cli", "-v", "up", str(config), env=env)
+    proc = host.start(sys.executable, "-m", "vpn.cli", "-v", "up", "--foreground", str(config),
+                      env=env)
     # Generous: a loaded 2-core machine can take many seconds (1,000 peers' routes), and the
     # bound only matters when the endpoint never comes up.
     deadline = time.monotonic() + 90

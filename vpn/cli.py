@@ -1,7 +1,9 @@
 """The `vpn` command: a thin argparse shell over the library, one function per subcommand.
 
 Key commands match `wg genkey`, `wg pubkey` and `wg genpsk` byte for byte; `check` validates a
-config file without touching the system. Add a subcommand by adding a `Command` to `COMMANDS`.
+config file without touching the system. As for wg-quick, a config argument is a file or a bare
+interface name (wg0: /etc/wireguard/wg0.conf). Add a subcommand by adding a `Command` to
+`COMMANDS`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ EXIT_FAILURE = 1  # what `wg` returns for a bad key
 EXIT_CONFIG = 2  # a bad config file (also argparse's code for a bad command line)
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+SYSLOG_SOCKET = "/dev/log"
 
 
 @dataclass(frozen=True)
@@ -92,26 +95,63 @@ def cmd_pubkey(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+CONFIG_HELP = "the config file (wg-quick format), or an interface name: /etc/wireguard/NAME.conf"
+
+
+def _add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", metavar="CONFIG_FILE|INTERFACE", help=CONFIG_HELP)
+
+
 def _add_check_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", help="the config file, wg-quick format")
+    _add_config_argument(parser)
     parser.add_argument(
         "--interface", metavar="NAME", help="interface name (default: the file's stem)"
     )
 
 
-def cmd_check(args: argparse.Namespace) -> int:
+def _add_up_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_check_arguments(parser)
+    parser.add_argument(
+        "-f", "--foreground", action="store_true",
+        help="stay in the foreground, logging to stderr, until SIGINT/SIGTERM (systemd, "
+        "containers); by default return once the interface is up and log to syslog",
+    )
+
+
+def _load(arg: str, interface: str | None = None) -> config.Config | None:
+    """A config argument loaded, its warnings printed; None (error printed) when bad."""
     try:
-        conf, warnings = config.load(args.path, args.interface)
+        conf, warnings = config.load(config.config_path(arg), interface)
     except config.ConfigError as error:
         print(error, file=sys.stderr)
-        return EXIT_CONFIG
+        return None
     for warning in warnings:
         print(warning, file=sys.stderr)
-    addresses, peers = len(conf.interface.addresses), len(conf.peers)
-    print(
-        f"{conf.interface_name}: ok, {addresses} address{'es' * (addresses != 1)}, "
-        f"{peers} peer{'s' * (peers != 1)}"
-    )
+    return conf
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from vpn.control.show import plural
+    from vpn.host import dns, steps
+
+    conf = _load(args.path, args.interface)
+    if conf is None:
+        return EXIT_CONFIG
+    if conf.interface.dns_servers or conf.interface.dns_search:
+        try:
+            dns.check_resolvconf(conf.interface.dns_servers, conf.interface.dns_search)
+        except steps.SetupError as error:
+            print(f"Warning: {error}: `vpn up` will fail", file=sys.stderr)
+    print(f"{conf.interface_name}: ok, {plural(len(conf.interface.addresses), 'address', 'es')}"
+          f", {plural(len(conf.peers), 'peer')}")
+    return EXIT_OK
+
+
+def cmd_strip(args: argparse.Namespace) -> int:
+    conf = _load(args.path)
+    if conf is None:
+        return EXIT_CONFIG
+    print(config.strip_text(conf), end="")
     return EXIT_OK
 
 
@@ -120,18 +160,49 @@ def cmd_up(args: argparse.Namespace) -> int:
     import uvloop
 
     from vpn.endpoint import Endpoint
+    from vpn.host.background import run_in_background
 
     try:
-        endpoint = Endpoint.from_config(args.path, interface=args.interface)
+        endpoint = Endpoint.from_config(config.config_path(args.path), interface=args.interface)
     except config.ConfigError as error:
         print(error, file=sys.stderr)
         return EXIT_CONFIG
-    return uvloop.run(_serve(endpoint))
+    if args.foreground:
+        return uvloop.run(_serve(endpoint, lambda: None))
+
+    def serve(ready: Callable[[], None]) -> int:
+        def detached() -> None:
+            ready()
+            _log_to_syslog()
+
+        return uvloop.run(_serve(endpoint, detached))
+
+    return run_in_background(serve)
 
 
-async def _serve(endpoint: Endpoint) -> int:
-    """Run until SIGINT or SIGTERM, then take everything down again."""
+def _log_to_syslog() -> None:
+    """In the background stderr is /dev/null: the log goes to syslog (the journal) instead."""
+    import logging.handlers
+
+    root = logging.getLogger()
+    for stream in [h for h in root.handlers if isinstance(h, logging.StreamHandler)]:
+        root.removeHandler(stream)
+    try:
+        handler = logging.handlers.SysLogHandler(
+            SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+    except OSError:  # no syslog (a container): WARNING and worse go to /dev/null as well
+        pass
+    else:
+        handler.setFormatter(logging.Formatter(f"{PROG}[%(process)d]: %(name)s: %(message)s"))
+        handler.addFilter(_quiet_pyroute2)
+        root.addHandler(handler)
+
+
+async def _serve(endpoint: Endpoint, ready: Callable[[], None]) -> int:
+    """Run until SIGINT or SIGTERM, then take everything down again; `ready()` once the
+    interface is up and serving (systemd hears READY=1 then, STOPPING=1 at teardown)."""
     from vpn.endpoint import StartError, ignore_sighup
+    from vpn.host import notify
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -145,8 +216,11 @@ async def _serve(endpoint: Endpoint) -> int:
         logging.getLogger("vpn").error("cannot bring %s up: %s", endpoint.name, error)
         return EXIT_FAILURE
     try:
+        notify.notify(notify.READY)
+        ready()
         await stop.wait()
     finally:
+        notify.notify(notify.STOPPING)
         await endpoint.stop()
     return EXIT_OK
 
@@ -164,7 +238,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from vpn.control import show, uapi, uapi_server
 
     names = [args.interface] if args.interface else uapi_server.interfaces()
-    views, status = [], EXIT_OK
+    views, status, problem = [], EXIT_OK, ""
     for name in names:
         try:
             answers = uapi_server.request(
@@ -178,7 +252,8 @@ def cmd_show(args: argparse.Namespace) -> int:
                 print(f"{PROG}: {name}: stale management socket (no endpoint serves it), "
                       "skipped", file=sys.stderr)
                 continue
-            print(f"{PROG}: {name}: cannot read the interface: {error}", file=sys.stderr)
+            problem = _unreachable(error)
+            print(f"{PROG}: {name}: {problem}", file=sys.stderr)
             status = EXIT_FAILURE
             continue
         try:
@@ -187,15 +262,35 @@ def cmd_show(args: argparse.Namespace) -> int:
         except (uapi.UapiError, ValueError):
             stats = None
         views.append(show.show_view(name, snapshot, stats))
+    if args.interface and not views:  # the one interface asked for: its error, not []
+        if args.json:
+            print(json.dumps({"interface": args.interface, "error": problem}, indent=2))
+        return status
     if args.json:
-        print(json.dumps(views[0] if args.interface and views else views, indent=2))
-    else:
+        print(json.dumps(views[0] if args.interface else views, indent=2))
+    elif views:
         print("\n\n".join(show.show_text(view, time.time()) for view in views))
     return status
 
 
+def _unreachable(error: Exception) -> str:
+    if isinstance(error, FileNotFoundError):
+        return "no such interface (no endpoint's management socket by that name)"
+    return f"cannot reach the endpoint: {error}"
+
+
 def _add_down_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("interface", help="interface name")
+    parser.add_argument("interface", metavar="CONFIG_FILE|INTERFACE",
+                        help="the interface, or its config file (the interface is its stem)")
+
+
+def _interface(args: argparse.Namespace) -> str | None:
+    """The interface named by a CONFIG_FILE|INTERFACE argument; None (error printed)."""
+    try:
+        return config.interface_of(args.interface)
+    except config.ConfigError as error:
+        print(error, file=sys.stderr)
+        return None
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -204,21 +299,23 @@ def cmd_down(args: argparse.Namespace) -> int:
 
     from vpn.control import uapi, uapi_server
 
+    name = _interface(args)
+    if name is None:
+        return EXIT_CONFIG
     try:
-        path = uapi_server.socket_path(args.interface)
-        answers = uapi_server.request(args.interface, f"{uapi.OP_DOWN}\n\n")
+        path = uapi_server.socket_path(name)
+        answers = uapi_server.request(name, f"{uapi.OP_DOWN}\n\n")
     except OSError as error:
-        print(f"{PROG}: {args.interface}: cannot reach the endpoint: {error}", file=sys.stderr)
+        print(f"{PROG}: {name}: {_unreachable(error)}", file=sys.stderr)
         return EXIT_FAILURE
     if not answers or answers[0] != ["errno=0"]:
-        print(f"{PROG}: {args.interface}: the endpoint refused to stop: {answers}",
-              file=sys.stderr)
+        print(f"{PROG}: {name}: the endpoint refused to stop: {answers}", file=sys.stderr)
         return EXIT_FAILURE
     # The endpoint removes its socket last-but-one, after the interface and routes.
     deadline = time.monotonic() + 15
     while path.exists():
         if time.monotonic() > deadline:
-            print(f"{PROG}: {args.interface}: still running after 15 s", file=sys.stderr)
+            print(f"{PROG}: {name}: still running after 15 s", file=sys.stderr)
             return EXIT_FAILURE
         time.sleep(0.05)
     return EXIT_OK
@@ -228,15 +325,45 @@ def cmd_reload(args: argparse.Namespace) -> int:
     """Ask a running endpoint to re-read its config file (as SIGHUP does), and wait for it."""
     from vpn.control import uapi, uapi_server
 
+    name = _interface(args)
+    if name is None:
+        return EXIT_CONFIG
     try:
-        answers = uapi_server.request(args.interface, f"{uapi.OP_RELOAD}\n\n", timeout=30)
+        answers = uapi_server.request(name, f"{uapi.OP_RELOAD}\n\n", timeout=30)
     except OSError as error:
-        print(f"{PROG}: {args.interface}: cannot reach the endpoint: {error}", file=sys.stderr)
+        print(f"{PROG}: {name}: {_unreachable(error)}", file=sys.stderr)
         return EXIT_FAILURE
     if not answers or answers[0] != ["errno=0"]:
-        said = answers[0][-1] if answers else "no answer"
-        print(f"{PROG}: {args.interface}: reload refused ({said}); the endpoint's log says why, "
-              "nothing was changed", file=sys.stderr)
+        lines = answers[0] if answers else ["no answer"]
+        # The endpoint's reason (the file:line:key of a bad file), else its errno.
+        said = next((ln[len("error="):] for ln in lines if ln.startswith("error=")), lines[-1])
+        print(f"{PROG}: {name}: reload refused, nothing was changed: {said}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def cmd_save(args: argparse.Namespace) -> int:
+    """As `wg-quick save`: the running key, port, mark and peers (endpoints as last seen)
+    written into the config file; the file's own wg-quick keys stay as they are."""
+    from pathlib import Path
+
+    from vpn.control import running, uapi, uapi_server
+
+    conf = _load(args.interface)
+    name = _interface(args)
+    if conf is None or name is None:
+        return EXIT_CONFIG
+    try:
+        answers = uapi_server.request(name, f"{uapi.OP_GET}\n\n")
+        snapshot = uapi.parse_get(answers[0] if answers else [])
+    except (OSError, uapi.UapiError, ValueError) as error:
+        print(f"{PROG}: {name}: {_unreachable(error)}", file=sys.stderr)
+        return EXIT_FAILURE
+    saved = running.running_config(conf, snapshot, record_port=True)
+    try:
+        running.write_atomically(Path(conf.path), config.to_text(saved))
+    except OSError as error:
+        print(f"{PROG}: cannot write {conf.path}: {error.strerror}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
 
@@ -252,10 +379,17 @@ COMMANDS: tuple[Command, ...] = (
         _add_check_arguments,
     ),
     Command(
+        "strip",
+        "print the config without wg-quick's keys, as `wg setconf` takes it (wg-quick strip)",
+        cmd_strip,
+        _add_config_argument,
+    ),
+    Command(
         "up",
-        "bring an interface up from a config file and serve it until SIGINT/SIGTERM",
+        "bring an interface up from a config file, as `wg-quick up`; serve it until "
+        "`vpn down`, SIGINT or SIGTERM",
         cmd_up,
-        _add_check_arguments,
+        _add_up_arguments,
     ),
     Command(
         "show",
@@ -268,6 +402,12 @@ COMMANDS: tuple[Command, ...] = (
         "reload",
         "re-read a running endpoint's config file and apply the difference (as SIGHUP)",
         cmd_reload,
+        _add_down_arguments,
+    ),
+    Command(
+        "save",
+        "write the running configuration into the config file (wg-quick save)",
+        cmd_save,
         _add_down_arguments,
     ),
 )
@@ -284,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="A WireGuard-compatible VPN endpoint with TUN offloads."
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         sub_parser = sub.add_parser(
@@ -295,11 +436,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("vpn")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
+
+
 def setup_logging(verbosity: int) -> None:
     logging.basicConfig(format=LOG_FORMAT, stream=sys.stderr)
-    # Set the level apart: basicConfig does nothing at all when a host program (or pytest)
-    # already installed handlers, and -v must still take effect.
-    logging.getLogger().setLevel(logging.DEBUG if verbosity else logging.INFO)
+    # Set the levels apart: basicConfig does nothing at all when a host program (or pytest)
+    # already installed handlers, and -v must still take effect. -v is our own debug lines:
+    # the libraries' (asyncio's "Using selector", ...) stay at INFO.
+    logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger(PROG).setLevel(logging.DEBUG if verbosity else logging.INFO)
     # pyroute2 narrates every netlink message at DEBUG (and sets its loggers' levels itself):
     # too much even for -v, so its records below WARNING are filtered at the handler.
     for handler in logging.getLogger().handlers:

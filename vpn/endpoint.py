@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from vpn.control import running, uapi
 from vpn.control.config import load, to_text
 from vpn.control.config_model import Config, ConfigError, PeerConfig
 from vpn.control.config_model import Endpoint as EndpointAddress
+from vpn.control.show import plural
 from vpn.control.uapi import UapiError
 from vpn.control.uapi_server import SOCKET_DIR, UapiServer, UapiServerError
 from vpn.core.keys import encode_key
@@ -32,6 +32,7 @@ from vpn.core.wireguard import Device, Peer
 from vpn.core.wireguard.changes import ChangeError, ChangeSet, DeviceSnapshot
 from vpn.core.wireguard.peer import PeerEvent
 from vpn.host import netsetup
+from vpn.host import resolve as host_resolve
 from vpn.io import native
 from vpn.io.datapath import DataPath
 from vpn.io.tun import TunDevice, TunError
@@ -156,10 +157,10 @@ class Endpoint:
             loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         log.info(
             "interface %s up: listen port %d, MTU %d, TUN offloads %s, UDP GSO %s, GRO %s, "
-            "fast path %s, %d peer(s)",
+            "fast path %s, %s",
             self.name, self.udp.port, self.mtu, self.tun.offload.describe(),
             "on" if self.udp.gso_enabled else "off", "on" if self.udp.gro_enabled else "off",
-            native.fast_path()[1], len(device.peers),
+            native.fast_path()[1], plural(len(device.peers), "peer"),
         )
         now = self.clock()
         for peer in owed_keepalive:
@@ -321,8 +322,8 @@ class Endpoint:
             raise UapiError(uapi.EINVAL, str(error)) from None
         # fwmark None (absent from the file) keeps what runs, e.g. the mark Table=auto chose.
         self.uapi_set(running.config_changes(config, endpoints, current=list(device.peers)))
-        log.info("interface %s: configuration reloaded from %s (%d peers)", self.name,
-                 config.path, len(config.peers))
+        log.info("interface %s: configuration reloaded from %s (%s)", self.name,
+                 config.path, plural(len(config.peers), "peer"))
 
     def _on_sighup(self) -> None:
         async def run() -> None:
@@ -444,12 +445,14 @@ async def resolve_all(loop: asyncio.AbstractEventLoop, config: Config) -> dict[b
 async def resolve(
     loop: asyncio.AbstractEventLoop, endpoint: EndpointAddress | None
 ) -> Address | None:
-    """A config Endpoint (IP literal or host name) as an (ip, port) address."""
+    """A config Endpoint (IP literal or host name) as an (ip, port) address, retried as
+    `wg` retries (WG_ENDPOINT_RESOLUTION_RETRIES)."""
     if endpoint is None:
         return None
     try:
-        infos = await loop.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_DGRAM)
-    except OSError as err:
-        raise EndpointError(f"cannot resolve endpoint {endpoint}: {err}") from None
-    family_order = sorted(infos, key=lambda info: info[0] != socket.AF_INET)
-    return str(family_order[0][4][0]), endpoint.port
+        return await host_resolve.resolve(loop, endpoint.host, endpoint.port,
+                                          attempts_left=host_resolve.retries())
+    except ValueError as err:
+        raise EndpointError(str(err)) from None
+    except host_resolve.ResolveError as err:
+        raise EndpointError(f"cannot resolve endpoint {endpoint}: {err.strerror}") from None

@@ -259,6 +259,7 @@ def test_stale_socket_replaced_live_one_refused(lab: Lab) -> None:
     pair.b.ifname = name
     config = pair.write_config(pair.b)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # In the background (no --foreground): the start error and status reach the shell.
     second = subprocess.run(pair.b.host.command([sys.executable, "-m", "vpn.cli", "up",
                                                  str(config)]),
                             capture_output=True, text=True, env=env, timeout=30)
@@ -299,7 +300,8 @@ def test_reload_connection_bound_and_errors(lab: Lab) -> None:
     # a broken file: refused, nothing changed, still forwarding
     a.config.write_text(original + "[Peer]\nPublicKey = nonsense\n")
     failed = _vpn(pair, "reload", name, check=False)
-    assert failed.returncode == 1 and "errno=-22" in failed.stderr
+    assert failed.returncode == 1 and f"{a.config}:" in failed.stderr
+    assert "PublicKey: not a base64-encoded 32-byte key" in failed.stderr
     assert list(_peers(pair)) == [b.public]
     _ping(pair)
 

@@ -29,10 +29,11 @@ PUB = public_from_private(PRIV)
 
 @pytest.fixture(autouse=True)
 def keep_log_level() -> Iterator[None]:
-    root = logging.getLogger()
-    level = root.level
+    loggers = [logging.getLogger(), logging.getLogger("vpn")]
+    levels = [logger.level for logger in loggers]
     yield
-    root.setLevel(level)
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)
 
 
 def feed(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
@@ -215,7 +216,9 @@ def test_check_bad(
 )
 def test_verbose(argv: list[str], level: int, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(argv) == 0
-    assert logging.getLogger().level == level
+    assert logging.getLogger("vpn.endpoint").getEffectiveLevel() == level
+    # -v is the endpoint's own debug lines, not asyncio's "Using selector: EpollSelector".
+    assert not logging.getLogger("asyncio").isEnabledFor(logging.DEBUG)
 
 
 def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,9 +8,38 @@ from __future__ import annotations
 
 import os
 
-from vpn.control.config_model import Config, ConfigError, quote
+from vpn.control.config_model import (
+    INTERFACE_NAME,
+    Config,
+    ConfigError,
+    checked_interface_name,
+    quote,
+    stem,
+)
 from vpn.control.config_parse import parse
 from vpn.core.keys import encode_key
+
+# wg-quick's one place for configs: `wg-quick up wg0` reads /etc/wireguard/wg0.conf.
+CONFIG_DIR = "/etc/wireguard"
+
+
+def _bare(arg: str) -> bool:
+    """A CONFIG_FILE|INTERFACE argument that is meant as a name: no slash, no .conf."""
+    return "/" not in arg and not arg.endswith(".conf")
+
+
+def config_path(arg: str) -> str:
+    """A command's CONFIG_FILE|INTERFACE argument as a path, as wg-quick reads it: a bare
+    interface name is the file of that name in /etc/wireguard."""
+    if _bare(arg) and INTERFACE_NAME.fullmatch(arg):
+        return os.path.join(CONFIG_DIR, f"{arg}.conf")
+    return arg
+
+
+def interface_of(arg: str) -> str:
+    """A CONFIG_FILE|INTERFACE argument as the interface name (a file's name is its stem,
+    as for `vpn up`); raises ConfigError for a name that is not a valid interface name."""
+    return checked_interface_name(arg if _bare(arg) else stem(arg), arg)
 
 
 def load(path: str | os.PathLike[str], name: str | None = None) -> tuple[Config, list[str]]:
@@ -27,13 +56,14 @@ def load(path: str | os.PathLike[str], name: str | None = None) -> tuple[Config,
     except OSError as error:
         raise ConfigError(path, None, None, f"cannot read: {error.strerror or error}") from None
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a leading BOM (Windows editors) is not text
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
         raise ConfigError(path, line, None, "not UTF-8 text") from None
-    config = parse(text, path, name)
+    warnings: list[str] = []
+    config = parse(text, path, name, warnings)
     _ = config.interface_name
-    return config, _permission_warnings(path, file_mode)
+    return config, _permission_warnings(path, file_mode) + warnings
 
 
 def _permission_warnings(path: str, file_mode: int) -> list[str]:
@@ -94,3 +124,14 @@ def to_text(config: Config) -> str:
         if peer.persistent_keepalive is not None:
             lines.append(f"PersistentKeepalive = {peer.persistent_keepalive}")
     return "\n".join(lines) + "\n"
+
+
+# What `wg-quick strip` removes, and our own Offload: the keys `wg setconf` does not know.
+NOT_FOR_SETCONF = frozenset(("Address", "MTU", "DNS", "Table", "PreUp", "PostUp", "PreDown",
+                             "PostDown", "SaveConfig", "Offload"))
+
+
+def strip_text(config: Config) -> str:
+    """The config as `wg setconf` takes it (what `wg-quick strip` prints)."""
+    lines = to_text(config).splitlines()
+    return "\n".join(ln for ln in lines if ln.split(" = ", 1)[0] not in NOT_FOR_SETCONF) + "\n"

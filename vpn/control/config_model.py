@@ -48,13 +48,14 @@ class ConfigError(ValueError):
         return (type(self), (self.path, self.line, self.key, self.reason))
 
 
-def quote(value: str) -> str:
+def quote(value: str, *, hide_keys: bool = True) -> str:
     """Quote a value for a message, cut short so a junk line stays readable.
 
     A key pasted on the wrong line must not reach a log either, so long base64 or hex runs
     are hidden: no config value has a reason to contain one.
     """
-    value = _KEY_LIKE.sub("<hidden>", value)
+    if hide_keys:
+        value = _KEY_LIKE.sub("<hidden>", value)
     return repr(value if len(value) <= 64 else value[:61] + "...")
 
 
@@ -170,20 +171,28 @@ class Config:
     @property
     def interface_name(self) -> str:
         """The interface name, checked as wg-quick checks it; raises ConfigError."""
-        name = self.name if self.name is not None else _stem(self.path)
-        if not INTERFACE_NAME.fullmatch(name):
-            raise ConfigError(
-                self.path,
-                None,
-                None,
-                f"{quote(name)} is not a valid interface name "
-                "(1 to 15 characters from a-z A-Z 0-9 _ = + . -)",
-            )
+        return checked_interface_name(self.name if self.name is not None else stem(self.path),
+                                      self.path)
+
+
+def checked_interface_name(name: str, path: str) -> str:
+    """`name` when it is a valid interface name; raises ConfigError naming it (a name is
+    not key material, so it is shown whole, up to 64 characters)."""
+    if INTERFACE_NAME.fullmatch(name):
         return name
+    too_long = f", not {len(name)}" if len(name) > 15 else ""
+    raise ConfigError(
+        path,
+        None,
+        None,
+        f"{quote(name, hide_keys=False)} is not a valid interface name "
+        f"(1 to 15 characters{too_long}, from a-z A-Z 0-9 _ = + . -)",
+    )
 
 
-def _stem(path: str) -> str:
-    # wg-quick takes the name before ".conf"; PurePath.stem would keep ".conf" whole.
+def stem(path: str) -> str:
+    """The interface name a config file gives, as wg-quick takes it: the file's name
+    before ".conf" (another file's, its stem)."""
     name = PurePath(path).name
     return name.removesuffix(".conf") if name.endswith(".conf") else PurePath(path).stem
 

@@ -165,6 +165,13 @@ def _networks(text: str) -> tuple[IPNetwork, ...]:
     return tuple(out)
 
 
+def _nonzero_host_parts(text: str) -> list[str]:
+    """wg's warning for each AllowedIPs entry whose host bits are set (already parsed)."""
+    return [f"Warning: AllowedIP has nonzero host part: {item}"
+            for item in _items(text, spaces_separate=False)
+            if ipaddress.ip_interface(item).ip != ipaddress.ip_network(item, strict=False)[0]]
+
+
 def _dns(text: str) -> tuple[IPAddress | str, ...]:
     out: list[IPAddress | str] = []
     for item in _items(text, spaces_separate=True):
@@ -193,6 +200,7 @@ class _Key:
     section: str  # "Interface" or "Peer"
     parse: Callable[[str], Any]
     repeats: bool = False  # repeated lines accumulate instead of being an error
+    warn: Callable[[str], list[str]] | None = None  # warnings about a value that parsed
 
 
 _KEYS = {
@@ -213,7 +221,7 @@ _KEYS = {
         _Key("Offload", "Interface", _bool("on", "off")),
         _Key("PublicKey", "Peer", _key),
         _Key("PresharedKey", "Peer", _key),
-        _Key("AllowedIPs", "Peer", _networks, repeats=True),
+        _Key("AllowedIPs", "Peer", _networks, repeats=True, warn=_nonzero_host_parts),
         _Key("Endpoint", "Peer", _endpoint),
         _Key("PersistentKeepalive", "Peer", _keepalive),
     )
@@ -230,7 +238,7 @@ class _Section:
     lines: dict[str, int] = field(default_factory=dict)
 
 
-def _read_sections(text: str, path: str) -> list[_Section]:
+def _read_sections(text: str, path: str, warnings: list[str]) -> list[_Section]:
     sections: list[_Section] = []
     for number, raw in enumerate(text.split("\n"), start=1):
         fail = functools.partial(ConfigError, path, number)
@@ -267,6 +275,8 @@ def _read_sections(text: str, path: str) -> list[_Section]:
             parsed = spec.parse(value)
         except _Invalid as error:
             raise fail(spec.name, str(error)) from None
+        if spec.warn is not None:
+            warnings += [f"{path}:{number}: {warning}" for warning in spec.warn(value)]
         section.lines.setdefault(spec.name, number)
         if not spec.repeats:
             section.values[spec.name] = parsed
@@ -323,13 +333,15 @@ def _build_peer(section: _Section, path: str) -> PeerConfig:
     )
 
 
-def parse(text: str, path: str = "<string>", name: str | None = None) -> Config:
+def parse(text: str, path: str = "<string>", name: str | None = None,
+          warnings: list[str] | None = None) -> Config:
     """Parse and validate config text; ``path`` is for messages and the interface name.
 
     ``name`` overrides the interface name taken from the path, and is checked at once.
-    Raises ConfigError on the first problem, top to bottom.
+    Raises ConfigError on the first problem, top to bottom; what is accepted but worth a
+    word (wg's warnings) is appended to ``warnings``.
     """
-    sections = _read_sections(text, path)
+    sections = _read_sections(text, path, [] if warnings is None else warnings)
     interfaces = [s for s in sections if s.kind == "Interface"]
     if not interfaces:
         raise ConfigError(path, None, None, "no [Interface] section")

@@ -89,13 +89,18 @@ def _bytes(n: int) -> str:
     return str(size)  # pragma: no cover
 
 
+def plural(count: int, noun: str, suffix: str = "s") -> str:
+    """"1 peer", "2 peers": a count as people write it."""
+    return f"{count} {noun}{suffix * (count != 1)}"
+
+
 def _ago(seconds: float) -> str:
     seconds = max(0, int(seconds))
     parts: list[str] = []
     for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
         if seconds >= size or (unit == "second" and not parts):
             count, seconds = divmod(seconds, size)
-            parts.append(f"{count} {unit}{'s' * (count != 1)}")
+            parts.append(plural(count, unit))
     return ", ".join(parts) + " ago"
 
 

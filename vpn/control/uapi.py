@@ -16,7 +16,8 @@ Project-specific operations that `wg` never sends:
 ``set=vpn-down``
     stop the endpoint (answered with ``errno=0`` before it goes).
 ``set=vpn-reload``
-    re-read the config file and apply the difference as `wg syncconf` would.
+    re-read the config file and apply the difference as `wg syncconf` would; a refusal
+    carries an ``error=`` line (the file:line:key reason) before its ``errno=``.
 
 Each is one line followed by the empty line.
 """
@@ -234,6 +235,12 @@ def format_get(snapshot: DeviceSnapshot) -> str:
 
 def format_errno(code: int) -> str:
     return f"errno={code}\n\n"
+
+
+def format_refusal(code: int, reason: str) -> str:
+    """A refusal that says why, on one line: for our own operations only (`wg` reads a
+    bare errno= answer)."""
+    return f"error={' '.join(reason.split())}\n" + format_errno(code)
 
 
 def parse_get(lines: Iterable[str]) -> DeviceSnapshot:

@@ -246,7 +246,7 @@ class UapiServer:
             await self.handler.uapi_reload()
         except UapiError as err:
             log.warning("%s: reload refused: %s (errno=%d)", self.name, err, err.code)
-            return uapi.format_errno(err.code)
+            return uapi.format_refusal(err.code, str(err))
         except Exception:
             log.exception("%s: reload failed", self.name)
             return uapi.format_errno(uapi.EIO)

@@ -266,6 +266,29 @@ def test_the_server_logs_no_secret(secret: str, tmp_path: Path,
     _assert_hidden("\n".join(logged), secret)
 
 
+class _BadFile(_NoChanges):
+    async def uapi_reload(self) -> None:
+        raise uapi.UapiError(uapi.EINVAL, "/etc/wireguard/t.conf:7: PublicKey: not a\nkey")
+
+
+def test_a_refused_reload_says_why_on_one_line(tmp_path: Path) -> None:
+    """`vpn reload` prints the file:line:key reason, so the answer carries it (our own
+    operation only: `wg` never sends it and still sees errno= last)."""
+
+    async def serve() -> list[list[str]]:
+        server = uapi_server.UapiServer("t", _BadFile(), directory=tmp_path)
+        server.bind()
+        await server.start()
+        try:
+            return await asyncio.to_thread(uapi_server.request, "t", f"{uapi.OP_RELOAD}\n\n",
+                                           directory=tmp_path)
+        finally:
+            server.close()
+
+    assert asyncio.run(serve()) == [["error=/etc/wireguard/t.conf:7: PublicKey: not a key",
+                                     "errno=-22"]]
+
+
 def _snapshot() -> DeviceSnapshot:
     return DeviceSnapshot(
         private_key=K1,
