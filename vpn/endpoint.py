@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,8 @@ from vpn.control import running, uapi
 from vpn.control.config import load, to_text
 from vpn.control.config_model import Config, ConfigError, PeerConfig
 from vpn.control.config_model import Endpoint as EndpointAddress
+from vpn.control.resolve import ResolveError, retries_from
+from vpn.control.resolve import resolve as resolve_endpoint
 from vpn.control.uapi import UapiError
 from vpn.control.uapi_server import SOCKET_DIR, UapiServer, UapiServerError
 from vpn.core.keys import encode_key
@@ -444,12 +445,11 @@ async def resolve_all(loop: asyncio.AbstractEventLoop, config: Config) -> dict[b
 async def resolve(
     loop: asyncio.AbstractEventLoop, endpoint: EndpointAddress | None
 ) -> Address | None:
-    """A config Endpoint (IP literal or host name) as an (ip, port) address."""
+    """A config Endpoint (IP literal or host name) as an (ip, port) address, retried as
+    `wg` retries (WG_ENDPOINT_RESOLUTION_RETRIES, vpn.control.resolve)."""
     if endpoint is None:
         return None
     try:
-        infos = await loop.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_DGRAM)
-    except OSError as err:
-        raise EndpointError(f"cannot resolve endpoint {endpoint}: {err}") from None
-    family_order = sorted(infos, key=lambda info: info[0] != socket.AF_INET)
-    return str(family_order[0][4][0]), endpoint.port
+        return await resolve_endpoint(endpoint, loop.getaddrinfo, retries_from())
+    except ResolveError as err:
+        raise EndpointError(str(err)) from None
