@@ -23,6 +23,8 @@ from vpn.control import running, uapi
 from vpn.control.config import load, to_text
 from vpn.control.config_model import Config, ConfigError, PeerConfig
 from vpn.control.config_model import Endpoint as EndpointAddress
+from vpn.control.resolve import ResolveError, retries_from
+from vpn.control.resolve import resolve as resolve_endpoint
 from vpn.control.show import plural
 from vpn.control.uapi import UapiError
 from vpn.control.uapi_server import SOCKET_DIR, UapiServer, UapiServerError
@@ -32,7 +34,6 @@ from vpn.core.wireguard import Device, Peer
 from vpn.core.wireguard.changes import ChangeError, ChangeSet, DeviceSnapshot
 from vpn.core.wireguard.peer import PeerEvent
 from vpn.host import netsetup
-from vpn.host import resolve as host_resolve
 from vpn.io import native
 from vpn.io.datapath import DataPath
 from vpn.io.tun import TunDevice, TunError
@@ -446,13 +447,10 @@ async def resolve(
     loop: asyncio.AbstractEventLoop, endpoint: EndpointAddress | None
 ) -> Address | None:
     """A config Endpoint (IP literal or host name) as an (ip, port) address, retried as
-    `wg` retries (WG_ENDPOINT_RESOLUTION_RETRIES)."""
+    `wg` retries (WG_ENDPOINT_RESOLUTION_RETRIES, vpn.control.resolve)."""
     if endpoint is None:
         return None
     try:
-        return await host_resolve.resolve(loop, endpoint.host, endpoint.port,
-                                          attempts_left=host_resolve.retries())
-    except ValueError as err:
+        return await resolve_endpoint(endpoint, loop.getaddrinfo, retries_from())
+    except ResolveError as err:
         raise EndpointError(str(err)) from None
-    except host_resolve.ResolveError as err:
-        raise EndpointError(f"cannot resolve endpoint {endpoint}: {err.strerror}") from None

@@ -132,7 +132,11 @@ def parse_allowed_ip(value: str) -> Network:
     except ValueError:
         raise UapiError(EINVAL, "allowed_ip: the address is not an IP address") from None
     bits = _number("allowed_ip prefix length", length, ip.max_prefixlen)
-    return ipaddress.ip_network((ip, bits), strict=False)
+    # (int, bits): with the address object itself, the network would format it and parse
+    # the text again, a third of the time a 130,000-prefix request takes.
+    if isinstance(ip, ipaddress.IPv4Address):
+        return ipaddress.IPv4Network((int(ip), bits), strict=False)
+    return ipaddress.IPv6Network((int(ip), bits), strict=False)
 
 
 def parse_set(lines: Iterable[str]) -> ChangeSet:
@@ -141,23 +145,52 @@ def parse_set(lines: Iterable[str]) -> ChangeSet:
     Checks every line before returning, so a bad line anywhere means nothing is applied.
     Raises UapiError naming the request line (`set=1` is line 1), since the value is not shown.
     """
-    changes = ChangeSet()
-    peer: PeerChange | None = None
-    for number, line in enumerate(lines, start=2):
+    parser = SetParser()
+    for line in lines:
+        parser.feed(line)
+    return parser.result()
+
+
+class SetParser:
+    """`parse_set` one line at a time, for a request read as it streams in: memory follows
+    the parsed ChangeSet, never the request's text (a peer may have 100,000s of allowed IPs).
+
+    After the first bad line the rest is only counted, so the server can read the request to
+    its end and answer with that line's error; nothing parsed so far is kept.
+    """
+
+    __slots__ = ("_changes", "_error", "_number", "_peer")
+
+    def __init__(self) -> None:
+        self._changes = ChangeSet()
+        self._peer: PeerChange | None = None
+        self._number = 1  # `set=1` is line 1
+        self._error: UapiError | None = None
+
+    def feed(self, line: str) -> None:
+        self._number += 1
+        if self._error is not None:
+            return
         key, equals, value = line.partition("=")
         try:
             if not equals:
                 raise UapiError(EINVAL, "expected key=value")
             if key == "public_key":
-                peer = PeerChange(_key(key, value))
-                changes.peers.append(peer)
-            elif peer is None:
-                _device_key(changes, key, value)
+                self._peer = PeerChange(_key(key, value))
+                self._changes.peers.append(self._peer)
+            elif self._peer is None:
+                _device_key(self._changes, key, value)
             else:
-                _peer_key(peer, key, value)
+                _peer_key(self._peer, key, value)
         except UapiError as err:
-            raise UapiError(err.code, f"line {number}: {err}") from None
-    return changes
+            self._error = UapiError(err.code, f"line {self._number}: {err}")
+            self._changes, self._peer = ChangeSet(), None
+
+    def result(self) -> ChangeSet:
+        """The whole request's changes; UapiError for its first bad line."""
+        if self._error is not None:
+            raise self._error
+        return self._changes
 
 
 def _device_key(changes: ChangeSet, key: str, value: str) -> None:

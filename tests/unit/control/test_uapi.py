@@ -384,3 +384,60 @@ def test_show_view_and_text() -> None:
     assert "fast path: native" in text
     assert offload_view({})["segments_per_gso_send"] == 0.0  # no division by zero
     assert "not served by a vpn endpoint" in show_text(show_view("x", _snapshot(), None), 0)
+
+
+class _Recording(_NoChanges):
+    """A UapiHandler that keeps what it was asked to set."""
+
+    def __init__(self) -> None:
+        self.applied: list[ChangeSet] = []
+
+    def uapi_set(self, changes: ChangeSet) -> None:
+        self.applied.append(changes)
+
+
+def _serve(tmp_path: Path, handler: _NoChanges, payload: str) -> list[list[str]]:
+    async def run() -> list[list[str]]:
+        server = uapi_server.UapiServer("t", handler, directory=tmp_path)
+        server.bind()
+        await server.start()
+        try:
+            return await asyncio.to_thread(uapi_server.request, "t", payload,
+                                           directory=tmp_path, timeout=60)
+        finally:
+            server.close()
+
+    return asyncio.run(run())
+
+
+def test_a_set_is_bounded_by_bytes_not_lines(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """110,000 lines (over the old 100,000-line cap) are applied whole; past the byte
+    limit the request is refused with EPROTO and nothing reaches the handler."""
+    handler = _Recording()
+    prefixes = [str(ipaddress.IPv6Network((0xFD00 << 112 | i, 128))) for i in range(110_000)]
+
+    def request(count: int) -> str:
+        body = "".join(f"allowed_ip={p}\n" for p in prefixes[:count])
+        return f"set=1\npublic_key={K1.hex()}\n{body}\n"
+
+    assert _serve(tmp_path, handler, request(len(prefixes))) == [["errno=0"]]
+    (changes,) = handler.applied
+    assert [str(n) for n in changes.peers[0].allowed_ips] == prefixes
+    small = request(1000)
+    monkeypatch.setattr(uapi_server, "MAX_REQUEST_BYTES", len(small) - 100)
+    assert _serve(tmp_path, handler, small) == [[f"errno={uapi.EPROTO}"]]
+    assert len(handler.applied) == 1
+
+
+def test_a_bad_line_is_answered_after_the_whole_request(tmp_path: Path) -> None:
+    """The error names the first bad line; the lines after it are read (not parsed), so
+    the connection stays in step and the next request is answered."""
+    handler = _Recording()
+    lines = [f"public_key={K1.hex()}", "allowed_ip=10.0.0.0/8", "allowed_ip=nope/8",
+             *["allowed_ip=10.1.0.0/16"] * 1000]
+    request = "set=1\n" + "\n".join(lines) + "\n\n" + "set=1\nlisten_port=7\n\n"
+    assert _serve(tmp_path, handler, request) == [["errno=-22"], ["errno=0"]]
+    assert handler.applied == [ChangeSet(listen_port=7)]
+    with pytest.raises(UapiError, match="line 4: allowed_ip"):
+        parse_set(lines)

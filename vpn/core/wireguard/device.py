@@ -315,6 +315,7 @@ class Device:
         hs = consume_initiation(self.identity, msg, self._lookup_handshake, now)
         peer = self.peers[hs.remote_static]
         peer.endpoint = src
+        peer.rx_bytes += len(data)  # a consumed handshake message counts, as in the kernel
         reply = peer.create_response(now)
         peer.timers.any_authenticated_packet_received(now)
         peer.timers.any_authenticated_packet_traversal(now)
@@ -328,6 +329,7 @@ class Device:
         assert initiator is not None  # consume_response raised otherwise
         peer = initiator
         peer.endpoint = src
+        peer.rx_bytes += len(data)
         replies = peer.complete_as_initiator(now)
         peer.timers.any_authenticated_packet_received(now)
         peer.timers.any_authenticated_packet_traversal(now)

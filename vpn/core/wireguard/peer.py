@@ -123,6 +123,7 @@ class Peer:
             self._sources.ephemeral_factory(),
         )
         data = self.cookies.add_macs(msg.pack(), now)
+        self.tx_bytes += len(data)  # every message to the peer counts, as in the kernel
         self.timers.any_authenticated_packet_traversal(now)
         self.timers.any_authenticated_packet_sent(now)
         self.timers.handshake_initiated(now)
@@ -145,6 +146,7 @@ class Peer:
         index = self._indexes.new_handshake(self)
         msg = create_response(self.handshake, index, self._sources.ephemeral_factory())
         data = self.cookies.add_macs(msg.pack(), now)
+        self.tx_bytes += len(data)
         self._begin_session(now)
         self.timers.any_authenticated_packet_traversal(now)
         self.timers.any_authenticated_packet_sent(now)
