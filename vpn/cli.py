@@ -129,8 +129,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     return uvloop.run(_serve(endpoint))
 
 
-async def _serve(endpoint: Endpoint) -> int:
-    """Run until SIGINT or SIGTERM, then take everything down again."""
+async def _serve(endpoint: Endpoint, on_ready: Callable[[], None] | None = None) -> int:
+    """Run until SIGINT or SIGTERM, then take everything down again. `on_ready` runs once
+    the interface is up and serving (vpn-userspace goes to the background then)."""
     from vpn.endpoint import StartError, ignore_sighup
 
     loop = asyncio.get_running_loop()
@@ -145,6 +146,8 @@ async def _serve(endpoint: Endpoint) -> int:
         logging.getLogger("vpn").error("cannot bring %s up: %s", endpoint.name, error)
         return EXIT_FAILURE
     try:
+        if on_ready is not None:
+            on_ready()
         await stop.wait()
     finally:
         await endpoint.stop()
