@@ -40,23 +40,24 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     name = names[0]
     foreground = foreground or os.environ.get("WG_PROCESS_FOREGROUND") == "1"
-    from vpn.endpoint import Endpoint  # the data path's dependencies, only past the usage
-
-    try:
-        endpoint = Endpoint.userspace(name)
-    except ConfigError as error:
-        print(f"{PROG}: {error.reason}", file=sys.stderr)
-        return EXIT_FAILURE
     level_name = os.environ.get("LOG_LEVEL", "")
     level = LOG_LEVELS.get(level_name, logging.ERROR)
-    setup_logging(name, level)
-    log.debug("Starting %s version %s", PROG, importlib.metadata.version("vpn"))
 
     def serve(on_ready: Callable[[], None] | None) -> int:
+        # Imported here, in the child: importing the data path's dependencies starts a
+        # thread (numpy's), and a process should not fork with threads running.
         import uvloop
 
         from vpn.cli import _serve
+        from vpn.endpoint import Endpoint
 
+        try:
+            endpoint = Endpoint.userspace(name)
+        except ConfigError as error:
+            print(f"{PROG}: {error.reason}", file=sys.stderr)
+            return EXIT_FAILURE
+        setup_logging(name, level)
+        log.debug("Starting %s version %s", PROG, importlib.metadata.version("vpn"))
         code = uvloop.run(_serve(endpoint, on_ready))
         log.debug("Shutting down")
         return code
