@@ -30,6 +30,7 @@ def _handshakes_per_second(count: int) -> float:
     clock = [1_700_000_000.0]
     a = Device(os.urandom(32), wall_clock=lambda: clock[0])
     b = Device(os.urandom(32), wall_clock=lambda: clock[0])
+    assert a.public_key is not None and b.public_key is not None  # both have a key
     pa = a.add_peer(b.public_key, preshared_key=os.urandom(32))
     b.add_peer(a.public_key, preshared_key=pa.handshake.psk)
     start = time.perf_counter()

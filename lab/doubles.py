@@ -127,7 +127,9 @@ def handshaken_pair(seed: bytes | None = None, *, mtu: int = MTU) -> tuple[DataP
                               wall_clock=lambda: 1_700_000_000.0, ephemeral_factory=ephemeral,
                               jitter=lambda: 0.5))
     for me, other, theirs, endpoint in ((0, 1, DST, ENDPOINT_B), (1, 0, SRC, ENDPOINT_A)):
-        peer = devices[me].add_peer(devices[other].public_key, endpoint=endpoint)
+        public = devices[other].public_key
+        assert public is not None  # made with a key above
+        peer = devices[me].add_peer(public, endpoint=endpoint)
         devices[me].allowed_ips.insert(f"{'.'.join(map(str, theirs))}/32", peer)
         # DataPath is typed for TunDevice and UdpSocket (no Protocol yet); these stand in.
         paths.append(DataPath(devices[me], MemoryTun(), MemoryUdp(), mtu=mtu,  # type: ignore[arg-type]

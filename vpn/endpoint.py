@@ -2,6 +2,8 @@
 
 `async with Endpoint.from_config(path) as ep:` opens the TUN, applies addresses, routes and
 hooks, binds the UDP socket and runs the data path until the block ends; `vpn up` uses this.
+`Endpoint.userspace(name)` is the same lifecycle without a file or any host setup, for
+wg-quick to drive (`vpn-userspace`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +24,7 @@ from typing import Any
 
 from vpn.control import running, uapi
 from vpn.control.config import load, to_text
-from vpn.control.config_model import Config, ConfigError, PeerConfig
+from vpn.control.config_model import Config, ConfigError, InterfaceConfig, PeerConfig
 from vpn.control.config_model import Endpoint as EndpointAddress
 from vpn.control.resolve import ResolveError, retries_from
 from vpn.control.resolve import resolve as resolve_endpoint
@@ -33,7 +36,8 @@ from vpn.core.types import Address, endpoint_text
 from vpn.core.wireguard import Device, Peer
 from vpn.core.wireguard.changes import ChangeError, ChangeSet, DeviceSnapshot
 from vpn.core.wireguard.peer import PeerEvent
-from vpn.host import netsetup
+from vpn.host import netlink, netsetup
+from vpn.host.linkwatch import LinkWatch
 from vpn.io import native
 from vpn.io.datapath import DataPath
 from vpn.io.tun import TunDevice, TunError
@@ -44,6 +48,8 @@ log = logging.getLogger("vpn.endpoint")
 # The timers run at the core's next deadline; this much later at most is not worth a
 # second wakeup (the protocol's timers are seconds-scale, their jitter 1/3 s).
 TIMER_SLACK = 0.02
+# A userspace interface's MTU until wg-quick sets its own, as wireguard-go's DefaultMTU.
+USERSPACE_MTU = 1420
 
 
 class EndpointError(RuntimeError):
@@ -65,8 +71,14 @@ class Endpoint:
         clock: Callable[[], float] = time.monotonic,
         socket_dir: Path = SOCKET_DIR,
         on_down: Callable[[], None] | None = None,
+        host_setup: bool = True,
     ) -> None:
         self.config = config
+        # False: the TUN and the socket only, as wireguard-go; whoever started us (wg-quick)
+        # sets addresses, MTU and routes with `ip`, and deleting the link stops us.
+        self.host_setup = host_setup
+        self._link_watch: LinkWatch | None = None
+        self._deleted = False  # under us: seen by a TUN read or a link event
         self.name = interface or config.interface_name
         self.clock = clock
         self.device: Device | None = None
@@ -96,6 +108,14 @@ class Endpoint:
             log.warning("%s", warning)
         return cls(config)
 
+    @classmethod
+    def userspace(cls, name: str) -> Endpoint:
+        """An interface with no config file, no private key, no peers and no host setup:
+        everything arrives over the management socket (`wg setconf`) and `ip`. Raises
+        ConfigError for a bad interface name."""
+        config = Config(path="", interface=InterfaceConfig(private_key=None), name=name)
+        return cls(config, host_setup=False)
+
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -114,41 +134,22 @@ class Endpoint:
             # name (maybe in another netns, where the TUN name alone would not clash).
             self.uapi = UapiServer(self.name, self, directory=self.socket_dir)
             self.uapi.bind()
-            # As wg-quick: PreUp runs before the interface exists; a failure stops everything.
-            for command in iface.pre_up:
-                netsetup.run_hook("PreUp", command, self.name)
-            self.tun = TunDevice.open(self.name, vnet_hdr=iface.offload, offload=iface.offload)
-            self.mtu = iface.mtu or netsetup.auto_mtu(
-                (ipaddress.ip_address(addr[0]) for addr in endpoints.values()),
-                fwmark=iface.fwmark,
-            )
-            self._setup = netsetup.InterfaceSetup(
-                ifname=self.tun.name,
-                addresses=iface.addresses,
-                mtu=self.mtu,
-                allowed_ips=tuple(n for p in self.config.peers for n in p.allowed_ips),
-                table=iface.table,
-                fwmark=iface.fwmark,
-                dns_servers=iface.dns_servers,
-                dns_search=iface.dns_search,
-                pre_up=(),  # already run
-                post_up=iface.post_up,
-                pre_down=iface.pre_down,
-                post_down=(),  # run by _release once the interface is gone
-            )
-            self._applied = netsetup.apply(self._setup)
-            fwmark = self._applied.fwmark or iface.fwmark
+            fwmark = self._open_interface(endpoints) or iface.fwmark
             self.udp = UdpSocket.open(iface.listen_port or 0, fwmark=fwmark)
             self.fwmark = fwmark or 0
         except BaseException:
             self._release()
             raise
+        assert self.tun is not None  # _open_interface opened it
         device.set_mtu(self.mtu)
         device.listen_port, device.fwmark = self.udp.port, self.fwmark
         self.device = device
         self.datapath = DataPath(device, self.tun, self.udp, mtu=self.mtu, clock=self.clock)
         loop.add_reader(self.tun.fd, self.datapath.on_tun_readable)
         loop.add_reader(self.udp.fd, self.datapath.on_udp_readable)
+        self.datapath.on_tun_gone = self._interface_deleted
+        if self._link_watch is not None:
+            loop.add_reader(self._link_watch.fd, self._on_link_events)
         device.on_earlier_deadline = self._arm_timers
         device.on_peer_event = self._log_peer_event
         assert self.uapi is not None
@@ -167,6 +168,85 @@ class Endpoint:
         for peer in owed_keepalive:
             self.datapath.send_control(peer, peer.keepalive(now))
         self._arm_timers(device.wake_at)
+        await self._run_post_up()
+
+    async def _run_post_up(self) -> None:
+        """PostUp, last, with the management socket serving: wg-quick's `PostUp = wg set %i
+        private-key FILE` talks to it (so the hooks run in a thread, the loop answering).
+        A failure undoes everything without PreDown or PostDown, as a failed host setup."""
+        try:
+            for command in self.config.interface.post_up:
+                await asyncio.to_thread(netsetup.run_hook, "PostUp", command, self.name)
+        except BaseException:
+            if self._applied is not None:
+                for problem in self._applied.undo():
+                    log.warning("teardown: %s", problem)
+                self._applied = None
+            await self.stop()
+            raise
+
+    def _open_interface(self, endpoints: dict[bytes, Address]) -> int | None:
+        """The TUN and, with host setup, what wg-quick does around it but PostUp: PreUp,
+        MTU, addresses, routes, DNS. Returns the fwmark Table = auto chose, if any."""
+        iface = self.config.interface
+        if not self.host_setup:
+            self.tun = TunDevice.open(self.name, vnet_hdr=True, offload=True)
+            self.mtu = USERSPACE_MTU
+            netlink.set_mtu(self.tun.name, self.mtu)
+            self._link_watch = LinkWatch(socket.if_nametoindex(self.tun.name))
+            return None
+        # As wg-quick: PreUp runs before the interface exists; a failure stops everything.
+        for command in iface.pre_up:
+            netsetup.run_hook("PreUp", command, self.name)
+        self.tun = TunDevice.open(self.name, vnet_hdr=iface.offload, offload=iface.offload)
+        self.mtu = iface.mtu or netsetup.auto_mtu(
+            (ipaddress.ip_address(addr[0]) for addr in endpoints.values()),
+            fwmark=iface.fwmark,
+        )
+        self._setup = netsetup.InterfaceSetup(
+            ifname=self.tun.name,
+            addresses=iface.addresses,
+            mtu=self.mtu,
+            allowed_ips=tuple(n for p in self.config.peers for n in p.allowed_ips),
+            table=iface.table,
+            fwmark=iface.fwmark,
+            dns_servers=iface.dns_servers,
+            dns_search=iface.dns_search,
+            pre_up=(),  # already run
+            post_up=(),  # run by start() once the management socket serves
+            pre_down=iface.pre_down,
+            post_down=(),  # run by _release once the interface is gone
+        )
+        self._applied = netsetup.apply(self._setup)
+        return self._applied.fwmark
+
+    def _on_link_events(self) -> None:
+        """`ip link set mtu` and `ip link delete` from whoever drives us (wg-quick)."""
+        assert self._link_watch is not None
+        for event in self._link_watch.events():
+            if event.deleted:
+                self._interface_deleted()
+                return
+            if event.mtu is not None and event.mtu != self.mtu:
+                self._set_mtu(event.mtu)
+
+    def _interface_deleted(self) -> None:
+        """Stop: the interface is gone (seen by a TUN read or a link event, whichever first)."""
+        if self._deleted:
+            return  # the other of the two saw it first
+        self._deleted = True
+        loop = asyncio.get_running_loop()
+        for dev in (self.tun, self._link_watch):
+            if dev is not None and dev.fd >= 0:
+                loop.remove_reader(dev.fd)
+        log.info("interface %s was deleted: stopping", self.name)
+        self.on_down()
+
+    def _set_mtu(self, mtu: int) -> None:
+        assert self.device is not None and self.datapath is not None
+        log.info("interface %s: MTU now %d", self.name, mtu)
+        self.mtu = self.datapath.mtu = mtu
+        self.device.set_mtu(mtu)
 
     async def stop(self) -> None:
         """Stop the data path and remove everything start() added. Safe to call twice."""
@@ -182,7 +262,7 @@ class Endpoint:
             self._timer.cancel()
             self._timer = None
         loop = asyncio.get_running_loop()
-        for dev in (self.tun, self.udp):
+        for dev in (self.tun, self.udp, self._link_watch):
             if dev is not None and dev.fd >= 0:
                 loop.remove_reader(dev.fd)
         if self.datapath is not None:
@@ -207,6 +287,9 @@ class Endpoint:
         if self.udp is not None:
             self.udp.close()
             self.udp = None
+        if self._link_watch is not None:
+            self._link_watch.close()
+            self._link_watch = None
         if self.tun is not None:
             self.tun.close()  # the kernel removes the device, its addresses and routes
             self.tun = None
@@ -287,7 +370,7 @@ class Endpoint:
     def uapi_stats(self) -> dict[str, object]:
         stats = self.counters()
         del stats["peers"]  # get=1 has them; this request carries only counters
-        stats["public_key"] = encode_key(self._running_device().public_key)
+        stats["public_key"] = _key_text(self._running_device().public_key)
         stats["handshakes"] = {
             "received": self.datapath.stats.handshakes_received if self.datapath else 0,
             "completed": self.handshakes_completed,
@@ -311,6 +394,9 @@ class Endpoint:
         they were at start. Raises UapiError (nothing applied) for a bad file.
         """
         device = self._running_device()
+        if not self.config.path:
+            raise UapiError(uapi.EINVAL, "no config file to reload: this interface is "
+                                         "configured over its management socket only")
         try:
             config, warnings = load(self.config.path, self.config.name)
         except ConfigError as error:
@@ -362,9 +448,11 @@ class Endpoint:
         public_key = device.public_key
         now = self.clock()
         owed_keepalive = device.apply(changes, now)
-        if device.public_key != public_key:
+        if device.public_key is None and public_key is not None:
+            log.info("interface %s: private key removed, every session ended", self.name)
+        elif device.public_key != public_key:
             log.info("interface %s: private key changed, public key now %s", self.name,
-                     encode_key(device.public_key))
+                     _key_text(device.public_key))
         if new_udp is not None:
             self._swap_udp(new_udp)
         self.fwmark = device.fwmark = fwmark
@@ -405,7 +493,7 @@ class Endpoint:
         assert self.datapath is not None and self.udp is not None and self.tun is not None
         return {
             "interface": self.name,
-            "public_key": encode_key(device.public_key),
+            "public_key": _key_text(device.public_key),
             "listen_port": self.udp.port,
             "mtu": self.mtu,
             "tun_offloads": self.tun.offload.describe(),
@@ -427,6 +515,10 @@ class Endpoint:
             log.error("could not save the configuration to %s: %s", path, err.strerror)
             return
         log.info("configuration saved to %s", path)
+
+
+def _key_text(key: bytes | None) -> str | None:
+    return None if key is None else encode_key(key)
 
 
 def ignore_sighup() -> None:

@@ -85,7 +85,9 @@ def to_text(config: Config) -> str:
     Used for SaveConfig, so the text holds the private key: write it with mode 0600.
     """
     i = config.interface
-    lines = ["[Interface]", f"PrivateKey = {encode_key(i.private_key)}"]
+    lines = ["[Interface]"]
+    if i.private_key is not None:
+        lines.append(f"PrivateKey = {encode_key(i.private_key)}")
     if i.listen_port is not None:
         lines.append(f"ListenPort = {i.listen_port}")
     if i.fwmark is not None:

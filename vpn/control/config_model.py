@@ -136,7 +136,7 @@ class PeerConfig:
 class InterfaceConfig:
     """The ``[Interface]`` section, with wg-quick's defaults for what the file leaves out."""
 
-    private_key: bytes
+    private_key: bytes | None  # None: none yet (wg-quick's `PostUp = wg set %i private-key`)
     listen_port: int | None = None
     addresses: tuple[IPInterface, ...] = ()
     mtu: int | None = None  # None: computed at run time from the route to the peers
@@ -152,8 +152,8 @@ class InterfaceConfig:
     offload: bool = True
 
     @property
-    def public_key(self) -> bytes:
-        return public_from_private(self.private_key)
+    def public_key(self) -> bytes | None:
+        return None if self.private_key is None else public_from_private(self.private_key)
 
     def __repr__(self) -> str:
         return _safe_repr(self, {"private_key": "<hidden>"})

@@ -289,8 +289,6 @@ def _read_sections(text: str, path: str, warnings: list[str]) -> list[_Section]:
 
 def _build_interface(section: _Section, path: str) -> InterfaceConfig:
     values = section.values
-    if "PrivateKey" not in values:
-        raise ConfigError(path, section.line, "PrivateKey", "required in [Interface]")
     addresses = tuple(values.get("Address", ()))
     mtu = values.get("MTU")
     if mtu is not None and mtu < MIN_MTU_IPV6 and any(a.version == 6 for a in addresses):
@@ -302,7 +300,8 @@ def _build_interface(section: _Section, path: str) -> InterfaceConfig:
         )
     dns = values.get("DNS", ())
     return InterfaceConfig(
-        private_key=values["PrivateKey"],
+        # Optional, as for wg-quick: `PostUp = wg set %i private-key FILE` may set it.
+        private_key=values.get("PrivateKey"),
         listen_port=values.get("ListenPort"),
         addresses=addresses,
         mtu=mtu,
@@ -361,7 +360,7 @@ def parse(text: str, path: str = "<string>", name: str | None = None,
             continue
         peer = _build_peer(section, path)
         key_line = section.lines["PublicKey"]
-        if peer.public_key == own_public:
+        if own_public is not None and peer.public_key == own_public:
             # The kernel silently ignores such a peer; a config that has one is a mistake.
             raise ConfigError(path, key_line, "PublicKey", "is this interface's own public key")
         if peer.public_key in seen:

@@ -63,7 +63,7 @@ def running_config(config: Config, snapshot: DeviceSnapshot, *, record_port: boo
     )
     interface = replace(
         config.interface,
-        private_key=snapshot.private_key or config.interface.private_key,
+        private_key=snapshot.private_key,
         listen_port=snapshot.listen_port if record_port else None,
         fwmark=snapshot.fwmark or None,
     )

@@ -12,18 +12,20 @@ from collections.abc import Callable
 _READY = b"R"
 
 
-def run_in_background(serve: Callable[[Callable[[], None]], int]) -> int:
+def run_in_background(serve: Callable[[Callable[[], None]], int], *,
+                      keep_output: bool = False) -> int:
     """Run `serve(ready)` in a child process. In the parent, return 0 as soon as the child
     calls `ready()`, or the child's exit status when it ends before that (its own stderr,
-    still the caller's, says why). `ready()` detaches the child: a new session, and stdin,
-    stdout and stderr on /dev/null, so a caller capturing them sees them close."""
+    still the caller's, says why). `ready()` detaches the child: a new session, and (unless
+    `keep_output`) stdin, stdout and stderr on /dev/null, so a caller capturing them sees
+    them close."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns
         os.close(read_end)
         status = 1
         try:
-            status = serve(lambda: _ready(write_end))
+            status = serve(lambda: _ready(write_end, keep_output))
         except BaseException:  # a bug: say it, as the foreground run would
             traceback.print_exc()
         finally:
@@ -46,13 +48,14 @@ def run_in_background(serve: Callable[[Callable[[], None]], int]) -> int:
     return code
 
 
-def _ready(write_end: int) -> None:
+def _ready(write_end: int, keep_output: bool) -> None:
     os.setsid()  # the shell's terminal and its hangups are no longer ours
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    os.close(null)
+    if not keep_output:
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.close(null)
     os.write(write_end, _READY)
     os.close(write_end)

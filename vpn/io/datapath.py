@@ -30,7 +30,7 @@ from vpn.core.wireguard.constants import (
     TRANSPORT_MIN_SIZE,
 )
 from vpn.core.wireguard.keypair import RECORD
-from vpn.io.tun import MAX_PACKET, TunDevice
+from vpn.io.tun import MAX_PACKET, TunDevice, TunGone
 from vpn.io.udp import SCREEN_REASONS, UdpSocket, UdpStats
 
 log = logging.getLogger("vpn.io.datapath")
@@ -131,12 +131,19 @@ class DataPath:
         self._internal_error_logged = float("-inf")
         # Host unreachable for packets routed to us that no peer's AllowedIPs cover.
         self.icmp = UnreachableResponder()
+        # The shell's hook: the interface was deleted (its TUN reports only errors now).
+        self.on_tun_gone: Callable[[], None] | None = None
 
     # -- TUN -> peers -----------------------------------------------------------------------
 
     @_pump_boundary
     def on_tun_readable(self) -> None:
-        batch = self.tun.read_batch()
+        try:
+            batch = self.tun.read_batch()
+        except TunGone:
+            if self.on_tun_gone is not None:
+                self.on_tun_gone()
+            return
         if not batch:
             return
         now = self.clock()
@@ -313,10 +320,12 @@ class DataPath:
         udp = self.udp
         receives = udp.stats.receives
         lost: list[Address] = []
-        if udp.screens:  # garbage was dropped (and counted here) before any Python ran
-            device = self.device
-            received, screened, lost = udp.receive_screened(device.keypair_indexes(),
-                                                            device.checker.mac1_key)
+        checker = self.device.checker
+        # Garbage is dropped (and counted here) before any Python runs. Without a private
+        # key there is no mac1 key to screen with: the dispatch drops handshake messages.
+        if udp.screens and checker is not None:
+            received, screened, lost = udp.receive_screened(self.device.keypair_indexes(),
+                                                            checker.mac1_key)
             if screened:
                 self._count_screened(screened)
         else:

@@ -68,6 +68,11 @@ class TunError(OSError):
     """Opening or configuring the TUN device failed; the message says what to do."""
 
 
+class TunGone(TunError):
+    """The interface was deleted under the open device (`ip link delete`, as `wg-quick
+    down` does): the kernel answers every read with EBADFD from then on."""
+
+
 def offload_names(flags: int) -> list[str]:
     return [name for bit, name in OFFLOAD_NAMES.items() if flags & bit]
 
@@ -188,6 +193,10 @@ class TunDevice:
                 n = readv(fd, (view,))
             except BlockingIOError:
                 break
+            except OSError as err:
+                if err.errno == errno.EBADFD:
+                    raise TunGone(err.errno, f"{self.name}: the interface was deleted") from None
+                raise
             if self.vnet_hdr:
                 if n < VIRTIO_NET_HDR_LEN:
                     continue

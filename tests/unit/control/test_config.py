@@ -125,6 +125,17 @@ def test_defaults() -> None:
     assert config.peers == ()
 
 
+def test_private_key_is_optional() -> None:
+    # wg-quick's pattern: `PostUp = wg set %i private-key FILE` sets it once the link is up.
+    config = parse(f"[Interface]\nListenPort = 1\nPostUp = wg set %i private-key /k\n"
+                   f"\n[Peer]\nPublicKey = {PUB_A}\n")
+    assert config.interface.private_key is None
+    assert config.interface.public_key is None
+    assert len(config.peers) == 1
+    assert parse(to_text(config)) == config
+    assert "PrivateKey" not in to_text(config)
+
+
 def test_syntax_like_wg_quick() -> None:
     text = (
         "  # leading comment\r\n"
@@ -222,7 +233,6 @@ BAD = [
     ("no_interface", f"[Peer]\nPublicKey = {PUB_A}\n", None, None, "no [Interface] section"),
     ("empty_file", "", None, None, "no [Interface] section"),
     ("two_interfaces", conf("[Interface]"), 3, None, "second [Interface] section"),
-    ("missing_private", "[Interface]\nListenPort = 1\n", 1, "PrivateKey", "required"),
     ("missing_public", conf("[Peer]", "AllowedIPs = 10.0.0.0/8"), 3, "PublicKey", "required"),
     ("outside_section", "ListenPort = 1\n" + MINIMAL, 1, "ListenPort", "outside any section"),
     ("unknown_key", conf("ListenPot = 1"), 3, "ListenPot", "unknown key in [Interface]"),
@@ -453,7 +463,7 @@ def test_warning_names_the_real_path(tmp_path: Path) -> None:
         ("missing.conf", None, None, "cannot read: No such file or directory"),
         ("latin1.conf", MINIMAL.encode() + b"# caf\xe9\n", 3, "not UTF-8 text"),
         ("much-too-long-name.conf", MINIMAL.encode(), None, "not a valid interface name"),
-        ("wg0.conf", b"[Interface]\n", 1, "required in [Interface]"),
+        ("wg0.conf", b"[Interface]\nListenPot = 1\n", 2, "unknown key in [Interface]"),
     ],
 )
 def test_load_errors(

@@ -13,22 +13,44 @@ import pytest
 from vpn.host.background import run_in_background
 
 
+def _wait_for(path: Path, seconds: float = 30) -> bool:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def test_ready_returns_0_while_the_child_serves_on(tmp_path: Path) -> None:
-    flag = tmp_path / "still-serving"
+    go, flag = tmp_path / "parent-returned", tmp_path / "still-serving"
 
     def serve(ready: Callable[[], None]) -> int:
         ready()
-        time.sleep(0.2)  # the parent must not wait for this
-        flag.write_text(str(os.getsid(0) == os.getpid()))  # detached: its own session
+        # Serving on until the parent has returned: a parent that waited for the child
+        # would never see this file appear, and the child would give up.
+        returned_first = _wait_for(go)
+        flag.write_text(f"{returned_first} {os.getsid(0) == os.getpid()}")
         return 0
 
-    started = time.monotonic()
     assert run_in_background(serve) == 0
-    assert time.monotonic() - started < 0.2 and not flag.exists()
-    deadline = time.monotonic() + 10
-    while not flag.exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert flag.read_text() == "True"
+    go.touch()
+    assert _wait_for(flag) and flag.read_text() == "True True"  # and in its own session
+
+
+def test_keep_output_leaves_the_callers_stdout(capfd: pytest.CaptureFixture[str],
+                                               tmp_path: Path) -> None:
+    done = tmp_path / "done"
+
+    def serve(ready: Callable[[], None]) -> int:
+        ready()
+        print("after ready", flush=True)
+        done.touch()
+        return 0
+
+    assert run_in_background(serve, keep_output=True) == 0
+    assert _wait_for(done)
+    assert "after ready" in capfd.readouterr().out
 
 
 def test_a_child_that_fails_first_gives_its_status() -> None:

@@ -40,7 +40,7 @@ class PeerChange:
 class ChangeSet:
     """A whole validated set request: applied all at once or not at all."""
 
-    private_key: bytes | None = None
+    private_key: bytes | None = None  # 32 zero bytes remove it
     listen_port: int | None = None
     fwmark: int | None = None  # 0 turns it off
     replace_peers: bool = False

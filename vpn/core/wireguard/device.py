@@ -77,11 +77,15 @@ class TransportResult:
 
 
 class Device:
-    """One WireGuard interface's protocol state. Randomness and clocks are injected."""
+    """One WireGuard interface's protocol state. Randomness and clocks are injected.
+
+    Without a private key (None: wg-quick's `PostUp = wg set %i private-key FILE`, or one
+    removed with an all-zero key) the peers stay configured but no handshake is sent, and
+    every handshake message is dropped as `no_private_key`, as wireguard-go does."""
 
     def __init__(
         self,
-        private_key: bytes,
+        private_key: bytes | None,
         *,
         random_bytes: Callable[[int], bytes] = os.urandom,
         wall_clock: Callable[[], float] = time.time,
@@ -89,12 +93,13 @@ class Device:
         jitter: Callable[[], float] = random.random,
         max_peers: int = 1 << 16,
     ) -> None:
-        self.identity = StaticIdentity.from_private_bytes(private_key)
         self.random_bytes = random_bytes
         self.sources = Sources(wall_clock, ephemeral_factory, jitter, self._timer_armed,
                                self._peer_event)
         self.max_peers = max_peers
-        self.checker = CookieChecker(self.identity.public, random_bytes)
+        self.identity: StaticIdentity | None = None
+        self.checker: CookieChecker | None = None  # keyed on our public key: None without
+        self._install_identity(private_key)
         self.load = HandshakeLoad()
         self.ratelimiter = RateLimiter()
         self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
@@ -113,16 +118,18 @@ class Device:
         self.on_peer_event: Callable[[Peer, PeerEvent], None] | None = None
 
     def __repr__(self) -> str:
-        return f"Device(public={self.identity.public[:4].hex()}..., peers={len(self.peers)})"
+        public = self.public_key
+        shown = f"{public[:4].hex()}..." if public is not None else "none"
+        return f"Device(public={shown}, peers={len(self.peers)})"
 
     @property
-    def public_key(self) -> bytes:
-        return self.identity.public
+    def public_key(self) -> bytes | None:
+        return None if self.identity is None else self.identity.public
 
     @property
-    def private_key(self) -> bytes:
+    def private_key(self) -> bytes | None:
         # Read from the identity, never kept as a field a debug dump would show.
-        return self.identity.private.private_bytes_raw()
+        return None if self.identity is None else self.identity.private.private_bytes_raw()
 
     # -- peers ------------------------------------------------------------------------------
 
@@ -135,7 +142,7 @@ class Device:
     ) -> Peer:
         if public_key in self.peers:
             raise ValueError("peer already present")
-        if public_key == self.identity.public:
+        if public_key == self.public_key:
             raise ValueError("a peer cannot have the device's own public key")
         if len(self.peers) >= self.max_peers:
             raise ValueError("too many peers")
@@ -164,13 +171,17 @@ class Device:
     def check(self, changes: ChangeSet) -> None:
         """Raise ChangeError if `apply` would refuse `changes`; changes nothing."""
         own = self.public_key
-        if changes.private_key is not None and changes.private_key != self.private_key:
-            try:
-                own = StaticIdentity.from_private_bytes(changes.private_key).public
-            except ValueError:
-                raise ChangeError("private_key: not a usable X25519 key") from None
+        new_key = _wanted_key(changes)
+        if changes.private_key is not None and new_key != self.private_key:
+            own = None
+            if new_key is not None:
+                try:
+                    own = StaticIdentity.from_private_bytes(new_key).public
+                except ValueError:
+                    raise ChangeError("private_key: not a usable X25519 key") from None
         keys = set() if changes.replace_peers else set(self.peers)
-        keys.discard(own)
+        if own is not None:
+            keys.discard(own)
         for change in changes.peers:
             if change.remove:
                 keys.discard(change.public_key)
@@ -184,8 +195,9 @@ class Device:
         and fwmark are the socket's, for the shell to apply. Returns the peers owed a
         keepalive at once (a newly set persistent keepalive sends one, as wireguard-go's)."""
         self.check(changes)
-        if changes.private_key is not None and changes.private_key != self.private_key:
-            self._set_private_key(changes.private_key)
+        new_key = _wanted_key(changes)
+        if changes.private_key is not None and new_key != self.private_key:
+            self._set_private_key(new_key)
         if changes.replace_peers:
             for key in list(self.peers):
                 self.remove_peer(key)
@@ -219,12 +231,20 @@ class Device:
             self.allowed_ips.insert(network, peer)
         return peer
 
-    def _set_private_key(self, private_key: bytes) -> None:
-        """A new identity: every session ends, each peer's handshake is rebuilt on the new
-        key, and a peer that has the new public key goes (as wireguard-go)."""
-        self.identity = StaticIdentity.from_private_bytes(private_key)
-        self.checker = CookieChecker(self.identity.public, self.random_bytes)
-        self.remove_peer(self.identity.public)
+    def _install_identity(self, private_key: bytes | None) -> None:
+        if private_key is None:
+            self.identity = self.checker = None
+        else:
+            self.identity = StaticIdentity.from_private_bytes(private_key)
+            self.checker = CookieChecker(self.identity.public, self.random_bytes)
+
+    def _set_private_key(self, private_key: bytes | None) -> None:
+        """A new identity, or none: every session ends, each peer's handshake is rebuilt
+        on the new key (or left unable to start), and a peer that has the new public key
+        goes (as wireguard-go)."""
+        self._install_identity(private_key)
+        if self.identity is not None:
+            self.remove_peer(self.identity.public)
         for peer in self.peers.values():
             peer.set_identity(self.identity)
 
@@ -282,6 +302,8 @@ class Device:
                 return self._drop("not_handshake")
             if kind == MESSAGE_COOKIE_REPLY:
                 return self._consume_cookie_reply(data, now)  # no DH work: never load
+            if self.checker is None or self.identity is None:
+                return self._drop("no_private_key")  # nobody can have sent it to us
             data = bytes(data)
             if not self.checker.valid_mac1(data):
                 return self._drop("bad_mac1")
@@ -296,7 +318,7 @@ class Device:
                 if not self.ratelimiter.allow(address_bytes(src)[:-2], now):
                     return self._drop("ratelimited")
             if kind == MESSAGE_INITIATION:
-                return self._consume_initiation(data, src, now)
+                return self._consume_initiation(self.identity, data, src, now)
             assert kind == MESSAGE_RESPONSE
             return self._consume_response(data, src, now)
         except MessageError as exc:
@@ -310,9 +332,11 @@ class Device:
         peer.cookies.consume_reply(reply, now)
         return HandshakeResult(peer=peer, event=HandshakeEvent.COOKIE_CONSUMED)
 
-    def _consume_initiation(self, data: bytes, src: Address, now: float) -> HandshakeResult:
+    def _consume_initiation(
+        self, identity: StaticIdentity, data: bytes, src: Address, now: float
+    ) -> HandshakeResult:
         msg = parse_initiation(data)
-        hs = consume_initiation(self.identity, msg, self._lookup_handshake, now)
+        hs = consume_initiation(identity, msg, self._lookup_handshake, now)
         peer = self.peers[hs.remote_static]
         peer.endpoint = src
         peer.rx_bytes += len(data)  # a consumed handshake message counts, as in the kernel
@@ -421,3 +445,10 @@ class Device:
     def next_deadline(self) -> float | None:
         deadlines = [d for p in self.peers.values() if (d := p.timers.next_deadline()) is not None]
         return min(deadlines) if deadlines else None
+
+
+def _wanted_key(changes: ChangeSet) -> bytes | None:
+    """The private key `changes` asks for; None for 32 zero bytes, which remove it (as the
+    kernel and wireguard-go do for `wg set IFACE private-key /dev/null`)."""
+    key = changes.private_key
+    return key if key is not None and any(key) else None

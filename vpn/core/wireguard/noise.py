@@ -5,6 +5,7 @@ Pure state transitions over decoded messages; MACs and cookies live in cookie.py
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,7 +102,7 @@ class Handshake:
     )
 
     def __init__(
-        self, identity: StaticIdentity, remote_static: bytes, psk: bytes | None = None
+        self, identity: StaticIdentity | None, remote_static: bytes, psk: bytes | None = None
     ) -> None:
         if len(remote_static) != KEY_LEN:
             raise ValueError("a public key is 32 bytes")
@@ -110,11 +111,12 @@ class Handshake:
         self.identity = identity
         self.remote_static = bytes(remote_static)
         self.psk = bytes(psk) if psk is not None else _ZERO_KEY
-        # DH(s_i, S_r) == DH(s_r, S_i): computed once per peer; None for a low-order key.
-        try:
-            self.precomputed_ss: bytes | None = dh(identity.private, self.remote_static)
-        except CryptoError:
-            self.precomputed_ss = None
+        # DH(s_i, S_r) == DH(s_r, S_i): computed once per peer; None for a low-order key, or
+        # while the device has no private key (identity None).
+        self.precomputed_ss: bytes | None = None
+        if identity is not None:
+            with contextlib.suppress(CryptoError):
+                self.precomputed_ss = dh(identity.private, self.remote_static)
         self.initiator_hash = hash_(INITIAL_HASH, self.remote_static)
         self.latest_timestamp = bytes(TIMESTAMP_LEN)
         self.last_initiation_consumed: float | None = None
@@ -141,6 +143,8 @@ def create_initiation(
     hs: Handshake, local_index: int, timestamp: bytes, ephemeral: X25519PrivateKey
 ) -> Initiation:
     """Initiator, message 1. The returned message still has zero MACs."""
+    if hs.identity is None:
+        raise HandshakeError("no_private_key")
     if hs.precomputed_ss is None:
         raise HandshakeError("low_order_peer_key")
     ck = INITIAL_CHAIN_KEY
@@ -239,6 +243,8 @@ def consume_response(msg: Response, hs: Handshake | None) -> Handshake:
     """Initiator, message 2; `hs` is the handshake found by the message's receiver index."""
     if hs is None or hs.state is not HandshakeState.CREATED_INITIATION or hs.ephemeral is None:
         raise HandshakeError("unexpected_response")
+    if hs.identity is None:  # cannot be: an initiation needs one, and a new key rebuilds hs
+        raise HandshakeError("no_private_key")
     ephemeral = hs.ephemeral
     ck = kdf1(hs.chaining_key, msg.ephemeral)
     h = hash_(hs.hash, msg.ephemeral)

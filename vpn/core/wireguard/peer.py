@@ -77,7 +77,7 @@ class Peer:
     def __init__(
         self,
         public_key: bytes,
-        identity: StaticIdentity,
+        identity: StaticIdentity | None,
         indexes: IndexTable[Peer],
         sources: Sources,
         preshared_key: bytes | None = None,
@@ -115,7 +115,9 @@ class Peer:
         if not retry:
             self.timers.new_handshake_requested()
         if now - self.last_sent_handshake < REKEY_TIMEOUT or self.handshake.precomputed_ss is None:
-            return []  # one in flight already, or a low-order peer key no handshake can use
+            # One in flight already, or a low-order peer key or no private key of ours: no
+            # handshake can use those.
+            return []
         self.last_sent_handshake = now
         index = self._indexes.new_handshake(self)
         msg = create_initiation(
@@ -276,11 +278,13 @@ class Peer:
         self.handshake.clear()
         self._emit(PeerEvent.KEYS_ZEROED)
 
-    def set_identity(self, identity: StaticIdentity) -> None:
-        """The device's private key changed: every session ends and the handshake is
-        rebuilt on the new key (its static-static secret changes), the preshared key kept."""
+    def set_identity(self, identity: StaticIdentity | None) -> None:
+        """The device's private key changed or went (None): every session ends and the
+        handshake is rebuilt on the new key (its static-static secret changes), the
+        preshared key kept."""
         self.zero_keys()
         self.handshake = Handshake(identity, self.public_key, self.handshake.psk)
+        self.last_sent_handshake = float("-inf")  # one in flight was on the old key: void
         self.timers = Timers(self.timers.persistent_interval, self._sources.jitter,
                              self._sources.timer_armed)
 

@@ -1,0 +1,44 @@
+"""vpn-userspace's command line (its readiness handshake is vpn/host/background.py's,
+tested there), and the link
+events it stops on (`ip link delete`) or follows (`ip link set mtu`)."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+
+from vpn import userspace
+from vpn.host.linkwatch import RTM_DELLINK, RTM_NEWLINK, LinkEvent, parse_link_events
+
+
+@pytest.mark.parametrize("argv", [[], ["-f"], ["a", "b"], ["-x"], ["-f", "a", "b"]])
+def test_usage(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert userspace.main(argv) == userspace.EXIT_USAGE
+    assert "Usage: vpn-userspace [-f/--foreground] INTERFACE-NAME" in capsys.readouterr().err
+
+
+def test_bad_interface_name(capsys: pytest.CaptureFixture[str]) -> None:
+    assert userspace.main(["-f", "no/slash"]) == userspace.EXIT_FAILURE
+    assert "not a valid interface name" in capsys.readouterr().err
+
+
+def _link_message(kind: int, index: int, mtu: int | None) -> bytes:
+    attrs = b""
+    if mtu is not None:
+        attrs = struct.pack("=HHI", 8, 4, mtu)
+    attrs += struct.pack("=HH", 9, 3) + b"wg0\0\0" + b"\0" * 3  # IFLA_IFNAME, padded
+    body = struct.pack("=BxHiII", 0, 0xFFFE, index, 0x1090, 0) + attrs
+    return struct.pack("=IHHII", 16 + len(body), kind, 0, 0, 0) + body
+
+
+def test_link_events_of_our_interface_only() -> None:
+    data = (_link_message(RTM_NEWLINK, 7, 1380) + _link_message(RTM_NEWLINK, 8, 1500)
+            + _link_message(RTM_NEWLINK, 7, None) + _link_message(RTM_DELLINK, 7, 1380))
+    assert parse_link_events(data, 7) == [
+        LinkEvent(deleted=False, mtu=1380), LinkEvent(deleted=False, mtu=None),
+        LinkEvent(deleted=True),
+    ]
+    assert parse_link_events(data[:-5], 8) == [LinkEvent(deleted=False, mtu=1500)]
+    assert parse_link_events(os.urandom(7), 7) == []

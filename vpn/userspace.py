@@ -1,0 +1,91 @@
+"""`vpn-userspace [-f|--foreground] IFACE`: the endpoint as wg-quick runs a userspace
+WireGuard (`WG_QUICK_USERSPACE_IMPLEMENTATION=vpn-userspace`), with wireguard-go's interface.
+
+It creates the TUN (with the offloads) and the management socket and goes to the
+background once both exist; the key, peers, addresses, MTU and routes then come from
+wg-quick (`wg setconf`, `ip`). It stops on SIGTERM or SIGINT, or when its interface is
+deleted (`wg-quick down`), and removes its socket.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from vpn.control.config_model import ConfigError
+from vpn.host.background import run_in_background
+
+PROG = "vpn-userspace"
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+USAGE = f"Usage: {PROG} [-f/--foreground] INTERFACE-NAME"
+# LOG_LEVEL as wireguard-go reads it; unset or anything else means "error", as there.
+LOG_LEVELS: dict[str, int | None] = {
+    "verbose": logging.DEBUG, "debug": logging.DEBUG, "error": logging.ERROR, "silent": None,
+}
+
+log = logging.getLogger("vpn.userspace")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    foreground = bool(args) and args[0] in ("-f", "--foreground")
+    names = args[1:] if foreground else args
+    if len(names) != 1 or names[0].startswith("-"):
+        print(USAGE, file=sys.stderr)
+        return EXIT_USAGE
+    name = names[0]
+    foreground = foreground or os.environ.get("WG_PROCESS_FOREGROUND") == "1"
+    level_name = os.environ.get("LOG_LEVEL", "")
+    level = LOG_LEVELS.get(level_name, logging.ERROR)
+
+    def serve(ready: Callable[[], None]) -> int:
+        # Imported here, in the child: importing the data path's dependencies starts a
+        # thread (numpy's), and a process should not fork with threads running.
+        import uvloop
+
+        from vpn.cli import _serve
+        from vpn.endpoint import Endpoint
+
+        try:
+            endpoint = Endpoint.userspace(name)
+        except ConfigError as error:
+            print(f"{PROG}: {error.reason}", file=sys.stderr)
+            return EXIT_FAILURE
+        setup_logging(name, level)
+        log.debug("Starting %s version %s", PROG, importlib.metadata.version("vpn"))
+        code = uvloop.run(_serve(endpoint, ready))
+        log.debug("Shutting down")
+        return code
+
+    if foreground:
+        return serve(lambda: None)
+    # As wireguard-go: the log stays on the caller's terminal only if LOG_LEVEL asked for it.
+    keep_output = bool(level_name) and level is not None
+    code = run_in_background(serve, keep_output=keep_output)
+    if code != EXIT_OK:
+        print(f"{PROG}: {name}: the interface did not come up (the reason is above)",
+              file=sys.stderr)
+    return code
+
+
+def setup_logging(name: str, level: int | None) -> None:
+    """wireguard-go's layout (`DEBUG: (wg0) 2026/12/02 05:00:00 message`), on stdout as
+    there; level None is LOG_LEVEL=silent."""
+    from vpn.cli import _quiet_pyroute2
+
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter(f"%(levelname)s: ({name}) %(asctime)s %(message)s",
+                                           datefmt="%Y/%m/%d %H:%M:%S"))
+    handler.addFilter(_quiet_pyroute2)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.CRITICAL + 1 if level is None else level)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
