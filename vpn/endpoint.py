@@ -86,7 +86,6 @@ class Endpoint:
         self.udp: UdpSocket | None = None
         self.datapath: DataPath | None = None
         self.mtu = 0
-        self.fwmark = 0
         self._applied: netsetup.Applied | None = None
         self._setup: netsetup.InterfaceSetup | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -136,13 +135,12 @@ class Endpoint:
             self.uapi.bind()
             fwmark = self._open_interface(endpoints) or iface.fwmark
             self.udp = UdpSocket.open(iface.listen_port or 0, fwmark=fwmark)
-            self.fwmark = fwmark or 0
         except BaseException:
             self._release()
             raise
         assert self.tun is not None  # _open_interface opened it
         device.set_mtu(self.mtu)
-        device.listen_port, device.fwmark = self.udp.port, self.fwmark
+        device.listen_port, device.fwmark = self.udp.port, fwmark or 0
         self.device = device
         self.datapath = DataPath(device, self.tun, self.udp, mtu=self.mtu, clock=self.clock)
         loop.add_reader(self.tun.fd, self.datapath.on_tun_readable)
@@ -435,11 +433,11 @@ class Endpoint:
         device = self._running_device()
         assert self.udp is not None and self.datapath is not None
         device.check(changes)
-        fwmark = self.fwmark if changes.fwmark is None else changes.fwmark
+        fwmark = device.fwmark if changes.fwmark is None else changes.fwmark
         new_udp = None
         if changes.listen_port is not None and changes.listen_port != self.udp.port:
             new_udp = self._open_udp(changes.listen_port, fwmark)
-        elif fwmark != self.fwmark:
+        elif fwmark != device.fwmark:
             try:
                 self.udp.set_mark(fwmark)
             except OSError as err:
@@ -455,7 +453,7 @@ class Endpoint:
                      _key_text(device.public_key))
         if new_udp is not None:
             self._swap_udp(new_udp)
-        self.fwmark = device.fwmark = fwmark
+        device.fwmark = fwmark
         device.listen_port = self.udp.port
         self.config = running.running_config(
             self.config, device.snapshot(),

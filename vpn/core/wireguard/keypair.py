@@ -295,7 +295,7 @@ class Keypair:
                 messages, out, offset, local, replay.seen, replay.greatest
             )
             if counts is not None and drops is not None:
-                _add_drops(drops, counts)
+                _add_drops(drops, _NATIVE_DROP_REASONS, counts)
             return opened
         view = memoryview(out)
         seen = replay.seen
@@ -372,9 +372,7 @@ class Keypair:
                                             self.local_index, self.replay.seen,
                                             self.replay.greatest, records)
             if counts is not None:
-                for reason, n in zip(_RUN_DROP_REASONS, counts, strict=True):
-                    if n:
-                        drops[reason] = drops.get(reason, 0) + n
+                _add_drops(drops, _RUN_DROP_REASONS, counts)
             return stop, offset, nrec, fresh, nbytes, sources
         return self._receive_run_python(data, segment_size, start, out, offset, records, drops)
 
@@ -441,9 +439,11 @@ class Keypair:
         return bytes(out)
 
 
-def _add_drops(drops: MutableMapping[str, int], counts: tuple[int, ...]) -> None:
-    """Add a native open's drop counts to `drops` under the reasons the Python path uses."""
-    for reason, n in zip(_NATIVE_DROP_REASONS, counts, strict=True):
+def _add_drops(drops: MutableMapping[str, int], reasons: tuple[str, ...],
+               counts: tuple[int, ...]) -> None:
+    """Add a native open's drop counts to `drops` under the reasons the Python path uses
+    (`reasons`, in the order the C code counts them)."""
+    for reason, n in zip(reasons, counts, strict=True):
         if n:
             drops[reason] = drops.get(reason, 0) + n
 
