@@ -14,6 +14,8 @@ SYSTEM_PACKAGES=(iperf3 iproute2 tcpdump wireguard-tools wireguard-go ethtool ip
 # a full-tunnel config's firewall rules go through nft when it exists, as wg-quick's do,
 # and through iptables-restore otherwise (vpn/host/firewall.py); the tests try both.
 VENV=${VENV:-.venv}
+# shellcheck source=scripts/apt.sh
+. scripts/apt.sh
 
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do
@@ -42,9 +44,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
     echo "bootstrap: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
+    apt_get update -qq
     # --no-install-recommends: wireguard-tools would otherwise pull in a kernel image.
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    apt_get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then

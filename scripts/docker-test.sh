@@ -24,6 +24,8 @@
 # and print how to take it down; with a daemon started here, the daemon stays too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/apt.sh
+. scripts/apt.sh
 ROOT=$PWD
 
 IPERF_SECONDS=${IPERF_SECONDS:-10}
@@ -69,8 +71,8 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    apt_get update -qq
+    apt_get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 # Debian's CLI matches Debian's daemon; another docker (a newer static CLI in /usr/local/bin)
 # may precede it on PATH.
