@@ -1,11 +1,11 @@
 """Floods of hostile datagrams at a WireGuard UDP port, for tests/integration/test_hostile.py.
 
-Each mode runs for SECONDS at up to RATE datagrams a second and prints one JSON line of what
-it sent, by kind. Batches of equal-sized datagrams go out with UDP GSO (one sendmsg for up
-to 64), so a Python sender reaches millions of datagrams in seconds. The sockets set
-IP_RECVERR, so a datagram the local stack drops on the way out (ENOBUFS: a full veth
-backlog) fails its send and is reported as `unsent` instead of counted as sent; `total` is
-what the kernel took.
+Each mode runs for SECONDS (or until SIGTERM) at up to RATE datagrams a second and prints
+one JSON line of what it sent, by kind. Batches of equal-sized datagrams go out with UDP GSO
+(one sendmsg for up to 64), so a Python sender reaches millions of datagrams in seconds.
+The sockets set IP_RECVERR, so a datagram the local stack drops on the way out (ENOBUFS: a
+full veth backlog) fails its send and is reported as `unsent` instead of counted as sent;
+`total` is what the kernel took.
 
 `garbage ADDR PORT SECONDS RATE [PCAP] [--limit=N]`: random bytes, too short, type bytes
 1-4 with wrong lengths, nonzero reserved bytes, bad mac1, unknown receiver indices,
@@ -28,6 +28,7 @@ import errno
 import json
 import os
 import random
+import signal
 import socket
 import struct
 import sys
@@ -48,6 +49,21 @@ _UNSENT = frozenset({errno.EAGAIN, errno.ENOBUFS, errno.ECONNREFUSED})
 MAX_SEGMENTS = 64
 MAX_UDP = 65507
 PLAIN_MAX = 1472  # larger datagrams are sent one by one and fragmented by IP
+
+
+class Deadline:
+    """`seconds` from now, or sooner: SIGTERM ends the flood early and the report is still
+    printed, so a test stops it by pid as soon as it has its answer."""
+
+    def __init__(self, seconds: float) -> None:
+        self._at = time.monotonic() + seconds
+        signal.signal(signal.SIGTERM, self._stop)
+
+    def _stop(self, signum: int, frame: object) -> None:
+        self._at = float("-inf")
+
+    def running(self) -> bool:
+        return time.monotonic() < self._at
 
 
 def transport_messages(pcap: Path) -> list[bytes]:
@@ -144,8 +160,8 @@ def garbage(
              "unknown_index", "oversized"]
     if captured:
         kinds += ["replay", "replay", "forged", "truncated_transport"]
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and (limit is None or sender.sent < limit):
+    deadline = Deadline(seconds)
+    while deadline.running() and (limit is None or sender.sent < limit):
         kind = rng.choice(kinds)
         if kind == "random":
             size = rng.randint(4, 1400)
@@ -213,9 +229,9 @@ def initiations(
             sock.bind((address, 0))
             socks.append(sock)
     cookies = 0
-    deadline = time.monotonic() + seconds
+    deadline = Deadline(seconds)
     turn = 0
-    while time.monotonic() < deadline:
+    while deadline.running():
         sock = socks[turn % len(socks)]
         turn += 1
         start = rng.randrange(len(messages) - 8)

@@ -31,7 +31,10 @@ def start_flood(host: Host, *args: str) -> Process:
     return host.start(sys.executable, "-m", "lab.flood", *args, env=env)
 
 
-def flood_result(proc: Process, timeout: float = 120) -> dict:
+def flood_result(proc: Process, timeout: float = 120, *, stop: bool = False) -> dict:
+    """The flooder's report once it ends: at its SECONDS, or at once with `stop`."""
+    if stop:
+        proc.stop(timeout)
     proc.popen.wait(timeout)
     lines = [ln for ln in proc.output().splitlines() if ln.startswith("{")]
     assert lines, proc.output()

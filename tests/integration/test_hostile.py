@@ -253,43 +253,49 @@ def test_garbage_flood_during_transfer(lab: Lab) -> None:
 def test_initiation_flood_switches_to_cookies(lab: Lab) -> None:
     """Valid-mac1 initiations from 200 addresses x 2 ports: b demands cookies, its DH work
     stays bounded, a peer that starts during the flood still completes its handshake and a
-    transfer through b completes."""
+    transfer through b completes.
+
+    The rate is one b serves with a small share of a core (a cookie reply costs it about
+    20 us): the proof is the protocol's, and must not depend on the CPU b gets. At 20,000/s
+    on a loaded 2-core machine b got 40% of a core, its socket dropped a third to all of
+    what came (RcvbufErrors), a's messages alike, and each lost one costs a's handshake a
+    5 s REKEY_TIMEOUT: it failed within the ping's 50 s. Overload is `make bench`'s."""
     pair = build(lab)
     flood = flood_host(lab, pair, extra=199)
     victim = pair.start_ours(pair.b)
     sources = [f"{FLOOD_NET}.{2 + i}" for i in range(200)]
-    # Long enough for ten handshake attempts while it runs: on a loaded 2-core machine b's
-    # socket drops a good share of everything, a's initiations included.
-    seconds, rate = 60, 20_000
     cpu_before = cpu_seconds(victim.pid)
+    mib_before = udp_mib(pair.b.host)
     began = time.monotonic()
-    flooder = start_flood(flood, "initiations", VICTIM, str(PORT["b"]), str(seconds),
-                          str(rate), public_hex(pair.b.public), *sources)
+    # The flood's bound; it is stopped by pid once the transfer is through.
+    flooder = start_flood(flood, "initiations", VICTIM, str(PORT["b"]), "120", "5000",
+                          public_hex(pair.b.public), *sources)
     # a starts once b is demanding cookies, so its handshake meets the flood at its worst.
     wait_until(lambda: "cookie_sent" in stats_of(pair.b.ifname).get("protocol_drops", {}),
                "demanding cookies")
     pair.start_ours(pair.a)
     started = time.monotonic()
-    # Each lost handshake message costs a REKEY_TIMEOUT (5 s): a busy machine loses some.
+    # Each lost handshake message costs a REKEY_TIMEOUT (5 s).
     ping = pair.a.host.run("ping", "-c", "1", "-w", "50", pair.b.tunnel4, check=False)
     handshake_seconds = time.monotonic() - started
     flood_running = flooder.popen.poll() is None
     assert ping.returncode == 0, ping.stdout
     sent, received = checked_transfer(pair.a.host, pair.b.host, pair.b.tunnel4, 8 << 20)
     transfer_done = time.monotonic() - started
-    result = flood_result(flooder)
+    protocol = stats_of(pair.b.ifname)["protocol_drops"]
+    result = flood_result(flooder, stop=True)
     wall = time.monotonic() - began
     cpu = cpu_seconds(victim.pid) - cpu_before
-    protocol = stats_of(pair.b.ifname)["protocol_drops"]
+    mib = udp_mib(pair.b.host) - mib_before
     output = pair.stop(pair.b)
     costly = protocol.get("bad_static_auth", 0) + protocol.get("low_order_ephemeral", 0)
     print(f"\nflood: {result}\nb protocol drops: {protocol}\nhandshake under flood: "
           f"{handshake_seconds:.1f} s (8 MB transfer done {transfer_done:.1f} s after a "
-          f"started); b CPU {cpu:.1f} s over {wall:.1f} s wall")
+          f"started); b CPU {cpu:.1f} s over {wall:.1f} s wall; b's UDP: {dict(mib)}")
     assert sent == received
     assert "handshake completed" in output
-    assert protocol.get("cookie_sent", 0) > 10_000, protocol
-    assert result["cookie_replies"] > 1_000, result
+    assert protocol.get("cookie_sent", 0) > 1_000, protocol
+    assert result["cookie_replies"] > 100, result
     # Without cookies every initiation would cost a DH; with them, only the backlog that
     # switches the device to "under load" gets through, once per lapse of the load.
     assert costly <= 5 * UNDER_LOAD_BACKLOG, (costly, result)

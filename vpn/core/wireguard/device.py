@@ -310,9 +310,9 @@ class Device:
             if under_load is None:
                 under_load = self.load.count_costly(now)
             if under_load:
-                if not self.checker.valid_mac2(data, src, now):
-                    sender = _SENDER_INDEX.unpack_from(data, 4)[0]
-                    reply = self.checker.make_reply(data, sender, src, now)
+                sender = _SENDER_INDEX.unpack_from(data, 4)[0]
+                reply = self.checker.reply_unless_mac2(data, sender, src, now)
+                if reply is not None:
                     self.drops["cookie_sent"] += 1
                     return HandshakeResult(replies=[reply], event=HandshakeEvent.COOKIE_SENT)
                 if not self.ratelimiter.allow(address_bytes(src)[:-2], now):
