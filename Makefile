@@ -23,9 +23,10 @@ unit: deps
 integration: deps
 	$(PYTHON) -m pytest -q tests/integration
 
-test: deps lint sanitize
-	docker-compose -f docker/docker-compose.yml config -q
-	$(PYTHON) -m pytest -q tests
+# The sanitizer run, the compose file and the whole suite (scripts/test.sh runs the slow
+# tests beside the sanitizer).
+test: deps lint
+	PYTHON=$(PYTHON) bash scripts/test.sh
 
 # The native modules built with AddressSanitizer and UBSan, against their property tests
 # (about a minute, so part of `make test`).
