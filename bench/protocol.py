@@ -115,12 +115,35 @@ def _transport_us_per_64k(rounds: int) -> dict[str, float]:
     return {key: statistics.median(times) * 1e6 for key, times in samples.items()}
 
 
+def _timer_wakeup_us(peers: int, wakeups: int = 200) -> float:
+    """Microseconds of one Device.poll with `peers` idle peers (each with a persistent
+    keepalive due in 25 s) and one peer whose keepalive is due: the median wakeup."""
+    device = Device(os.urandom(32))
+    for _ in range(peers):
+        device.add_peer(os.urandom(32), persistent_keepalive=25.0).timers.set_persistent_keepalive(
+            25.0, 0.0)
+    busy = device.add_peer(os.urandom(32), endpoint=_ADDR)
+    samples = []
+    for i in range(wakeups):
+        now = 1.0 + i * 1e-3
+        busy.timers.set_persistent_keepalive(1e-3, now - 1e-3)  # due at this wakeup
+        start = time.perf_counter()
+        device.poll(now)
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples) * 1e6
+
+
 def run(handshakes: int = 300, rounds: int = 300) -> dict[str, float]:
     hs = _handshakes_per_second(handshakes)
     us = _transport_us_per_64k(rounds)
     bits = SUPER_PACKET * 8
     packets = -(-SUPER_PACKET // MTU)
     figures = {"handshakes_per_s": round(hs, 1)}
+    # Goal (the "use every core" issue): 10,000 idle peers cost at most 2x what 100 do.
+    few, many = _timer_wakeup_us(100), _timer_wakeup_us(10_000)
+    figures["timer_wakeup_us_100_peers"] = round(few, 1)
+    figures["timer_wakeup_us_10000_peers"] = round(many, 1)
+    figures["timer_wakeup_10000_over_100"] = round(many / few, 2)
     for key, value in us.items():
         label = f"{key}_only" if key.startswith("aead") else key
         figures[f"{label}_us_per_64k"] = round(value, 1)

@@ -29,6 +29,7 @@ from .constants import (
     MESSAGE_TRANSPORT,
 )
 from .cookie import CookieChecker, HandshakeLoad, address_bytes
+from .deadlines import Deadlines
 from .index import IndexTable
 from .keypair import RECORD, Keypair
 from .messages import (
@@ -114,6 +115,7 @@ class Device:
         # The shell's hooks: a timer armed earlier than `wake_at` (so it can sleep until the
         # next deadline instead of polling), and a peer's event (to log it).
         self.wake_at = float("inf")
+        self._deadlines: Deadlines[Peer] = Deadlines()
         self.on_earlier_deadline: Callable[[float], None] | None = None
         self.on_peer_event: Callable[[Peer, PeerEvent], None] | None = None
 
@@ -164,6 +166,7 @@ class Device:
             return
         peer.zero_keys()
         peer.timers.stop()
+        self._deadlines.forget(peer)
         self.allowed_ips.remove_by_peer(peer)
 
     # -- configuration: a ChangeSet applied whole, a snapshot of what runs --------------------
@@ -420,7 +423,8 @@ class Device:
 
     # -- timers -----------------------------------------------------------------------------
 
-    def _timer_armed(self, deadline: float) -> None:
+    def _timer_armed(self, peer: Peer, deadline: float) -> None:
+        self._deadlines.schedule(peer, deadline)
         if deadline < self.wake_at:
             self.wake_at = deadline
             if self.on_earlier_deadline is not None:
@@ -431,20 +435,22 @@ class Device:
             self.on_peer_event(peer, event)
 
     def poll(self, now: float) -> list[tuple[Peer, bytes]]:
-        """Run every peer's expired timers; return (peer, datagram) pairs to send. Afterwards
-        `wake_at` is the next deadline (inf: none)."""
+        """Run the expired timers of the peers whose deadline passed (no other peer is
+        looked at); return (peer, datagram) pairs to send. Afterwards `wake_at` is the next
+        deadline (inf: none)."""
         out: list[tuple[Peer, bytes]] = []
-        for peer in list(self.peers.values()):
-            deadline = peer.timers.next_deadline()
-            if deadline is not None and deadline <= now:
+        for peer in self._deadlines.due(now):
+            if self.peers.get(peer.public_key) is peer:  # not removed since
                 out += [(peer, d) for d in peer.poll(now)]
-        deadline = self.next_deadline()
-        self.wake_at = float("inf") if deadline is None else deadline
+                deadline = peer.next_deadline()
+                if deadline is not None:
+                    self._deadlines.schedule(peer, deadline)
+        self.wake_at = self._deadlines.earliest()
         return out
 
     def next_deadline(self) -> float | None:
-        deadlines = [d for p in self.peers.values() if (d := p.timers.next_deadline()) is not None]
-        return min(deadlines) if deadlines else None
+        deadline = self._deadlines.earliest()
+        return None if deadline == float("inf") else deadline
 
 
 def _wanted_key(changes: ChangeSet) -> bytes | None:

@@ -49,7 +49,7 @@ class Sources:
     wall_clock: Callable[[], float]  # TAI64N timestamps and `wg show` only, never timers
     ephemeral_factory: Callable[[], X25519PrivateKey]
     jitter: Callable[[], float]
-    timer_armed: Callable[[float], None]
+    timer_armed: Callable[[Peer, float], None]
     event: Callable[[Peer, PeerEvent], None]
 
 
@@ -89,7 +89,7 @@ class Peer:
         self.public_key = bytes(public_key)
         self.handshake = Handshake(identity, public_key, preshared_key)
         self.keypairs = KeypairSet(on_drop=indexes.forget_keypair)
-        self.timers = Timers(persistent_keepalive, sources.jitter, sources.timer_armed)
+        self.timers = Timers(persistent_keepalive, sources.jitter, self._timer_armed)
         self.cookies = CookieGenerator(public_key)
         self.endpoint = endpoint
         self.last_sent_handshake = float("-inf")
@@ -286,7 +286,10 @@ class Peer:
         self.handshake = Handshake(identity, self.public_key, self.handshake.psk)
         self.last_sent_handshake = float("-inf")  # one in flight was on the old key: void
         self.timers = Timers(self.timers.persistent_interval, self._sources.jitter,
-                             self._sources.timer_armed)
+                             self._timer_armed)
+
+    def _timer_armed(self, deadline: float) -> None:
+        self._sources.timer_armed(self, deadline)
 
     def _emit(self, event: PeerEvent) -> None:
         self.events.append(event)
