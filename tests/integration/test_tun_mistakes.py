@@ -150,12 +150,12 @@ def pseudo_sum(src: str, dst: str, length: int) -> int:
 
 def tcp_ipv4(payload: bytes = b"", *, flags: int = 0x02, seq: int = 1000, df: bool = True,
              field: str = "pseudo", options: bytes = b"", src: str = BEHIND,
-             dst: str = FAR) -> bytes:
-    """IPv4 + TCP from `src`:40000 to `dst`:5001. `field` is what goes in the TCP checksum
-    field: the pseudo-header sum (for NEEDS_CSUM), the full checksum, or zero."""
+             dst: str = FAR, sport: int = 40000) -> bytes:
+    """IPv4 + TCP from `src`:`sport` to `dst`:5001. `field` is what goes in the TCP
+    checksum field: the pseudo-header sum (for NEEDS_CSUM), the full checksum, or zero."""
     doff = (20 + len(options)) // 4
     ack = 1 if flags & 0x10 else 0
-    tcp = struct.pack("!HHIIBBHHH", 40000, 5001, seq, ack, doff << 4, flags, 64240, 0, 0)
+    tcp = struct.pack("!HHIIBBHHH", sport, 5001, seq, ack, doff << 4, flags, 64240, 0, 0)
     tcp += options + payload
     pseudo = pseudo_sum(src, dst, len(tcp))
     value = {"pseudo": pseudo, "full": ~ones_sum(tcp, pseudo) & 0xFFFF, "zero": 0}[field]
