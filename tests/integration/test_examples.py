@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.netns import Host, Lab, lab_unavailable_reason
+from lab.netns import Host, Lab, Process, lab_unavailable_reason
 
 pytestmark = pytest.mark.netns
 
@@ -239,19 +239,25 @@ def _pcap_tcp_packets(pcap: Path) -> list[bytes]:
     return packets
 
 
+def _start_reader(host: Host, go_binary: Path, *args: str) -> Process:
+    """`tunjumbo -read` in `host`, returned once its TUN is up and it is reading."""
+    reader = host.start(str(go_binary), "-read", *args)
+    deadline = time.monotonic() + 10
+    while "reading" not in reader.output():
+        assert reader.popen.poll() is None and time.monotonic() < deadline, reader.output()
+        time.sleep(0.02)
+    return reader
+
+
 def _run_writer_and_reader(lab: Lab, go_binary: Path, family: int, writer: str,
                            reader: str, offload: str | None = None) -> tuple[str, Path]:
     """The reader on `reader`'s tun0 until it has made ten TCP packets, the writer on
     `writer`'s; returns the reader's output and its pcap file."""
     hosts = lab.hosts
     pcap = lab.path(f"read-{family}-{writer}-{reader}-{offload}.pcap")
-    args = [str(go_binary), "-read", "-addr", TUNNELS[reader][family][0], "-pcap",
-            str(pcap), "-count", "10", "-idle", "20s"]
-    proc = hosts[reader].start(*args, *(["-offload", offload] if offload else []))
-    deadline = time.monotonic() + 10
-    while "reading" not in proc.output():
-        assert proc.popen.poll() is None and time.monotonic() < deadline, proc.output()
-        time.sleep(0.02)
+    proc = _start_reader(hosts[reader], go_binary, "-addr", TUNNELS[reader][family][0],
+                         "-pcap", str(pcap), "-count", "10", "-idle", "20s",
+                         *(["-offload", offload] if offload else []))
     wrote = hosts[writer].run(str(go_binary), "-addr", TUNNELS[writer][family][0], "-src",
                               TUNNELS[writer][family][1], "-dst", TUNNELS[reader][family][1],
                               "-wait", "1s", timeout=60, check=False)
@@ -315,12 +321,8 @@ def test_go_reader_a_syn_from_a_veth_arrives_with_needs_csum(lab: Lab, go_binary
     hosts = _two_tunnel_hosts(lab)
     sender = hosts["a"].capture("to-b", "tcp", snaplen=200)
     pcap = lab.path("syn.pcap")
-    reader = hosts["b"].start(str(go_binary), "-read", "-addr", TUNNELS["b"][4][0], "-pcap",
-                              str(pcap), "-count", "1", "-idle", "20s")
-    deadline = time.monotonic() + 10
-    while "reading" not in reader.output():
-        assert reader.popen.poll() is None and time.monotonic() < deadline, reader.output()
-        time.sleep(0.02)
+    reader = _start_reader(hosts["b"], go_binary, "-addr", TUNNELS["b"][4][0], "-pcap",
+                           str(pcap), "-count", "1", "-idle", "20s")
     hosts["a"].start(sys.executable, "-c", "import socket; socket.create_connection("
                      f"('{TUNNELS['b'][4][1]}', 5001), timeout=20)")
     assert reader.popen.wait(timeout=30) == 0, reader.output()
@@ -332,3 +334,20 @@ def test_go_reader_a_syn_from_a_veth_arrives_with_needs_csum(lab: Lab, go_binary
     # tcpdump on the sender: "incorrect -> " and the value the reader then put there.
     on_sender = sender.stop()
     assert f"(incorrect -> {completed.group(1)})" in on_sender, on_sender
+
+
+def test_go_writer_ipv6_gso_size_1460_never_crosses_a_1500_byte_link(
+        lab: Lab, go_binary: Path) -> None:
+    """The IPv6 header is 20 bytes longer: segments of 1460 bytes of payload make
+    1520-byte IPv6 packets, and the forwarding host drops the whole frame. Nothing
+    reaches the reader, while the default (1440) does (test above)."""
+    _require_lab()
+    hosts = _two_tunnel_hosts(lab)
+    reader = _start_reader(hosts["b"], go_binary, "-addr", TUNNELS["b"][6][0], "-count", "1",
+                           "-idle", "3s")
+    wrote = hosts["a"].run(str(go_binary), "-addr", TUNNELS["a"][6][0], "-src",
+                           TUNNELS["a"][6][1], "-dst", TUNNELS["b"][6][1], "-mss", "1460",
+                           "-wait", "1s", timeout=60, check=False)
+    assert "gso_size=1460" in wrote.stdout, wrote.stdout + wrote.stderr
+    assert reader.popen.wait(timeout=30) == 1, reader.output()
+    assert "made 0 TCP packets" in reader.output(), reader.output()
