@@ -69,7 +69,8 @@ def show_view(name: str, snapshot: DeviceSnapshot, stats: dict[str, Any] | None)
                 "preshared_key": peer.preshared_key is not None,
                 "endpoint": endpoint_text(peer.endpoint) if peer.endpoint else None,
                 "allowed_ips": [str(n) for n in peer.allowed_ips],
-                "latest_handshake": peer.last_handshake,
+                # get=1 says 0 for "never" (as wg reads it); the JSON says null.
+                "latest_handshake": peer.last_handshake or None,
                 "rx_bytes": peer.rx_bytes,
                 "tx_bytes": peer.tx_bytes,
                 "persistent_keepalive": peer.persistent_keepalive,
@@ -78,6 +79,30 @@ def show_view(name: str, snapshot: DeviceSnapshot, stats: dict[str, Any] | None)
         ],
         "offload": offload_view(stats) if stats is not None else None,
     }
+
+
+def dump_lines(name: str, snapshot: DeviceSnapshot, with_interface: bool) -> list[str]:
+    """`wg show IFACE dump` (`wg show all dump` with `with_interface`): tab-separated, one
+    line for the interface (private key, public key, port, fwmark) and one per peer
+    (public key, preshared key, endpoint, allowed IPs, latest handshake, rx, tx,
+    keepalive), keys in full as there: the socket and the command are root's."""
+    def maybe_key(key: bytes | None) -> str:
+        return encode_key(key) if key is not None else "(none)"
+
+    prefix = [name] if with_interface else []
+    private = snapshot.private_key
+    public = public_from_private(private) if private is not None else None
+    lines = [[*prefix, maybe_key(private), maybe_key(public), str(snapshot.listen_port),
+              f"{snapshot.fwmark:#x}" if snapshot.fwmark else "off"]]
+    for peer in snapshot.peers:
+        lines.append([
+            *prefix, encode_key(peer.public_key), maybe_key(peer.preshared_key),
+            endpoint_text(peer.endpoint) if peer.endpoint else "(none)",
+            ",".join(str(n) for n in peer.allowed_ips) or "(none)",
+            str(int(peer.last_handshake or 0)), str(peer.rx_bytes), str(peer.tx_bytes),
+            str(peer.persistent_keepalive or "off"),
+        ])
+    return ["\t".join(line) for line in lines]
 
 
 def _bytes(n: int) -> str:
@@ -147,7 +172,10 @@ def show_text(view: dict[str, Any], now: float) -> str:
         f"  handshakes: {off['handshakes_completed']} completed, "
         f"{off['handshakes_received']} handshake messages received",
     ]
-    drops = {**off["drops"], **{f"protocol:{k}": v for k, v in off["protocol_drops"].items()},
+    # A handshake message's drop is counted by the data path and by the protocol alike:
+    # the protocol's count is shown only where it says something the other does not.
+    drops = {**off["drops"], **{f"protocol:{k}": v for k, v in off["protocol_drops"].items()
+                                if off["drops"].get(k) != v},
              **{f"udp_send:{k}": v for k, v in off["udp_send_errors"].items()}}
     if drops:
         lines.append("  drops: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
