@@ -11,7 +11,7 @@ SaveConfig):
 | CapabilityBoundingSet= | `setpriv --bounding-set` |
 | NoNewPrivileges=yes | `setpriv --no-new-privs` |
 | MemoryDenyWriteExecute=yes | prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN) |
-| ProtectSystem=strict, ReadWritePaths= | `unshare -m`: / remounted read-only, the writable paths bound rw |
+| ProtectSystem=strict, ReadWritePaths= | `unshare -m`: / read-only, the writable paths rw |
 | PrivateTmp=yes, ProtectHome=yes | tmpfs over /tmp; read-only empty tmpfs over /home and /root |
 
 Not reproduced (no tool applies them outside systemd): SystemCallFilter=,
@@ -70,7 +70,7 @@ def _analyze(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
         bin_dir.mkdir()
         (bin_dir / "vpn").symlink_to(VENV_BIN / "vpn")
         shutil.copy(UNIT, unit)
-    script = f'mount --bind "$1" /usr/local/bin && shift && exec "$@"'
+    script = 'mount --bind "$1" /usr/local/bin && shift && exec "$@"'
     return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script,
                            "sh", str(bin_dir), str(analyzer), *args, str(unit)],
                           capture_output=True, text=True, timeout=120)

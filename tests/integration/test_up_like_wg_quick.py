@@ -114,13 +114,18 @@ def test_foreground_tells_systemd(lab: Lab, tmp_path: Path) -> None:
     with listener:
         listener.bind(str(tmp_path / "notify"))
         listener.settimeout(60)
-        env = dict(os.environ, PYTHONPATH=str(ROOT), NOTIFY_SOCKET=str(tmp_path / "notify"))
+        # WatchdogSec=1s: a keep-alive every half second from READY=1 on.
+        env = dict(os.environ, PYTHONPATH=str(ROOT), NOTIFY_SOCKET=str(tmp_path / "notify"),
+                   WATCHDOG_USEC="1000000")
         proc = host.start(sys.executable, "-m", "vpn.cli", "up", "--foreground", str(config),
                           env=env)
         assert listener.recv(64) == b"READY=1"
         # READY=1 means serving: the interface answers `wg` already.
         assert host.run("wg", "show", config.stem, "listen-port").stdout.strip() == "51998"
+        assert [listener.recv(64) for _ in range(3)] == [b"WATCHDOG=1"] * 3
         proc.popen.send_signal(signal.SIGTERM)
-        assert listener.recv(64) == b"STOPPING=1"
+        while (message := listener.recv(64)) == b"WATCHDOG=1":
+            pass
+        assert message == b"STOPPING=1"
         assert proc.popen.wait(timeout=30) == 0
     assert config.stem not in host.run("ip", "link").stdout

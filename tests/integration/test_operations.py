@@ -1,0 +1,155 @@
+"""What an operator meets: the background log on a host without syslog, `vpn show ... dump`
+against `wg show`, `vpn save` of a file outside /etc/wireguard, and wireguard-go's socket
+named as such by `vpn down` and `vpn reload`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lab.netns import Host, Lab
+from lab.wg_lab import ROOT, wg
+
+pytestmark = pytest.mark.netns
+
+LOG_DIR = Path("/var/log/vpn")
+SOCKET_DIR = Path("/var/run/wireguard")
+
+
+def _vpn(host: Host, *args: str, cwd: Path | None = None,
+         wrap: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(host.command([*wrap, sys.executable, "-m", "vpn.cli", *args]),
+                          capture_output=True, text=True, env=env, timeout=60, cwd=cwd)
+
+
+def _config(port: int, *peers: str) -> str:
+    return (f"[Interface]\nPrivateKey = {wg('genkey')}\nListenPort = {port}\n"
+            f"Address = 198.18.94.1/24\nMTU = 1420\n" + "".join(peers))
+
+
+def _peer(*lines: str) -> str:
+    return "\n[Peer]\nPublicKey = {}\n{}\n".format(wg("pubkey", input=wg("genkey")),
+                                                   "\n".join(lines))
+
+
+def _wait(condition: object, what: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"still not {what} after {seconds} s"
+        time.sleep(0.05)
+
+
+def _pids(host: Host) -> list[int]:
+    """The processes in the host's namespace: the detached endpoint."""
+    listed = subprocess.run(["ip", "netns", "pids", host.ns], capture_output=True, text=True)
+    return [int(pid) for pid in listed.stdout.split()]
+
+
+# /dev/log made unusable in a mount namespace of its own (an empty file over it, which
+# refuses connections), for hosts that have one; this one has none at all.
+NO_SYSLOG = ("unshare", "-m", "--propagation", "private", "sh", "-c",
+             'if [ -e /dev/log ] || [ -L /dev/log ]; then mount --bind /dev/null /dev/log; '
+             'fi; exec "$@"', "no-syslog")
+
+
+def test_in_the_background_without_syslog_the_log_goes_to_a_file(lab: Lab) -> None:
+    host = lab.host("a")
+    name = f"vl{secrets.token_hex(3)}"
+    config = lab.path(f"{name}.conf")
+    config.write_text(_config(51994, _peer("AllowedIPs = 198.18.93.0/24")))
+    config.chmod(0o600)
+    log_file = LOG_DIR / f"{name}.log"
+    made_dir = not LOG_DIR.exists()
+    try:
+        up = _vpn(host, "up", str(config), wrap=NO_SYSLOG)
+        assert up.returncode == 0, up.stderr
+        # Told before the terminal was released, after the "up" line.
+        assert up.stderr.rstrip().endswith(
+            f"vpn: {name}: serving in the background; the log goes to {log_file} (there is "
+            "no syslog socket at /dev/log)"), up.stderr
+        (pid,) = _pids(host)
+        # A later line: a SIGHUP reload of a broken file, which only the log reports.
+        config.write_text(config.read_text() + "\n[Peer]\nPublicKey = nonsense\n")
+        os.kill(pid, signal.SIGHUP)
+        _wait(lambda: "reload failed" in log_file.read_text(), "logged")
+        line = next(ln for ln in log_file.read_text().splitlines() if "reload failed" in ln)
+        assert f" ERROR   vpn.endpoint: interface {name}: reload failed, nothing changed: " \
+            f"{config}:" in line and "PublicKey: not a base64" in line
+        down = _vpn(host, "down", name)
+        assert down.returncode == 0, down.stderr
+        _wait(lambda: f"interface {name} down" in log_file.read_text(), "down")
+    finally:
+        for left in _pids(host):  # the daemon outlives `ip netns del`
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(left, signal.SIGTERM)
+        log_file.unlink(missing_ok=True)
+        if made_dir:
+            with contextlib.suppress(OSError):
+                LOG_DIR.rmdir()
+
+
+def test_show_dump_is_wg_show_dump_and_save_writes_the_file_it_came_from(lab: Lab) -> None:
+    host = lab.host("a")
+    name = f"vs{secrets.token_hex(3)}"
+    config = lab.path(f"{name}.conf")
+    config.write_text(_config(
+        51993,
+        _peer("AllowedIPs = 198.18.92.0/24, fd00:92::/64", "Endpoint = 198.18.91.2:51000",
+              f"PresharedKey = {wg('genpsk')}", "PersistentKeepalive = 25"),
+        _peer("AllowedIPs = 198.18.90.7/32")))
+    config.chmod(0o600)
+    # Started from a relative path in the lab's directory: `vpn save` runs from elsewhere.
+    proc = host.start("sh", "-c", 'cd "$1" && shift && exec "$@"', "in-dir", str(config.parent),
+                      sys.executable, "-m", "vpn.cli", "up", "--foreground", config.name,
+                      env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    while host.run("wg", "show", name, "listen-port", check=False).returncode != 0:
+        assert proc.popen.poll() is None, proc.output()
+    ours = _vpn(host, "show", name, "dump")
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stdout == host.run("wg", "show", name, "dump").stdout
+    assert len(ours.stdout.splitlines()) == 3
+
+    def lines_of(output: str) -> list[str]:  # the socket directory is every netns's
+        return [ln for ln in output.splitlines() if ln.startswith(f"{name}\t")]
+
+    every = _vpn(host, "show", "all", "dump")
+    assert lines_of(every.stdout) == lines_of(host.run("wg", "show", "all", "dump").stdout)
+    assert f"interface: {name}" in _vpn(host, "show", "all").stdout
+
+    added = wg("pubkey", input=wg("genkey"))
+    host.run("wg", "set", name, "peer", added, "allowed-ips", "198.18.89.0/24")
+    saved = _vpn(host, "save", name, cwd=Path("/"))
+    assert saved.returncode == 0, saved.stderr
+    assert f"PublicKey = {added}" in config.read_text()
+    assert not Path(f"/etc/wireguard/{name}.conf").exists()
+    assert proc.stop(timeout=30) == 0
+
+
+def test_down_and_reload_name_wireguard_go(lab: Lab) -> None:
+    host = lab.host("a")
+    name = f"vg{secrets.token_hex(3)}"
+    go = host.start("wireguard-go", "-f", name)
+    lab.leftovers.append(SOCKET_DIR / f"{name}.sock")
+    try:
+        host.wait_for(f"wg show {name} listen-port", timeout=30)
+        down = _vpn(host, "down", name)
+        reload = _vpn(host, "reload", name)
+    finally:
+        go.stop()
+    other = ("its management socket is served by another WireGuard implementation (such as "
+             "wireguard-go), not by a vpn endpoint")
+    assert down.returncode == 1
+    assert down.stderr == f"vpn: {name}: {other}; stop it as it was started " \
+                          f"(`wg-quick down {name}`, or `ip link del {name}`)\n"
+    assert reload.returncode == 1
+    assert reload.stderr == f"vpn: {name}: {other}, which cannot reload a file; apply one " \
+                            f"with `wg syncconf {name} FILE`\n"
