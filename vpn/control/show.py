@@ -106,12 +106,13 @@ def dump_lines(name: str, snapshot: DeviceSnapshot, with_interface: bool) -> lis
 
 
 def _bytes(n: int) -> str:
-    size: float = n
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size} {unit}" if unit == "B" else f"{size:.2f} {unit}"
-        size /= 1024
-    return str(size)  # pragma: no cover
+    """A byte count as `wg show` writes it: B below 1 KiB, then two decimals."""
+    if n < 1024:
+        return f"{n} B"
+    for unit, size in (("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30)):
+        if n < size << 10:
+            return f"{n / size:.2f} {unit}"
+    return f"{n / (1 << 40):.2f} TiB"
 
 
 def plural(count: int, noun: str, suffix: str = "s") -> str:
@@ -119,26 +120,45 @@ def plural(count: int, noun: str, suffix: str = "s") -> str:
     return f"{count} {noun}{suffix * (count != 1)}"
 
 
-def _ago(seconds: float) -> str:
-    seconds = max(0, int(seconds))
+def _duration(seconds: int) -> str:
+    """`wg show`'s spans: years (of 365 days) down to seconds, the zero ones left out."""
     parts: list[str] = []
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
-        if seconds >= size or (unit == "second" and not parts):
-            count, seconds = divmod(seconds, size)
+    for unit, size in (("year", 365 * 86400), ("day", 86400), ("hour", 3600),
+                       ("minute", 60), ("second", 1)):
+        count, seconds = divmod(seconds, size)
+        if count:
             parts.append(plural(count, unit))
-    return ", ".join(parts) + " ago"
+    return ", ".join(parts)
+
+
+def _ago(now: float, then: float) -> str:
+    """As `wg show`, in whole seconds of each clock."""
+    seconds = int(now) - int(then)
+    if seconds == 0:
+        return "Now"
+    if seconds < 0:
+        return "(System clock wound backward; connection problems may ensue.)"
+    return f"{_duration(seconds)} ago"
+
+
+def _by_latest_handshake(peers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`wg show`'s order: the most recent handshake first, peers that never had one last,
+    ties as the device lists them."""
+    return sorted(peers, key=lambda peer: -(peer["latest_handshake"] or 0))
 
 
 def show_text(view: dict[str, Any], now: float) -> str:
-    """The human form: `wg show`'s layout, then the offload section."""
+    """The human form: `wg show`'s text, line for line (without its colours), then the
+    offload section."""
     lines = [f"interface: {view['interface']}"]
     if view["public_key"]:
         lines.append(f"  public key: {view['public_key']}")
         lines.append("  private key: (hidden)")
-    lines.append(f"  listening port: {view['listen_port']}")
+    if view["listen_port"]:
+        lines.append(f"  listening port: {view['listen_port']}")
     if view["fwmark"]:
         lines.append(f"  fwmark: {view['fwmark']:#x}")
-    for peer in view["peers"]:
+    for peer in _by_latest_handshake(view["peers"]):
         lines += ["", f"peer: {peer['public_key']}"]
         if peer["preshared_key"]:
             lines.append("  preshared key: (hidden)")
@@ -146,12 +166,13 @@ def show_text(view: dict[str, Any], now: float) -> str:
             lines.append(f"  endpoint: {peer['endpoint']}")
         lines.append(f"  allowed ips: {', '.join(peer['allowed_ips']) or '(none)'}")
         if peer["latest_handshake"]:
-            lines.append(f"  latest handshake: {_ago(now - peer['latest_handshake'])}")
+            lines.append(f"  latest handshake: {_ago(now, peer['latest_handshake'])}")
         if peer["rx_bytes"] or peer["tx_bytes"]:
             lines.append(f"  transfer: {_bytes(peer['rx_bytes'])} received, "
                          f"{_bytes(peer['tx_bytes'])} sent")
         if peer["persistent_keepalive"]:
-            lines.append(f"  persistent keepalive: every {peer['persistent_keepalive']} seconds")
+            lines.append(f"  persistent keepalive: every "
+                         f"{_duration(peer['persistent_keepalive'])}")
     off = view["offload"]
     lines.append("")
     if off is None:

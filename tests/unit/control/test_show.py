@@ -55,3 +55,23 @@ def test_the_drops_line_names_a_protocol_drop_once() -> None:
     view = show.show_view("wg0", _snapshot(), stats)
     (line,) = [ln for ln in show.show_text(view, 0).split("\n") if "drops:" in ln]
     assert line == "  drops: bad_mac1 1, no_peer_for_destination 2, protocol:cookie_sent 4"
+
+
+def test_spans_and_sizes_are_written_as_wg_show_writes_them() -> None:
+    assert show._ago(1000.9, 1000.1) == "Now"
+    assert show._ago(1000.1, 999.9) == "1 second ago"  # whole seconds of each clock
+    assert show._ago(100, 200).startswith("(System clock wound backward")
+    assert show._ago(3 * 86400 + 3600 + 5, 0) == "3 days, 1 hour, 5 seconds ago"
+    assert show._ago(366 * 86400, 0) == "1 year, 1 day ago"
+    assert show._duration(90) == "1 minute, 30 seconds"
+    assert [show._bytes(n) for n in (0, 1023, 1024, 5 << 20, 3 << 30, 2 << 40)] == \
+        ["0 B", "1023 B", "1.00 KiB", "5.00 MiB", "3.00 GiB", "2.00 TiB"]
+
+
+def test_peers_are_listed_latest_handshake_first_as_wg_show_lists_them() -> None:
+    snap = DeviceSnapshot(private_key=PRIVATE, listen_port=1, peers=[
+        PeerSnapshot(public_key=bytes([n] * 32), last_handshake=when)
+        for n, when in ((1, 0.0), (2, 50.0), (3, 0.0), (4, 70.0))])
+    text = show.show_text(show.show_view("wg0", snap, None), 100)
+    order = [line.split(": ")[1] for line in text.split("\n") if line.startswith("peer: ")]
+    assert order == [encode_key(bytes([n] * 32)) for n in (4, 2, 1, 3)]
