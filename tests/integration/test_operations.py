@@ -168,3 +168,28 @@ def test_down_and_reload_name_wireguard_go(lab: Lab) -> None:
     assert reload.returncode == 1
     assert reload.stderr == f"vpn: {name}: {other}, which cannot reload a file; apply one " \
                             f"with `wg syncconf {name} FILE`\n"
+
+
+def test_the_log_of_a_run_ended_by_ip_link_del_is_in_order_and_quiet(lab: Lab) -> None:
+    host = lab.host("a")
+    name = f"vq{secrets.token_hex(3)}"
+    config = lab.path(f"{name}.conf")
+    config.write_text(_config(51992, _peer("AllowedIPs = 198.18.88.0/24"))
+                      .replace("MTU = 1420\n", "MTU = 1420\nPostUp = true\n"))
+    config.chmod(0o644)  # in a 0755 directory: wg-quick's "world accessible" warning
+    config.parent.chmod(0o755)
+    proc = host.start(sys.executable, "-m", "vpn.cli", "up", "--foreground", str(config),
+                      env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    while f"interface {name} up" not in proc.output():
+        assert proc.popen.poll() is None, proc.output()
+        time.sleep(0.05)
+    host.run("ip", "link", "del", name)  # as wg-quick down does to a userspace interface
+    assert proc.popen.wait(timeout=30) == 0
+    log = proc.output()
+    # "up" after PostUp ran; the one warning is the file's, said once; the teardown of an
+    # interface deleted under us (its addresses and routes went with it) warns of nothing.
+    assert log.index("PostUp: true") < log.index(f"interface {name} up")
+    warnings = [line for line in log.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and "world accessible" in warnings[0], log
+    assert "Warning:" not in warnings[0]
+    assert f"interface {name} was deleted: stopping" in log and f"interface {name} down" in log
