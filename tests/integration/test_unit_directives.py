@@ -13,15 +13,17 @@ SaveConfig):
 | MemoryDenyWriteExecute=yes | prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN) |
 | ProtectSystem=strict, ReadWritePaths= | `unshare -m`: / read-only, the writable paths rw |
 | PrivateTmp=yes, ProtectHome=yes | tmpfs over /tmp; read-only empty tmpfs over /home and /root |
+| SystemCallFilter=, SystemCallErrorNumber= | seccomp (libseccomp): systemd-analyze's list, EPERM |
+| RestrictAddressFamilies= | the same filter: another family's socket(2), EAFNOSUPPORT |
 
-Not reproduced (no tool applies them outside systemd): SystemCallFilter=,
-RestrictAddressFamilies=, RestrictNamespaces=, the Protect{Kernel*,Clock,Hostname,Proc}=
-and DevicePolicy= lines; `systemd-analyze verify` checks their syntax only.
+Not reproduced: RestrictNamespaces=, the Protect{Kernel*,Clock,Hostname,Proc}= and
+DevicePolicy= lines; `systemd-analyze verify` checks their syntax only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes.util
 import os
 import re
 import secrets
@@ -122,12 +124,68 @@ done
 exec setpriv --no-new-privs --bounding-set -all,+net_admin,+net_bind_service,+net_raw \
     "$@"
 """
-# prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN), then the command: it survives execve.
-MDWE = """import ctypes, os, sys
+# prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN), then a seccomp filter as systemd builds it
+# for SystemCallFilter= (the calls in $SYSCALLS, EPERM for others) and
+# RestrictAddressFamilies= ($FAMILIES for socket(2), EAFNOSUPPORT for others), then the
+# command: both survive execve.
+CONFINE = """import ctypes, os, sys
 if ctypes.CDLL(None, use_errno=True).prctl(65, 1, 0, 0, 0) != 0:
     sys.exit(f"PR_SET_MDWE: {os.strerror(ctypes.get_errno())}")
+lib = ctypes.CDLL("libseccomp.so.2")
+lib.seccomp_init.restype = ctypes.c_void_p
+lib.seccomp_init.argtypes = [ctypes.c_uint32]
+lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
+                                       ctypes.c_uint, ctypes.c_void_p]
+lib.seccomp_load.argtypes = [ctypes.c_void_p]
+class Cmp(ctypes.Structure):
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int),
+                ("a", ctypes.c_uint64), ("b", ctypes.c_uint64)]
+ALLOW, ERRNO, EQ, GT = 0x7FFF0000, 0x00050000, 4, 6
+ctx = lib.seccomp_init(ERRNO | 1)  # EPERM
+socket = lib.seccomp_syscall_resolve_name(b"socket")
+for name in os.environ["SYSCALLS"].split():
+    number = lib.seccomp_syscall_resolve_name(name.encode())
+    if number >= 0 and number != socket:
+        assert lib.seccomp_rule_add_array(ctx, ALLOW, number, 0, None) == 0, name
+allowed = {int(family) for family in os.environ["FAMILIES"].split()}
+for family in range(64):
+    action = ALLOW if family in allowed else ERRNO | 97  # EAFNOSUPPORT
+    cmp = Cmp(0, EQ, family, 0)
+    assert lib.seccomp_rule_add_array(ctx, action, socket, 1, ctypes.byref(cmp)) == 0
+cmp = Cmp(0, GT, 63, 0)
+assert lib.seccomp_rule_add_array(ctx, ERRNO | 97, socket, 1, ctypes.byref(cmp)) == 0
+assert lib.seccomp_load(ctx) == 0
 os.execv(sys.argv[1], sys.argv[1:])
 """
+# What hooks try under the confinement: a packet socket and an obsolete system call.
+PROBE = """import ctypes, socket
+try:
+    socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    print("AF_PACKET allowed")
+except OSError as error:
+    print(f"AF_PACKET errno {error.errno}")
+libc = ctypes.CDLL(None, use_errno=True)
+print(f"sysfs {libc.syscall(139, 3)} errno {ctypes.get_errno()}")  # sysfs(2): @obsolete
+"""
+# The unit's RestrictAddressFamilies=, as numbers: AF_UNIX AF_INET AF_INET6 AF_NETLINK.
+FAMILIES = "1 2 10 16"
+
+
+def _syscalls(groups: list[str]) -> list[str]:
+    """Every system call in the unit's SystemCallFilter= sets, nested sets expanded, as
+    systemd-analyze lists them."""
+    names: list[str] = []
+    for entry in groups:
+        if not entry.startswith("@"):
+            names.append(entry)
+            continue
+        listed = subprocess.run(["systemd-analyze", "syscall-filter", entry],
+                                capture_output=True, text=True, check=True).stdout
+        members = [line.strip() for line in listed.splitlines()[1:]
+                   if line.startswith("    ") and not line.strip().startswith("#")]
+        names += _syscalls(members)
+    return names
 
 
 @contextlib.contextmanager
@@ -156,41 +214,67 @@ def _status(pid: int) -> dict[str, str]:
 @pytest.mark.netns
 def test_every_feature_works_inside_the_units_confinement(lab: Lab) -> None:
     host: Host = lab.host("a")
+    other = lab.host("b")
+    lab.link(host, other, a_addrs=["198.18.97.1/24"], b_addrs=["198.18.97.2/24"])
+    key, other_key = wg("genkey"), wg("genkey")
+    other_config = lab.path("b.conf")
+    other_config.write_text(
+        f"[Interface]\nPrivateKey = {other_key}\nListenPort = 51995\n"
+        "Address = 198.18.96.2/24\nMTU = 1420\n\n"
+        f"[Peer]\nPublicKey = {wg('pubkey', input=key)}\nAllowedIPs = 198.18.96.1/32\n")
+    other_config.chmod(0o600)
+    other.start(sys.executable, "-m", "vpn.cli", "up", "--foreground", str(other_config),
+                env=dict(os.environ, PYTHONPATH=str(ROOT)))
     if shutil.which("setpriv") is None or shutil.which("unshare") is None:
         _not_run("setpriv and unshare (util-linux) are missing")
+    if shutil.which("systemd-analyze") is None or not ctypes.util.find_library("seccomp"):
+        _not_run("systemd-analyze or libseccomp is missing")
+    syscalls = _syscalls(_unit_directive("SystemCallFilter").split())
     added = wg("pubkey", input=wg("genkey"))
     config = (
-        f"[Interface]\nPrivateKey = {wg('genkey')}\nListenPort = 51996\n"
+        f"[Interface]\nPrivateKey = {key}\nListenPort = 51996\n"
         "Address = 198.18.96.1/24\nMTU = 1420\nSaveConfig = true\n"
         # A hook runs confined as the endpoint does: /etc is read-only, /etc/wireguard not.
         "PostUp = touch /etc/%i.denied 2>/dev/null || echo refused > /etc/wireguard/%i.denied\n"
+        "PostUp = python3 /etc/wireguard/%i.probe > /etc/wireguard/%i.probed\n"
         "PostUp = echo ran > /etc/wireguard/%i.postup\n"
         "PostDown = echo ran > /etc/wireguard/%i.postdown\n\n"
         # A full tunnel: nft (or iptables) rules, policy routing, src_valid_mark in /proc/sys.
-        f"[Peer]\nPublicKey = {wg('pubkey', input=wg('genkey'))}\n"
-        "AllowedIPs = 0.0.0.0/0\nEndpoint = 198.18.96.2:51996\n"
+        f"[Peer]\nPublicKey = {wg('pubkey', input=other_key)}\n"
+        "AllowedIPs = 0.0.0.0/0\nEndpoint = 198.18.97.2:51995\n"
     )
     with _etc_config(config) as (name, path):
+        (CONFIG_DIR / f"{name}.probe").write_text(PROBE)
         proc = host.start("unshare", "-m", "--propagation", "private", "sh", "-c", SANDBOX,
-                          "sandbox", sys.executable, "-c", MDWE, sys.executable, "-m",
+                          "sandbox", sys.executable, "-c", CONFINE, sys.executable, "-m",
                           "vpn.cli", "up", "--foreground", name,
                           env=dict(os.environ, PYTHONPATH=str(ROOT),
-                                   PYTHON_PREFIX=str(PYTHON_PREFIX)))
+                                   PYTHON_PREFIX=str(PYTHON_PREFIX),
+                                   SYSCALLS=" ".join(syscalls), FAMILIES=FAMILIES))
         postup = CONFIG_DIR / f"{name}.postup"
         while host.sh(f"test -e {postup} && wg show {name} listen-port",
                       check=False).returncode != 0:
             assert proc.popen.poll() is None, proc.output()  # waits for the endpoint or its end
         assert (CONFIG_DIR / f"{name}.denied").read_text() == "refused\n"
+        # RestrictAddressFamilies= and SystemCallFilter= refusing a hook (CAP_NET_RAW it has).
+        assert (CONFIG_DIR / f"{name}.probed").read_text() == \
+            "AF_PACKET errno 97\nsysfs -1 errno 1\n"
         status = _status(proc.pid)  # exec all the way down: the pid is the endpoint's
         assert "vpn.cli" in Path(f"/proc/{proc.pid}/cmdline").read_text()
         assert int(status["CapBnd"], 16) == BOUNDING
         assert int(status["CapEff"], 16) & ~BOUNDING == 0
         assert status["NoNewPrivs"] == "1"
+        assert status["Seccomp"] == "2"  # filtered
         # The full tunnel's host state was made under the confinement.
         rules = host.run("ip", "-4", "rule").stdout
         assert "not from all fwmark" in rules and "suppress_prefixlength 0" in rules
         assert host.run("sysctl", "-n", "net.ipv4.conf.all.src_valid_mark").stdout.strip() \
             == "1"
+        # The data path under the filter: a handshake, then TCP with the offloads.
+        other.wait_for("wg show all listen-port | grep -q 51995", timeout=60)
+        host.run("ping", "-c", "3", "-W", "5", "198.18.96.2")
+        sent = host.iperf3(other, "198.18.96.2", seconds=1)["end"]["sum_received"]["bytes"]
+        assert sent > 1_000_000
         # wg talks to the socket in /run/wireguard; SaveConfig writes /etc/wireguard at stop.
         host.run("wg", "set", name, "peer", added, "allowed-ips", "198.18.95.0/24")
         assert proc.stop(timeout=30) == 0, proc.output()
