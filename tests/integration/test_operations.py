@@ -193,3 +193,42 @@ def test_the_log_of_a_run_ended_by_ip_link_del_is_in_order_and_quiet(lab: Lab) -
     assert len(warnings) == 1 and "world accessible" in warnings[0], log
     assert "Warning:" not in warnings[0]
     assert f"interface {name} was deleted: stopping" in log and f"interface {name} down" in log
+
+
+def _peer_sections(showconf: str) -> set[str]:
+    """`wg showconf`'s [Peer] sections, as a set: wireguard-go lists its peers from a map."""
+    return {"[Peer]" + section.rstrip("\n") for section in showconf.split("[Peer]")[1:]}
+
+
+def test_duplicate_peers_are_merged_as_wg_setconf_merges_them(lab: Lab) -> None:
+    theirs, ours = lab.host("go"), lab.host("vpn")
+    name = f"vm{secrets.token_hex(3)}"
+    twice = wg("pubkey", input=wg("genkey"))
+    text = (f"[Interface]\nPrivateKey = {wg('genkey')}\nListenPort = 51991\n"
+            f"[Peer]\nPublicKey = {twice}\nAllowedIPs = 198.18.87.0/24\n"
+            "Endpoint = 198.18.86.9:1000\nPersistentKeepalive = 25\n"
+            f"[Peer]\nPublicKey = {wg('pubkey', input=wg('genkey'))}\n"
+            "AllowedIPs = 198.18.85.0/24\n"
+            f"[Peer]\nPublicKey = {twice}\nAllowedIPs = 198.18.84.0/24\n"
+            f"PresharedKey = {wg('genpsk')}\nEndpoint = 198.18.86.10:1000\n")
+    config = lab.path(f"{name}.conf")
+    config.write_text(text)
+    config.chmod(0o600)
+    go = theirs.start("wireguard-go", "-f", name)
+    lab.leftovers.append(SOCKET_DIR / f"{name}.sock")
+    try:
+        theirs.wait_for(f"wg show {name} listen-port", timeout=30)
+        theirs.run("wg", "setconf", name, str(config))
+        expected = theirs.run("wg", "showconf", name).stdout
+    finally:
+        go.stop()
+        theirs.wait_for(f"! test -e {SOCKET_DIR / name}.sock")
+    proc = ours.start(sys.executable, "-m", "vpn.cli", "up", "--foreground", str(config),
+                      env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    while ours.run("wg", "show", name, "listen-port", check=False).returncode != 0:
+        assert proc.popen.poll() is None, proc.output()
+    got = ours.run("wg", "showconf", name).stdout
+    assert proc.stop(timeout=30) == 0
+    assert len(_peer_sections(expected)) == 2
+    assert _peer_sections(got) == _peer_sections(expected)
+    assert f"{config}:13: the same PublicKey as the [Peer] on line 4: merged" in proc.output()
