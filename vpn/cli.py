@@ -31,7 +31,6 @@ EXIT_FAILURE = 1  # what `wg` returns for a bad key
 EXIT_CONFIG = 2  # a bad config file (also argparse's code for a bad command line)
 
 
-
 @dataclass(frozen=True)
 class Command:
     """A subcommand: its name, one line of help, its arguments and the function that runs it."""
