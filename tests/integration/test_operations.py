@@ -91,6 +91,8 @@ def test_in_the_background_without_syslog_the_log_goes_to_a_file(lab: Lab) -> No
         for left in _pids(host):  # the daemon outlives `ip netns del`
             with contextlib.suppress(ProcessLookupError):
                 os.kill(left, signal.SIGTERM)
+        # It logs to its end: remove the file once it has gone, or it comes back.
+        _wait(lambda: not _pids(host), "stopped")
         log_file.unlink(missing_ok=True)
         if made_dir:
             with contextlib.suppress(OSError):

@@ -101,6 +101,7 @@ def background_handler(name: str, syslog_socket: str = SYSLOG_SOCKET,
             directory.mkdir(mode=0o750, parents=True, exist_ok=True)
             # WatchedFileHandler reopens the file when logrotate moves it away.
             handler = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
+            os.chmod(path, 0o640)  # peers' keys and addresses: not for every user
         except OSError as err:
             error = err
             continue

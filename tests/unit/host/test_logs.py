@@ -60,6 +60,7 @@ def test_without_syslog_the_background_log_goes_to_a_file(tmp_path: Path) -> Non
     finally:
         logger.removeHandler(handler)
         handler.close()
+    assert path.stat().st_mode & 0o777 == 0o640
     line = path.read_text()
     assert line.endswith(" ERROR   vpn.test_logs: interface wg0: reload failed, nothing "
                          "changed: bad line\n")
