@@ -30,9 +30,6 @@ EXIT_OK = 0
 EXIT_FAILURE = 1  # what `wg` returns for a bad key
 EXIT_CONFIG = 2  # a bad config file (also argparse's code for a bad command line)
 
-LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-SYSLOG_SOCKET = "/dev/log"
-
 
 @dataclass(frozen=True)
 class Command:
@@ -172,28 +169,37 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     def serve(ready: Callable[[], None]) -> int:
         def detached() -> None:
+            handler = _background_log(endpoint.name)  # says where, while stderr is the user's
             ready()
-            _log_to_syslog()
+            _log_only_to(handler)
 
         return uvloop.run(_serve(endpoint, detached))
 
     return run_in_background(serve)
 
 
-def _log_to_syslog() -> None:
-    """In the background stderr is /dev/null: the log goes to syslog (the journal) instead."""
-    import logging.handlers
+def _background_log(name: str) -> logging.Handler | None:
+    """Where the log of a detached endpoint goes (syslog, else a file), told to the user."""
+    from vpn.host import logs
 
+    try:
+        handler, where = logs.background_handler(name)
+    except OSError as error:
+        print(f"{PROG}: {name}: warning: the log is lost from now on: no syslog socket at "
+              f"{logs.SYSLOG_SOCKET}, and no log file ({error.filename}: {error.strerror}); "
+              "run with --foreground to keep it", file=sys.stderr)
+        return None
+    print(f"{PROG}: {name}: serving in the background; the log goes to {where}",
+          file=sys.stderr)
+    return handler
+
+
+def _log_only_to(handler: logging.Handler | None) -> None:
+    """In the background stderr is /dev/null: the log goes to `handler` instead."""
     root = logging.getLogger()
     for stream in [h for h in root.handlers if isinstance(h, logging.StreamHandler)]:
         root.removeHandler(stream)
-    try:
-        handler = logging.handlers.SysLogHandler(
-            SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
-    except OSError:  # no syslog (a container): WARNING and worse go to /dev/null as well
-        pass
-    else:
-        handler.setFormatter(logging.Formatter(f"{PROG}[%(process)d]: %(name)s: %(message)s"))
+    if handler is not None:
         handler.addFilter(_quiet_pyroute2)
         root.addHandler(handler)
 
@@ -215,18 +221,26 @@ async def _serve(endpoint: Endpoint, ready: Callable[[], None]) -> int:
     except StartError as error:
         logging.getLogger("vpn").error("cannot bring %s up: %s", endpoint.name, error)
         return EXIT_FAILURE
+    watchdog = notify.Watchdog.from_environ(endpoint.serving)
     try:
         notify.notify(notify.READY)
         ready()
+        if watchdog is not None:  # systemd's WatchdogSec: it starts counting at READY=1
+            watchdog.start()
         await stop.wait()
     finally:
+        if watchdog is not None:
+            watchdog.stop()
         notify.notify(notify.STOPPING)
         await endpoint.stop()
     return EXIT_OK
 
 
 def _add_show_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("interface", nargs="?", help="interface name (default: every one)")
+    parser.add_argument("interface", nargs="?", metavar="INTERFACE|all",
+                        help="interface name, or all (the default: every one)")
+    parser.add_argument("field", nargs="?", choices=["dump"],
+                        help="dump: `wg show ... dump`'s tab-separated lines, keys included")
     parser.add_argument("--json", action="store_true", help="print JSON (documented keys)")
 
 
@@ -237,8 +251,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     from vpn.control import show, uapi, uapi_server
 
-    names = [args.interface] if args.interface else uapi_server.interfaces()
-    views, status, problem = [], EXIT_OK, ""
+    one = args.interface not in (None, "all")  # as `wg show`: "all" is every interface
+    names = [args.interface] if one else uapi_server.interfaces()
+    views, dumps, status, problem = [], [], EXIT_OK, ""
     for name in names:
         try:
             answers = uapi_server.request(
@@ -246,7 +261,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             )
             snapshot = uapi.parse_get(answers[0] if answers else [])
         except (OSError, uapi.UapiError, ValueError) as error:
-            if isinstance(error, ConnectionRefusedError) and not args.interface:
+            if isinstance(error, ConnectionRefusedError) and not one:
                 # Listing all: a socket nobody serves is what a killed endpoint leaves
                 # behind (the next start with that name replaces it), not an interface.
                 print(f"{PROG}: {name}: stale management socket (no endpoint serves it), "
@@ -256,18 +271,25 @@ def cmd_show(args: argparse.Namespace) -> int:
             print(f"{PROG}: {name}: {problem}", file=sys.stderr)
             status = EXIT_FAILURE
             continue
+        if args.field == "dump":
+            dumps += show.dump_lines(name, snapshot, with_interface=not one)
+            continue
         try:
             # wireguard-go closes the connection on our stats request: show it without them.
             stats = uapi.parse_stats(answers[1]) if len(answers) > 1 else None
         except (uapi.UapiError, ValueError):
             stats = None
         views.append(show.show_view(name, snapshot, stats))
-    if args.interface and not views:  # the one interface asked for: its error, not []
+    if args.field == "dump":
+        if dumps:
+            print("\n".join(dumps))
+        return status
+    if one and not views:  # the one interface asked for: its error, not []
         if args.json:
             print(json.dumps({"interface": args.interface, "error": problem}, indent=2))
         return status
     if args.json:
-        print(json.dumps(views[0] if args.interface else views, indent=2))
+        print(json.dumps(views[0] if one else views, indent=2))
     elif views:
         print("\n\n".join(show.show_text(view, time.time()) for view in views))
     return status
@@ -277,6 +299,21 @@ def _unreachable(error: Exception) -> str:
     if isinstance(error, FileNotFoundError):
         return "no such interface (no endpoint's management socket by that name)"
     return f"cannot reach the endpoint: {error}"
+
+
+def _not_ours(name: str) -> str:
+    """Why a socket closed on our own request without an answer: another userspace
+    WireGuard (wireguard-go, boringtun) serves it, which ends the connection on an operation
+    it does not know; one that answers get=1 says so."""
+    from vpn.control import uapi, uapi_server
+
+    try:
+        answers = uapi_server.request(name, f"{uapi.OP_GET}\n\n")
+        uapi.parse_get(answers[0] if answers else [])
+    except (OSError, uapi.UapiError, ValueError):
+        return "no answer on its management socket (not a vpn endpoint?)"
+    return ("its management socket is served by another WireGuard implementation (such as "
+            "wireguard-go), not by a vpn endpoint")
 
 
 def _add_down_arguments(parser: argparse.ArgumentParser) -> None:
@@ -308,8 +345,13 @@ def cmd_down(args: argparse.Namespace) -> int:
     except OSError as error:
         print(f"{PROG}: {name}: {_unreachable(error)}", file=sys.stderr)
         return EXIT_FAILURE
-    if not answers or answers[0] != ["errno=0"]:
-        print(f"{PROG}: {name}: the endpoint refused to stop: {answers}", file=sys.stderr)
+    if not answers:
+        print(f"{PROG}: {name}: {_not_ours(name)}; stop it as it was started "
+              f"(`wg-quick down {name}`, or `ip link del {name}`)", file=sys.stderr)
+        return EXIT_FAILURE
+    if answers[0] != ["errno=0"]:
+        print(f"{PROG}: {name}: the endpoint refused to stop: {answers[0][-1]}",
+              file=sys.stderr)
         return EXIT_FAILURE
     # The endpoint removes its socket last-but-one, after the interface and routes.
     deadline = time.monotonic() + 15
@@ -333,8 +375,12 @@ def cmd_reload(args: argparse.Namespace) -> int:
     except OSError as error:
         print(f"{PROG}: {name}: {_unreachable(error)}", file=sys.stderr)
         return EXIT_FAILURE
-    if not answers or answers[0] != ["errno=0"]:
-        lines = answers[0] if answers else ["no answer"]
+    if not answers:
+        print(f"{PROG}: {name}: {_not_ours(name)}, which cannot reload a file; apply one "
+              f"with `wg syncconf {name} FILE`", file=sys.stderr)
+        return EXIT_FAILURE
+    if answers[0] != ["errno=0"]:
+        lines = answers[0]
         # The endpoint's reason (the file:line:key of a bad file), else its errno.
         said = next((ln[len("error="):] for ln in lines if ln.startswith("error=")), lines[-1])
         print(f"{PROG}: {name}: reload refused, nothing was changed: {said}", file=sys.stderr)
@@ -344,21 +390,29 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 def cmd_save(args: argparse.Namespace) -> int:
     """As `wg-quick save`: the running key, port, mark and peers (endpoints as last seen)
-    written into the config file; the file's own wg-quick keys stay as they are."""
+    written into the config file; the file's own wg-quick keys stay as they are. A bare
+    interface name means the file that interface was started from (as `vpn reload`)."""
     from pathlib import Path
 
     from vpn.control import running, uapi, uapi_server
 
-    conf = _load(args.interface)
     name = _interface(args)
-    if conf is None or name is None:
+    if name is None:
         return EXIT_CONFIG
     try:
-        answers = uapi_server.request(name, f"{uapi.OP_GET}\n\n")
+        answers = uapi_server.request(name, f"{uapi.OP_GET}\n\n{uapi.OP_STATS}\n\n")
         snapshot = uapi.parse_get(answers[0] if answers else [])
+        stats = uapi.parse_stats(answers[1]) if len(answers) > 1 else {}
     except (OSError, uapi.UapiError, ValueError) as error:
         print(f"{PROG}: {name}: {_unreachable(error)}", file=sys.stderr)
         return EXIT_FAILURE
+    started_from = stats.get("config_path")
+    if config.is_bare(args.interface) and isinstance(started_from, str):
+        conf = _load(started_from, name)
+    else:
+        conf = _load(args.interface)
+    if conf is None:
+        return EXIT_CONFIG
     saved = running.running_config(conf, snapshot, record_port=True)
     try:
         running.write_atomically(Path(conf.path), config.to_text(saved))
@@ -446,7 +500,12 @@ def _version() -> str:
 
 
 def setup_logging(verbosity: int) -> None:
-    logging.basicConfig(format=LOG_FORMAT, stream=sys.stderr)
+    from vpn.host import logs
+
+    # Under systemd, `<N>` priorities and the journal's own timestamps; else a timestamp.
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(logs.stderr_formatter())
+    logging.basicConfig(handlers=[stderr])
     # Set the levels apart: basicConfig does nothing at all when a host program (or pytest)
     # already installed handlers, and -v must still take effect. -v is our own debug lines:
     # the libraries' (asyncio's "Using selector", ...) stay at INFO.

@@ -48,6 +48,9 @@ log = logging.getLogger("vpn.endpoint")
 # The timers run at the core's next deadline; this much later at most is not worth a
 # second wakeup (the protocol's timers are seconds-scale, their jitter 1/3 s).
 TIMER_SLACK = 0.02
+# The watchdog's liveness check fails when the protocol timers are this late: the loop
+# still wakes for the keep-alive, but the data path's own work no longer runs.
+TIMERS_LATE = 5.0
 # A userspace interface's MTU until wg-quick sets its own, as wireguard-go's DefaultMTU.
 USERSPACE_MTU = 1420
 
@@ -97,14 +100,14 @@ class Endpoint:
         # what `vpn up` already stops cleanly on; a library user passes its own callback.
         self.on_down = on_down or (lambda: os.kill(os.getpid(), signal.SIGTERM))
         self.handshakes_completed = 0
+        self._in_session: set[bytes] = set()  # peers whose session's first handshake is logged
         self._reload_task: asyncio.Task[None] | None = None
 
     @classmethod
     def from_config(cls, path: str | Path, *, interface: str | None = None) -> Endpoint:
         """Load and validate a wg-quick style file (ConfigError on a bad one)."""
         config, warnings = load(path, interface)
-        for warning in warnings:
-            log.warning("%s", warning)
+        _log_warnings(warnings)
         return cls(config)
 
     @classmethod
@@ -155,6 +158,12 @@ class Endpoint:
         # SIGHUP reloads, as for other daemons; only the main thread may set signal handlers.
         with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):
             loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        now = self.clock()
+        for peer in owed_keepalive:
+            self.datapath.send_control(peer, peer.keepalive(now))
+        self._arm_timers(device.wake_at)
+        await self._run_post_up()
+        # "up" once PostUp has run too: a failed PostUp undoes everything, so not before.
         log.info(
             "interface %s up: listen port %d, MTU %d, TUN offloads %s, UDP GSO %s, GRO %s, "
             "fast path %s, %s",
@@ -162,11 +171,6 @@ class Endpoint:
             "on" if self.udp.gso_enabled else "off", "on" if self.udp.gro_enabled else "off",
             native.fast_path()[1], plural(len(device.peers), "peer"),
         )
-        now = self.clock()
-        for peer in owed_keepalive:
-            self.datapath.send_control(peer, peer.keepalive(now))
-        self._arm_timers(device.wake_at)
-        await self._run_post_up()
 
     async def _run_post_up(self) -> None:
         """PostUp, last, with the management socket serving: wg-quick's `PostUp = wg set %i
@@ -280,7 +284,12 @@ class Endpoint:
         problems = []
         was_up = self._applied is not None
         if self._applied is not None and self._setup is not None:
-            problems += netsetup.teardown(self._applied, self._setup)
+            gone = netsetup.teardown(self._applied, self._setup)
+            # Deleted under us (`ip link del`): its addresses and routes went with it, and
+            # failing to remove them again is expected, not worth a warning.
+            for problem in gone if self._deleted else ():
+                log.debug("teardown: %s (the interface was deleted already)", problem)
+            problems += [] if self._deleted else gone
             self._applied = None
         if self.udp is not None:
             self.udp.close()
@@ -301,6 +310,14 @@ class Endpoint:
             # Last, so that `vpn down`, which waits for the socket to go, finds the rest gone.
             self.uapi.close()
             self.uapi = None
+
+    def serving(self) -> bool:
+        """Whether the data path is alive, for systemd's watchdog: its TUN and UDP socket
+        open and watched, and the protocol timers running on time."""
+        if self.datapath is None or self._deleted or self.tun is None or self.udp is None:
+            return False
+        return self.tun.fd >= 0 and self.udp.fd >= 0 and \
+            self.clock() - self._timer_at < TIMERS_LATE
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
@@ -332,15 +349,21 @@ class Endpoint:
         self._arm_timers(self.device.wake_at)
 
     def _log_peer_event(self, peer: Peer, event: PeerEvent) -> None:
+        key = peer.public_key
         if event is PeerEvent.HANDSHAKE_COMPLETE:
             self.handshakes_completed += 1
-            log.info("peer %s: handshake completed (endpoint %s)", encode_key(peer.public_key),
-                     endpoint_text(peer.endpoint) if peer.endpoint else "(none)")
-        elif event is PeerEvent.GIVE_UP:
-            log.warning("peer %s: no handshake response, giving up for now",
-                        encode_key(peer.public_key))
-        else:
-            log.debug("peer %s: %s", encode_key(peer.public_key), event)
+            # A session's first handshake is news; its rekeys (every 2 minutes per peer
+            # while traffic flows) are not.
+            level = logging.DEBUG if key in self._in_session else logging.INFO
+            self._in_session.add(key)
+            log.log(level, "peer %s: handshake completed (endpoint %s)", encode_key(key),
+                    endpoint_text(peer.endpoint) if peer.endpoint else "(none)")
+        elif event is PeerEvent.GIVE_UP and peer.endpoint is not None:
+            log.warning("peer %s: no handshake response, giving up for now", encode_key(key))
+        else:  # giving up without an endpoint: nothing was sent; it is for the peer to call
+            if event is PeerEvent.KEYS_ZEROED:
+                self._in_session.discard(key)
+            log.debug("peer %s: %s", encode_key(key), event)
 
     # -- peers at run time ------------------------------------------------------------------
 
@@ -375,6 +398,8 @@ class Endpoint:
         }
         assert self.udp is not None
         stats["udp_offloads"] = {"gso": int(self.udp.gso_enabled), "gro": int(self.udp.gro_enabled)}
+        # The file reload reads, for `vpn save IFACE` run from anywhere (None: wg-quick's).
+        stats["config_path"] = os.path.abspath(self.config.path) if self.config.path else None
         return stats
 
     def uapi_down(self) -> None:
@@ -399,8 +424,7 @@ class Endpoint:
             config, warnings = load(self.config.path, self.config.name)
         except ConfigError as error:
             raise UapiError(uapi.EINVAL, str(error)) from None
-        for warning in warnings:
-            log.warning("%s", warning)
+        _log_warnings(warnings)
         try:
             endpoints = await resolve_all(asyncio.get_running_loop(), config)
         except EndpointError as error:
@@ -513,6 +537,13 @@ class Endpoint:
             log.error("could not save the configuration to %s: %s", path, err.strerror)
             return
         log.info("configuration saved to %s", path)
+
+
+def _log_warnings(warnings: list[str]) -> None:
+    """The config's warnings, written for a terminal as wg writes them ("Warning: ..."),
+    logged without the word the WARNING level already says."""
+    for warning in warnings:
+        log.warning("%s", warning.replace("Warning: ", "", 1))
 
 
 def _key_text(key: bytes | None) -> str | None:

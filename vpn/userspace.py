@@ -22,7 +22,7 @@ PROG = "vpn-userspace"
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-USAGE = f"Usage: {PROG} [-f/--foreground] INTERFACE-NAME"
+USAGE = f"Usage: {PROG} [-f/--foreground] INTERFACE-NAME\n       {PROG} --version"
 # LOG_LEVEL as wireguard-go reads it; unset or anything else means "error", as there.
 LOG_LEVELS: dict[str, int | None] = {
     "verbose": logging.DEBUG, "debug": logging.DEBUG, "error": logging.ERROR, "silent": None,
@@ -33,6 +33,11 @@ log = logging.getLogger("vpn.userspace")
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args == ["--version"]:  # as wireguard-go: alone, and printed on stdout
+        from vpn.cli import _version
+
+        print(f"{PROG} {_version()}")
+        return EXIT_OK
     foreground = bool(args) and args[0] in ("-f", "--foreground")
     names = args[1:] if foreground else args
     if len(names) != 1 or names[0].startswith("-"):

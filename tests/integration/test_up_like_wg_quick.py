@@ -24,6 +24,7 @@ pytestmark = pytest.mark.netns
 
 CONFIG_DIR = Path("/etc/wireguard")  # wg-quick's, hard-coded there as here
 SOCKET_DIR = Path("/var/run/wireguard")
+LOG_DIR = Path("/var/log/vpn")  # a detached endpoint's log where there is no syslog
 
 
 def _config(port: int) -> str:
@@ -58,12 +59,23 @@ def _vpn(host: Host, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, env=env, timeout=60)
 
 
-def _kill_left(host: Host) -> None:
-    """The daemon outlives `ip netns del`: stop whatever still runs in our namespace."""
-    pids = subprocess.run(["ip", "netns", "pids", host.ns], capture_output=True, text=True)
-    for pid in pids.stdout.split():
+def _kill_left(host: Host, name: str) -> None:
+    """The daemon outlives `ip netns del`: stop whatever still runs in our namespace, and
+    once it is gone (it logs to the end), remove the log file a host without syslog got."""
+    def pids() -> list[str]:
+        listed = subprocess.run(["ip", "netns", "pids", host.ns], capture_output=True,
+                                text=True)
+        return listed.stdout.split()
+
+    for pid in pids():
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(pid), signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while pids() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (LOG_DIR / f"{name}.log").unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        LOG_DIR.rmdir()  # only when empty
 
 
 def test_up_by_name_returns_once_serving(lab: Lab) -> None:
@@ -101,7 +113,7 @@ def test_up_by_name_returns_once_serving(lab: Lab) -> None:
             assert name not in host.run("ip", "link").stdout
             assert not (SOCKET_DIR / f"{name}.sock").exists()
         finally:
-            _kill_left(host)
+            _kill_left(host, name)
 
 
 def test_foreground_tells_systemd(lab: Lab, tmp_path: Path) -> None:
@@ -114,13 +126,18 @@ def test_foreground_tells_systemd(lab: Lab, tmp_path: Path) -> None:
     with listener:
         listener.bind(str(tmp_path / "notify"))
         listener.settimeout(60)
-        env = dict(os.environ, PYTHONPATH=str(ROOT), NOTIFY_SOCKET=str(tmp_path / "notify"))
+        # WatchdogSec=1s: a keep-alive every half second from READY=1 on.
+        env = dict(os.environ, PYTHONPATH=str(ROOT), NOTIFY_SOCKET=str(tmp_path / "notify"),
+                   WATCHDOG_USEC="1000000")
         proc = host.start(sys.executable, "-m", "vpn.cli", "up", "--foreground", str(config),
                           env=env)
         assert listener.recv(64) == b"READY=1"
         # READY=1 means serving: the interface answers `wg` already.
         assert host.run("wg", "show", config.stem, "listen-port").stdout.strip() == "51998"
+        assert [listener.recv(64) for _ in range(3)] == [b"WATCHDOG=1"] * 3
         proc.popen.send_signal(signal.SIGTERM)
-        assert listener.recv(64) == b"STOPPING=1"
+        while (message := listener.recv(64)) == b"WATCHDOG=1":
+            pass
+        assert message == b"STOPPING=1"
         assert proc.popen.wait(timeout=30) == 0
     assert config.stem not in host.run("ip", "link").stdout

@@ -17,6 +17,7 @@ from vpn import cli
 from vpn.control import config
 from vpn.control.config_model import ConfigError
 from vpn.core.keys import encode_key, generate_private, public_from_private
+from vpn.host import logs
 
 PRIV = generate_private()
 PEER = encode_key(public_from_private(generate_private()))
@@ -163,8 +164,9 @@ def test_in_the_background_the_log_goes_to_syslog(tmp_path: Path,
     with syslog:
         syslog.bind(str(tmp_path / "log"))
         syslog.settimeout(5)
-        monkeypatch.setattr(cli, "SYSLOG_SOCKET", str(tmp_path / "log"))
-        cli._log_to_syslog()
+        handler, where = logs.background_handler("wg0", syslog_socket=str(tmp_path / "log"))
+        assert where.startswith(f"syslog ({tmp_path / 'log'}")
+        cli._log_only_to(handler)
         assert not any(isinstance(h, logging.StreamHandler) for h in root.handlers)
         logging.getLogger("vpn.endpoint").warning("peer gone")
         for handler in root.handlers:

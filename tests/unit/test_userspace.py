@@ -19,6 +19,15 @@ def test_usage(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert "Usage: vpn-userspace [-f/--foreground] INTERFACE-NAME" in capsys.readouterr().err
 
 
+def test_version_is_printed_as_wireguard_go_prints_its_own(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from vpn.cli import _version
+
+    assert userspace.main(["--version"]) == userspace.EXIT_OK
+    out, err = capsys.readouterr()
+    assert out == f"vpn-userspace {_version()}\n" and err == ""
+
+
 def test_bad_interface_name(capsys: pytest.CaptureFixture[str]) -> None:
     assert userspace.main(["-f", "no/slash"]) == userspace.EXIT_FAILURE
     assert "not a valid interface name" in capsys.readouterr().err

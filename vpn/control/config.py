@@ -23,7 +23,7 @@ from vpn.core.keys import encode_key
 CONFIG_DIR = "/etc/wireguard"
 
 
-def _bare(arg: str) -> bool:
+def is_bare(arg: str) -> bool:
     """A CONFIG_FILE|INTERFACE argument that is meant as a name: no slash, no .conf."""
     return "/" not in arg and not arg.endswith(".conf")
 
@@ -31,7 +31,7 @@ def _bare(arg: str) -> bool:
 def config_path(arg: str) -> str:
     """A command's CONFIG_FILE|INTERFACE argument as a path, as wg-quick reads it: a bare
     interface name is the file of that name in /etc/wireguard."""
-    if _bare(arg) and INTERFACE_NAME.fullmatch(arg):
+    if is_bare(arg) and INTERFACE_NAME.fullmatch(arg):
         return os.path.join(CONFIG_DIR, f"{arg}.conf")
     return arg
 
@@ -39,7 +39,7 @@ def config_path(arg: str) -> str:
 def interface_of(arg: str) -> str:
     """A CONFIG_FILE|INTERFACE argument as the interface name (a file's name is its stem,
     as for `vpn up`); raises ConfigError for a name that is not a valid interface name."""
-    return checked_interface_name(arg if _bare(arg) else stem(arg), arg)
+    return checked_interface_name(arg if is_bare(arg) else stem(arg), arg)
 
 
 def load(path: str | os.PathLike[str], name: str | None = None) -> tuple[Config, list[str]]:

@@ -332,6 +332,15 @@ def _build_peer(section: _Section, path: str) -> PeerConfig:
     )
 
 
+def _merge_peer(first: _Section, later: _Section) -> _Section:
+    """Two [Peer] sections of one key as wg applies them, one after the other, to the same
+    peer: the later's keys override, and since `wg setconf` sends replace_allowed_ips for
+    every section, the later's AllowedIPs (none, if it has none) replace the earlier's."""
+    values = {**first.values, **later.values}
+    values["AllowedIPs"] = later.values.get("AllowedIPs", [])
+    return _Section(first.kind, first.line, values, {**first.lines, **later.lines})
+
+
 def parse(text: str, path: str = "<string>", name: str | None = None,
           warnings: list[str] | None = None) -> Config:
     """Parse and validate config text; ``path`` is for messages and the interface name.
@@ -353,8 +362,7 @@ def parse(text: str, path: str = "<string>", name: str | None = None,
         )
     interface = _build_interface(interfaces[0], path)
     own_public = interface.public_key
-    peers: list[PeerConfig] = []
-    seen: dict[bytes, int] = {}
+    merged: dict[bytes, _Section] = {}  # by public key, in the order of first appearance
     for section in sections:
         if section.kind != "Peer":
             continue
@@ -363,16 +371,18 @@ def parse(text: str, path: str = "<string>", name: str | None = None,
         if own_public is not None and peer.public_key == own_public:
             # The kernel silently ignores such a peer; a config that has one is a mistake.
             raise ConfigError(path, key_line, "PublicKey", "is this interface's own public key")
-        if peer.public_key in seen:
-            raise ConfigError(
-                path,
-                key_line,
-                "PublicKey",
-                f"the same key as the peer on line {seen[peer.public_key]}",
-            )
-        seen[peer.public_key] = section.line
-        peers.append(peer)
-    config = Config(path, interface, tuple(peers), name)
+        first = merged.get(peer.public_key)
+        if first is None:
+            merged[peer.public_key] = section
+            continue
+        merged[peer.public_key] = _merge_peer(first, section)
+        if warnings is not None:
+            warnings.append(
+                f"{path}:{key_line}: Warning: the same PublicKey as the [Peer] on line "
+                f"{first.line}: merged as `wg setconf` merges them (this section's keys win, "
+                "its AllowedIPs replace the earlier ones)")
+    peers = tuple(_build_peer(section, path) for section in merged.values())
+    config = Config(path, interface, peers, name)
     if name is not None:
         _ = config.interface_name  # raises if the override is not a valid name
     return config

@@ -69,7 +69,8 @@ def show_view(name: str, snapshot: DeviceSnapshot, stats: dict[str, Any] | None)
                 "preshared_key": peer.preshared_key is not None,
                 "endpoint": endpoint_text(peer.endpoint) if peer.endpoint else None,
                 "allowed_ips": [str(n) for n in peer.allowed_ips],
-                "latest_handshake": peer.last_handshake,
+                # get=1 says 0 for "never" (as wg reads it); the JSON says null.
+                "latest_handshake": peer.last_handshake or None,
                 "rx_bytes": peer.rx_bytes,
                 "tx_bytes": peer.tx_bytes,
                 "persistent_keepalive": peer.persistent_keepalive,
@@ -80,13 +81,38 @@ def show_view(name: str, snapshot: DeviceSnapshot, stats: dict[str, Any] | None)
     }
 
 
+def dump_lines(name: str, snapshot: DeviceSnapshot, with_interface: bool) -> list[str]:
+    """`wg show IFACE dump` (`wg show all dump` with `with_interface`): tab-separated, one
+    line for the interface (private key, public key, port, fwmark) and one per peer
+    (public key, preshared key, endpoint, allowed IPs, latest handshake, rx, tx,
+    keepalive), keys in full as there: the socket and the command are root's."""
+    def maybe_key(key: bytes | None) -> str:
+        return encode_key(key) if key is not None else "(none)"
+
+    prefix = [name] if with_interface else []
+    private = snapshot.private_key
+    public = public_from_private(private) if private is not None else None
+    lines = [[*prefix, maybe_key(private), maybe_key(public), str(snapshot.listen_port),
+              f"{snapshot.fwmark:#x}" if snapshot.fwmark else "off"]]
+    for peer in snapshot.peers:
+        lines.append([
+            *prefix, encode_key(peer.public_key), maybe_key(peer.preshared_key),
+            endpoint_text(peer.endpoint) if peer.endpoint else "(none)",
+            ",".join(str(n) for n in peer.allowed_ips) or "(none)",
+            str(int(peer.last_handshake or 0)), str(peer.rx_bytes), str(peer.tx_bytes),
+            str(peer.persistent_keepalive or "off"),
+        ])
+    return ["\t".join(line) for line in lines]
+
+
 def _bytes(n: int) -> str:
-    size: float = n
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size} {unit}" if unit == "B" else f"{size:.2f} {unit}"
-        size /= 1024
-    return str(size)  # pragma: no cover
+    """A byte count as `wg show` writes it: B below 1 KiB, then two decimals."""
+    if n < 1024:
+        return f"{n} B"
+    for unit, size in (("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30)):
+        if n < size << 10:
+            return f"{n / size:.2f} {unit}"
+    return f"{n / (1 << 40):.2f} TiB"
 
 
 def plural(count: int, noun: str, suffix: str = "s") -> str:
@@ -94,26 +120,45 @@ def plural(count: int, noun: str, suffix: str = "s") -> str:
     return f"{count} {noun}{suffix * (count != 1)}"
 
 
-def _ago(seconds: float) -> str:
-    seconds = max(0, int(seconds))
+def _duration(seconds: int) -> str:
+    """`wg show`'s spans: years (of 365 days) down to seconds, the zero ones left out."""
     parts: list[str] = []
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
-        if seconds >= size or (unit == "second" and not parts):
-            count, seconds = divmod(seconds, size)
+    for unit, size in (("year", 365 * 86400), ("day", 86400), ("hour", 3600),
+                       ("minute", 60), ("second", 1)):
+        count, seconds = divmod(seconds, size)
+        if count:
             parts.append(plural(count, unit))
-    return ", ".join(parts) + " ago"
+    return ", ".join(parts)
+
+
+def _ago(now: float, then: float) -> str:
+    """As `wg show`, in whole seconds of each clock."""
+    seconds = int(now) - int(then)
+    if seconds == 0:
+        return "Now"
+    if seconds < 0:
+        return "(System clock wound backward; connection problems may ensue.)"
+    return f"{_duration(seconds)} ago"
+
+
+def _by_latest_handshake(peers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`wg show`'s order: the most recent handshake first, peers that never had one last,
+    ties as the device lists them."""
+    return sorted(peers, key=lambda peer: -(peer["latest_handshake"] or 0))
 
 
 def show_text(view: dict[str, Any], now: float) -> str:
-    """The human form: `wg show`'s layout, then the offload section."""
+    """The human form: `wg show`'s text, line for line (without its colours), then the
+    offload section."""
     lines = [f"interface: {view['interface']}"]
     if view["public_key"]:
         lines.append(f"  public key: {view['public_key']}")
         lines.append("  private key: (hidden)")
-    lines.append(f"  listening port: {view['listen_port']}")
+    if view["listen_port"]:
+        lines.append(f"  listening port: {view['listen_port']}")
     if view["fwmark"]:
         lines.append(f"  fwmark: {view['fwmark']:#x}")
-    for peer in view["peers"]:
+    for peer in _by_latest_handshake(view["peers"]):
         lines += ["", f"peer: {peer['public_key']}"]
         if peer["preshared_key"]:
             lines.append("  preshared key: (hidden)")
@@ -121,12 +166,13 @@ def show_text(view: dict[str, Any], now: float) -> str:
             lines.append(f"  endpoint: {peer['endpoint']}")
         lines.append(f"  allowed ips: {', '.join(peer['allowed_ips']) or '(none)'}")
         if peer["latest_handshake"]:
-            lines.append(f"  latest handshake: {_ago(now - peer['latest_handshake'])}")
+            lines.append(f"  latest handshake: {_ago(now, peer['latest_handshake'])}")
         if peer["rx_bytes"] or peer["tx_bytes"]:
             lines.append(f"  transfer: {_bytes(peer['rx_bytes'])} received, "
                          f"{_bytes(peer['tx_bytes'])} sent")
         if peer["persistent_keepalive"]:
-            lines.append(f"  persistent keepalive: every {peer['persistent_keepalive']} seconds")
+            lines.append(f"  persistent keepalive: every "
+                         f"{_duration(peer['persistent_keepalive'])}")
     off = view["offload"]
     lines.append("")
     if off is None:
@@ -147,7 +193,10 @@ def show_text(view: dict[str, Any], now: float) -> str:
         f"  handshakes: {off['handshakes_completed']} completed, "
         f"{off['handshakes_received']} handshake messages received",
     ]
-    drops = {**off["drops"], **{f"protocol:{k}": v for k, v in off["protocol_drops"].items()},
+    # A handshake message's drop is counted by the data path and by the protocol alike:
+    # the protocol's count is shown only where it says something the other does not.
+    drops = {**off["drops"], **{f"protocol:{k}": v for k, v in off["protocol_drops"].items()
+                                if off["drops"].get(k) != v},
              **{f"udp_send:{k}": v for k, v in off["udp_send_errors"].items()}}
     if drops:
         lines.append("  drops: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))

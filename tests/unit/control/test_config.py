@@ -255,7 +255,6 @@ BAD = [
     ("dup_endpoint", conf(*peer("Endpoint = a:1", "Endpoint = a:1")), 6, "Endpoint", "twice"),
     ("dup_keepalive", conf(*peer("PersistentKeepalive = 1", "PersistentKeepalive = 1")), 6,
      "PersistentKeepalive", "twice"),
-    ("same_peer_twice", conf(*peer(), *peer()), 6, "PublicKey", "same key as the peer on line 3"),
     ("own_key_as_peer", conf(*peer(key=OWN_PUB)), 4, "PublicKey", "own public key"),
     ("bad_private", conf().replace(PRIV, PRIV[:-2] + "9="), 2, "PrivateKey",
      "not a base64-encoded 32-byte key"),
@@ -618,3 +617,37 @@ def test_to_text_of_full_file_is_stable() -> None:
     assert parse(to_text(config), "gw0.conf") == config
     assert "Offload = off" in to_text(config)
     assert "FwMark = 0xca6c" in to_text(config)
+
+
+PUB_B = encode_key(public_from_private(clamp(bytes([9] * 32))))
+
+
+def test_a_duplicate_peer_is_merged_as_wg_setconf_merges_it() -> None:
+    # What `wg setconf` did with these sections on a wireguard-go device (wg showconf
+    # afterwards): the later section's keys override, keys it lacks stay, and its
+    # AllowedIPs replace the earlier ones; the peer keeps its place.
+    psk = encode_key(bytes([3] * 32))
+    text = conf(*peer("AllowedIPs = 10.5.0.0/24", "Endpoint = 192.0.2.9:1000",
+                      "PersistentKeepalive = 25"),
+                *peer("AllowedIPs = 10.7.0.0/24", key=PUB_B),
+                *peer("AllowedIPs = 10.6.0.0/24", f"PresharedKey = {psk}"))
+    warnings: list[str] = []
+    config = parse(text, "/etc/wireguard/wg0.conf", warnings=warnings)
+    assert [encode_key(p.public_key) for p in config.peers] == [PUB_A, PUB_B]
+    merged = config.peers[0]
+    assert merged.allowed_ips == (ipaddress.ip_network("10.6.0.0/24"),)
+    assert merged.endpoint == Endpoint("192.0.2.9", 1000)
+    assert merged.persistent_keepalive == 25 and merged.preshared_key == bytes([3] * 32)
+    assert merged.line == 3
+    assert warnings == ["/etc/wireguard/wg0.conf:12: Warning: the same PublicKey as the "
+                        "[Peer] on line 3: merged as `wg setconf` merges them (this section's "
+                        "keys win, its AllowedIPs replace the earlier ones)"]
+
+
+def test_a_later_duplicate_without_allowed_ips_clears_them_and_overrides_keepalive() -> None:
+    text = conf(*peer("AllowedIPs = 10.5.0.0/24", "Endpoint = 192.0.2.9:1000",
+                      "PersistentKeepalive = 25"),
+                *peer("Endpoint = 192.0.2.10:1000", "PersistentKeepalive = 0"))
+    (merged,) = parse(text).peers
+    assert merged.allowed_ips == () and merged.persistent_keepalive is None
+    assert merged.endpoint == Endpoint("192.0.2.10", 1000)

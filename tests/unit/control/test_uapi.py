@@ -379,7 +379,8 @@ def test_show_view_and_text() -> None:
     assert view["peers"][0]["endpoint"] == "[fd00::2]:51821"
     assert view["peers"][1]["preshared_key"] is True
     text = show_text(view, now=1700000065.0)
-    assert "latest handshake: 1 minute, 4 seconds ago" in text
+    # wg subtracts whole seconds: 1700000065 - 1700000000
+    assert "latest handshake: 1 minute, 5 seconds ago" in text
     assert "no_peer_for_destination 1" in text
     assert "fast path: native" in text
     assert offload_view({})["segments_per_gso_send"] == 0.0  # no division by zero
