@@ -203,6 +203,7 @@ async def _serve(endpoint: Endpoint, ready: Callable[[], None]) -> int:
     interface is up and serving (systemd hears READY=1 then, STOPPING=1 at teardown)."""
     from vpn.endpoint import StartError, ignore_sighup
     from vpn.host import notify
+    from vpn.host.memory import release_setup_memory
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -215,6 +216,7 @@ async def _serve(endpoint: Endpoint, ready: Callable[[], None]) -> int:
     except StartError as error:
         logging.getLogger("vpn").error("cannot bring %s up: %s", endpoint.name, error)
         return EXIT_FAILURE
+    release_setup_memory()
     try:
         notify.notify(notify.READY)
         ready()
@@ -424,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="A WireGuard-compatible VPN endpoint with TUN offloads."
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
-    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    parser.add_argument("--version", action=_VersionAction, help="show the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         sub_parser = sub.add_parser(
@@ -434,6 +436,20 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_arguments(sub_parser)
         sub_parser.set_defaults(run=command.run)
     return parser
+
+
+class _VersionAction(argparse.Action):
+    """--version, looked up only when asked for: importlib.metadata (with email, zipfile and
+    csv) would otherwise stay in every endpoint's memory, about 4 MB."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        print(f"{PROG} {_version()}")
+        parser.exit()
 
 
 def _version() -> str:
