@@ -24,6 +24,7 @@ from vpn.core import keys
 
 if TYPE_CHECKING:
     from vpn.endpoint import Endpoint
+    from vpn.host.helper import Helper
 
 PROG = "vpn"
 EXIT_OK = 0
@@ -217,6 +218,7 @@ async def _serve(endpoint: Endpoint, ready: Callable[[], None]) -> int:
         logging.getLogger("vpn").error("cannot bring %s up: %s", endpoint.name, error)
         return EXIT_FAILURE
     release_setup_memory()
+    helper = _confine(endpoint)
     try:
         notify.notify(notify.READY)
         ready()
@@ -224,7 +226,21 @@ async def _serve(endpoint: Endpoint, ready: Callable[[], None]) -> int:
     finally:
         notify.notify(notify.STOPPING)
         await endpoint.stop()
+        if helper is not None:
+            helper.close()
     return EXIT_OK
+
+
+def _confine(endpoint: Endpoint) -> Helper | None:
+    """Drop the capabilities the running endpoint does not use (vpn/host/confine.py)."""
+    from vpn.host.confine import confine
+
+    iface = endpoint.config.interface
+    if not endpoint.host_setup:  # wg-quick drives us: it sets the port, and runs the rest
+        return confine(endpoint.name, port=None, down_hooks=(), dns=False)
+    port = endpoint.device.listen_port if endpoint.device is not None else 0
+    return confine(endpoint.name, port=port, down_hooks=(*iface.pre_down, *iface.post_down),
+                   dns=bool(iface.dns_servers or iface.dns_search))
 
 
 def _add_show_arguments(parser: argparse.ArgumentParser) -> None:
