@@ -236,11 +236,14 @@ def _confine(endpoint: Endpoint) -> Helper | None:
     from vpn.host.confine import confine
 
     iface = endpoint.config.interface
+    socket_dir = str(endpoint.socket_dir)
     if not endpoint.host_setup:  # wg-quick drives us: it sets the port, and runs the rest
-        return confine(endpoint.name, port=None, down_hooks=(), dns=False)
+        return confine(endpoint.name, port=None, down_hooks=(), dns=False, config=None,
+                       socket_dir=socket_dir)
     port = endpoint.device.listen_port if endpoint.device is not None else 0
     return confine(endpoint.name, port=port, down_hooks=(*iface.pre_down, *iface.post_down),
-                   dns=bool(iface.dns_servers or iface.dns_search))
+                   dns=bool(iface.dns_servers or iface.dns_search),
+                   config=endpoint.config.path or None, socket_dir=socket_dir)
 
 
 def _add_show_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,13 +1,15 @@
 """Least privilege, on a running endpoint: after setup it holds CAP_NET_ADMIN only (read
 from /proc/PID/status), is refused what needs another capability, still passes traffic,
 its hooks and resolvconf still run as root with every capability (through the privileged
-helper), and `vpn down` tears everything down, helper included."""
+helper), Landlock refuses it a file outside what it needs, and `vpn down` tears everything
+down, helper included."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,12 @@ def _no_new_privs(pid: int) -> int:
         if line.startswith("NoNewPrivs:"):
             return int(line.split()[1])
     raise AssertionError("no NoNewPrivs")
+
+
+def _vpn(host: Host, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(host.command([sys.executable, "-m", "vpn.cli", *args]),
+                          capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
 
 def _children(pid: int) -> list[int]:
@@ -60,6 +68,10 @@ def test_the_endpoint_keeps_net_admin_only(lab: Lab, tmp_path: Path,
     pair.start_ours(b)
     _ping(a.host, b.tunnel4)
 
+    # The drop follows "interface up" (after PostUp): wait for it.
+    deadline = time.monotonic() + 30
+    while status(proc.pid)["CapBnd"] != ONLY_NET_ADMIN and time.monotonic() < deadline:
+        time.sleep(0.05)
     caps = status(proc.pid)
     assert (caps["CapEff"], caps["CapPrm"], caps["CapBnd"]) == (ONLY_NET_ADMIN,) * 3
     assert caps["CapInh"] == caps["CapAmb"] == 0
@@ -78,9 +90,24 @@ def test_the_endpoint_keeps_net_admin_only(lab: Lab, tmp_path: Path,
     assert a.host.run("wg", "show", a.ifname, "fwmark").stdout.strip() == "0x1234"
     _ping(a.host, b.tunnel4)
 
-    down = subprocess.run(a.host.command([sys.executable, "-m", "vpn.cli", "down", a.ifname]),
-                          capture_output=True, text=True, timeout=60,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    # Denied by Landlock: a file it has no business with (outside its config's directory),
+    # even named by its own config's path; the same file in its place reloads.
+    assert a.config is not None
+    saved = a.config.read_text()
+    elsewhere = tmp_path / "elsewhere.conf"
+    elsewhere.write_text(saved)
+    elsewhere.chmod(0o600)
+    a.config.unlink()
+    a.config.symlink_to(elsewhere)
+    refused = _vpn(a.host, "reload", a.ifname)
+    assert refused.returncode != 0 and "cannot read: Permission denied" in refused.stderr
+    a.config.unlink()
+    a.config.write_text(saved)
+    a.config.chmod(0o600)
+    assert _vpn(a.host, "reload", a.ifname).returncode == 0
+    _ping(a.host, b.tunnel4)
+
+    down = _vpn(a.host, "down", a.ifname)
     assert down.returncode == 0, down.stderr
     assert proc.popen.wait(timeout=30) == 0
     assert not Path(f"/proc/{helper_pid}").exists()  # the endpoint waited for it

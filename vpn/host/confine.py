@@ -13,7 +13,7 @@ import logging
 import os
 from collections.abc import Sequence
 
-from vpn.host import capabilities
+from vpn.host import capabilities, landlock
 from vpn.host.capabilities import CAP_NET_ADMIN, CAP_NET_BIND_SERVICE
 from vpn.host.dns import resolvconf_interface
 from vpn.host.helper import Helper, Policy
@@ -33,11 +33,12 @@ def kept_capabilities(port: int | None) -> list[int]:
     return [CAP_NET_ADMIN]
 
 
-def confine(ifname: str, *, port: int | None, down_hooks: Sequence[str],
-            dns: bool) -> Helper | None:
-    """Start the helper for the teardown's root commands (when there are any), then drop
-    every other capability. Returns the helper, for close() after the teardown. A kernel
-    or container that refuses the drop leaves the privileges as they were, with a warning."""
+def confine(ifname: str, *, port: int | None, down_hooks: Sequence[str], dns: bool,
+            config: str | None, socket_dir: str) -> Helper | None:
+    """Start the helper for the teardown's root commands (when there are any), drop every
+    other capability, then confine the filesystem with Landlock where the kernel has it.
+    Returns the helper, for close() after the teardown. A kernel or container that refuses
+    a step leaves what it would have taken, with a warning."""
     if os.environ.get(KEEP_ENV) == "1":
         log.info("%s=1: keeping every privilege", KEEP_ENV)
         return None
@@ -55,4 +56,11 @@ def confine(ifname: str, *, port: int | None, down_hooks: Sequence[str],
     log.debug("%s: dropped every capability but %s (%s=1 keeps them all)", ifname,
               "CAP_NET_ADMIN and CAP_NET_BIND_SERVICE" if len(keep) == 2 else "CAP_NET_ADMIN",
               KEEP_ENV)
+    if not landlock.available():
+        log.debug("%s: no Landlock in this kernel: the filesystem is not confined", ifname)
+        return helper
+    try:
+        landlock.restrict(landlock.rules_for(config, socket_dir))
+    except OSError as err:
+        log.warning("%s: could not confine the filesystem with Landlock (%s)", ifname, err)
     return helper
