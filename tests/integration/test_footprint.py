@@ -2,7 +2,7 @@
 (VmRSS), its peak under an iperf3 load (VmHWM), and what each further configured peer adds.
 
 Goals (issue 21): idle <= 40 MB, peak <= 64 MB, a small per-peer share that does not grow.
-The idle goal is not met yet (43-45 MB on the development machine: the interpreter, uvloop,
+The idle goal is not met yet (42-44 MB on the development machine: the interpreter, uvloop,
 cryptography's Rust module and pyroute2's rtnetlink classes are most of it, README
 "Limits"), so the idle bound below holds today's figure with a margin against regressions.
 """

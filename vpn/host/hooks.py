@@ -15,7 +15,8 @@ def run_hook(stage: str, command: str, ifname: str) -> None:
     """Run one PreUp/PostUp/PreDown/PostDown command with bash, `%i` as the interface.
 
     Output goes where ours goes, as with wg-quick: capturing it would also make us wait
-    for any background process the hook starts, which keeps the pipe open.
+    for any background process the hook starts, which keeps the pipe open. Once the
+    endpoint has dropped its privileges, the privileged helper runs it, as root.
     """
     command = command.replace("%i", ifname)
     log.info("%s: %s", stage, command)
