@@ -24,6 +24,7 @@ from vpn.core import keys
 
 if TYPE_CHECKING:
     from vpn.endpoint import Endpoint
+    from vpn.host.helper import Helper
 
 PROG = "vpn"
 EXIT_OK = 0
@@ -209,6 +210,7 @@ async def _serve(endpoint: Endpoint, ready: Callable[[], None]) -> int:
     interface is up and serving (systemd hears READY=1 then, STOPPING=1 at teardown)."""
     from vpn.endpoint import StartError, ignore_sighup
     from vpn.host import notify
+    from vpn.host.memory import release_setup_memory
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -221,6 +223,8 @@ async def _serve(endpoint: Endpoint, ready: Callable[[], None]) -> int:
     except StartError as error:
         logging.getLogger("vpn").error("cannot bring %s up: %s", endpoint.name, error)
         return EXIT_FAILURE
+    release_setup_memory()
+    helper = _confine(endpoint)
     watchdog = notify.Watchdog.from_environ(endpoint.serving)
     try:
         notify.notify(notify.READY)
@@ -233,7 +237,24 @@ async def _serve(endpoint: Endpoint, ready: Callable[[], None]) -> int:
             watchdog.stop()
         notify.notify(notify.STOPPING)
         await endpoint.stop()
+        if helper is not None:
+            helper.close()
     return EXIT_OK
+
+
+def _confine(endpoint: Endpoint) -> Helper | None:
+    """Drop the capabilities the running endpoint does not use (vpn/host/confine.py)."""
+    from vpn.host.confine import confine
+
+    iface = endpoint.config.interface
+    socket_dir = str(endpoint.socket_dir)
+    if not endpoint.host_setup:  # wg-quick drives us: it sets the port, and runs the rest
+        return confine(endpoint.name, port=None, down_hooks=(), dns=False, config=None,
+                       socket_dir=socket_dir)
+    port = endpoint.device.listen_port if endpoint.device is not None else 0
+    return confine(endpoint.name, port=port, down_hooks=(*iface.pre_down, *iface.post_down),
+                   dns=bool(iface.dns_servers or iface.dns_search),
+                   config=endpoint.config.path or None, socket_dir=socket_dir)
 
 
 def _add_show_arguments(parser: argparse.ArgumentParser) -> None:
@@ -478,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="A WireGuard-compatible VPN endpoint with TUN offloads."
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
-    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    parser.add_argument("--version", action=_VersionAction, help="show the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         sub_parser = sub.add_parser(
@@ -488,6 +509,20 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_arguments(sub_parser)
         sub_parser.set_defaults(run=command.run)
     return parser
+
+
+class _VersionAction(argparse.Action):
+    """--version, looked up only when asked for: importlib.metadata (with email, zipfile and
+    csv) would otherwise stay in every endpoint's memory, about 4 MB."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        print(f"{PROG} {_version()}")
+        parser.exit()
 
 
 def _version() -> str:

@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     level = LOG_LEVELS.get(level_name, logging.ERROR)
 
     def serve(ready: Callable[[], None]) -> int:
-        # Imported here, in the child: importing the data path's dependencies starts a
-        # thread (numpy's), and a process should not fork with threads running.
+        # Imported here, in the child: the parent stays small, and a process should not fork
+        # after importing libraries that may start threads.
         import uvloop
 
         from vpn.cli import _serve

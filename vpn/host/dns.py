@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
 from vpn.core.types import IPAddress
+from vpn.host import helper
 from vpn.host.steps import SetupError, Steps
 
 RESOLVCONF_INTERFACE_ORDER = Path("/etc/resolvconf/interface-order")
@@ -59,9 +59,7 @@ def set_dns(
 
 
 def _resolvconf(args: Sequence[str], stdin: str) -> None:
-    proc = subprocess.run(
-        ["resolvconf", *args], input=stdin, capture_output=True, text=True, check=False
-    )
+    proc = helper.run(["resolvconf", *args], input=stdin, capture=True)
     if proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip() or f"exit status {proc.returncode}"
         raise OSError(0, detail)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-import subprocess
 from collections.abc import Sequence
 
+from vpn.host import helper
 from vpn.host.steps import SetupError, reason
 
 log = logging.getLogger("vpn.host.netsetup")  # the host setup's one logger (see steps.py)
@@ -15,12 +15,13 @@ def run_hook(stage: str, command: str, ifname: str) -> None:
     """Run one PreUp/PostUp/PreDown/PostDown command with bash, `%i` as the interface.
 
     Output goes where ours goes, as with wg-quick: capturing it would also make us wait
-    for any background process the hook starts, which keeps the pipe open.
+    for any background process the hook starts, which keeps the pipe open. Once the
+    endpoint has dropped its privileges, the privileged helper runs it, as root.
     """
     command = command.replace("%i", ifname)
     log.info("%s: %s", stage, command)
     try:
-        proc = subprocess.run(["bash", "-c", command], stdin=subprocess.DEVNULL, check=False)
+        proc = helper.run(["bash", "-c", command])
     except OSError as err:
         raise SetupError(f"{stage} hook `{command}`: {reason(err)}") from err
     if proc.returncode != 0:

@@ -30,6 +30,7 @@ from vpn.core.wireguard.constants import (
     TRANSPORT_MIN_SIZE,
 )
 from vpn.core.wireguard.keypair import RECORD
+from vpn.io.buffers import reserve
 from vpn.io.tun import MAX_PACKET, TunDevice, TunGone
 from vpn.io.udp import SCREEN_REASONS, UdpSocket, UdpStats
 
@@ -121,10 +122,10 @@ class DataPath:
         self.clock = clock
         self.stats = DataPathStats(udp.stats)
         self.coalescing = tun.vnet_hdr
-        self._send_buffer = bytearray(SEND_BUFFER_BYTES)
+        self._send_buffer = reserve(SEND_BUFFER_BYTES)
         # Decrypted packets of one receive batch, side by side until written to the TUN.
-        self._recv_buffer = bytearray(udp.batch * (MAX_PACKET + 1))
-        self._recv_view = memoryview(self._recv_buffer)
+        self._recv_buffer = reserve(udp.batch * (MAX_PACKET + 1))
+        self._recv_view = self._recv_buffer
         # What Keypair.receive_run found in one call: (offset, length, source slot) per packet.
         self._records = bytearray(RECORD.size * RECORDS_PER_RUN)
         self._gro = receive_coalescer(self._recv_buffer, udp=tun.offload.uso)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from vpn.core.packet.virtio import VIRTIO_NET_HDR_LEN, VirtioNetHeader
 from vpn.core.types import Buffer
+from vpn.io.buffers import reserve
 
 TUN_PATH = "/dev/net/tun"
 
@@ -117,9 +118,9 @@ class TunDevice:
         self.vnet_hdr = vnet_hdr
         self.offload = offload
         self._slot = READ_SLOT if vnet_hdr else MAX_PACKET
-        self._buffer = bytearray(self._slot * batch)
+        self._buffer = reserve(self._slot * batch)
         self._views = [
-            memoryview(self._buffer)[i * self._slot : (i + 1) * self._slot] for i in range(batch)
+            self._buffer[i * self._slot : (i + 1) * self._slot] for i in range(batch)
         ]
 
     @classmethod

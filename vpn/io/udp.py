@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from vpn.core.native import PYTHON_FORCED
 from vpn.core.types import Address
+from vpn.io.buffers import reserve
 
 try:
     import vpn.io._udp as _udp
@@ -147,9 +148,9 @@ class UdpSocket:
         self._sources: dict[tuple, Address] = {}
         self._dests: dict[Address, tuple[str, int]] = {}
         self._gso_plans: dict[int, tuple[int, list[tuple[int, int, bytes]]]] = {}
-        self._buffer = bytearray(RECEIVE_SLOT * batch)
+        self._buffer = reserve(RECEIVE_SLOT * batch)
         self._names: dict[bytes, Address] = {}  # the same, keyed by the raw sockaddr bytes
-        self._whole = whole = memoryview(self._buffer)
+        whole = self._whole = self._buffer
         self._slots = [
             (whole[i * RECEIVE_SLOT : (i + 1) * RECEIVE_SLOT],) for i in range(batch)
         ]

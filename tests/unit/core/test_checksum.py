@@ -1,4 +1,4 @@
-"""Checksum helpers against a naive RFC 1071 reference, for both the int and numpy paths."""
+"""Checksum helpers against a naive RFC 1071 reference."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from lab.packets import pseudo, ref_checksum, ref_sum
 from vpn.core.packet.checksum import checksum, fold, ones_complement_sum, pseudo_header_sum
 
-# Sizes straddle the int/numpy crossover (1024 bytes) and include odd lengths.
+# Small and MTU-sized buffers, odd lengths included.
 buffers = st.one_of(st.binary(max_size=64), st.binary(min_size=1000, max_size=3000))
 
 

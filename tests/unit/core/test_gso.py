@@ -279,20 +279,3 @@ def test_gso_tcpv6_header_constant() -> None:
     assert hdr.gso_type == GSO_TCPV6
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.sampled_from([4, 6]), st.sampled_from(["tcp", "udp"]), st.integers(1, 1500),
-       st.integers(0, 12000))
-def test_scalar_and_numpy_paths_agree(version: int, kind: str, mss: int, length: int) -> None:
-    build = tcp_super_packet if kind == "tcp" else udp_super_packet
-    hdr, pkt = build(os.urandom(length), mss, version=version)
-    saved = gso._SCALAR_MAX
-    try:
-        gso._SCALAR_MAX = 0
-        vector = [bytes(s) for s in gso.split_python(hdr, pkt)]
-        gso._SCALAR_MAX = 10**6
-        scalar = [bytes(s) for s in gso.split_python(hdr, pkt)]
-    finally:
-        gso._SCALAR_MAX = saved
-    assert vector == scalar
-    for s in scalar:
-        verify(s)

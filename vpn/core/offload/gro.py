@@ -350,7 +350,7 @@ class RecordCoalescer(Coalescer):
 
     __slots__ = ("_view",)
 
-    def __init__(self, buffer: bytearray, *, udp: bool = False, max_size: int = 65535) -> None:
+    def __init__(self, buffer: Buffer, *, udp: bool = False, max_size: int = 65535) -> None:
         super().__init__(udp=udp, max_size=max_size)
         self._view = memoryview(buffer)
 
@@ -409,7 +409,7 @@ FAST_PATH_REASON = "VPN_FAST_PATH=python" if PYTHON_FORCED else _MISSING
 NATIVE_GRO = None if FAST_PATH_REASON else _gro
 
 
-def receive_coalescer(buffer: bytearray, *, udp: bool = False
+def receive_coalescer(buffer: Buffer, *, udp: bool = False
                       ) -> RecordCoalescer | NativeCoalescer:
     """The data path's coalescer over its receive buffer: the native one where it runs."""
     if NATIVE_GRO is not None:

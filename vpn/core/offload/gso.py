@@ -3,19 +3,15 @@ into complete IP packets whose every checksum is filled in, ready to encrypt and
 
 ``split`` is the native twin in _gso.c when that module was built and VPN_FAST_PATH is not
 ``python`` (decided once, at import; FAST_PATH says which). ``split_python`` is the readable
-reference, tested byte for byte equal to the native code: up to _SCALAR_MAX segments are built
-one by one as bytes objects. Beyond that, segments are written side by side into one fresh
-bytearray and returned as memoryviews of it (one allocation), with per-segment fields and
-checksums computed for all segments at once by numpy.
+reference in plain Python, tested byte for byte equal to the native code: segments are
+written side by side into one fresh bytearray and returned as memoryviews of it, as the
+native code returns them.
 """
 
 from __future__ import annotations
 
-import functools
 import struct
 from collections.abc import Callable
-
-import numpy as np
 
 from vpn.core.native import PYTHON_FORCED
 from vpn.core.packet.checksum import ones_complement_sum, pseudo_header_sum
@@ -35,7 +31,6 @@ from vpn.core.packet.headers import (
     TCP_FLAGS,
     TCP_PSH,
     TCP_SEQ,
-    UDP_CSUM,
     UDP_HDR_LEN,
     UDP_LEN,
     parse_ip,
@@ -65,16 +60,10 @@ else:
 __all__ = ["FAST_PATH", "split", "split_into", "split_into_python", "split_python"]
 
 
-# Up to this many segments a plain loop beats the fixed cost of the numpy path (measured).
-_SCALAR_MAX = 5
-
 _H16 = struct.Struct("!H")
 _TCP_VARY = struct.Struct("!I")
 _UDP_VARY = struct.Struct("!HH")
 _IP_VARY = struct.Struct("!HH")
-
-_U8 = np.uint8
-_U64 = np.uint64
 
 
 def split_python(hdr: VirtioNetHeader, packet: Buffer) -> list[Buffer]:
@@ -150,122 +139,18 @@ def _complete_checksum(packet: Buffer, start: int, offset: int) -> bytes:
     return b"".join((view[:pos], (value or 0xFFFF).to_bytes(2, "big"), view[pos + 2:]))
 
 
-@functools.lru_cache(maxsize=64)
-def _layout(is_v4: bool, ihl: int, proto: int, stride: int) -> np.dtype:
-    """A record type over one segment's slot in the output buffer, naming the header fields
-    that change per segment, so each is written for every segment in one numpy assignment."""
-    fields: list[tuple[str, str, int]] = []
-    if is_v4:
-        fields += [("tot", ">u2", IPV4_TOTAL_LEN), ("id", ">u2", IPV4_ID),
-                   ("ipcsum", ">u2", IPV4_CSUM)]
-    else:
-        fields.append(("tot", ">u2", IPV6_PAYLOAD_LEN))
-    if proto == PROTO_TCP:
-        fields += [("seq", ">u4", ihl + TCP_SEQ), ("flags", "u1", ihl + TCP_FLAGS),
-                   ("csum", ">u2", ihl + TCP_CSUM)]
-    else:
-        fields += [("ulen", ">u2", ihl + UDP_LEN), ("csum", ">u2", ihl + UDP_CSUM)]
-    names, formats, offsets = zip(*fields, strict=True)
-    return np.dtype({"names": list(names), "formats": list(formats), "offsets": list(offsets),
-                     "itemsize": stride})
-
-
 def _segment(packet: Buffer, is_v4: bool, ihl: int, l4_len: int, total: int, proto: int,
              mss: int) -> list[Buffer]:
+    """Cut the payload into mss-sized segments, each behind a copy of the headers with its
+    own lengths, TCP sequence and flags, IPv4 ID and checksums. The segments are written side
+    by side into one fresh bytearray (one allocation) and returned as memoryviews of it.
+
+    Every checksum is the sum of the headers without the fields that vary (computed once),
+    plus the varying fields and the segment's payload sum. Sums are only kept modulo 0xFFFF,
+    which is what a one's-complement sum is (2**16 == 1 mod 0xFFFF), so nothing is folded."""
     hl = ihl + l4_len
-    payload_len = total - hl
-    count = max(1, -(-payload_len // mss))
-    if count <= _SCALAR_MAX:
-        return _segment_scalar(packet, is_v4, ihl, l4_len, total, proto, mss, count)
-    full = count - 1
-    last = payload_len - full * mss
+    count = max(1, -(-(total - hl) // mss))
     stride = hl + mss
-    buf = bytearray(count * stride)  # zero-filled: the last row's padding adds nothing to sums
-    out = np.frombuffer(buf, dtype=_U8).reshape(count, stride)
-    src = np.frombuffer(packet, dtype=_U8, count=total)
-    out[:, :hl] = src[:hl]
-    out[:full, hl:] = src[hl:hl + full * mss].reshape(full, mss)
-    out[full, hl:hl + last] = src[hl + full * mss:]
-
-    # Payload sum of every segment in one pass. All sums below are only kept modulo 0xFFFF,
-    # which is what a one's-complement sum is (2**16 == 1 mod 0xFFFF), so no folding is needed.
-    if mss & 1:
-        rows = out[:, hl:]
-        sums = (rows[:, 0::2].sum(axis=1, dtype=_U64) << 8) + rows[:, 1::2].sum(axis=1, dtype=_U64)
-    else:
-        # Native little-endian words: a byte-swapped word is congruent to 256 times the word,
-        # so 256 * (little-endian sum) is congruent to the big-endian sum. uint32 is enough
-        # for up to 32767 words per row, and sums faster than uint64.
-        sums = out.view("<u2")[:, hl >> 1:].sum(axis=1, dtype=np.uint32) % 0xFFFF
-        sums = sums.astype(_U64) << 8
-
-    head = bytes(src[:hl])
-    rec = np.frombuffer(buf, dtype=_layout(is_v4, ihl, proto, stride))
-    index = np.arange(count, dtype=_U64)
-    addr_len = 4 if is_v4 else 16
-    addr_off = IPV4_SRC if is_v4 else IPV6_SRC
-    # The pseudo-header with the length of a full segment; the last one is corrected below.
-    seg_l4 = l4_len + mss
-    short = mss - last
-    pseudo = pseudo_header_sum(head[addr_off:addr_off + addr_len],
-                               head[addr_off + addr_len:addr_off + 2 * addr_len], proto, seg_l4)
-    th = bytearray(head[ihl:hl])
-    if proto == PROTO_TCP:
-        seq = int.from_bytes(th[TCP_SEQ:TCP_SEQ + 4], "big")
-        flags = th[TCP_FLAGS]
-        mid_flags = flags & ~(TCP_FIN | TCP_PSH | TCP_CWR)
-        # Sum of the TCP header without the fields that vary per segment.
-        th[TCP_SEQ:TCP_SEQ + 4] = bytes(4)
-        th[TCP_FLAGS] = mid_flags
-        th[TCP_CSUM:TCP_CSUM + 2] = bytes(2)
-        base = ones_complement_sum(th) + pseudo
-        seqs = (index * mss + seq) & 0xFFFFFFFF  # a 32-bit value is congruent to hi + lo
-        sums += seqs + base
-        sums[0] += flags & TCP_CWR  # the kernel keeps CWR on the first segment only
-        # FIN/PSH on the last segment only; its TCP length is shorter by `short`.
-        sums[full] += (flags & (TCP_FIN | TCP_PSH)) + 0xFFFF - short
-        rec["seq"] = seqs
-        rec["flags"] = mid_flags
-        rec["flags"][0] |= flags & TCP_CWR
-        rec["flags"][full] |= flags & (TCP_FIN | TCP_PSH)
-    else:
-        th[UDP_LEN:UDP_LEN + 4] = bytes(4)
-        # The length counts twice: once in the pseudo-header, once in the UDP header.
-        sums += ones_complement_sum(th) + pseudo + seg_l4
-        sums[full] += 2 * (0xFFFF - short)
-        rec["ulen"] = seg_l4
-        rec["ulen"][full] = seg_l4 - short
-    # ~fold(x) is 0xFFFF - (x mod 0xFFFF) except that a sum congruent to 0 gives 0xFFFF
-    # rather than 0: the same checksum in one's complement, and never 0 for UDP.
-    rec["csum"] = 0xFFFF - sums % 0xFFFF
-
-    rec["tot"] = seg_l4 + ihl if is_v4 else seg_l4
-    rec["tot"][full] -= short
-    if is_v4:
-        ih = bytearray(head[:ihl])
-        ip_id = (ih[IPV4_ID] << 8) | ih[IPV4_ID + 1]
-        ih[IPV4_TOTAL_LEN:IPV4_TOTAL_LEN + 2] = (seg_l4 + ihl).to_bytes(2, "big")
-        ih[IPV4_ID:IPV4_ID + 2] = bytes(2)
-        ih[IPV4_CSUM:IPV4_CSUM + 2] = bytes(2)
-        ids = (index + ip_id) & 0xFFFF
-        rec["id"] = ids
-        ids += ones_complement_sum(ih)
-        ids[full] += 0xFFFF - short
-        rec["ipcsum"] = 0xFFFF - ids % 0xFFFF
-
-    del out, src, rec  # release the numpy exports of the buffers
-    view = memoryview(buf)
-    segments: list[Buffer] = [
-        view[i:i + stride] for i in range(0, full * stride, stride)
-    ]
-    segments.append(view[full * stride:full * stride + hl + last])
-    return segments
-
-
-def _segment_scalar(packet: Buffer, is_v4: bool, ihl: int, l4_len: int, total: int,
-                    proto: int, mss: int, count: int) -> list[Buffer]:
-    """The same as the numpy path, one segment at a time: cheaper for a few segments."""
-    hl = ihl + l4_len
     view = memoryview(packet)
     head = bytearray(view[:hl])
     if is_v4:
@@ -289,6 +174,8 @@ def _segment_scalar(packet: Buffer, is_v4: bool, ihl: int, l4_len: int, total: i
         seq = flags = 0
         head[ihl + UDP_LEN:ihl + UDP_LEN + 4] = bytes(4)
     base = ones_complement_sum(head[ihl:]) + pseudo
+    buf = bytearray(count * stride)
+    out = memoryview(buf)
     segments: list[Buffer] = []
     last = count - 1
     for i in range(count):
@@ -299,14 +186,17 @@ def _segment_scalar(packet: Buffer, is_v4: bool, ihl: int, l4_len: int, total: i
             seg_seq = (seq + i * mss) & 0xFFFFFFFF
             seg_flags = flags & ~(TCP_FIN | TCP_PSH | TCP_CWR)
             if i == 0:
-                seg_flags |= flags & TCP_CWR
+                seg_flags |= flags & TCP_CWR  # the kernel keeps CWR on the first segment only
             if i == last:
                 seg_flags |= flags & (TCP_FIN | TCP_PSH)
             value = base + ones_complement_sum(payload) + seg_seq + seg_flags + seg_l4
             _TCP_VARY.pack_into(head, ihl + TCP_SEQ, seg_seq)
             head[ihl + TCP_FLAGS] = seg_flags
+            # 0xFFFF - (x mod 0xFFFF) is ~fold(x), except that a sum congruent to 0 gives
+            # 0xFFFF rather than 0: the same in one's complement, and never 0 for UDP.
             _H16.pack_into(head, ihl + TCP_CSUM, 0xFFFF - value % 0xFFFF)
         else:
+            # The length counts twice: once in the pseudo-header, once in the UDP header.
             value = base + ones_complement_sum(payload) + 2 * seg_l4
             _UDP_VARY.pack_into(head, ihl + UDP_LEN, seg_l4, 0xFFFF - value % 0xFFFF)
         if is_v4:
@@ -316,7 +206,10 @@ def _segment_scalar(packet: Buffer, is_v4: bool, ihl: int, l4_len: int, total: i
             _H16.pack_into(head, IPV4_CSUM, 0xFFFF - ip_sum % 0xFFFF)
         else:
             _H16.pack_into(head, IPV6_PAYLOAD_LEN, seg_l4)
-        segments.append(b"".join((head, payload)))
+        at = i * stride
+        out[at:at + hl] = head
+        out[at + hl:at + hl + len(payload)] = payload
+        segments.append(out[at:at + hl + len(payload)])
     return segments
 
 

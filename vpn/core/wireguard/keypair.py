@@ -219,8 +219,8 @@ class Keypair:
             counter += 1
         return lengths
 
-    def seal_segments(self, out: bytearray, offset: int, count: int, full: int, last: int,
-                      gap: int, tail: int, mtu: int) -> tuple[int, int]:
+    def seal_segments(self, out: bytearray | memoryview, offset: int, count: int, full: int,
+                      last: int, gap: int, tail: int, mtu: int) -> tuple[int, int]:
         """Seal in place the segments that gso.split_into wrote at out[offset:] (segment i at
         offset + gap + i * (gap + full + tail), `full` bytes, the last `last`), as transport
         messages back to back from out[offset]: all `size` bytes but the last, `last_size`
