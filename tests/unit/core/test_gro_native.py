@@ -13,6 +13,7 @@ PYTHONMALLOC=malloc) so `make sanitize` catches an overrun past its end.
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import random
 import struct
@@ -469,6 +470,51 @@ def test_errors_change_nothing() -> None:
         _gro.Coalescer(buf, False)  # type: ignore[misc]
     with pytest.raises(TypeError):
         _gro.Coalescer(42)  # type: ignore[arg-type]
+
+
+def test_a_denied_record_outside_the_buffer_is_refused_on_both_paths() -> None:
+    """Both paths check every record against the buffer before they look at its slot: a
+    record outside the buffer is a ValueError even when its slot is denied."""
+    buf = bytearray(tcp_packet(b"x" * 10))
+    record = struct.pack("<III", len(buf) - 5, 10, 3)
+    for coalescer in (_gro.Coalescer(buf), gro.RecordCoalescer(buf)):
+        with pytest.raises(ValueError):
+            coalescer.add_records(record, 0, 1, b"\0\0\0\1")
+
+
+def test_a_call_from_a_finalizer_during_frames_is_refused() -> None:
+    """frames() is busy from its first allocation on: an allocation can run the cyclic GC,
+    and a __del__ run there must not add packets to a run whose frame may already be sized
+    (that overflowed the frame's body), nor clear or take the frames under it."""
+    rng = random.Random(3)
+    packets = [tcp_packet(payload(rng, 1000), seq=1 + 1000 * i) for i in range(8)]
+    buf, records = layout(packets, rng)
+    coalescer = _gro.Coalescer(buf)
+    coalescer.add_records(records, 0, 2)
+    answers: list[object] = []
+
+    class CallsOnCollection:
+        def __init__(self) -> None:
+            self.cycle = self  # only the cyclic GC frees it
+
+        def __del__(self) -> None:
+            for call in (lambda: coalescer.add_records(records, 2, 8), coalescer.clear,
+                         coalescer.frames):
+                try:
+                    answers.append(call())
+                except RuntimeError as error:
+                    answers.append(str(error))
+
+    threshold = gc.get_threshold()
+    gc.collect()
+    try:
+        CallsOnCollection()
+        gc.set_threshold(1)  # the next allocation of a tracked object collects
+        frames = coalescer.frames()
+    finally:
+        gc.set_threshold(*threshold)
+    assert answers == ["Coalescer in use by another call"] * 3  # the finalizer ran in it
+    assert [(h + b, n) for h, b, n in frames] == reference(packets[:2], False, 65535)
 
 
 def test_buffer_is_held() -> None:
