@@ -102,6 +102,19 @@ def test_screen_matches_the_python_rules(parts: list[tuple[int, int, int, int]],
     assert _udp.screen(data, segment, known, key) == model(data, segment, KNOWN, check_mac1)
 
 
+def test_known_indexes_at_any_alignment() -> None:
+    """The known array is the caller's buffer, at whatever address it lies: read without a
+    misaligned uint32 load (UBSan, under `make sanitize`, aborts on one)."""
+    known = array("I", sorted(KNOWN)).tobytes()
+    data = b"".join(transport(index, 40) for index in (*KNOWN, 8, 0))
+    expected = model(data, 40, KNOWN, False)
+    for shift in range(4):
+        shifted = memoryview(bytearray(shift) + known)[shift:]
+        assert _udp.screen(data, 40, shifted, b"") == expected
+        assert _udp.screen(data, 40, memoryview(bytearray(shift) + known[:4])[shift:],
+                           b"")[0] == [(0, 40)]
+
+
 def test_screen_constants_match_the_protocol() -> None:
     for kind, size in ((1, constants.INITIATION_SIZE), (2, constants.RESPONSE_SIZE)):
         body = bytes([kind, 0, 0, 0]) + bytes(size - 36)
