@@ -108,6 +108,7 @@ class Keypair:
         aead: Any = TransportKey if native else ChaCha20Poly1305
         self._send: Any = aead(keys.send_key)  # ChaCha20Poly1305 | TransportKey | None
         self._recv: Any = aead(keys.recv_key)
+        keys.wipe()  # the AEAD objects hold the only copies now
         self.send_counter = 0
         self.replay = ReplayWindow()
         self.created = now
@@ -312,8 +313,11 @@ class Keypair:
                     reason = "wrong_keypair"
                 elif recv is None:
                     reason = "keypair_expired"
-                elif counter != replay.greatest + 1 and replay.rejects(counter):
-                    reason = "replay"  # known before the AEAD, which it is spared
+                elif counter >= REJECT_AFTER_MESSAGES or (
+                        counter != replay.greatest + 1 and replay.rejects(counter)):
+                    # Known before the AEAD, which it is spared. The limit is asked apart:
+                    # the in-order counter skips rejects() but may be it (see replay.py).
+                    reason = "replay"
                 else:
                     end = offset + n
                     try:
