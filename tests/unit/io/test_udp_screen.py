@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.examples import examples
 from vpn.core.wireguard import constants
 from vpn.core.wireguard.cookie import CookieChecker
 from vpn.core.wireguard.crypto import mac
@@ -81,7 +82,7 @@ def datagram(kind: int, size: int, index: int, seed: int) -> bytes:
     return message
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(parts=st.lists(st.tuples(st.sampled_from([0, 1, 2, 3, 4, 4, 4, 5, 255]),
                                 st.sampled_from([0, 1, 3, 4, 24, 28, 56, 60, 88, 144, 200]),
                                 st.sampled_from([*KNOWN, 8, 0]), st.integers(0, 2**16)),
