@@ -217,7 +217,8 @@ static PyObject *TransportKey_zero(TransportKey *self, PyObject *Py_UNUSED(ignor
     Py_RETURN_NONE;
 }
 
-/* Claim the object for one batch (under the GIL); NULL context: zeroed. */
+/* Claim the object for one batch (under the GIL); NULL context: zeroed. The check and the
+ * mark come together, with no allocation between (see claim() in _gro.c). */
 static int begin_batch(TransportKey *self)
 {
     if (self->busy) {

@@ -100,6 +100,7 @@ class Keypair:
         self, keys: SessionKeys, now: float, *, native: bool | None = None
     ) -> None:
         # native: None follows fastpath.FAST_PATH; True or False picks (tests compare both).
+        # The keypair takes the keys: `keys` is wiped once the AEAD objects hold them.
         if native is None:
             native = FAST_PATH == "native"
         elif native and TransportKey is None:
