@@ -12,6 +12,10 @@ from lab.netns import Lab, lab_unavailable_reason
 
 # `make fuzz` runs the property tests with HYPOTHESIS_PROFILE=fuzz: many more examples.
 settings.register_profile("fuzz", max_examples=20_000, deadline=None)
+# `make sanitize` runs the native modules' property tests on an ASan/UBSan build with
+# HYPOTHESIS_PROFILE=sanitize: a fifth of the examples (tests/examples.py scales the tests'
+# own counts alike); `make test` runs them all on the normal build.
+settings.register_profile("sanitize", max_examples=20, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 

@@ -111,22 +111,31 @@ static inline uint32_t load32(const uint8_t *p)
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
+/* Entry i of the caller's uint32 array, which may lie at any alignment (memcpy: no
+ * misaligned uint32_t load, undefined behaviour in C). */
+static inline uint32_t known_at(const uint8_t *known, Py_ssize_t i)
+{
+    uint32_t v;
+    memcpy(&v, known + 4 * i, 4);
+    return v;
+}
+
 /* Is `index` in the sorted array of receiver indexes we hold keypairs for? */
-static int known_index(const uint32_t *known, Py_ssize_t count, uint32_t index)
+static int known_index(const uint8_t *known, Py_ssize_t count, uint32_t index)
 {
     Py_ssize_t lo = 0, hi = count;
     while (lo < hi) {
         Py_ssize_t mid = lo + (hi - lo) / 2;
-        if (known[mid] < index)
+        if (known_at(known, mid) < index)
             lo = mid + 1;
         else
             hi = mid;
     }
-    return lo < count && known[lo] == index;
+    return lo < count && known_at(known, lo) == index;
 }
 
 /* The verdict on one datagram: SCR_PASS or the reason the Python path would drop it for. */
-static int screen_one(const uint8_t *p, Py_ssize_t n, const uint32_t *known, Py_ssize_t nknown,
+static int screen_one(const uint8_t *p, Py_ssize_t n, const uint8_t *known, Py_ssize_t nknown,
                       const Mac1 *mac1)
 {
     if (n >= TRANSPORT_MIN_SIZE && p[0] == MESSAGE_TRANSPORT)
@@ -168,7 +177,7 @@ typedef struct {
 } Run;
 
 static int screen_receive(const uint8_t *data, Py_ssize_t len, Py_ssize_t segment,
-                          const uint32_t *known, Py_ssize_t nknown, const Mac1 *mac1,
+                          const uint8_t *known, Py_ssize_t nknown, const Mac1 *mac1,
                           Py_ssize_t counts[], Run *runs, Py_ssize_t *nruns)
 {
     int lost = 0;

@@ -13,6 +13,7 @@ PYTHONMALLOC=malloc) so `make sanitize` catches an overrun past its end.
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import random
 import struct
@@ -38,6 +39,7 @@ from lab.packets import (
     tcp_packet,
     udp_packet,
 )
+from tests.examples import examples
 from vpn.core.offload import _gro, gro
 from vpn.core.packet.virtio import NO_OFFLOAD
 
@@ -210,7 +212,7 @@ def packet_lists(draw: st.DrawFn) -> tuple[list[bytes], random.Random]:
     return out, rng
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(250), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(packet_lists(), st.booleans(), st.sampled_from(MAX_SIZES), st.booleans())
 def test_same_frames_as_reference(case: tuple[list[bytes], random.Random], udp: bool,
                                   max_size: int, exact: bool) -> None:
@@ -218,7 +220,7 @@ def test_same_frames_as_reference(case: tuple[list[bytes], random.Random], udp: 
     assert native(packets, udp, max_size, rng, exact) == reference(packets, udp, max_size)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(st.lists(st.binary(max_size=120), max_size=20), st.booleans(), st.integers(0, 2**32))
 def test_random_bytes(packets: list[bytes], udp: bool, seed: int) -> None:
     rng = random.Random(seed)
@@ -226,7 +228,7 @@ def test_random_bytes(packets: list[bytes], udp: bool, seed: int) -> None:
     assert native(packets, udp, 65535, rng, exact=True) == reference(packets, udp, 65535)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(st.sampled_from([4, 6]), st.booleans(), st.integers(0, 2**32),
        st.lists(st.tuples(st.integers(0, 63), st.integers(0, 255)), min_size=1, max_size=6))
 def test_mutated_headers(version: int, is_udp: bool, seed: int,
@@ -386,7 +388,7 @@ def test_fragment_closes_every_flow(field: int) -> None:
             assert native(packets, udp, 65535, rng) == want
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(packet_lists(), st.booleans(), st.data())
 def test_denied_slots_are_skipped(case: tuple[list[bytes], random.Random], udp: bool,
                                   data: st.DataObject) -> None:
@@ -407,7 +409,7 @@ def test_denied_slots_are_skipped(case: tuple[list[bytes], random.Random], udp: 
     assert native_frames(coalescer) == reference(packets, udp, 65535)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(packet_lists(), st.booleans(), st.data())
 def test_calls_accumulate_and_clear(case: tuple[list[bytes], random.Random], udp: bool,
                                     data: st.DataObject) -> None:
@@ -469,6 +471,54 @@ def test_errors_change_nothing() -> None:
         _gro.Coalescer(buf, False)  # type: ignore[misc]
     with pytest.raises(TypeError):
         _gro.Coalescer(42)  # type: ignore[arg-type]
+
+
+def test_a_denied_record_outside_the_buffer_is_refused_on_both_paths() -> None:
+    """Both paths check every record against the buffer before they look at its slot: a
+    record outside the buffer is a ValueError even when its slot is denied."""
+    buf = bytearray(tcp_packet(b"x" * 10))
+    record = struct.pack("<III", len(buf) - 5, 10, 3)
+    for coalescer in (_gro.Coalescer(buf), gro.RecordCoalescer(buf)):
+        with pytest.raises(ValueError):
+            coalescer.add_records(record, 0, 1, b"\0\0\0\1")
+
+
+def test_a_call_from_a_finalizer_during_frames_is_refused() -> None:
+    """frames() is busy from its first allocation on: an allocation can run the cyclic GC,
+    and a __del__ run there must not add packets to a run whose frame may already be sized
+    (that overflowed the frame's body), nor clear or take the frames under it."""
+    rng = random.Random(3)
+    flow = [tcp_packet(payload(rng, 1000), seq=1 + 1000 * i) for i in range(8)]
+    first = [*flow[:2], *[b"\x00junk"] * 6]  # one run, then frames of one packet each
+    buf, records = layout(first + flow[2:], rng)
+    coalescer = _gro.Coalescer(buf)
+    coalescer.add_records(records, 0, len(first))
+    answers: list[object] = []
+
+    class CallsOnCollection:
+        def __init__(self) -> None:
+            self.cycle = self  # only the cyclic GC frees it
+
+        def __del__(self) -> None:
+            for call in (lambda: coalescer.add_records(records, len(first), len(records) // 12),
+                         coalescer.clear, coalescer.frames):
+                try:
+                    answers.append(call())
+                except RuntimeError as error:
+                    answers.append(str(error))
+
+    threshold = gc.get_threshold()
+    gc.collect()
+    try:
+        CallsOnCollection()
+        # A collection a few allocations of tracked objects into frames() (the list, then
+        # one per frame: nine), after the run's body was sized: ASan saw it overflow.
+        gc.set_threshold(4)
+        frames = coalescer.frames()
+    finally:
+        gc.set_threshold(*threshold)
+    assert answers == ["Coalescer in use by another call"] * 3  # the finalizer ran in it
+    assert [(h + b, n) for h, b, n in frames] == reference(first, False, 65535)
 
 
 def test_buffer_is_held() -> None:

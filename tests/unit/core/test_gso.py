@@ -32,6 +32,7 @@ from lab.packets import (
     udp_super_packet,
     verify,
 )
+from tests.examples import examples
 from vpn.core.offload import OffloadError, gso, split
 from vpn.core.packet.virtio import (
     FLAG_DATA_VALID,
@@ -86,7 +87,7 @@ def test_tcp_split(version: int, options: bytes, mss: int, length: int) -> None:
                        version=version, options=options)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(st.sampled_from([4, 6]), st.integers(1, 3000), st.integers(0, 20000),
        st.sampled_from([b"", TS_OPTION, b"\x01\x01\x01\x00"]), st.integers(0, 2**32 - 1),
        st.integers(0, 0xFFFF), st.sampled_from([ACK, ACK | PSH, ACK | FIN | PSH, ACK | CWR]),
@@ -232,7 +233,7 @@ def test_rejects(hdr: VirtioNetHeader, pkt: bytes, reason: str) -> None:
     assert info.value.reason == reason
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.tuples(st.integers(0, 3), st.sampled_from([0, 1, 4, 5, 0x81, 0x84, 7]),
                  st.integers(0, 200), st.integers(0, 2000), st.integers(0, 100),
                  st.integers(0, 40)),
@@ -245,7 +246,7 @@ def test_random_input_only_raises_offload_error(fields: tuple[int, ...], data: b
         assert err.reason
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.sampled_from([(TCP4_HDR, TCP4), (TCP6_HDR, TCP6), (UDP4_HDR, UDP4)]),
        st.integers(0, 3100), st.lists(st.tuples(st.integers(0, 80), st.integers(0, 255)),
                                       max_size=4))

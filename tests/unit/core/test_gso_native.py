@@ -36,6 +36,7 @@ from lab.packets import (
     ipv6_header,
     verify,
 )
+from tests.examples import examples
 from vpn.core.offload import _gso, gso
 from vpn.core.packet.errors import OffloadError
 from vpn.core.packet.virtio import (
@@ -203,7 +204,7 @@ layouts = st.tuples(st.sampled_from([0, 16, 3]), st.sampled_from([0, 32, 1]),
                     st.integers(0, 5))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(super_packets(), layouts)
 def test_super_packets_identical(case: tuple[VirtioNetHeader, bytes],
                                  layout: tuple[int, int, int]) -> None:
@@ -230,7 +231,7 @@ def test_largest_super_packets_identical(version: int, tcp: bool, mss: int) -> N
     assert len(segments) == -(-room // mss)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.binary(max_size=2000), st.integers(0, 2100), st.integers(0, 40),
        st.sampled_from([0, 1, 2, 3]), layouts)
 def test_needs_csum_identical(packet: bytes, start: int, offset: int, flags: int,
@@ -267,7 +268,7 @@ VALID = valid_cases()
 LIES = [0, 2, 3, 4, 5, 6, 7, 9, 24 + 12, 40 + 4, 40 + 5, 40 + 12, 24 + 4, 24 + 5]
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=examples(1500), deadline=None)
 @given(st.sampled_from(VALID), st.one_of(st.just(None), st.integers(0, 3100)),
        st.lists(st.tuples(st.one_of(st.sampled_from(LIES), st.integers(0, 120)),
                           st.integers(0, 255)), max_size=4),
@@ -284,7 +285,7 @@ def test_hostile_packets_same_outcome(case: tuple[VirtioNetHeader, bytes], cut: 
     label(check_same(hdr, bytes(buf), *layout))
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=examples(600), deadline=None)
 @given(st.sampled_from(VALID), st.sampled_from(["ihl", "ip_length", "l4_offset"]),
        st.one_of(st.integers(-12, 12), st.integers(-0xFFFF, 0xFFFF)), st.integers(-8, 64))
 def test_lying_length_fields_same_outcome(case: tuple[VirtioNetHeader, bytes], field: str,
@@ -326,7 +327,7 @@ headers = st.builds(
 )
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=examples(1500), deadline=None)
 @given(st.one_of(headers, st.sampled_from([hdr for hdr, _ in VALID])), st.sampled_from(VALID),
        st.one_of(st.just(None), st.integers(0, 3100)))
 def test_hostile_headers_same_outcome(hdr: VirtioNetHeader,
@@ -336,7 +337,7 @@ def test_hostile_headers_same_outcome(hdr: VirtioNetHeader,
     label(check_same(hdr, case[1][:cut]))
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=examples(1500), deadline=None)
 @given(headers, st.one_of(st.binary(max_size=400),
                           st.tuples(st.sampled_from([b"\x45", b"\x46", b"\x4f", b"\x60"]),
                                     st.binary(max_size=400)).map(b"".join)),

@@ -18,7 +18,7 @@
  * read outside a packet's record, even if another thread writes to the buffer while the GIL
  * is released. The buffer cannot shrink: the exported view is held for the object's life.
  * Records are read once, with the GIL, and checked against the buffer before any state
- * changes. A coalescer in use without the GIL (busy) refuses every other call. */
+ * changes. A coalescer in a call (busy, from claim() on) refuses every other call. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
@@ -99,7 +99,7 @@ typedef struct {
     Py_buffer view;         /* the caller's buffer, held for the object's life */
     char udp;               /* a char: the T_BOOL member reads one */
     Py_ssize_t max_size;
-    int busy;               /* working without the GIL: every other call is refused */
+    int busy;               /* a call is running: every other call is refused (claim) */
     struct packet *packets;
     struct run *runs;
     uint32_t *out;
@@ -554,14 +554,22 @@ static void forget(Coalescer *c)
 
 /* ---- the type ---- */
 
+/* The rule for every method that reads or changes the state: claim() first, which marks the
+ * coalescer busy at once, and release() on every way out. Nothing may come between the check
+ * and the mark: an allocation can run the cyclic GC, hence a __del__ or (when it drops the
+ * GIL) another thread, and a call from there would change what this one has already sized
+ * (a run grown after frames() sized its body overflows it). */
 static int claim(Coalescer *self)
 {
     if (self->busy) {
-        PyErr_SetString(PyExc_RuntimeError, "Coalescer in use by another thread");
+        PyErr_SetString(PyExc_RuntimeError, "Coalescer in use by another call");
         return -1;
     }
+    self->busy = 1;
     return 0;
 }
+
+static void release(Coalescer *self) { self->busy = 0; }
 
 /* Room for `more` further packets, runs and out entries (one each at most per packet). */
 static int reserve(Coalescer *c, size_t more)
@@ -659,7 +667,7 @@ static PyObject *Coalescer_add_records(Coalescer *self, PyObject *args, PyObject
     }
     Py_ssize_t nrecords = records.len / 12;
     if (claim(self) < 0)
-        goto done;
+        goto unclaimed;
     if (start < 0 || start > stop || stop > nrecords) {
         PyErr_Format(PyExc_ValueError, "records %zd..%zd outside 0..%zd", start, stop,
                      nrecords);
@@ -685,16 +693,16 @@ static PyObject *Coalescer_add_records(Coalescer *self, PyObject *args, PyObject
         }
         self->packets[last++] = (struct packet){offset, len, NO_PACKET};
     }
-    self->busy = 1;
     PyThreadState *ts = last - first >= GIL_MIN_PACKETS ? PyEval_SaveThread() : NULL;
     for (size_t i = first; i < last; i++)
         add_packet(self, (uint32_t)i);
     self->npackets = last;
     if (ts)
         PyEval_RestoreThread(ts);
-    self->busy = 0;
     result = PyLong_FromSsize_t(skipped);
 done:
+    release(self);
+unclaimed:
     if (denied.obj)
         PyBuffer_Release(&denied);
     PyBuffer_Release(&records);
@@ -717,6 +725,7 @@ static PyObject *Coalescer_frames(Coalescer *self, PyObject *Py_UNUSED(ignored))
     if (!list || !dst) {
         Py_XDECREF(list);
         PyMem_Free(dst);
+        release(self);
         return PyErr_NoMemory();
     }
     /* With the GIL: every object, bodies not yet filled (nothing else can see them). */
@@ -734,6 +743,7 @@ static PyObject *Coalescer_frames(Coalescer *self, PyObject *Py_UNUSED(ignored))
             Py_XDECREF(body);
             Py_DECREF(list);
             PyMem_Free(dst);
+            release(self);
             return NULL;
         }
         dst[i] = (uint8_t *)PyBytes_AS_STRING(body);
@@ -741,7 +751,6 @@ static PyObject *Coalescer_frames(Coalescer *self, PyObject *Py_UNUSED(ignored))
         PyList_SET_ITEM(list, (Py_ssize_t)i, item);
         bytes += size;
     }
-    self->busy = 1;
     PyThreadState *ts = bytes >= GIL_MIN_BYTES ? PyEval_SaveThread() : NULL;
     const uint8_t *buf = self->view.buf;
     for (size_t i = 0; i < n; i++) {
@@ -761,7 +770,7 @@ static PyObject *Coalescer_frames(Coalescer *self, PyObject *Py_UNUSED(ignored))
     forget(self);
     if (ts)
         PyEval_RestoreThread(ts);
-    self->busy = 0;
+    release(self);
     PyMem_Free(dst);
     return list;
 }
@@ -771,6 +780,7 @@ static PyObject *Coalescer_clear(Coalescer *self, PyObject *Py_UNUSED(ignored))
     if (claim(self) < 0)
         return NULL;
     forget(self);
+    release(self);
     Py_RETURN_NONE;
 }
 

@@ -366,10 +366,11 @@ class RecordCoalescer(Coalescer):
         skipped = 0
         for at, length, slot in _RECORD.iter_unpack(
                 memoryview(records)[start * _RECORD.size:stop * _RECORD.size]):
+            # Every record is checked against the buffer first, a denied one too (as _gro.c).
+            if at + length > len(view):
+                raise ValueError("add_records: a record outside the buffer")
             if denied is not None and slot < len(denied) and denied[slot]:
                 skipped += 1
-            elif at + length > len(view):
-                raise ValueError("add_records: a record outside the buffer")
             else:
                 packets.append(view[at:at + length])
         self.add(packets)

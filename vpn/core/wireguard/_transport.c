@@ -134,24 +134,22 @@ static inline int replay_rejects(const uint8_t *seen, uint64_t greatest, uint64_
                && (greatest - counter > REPLAY_WINDOW || seen[counter & REPLAY_SLOT_MASK]));
 }
 
-/* Open one message's n-byte body into plain: 1 if it authenticated, 0 if not (plain is
- * wiped: no unauthenticated plaintext stays), -1 if OpenSSL itself failed. */
+/* Open one message's n-byte body into plain: 1 if it authenticated, 0 if not, -1 if OpenSSL
+ * itself failed; unless 1, plain is wiped: no unauthenticated plaintext stays. */
 static int open_message(EVP_CIPHER_CTX *ctx, const uint8_t *msg, int n, uint8_t *plain,
                         uint64_t counter)
 {
     uint8_t nonce[12];
-    int outl;
+    int outl, opened = -1;
     make_nonce(nonce, counter);
-    if (EVP_DecryptInit_ex2(ctx, NULL, NULL, nonce, NULL) != 1
-        || EVP_DecryptUpdate(ctx, plain, &outl, msg + HEADER_LEN, n) != 1
-        || EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, TAG_LEN,
-                               (void *)(msg + HEADER_LEN + n)) != 1)
-        return -1;
-    if (EVP_DecryptFinal_ex(ctx, plain + n, &outl) != 1) {
+    if (EVP_DecryptInit_ex2(ctx, NULL, NULL, nonce, NULL) == 1
+        && EVP_DecryptUpdate(ctx, plain, &outl, msg + HEADER_LEN, n) == 1
+        && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, TAG_LEN,
+                               (void *)(msg + HEADER_LEN + n)) == 1)
+        opened = EVP_DecryptFinal_ex(ctx, plain + n, &outl) == 1;
+    if (opened != 1)
         OPENSSL_cleanse(plain, (size_t)n);
-        return 0;
-    }
-    return 1;
+    return opened;
 }
 
 typedef struct {
@@ -219,7 +217,8 @@ static PyObject *TransportKey_zero(TransportKey *self, PyObject *Py_UNUSED(ignor
     Py_RETURN_NONE;
 }
 
-/* Claim the object for one batch (under the GIL); NULL context: zeroed. */
+/* Claim the object for one batch (under the GIL); NULL context: zeroed. The check and the
+ * mark come together, with no allocation between (see claim() in _gro.c). */
 static int begin_batch(TransportKey *self)
 {
     if (self->busy) {
@@ -259,14 +258,16 @@ static int check_out(Py_buffer *out, Py_ssize_t offset, Py_ssize_t need)
     return 0;
 }
 
-/* Buffer views of every item of a sequence (released by release_views). */
-static Py_buffer *get_views(PyObject *seq, Py_ssize_t count)
+/* Buffer views of every item of a tuple (released by release_views): a snapshot, not the
+ * caller's list, which an item's export (__buffer__, Python 3.12+) or another thread could
+ * shrink under this loop. */
+static Py_buffer *get_views(PyObject *items, Py_ssize_t count)
 {
     Py_buffer *views = PyMem_Calloc(count ? (size_t)count : 1, sizeof(Py_buffer));
     if (!views)
         return (Py_buffer *)PyErr_NoMemory();
     for (Py_ssize_t i = 0; i < count; i++) {
-        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &views[i], PyBUF_SIMPLE) < 0) {
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(items, i), &views[i], PyBUF_SIMPLE) < 0) {
             for (Py_ssize_t j = 0; j < i; j++)
                 PyBuffer_Release(&views[j]);
             PyMem_Free(views);
@@ -341,10 +342,10 @@ static PyObject *TransportKey_seal_batch(TransportKey *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOnnOO:seal_batch", &packets, &out_obj, &offset, &mtu,
                           &receiver_obj, &counter_obj))
         return NULL;
-    seq = PySequence_Fast(packets, "packets must be a sequence");
+    seq = PySequence_Tuple(packets);
     if (!seq)
         return NULL;
-    count = PySequence_Fast_GET_SIZE(seq);
+    count = PyTuple_GET_SIZE(seq);
     if (parse_sealing(receiver_obj, counter_obj, count, &receiver, &first) < 0) {
         Py_DECREF(seq);
         return NULL;
@@ -490,7 +491,7 @@ done:
 
 /* Open every message into out, back to back, then check it against the replay window;
  * returns (lengths, greatest, drops): -1 for a dropped message, drops None or the counts
- * by reason. */
+ * by reason. An error leaves the window as it was (see saved in open_run). */
 static PyObject *open_messages(TransportKey *self, const Py_buffer *views, Py_ssize_t count,
                                Py_buffer *out, Py_ssize_t offset, uint32_t local,
                                PyObject *seen_obj, PyObject *greatest_obj)
@@ -500,6 +501,7 @@ static PyObject *open_messages(TransportKey *self, const Py_buffer *views, Py_ss
     unsigned long long greatest;
     PyObject *list, *result = NULL;
     int failed = 0;
+    uint8_t saved[REPLAY_SLOTS];
 
     greatest = PyLong_AsUnsignedLongLong(greatest_obj);
     if (PyErr_Occurred())
@@ -516,8 +518,13 @@ static PyObject *open_messages(TransportKey *self, const Py_buffer *views, Py_ss
             PyErr_Format(PyExc_ValueError, "message %zd too long (%zd bytes)", i, len);
             goto done_seen;
         }
-        if (len >= MIN_LEN)
-            need += len - MIN_LEN; /* room for every message, as if all authenticate */
+        if (len < MIN_LEN)
+            continue;
+        if (len - MIN_LEN > PY_SSIZE_T_MAX - need) {
+            PyErr_SetString(PyExc_ValueError, "batch too long");
+            goto done_seen;
+        }
+        need += len - MIN_LEN; /* room for every message, as if all authenticate */
     }
     if (check_out(out, offset, need) < 0)
         goto done_seen;
@@ -530,6 +537,7 @@ static PyObject *open_messages(TransportKey *self, const Py_buffer *views, Py_ss
         goto done_lengths;
 
     Py_BEGIN_ALLOW_THREADS
+    memcpy(saved, seen.buf, REPLAY_SLOTS);
     uint8_t *dst = (uint8_t *)out->buf + offset;
     uint64_t g = greatest;
     EVP_CIPHER_CTX *ctx = self->open;
@@ -565,13 +573,9 @@ static PyObject *open_messages(TransportKey *self, const Py_buffer *views, Py_ss
     }
     greatest = g;
     Py_END_ALLOW_THREADS
-    end_batch(self);
-    if (failed) {
+    if (failed)
         PyErr_SetString(PyExc_RuntimeError, "OpenSSL ChaCha20-Poly1305 decryption failed");
-        goto done_lengths;
-    }
-    list = lengths_list(lengths, count);
-    if (list) {
+    else if ((list = lengths_list(lengths, count)) != NULL) {
         if (drops[DROP_TOO_SHORT] | drops[DROP_WRONG_KEYPAIR] | drops[DROP_BAD_AUTH]
             | drops[DROP_REPLAY])
             result = Py_BuildValue("NK(nnnn)", list, greatest, drops[DROP_TOO_SHORT],
@@ -580,6 +584,9 @@ static PyObject *open_messages(TransportKey *self, const Py_buffer *views, Py_ss
         else
             result = Py_BuildValue("NKO", list, greatest, Py_None);
     }
+    if (!result)
+        memcpy(seen.buf, saved, REPLAY_SLOTS);
+    end_batch(self);
 done_lengths:
     PyMem_Free(lengths);
 done_seen:
@@ -608,7 +615,7 @@ PyDoc_STRVAR(open_batch_doc,
 "greatest counter, returned updated) and its padded plaintext written back to back from\n"
 "out[offset:]. lengths has -1 for a dropped message; drops is None, or the counts\n"
 "(too_short, wrong_keypair, bad_auth, replay). A too-short `out` (room for every message)\n"
-"raises ValueError before anything is written.");
+"raises ValueError before anything is written; any error leaves `seen` as it was.");
 
 static PyObject *TransportKey_open_batch(TransportKey *self, PyObject *args)
 {
@@ -622,14 +629,14 @@ static PyObject *TransportKey_open_batch(TransportKey *self, PyObject *args)
                           &seen, &greatest)
         || parse_local(local_obj, &local) < 0)
         return NULL;
-    seq = PySequence_Fast(messages, "messages must be a sequence");
+    seq = PySequence_Tuple(messages);
     if (!seq)
         return NULL;
     if (PyObject_GetBuffer(out_obj, &out, PyBUF_WRITABLE) < 0) {
         Py_DECREF(seq);
         return NULL;
     }
-    count = PySequence_Fast_GET_SIZE(seq);
+    count = PyTuple_GET_SIZE(seq);
     views = get_views(seq, count);
     if (views) {
         result = open_messages(self, views, count, &out, offset, local, seen, greatest);
@@ -703,7 +710,8 @@ PyDoc_STRVAR(open_run_doc,
 "from records[0], nrec of them; `sources` lists the distinct inner sources by slot, for the\n"
 "caller's cryptokey-routing check. fresh and nbytes count the messages (and their bytes)\n"
 "that authenticated and were new, keepalives included; drops is None or the counts\n"
-"(wrong_keypair, bad_auth, replay, inner_not_ip, dishonest_packet_size).");
+"(wrong_keypair, bad_auth, replay, inner_not_ip, dishonest_packet_size). Any error leaves\n"
+"`seen` as it was.");
 
 static PyObject *TransportKey_open_run(TransportKey *self, PyObject *args)
 {
@@ -715,6 +723,11 @@ static PyObject *TransportKey_open_run(TransportKey *self, PyObject *args)
     uint32_t local;
     Source sources[MAX_SOURCES];
     int nsources = 0, failed = 0;
+    /* The window before the batch. Its slots change in place while the new greatest only
+     * comes back in the result: a call that raises (OpenSSL failed, no memory for the
+     * result) puts them back and stays busy until then, so the window moves only with a
+     * greatest the caller gets, and no message can be accepted twice. */
+    uint8_t saved[REPLAY_SLOTS];
 
     if (!PyArg_ParseTuple(args, "y*nnw*nOOOw*:open_run", &data, &segment_size, &start, &out,
                           &offset, &local_obj, &seen_obj, &greatest_obj, &records))
@@ -738,6 +751,7 @@ static PyObject *TransportKey_open_run(TransportKey *self, PyObject *args)
         goto done_seen;
 
     Py_BEGIN_ALLOW_THREADS
+    memcpy(saved, seen.buf, REPLAY_SLOTS);
     const uint8_t *base = data.buf;
     uint8_t *plain_base = out.buf, *rec = (uint8_t *)records.buf;
     Py_ssize_t pos = start, off = offset;
@@ -796,18 +810,17 @@ static PyObject *TransportKey_open_run(TransportKey *self, PyObject *args)
     offset = off;
     greatest = g;
     Py_END_ALLOW_THREADS
-    end_batch(self);
     if (failed) {
         PyErr_SetString(PyExc_RuntimeError, "OpenSSL ChaCha20-Poly1305 decryption failed");
-        goto done_seen;
+        goto done_batch;
     }
     sources_list = PyList_New(nsources);
     if (!sources_list)
-        goto done_seen;
+        goto done_batch;
     for (int i = 0; i < nsources; i++) {
         PyObject *s = PyBytes_FromStringAndSize((const char *)sources[i].addr, sources[i].len);
         if (!s)
-            goto done_seen;
+            goto done_batch;
         PyList_SET_ITEM(sources_list, i, s);
     }
     int any = 0;
@@ -819,6 +832,10 @@ static PyObject *TransportKey_open_run(TransportKey *self, PyObject *args)
     else
         result = Py_BuildValue("nnnKnnOO", start, offset, nrec, greatest, fresh, nbytes,
                                Py_None, sources_list);
+done_batch:
+    if (!result)
+        memcpy(seen.buf, saved, REPLAY_SLOTS);
+    end_batch(self);
 done_seen:
     Py_XDECREF(sources_list);
     PyBuffer_Release(&seen);
@@ -867,7 +884,7 @@ static struct PyModuleDef transport_module = {
 
 PyMODINIT_FUNC PyInit__transport(void)
 {
-    PyObject *module;
+    PyObject *module, *limit;
 
     if (!chacha20_poly1305) {
         chacha20_poly1305 = EVP_CIPHER_fetch(NULL, "ChaCha20-Poly1305", NULL);
@@ -881,17 +898,16 @@ PyMODINIT_FUNC PyInit__transport(void)
     module = PyModule_Create(&transport_module);
     if (!module)
         return NULL;
-    if (PyModule_AddObjectRef(module, "TransportKey", (PyObject *)&TransportKeyType) < 0
+    limit = PyLong_FromUnsignedLongLong(REJECT_AFTER_MESSAGES);
+    if (!limit || PyModule_AddObjectRef(module, "TransportKey", (PyObject *)&TransportKeyType) < 0
         || PyModule_AddIntConstant(module, "REPLAY_SLOTS", REPLAY_SLOTS) < 0
         || PyModule_AddIntConstant(module, "REPLAY_WINDOW", REPLAY_WINDOW) < 0
         || PyModule_AddIntConstant(module, "RECORD_LEN", RECORD_LEN) < 0
         || PyModule_AddIntConstant(module, "MAX_SOURCES", MAX_SOURCES) < 0
-        || PyModule_AddObject(module, "REJECT_AFTER_MESSAGES",
-                              PyLong_FromUnsignedLongLong(REJECT_AFTER_MESSAGES)) < 0
+        || PyModule_AddObjectRef(module, "REJECT_AFTER_MESSAGES", limit) < 0
         || PyModule_AddStringConstant(module, "OPENSSL_VERSION",
-                                      OpenSSL_version(OPENSSL_VERSION)) < 0) {
-        Py_DECREF(module);
-        return NULL;
-    }
+                                      OpenSSL_version(OPENSSL_VERSION)) < 0)
+        Py_CLEAR(module);
+    Py_XDECREF(limit);
     return module;
 }

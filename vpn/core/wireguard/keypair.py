@@ -100,6 +100,7 @@ class Keypair:
         self, keys: SessionKeys, now: float, *, native: bool | None = None
     ) -> None:
         # native: None follows fastpath.FAST_PATH; True or False picks (tests compare both).
+        # The keypair takes the keys: `keys` is wiped once the AEAD objects hold them.
         if native is None:
             native = FAST_PATH == "native"
         elif native and TransportKey is None:
@@ -108,6 +109,7 @@ class Keypair:
         aead: Any = TransportKey if native else ChaCha20Poly1305
         self._send: Any = aead(keys.send_key)  # ChaCha20Poly1305 | TransportKey | None
         self._recv: Any = aead(keys.recv_key)
+        keys.wipe()  # the AEAD objects hold the only copies now
         self.send_counter = 0
         self.replay = ReplayWindow()
         self.created = now
@@ -312,8 +314,11 @@ class Keypair:
                     reason = "wrong_keypair"
                 elif recv is None:
                     reason = "keypair_expired"
-                elif counter != replay.greatest + 1 and replay.rejects(counter):
-                    reason = "replay"  # known before the AEAD, which it is spared
+                elif counter >= REJECT_AFTER_MESSAGES or (
+                        counter != replay.greatest + 1 and replay.rejects(counter)):
+                    # Known before the AEAD, which it is spared. The limit is asked apart:
+                    # the in-order counter skips rejects() but may be it (see replay.py).
+                    reason = "replay"
                 else:
                     end = offset + n
                     try:

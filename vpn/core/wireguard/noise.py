@@ -8,9 +8,10 @@ from __future__ import annotations
 import contextlib
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from vpn.core.types import Buffer
 
 from .constants import CONSTRUCTION, IDENTIFIER, INITIATION_MIN_INTERVAL, KEY_LEN, TIMESTAMP_LEN
 from .crypto import (
@@ -64,15 +65,25 @@ class HandshakeState(enum.Enum):
     CONSUMED_RESPONSE = 4
 
 
-@dataclass(slots=True, repr=False)
 class SessionKeys:
-    """What a finished handshake yields: one key per direction and both indices."""
+    """What a finished handshake yields: one key per direction and both indices. The keys
+    are this object's own bytearrays so that they can be wiped: a Keypair wipes them once
+    its AEAD objects hold the keys (the kdf's bytes results cannot be, and are dropped)."""
 
-    send_key: bytes
-    recv_key: bytes
-    is_initiator: bool
-    local_index: int
-    remote_index: int
+    __slots__ = ("is_initiator", "local_index", "recv_key", "remote_index", "send_key")
+
+    def __init__(self, send_key: Buffer, recv_key: Buffer, is_initiator: bool,
+                 local_index: int, remote_index: int) -> None:
+        self.send_key = bytearray(send_key)
+        self.recv_key = bytearray(recv_key)
+        self.is_initiator = is_initiator
+        self.local_index = local_index
+        self.remote_index = remote_index
+
+    def wipe(self) -> None:
+        """Overwrite both keys with zeros, in place."""
+        for key in (self.send_key, self.recv_key):
+            key[:] = bytes(len(key))
 
     def __repr__(self) -> str:
         return (

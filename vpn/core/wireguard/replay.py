@@ -11,6 +11,13 @@ if it is below the limit, no more than REPLAY_WINDOW behind the greatest accepte
 seen before. Because the ring has more slots than the window is wide, every slot that a
 counter inside the window maps to holds that counter's own state.
 
+The message limit belongs to the window: a counter at or past REJECT_AFTER_MESSAGES is
+refused as a replay, before the AEAD, on the Python and the native path alike, whether the
+message would authenticate or not. The kernel's counter_validate also tests the limit first,
+as the same invalid-counter drop as a replay, and the kernel refuses every message for a
+keypair whose greatest counter is the last one before decrypting it; here it spares the AEAD
+of a message that can never be accepted.
+
 Keypair.decrypt_batch inlines the first branch of `validate` for the next counter in order
 (set its slot, make it the greatest): keep the two in step.
 """

@@ -9,6 +9,7 @@ import struct
 import pytest
 
 from vpn.core.wireguard.constants import REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REPLAY_WINDOW
+from vpn.core.wireguard.fastpath import TransportKey
 from vpn.core.wireguard.keypair import (
     Keypair,
     KeypairSet,
@@ -31,6 +32,18 @@ def reason(fn, *args) -> str:  # type: ignore[no-untyped-def]
     with pytest.raises(TransportError) as info:
         fn(*args)
     return info.value.reason
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_a_keypair_wipes_the_session_keys_it_took(native: bool) -> None:
+    """Once its AEAD objects hold the keys, no other copy stays in the SessionKeys."""
+    if native and TransportKey is None:
+        pytest.skip("NATIVE PATH NOT TESTED: the _transport module is not built")
+    k1, k2 = os.urandom(32), os.urandom(32)
+    keys = [SessionKeys(k1, k2, True, 1, 2), SessionKeys(k2, k1, False, 2, 1)]
+    a, b = (Keypair(k, 0.0, native=native) for k in keys)
+    assert all(k.send_key == bytes(32) and k.recv_key == bytes(32) for k in keys)
+    assert b.decrypt(a.encrypt(b"still works", 0.0), 0.0).rstrip(b"\0") == b"still works"
 
 
 def test_padding_rules() -> None:

@@ -39,9 +39,12 @@ PROPERTY = settings(deadline=None,
 
 
 def pair(*, initiator: bool = True) -> tuple[Keypair, Keypair]:
-    """The same keypair twice: (native, python)."""
-    keys = SessionKeys(SEND_KEY, RECV_KEY, initiator, LOCAL, REMOTE)
-    return Keypair(keys, 0.0, native=True), Keypair(keys, 0.0, native=False)
+    """The same keypair twice: (native, python), each from its own SessionKeys (a Keypair
+    wipes the keys it took)."""
+    def one(native: bool) -> Keypair:
+        return Keypair(SessionKeys(SEND_KEY, RECV_KEY, initiator, LOCAL, REMOTE), 0.0,
+                       native=native)
+    return one(True), one(False)
 
 
 def seal(key: bytes, counter: int, plaintext: bytes, receiver: int = LOCAL) -> bytes:
@@ -135,7 +138,9 @@ def test_seal_short_out_writes_nothing() -> None:
 # One received message: how it is made from the counter it carries.
 Kind = st.sampled_from(["valid", "valid", "valid", "cut", "tampered", "wrong_key", "foreign",
                         "header", "garbage", "empty"])
-counters = st.one_of(st.integers(0, 40), st.integers(0, 20_000), near_limit,
+# The window's edge at the limit: greatest = LIMIT - 1 makes the in-order counter the limit.
+at_limit = st.sampled_from([REJECT_AFTER_MESSAGES - 1, REJECT_AFTER_MESSAGES])
+counters = st.one_of(st.integers(0, 40), st.integers(0, 20_000), near_limit, at_limit,
                      st.integers(REJECT_AFTER_MESSAGES, 2**64 - 1))
 
 
@@ -178,7 +183,8 @@ def traffic(draw: st.DrawFn) -> list[list[bytes]]:
 
 
 @PROPERTY
-@given(batches=traffic(), start=st.one_of(st.none(), counters), offset=st.integers(0, 40))
+@given(batches=traffic(), start=st.one_of(st.none(), counters, at_limit),
+       offset=st.integers(0, 40))
 def test_decrypt_batch_matches_python(batches: list[list[bytes]], start: int | None,
                                       offset: int) -> None:
     native, python = pair()
@@ -317,7 +323,7 @@ def gro_receive(draw: st.DrawFn) -> tuple[bytes, int]:
     segment_size = draw(st.one_of(st.integers(32, 120), st.sampled_from([1452, 9000])))
     count = draw(st.integers(1, 80))
     many_sources = draw(st.booleans())  # past MAX_SOURCES, or a few reused
-    counter = draw(st.integers(0, 20_000))
+    counter = draw(st.one_of(st.integers(0, 20_000), st.just(REJECT_AFTER_MESSAGES - 3)))
     datagrams: list[bytes] = []
     for i in range(count):
         size = segment_size
@@ -326,7 +332,8 @@ def gro_receive(draw: st.DrawFn) -> tuple[bytes, int]:
         wire = draw(Wire)
         source = i if many_sources else draw(st.integers(0, 3))
         seed = draw(st.integers(0, 2**32))
-        counter = max(0, counter + draw(st.sampled_from([1, 1, 1, 2, 9000, -3])))
+        counter = min(max(0, counter + draw(st.sampled_from([1, 1, 1, 2, 9000, -3]))),
+                      2**64 - 1)
         if wire == "replayed" and datagrams:
             datagrams.append(draw(st.sampled_from(datagrams))[:size])
             continue
@@ -351,7 +358,7 @@ OUTCOMES: Counter[str] = Counter()
 
 @PROPERTY
 @given(receive=gro_receive(), capacity=st.one_of(st.just(4096), st.integers(0, 90)),
-       offset=st.integers(0, 40), start=st.one_of(st.none(), counters))
+       offset=st.integers(0, 40), start=st.one_of(st.none(), counters, at_limit))
 def test_receive_run_matches_python(receive: tuple[bytes, int], capacity: int, offset: int,
                                     start: int | None) -> None:
     blob, segment_size = receive
@@ -494,3 +501,88 @@ def test_zero_during_a_batch_on_another_thread_waits_for_it() -> None:
     assert repr(key) == "TransportKey(zeroed)"
     with pytest.raises(ValueError, match="zeroed"):
         key.seal_batch([b""], bytearray(64), 0, 0, REMOTE, 0)
+
+
+# -- the window at the limit, and a call that raises or sees its list shrink ---------------
+
+@pytest.mark.parametrize("kind", ["valid", "wrong_key", "tampered"])
+def test_the_limit_is_a_replay_on_both_paths(kind: str) -> None:
+    """greatest = LIMIT - 1 makes the in-order counter the limit itself: forged or not, a
+    message with it is a replay (before its AEAD) on both paths, in a batch and in a run."""
+    message = make_message(kind, REJECT_AFTER_MESSAGES, 60, 7, keep_header=True)
+    for kp in pair():
+        assert kp.replay.validate(REJECT_AFTER_MESSAGES - 1)
+        drops: dict[str, int] = {}
+        assert kp.decrypt_batch([message], bytearray(100), 0, drops) == [-1]
+        run_drops: dict[str, int] = {}
+        kp.receive_run(message, len(message), 0, bytearray(100), 0, bytearray(12), run_drops)
+        assert (kp.native, drops, run_drops) == (kp.native, {"replay": 1}, {"replay": 1})
+        assert kp.replay.greatest == REJECT_AFTER_MESSAGES - 1
+
+
+def test_an_open_that_raises_leaves_the_window_as_it_was() -> None:
+    """A batch sets the window's slots in place, while the new greatest only comes back in
+    the result. When the call raises instead (here: no memory from the Nth allocation on,
+    for every N until the call succeeds), the slots must be as they were: otherwise the
+    caller's old greatest and the new slots would accept the same messages again."""
+    testcapi = pytest.importorskip(
+        "_testcapi", reason="FAILURE INJECTION NOT TESTED: this Python has no _testcapi")
+    messages = [seal(RECV_KEY, counter, inner("v4", 60, 1, counter))
+                for counter in (11, 12, 9000)]  # 9000: every slot is cleared on the way
+
+    def window() -> bytearray:
+        seen = bytearray(replay.REPLAY_SLOTS)
+        seen[5] = seen[10] = 1
+        return seen
+
+    calls = {
+        "open_batch": lambda key, seen: key.open_batch(messages, bytearray(300), 0, LOCAL,
+                                                       seen, 10)[1],
+        "open_run": lambda key, seen: key.open_run(b"".join(messages), len(messages[0]), 0,
+                                                   bytearray(300), 0, LOCAL, seen, 10,
+                                                   bytearray(12 * 4))[3],
+    }
+    for name, call in calls.items():
+        failed = 0
+        while True:
+            key, seen = TransportKey(RECV_KEY), window()
+            testcapi.set_nomemory(failed, 0)
+            try:
+                greatest = call(key, seen)
+            except MemoryError:
+                greatest = None
+            finally:
+                testcapi.remove_mem_hooks()
+            if greatest is not None:
+                break
+            assert seen == window(), f"{name}: allocation {failed} failed, the window moved"
+            failed += 1
+        assert failed > 0 and greatest == 9000 and seen[9000 & 8191] and not seen[10]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason=(
+    "NOT RUN BEFORE PYTHON 3.12: from 3.12 on (PEP 688) Python code can export a buffer; "
+    "on 3.11 nothing else runs while a batch takes its views"))
+def test_a_list_shrunk_while_its_buffers_are_taken() -> None:
+    """seal_batch and open_batch take the buffers of a snapshot of the caller's list: an
+    item whose export shrinks the list changes nothing (it read freed memory before)."""
+
+    class Shrinking:
+        def __init__(self, data: bytes, victims: list[object]) -> None:
+            self.data, self.victims = data, victims
+
+        def __buffer__(self, flags: int) -> memoryview:
+            del self.victims[1:]
+            return memoryview(self.data)
+
+    key = TransportKey(SEND_KEY)
+    packets: list[object] = []
+    packets += [Shrinking(bytes(100), packets), *(bytes([i]) * 100 for i in range(60))]
+    out = bytearray(61 * transport_size(100))
+    assert key.seal_batch(packets, out, 0, 0, REMOTE, 0) == [transport_size(100)] * 61
+    messages: list[object] = []
+    messages += [Shrinking(seal(RECV_KEY, 1, bytes(100)), messages),
+                 *(seal(RECV_KEY, 2 + i, bytes(100)) for i in range(60))]
+    lengths, greatest, _ = TransportKey(RECV_KEY).open_batch(
+        messages, bytearray(61 * 100), 0, LOCAL, bytearray(replay.REPLAY_SLOTS), 0)
+    assert (lengths, greatest) == ([100] * 61, 61)
