@@ -27,12 +27,13 @@ FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x4
 TS_OPTION = bytes([1, 1, 8, 10]) + struct.pack("!II", 123456, 654321)
 
 
-def ref_sum(data: bytes) -> int:
-    """RFC 1071 the slow way: add 16-bit big-endian words, fold carries one at a time."""
+def ref_sum(data: bytes, start: int = 0) -> int:
+    """RFC 1071 the slow way: add 16-bit big-endian words to `start` (a folded sum, such as
+    a pseudo-header's), folding carries one at a time."""
     data = bytes(data)
     if len(data) % 2:
         data += b"\0"
-    total = 0
+    total = start
     for i in range(0, len(data), 2):
         total += (data[i] << 8) | data[i + 1]
         while total > 0xFFFF:

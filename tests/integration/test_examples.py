@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from lab.netns import Host, Lab, Process, lab_unavailable_reason
+from lab.packets import ref_sum
 
 pytestmark = pytest.mark.netns
 
@@ -190,15 +191,6 @@ def _two_tunnel_hosts(lab: Lab) -> dict[str, Host]:
     return {"a": a, "b": b}
 
 
-def _ones_sum(data: bytes, start: int = 0) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = start + sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total > 0xFFFF:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
 def _expected_segments(family: int, src: str, dst: str, hops: int) -> list[bytes]:
     """The ten segments the frame stands for, built here independently of the reader: as
     tcp_gso_segment() cuts (seq + gso_size x i, IPv4 ID 100 + i, PSH on the last only), after
@@ -211,12 +203,12 @@ def _expected_segments(family: int, src: str, dst: str, hops: int) -> list[bytes
         chunk = payload[mss * i:mss * (i + 1)]
         tcp = struct.pack("!HHIIBBHHH", 40000, 5001, 1000000 + mss * i, 1, 5 << 4,
                           0x18 if i == 9 else 0x10, 502, 0, 0) + chunk
-        pseudo = _ones_sum(s + d + struct.pack("!HH", socket.IPPROTO_TCP, len(tcp)))
-        tcp = tcp[:16] + struct.pack("!H", ~_ones_sum(tcp, pseudo) & 0xFFFF) + tcp[18:]
+        pseudo = ref_sum(s + d + struct.pack("!HH", socket.IPPROTO_TCP, len(tcp)))
+        tcp = tcp[:16] + struct.pack("!H", ~ref_sum(tcp, pseudo) & 0xFFFF) + tcp[18:]
         if family == 4:
             ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 100 + i, 0x4000,
                              64 - hops, socket.IPPROTO_TCP, 0, s, d)
-            ip = ip[:10] + struct.pack("!H", ~_ones_sum(ip) & 0xFFFF) + ip[12:]
+            ip = ip[:10] + struct.pack("!H", ~ref_sum(ip) & 0xFFFF) + ip[12:]
         else:
             ip = struct.pack("!IHBB16s16s", 6 << 28, len(tcp), socket.IPPROTO_TCP,
                              64 - hops, s, d)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import pytest
 
 from lab.netns import Capture, Host, Lab, Process
+from lab.packets import ref_sum
 
 pytestmark = pytest.mark.netns
 
@@ -134,18 +135,9 @@ def read_packets(fd: int, hdr_size: int, want: Callable[[bytes], bool],
 # --- packets, built by hand ----------------------------------------------------------
 
 
-def ones_sum(data: bytes, start: int = 0) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = start + sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total > 0xFFFF:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
 def pseudo_sum(src: str, dst: str, length: int) -> int:
     """Folded, not complemented: what NEEDS_CSUM wants in the TCP checksum field."""
-    return ones_sum(socket.inet_aton(src) + socket.inet_aton(dst)
+    return ref_sum(socket.inet_aton(src) + socket.inet_aton(dst)
                     + struct.pack("!xBH", socket.IPPROTO_TCP, length))
 
 
@@ -159,11 +151,11 @@ def tcp_ipv4(payload: bytes = b"", *, flags: int = 0x02, seq: int = 1000, df: bo
     tcp = struct.pack("!HHIIBBHHH", sport, 5001, seq, ack, doff << 4, flags, 64240, 0, 0)
     tcp += options + payload
     pseudo = pseudo_sum(src, dst, len(tcp))
-    value = {"pseudo": pseudo, "full": ~ones_sum(tcp, pseudo) & 0xFFFF, "zero": 0}[field]
+    value = {"pseudo": pseudo, "full": ~ref_sum(tcp, pseudo) & 0xFFFF, "zero": 0}[field]
     tcp = tcp[:16] + struct.pack("!H", value) + tcp[18:]
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 7, 0x4000 if df else 0, 64,
                      socket.IPPROTO_TCP, 0, socket.inet_aton(src), socket.inet_aton(dst))
-    ip = ip[:10] + struct.pack("!H", ~ones_sum(ip) & 0xFFFF) + ip[12:]
+    ip = ip[:10] + struct.pack("!H", ~ref_sum(ip) & 0xFFFF) + ip[12:]
     return ip + tcp
 
 
@@ -274,13 +266,7 @@ def test_read_with_size_12_has_a_12_byte_prefix(net: Gateway) -> None:
     hdr_len is 0 on a non-GSO read, and a TUN MTU of 65535 makes the stack behind it
     advertise MSS 65495 (MTU - 40), not corruption."""
     fd = net.tun(hdr_size=12, offload=TUN_F_CSUM | TUN_F_TSO4, mtu=65535)
-    with net_ns(net.gw):
-        s = socket.socket()
-    with s:
-        s.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            s.connect((BEHIND, 5001))
-        header, packet = read_packets(fd, 12, lambda p: is_ipv4(p, socket.IPPROTO_TCP))
+    header, packet = read_syn(net, fd, 12)
     assert len(header) == 12 and packet[0] == 0x45  # the IP header starts at byte 12
     raw = header + packet
     assert raw[0] >> 4 == 0  # what `version := raw[0] >> 4` sees
@@ -343,7 +329,7 @@ def test_every_tcp_write_needs_a_matching_checksum_field(
         got = int(re.search(r"cksum 0x([0-9a-f]+)", text).group(1), 16)  # type: ignore[union-attr]
         tcp = syn[20:16 + 20] + b"\0\0" + syn[20 + 18:]
         expected = (pseudo_sum(BEHIND, FAR, len(tcp)) if field == "full"
-                    else ~ones_sum(tcp) & 0xFFFF)
+                    else ~ref_sum(tcp) & 0xFFFF)
         assert got == expected, (hex(got), hex(expected))
 
 
@@ -486,17 +472,19 @@ def test_the_mss_a_linux_stack_announces_is_its_mtu_minus_40(net: Gateway, mtu: 
                                                              mss: int) -> None:
     """Linux announces the MTU of the route minus 20 (IPv4) and 20 (TCP without options),
     at most 65495: a SYN with mss 63900 comes from a stack whose MTU is 63940."""
-    fd = net.tun(mtu=mtu)
+    _, syn = read_syn(net, fd=net.tun(mtu=mtu), hdr_size=10)
+    assert syn[40:42] == b"\x02\x04" and struct.unpack_from("!H", syn, 42)[0] == mss
+
+
+def read_syn(net: Gateway, fd: int, hdr_size: int) -> tuple[bytes, bytes]:
+    """The (virtio header, SYN) read from the TUN when the gateway connects through it."""
     with net_ns(net.gw):
         s = socket.socket()
     with s:
         s.setblocking(False)
         with contextlib.suppress(BlockingIOError):
             s.connect((BEHIND, 5001))
-        _, syn = read_packets(fd, 10, lambda p: is_ipv4(p, socket.IPPROTO_TCP))
-    assert syn[40:42] == b"\x02\x04" and struct.unpack_from("!H", syn, 42)[0] == mss
-
-
+        return read_packets(fd, hdr_size, lambda p: is_ipv4(p, socket.IPPROTO_TCP))
 
 
 @contextlib.contextmanager
