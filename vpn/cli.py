@@ -169,8 +169,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         return uvloop.run(_serve(endpoint, lambda: None))
 
     def serve(ready: Callable[[], None]) -> int:
+        # Opened before the endpoint confines itself (Landlock), which may make the
+        # log file's directory; the user is told where once the interface is up.
+        handler, where = _background_log(endpoint.name)
+
         def detached() -> None:
-            handler = _background_log(endpoint.name)  # says where, while stderr is the user's
+            print(where, file=sys.stderr)  # while stderr is still the user's
             ready()
             _log_only_to(handler)
 
@@ -179,20 +183,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     return run_in_background(serve)
 
 
-def _background_log(name: str) -> logging.Handler | None:
-    """Where the log of a detached endpoint goes (syslog, else a file), told to the user."""
+def _background_log(name: str) -> tuple[logging.Handler | None, str]:
+    """Where the log of a detached endpoint goes (syslog, else a file), and what to tell
+    the user of it."""
     from vpn.host import logs
 
     try:
         handler, where = logs.background_handler(name)
     except OSError as error:
-        print(f"{PROG}: {name}: warning: the log is lost from now on: no syslog socket at "
-              f"{logs.SYSLOG_SOCKET}, and no log file ({error.filename}: {error.strerror}); "
-              "run with --foreground to keep it", file=sys.stderr)
-        return None
-    print(f"{PROG}: {name}: serving in the background; the log goes to {where}",
-          file=sys.stderr)
-    return handler
+        return None, (f"{PROG}: {name}: warning: the log is lost from now on: no syslog "
+                      f"socket at {logs.SYSLOG_SOCKET}, and no log file ({error.filename}: "
+                      f"{error.strerror}); run with --foreground to keep it")
+    return handler, f"{PROG}: {name}: serving in the background; the log goes to {where}"
 
 
 def _log_only_to(handler: logging.Handler | None) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 __all__ = ["CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_SYS_MODULE", "keep_only", "status"]
 
+CAP_SETPCAP = 8
 CAP_NET_BIND_SERVICE = 10
 CAP_NET_ADMIN = 12
 CAP_SYS_MODULE = 16
@@ -53,10 +54,17 @@ def keep_only(keep: Iterable[int]) -> None:
     permitted and effective ones; and set no_new_privs, so no setuid or file-capability
     program raises it again. Raises OSError if the kernel refuses a step."""
     kept = set(keep)
-    # Needs CAP_SETPCAP, so before capset; EINVAL: a capability this kernel lacks.
-    for cap in sorted(set(range(_last_cap() + 1)) - kept):
-        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() != EINVAL:
-            _check(-1, f"PR_CAPBSET_DROP {cap}")
+    now = status()
+    bounded = [cap for cap in range(_last_cap() + 1)
+               if now["CapBnd"] >> cap & 1 and cap not in kept]
+    # Needs CAP_SETPCAP, so before capset; EINVAL: a capability this kernel lacks. Without
+    # CAP_SETPCAP (a systemd unit whose CapabilityBoundingSet= leaves it out) the step is
+    # moot: under no_new_privs, set below, a program executed gets no capability beyond
+    # the permitted set, which capset cuts to `keep`.
+    if bounded and now["CapEff"] >> CAP_SETPCAP & 1:
+        for cap in bounded:
+            if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() != EINVAL:
+                _check(-1, f"PR_CAPBSET_DROP {cap}")
     _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "PR_CAP_AMBIENT")
     mask = sum(1 << cap for cap in kept)
     data = (_Data * 2)()
