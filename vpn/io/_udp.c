@@ -36,26 +36,14 @@
 #define SOL_UDP 17
 #endif
 
-/* The protocol numbers, as vpn/core/wireguard/constants.py has them (a test checks they agree). */
-#define MESSAGE_INITIATION 1u
-#define MESSAGE_RESPONSE 2u
-#define MESSAGE_COOKIE_REPLY 3u
-#define MESSAGE_TRANSPORT 4u
-#define INITIATION_SIZE 148
-#define RESPONSE_SIZE 92
-#define COOKIE_REPLY_SIZE 64
-#define TRANSPORT_MIN_SIZE 32
-#define MAC_LEN 16
-#define MAC1_KEY_LEN 32
-#define MAX_BATCH 1024
+/* The WireGuard facts (vpn/core/include/wire.h). The screen is protocol in the io layer:
+ * issue 19 item 3 moves it into a core native module; until then this file is the one io
+ * module that includes wire.h (tests/unit/test_layers.py names the exception). */
+#include "bytes.h"
+#include "wire.h"
 
-/* Drop reasons, in the order `screen` and `receive` count them. The first six are the
- * handshake path's (Device.drops, each also a handshake message received); the last is
- * the data path's. */
-enum {
-    SCR_TOO_SHORT, SCR_TRANSPORT_TOO_SHORT, SCR_UNKNOWN_TYPE, SCR_BAD_LENGTH,
-    SCR_RESERVED_NONZERO, SCR_BAD_MAC1, SCR_UNKNOWN_INDEX, SCR_REASONS, SCR_PASS = SCR_REASONS
-};
+#define MAX_BATCH 1024
+#define SCREEN_PASS SCREEN_REASONS /* screen_one's verdict for a datagram that passes */
 
 /* mac1 is keyed BLAKE2s-128 (the whitepaper's MAC), from OpenSSL's BLAKE2SMAC: fetched once,
  * keyed once per call with HASH("mac1----" || our public key), re-initialised per message. */
@@ -70,8 +58,8 @@ static int mac1_open(Mac1 *m, const Py_buffer *key)
     m->ctx = NULL;
     if (key->len == 0)
         return 0;
-    if (key->len != MAC1_KEY_LEN) {
-        PyErr_Format(PyExc_ValueError, "the mac1 key is %d bytes", MAC1_KEY_LEN);
+    if (key->len != HASH_LEN) {
+        PyErr_Format(PyExc_ValueError, "the mac1 key is %d bytes", HASH_LEN);
         return -1;
     }
     size_t size = MAC_LEN;
@@ -106,11 +94,6 @@ static int mac1_valid(const Mac1 *m, const uint8_t *p, Py_ssize_t n)
     return CRYPTO_memcmp(tag, p + n - 2 * MAC_LEN, MAC_LEN) == 0;
 }
 
-static inline uint32_t load32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
 /* Entry i of the caller's uint32 array, which may lie at any alignment (memcpy: no
  * misaligned uint32_t load, undefined behaviour in C). */
 static inline uint32_t known_at(const uint8_t *known, Py_ssize_t i)
@@ -134,19 +117,20 @@ static int known_index(const uint8_t *known, Py_ssize_t count, uint32_t index)
     return lo < count && known_at(known, lo) == index;
 }
 
-/* The verdict on one datagram: SCR_PASS or the reason the Python path would drop it for. */
+/* The verdict on one datagram: SCREEN_PASS or the reason the Python path would drop it for. */
 static int screen_one(const uint8_t *p, Py_ssize_t n, const uint8_t *known, Py_ssize_t nknown,
                       const Mac1 *mac1)
 {
-    if (n >= TRANSPORT_MIN_SIZE && p[0] == MESSAGE_TRANSPORT)
-        return known_index(known, nknown, load32(p + 4)) ? SCR_PASS : SCR_UNKNOWN_INDEX;
+    if (n >= TRANSPORT_MIN_SIZE && p[TRANSPORT_TYPE_AT] == MESSAGE_TRANSPORT)
+        return known_index(known, nknown, load32(p + TRANSPORT_RECEIVER_AT))
+                   ? SCREEN_PASS : SCREEN_UNKNOWN_RECEIVER_INDEX;
     if (n < 4)
-        return SCR_TOO_SHORT;
+        return SCREEN_TOO_SHORT;
     uint32_t word = load32(p), kind = word & 0xff;
     Py_ssize_t expected;
     switch (kind) {
     case MESSAGE_TRANSPORT:
-        return SCR_TRANSPORT_TOO_SHORT;
+        return SCREEN_TRANSPORT_TOO_SHORT;
     case MESSAGE_INITIATION:
         expected = INITIATION_SIZE;
         break;
@@ -157,16 +141,16 @@ static int screen_one(const uint8_t *p, Py_ssize_t n, const uint8_t *known, Py_s
         expected = COOKIE_REPLY_SIZE;
         break;
     default:
-        return SCR_UNKNOWN_TYPE;
+        return SCREEN_UNKNOWN_TYPE;
     }
     if (n != expected)
-        return SCR_BAD_LENGTH;
+        return SCREEN_BAD_LENGTH;
     if (word >> 8)
-        return SCR_RESERVED_NONZERO;
+        return SCREEN_RESERVED_NONZERO;
     /* Device.handle_handshake_message: a cookie reply has no mac1; the others must. */
     if (kind != MESSAGE_COOKIE_REPLY && mac1->ctx && !mac1_valid(mac1, p, n))
-        return SCR_BAD_MAC1;
-    return SCR_PASS;
+        return SCREEN_BAD_MAC1;
+    return SCREEN_PASS;
 }
 
 /* One receive: `len` bytes of datagrams of `segment` bytes (the last possibly shorter).
@@ -188,12 +172,12 @@ static int screen_receive(const uint8_t *data, Py_ssize_t len, Py_ssize_t segmen
     do {
         Py_ssize_t n = len - pos < segment ? len - pos : segment;
         int verdict = screen_one(data + pos, n, known, nknown, mac1);
-        if (verdict == SCR_PASS) {
+        if (verdict == SCREEN_PASS) {
             if (run_start < 0)
                 run_start = pos;
         } else {
             counts[verdict]++;
-            lost |= verdict == SCR_UNKNOWN_INDEX;
+            lost |= verdict == SCREEN_UNKNOWN_RECEIVER_INDEX;
             if (run_start >= 0) {
                 runs[(*nruns)++] = (Run){run_start, pos - run_start};
                 run_start = -1;
@@ -222,11 +206,20 @@ static int get_known(PyObject *obj, Py_buffer *view)
 
 static PyObject *counts_tuple(const Py_ssize_t counts[])
 {
-    for (int i = 0; i < SCR_REASONS; i++)
-        if (counts[i])
-            return Py_BuildValue("(nnnnnnn)", counts[0], counts[1], counts[2], counts[3],
-                                 counts[4], counts[5], counts[6]);
-    Py_RETURN_NONE;
+    int any = 0;
+    for (int i = 0; i < SCREEN_REASONS; i++)
+        any |= counts[i] != 0;
+    if (!any)
+        Py_RETURN_NONE;
+    PyObject *tuple = PyTuple_New(SCREEN_REASONS);
+    for (int i = 0; tuple && i < SCREEN_REASONS; i++) {
+        PyObject *v = PyLong_FromSsize_t(counts[i]);
+        if (!v)
+            Py_CLEAR(tuple);
+        else
+            PyTuple_SET_ITEM(tuple, i, v);
+    }
+    return tuple;
 }
 
 PyDoc_STRVAR(screen_doc,
@@ -243,7 +236,7 @@ static PyObject *udp_screen(PyObject *self, PyObject *args)
 {
     (void)self;
     Py_buffer data, known, key;
-    Py_ssize_t segment, counts[SCR_REASONS] = {0}, nruns;
+    Py_ssize_t segment, counts[SCREEN_REASONS] = {0}, nruns;
     PyObject *known_obj, *list = NULL, *result = NULL;
     Run *runs = NULL;
     Mac1 mac1 = {NULL};
@@ -318,7 +311,7 @@ static PyObject *udp_receive(PyObject *self, PyObject *args)
     (void)self;
     int fd;
     Py_buffer buffer, known, key;
-    Py_ssize_t slot_size, slots, counts[SCR_REASONS] = {0};
+    Py_ssize_t slot_size, slots, counts[SCREEN_REASONS] = {0};
     Mac1 mac1 = {NULL};
     Py_ssize_t receives = 0, gro_receives = 0, gro_segments = 0, truncated = 0, errors = 0;
     PyObject *known_obj, *entries = NULL, *lost = NULL, *result = NULL;

@@ -36,7 +36,7 @@ from .fastpath import FAST_PATH, TransportKey
 from .inner import inner_packet
 from .messages import TRANSPORT_HEADER, MessageError
 from .noise import SessionKeys
-from .replay import REPLAY_SLOT_MASK, ReplayWindow
+from .replay import ReplayWindow
 
 # The 96-bit nonce: 32 zero bits, then the 64-bit counter, little-endian. One Struct.pack
 # call (about 30 ns) beats zero bytes + int.to_bytes (about 60 ns) and, unlike a shared
