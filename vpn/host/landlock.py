@@ -4,8 +4,8 @@ Being uid 0 without capabilities still opens every file root owns (/etc/shadow, 
 After setup the endpoint needs only: its code and the system's libraries (lazy imports,
 nft and iptables-restore at teardown), name resolution's files in /etc, /dev/null and
 the random devices, /proc and /sys to read, its management socket's directory, the
-xtables lock, its log file's directory, and its config's directory (reload reads the file, SaveConfig writes it
-aside and renames it over). Everything else is refused with EACCES.
+xtables lock, its log file's directory, and its config's directory (reload reads the file,
+SaveConfig writes it aside and renames it over). Everything else is refused with EACCES.
 
 Syscalls through libc's syscall(); numbers, structures and access bits from
 linux/landlock.h (the ruleset attribute's first field, handled_access_fs, is all this
