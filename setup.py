@@ -24,10 +24,12 @@ class _BuildExt(build_ext):
             ) from error
 
 
-# The shared headers: wire facts, byte order and checksums (vpn/core/include/), each
-# module's own next to its sources. Listed as depends so that a changed header rebuilds.
+# The shared headers (vpn/core/include/): wire facts, byte order, checksums, drop counts and
+# the datagram screen's interface; each module's own next to its sources. Listed as
+# depends so that a changed header rebuilds.
 _INCLUDE = ["vpn/core/include"]
-_HEADERS = [f"vpn/core/include/{name}.h" for name in ("wire", "bytes", "checksum", "packet")]
+_HEADERS = [f"vpn/core/include/{name}.h"
+            for name in ("wire", "packet", "bytes", "checksum", "counts", "screen")]
 
 
 def _module(name: str, folder: str, sources: list[str], headers: tuple[str, ...] = (),
@@ -45,7 +47,9 @@ setup(
         _module("vpn.core.offload._gso", "vpn/core/offload", ["_gso.c"]),
         _module("vpn.core.offload._gro", "vpn/core/offload",
                 ["_gro.c", "gro_flows.c", "gro_add.c", "gro_frames.c"], ("gro.h",)),
-        _module("vpn.io._udp", "vpn/io", ["_udp.c"], libraries=("crypto",)),
+        _module("vpn.core.wireguard._screen", "vpn/core/wireguard", ["_screen.c"],
+                libraries=("crypto",)),
+        _module("vpn.io._udp", "vpn/io", ["_udp.c"]),
     ],
     cmdclass={"build_ext": _BuildExt},
 )

@@ -15,8 +15,7 @@ import pytest
 
 from vpn.core.offload import gro
 from vpn.core.packet import headers, virtio
-from vpn.core.wireguard import constants, keypair, messages, replay
-from vpn.io import udp
+from vpn.core.wireguard import constants, keypair, messages, replay, screen
 
 ROOT = Path(__file__).resolve().parents[3]
 INCLUDE = ROOT / "vpn" / "core" / "include"
@@ -112,7 +111,7 @@ def test_the_record_is_keypair_record() -> None:
 @pytest.mark.parametrize(("enum", "prefix", "reasons"), [
     ("open_drop", "OPEN_", keypair._NATIVE_DROP_REASONS),
     ("run_drop", "RUN_", keypair._RUN_DROP_REASONS),
-    ("screen_drop", "SCREEN_", udp.SCREEN_REASONS),
+    ("screen_drop", "SCREEN_", screen.SCREEN_REASONS),
 ])
 def test_the_drop_reasons_come_in_the_python_order(enum: str, prefix: str,
                                                    reasons: tuple[str, ...]) -> None:

@@ -51,8 +51,8 @@ enum run_drop {
     RUN_WRONG_KEYPAIR, RUN_BAD_AUTH, RUN_REPLAY, RUN_INNER_NOT_IP, RUN_DISHONEST_PACKET_SIZE,
     RUN_REASONS
 };
-/* udp.SCREEN_REASONS: the receive screen of vpn/io/_udp.c. The first six are the handshake
- * path's (Device.drops), the last the data path's. */
+/* screen.SCREEN_REASONS: the receive screen (vpn/core/wireguard/_screen.c). The first six
+ * are the handshake path's (Device.drops), the last the data path's. */
 enum screen_drop {
     SCREEN_TOO_SHORT, SCREEN_TRANSPORT_TOO_SHORT, SCREEN_UNKNOWN_TYPE, SCREEN_BAD_LENGTH,
     SCREEN_RESERVED_NONZERO, SCREEN_BAD_MAC1, SCREEN_UNKNOWN_RECEIVER_INDEX, SCREEN_REASONS

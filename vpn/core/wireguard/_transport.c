@@ -173,24 +173,6 @@ PyObject *lengths_list(const Py_ssize_t *lengths, Py_ssize_t count)
     return list;
 }
 
-PyObject *drop_counts(const Py_ssize_t *counts, int n)
-{
-    int any = 0;
-    for (int i = 0; i < n; i++)
-        any |= counts[i] != 0;
-    if (!any)
-        Py_RETURN_NONE;
-    PyObject *tuple = PyTuple_New(n);
-    for (int i = 0; tuple && i < n; i++) {
-        PyObject *v = PyLong_FromSsize_t(counts[i]);
-        if (!v)
-            Py_CLEAR(tuple);
-        else
-            PyTuple_SET_ITEM(tuple, i, v);
-    }
-    return tuple;
-}
-
 static PyMethodDef TransportKey_methods[] = {
     {"seal_batch", (PyCFunction)TransportKey_seal_batch, METH_VARARGS, seal_batch_doc},
     {"seal_segments", (PyCFunction)TransportKey_seal_segments, METH_VARARGS,

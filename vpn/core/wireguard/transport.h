@@ -13,6 +13,7 @@
 #include <openssl/evp.h>
 
 #include "bytes.h"
+#include "counts.h"
 #include "wire.h"
 
 /* OpenSSL's update calls take an int length. */
@@ -49,8 +50,6 @@ int check_out(Py_buffer *out, Py_ssize_t offset, Py_ssize_t need);
 Py_buffer *get_views(PyObject *items, Py_ssize_t count);
 void release_views(Py_buffer *views, Py_ssize_t count);
 PyObject *lengths_list(const Py_ssize_t *lengths, Py_ssize_t count);
-/* None if every count is 0, else the n counts as a tuple (wire.h's order). */
-PyObject *drop_counts(const Py_ssize_t *counts, int n);
 
 /* transport_seal.c */
 PyObject *TransportKey_seal_batch(TransportKey *self, PyObject *args);
