@@ -24,13 +24,32 @@ class _BuildExt(build_ext):
             ) from error
 
 
+# The shared headers (vpn/core/include/): wire facts, byte order, checksums, drop counts and
+# the datagram screen's interface; each module's own next to its sources. Listed as
+# depends so that a changed header rebuilds.
+_INCLUDE = ["vpn/core/include"]
+_HEADERS = [f"vpn/core/include/{name}.h"
+            for name in ("wire", "packet", "bytes", "checksum", "counts", "screen")]
+
+
+def _module(name: str, folder: str, sources: list[str], headers: tuple[str, ...] = (),
+            libraries: tuple[str, ...] = ()) -> Extension:
+    return Extension(name, [f"{folder}/{s}" for s in sources], include_dirs=_INCLUDE,
+                     depends=_HEADERS + [f"{folder}/{h}" for h in headers],
+                     libraries=list(libraries), extra_compile_args=_FLAGS)
+
+
 setup(
     ext_modules=[
-        Extension("vpn.core.wireguard._transport", ["vpn/core/wireguard/_transport.c"],
-                  libraries=["crypto"], extra_compile_args=_FLAGS),
-        Extension("vpn.core.offload._gso", ["vpn/core/offload/_gso.c"], extra_compile_args=_FLAGS),
-        Extension("vpn.core.offload._gro", ["vpn/core/offload/_gro.c"], extra_compile_args=_FLAGS),
-        Extension("vpn.io._udp", ["vpn/io/_udp.c"], libraries=["crypto"], extra_compile_args=_FLAGS),
+        _module("vpn.core.wireguard._transport", "vpn/core/wireguard",
+                ["_transport.c", "transport_seal.c", "transport_open.c"],
+                ("transport.h", "replay.h"), libraries=("crypto",)),
+        _module("vpn.core.offload._gso", "vpn/core/offload", ["_gso.c"]),
+        _module("vpn.core.offload._gro", "vpn/core/offload",
+                ["_gro.c", "gro_flows.c", "gro_add.c", "gro_frames.c"], ("gro.h",)),
+        _module("vpn.core.wireguard._screen", "vpn/core/wireguard", ["_screen.c"],
+                libraries=("crypto",)),
+        _module("vpn.io._udp", "vpn/io", ["_udp.c"]),
     ],
     cmdclass={"build_ext": _BuildExt},
 )

@@ -12,12 +12,11 @@ from types import SimpleNamespace
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-import vpn.io._udp as _udp
 from vpn.core.packet.virtio import VirtioNetHeader
 from vpn.core.types import Buffer
 from vpn.core.wireguard import Device
 from vpn.io.datapath import DataPath
-from vpn.io.udp import MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD, SCREEN_REASONS, UdpStats
+from vpn.io.udp import MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD, DatagramScreen, UdpStats
 
 MTU = 1420
 SRC, DST = bytes([198, 18, 10, 1]), bytes([198, 18, 10, 2])
@@ -74,25 +73,25 @@ class MemoryUdp:
 
 
 class ScreeningUdp(MemoryUdp):
-    """MemoryUdp with the native receive's screen (vpn/io/_udp.c's `screen`, the same code
-    `receive` runs on what recvmmsg got) applied to each incoming receive."""
+    """MemoryUdp with the native receive's screen (the Screen's `screen`, the same code
+    vpn/io/_udp.c's `receive` runs on what recvmmsg got) applied to each incoming receive."""
 
     screens = True
 
-    def receive_screened(self, known: bytes, mac1_key: bytes) -> tuple[list[tuple[memoryview, int,
-                                                                   tuple[str, int]]],
-                                                       tuple[int, ...] | None,
-                                                       list[tuple[str, int]]]:
+    def receive_screened(self, screen: DatagramScreen) -> tuple[
+            list[tuple[memoryview, int, tuple[str, int]]], tuple[int, ...] | None,
+            list[tuple[str, int]]]:
         passed: list[tuple[memoryview, int, tuple[str, int]]] = []
         lost: list[tuple[str, int]] = []
-        totals = [0] * len(SCREEN_REASONS)
+        totals: list[int] = []
         for data, size, source in self.receive_batch():
-            runs, counts, unknown = _udp.screen(data, size, known, mac1_key)
+            runs, counts, unknown = screen.screen(data, size)
             for start, length in runs:
                 passed.append((data[start:start + length], min(size, length) or length,
                                source))
             if counts:
-                totals = [t + n for t, n in zip(totals, counts, strict=True)]
+                totals = [t + n for t, n in zip(totals or [0] * len(counts), counts,
+                                                 strict=True)]
             if unknown and (not lost or lost[-1] != source):
                 lost.append(source)
         return passed, tuple(totals) if any(totals) else None, lost

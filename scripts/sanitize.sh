@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make sanitize`: builds the native modules (vpn/core/wireguard/_transport.c,
+# `make sanitize`: builds the native modules (vpn/core/wireguard/_transport.c and _screen.c,
 # vpn/core/offload/_gso.c and _gro.c, vpn/io/_udp.c) with AddressSanitizer and UBSan in a
 # scratch copy of the tree and runs their tests there: the property tests (native against
 # the Python reference), the receive path's tests over them, and the reproducers of the
@@ -21,8 +21,8 @@ trap 'rm -rf "$work"' EXIT
 cp -r vpn lab tests setup.py pyproject.toml README.md "$work/"
 find "$work" -name '*.so' -delete
 cd "$work"
-# These come before setup.py's own flags (-O3 -Werror still apply); the four modules build
-# two at a time.
+# These come before setup.py's own flags (-O3 -Werror still apply); the modules build two
+# at a time.
 sanitizers="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
 CFLAGS="$sanitizers -fno-omit-frame-pointer -g" LDFLAGS="$sanitizers" \
     "$PYTHON" setup.py -q build_ext --inplace --parallel 2 >build.log 2>&1 \
@@ -36,8 +36,8 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export PYTHONMALLOC=malloc
 export HYPOTHESIS_PROFILE=sanitize
 # The instrumented copies must be the ones imported, not the editable install's.
-"$PYTHON" -c 'import sys, vpn.core.wireguard._transport as t, vpn.core.offload._gso as g, vpn.core.offload._gro as r, vpn.io._udp as u
-sys.exit(not all(m.__file__.startswith(sys.argv[1]) for m in (t, g, r, u)))' "$work" \
+"$PYTHON" -c 'import sys, vpn.core.wireguard._transport as t, vpn.core.offload._gso as g, vpn.core.offload._gro as r, vpn.io._udp as u, vpn.core.wireguard._screen as s
+sys.exit(not all(m.__file__.startswith(sys.argv[1]) for m in (t, g, r, u, s)))' "$work" \
     || { echo "sanitize: the tests would not use the instrumented modules" >&2; exit 1; }
 # --capture=sys: a sanitizer report goes to file descriptor 2 and must reach the terminal.
 # test_gso.py's split_python cases run no C (they stay in `make test`).

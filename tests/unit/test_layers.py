@@ -4,6 +4,7 @@ the core does no I/O, that tools stay out of the installed package, and module s
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,53 @@ def test_tools_do_not_lean_on_the_tests() -> None:
 @pytest.mark.parametrize("path", _python_files("vpn", "lab"), ids=lambda p: _module_name(p))
 def test_no_module_is_over_600_lines(path: Path) -> None:
     assert len(path.read_text().splitlines()) <= MAX_LINES
+
+
+# ---- the C modules: the same rules, read from their #include lines ----
+
+_INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]', re.M)
+# Headers that hold WireGuard protocol facts (message types and sizes, the record layout,
+# the replay window, the transport key): only the core's modules may include them.
+PROTOCOL_HEADERS = {"wire.h", "replay.h", "transport.h"}
+# The core is sans-I/O in C too: no sockets, descriptors or ioctls.
+CORE_FORBIDDEN_C = ("sys/socket.h", "sys/ioctl.h", "unistd.h", "fcntl.h", "poll.h",
+                    "sys/uio.h", "netinet/", "linux/")
+
+
+def _c_files(*folders: str) -> list[Path]:
+    return sorted(p for folder in folders for p in (ROOT / folder).rglob("*")
+                  if p.suffix in (".c", ".h"))
+
+
+def _c_id(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+def _c_includes(path: Path) -> set[str]:
+    return set(_INCLUDE.findall(path.read_text()))
+
+
+@pytest.mark.parametrize("path", _c_files("vpn"), ids=_c_id)
+def test_no_c_file_is_over_600_lines(path: Path) -> None:
+    assert len(path.read_text().splitlines()) <= MAX_LINES
+
+
+@pytest.mark.parametrize("path", _c_files("vpn/io"), ids=_c_id)
+def test_the_io_c_files_include_no_protocol_header(path: Path) -> None:
+    """vpn/io/_udp.c screens datagrams through a DatagramScreen (screen.h) without knowing
+    they are WireGuard's; the screen itself is the core's (_screen.c)."""
+    protocol = {h for h in _c_includes(path) if Path(h).name in PROTOCOL_HEADERS}
+    assert not protocol, f"{_c_id(path)} includes {sorted(protocol)}: the core's facts"
+
+
+@pytest.mark.parametrize("path", _c_files("vpn/core"), ids=_c_id)
+def test_the_core_c_files_do_no_io(path: Path) -> None:
+    used = {h for h in _c_includes(path) if h.startswith(CORE_FORBIDDEN_C)}
+    assert not used, f"{_c_id(path)} includes {sorted(used)}"
+
+
+def test_the_c_checks_see_the_c_files() -> None:
+    """The globs above find the modules (a moved tree must not pass by finding nothing)."""
+    names = {p.name for p in _c_files("vpn")}
+    assert {"_transport.c", "_gro.c", "_gso.c", "_screen.c", "_udp.c", "wire.h"} <= names
+    assert "vpn/io/_udp.c" in {_c_id(p) for p in _c_files("vpn/io")}

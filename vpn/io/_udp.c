@@ -1,17 +1,11 @@
 /* Native receive for vpn/io/udp.py: many datagrams per system call (recvmmsg, with their UDP
  * GRO segment sizes and source addresses), each one screened before any Python runs.
  *
- * The reference is the Python path: UdpSocket.receive_batch (one recvmsg_into a datagram)
- * and DataPath._receive's dispatch, which hands every datagram that is not a transport
- * message to Device.handle_handshake_message (whose message_type, in
- * vpn/core/wireguard/messages.py, rejects by length, type and reserved bytes) and looks every
- * transport message's receiver index up. The screen applies exactly those rules (mac1
- * included, keyed BLAKE2s from the system's OpenSSL libcrypto), so a
- * garbage datagram costs nanoseconds here instead of microseconds there, and is counted
- * under the reason the Python path would have given it. What passes (transport messages
- * for an index we have a keypair for, handshake messages of the right length) goes on to
- * the same Python code as before. Under a flood of about 100,000 datagrams a second most
- * of it never reaches Python; see docs/architecture.md for the numbers.
+ * The reference is UdpSocket.receive_batch (one recvmsg_into a datagram). The screen is the
+ * caller's: a DatagramScreen (vpn/core/include/screen.h) in a capsule, which says of each
+ * datagram whether it passes or for which reason it is dropped; this file knows no
+ * protocol. What passes goes on to Python as receive_batch would have given it, lone
+ * datagrams from one source laid together as GRO would have laid them.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -24,10 +18,8 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include <openssl/core_names.h>
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/params.h>
+#include "counts.h"
+#include "screen.h"
 
 #ifndef UDP_GRO
 #define UDP_GRO 104
@@ -36,255 +28,7 @@
 #define SOL_UDP 17
 #endif
 
-/* The protocol numbers, as vpn/core/wireguard/constants.py has them (a test checks they agree). */
-#define MESSAGE_INITIATION 1u
-#define MESSAGE_RESPONSE 2u
-#define MESSAGE_COOKIE_REPLY 3u
-#define MESSAGE_TRANSPORT 4u
-#define INITIATION_SIZE 148
-#define RESPONSE_SIZE 92
-#define COOKIE_REPLY_SIZE 64
-#define TRANSPORT_MIN_SIZE 32
-#define MAC_LEN 16
-#define MAC1_KEY_LEN 32
 #define MAX_BATCH 1024
-
-/* Drop reasons, in the order `screen` and `receive` count them. The first six are the
- * handshake path's (Device.drops, each also a handshake message received); the last is
- * the data path's. */
-enum {
-    SCR_TOO_SHORT, SCR_TRANSPORT_TOO_SHORT, SCR_UNKNOWN_TYPE, SCR_BAD_LENGTH,
-    SCR_RESERVED_NONZERO, SCR_BAD_MAC1, SCR_UNKNOWN_INDEX, SCR_REASONS, SCR_PASS = SCR_REASONS
-};
-
-/* mac1 is keyed BLAKE2s-128 (the whitepaper's MAC), from OpenSSL's BLAKE2SMAC: fetched once,
- * keyed once per call with HASH("mac1----" || our public key), re-initialised per message. */
-static EVP_MAC *blake2s_mac;
-
-typedef struct {
-    EVP_MAC_CTX *ctx; /* NULL: no key given, mac1 is left to the Python path */
-} Mac1;
-
-static int mac1_open(Mac1 *m, const Py_buffer *key)
-{
-    m->ctx = NULL;
-    if (key->len == 0)
-        return 0;
-    if (key->len != MAC1_KEY_LEN) {
-        PyErr_Format(PyExc_ValueError, "the mac1 key is %d bytes", MAC1_KEY_LEN);
-        return -1;
-    }
-    size_t size = MAC_LEN;
-    OSSL_PARAM params[] = {OSSL_PARAM_construct_size_t(OSSL_MAC_PARAM_SIZE, &size),
-                           OSSL_PARAM_construct_end()};
-    m->ctx = EVP_MAC_CTX_new(blake2s_mac);
-    if (!m->ctx || EVP_MAC_init(m->ctx, key->buf, (size_t)key->len, params) != 1) {
-        EVP_MAC_CTX_free(m->ctx); /* cleanses the key it holds */
-        m->ctx = NULL;
-        PyErr_SetString(PyExc_RuntimeError, "OpenSSL could not set up BLAKE2s for mac1");
-        return -1;
-    }
-    return 0;
-}
-
-static void mac1_close(Mac1 *m)
-{
-    EVP_MAC_CTX_free(m->ctx);
-    m->ctx = NULL;
-}
-
-/* Does the handshake message p[0:n] carry a valid mac1 (over p[0:n-32], at p[n-32:n-16])?
- * On an OpenSSL failure it says yes: the Python path checks again. */
-static int mac1_valid(const Mac1 *m, const uint8_t *p, Py_ssize_t n)
-{
-    uint8_t tag[MAC_LEN];
-    size_t len = 0;
-    if (EVP_MAC_init(m->ctx, NULL, 0, NULL) != 1
-        || EVP_MAC_update(m->ctx, p, (size_t)(n - 2 * MAC_LEN)) != 1
-        || EVP_MAC_final(m->ctx, tag, &len, sizeof(tag)) != 1 || len != MAC_LEN)
-        return 1;
-    return CRYPTO_memcmp(tag, p + n - 2 * MAC_LEN, MAC_LEN) == 0;
-}
-
-static inline uint32_t load32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-/* Entry i of the caller's uint32 array, which may lie at any alignment (memcpy: no
- * misaligned uint32_t load, undefined behaviour in C). */
-static inline uint32_t known_at(const uint8_t *known, Py_ssize_t i)
-{
-    uint32_t v;
-    memcpy(&v, known + 4 * i, 4);
-    return v;
-}
-
-/* Is `index` in the sorted array of receiver indexes we hold keypairs for? */
-static int known_index(const uint8_t *known, Py_ssize_t count, uint32_t index)
-{
-    Py_ssize_t lo = 0, hi = count;
-    while (lo < hi) {
-        Py_ssize_t mid = lo + (hi - lo) / 2;
-        if (known_at(known, mid) < index)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo < count && known_at(known, lo) == index;
-}
-
-/* The verdict on one datagram: SCR_PASS or the reason the Python path would drop it for. */
-static int screen_one(const uint8_t *p, Py_ssize_t n, const uint8_t *known, Py_ssize_t nknown,
-                      const Mac1 *mac1)
-{
-    if (n >= TRANSPORT_MIN_SIZE && p[0] == MESSAGE_TRANSPORT)
-        return known_index(known, nknown, load32(p + 4)) ? SCR_PASS : SCR_UNKNOWN_INDEX;
-    if (n < 4)
-        return SCR_TOO_SHORT;
-    uint32_t word = load32(p), kind = word & 0xff;
-    Py_ssize_t expected;
-    switch (kind) {
-    case MESSAGE_TRANSPORT:
-        return SCR_TRANSPORT_TOO_SHORT;
-    case MESSAGE_INITIATION:
-        expected = INITIATION_SIZE;
-        break;
-    case MESSAGE_RESPONSE:
-        expected = RESPONSE_SIZE;
-        break;
-    case MESSAGE_COOKIE_REPLY:
-        expected = COOKIE_REPLY_SIZE;
-        break;
-    default:
-        return SCR_UNKNOWN_TYPE;
-    }
-    if (n != expected)
-        return SCR_BAD_LENGTH;
-    if (word >> 8)
-        return SCR_RESERVED_NONZERO;
-    /* Device.handle_handshake_message: a cookie reply has no mac1; the others must. */
-    if (kind != MESSAGE_COOKIE_REPLY && mac1->ctx && !mac1_valid(mac1, p, n))
-        return SCR_BAD_MAC1;
-    return SCR_PASS;
-}
-
-/* One receive: `len` bytes of datagrams of `segment` bytes (the last possibly shorter).
- * Calls add_run(start, length) for each stretch of consecutive passing datagrams, counts
- * the others by reason; returns whether an unknown receiver index was among them. */
-typedef struct {
-    Py_ssize_t start, length;
-} Run;
-
-static int screen_receive(const uint8_t *data, Py_ssize_t len, Py_ssize_t segment,
-                          const uint8_t *known, Py_ssize_t nknown, const Mac1 *mac1,
-                          Py_ssize_t counts[], Run *runs, Py_ssize_t *nruns)
-{
-    int lost = 0;
-    Py_ssize_t run_start = -1, pos = 0;
-    *nruns = 0;
-    if (segment <= 0 || segment > len)
-        segment = len ? len : 1;
-    do {
-        Py_ssize_t n = len - pos < segment ? len - pos : segment;
-        int verdict = screen_one(data + pos, n, known, nknown, mac1);
-        if (verdict == SCR_PASS) {
-            if (run_start < 0)
-                run_start = pos;
-        } else {
-            counts[verdict]++;
-            lost |= verdict == SCR_UNKNOWN_INDEX;
-            if (run_start >= 0) {
-                runs[(*nruns)++] = (Run){run_start, pos - run_start};
-                run_start = -1;
-            }
-        }
-        pos += n;
-    } while (pos < len);
-    if (run_start >= 0)
-        runs[(*nruns)++] = (Run){run_start, len - run_start};
-    return lost;
-}
-
-/* The sorted receiver indexes as a uint32 array (native byte order: Device builds it with
- * array("I")). */
-static int get_known(PyObject *obj, Py_buffer *view)
-{
-    if (PyObject_GetBuffer(obj, view, PyBUF_SIMPLE) < 0)
-        return -1;
-    if (view->len % 4) {
-        PyBuffer_Release(view);
-        PyErr_SetString(PyExc_ValueError, "known indexes: a whole number of uint32");
-        return -1;
-    }
-    return 0;
-}
-
-static PyObject *counts_tuple(const Py_ssize_t counts[])
-{
-    for (int i = 0; i < SCR_REASONS; i++)
-        if (counts[i])
-            return Py_BuildValue("(nnnnnnn)", counts[0], counts[1], counts[2], counts[3],
-                                 counts[4], counts[5], counts[6]);
-    Py_RETURN_NONE;
-}
-
-PyDoc_STRVAR(screen_doc,
-"screen(data, segment_size, known, mac1_key) -> (runs, counts, lost)\n\n"
-"The screen `receive` applies to one receive (datagrams of segment_size bytes, the last\n"
-"possibly shorter; 0 or more than len(data): one datagram), as a pure function: runs lists\n"
-"(start, length) of each stretch of datagrams that pass, counts is None or the drops by\n"
-"reason (too_short, transport_too_short, unknown_type, bad_length, reserved_nonzero,\n"
-"bad_mac1, unknown_receiver_index), lost says whether an unknown receiver index was seen.\n"
-"known is the sorted uint32 array of receiver indexes with a keypair; mac1_key the device's\n"
-"(HASH(\"mac1----\" || public key)), or b\"\" to leave mac1 to the Python path.");
-
-static PyObject *udp_screen(PyObject *self, PyObject *args)
-{
-    (void)self;
-    Py_buffer data, known, key;
-    Py_ssize_t segment, counts[SCR_REASONS] = {0}, nruns;
-    PyObject *known_obj, *list = NULL, *result = NULL;
-    Run *runs = NULL;
-    Mac1 mac1 = {NULL};
-    if (!PyArg_ParseTuple(args, "y*nOy*:screen", &data, &segment, &known_obj, &key))
-        return NULL;
-    if (get_known(known_obj, &known) < 0) {
-        PyBuffer_Release(&data);
-        PyBuffer_Release(&key);
-        return NULL;
-    }
-    if (mac1_open(&mac1, &key) < 0)
-        goto done;
-    /* At most one run per two datagrams, plus one; a datagram is at least one byte here. */
-    runs = PyMem_Malloc(sizeof(Run) * (size_t)(data.len / 2 + 2));
-    if (!runs) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    int lost = screen_receive(data.buf, data.len, segment, known.buf, known.len / 4, &mac1,
-                              counts, runs, &nruns);
-    list = PyList_New(nruns);
-    for (Py_ssize_t i = 0; list && i < nruns; i++) {
-        PyObject *run = Py_BuildValue("(nn)", runs[i].start, runs[i].length);
-        if (!run)
-            Py_CLEAR(list);
-        else
-            PyList_SET_ITEM(list, i, run);
-    }
-    PyObject *count_obj = list ? counts_tuple(counts) : NULL;
-    if (count_obj)
-        result = Py_BuildValue("NNO", list, count_obj, lost ? Py_True : Py_False);
-    else
-        Py_XDECREF(list);
-done:
-    PyMem_Free(runs);
-    mac1_close(&mac1);
-    PyBuffer_Release(&key);
-    PyBuffer_Release(&known);
-    PyBuffer_Release(&data);
-    return result;
-}
 
 /* An entry of `receive`'s result being built: consecutive datagrams of one source. */
 typedef struct {
@@ -304,44 +48,47 @@ static int flush_entry(PyObject *entries, Entry *e)
 }
 
 PyDoc_STRVAR(receive_doc,
-"receive(fd, buffer, slot_size, slots, known, mac1_key) -> (entries, counts, lost, stats)\n\n"
-"UdpSocket.receive_batch with one recvmmsg and the screen: up to `slots` receives, receive\n"
+"receive(fd, buffer, slot_size, slots, screen) -> (entries, counts, lost, stats)\n\n"
+"UdpSocket.receive_batch with one recvmmsg and `screen` (a capsule of a DatagramScreen,\n"
+"vpn/core/include/screen.h) on every datagram: up to `slots` receives, receive\n"
 "i into buffer[i * slot_size:]. entries lists (offset, length, segment_size, sockaddr) for\n"
 "each stretch of datagrams that passed (sockaddr: the raw struct sockaddr of the source,\n"
-"as bytes), lone datagrams from one source moved together as GRO would have; counts as\n"
-"screen's, for the whole batch; lost lists the sockaddrs that sent a transport message for\n"
-"an unknown receiver index; stats is (receives, gro_receives, gro_segments, truncated,\n"
-"errors). A socket error other than EAGAIN is counted, never raised.");
+"as bytes), lone datagrams from one source moved together as GRO would have; counts is\n"
+"None or the drops by the screen's reasons, for the whole batch; lost lists the sockaddrs\n"
+"of datagrams the screen gave its notify verdict; stats is (receives, gro_receives,\n"
+"gro_segments, truncated, errors). A socket error other than EAGAIN is counted, never\n"
+"raised.");
 
 static PyObject *udp_receive(PyObject *self, PyObject *args)
 {
     (void)self;
     int fd;
-    Py_buffer buffer, known, key;
-    Py_ssize_t slot_size, slots, counts[SCR_REASONS] = {0};
-    Mac1 mac1 = {NULL};
+    Py_buffer buffer;
+    Py_ssize_t slot_size, slots, counts[SCREEN_MAX_REASONS] = {0};
+    const DatagramScreen *screen;
     Py_ssize_t receives = 0, gro_receives = 0, gro_segments = 0, truncated = 0, errors = 0;
-    PyObject *known_obj, *entries = NULL, *lost = NULL, *result = NULL;
+    PyObject *screen_obj, *entries = NULL, *lost = NULL, *result = NULL;
     struct mmsghdr *msgs = NULL;
     struct iovec *iovs = NULL;
     struct sockaddr_storage *names = NULL;
     char (*controls)[CMSG_SPACE(sizeof(int))] = NULL;
-    Run *runs = NULL;
+    ScreenRun *runs = NULL;
     Entry pending = {0};
     const struct sockaddr_storage *last_lost = NULL;
     socklen_t last_lost_len = 0;
     int n = 0;
 
-    if (!PyArg_ParseTuple(args, "iw*nnOy*:receive", &fd, &buffer, &slot_size, &slots,
-                          &known_obj, &key))
+    if (!PyArg_ParseTuple(args, "iw*nnO:receive", &fd, &buffer, &slot_size, &slots,
+                          &screen_obj))
         return NULL;
-    if (get_known(known_obj, &known) < 0) {
-        PyBuffer_Release(&buffer);
-        PyBuffer_Release(&key);
-        return NULL;
-    }
-    if (mac1_open(&mac1, &key) < 0)
+    /* The capsule holds its screen alive for as long as this call holds the capsule. */
+    screen = PyCapsule_GetPointer(screen_obj, SCREEN_CAPSULE);
+    if (!screen)
         goto done;
+    if (screen->reasons < 0 || screen->reasons > SCREEN_MAX_REASONS) {
+        PyErr_SetString(PyExc_ValueError, "receive: the screen has too many reasons");
+        goto done;
+    }
     if (slots < 1 || slots > MAX_BATCH || slot_size < 1 || slot_size > (1 << 20)
         || slot_size * slots > buffer.len) {
         PyErr_SetString(PyExc_ValueError, "receive: slots or slot_size do not fit the buffer");
@@ -351,7 +98,7 @@ static PyObject *udp_receive(PyObject *self, PyObject *args)
     iovs = PyMem_Calloc((size_t)slots, sizeof(*iovs));
     names = PyMem_Calloc((size_t)slots, sizeof(*names));
     controls = PyMem_Calloc((size_t)slots, sizeof(*controls));
-    runs = PyMem_Malloc(sizeof(Run) * (size_t)(slot_size / 2 + 2));
+    runs = PyMem_Malloc(sizeof(ScreenRun) * (size_t)(slot_size / 2 + 2));
     if (!msgs || !iovs || !names || !controls || !runs) {
         PyErr_NoMemory();
         goto done;
@@ -406,8 +153,7 @@ static PyObject *udp_receive(PyObject *self, PyObject *args)
         if (len > slot_size)
             len = slot_size; /* never: MSG_TRUNC says so; kept for the reader of the bounds */
         const uint8_t *data = (const uint8_t *)iovs[i].iov_base;
-        int lost_here = screen_receive(data, len, segment, known.buf, known.len / 4, &mac1,
-                                       counts, runs, &nruns);
+        int lost_here = screen_receive(screen, data, len, segment, counts, runs, &nruns);
         if (!nruns && !lost_here)
             continue;
         socklen_t namelen = h->msg_namelen <= sizeof(names[i]) ? h->msg_namelen
@@ -447,7 +193,7 @@ static PyObject *udp_receive(PyObject *self, PyObject *args)
     }
     if (pending.name && flush_entry(entries, &pending) < 0)
         goto fail;
-    PyObject *count_obj = counts_tuple(counts);
+    PyObject *count_obj = drop_counts(counts, screen->reasons);
     if (count_obj)
         result = Py_BuildValue("ONO(nnnnn)", entries, count_obj, lost, receives, gro_receives,
                                gro_segments, truncated, errors);
@@ -460,34 +206,23 @@ done:
     PyMem_Free(names);
     PyMem_Free(controls);
     PyMem_Free(runs);
-    mac1_close(&mac1);
-    PyBuffer_Release(&key);
-    PyBuffer_Release(&known);
     PyBuffer_Release(&buffer);
     return result;
 }
 
 static PyMethodDef methods[] = {
-    {"screen", udp_screen, METH_VARARGS, screen_doc},
     {"receive", udp_receive, METH_VARARGS, receive_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "vpn.io._udp",
-    "Native batch receive with the datagram screen, the twin of UdpSocket.receive_batch.", -1,
+    "Native batch receive with a datagram screen, the twin of UdpSocket.receive_batch.", -1,
     methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__udp(void)
 {
-    if (!blake2s_mac) {
-        blake2s_mac = EVP_MAC_fetch(NULL, "BLAKE2SMAC", NULL);
-        if (!blake2s_mac) {
-            PyErr_SetString(PyExc_ImportError, "the system OpenSSL has no BLAKE2SMAC");
-            return NULL;
-        }
-    }
     PyObject *m = PyModule_Create(&module);
     if (!m)
         return NULL;

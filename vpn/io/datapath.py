@@ -30,9 +30,10 @@ from vpn.core.wireguard.constants import (
     TRANSPORT_MIN_SIZE,
 )
 from vpn.core.wireguard.keypair import RECORD
+from vpn.core.wireguard.screen import SCREEN_REASONS, Screen
 from vpn.io.buffers import reserve
 from vpn.io.tun import MAX_PACKET, TunDevice, TunGone
-from vpn.io.udp import SCREEN_REASONS, UdpSocket, UdpStats
+from vpn.io.udp import UdpSocket, UdpStats
 
 log = logging.getLogger("vpn.io.datapath")
 
@@ -324,9 +325,9 @@ class DataPath:
         checker = self.device.checker
         # Garbage is dropped (and counted here) before any Python runs. Without a private
         # key there is no mac1 key to screen with: the dispatch drops handshake messages.
-        if udp.screens and checker is not None:
-            received, screened, lost = udp.receive_screened(self.device.keypair_indexes(),
-                                                            checker.mac1_key)
+        if udp.screens and checker is not None and Screen is not None:
+            received, screened, lost = udp.receive_screened(
+                Screen(self.device.keypair_indexes(), checker.mac1_key))
             if screened:
                 self._count_screened(screened)
         else:

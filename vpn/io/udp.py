@@ -12,9 +12,10 @@ import struct
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from vpn.core.native import PYTHON_FORCED
-from vpn.core.types import Address
+from vpn.core.types import Address, Buffer
 from vpn.io.buffers import reserve
 
 try:
@@ -27,13 +28,22 @@ else:
 
 log = logging.getLogger("vpn.io.udp")
 
-# The native receive (recvmmsg and the screen, vpn/io/_udp.c) or, with VPN_FAST_PATH=python
+
+class DatagramScreen(Protocol):
+    """A protocol's screen for the native receive (vpn.core.wireguard.screen.Screen is one):
+    `capsule` hands _udp.c its verdict on a datagram (vpn/core/include/screen.h); `screen`
+    applies it to one receive, for receives that do not come through _udp.c."""
+
+    @property
+    def capsule(self) -> object: ...
+
+    def screen(self, data: Buffer, segment_size: int, /
+               ) -> tuple[list[tuple[int, int]], tuple[int, ...] | None, bool]: ...
+
+# The native receive (recvmmsg and a screen, vpn/io/_udp.c) or, with VPN_FAST_PATH=python
 # or without the module, receive_batch datagram by datagram.
 FAST_PATH_REASON = "VPN_FAST_PATH=python" if PYTHON_FORCED else _MISSING
 SCREENS = not FAST_PATH_REASON
-# The order of the screen's drop counts: the handshake path's five, then the data path's.
-SCREEN_REASONS = ("too_short", "transport_too_short", "unknown_type", "bad_length",
-                  "reserved_nonzero", "bad_mac1", "unknown_receiver_index")
 
 
 # <linux/udp.h>: Python 3.11's socket module has neither constant.
@@ -377,16 +387,15 @@ class UdpSocket:
         return out
 
     def receive_screened(
-        self, known: bytes, mac1_key: bytes
+        self, screen: DatagramScreen
     ) -> tuple[list[tuple[memoryview, int, Address]], tuple[int, ...] | None, list[Address]]:
-        """receive_batch in one recvmmsg, each datagram screened first (vpn/io/_udp.c): returns
-        what passed, in receive_batch's form, the drops by SCREEN_REASONS (None: none), and
-        the sources of transport messages for receiver indexes not in `known` (the sorted
-        uint32 array of Device.keypair_indexes). Handshake messages are checked against
-        `mac1_key` (CookieChecker.mac1_key) too."""
+        """receive_batch in one recvmmsg, each datagram screened first by `screen` (in
+        vpn/io/_udp.c, with the screen's verdict function): returns what passed, in
+        receive_batch's form, the drops by the screen's reasons (None: none), and the sources
+        of the datagrams the screen asked to hear about."""
         entries, counts, lost, (receives, gro_receives, gro_segments, truncated,
                                 errors) = _udp.receive(self.fd, self._buffer, RECEIVE_SLOT,
-                                                       self.batch, known, mac1_key)
+                                                       self.batch, screen.capsule)
         whole = self._whole
         names = self._names
         out = []

@@ -1,4 +1,5 @@
-"""The native receive's screen (vpn/io/_udp.c) against the Python rules it applies early:
+"""The native receive's screen (vpn/core/wireguard/_screen.c, run by vpn/io/_udp.c's
+receive) against the Python rules it applies early:
 Device.handle_handshake_message's message_type and mac1 check for everything that is not a
 transport message, the receiver-index lookup for transport messages. `make sanitize` runs this file
 against a build with AddressSanitizer and UBSan."""
@@ -18,8 +19,8 @@ from vpn.core.wireguard import constants
 from vpn.core.wireguard.cookie import CookieChecker
 from vpn.core.wireguard.crypto import mac
 from vpn.core.wireguard.messages import MessageError, message_type
+from vpn.core.wireguard.screen import SCREEN_REASONS, Screen
 from vpn.io import _udp
-from vpn.io.udp import SCREEN_REASONS
 
 KNOWN = [7, 0x1234, 0xFFFFFFFF]
 CHECKER = CookieChecker(bytes(range(32)))
@@ -100,7 +101,7 @@ def test_screen_matches_the_python_rules(parts: list[tuple[int, int, int, int]],
         data = datagrams[0] if datagrams else b""
     known = array("I", sorted(KNOWN)).tobytes()
     key = MAC1_KEY if check_mac1 else b""
-    assert _udp.screen(data, segment, known, key) == model(data, segment, KNOWN, check_mac1)
+    assert Screen(known, key).screen(data, segment) == model(data, segment, KNOWN, check_mac1)
 
 
 def test_known_indexes_at_any_alignment() -> None:
@@ -111,40 +112,42 @@ def test_known_indexes_at_any_alignment() -> None:
     expected = model(data, 40, KNOWN, False)
     for shift in range(4):
         shifted = memoryview(bytearray(shift) + known)[shift:]
-        assert _udp.screen(data, 40, shifted, b"") == expected
-        assert _udp.screen(data, 40, memoryview(bytearray(shift) + known[:4])[shift:],
-                           b"")[0] == [(0, 40)]
+        assert Screen(shifted, b"").screen(data, 40) == expected
+        one = memoryview(bytearray(shift) + known[:4])[shift:]
+        assert Screen(one, b"").screen(data, 40)[0] == [(0, 40)]
 
 
 def test_screen_constants_match_the_protocol() -> None:
     for kind, size in ((1, constants.INITIATION_SIZE), (2, constants.RESPONSE_SIZE)):
         body = bytes([kind, 0, 0, 0]) + bytes(size - 36)
         signed = body + mac(MAC1_KEY, body) + bytes(16)
-        assert _udp.screen(signed, 0, b"", MAC1_KEY)[0] == [(0, size)]
-        assert _udp.screen(body + bytes(32), 0, b"", MAC1_KEY)[1] == (0, 0, 0, 0, 0, 1, 0)
-        assert _udp.screen(body + bytes(32), 0, b"", b"")[0] == [(0, size)]
+        assert Screen(b"", MAC1_KEY).screen(signed, 0)[0] == [(0, size)]
+        assert Screen(b"", MAC1_KEY).screen(body + bytes(32), 0)[1] == (0, 0, 0, 0, 0, 1, 0)
+        assert Screen(b"", b"").screen(body + bytes(32), 0)[0] == [(0, size)]
     cookie = bytes([3, 0, 0, 0]) + bytes(constants.COOKIE_REPLY_SIZE - 4)
-    assert _udp.screen(cookie, 0, b"", MAC1_KEY)[0] == [(0, constants.COOKIE_REPLY_SIZE)]
+    assert Screen(b"", MAC1_KEY).screen(cookie, 0)[0] == [(0, constants.COOKIE_REPLY_SIZE)]
     with pytest.raises(ValueError, match="mac1 key"):
-        _udp.screen(cookie, 0, b"", bytes(31))
+        Screen(b"", bytes(31))
+    with pytest.raises(ValueError, match="uint32"):
+        Screen(b"123", MAC1_KEY)
 
 
 def test_receive_checks_its_numbers() -> None:
+    screen = Screen(b"", MAC1_KEY).capsule
     with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK) as sock:
         buffer = bytearray(1000)
         for slots, slot_size in ((0, 100), (11, 100), (1, 0), (2000, 1)):
             with pytest.raises(ValueError):
-                _udp.receive(sock.fileno(), buffer, slot_size, slots, b"", MAC1_KEY)
-        with pytest.raises(ValueError):
-            _udp.receive(sock.fileno(), buffer, 100, 10, b"123", MAC1_KEY)  # not uint32s
-        with pytest.raises(ValueError):
-            _udp.receive(sock.fileno(), buffer, 100, 10, b"", b"short")
+                _udp.receive(sock.fileno(), buffer, slot_size, slots, screen)
+        # The screen is a DatagramScreen's capsule, nothing else.
+        for not_a_screen in (b"", MAC1_KEY, Screen(b"", MAC1_KEY)):
+            with pytest.raises(ValueError, match="PyCapsule"):
+                _udp.receive(sock.fileno(), buffer, 100, 10, not_a_screen)
         # Nothing queued (an unbound socket): nothing received, nothing raised.
-        entries, counts, lost, stats = _udp.receive(sock.fileno(), buffer, 100, 10, b"",
-                                                    MAC1_KEY)
+        entries, counts, lost, stats = _udp.receive(sock.fileno(), buffer, 100, 10, screen)
         assert (entries, counts, lost) == ([], None, [])
         # A closed descriptor: counted as errors, never raised.
-    *_, stats = _udp.receive(-1, buffer, 100, 10, b"", b"")
+    *_, stats = _udp.receive(-1, buffer, 100, 10, screen)
     assert stats[-1] > 0
 
 
@@ -167,7 +170,8 @@ def test_receive_moves_lone_datagrams_of_one_source_together() -> None:
             if i == 6:
                 a.send(b"\xff" * 50)  # garbage between: dropped by the screen
         buffer = bytearray(1000 * 16)
-        entries, counts, lost, stats = _udp.receive(b.fileno(), buffer, 1000, 16, known, b"")
+        screen = Screen(known, b"").capsule
+        entries, counts, lost, stats = _udp.receive(b.fileno(), buffer, 1000, 16, screen)
         assert counts == (0, 0, 1, 0, 0, 0, 0) and lost == []
         assert stats[0] == len(sent) + 1
         shapes = [(length, size) for _, length, size, _ in entries]
@@ -179,5 +183,5 @@ def test_receive_moves_lone_datagrams_of_one_source_together() -> None:
         # A slot holds what it holds: 300-byte slots take three 100-byte datagrams at most.
         for _ in range(7):
             a.send(transport(7, 100))
-        entries, *_ = _udp.receive(b.fileno(), buffer, 300, 16, known, b"")
+        entries, *_ = _udp.receive(b.fileno(), buffer, 300, 16, screen)
         assert [length for _, length, _, _ in entries] == [300, 300, 100]

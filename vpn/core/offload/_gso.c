@@ -19,21 +19,9 @@
 #include <stdint.h>
 #include <string.h>
 
-/* virtio_net.h */
-#define FLAG_NEEDS_CSUM 1
-#define FLAG_DATA_VALID 2
-#define GSO_NONE 0
-#define GSO_TCPV4 1
-#define GSO_UDP 3
-#define GSO_TCPV6 4
-#define GSO_UDP_L4 5
-#define GSO_ECN 0x80
-
-#define PROTO_TCP 6
-#define PROTO_UDP 17
-#define TCP_FIN 0x01
-#define TCP_PSH 0x08
-#define TCP_CWR 0x80
+#include "bytes.h"
+#include "checksum.h"
+#include "packet.h"
 
 /* The largest IPv4 header (60) plus the largest TCP header (60): all any segment repeats. */
 #define MAX_HEAD 120
@@ -80,40 +68,6 @@ struct plan {
     uint8_t head[MAX_HEAD];
 };
 
-static unsigned be16(const uint8_t *p) { return (unsigned)p[0] << 8 | p[1]; }
-
-static void put16(uint8_t *p, unsigned v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
-
-/* A value congruent modulo 0xFFFF to the sum of the big-endian 16-bit words of p[0:n] (an odd
- * last byte padded with zero). Sums little-endian words (2**16 == 1 mod 0xFFFF lets wide
- * loads stand for their 16-bit words) and multiplies by 256, which is the byte swap modulo
- * 0xFFFF (RFC 1071 2(B)). */
-static uint64_t sum_be(const uint8_t *p, size_t n)
-{
-    uint64_t total = 0;
-    while (n >= 8) {
-        /* At most 2**20 bytes per round: the four accumulators cannot overflow. */
-        size_t chunk = n < ((size_t)1 << 20) ? n & ~(size_t)7 : (size_t)1 << 20;
-        uint64_t a = 0, b = 0;
-        for (size_t i = 0; i < chunk; i += 8) {
-            uint64_t w;
-            memcpy(&w, p + i, 8);
-            a += w & 0xFFFFFFFFu;
-            b += w >> 32;
-        }
-        total += (a + b) % 0xFFFF;
-        p += chunk;
-        n -= chunk;
-    }
-    for (; n >= 2; p += 2, n -= 2)
-        total += (unsigned)p[0] | (unsigned)p[1] << 8;
-    if (n)
-        total += p[0];
-    return (total % 0xFFFF) << 8;
-}
-
-static unsigned finish(uint64_t sum) { return 0xFFFF - (unsigned)(sum % 0xFFFF); }
-
 /* The checks of vpn.core.packet.virtio.validate, in its order. */
 static enum reason validate(const struct vnet_hdr *h, size_t n)
 {
@@ -137,12 +91,12 @@ static enum reason validate(const struct vnet_hdr *h, size_t n)
     if (h->gso_size == 0 || h->gso_size == 0xFFFF)
         return RSN_BAD_GSO_SIZE;
     if (base == GSO_TCPV4 || base == GSO_TCPV6) {
-        if (needs_csum && h->csum_offset != 16)
+        if (needs_csum && h->csum_offset != TCP_CSUM_OFFSET)
             return RSN_BAD_CSUM_OFFSET;
     } else {
         if (!needs_csum)
             return RSN_MISSING_NEEDS_CSUM;
-        if (h->csum_offset != 6)
+        if (h->csum_offset != UDP_CSUM_OFFSET)
             return RSN_BAD_CSUM_OFFSET;
     }
     return RSN_OK;
@@ -255,7 +209,7 @@ static void write_csum(const struct plan *pl, const uint8_t *pkt, uint8_t *dst)
 {
     memcpy(dst, pkt, pl->len);
     if (pl->kind == CSUM)
-        put16(dst + pl->csum_pos, finish(sum_be(dst + pl->csum_start,
+        put16(dst + pl->csum_pos, csum_finish(sum_be(dst + pl->csum_start,
                                                 pl->len - pl->csum_start)));
 }
 
@@ -269,8 +223,7 @@ static void write_segments(const struct plan *pl, const uint8_t *pkt, uint8_t *o
     /* The pseudo-header's addresses; proto and length are added per segment. */
     uint64_t addrs = pl->v4 ? sum_be(head + 12, 8) : sum_be(head + 8, 32);
     unsigned ip_id = be16(head + 4);
-    uint32_t seq = (uint32_t)head[ihl + 4] << 24 | (uint32_t)head[ihl + 5] << 16 |
-                   (uint32_t)head[ihl + 6] << 8 | head[ihl + 7];
+    uint32_t seq = be32(head + ihl + 4);
     unsigned flags = head[ihl + 13];
     for (size_t i = 0; i < pl->count; i++) {
         uint8_t *seg = out + gap + i * stride;
@@ -291,17 +244,17 @@ static void write_segments(const struct plan *pl, const uint8_t *pkt, uint8_t *o
             put16(th + 6, s & 0xFFFF);
             th[13] = (uint8_t)f;
             put16(th + 16, 0);
-            put16(th + 16, finish(sum_be(th, seg_l4) + addrs + PROTO_TCP + seg_l4));
+            put16(th + 16, csum_finish(sum_be(th, seg_l4) + addrs + PROTO_TCP + seg_l4));
         } else {
             put16(th + 4, seg_l4);
             put16(th + 6, 0);
-            put16(th + 6, finish(sum_be(th, seg_l4) + addrs + PROTO_UDP + seg_l4));
+            put16(th + 6, csum_finish(sum_be(th, seg_l4) + addrs + PROTO_UDP + seg_l4));
         }
         if (pl->v4) {
             put16(seg + 2, ihl + seg_l4);
             put16(seg + 4, (ip_id + (unsigned)i) & 0xFFFF);
             put16(seg + 10, 0);
-            put16(seg + 10, finish(sum_be(seg, ihl)));
+            put16(seg + 10, csum_finish(sum_be(seg, ihl)));
         } else {
             put16(seg + 4, seg_l4);
         }

@@ -36,7 +36,7 @@ from .fastpath import FAST_PATH, TransportKey
 from .inner import inner_packet
 from .messages import TRANSPORT_HEADER, MessageError
 from .noise import SessionKeys
-from .replay import REPLAY_SLOT_MASK, ReplayWindow
+from .replay import ReplayWindow
 
 # The 96-bit nonce: 32 zero bits, then the 64-bit counter, little-endian. One Struct.pack
 # call (about 30 ns) beats zero bytes + int.to_bytes (about 60 ns) and, unlike a shared
@@ -300,7 +300,7 @@ class Keypair:
                 _add_drops(drops, _NATIVE_DROP_REASONS, counts)
             return opened
         view = memoryview(out)
-        seen = replay.seen
+        rejects = replay.rejects
         validate = replay.validate
         lengths: list[int] = []
         append = lengths.append
@@ -314,11 +314,8 @@ class Keypair:
                     reason = "wrong_keypair"
                 elif recv is None:
                     reason = "keypair_expired"
-                elif counter >= REJECT_AFTER_MESSAGES or (
-                        counter != replay.greatest + 1 and replay.rejects(counter)):
-                    # Known before the AEAD, which it is spared. The limit is asked apart:
-                    # the in-order counter skips rejects() but may be it (see replay.py).
-                    reason = "replay"
+                elif rejects(counter):
+                    reason = "replay"  # known before the AEAD, which it is spared
                 else:
                     end = offset + n
                     try:
@@ -328,14 +325,7 @@ class Keypair:
                     except InvalidTag:
                         reason = "bad_auth"
                     else:
-                        # Authenticated: now the replay check, its in-order case inlined.
-                        if counter == replay.greatest + 1 and counter < REJECT_AFTER_MESSAGES:
-                            seen[counter & REPLAY_SLOT_MASK] = 1
-                            replay.greatest = counter
-                            append(n)
-                            offset = end
-                            continue
-                        if validate(counter):
+                        if validate(counter):  # authenticated: now the window may move
                             append(n)
                             offset = end
                             continue

@@ -18,8 +18,8 @@ as the same invalid-counter drop as a replay, and the kernel refuses every messa
 keypair whose greatest counter is the last one before decrypting it; here it spares the AEAD
 of a message that can never be accepted.
 
-Keypair.decrypt_batch inlines the first branch of `validate` for the next counter in order
-(set its slot, make it the greatest): keep the two in step.
+This is the one Python implementation: Keypair calls it, and the native twin
+(_transport.c, over replay.h) is tested equal to it.
 """
 
 from __future__ import annotations
@@ -57,9 +57,13 @@ class ReplayWindow:
 
     def validate(self, counter: int, limit: int = REJECT_AFTER_MESSAGES) -> bool:
         """True, and remember it, if `counter` is new and not too old; False otherwise."""
+        greatest = self.greatest
+        if counter == greatest + 1 and counter < limit:  # the next in order: the common case
+            self.seen[counter & REPLAY_SLOT_MASK] = 1
+            self.greatest = counter
+            return True
         if counter >= limit:
             return False
-        greatest = self.greatest
         if counter > greatest:
             seen = self.seen
             skipped = counter - greatest - 1

@@ -1,0 +1,20 @@
+"""Types of _screen.c (the WireGuard receive screen, for vpn/io/_udp.c's receive)."""
+
+from typing import final
+
+from _typeshed import ReadableBuffer
+
+# Drops by screen.SCREEN_REASONS: (too_short, transport_too_short, unknown_type, bad_length,
+# reserved_nonzero, bad_mac1, unknown_receiver_index).
+_Counts = tuple[int, int, int, int, int, int, int]
+
+@final
+class Screen:
+    def __new__(cls, known: ReadableBuffer, mac1_key: ReadableBuffer) -> Screen: ...
+    @property
+    def capsule(self) -> object:
+        """The DatagramScreen (vpn/core/include/screen.h) that _udp.receive takes."""
+
+    def screen(self, data: ReadableBuffer, segment_size: int, /
+               ) -> tuple[list[tuple[int, int]], _Counts | None, bool]:
+        """(runs, counts, lost): (start, length) of each stretch of datagrams that pass."""

@@ -1,0 +1,28 @@
+"""The receive screen: WireGuard's cheap checks on each datagram (type, length, reserved
+bytes, mac1, a known receiver index), native in _screen.c, run by the native receive
+(vpn/io/_udp.c) on what recvmmsg got before any Python runs. The receive knows no protocol:
+it takes a Screen's `capsule` and counts the drops by reason in SCREEN_REASONS' order.
+
+The rules are the Python path's own (Device.handle_handshake_message's message_type and
+mac1 check, the receiver-index lookup); tests/unit/io/test_udp_screen.py proves them equal.
+"""
+
+from __future__ import annotations
+
+from vpn.core.native import PYTHON_FORCED
+
+try:
+    from vpn.core.wireguard._screen import Screen
+except ImportError as error:  # not built: no screen, the Python path serves
+    Screen = None  # type: ignore[assignment,misc]  # only reached when FAST_PATH_REASON is set
+    _MISSING = f"native receive screen not available ({error})"
+else:
+    _MISSING = ""
+
+FAST_PATH_REASON = "VPN_FAST_PATH=python" if PYTHON_FORCED else _MISSING
+# The order of the screen's drop counts (wire.h's screen_drop): the handshake path's six,
+# then the data path's.
+SCREEN_REASONS = ("too_short", "transport_too_short", "unknown_type", "bad_length",
+                  "reserved_nonzero", "bad_mac1", "unknown_receiver_index")
+
+__all__ = ["FAST_PATH_REASON", "SCREEN_REASONS", "Screen"]
