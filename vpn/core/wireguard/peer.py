@@ -61,8 +61,10 @@ class Peer:
         "_sources",
         "cookies",
         "endpoint",
+        "endpoint_changes",
         "events",
         "handshake",
+        "handshakes",
         "keypairs",
         "last_handshake_wall",
         "last_sent_handshake",
@@ -96,6 +98,8 @@ class Peer:
         self.last_handshake_wall: float | None = None  # wall-clock seconds, for `wg show`
         self.rx_bytes = 0
         self.tx_bytes = 0
+        self.handshakes = 0  # completed, as either side
+        self.endpoint_changes = 0  # learned or moved by an authenticated message
         self.mtu = 0  # padding cap; 0 pads to 16 with no cap
         self.staged: deque[bytes] = deque(maxlen=MAX_STAGED_PACKETS)
         self.events: deque[PeerEvent] = deque(maxlen=64)  # the latest, for inspection
@@ -168,7 +172,14 @@ class Peer:
         out = self.flush_staged(now)
         return out or self.keepalive(now)
 
+    def roam(self, source: Address) -> None:
+        """An authenticated message came from `source`: it is the endpoint from now on."""
+        if source != self.endpoint:
+            self.endpoint = source
+            self.endpoint_changes += 1
+
     def _handshake_complete(self, now: float) -> None:
+        self.handshakes += 1
         self.timers.handshake_complete(now)
         self.last_handshake_wall = self._sources.wall_clock()
         self._emit(PeerEvent.HANDSHAKE_COMPLETE)
@@ -229,7 +240,7 @@ class Peer:
         """Bookkeeping after an authenticated, replay-checked transport message on `kp`."""
         self.rx_bytes += nbytes
         if source is not None:
-            self.endpoint = source
+            self.roam(source)
         out: list[bytes] = []
         if self.keypairs.received_with(kp):
             self._handshake_complete(now)
