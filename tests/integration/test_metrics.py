@@ -84,8 +84,8 @@ def test_metrics_follow_real_traffic_and_vpn_show(lab: Lab) -> None:
     shown = [next(p for p in view["peers"] if p["public_key"] == b.public)
              for view in (before, after)]
     # Every byte of the transfer went out encrypted; the same counters as `vpn show`.
-    assert TRANSFER < tx and shown[0]["tx_bytes"] <= tx <= shown[1]["tx_bytes"]
-    assert 0 < rx and shown[0]["rx_bytes"] <= rx <= shown[1]["rx_bytes"]
+    assert tx > TRANSFER and shown[0]["tx_bytes"] <= tx <= shown[1]["tx_bytes"]
+    assert rx > 0 and shown[0]["rx_bytes"] <= rx <= shown[1]["rx_bytes"]
     labels = next(lb for lb, _ in got["wireguard_sent_bytes_total"])
     assert labels["allowed_ips"] == f"{b.tunnel4}/32,{b.tunnel6}/128"
     assert (labels["remote_ip"], labels["remote_port"]) == (UNDERLAY["b"][0], "51821")

@@ -19,8 +19,7 @@ from vpn.core.keys import encode_key
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
-Labels = tuple[tuple[str, str], ...]
-Sample = tuple[Labels, float]
+Sample = tuple[str, float]  # label text (`a="x",b="y"`, escaped) and value
 
 # Help for the data path's and the UDP socket's counts (vpn/io/datapath.py, vpn/io/udp.py);
 # a count not listed here is exported too, under its own name.
@@ -85,10 +84,8 @@ class _Writer:
         self.lines.append(f"# HELP {family} {_escape_help(help_text, self.openmetrics)}")
         self.lines.append(f"# TYPE {family} {declared}")
         sample_name = name + suffix
-        for labels, value in samples:
-            text = ",".join(f'{k}="{escape_label(v)}"' for k, v in labels)
-            self.lines.append(f"{sample_name}{{{text}}} {_value(value)}" if text
-                              else f"{sample_name} {_value(value)}")
+        self.lines += [f"{sample_name}{{{text}}} {_value(value)}" if text
+                       else f"{sample_name} {_value(value)}" for text, value in samples]
 
     def text(self) -> bytes:
         if self.openmetrics:
@@ -96,30 +93,32 @@ class _Writer:
         return ("\n".join(self.lines) + "\n").encode()
 
 
-def _exporter_labels(interface: str, peer: PeerCounters) -> Labels:
+def labels(*pairs: tuple[str, str]) -> str:
+    """Label pairs as a sample writes them between braces, values escaped; built once per
+    peer and shared by its samples."""
+    return ",".join(f'{name}="{escape_label(value)}"' for name, value in pairs)
+
+
+def _exporter_labels(own: str, key: str, peer: PeerCounters) -> str:
     """prometheus_wireguard_exporter's labels: interface, public_key, allowed_ips (comma
     separated), and remote_ip and remote_port once the peer has an endpoint."""
-    labels: list[tuple[str, str]] = [
-        ("interface", interface), ("public_key", encode_key(peer.public_key)),
-        ("allowed_ips", ",".join(str(n) for n in peer.allowed_ips)),
-    ]
+    pairs = [("public_key", key), ("allowed_ips", ",".join(str(n) for n in peer.allowed_ips))]
     if peer.endpoint is not None:
-        labels += [("remote_ip", peer.endpoint[0]), ("remote_port", str(peer.endpoint[1]))]
-    return tuple(labels)
+        pairs += [("remote_ip", peer.endpoint[0]), ("remote_port", str(peer.endpoint[1]))]
+    return f"{own},{labels(*pairs)}"
 
 
-def _by_reason(interface: str, counts: Mapping[str, int], label: str = "reason") -> list[Sample]:
-    return [((("interface", interface), (label, reason)), n)
-            for reason, n in sorted(counts.items())]
+def _by_reason(own: str, counts: Mapping[str, int], label: str = "reason") -> list[Sample]:
+    return [(f"{own},{labels((label, reason))}", n) for reason, n in sorted(counts.items())]
 
 
 def render(counters: Counters, *, openmetrics: bool = False) -> bytes:
     """The exposition of one interface's snapshot."""
     out = _Writer(openmetrics)
-    iface = counters.interface
-    own = (("interface", iface),)
-    exporter = [_exporter_labels(iface, peer) for peer in counters.peers]
+    own = labels(("interface", counters.interface))
     peers = counters.peers
+    keys = [encode_key(p.public_key) for p in peers]
+    exporter = [_exporter_labels(own, key, p) for key, p in zip(keys, peers, strict=True)]
     out.family("wireguard_sent_bytes", "counter", "Bytes sent to the peer",
                zip(exporter, (p.tx_bytes for p in peers), strict=True))
     out.family("wireguard_received_bytes", "counter", "Bytes received from the peer",
@@ -127,7 +126,7 @@ def render(counters: Counters, *, openmetrics: bool = False) -> bytes:
     out.family("wireguard_latest_handshake_seconds", "gauge",
                "Seconds since the epoch of the latest handshake (0: never)",
                zip(exporter, (int(p.latest_handshake or 0) for p in peers), strict=True))
-    keyed = [(*own, ("public_key", encode_key(p.public_key))) for p in peers]
+    keyed = [f"{own},{labels(('public_key', key))}" for key in keys]
     out.family("vpn_peer_handshakes", "counter", "Handshakes completed with the peer",
                zip(keyed, (p.handshakes for p in peers), strict=True))
     out.family("vpn_peer_endpoint_changes", "counter",
@@ -135,19 +134,19 @@ def render(counters: Counters, *, openmetrics: bool = False) -> bytes:
                zip(keyed, (p.endpoint_changes for p in peers), strict=True))
     out.family("vpn_peers", "gauge", "Configured peers", [(own, len(peers))])
     out.family("vpn_fast_path", "info", "Which per-packet code runs: native (C) or python",
-               [((*own, ("path", counters.fast_path)), 1)])
+               [(f"{own},{labels(('path', counters.fast_path))}", 1)])
     out.family("vpn_udp_offload_enabled", "gauge", "UDP offloads in use (1) or not (0)",
-               [((*own, ("offload", "gso")), int(counters.udp_gso)),
-                ((*own, ("offload", "gro")), int(counters.udp_gro))])
+               [(f'{own},offload="gso"', int(counters.udp_gso)),
+                (f'{own},offload="gro"', int(counters.udp_gro))])
     out.family("vpn_mtu_bytes", "gauge", "The interface's MTU", [(own, counters.mtu)])
     out.family("vpn_drops", "counter", "Packets and datagrams the data path dropped, by reason",
-               _by_reason(iface, counters.drops))
+               _by_reason(own, counters.drops))
     out.family("vpn_handshake_drops", "counter",
                "Handshake messages the protocol refused, by reason (in vpn_drops_total too, "
                "but for the ones the data path never sees)",
-               _by_reason(iface, counters.protocol_drops))
+               _by_reason(own, counters.protocol_drops))
     out.family("vpn_udp_send_errors", "counter", "Failed UDP sends, by errno",
-               _by_reason(iface, counters.udp_send_errors, "errno"))
+               _by_reason(own, counters.udp_send_errors, "errno"))
     out.family("vpn_handshakes_completed", "counter", "Handshakes completed, every peer",
                [(own, counters.handshakes_completed)])
     for prefix, counts, helps in (("vpn_", counters.datapath, DATAPATH_HELP),

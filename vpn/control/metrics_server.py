@@ -67,8 +67,10 @@ def _plain(status: str, text: str, extra: str = "") -> bytes:
     return _response(status, "text/plain; charset=utf-8", (text + "\n").encode(), extra=extra)
 
 
-def answer(head: bytes, snapshot: Callable[[], Counters]) -> bytes:
-    """The whole response to one request head (request line and headers, CRLF-ended)."""
+async def answer(head: bytes, snapshot: Callable[[], Counters]) -> bytes:
+    """The whole response to one request head (request line and headers, CRLF-ended).
+    The snapshot is taken on the loop (a few microseconds a peer); the text is written
+    in a thread, so the data path keeps its turns while a large one is rendered."""
     try:
         text = head.decode("ascii")
     except UnicodeDecodeError:
@@ -92,7 +94,7 @@ def answer(head: bytes, snapshot: Callable[[], Counters]) -> bytes:
         return _plain("405 Method Not Allowed", "method not allowed: use GET",
                       extra="Allow: GET, HEAD\r\n")
     openmetrics = metrics.wants_openmetrics(headers.get("accept", ""))
-    body = metrics.render(snapshot(), openmetrics=openmetrics)
+    body = await asyncio.to_thread(metrics.render, snapshot(), openmetrics=openmetrics)
     kind = metrics.OPENMETRICS_TYPE if openmetrics else metrics.PROMETHEUS_TYPE
     return _response("200 OK", kind, body, head=method == "HEAD")
 
@@ -153,6 +155,11 @@ class MetricsServer:
             if response:
                 writer.write(response)
                 await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+                if not response.startswith(b"HTTP/1.1 200"):
+                    # Unread request bytes at close would reset the connection and could
+                    # discard the answer: end ours, then read theirs away, bounded.
+                    writer.write_eof()
+                    await asyncio.wait_for(_discard(reader), READ_TIMEOUT)
         except (OSError, TimeoutError):
             pass  # the client went away or stalled: its problem only
         finally:
@@ -171,10 +178,15 @@ class MetricsServer:
         except TimeoutError:
             return _plain("408 Request Timeout", "request timeout")
         try:
-            return answer(head[:-4], self.snapshot)
+            return await answer(head[:-4], self.snapshot)
         except Exception:  # a bug of ours: the scrape fails, the endpoint goes on
             log.exception("metrics: rendering failed")
             return _plain("500 Internal Server Error", "internal error (logged)")
+
+
+async def _discard(reader: asyncio.StreamReader, limit: int = 1 << 16) -> None:
+    while limit > 0 and (chunk := await reader.read(min(limit, 4096))):
+        limit -= len(chunk)
 
 
 def _url_host(address: Address, port: int) -> str:

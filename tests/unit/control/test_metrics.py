@@ -55,7 +55,7 @@ def samples(text: str, openmetrics: bool = False) -> dict[str, list[tuple[dict[s
 def test_exporter_names_and_labels_parse_back(openmetrics: bool) -> None:
     text = render(counters(), openmetrics=openmetrics).decode()
     got = samples(text, openmetrics)
-    sent = {labels["public_key"]: (labels, value) for labels, value in got["wireguard_sent_bytes_total"]}
+    sent = {lb["public_key"]: (lb, value) for lb, value in got["wireguard_sent_bytes_total"]}
     labels, value = sent[encode_key(KEY_A)]
     assert value == 2000
     assert labels == {"interface": "wg0", "public_key": encode_key(KEY_A),
@@ -133,7 +133,7 @@ def test_gather_counts_each_peers_handshakes_and_endpoint_changes() -> None:
     a, b = Device(os.urandom(32)), Device(os.urandom(32))
     assert a.public_key is not None and b.public_key is not None
     a_peer = a.add_peer(b.public_key, endpoint=("198.18.0.2", 2))
-    b_peer = b.add_peer(a.public_key)
+    b.add_peer(a.public_key)
     a.allowed_ips.insert("10.0.0.2/32", a_peer)
     initiation = a_peer.initiate_handshake(0.0)[0]
     response = b.handle_handshake_message(initiation, ("198.18.0.1", 1), 0.0).replies[0]

@@ -10,9 +10,9 @@ import pytest
 import uvloop
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.unit.control.test_metrics import counters
 from vpn.control import metrics_server
 from vpn.control.metrics_server import MetricsAddressError, MetricsServer, parse_address
-from tests.unit.control.test_metrics import counters
 
 
 def serving(test: Callable[[int], Awaitable[None]]) -> None:
