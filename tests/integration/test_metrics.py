@@ -112,6 +112,21 @@ def test_metrics_follow_real_traffic_and_vpn_show(lab: Lab) -> None:
     om = scrape(a.host, openmetrics=True)
     assert one(om["wireguard_sent_bytes_total"], **peer) >= tx
 
+    # b sends from an address outside its AllowedIPs on a: a drops those, as b's.
+    b.host.run("ip", "addr", "add", "198.18.10.99/32", "dev", b.ifname)
+    b.host.run("ping", "-c", "2", "-i", "0.2", "-W", "1", "-I", "198.18.10.99", a.tunnel4,
+               check=False)
+    wanted = {**peer, "reason": "source_not_allowed"}
+    deadline = time.monotonic() + 10
+    while not any(all(lb.get(k) == v for k, v in wanted.items())
+                  for lb, _ in scrape(a.host).get("vpn_peer_drops_total", [])):
+        assert time.monotonic() < deadline, "no per-peer drop counted"
+        time.sleep(0.1)
+    assert one(scrape(a.host)["vpn_peer_drops_total"], **wanted) == 2
+    shown_peer = next(p for p in show_json(a.host, a.ifname)["peers"]
+                      if p["public_key"] == b.public)
+    assert shown_peer["drops"] == {"source_not_allowed": 2}
+
 
 def test_a_bad_request_gets_400_and_the_tunnel_keeps_working(lab: Lab) -> None:
     pair = build(lab)

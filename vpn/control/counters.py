@@ -26,6 +26,7 @@ class PeerCounters:
     latest_handshake: float | None  # wall-clock seconds; None: never
     handshakes: int  # completed
     endpoint_changes: int
+    drops: Mapping[str, int]  # by reason, those the data path can tell are this peer's
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +64,8 @@ class Counters:
                            "completed": self.handshakes_completed},
             "udp_offloads": {"gso": int(self.udp_gso), "gro": int(self.udp_gro)},
             "peers": {peer.public_key.hex(): {"handshakes": peer.handshakes,
-                                              "endpoint_changes": peer.endpoint_changes}
+                                              "endpoint_changes": peer.endpoint_changes,
+                                              "drops": dict(peer.drops)}
                       for peer in self.peers},
         }
 
@@ -79,6 +81,7 @@ class Counters:
                 "last_handshake": peer.latest_handshake,
                 "handshakes": peer.handshakes,
                 "endpoint_changes": peer.endpoint_changes,
+                "drops": dict(peer.drops),
             }
             for peer in self.peers
         ]
@@ -118,6 +121,7 @@ def gather(
             latest_handshake=peer.last_handshake_wall,
             handshakes=peer.handshakes,
             endpoint_changes=peer.endpoint_changes,
+            drops=dict(peer.drops) if peer.drops else {},
         )
         for peer in device.peers.values()
     )

@@ -132,6 +132,12 @@ def render(counters: Counters, *, openmetrics: bool = False) -> bytes:
     out.family("vpn_peer_endpoint_changes", "counter",
                "Times an authenticated message set or moved the peer's endpoint",
                zip(keyed, (p.endpoint_changes for p in peers), strict=True))
+    out.family("vpn_peer_drops", "counter",
+               "The peer's packets and messages dropped, by reason (those the data path can "
+               "tell are the peer's; every drop is in vpn_drops_total)",
+               [(f"{text},{labels(('reason', reason))}", n)
+                for text, p in zip(keyed, peers, strict=True)
+                for reason, n in sorted(p.drops.items())])
     out.family("vpn_peers", "gauge", "Configured peers", [(own, len(peers))])
     out.family("vpn_fast_path", "info", "Which per-packet code runs: native (C) or python",
                [(f"{own},{labels(('path', counters.fast_path))}", 1)])

@@ -71,13 +71,15 @@ def _counts(tree: object) -> dict[str, int]:
     return {k: v for k, v in tree.items() if isinstance(v, int)}
 
 
-def _peer_counts(stats: dict[str, Any] | None, public_key: bytes) -> dict[str, int | None]:
+def _peer_counts(stats: dict[str, Any] | None, public_key: bytes) -> dict[str, Any]:
     """A peer's own counters from get=vpn-stats (None: not served by a vpn endpoint)."""
     peers = stats.get("peers") if stats is not None else None
     mine = peers.get(public_key.hex()) if isinstance(peers, dict) else None
-    mine = mine if isinstance(mine, dict) else {}
-    return {k: mine.get(k) if isinstance(mine.get(k), int) else None
-            for k in ("handshakes", "endpoint_changes")}
+    if not isinstance(mine, dict):
+        return {"handshakes": None, "endpoint_changes": None, "drops": None}
+    return {"handshakes": _int(mine, "handshakes"),
+            "endpoint_changes": _int(mine, "endpoint_changes"),
+            "drops": _counts(mine.get("drops"))}
 
 
 def show_view(name: str, snapshot: DeviceSnapshot, stats: dict[str, Any] | None) -> dict[str, Any]:

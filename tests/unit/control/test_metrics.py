@@ -24,9 +24,9 @@ def counters(**overrides: object) -> Counters:
         PeerCounters(KEY_A, ("198.18.0.2", 51820),
                      (ipaddress.ip_network("10.0.0.2/32"), ipaddress.ip_network("fd00::2/128")),
                      rx_bytes=1000, tx_bytes=2000, latest_handshake=1_765_000_000.5,
-                     handshakes=3, endpoint_changes=2),
+                     handshakes=3, endpoint_changes=2, drops={"replay": 4}),
         PeerCounters(KEY_B, None, (), rx_bytes=0, tx_bytes=0, latest_handshake=None,
-                     handshakes=0, endpoint_changes=0),
+                     handshakes=0, endpoint_changes=0, drops={}),
     )
     fields: dict[str, object] = dict(
         interface="wg0", public_key=KEY_B, listen_port=51820, mtu=1420,
@@ -72,6 +72,8 @@ def test_exporter_names_and_labels_parse_back(openmetrics: bool) -> None:
         {encode_key(KEY_A): 3, encode_key(KEY_B): 0}
     assert {lb["reason"]: v for lb, v in got["vpn_drops_total"]} == \
         {"replay": 4, "no_peer_for_destination": 9}
+    assert got["vpn_peer_drops_total"] == [
+        ({"interface": "wg0", "public_key": encode_key(KEY_A), "reason": "replay"}, 4)]
     assert got["vpn_udp_gso_fallbacks_total"] == [({"interface": "wg0"}, 1)]
     assert got["vpn_jumbo_segments_total"] == [({"interface": "wg0"}, 60)]
     assert got["vpn_fast_path_info"] == [({"interface": "wg0", "path": "native"}, 1)]
@@ -152,4 +154,11 @@ def test_gather_counts_each_peers_handshakes_and_endpoint_changes() -> None:
     assert (mine.tx_bytes, mine.rx_bytes) == (other.rx_bytes, other.tx_bytes) != (0, 0)
     assert ours.datapath == {"tun_reads": 1} and ours.drops == {"x": 2}
     stats = ours.to_stats()
-    assert stats["peers"] == {b.public_key.hex(): {"handshakes": 1, "endpoint_changes": 0}}
+    assert stats["peers"] == {b.public_key.hex(): {"handshakes": 1, "endpoint_changes": 0,
+                                                   "drops": {}}}
+    # The confirmation again: a replay, the interface's and the peer's.
+    assert b.receive_transport(confirmation, ("198.18.0.1", 1), 0.0).drop_reason == "replay"
+    assert b.drops["replay"] == 1
+    assert gather("wg0", b, mtu=1420, tun_offloads="", fast_path="python", udp_gso=False,
+                  udp_gro=False, datapath={}, udp={}, handshakes_completed=1
+                  ).peers[0].drops == {"replay": 1}

@@ -419,6 +419,8 @@ class Device:
 
     def _drop_transport(self, reason: str, peer: Peer | None = None) -> TransportResult:
         self.drops[reason] += 1
+        if peer is not None:
+            peer.count_drop(reason)
         return TransportResult(peer=peer, drop_reason=reason)
 
     # -- timers -----------------------------------------------------------------------------

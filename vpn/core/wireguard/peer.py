@@ -60,6 +60,7 @@ class Peer:
         "_indexes",
         "_sources",
         "cookies",
+        "drops",
         "endpoint",
         "endpoint_changes",
         "events",
@@ -100,6 +101,7 @@ class Peer:
         self.tx_bytes = 0
         self.handshakes = 0  # completed, as either side
         self.endpoint_changes = 0  # learned or moved by an authenticated message
+        self.drops: dict[str, int] | None = None  # by reason, once there is one
         self.mtu = 0  # padding cap; 0 pads to 16 with no cap
         self.staged: deque[bytes] = deque(maxlen=MAX_STAGED_PACKETS)
         self.events: deque[PeerEvent] = deque(maxlen=64)  # the latest, for inspection
@@ -171,6 +173,12 @@ class Peer:
         self._handshake_complete(now)
         out = self.flush_staged(now)
         return out or self.keepalive(now)
+
+    def count_drop(self, reason: str, n: int = 1) -> None:
+        """`n` packets or messages of this peer's were dropped for `reason`."""
+        if self.drops is None:
+            self.drops = {}
+        self.drops[reason] = self.drops.get(reason, 0) + n
 
     def roam(self, source: Address) -> None:
         """An authenticated message came from `source`: it is the endpoint from now on."""
