@@ -50,6 +50,7 @@ class Counters:
     def to_stats(self) -> dict[str, Any]:
         """The get=vpn-stats tree (flattened to `a.b=value` lines by uapi.format_stats);
         peers are keyed by the hex of their public key, which fits a stats key."""
+        udp = {**self.udp, "send_errors": dict(self.udp_send_errors)}
         return {
             "interface": self.interface,
             "public_key": encode_key(self.public_key) if self.public_key else None,
@@ -57,8 +58,9 @@ class Counters:
             "mtu": self.mtu,
             "tun_offloads": self.tun_offloads,
             "fast_path": self.fast_path,
-            "datapath": {**self.datapath, "drops": dict(self.drops)},
-            "udp": {**self.udp, "send_errors": dict(self.udp_send_errors)},
+            # As DataPathStats.summary() has it: the socket's counts under datapath too.
+            "datapath": {**self.datapath, "drops": dict(self.drops), "udp": udp},
+            "udp": udp,
             "protocol_drops": dict(self.protocol_drops),
             "handshakes": {"received": self.datapath.get("handshakes_received", 0),
                            "completed": self.handshakes_completed},
