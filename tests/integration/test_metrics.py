@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from lab.netns import Host, Lab
 from lab.relay_lab import checked_transfer
-from lab.wg_lab import ROOT, UNDERLAY, build
+from lab.wg_lab import ROOT, UNDERLAY, build, wg
 
 METRICS = f"{UNDERLAY['a'][0]}:9586"
 TRANSFER = 8 << 20
@@ -158,3 +158,23 @@ def test_a_bad_metrics_address_is_refused_before_anything_starts(lab: Lab) -> No
     assert "metrics address '9586': expected HOST:PORT" in result.stderr
     assert os.path.exists(config)
     assert pair.a.host.run("ip", "link", "show", pair.a.ifname, check=False).returncode != 0
+
+
+def test_vpn_userspace_serves_metrics_from_the_environment(lab: Lab) -> None:
+    """wg-quick's way: no config file, so the address comes from VPN_METRICS."""
+    pair = build(lab)
+    a = pair.a
+    proc = a.host.start(sys.executable, "-m", "vpn.userspace", "-f", a.ifname,
+                        env=dict(os.environ, PYTHONPATH=str(ROOT), VPN_METRICS=METRICS,
+                                 LOG_LEVEL="debug"))
+    a.host.wait_for(f"test -S /var/run/wireguard/{a.ifname}.sock")
+    deadline = time.monotonic() + 30
+    while "metrics at" not in proc.output():
+        assert proc.popen.poll() is None and time.monotonic() < deadline, proc.output()
+        time.sleep(0.05)
+    assert one(scrape(a.host)["vpn_peers"], interface=a.ifname) == 0
+    a.host.run("wg", "set", a.ifname, "peer", pair.b.public, "allowed-ips", "198.18.10.2/32")
+    got = scrape(a.host)
+    assert one(got["vpn_peers"], interface=a.ifname) == 1
+    assert one(got["wireguard_latest_handshake_seconds"], public_key=pair.b.public) == 0
+    assert wg("show", a.ifname, "peers") == pair.b.public

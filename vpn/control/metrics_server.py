@@ -38,7 +38,7 @@ def parse_address(text: str) -> Address:
     """`HOST:PORT`, `[IPv6]:PORT` or `:PORT` (every address) as (host, port); host is an IP
     address or a name to resolve. Raises MetricsAddressError saying what is wrong."""
     host, sep, port_text = text.strip().rpartition(":")
-    if not sep:
+    if not sep or text.strip().endswith("]"):
         raise MetricsAddressError(f"metrics address {text!r}: expected HOST:PORT, "
                                   "such as 127.0.0.1:9586 or [::1]:9586")
     if host.startswith("[") and host.endswith("]"):

@@ -129,7 +129,8 @@ def test_addresses(text: str, address: tuple[str, int]) -> None:
     assert parse_address(text) == address
 
 
-@pytest.mark.parametrize("text", ["9586", "::1:9586", "[x]:1", "host:0", "host:65536", "h:p"])
+@pytest.mark.parametrize("text", ["9586", "[::1]", "::1:9586", "[x]:1", "host:0", "host:65536",
+                                  "h:p"])
 def test_bad_addresses_say_what_is_wrong(text: str) -> None:
     with pytest.raises(MetricsAddressError, match="metrics address"):
         parse_address(text)
