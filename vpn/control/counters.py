@@ -14,19 +14,23 @@ from typing import Any
 from vpn.core.keys import encode_key
 from vpn.core.types import Address, Network, endpoint_text
 from vpn.core.wireguard import Device
+from vpn.core.wireguard.allowedips import Prefix, networks
 
 
 @dataclass(frozen=True, slots=True)
 class PeerCounters:
     public_key: bytes
     endpoint: Address | None
-    allowed_ips: tuple[Network, ...]
+    allowed_prefixes: tuple[Prefix, ...]  # as numbers: formatted off the loop (allowed_ips)
     rx_bytes: int
     tx_bytes: int
     latest_handshake: float | None  # wall-clock seconds; None: never
     handshakes: int  # completed
     endpoint_changes: int
     drops: Mapping[str, int]  # by reason, those the data path can tell are this peer's
+
+    def allowed_ips(self) -> list[Network]:
+        return networks(self.allowed_prefixes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +81,7 @@ class Counters:
             {
                 "public_key": encode_key(peer.public_key),
                 "endpoint": endpoint_text(peer.endpoint) if peer.endpoint else None,
-                "allowed_ips": [str(n) for n in peer.allowed_ips],
+                "allowed_ips": [str(n) for n in peer.allowed_ips()],
                 "rx_bytes": peer.rx_bytes,
                 "tx_bytes": peer.tx_bytes,
                 "last_handshake": peer.latest_handshake,
@@ -112,12 +116,12 @@ def gather(
 ) -> Counters:
     """The snapshot, from the device (its peers) and the summaries of DataPathStats and
     UdpStats (their `summary()`: counts, and maps of counts by reason)."""
-    entries_for = device.allowed_ips.entries_for
+    prefixes_for = device.allowed_ips.prefixes_for
     peers = tuple(
         PeerCounters(
             public_key=peer.public_key,
             endpoint=peer.endpoint,
-            allowed_ips=tuple(entries_for(peer)),
+            allowed_prefixes=prefixes_for(peer),
             rx_bytes=peer.rx_bytes,
             tx_bytes=peer.tx_bytes,
             latest_handshake=peer.last_handshake_wall,

@@ -102,7 +102,7 @@ def labels(*pairs: tuple[str, str]) -> str:
 def _exporter_labels(own: str, key: str, peer: PeerCounters) -> str:
     """prometheus_wireguard_exporter's labels: interface, public_key, allowed_ips (comma
     separated), and remote_ip and remote_port once the peer has an endpoint."""
-    pairs = [("public_key", key), ("allowed_ips", ",".join(str(n) for n in peer.allowed_ips))]
+    pairs = [("public_key", key), ("allowed_ips", ",".join(str(n) for n in peer.allowed_ips()))]
     if peer.endpoint is not None:
         pairs += [("remote_ip", peer.endpoint[0]), ("remote_port", str(peer.endpoint[1]))]
     return f"{own},{labels(*pairs)}"

@@ -22,7 +22,8 @@ NASTY = 'wg"0\\x\nnew'  # quote, backslash, newline: each must be escaped in a l
 def counters(**overrides: object) -> Counters:
     peers = (
         PeerCounters(KEY_A, ("198.18.0.2", 51820),
-                     (ipaddress.ip_network("10.0.0.2/32"), ipaddress.ip_network("fd00::2/128")),
+                     ((6, 128, int(ipaddress.ip_address("fd00::2"))),
+                      (4, 32, int(ipaddress.ip_address("10.0.0.2")))),
                      rx_bytes=1000, tx_bytes=2000, latest_handshake=1_765_000_000.5,
                      handshakes=3, endpoint_changes=2, drops={"replay": 4}),
         PeerCounters(KEY_B, None, (), rx_bytes=0, tx_bytes=0, latest_handshake=None,
@@ -149,7 +150,7 @@ def test_gather_counts_each_peers_handshakes_and_endpoint_changes() -> None:
     (mine,), (other,) = ours.peers, theirs.peers
     assert (mine.handshakes, mine.endpoint_changes) == (1, 0)  # configured, never moved
     assert (other.handshakes, other.endpoint_changes) == (1, 1)  # learned from the initiation
-    assert mine.allowed_ips == (ipaddress.ip_network("10.0.0.2/32"),)
+    assert mine.allowed_ips() == [ipaddress.ip_network("10.0.0.2/32")]
     assert mine.latest_handshake is not None
     assert (mine.tx_bytes, mine.rx_bytes) == (other.rx_bytes, other.tx_bytes) != (0, 0)
     assert ours.datapath == {"tun_reads": 1} and ours.drops == {"x": 2}
