@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,9 +93,10 @@ class WgPair:
         node.config = path
         return path
 
-    def start_ours(self, node: Node, *, keepalive: int = 0, offload: bool = True) -> Process:
+    def start_ours(self, node: Node, *, keepalive: int = 0, offload: bool = True,
+                   up_args: Sequence[str] = ()) -> Process:
         config = self.write_config(node, keepalive=keepalive, offload=offload)
-        node.kind, node.process = "ours", start_vpn(node.host, config)
+        node.kind, node.process = "ours", start_vpn(node.host, config, *up_args)
         return node.process
 
     def start_wireguard_go(self, node: Node, *, keepalive: int = 0,
@@ -135,11 +137,12 @@ class WgPair:
         return output
 
 
-def start_vpn(host: Host, config: Path) -> Process:
-    """`vpn -v up --foreground CONFIG` in `host`, once it has logged that the interface is up."""
+def start_vpn(host: Host, config: Path, *up_args: str) -> Process:
+    """`vpn -v up --foreground [UP_ARGS] CONFIG` in `host`, once it has logged that the
+    interface is up."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = host.start(sys.executable, "-m", "vpn.cli", "-v", "up", "--foreground", str(config),
-                      env=env)
+    proc = host.start(sys.executable, "-m", "vpn.cli", "-v", "up", "--foreground", *up_args,
+                      str(config), env=env)
     # Generous: a loaded 2-core machine can take many seconds (1,000 peers' routes), and the
     # bound only matters when the endpoint never comes up.
     deadline = time.monotonic() + 90

@@ -114,6 +114,11 @@ def _add_up_arguments(parser: argparse.ArgumentParser) -> None:
         help="stay in the foreground, logging to stderr, until SIGINT/SIGTERM (systemd, "
         "containers); by default return once the interface is up and log to syslog",
     )
+    parser.add_argument(
+        "--metrics", metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: $VPN_METRICS "
+        "if set, else off); [::]:PORT or :PORT for every address",
+    )
 
 
 def _load(arg: str, interface: str | None = None) -> config.Config | None:
@@ -157,11 +162,19 @@ def cmd_up(args: argparse.Namespace) -> int:
     # Imported here: the key and check commands must not need the data path's dependencies.
     import uvloop
 
+    from vpn.control.metrics_server import ENV, MetricsAddressError, parse_address
     from vpn.endpoint import Endpoint
     from vpn.host.background import run_in_background
 
+    metrics_text = args.metrics if args.metrics is not None else os.environ.get(ENV)
     try:
-        endpoint = Endpoint.from_config(config.config_path(args.path), interface=args.interface)
+        metrics = parse_address(metrics_text) if metrics_text else None
+    except MetricsAddressError as error:
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        endpoint = Endpoint.from_config(config.config_path(args.path), interface=args.interface,
+                                        metrics=metrics)
     except config.ConfigError as error:
         print(error, file=sys.stderr)
         return EXIT_CONFIG

@@ -26,6 +26,9 @@ from vpn.control import running, uapi
 from vpn.control.config import load, to_text
 from vpn.control.config_model import Config, ConfigError, InterfaceConfig, PeerConfig
 from vpn.control.config_model import Endpoint as EndpointAddress
+from vpn.control.counters import Counters, gather
+from vpn.control.metrics_server import Address as MetricsAddress
+from vpn.control.metrics_server import MetricsServer
 from vpn.control.resolve import ResolveError, retries_from
 from vpn.control.resolve import resolve as resolve_endpoint
 from vpn.control.show import plural
@@ -75,6 +78,7 @@ class Endpoint:
         socket_dir: Path = SOCKET_DIR,
         on_down: Callable[[], None] | None = None,
         host_setup: bool = True,
+        metrics: MetricsAddress | None = None,
     ) -> None:
         self.config = config
         # False: the TUN and the socket only, as wireguard-go; whoever started us (wg-quick)
@@ -96,6 +100,8 @@ class Endpoint:
         self._stopped = asyncio.Event()
         self.socket_dir = socket_dir
         self.uapi: UapiServer | None = None
+        self.metrics_address = metrics  # HOST:PORT to serve /metrics on; None: off
+        self.metrics: MetricsServer | None = None
         # `vpn down` (set=vpn-down): by default the process signals itself, which is exactly
         # what `vpn up` already stops cleanly on; a library user passes its own callback.
         self.on_down = on_down or (lambda: os.kill(os.getpid(), signal.SIGTERM))
@@ -104,19 +110,20 @@ class Endpoint:
         self._reload_task: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_config(cls, path: str | Path, *, interface: str | None = None) -> Endpoint:
+    def from_config(cls, path: str | Path, *, interface: str | None = None,
+                    metrics: MetricsAddress | None = None) -> Endpoint:
         """Load and validate a wg-quick style file (ConfigError on a bad one)."""
         config, warnings = load(path, interface)
         _log_warnings(warnings)
-        return cls(config)
+        return cls(config, metrics=metrics)
 
     @classmethod
-    def userspace(cls, name: str) -> Endpoint:
+    def userspace(cls, name: str, *, metrics: MetricsAddress | None = None) -> Endpoint:
         """An interface with no config file, no private key, no peers and no host setup:
         everything arrives over the management socket (`wg setconf`) and `ip`. Raises
         ConfigError for a bad interface name."""
         config = Config(path="", interface=InterfaceConfig(private_key=None), name=name)
-        return cls(config, host_setup=False)
+        return cls(config, host_setup=False, metrics=metrics)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -136,6 +143,9 @@ class Endpoint:
             # name (maybe in another netns, where the TUN name alone would not clash).
             self.uapi = UapiServer(self.name, self, directory=self.socket_dir)
             self.uapi.bind()
+            if self.metrics_address is not None:  # bound now: later we lack the privilege
+                self.metrics = MetricsServer(self.metrics_address, self.snapshot)
+                self.metrics.bind()
             fwmark = self._open_interface(endpoints) or iface.fwmark
             self.udp = UdpSocket.open(iface.listen_port or 0, fwmark=fwmark)
         except BaseException:
@@ -155,6 +165,8 @@ class Endpoint:
         device.on_peer_event = self._log_peer_event
         assert self.uapi is not None
         await self.uapi.start()
+        if self.metrics is not None:
+            await self.metrics.serve()
         # SIGHUP reloads, as for other daemons; only the main thread may set signal handlers.
         with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):
             loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
@@ -254,6 +266,9 @@ class Endpoint:
         """Stop the data path and remove everything start() added. Safe to call twice."""
         if self.uapi is not None:
             self.uapi.stop_serving()  # no management requests while things come down
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         # Not removed: that would restore SIGHUP's default, which kills the process half-way
         # through the teardown below. A SIGHUP from now on is only logged.
         with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):
@@ -291,6 +306,9 @@ class Endpoint:
                 log.debug("teardown: %s (the interface was deleted already)", problem)
             problems += [] if self._deleted else gone
             self._applied = None
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         if self.udp is not None:
             self.udp.close()
             self.udp = None
@@ -389,15 +407,7 @@ class Endpoint:
         return self._running_device().snapshot()
 
     def uapi_stats(self) -> dict[str, object]:
-        stats = self.counters()
-        del stats["peers"]  # get=1 has them; this request carries only counters
-        stats["public_key"] = _key_text(self._running_device().public_key)
-        stats["handshakes"] = {
-            "received": self.datapath.stats.handshakes_received if self.datapath else 0,
-            "completed": self.handshakes_completed,
-        }
-        assert self.udp is not None
-        stats["udp_offloads"] = {"gso": int(self.udp.gso_enabled), "gro": int(self.udp.gro_enabled)}
+        stats = self.snapshot().to_stats()
         # The file reload reads, for `vpn save IFACE` run from anywhere (None: wg-quick's).
         stats["config_path"] = os.path.abspath(self.config.path) if self.config.path else None
         return stats
@@ -509,22 +519,20 @@ class Endpoint:
 
     # -- state ------------------------------------------------------------------------------
 
-    def counters(self) -> dict[str, Any]:  # JSON: `vpn show --json`, get=vpn-stats
-        """Peers (public keys, endpoints, bytes, handshakes) and the data path's counters."""
+    def snapshot(self) -> Counters:
+        """Every counter, at this moment: what `vpn show --json` and /metrics render."""
         device = self._running_device()
         assert self.datapath is not None and self.udp is not None and self.tun is not None
-        return {
-            "interface": self.name,
-            "public_key": _key_text(device.public_key),
-            "listen_port": self.udp.port,
-            "mtu": self.mtu,
-            "tun_offloads": self.tun.offload.describe(),
-            "fast_path": native.fast_path()[0],
-            "peers": running.peer_counters(device.snapshot()),
-            "datapath": self.datapath.stats.summary(),
-            "udp": self.udp.stats.summary(),
-            "protocol_drops": dict(device.drops),
-        }
+        return gather(self.name, device, mtu=self.mtu, tun_offloads=self.tun.offload.describe(),
+                      fast_path=native.fast_path()[0], udp_gso=self.udp.gso_enabled,
+                      udp_gro=self.udp.gro_enabled, datapath=self.datapath.stats.summary(),
+                      udp=self.udp.stats.summary(),
+                      handshakes_completed=self.handshakes_completed)
+
+    def counters(self) -> dict[str, Any]:  # JSON, for library users
+        """The snapshot's counters, peers listed with their public keys."""
+        snapshot = self.snapshot()
+        return {**snapshot.to_stats(), "peers": snapshot.peers_json()}
 
     def save_config(self) -> None:
         """SaveConfig = true: write the running peers (endpoints as last seen) back."""

@@ -47,6 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     foreground = foreground or os.environ.get("WG_PROCESS_FOREGROUND") == "1"
     level_name = os.environ.get("LOG_LEVEL", "")
     level = LOG_LEVELS.get(level_name, logging.ERROR)
+    from vpn.control.metrics_server import ENV, MetricsAddressError, parse_address
+
+    try:  # config files stay wg-quick's: the metrics address comes from the environment
+        metrics = parse_address(os.environ[ENV]) if os.environ.get(ENV) else None
+    except MetricsAddressError as error:
+        print(f"{PROG}: {ENV}: {error}", file=sys.stderr)
+        return EXIT_USAGE
 
     def serve(ready: Callable[[], None]) -> int:
         # Imported here, in the child: the parent stays small, and a process should not fork
@@ -57,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         from vpn.endpoint import Endpoint
 
         try:
-            endpoint = Endpoint.userspace(name)
+            endpoint = Endpoint.userspace(name, metrics=metrics)
         except ConfigError as error:
             print(f"{PROG}: {error.reason}", file=sys.stderr)
             return EXIT_FAILURE

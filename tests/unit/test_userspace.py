@@ -33,6 +33,13 @@ def test_bad_interface_name(capsys: pytest.CaptureFixture[str]) -> None:
     assert "not a valid interface name" in capsys.readouterr().err
 
 
+def test_a_bad_metrics_address_in_the_environment(capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VPN_METRICS", "[::1]")
+    assert userspace.main(["-f", "wg0"]) == userspace.EXIT_USAGE
+    assert "VPN_METRICS: metrics address '[::1]': expected HOST:PORT" in capsys.readouterr().err
+
+
 def _link_message(kind: int, index: int, mtu: int | None) -> bytes:
     attrs = b""
     if mtu is not None:

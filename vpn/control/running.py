@@ -15,8 +15,7 @@ from pathlib import Path
 
 from vpn.control.config_model import Config, PeerConfig
 from vpn.control.config_model import Endpoint as EndpointAddress
-from vpn.core.keys import encode_key
-from vpn.core.types import Address, endpoint_text
+from vpn.core.types import Address
 from vpn.core.wireguard.changes import ChangeSet, DeviceSnapshot, PeerChange
 
 
@@ -80,21 +79,6 @@ def with_seen_endpoints(config: Config, snapshot: DeviceSnapshot) -> Config:
             peer = replace(peer, endpoint=EndpointAddress(*endpoint))
         peers.append(peer)
     return replace(config, peers=tuple(peers))
-
-
-def peer_counters(snapshot: DeviceSnapshot) -> list[dict[str, object]]:
-    """The peers of `Endpoint.counters()` (and `vpn show --json`)."""
-    return [
-        {
-            "public_key": encode_key(peer.public_key),
-            "endpoint": endpoint_text(peer.endpoint) if peer.endpoint else None,
-            "allowed_ips": [str(n) for n in peer.allowed_ips],
-            "rx_bytes": peer.rx_bytes,
-            "tx_bytes": peer.tx_bytes,
-            "last_handshake": peer.last_handshake,
-        }
-        for peer in snapshot.peers
-    ]
 
 
 def write_atomically(path: Path, text: str) -> None:

@@ -52,7 +52,34 @@ def offload_view(stats: dict[str, Any]) -> dict[str, Any]:
         "drops": drops,
         "protocol_drops": dict(stats.get("protocol_drops", {}) or {}),
         "udp_send_errors": dict(udp.get("send_errors", {}) or {}) if isinstance(udp, dict) else {},
+        # Every other count, under its own name (the UDP socket's prefixed udp_): the
+        # offload figures above are these, named and averaged for people.
+        **{k: v for k, v in _counts(dp).items() if k not in _NAMED},
+        **{f"udp_{k}": v for k, v in _counts(udp).items() if f"udp_{k}" not in _NAMED},
     }
+
+
+# The counts offload_view names itself; the others it adds as they are.
+_NAMED = frozenset({"tun_reads", "super_packets", "tun_writes", "jumbo_frames", "datagrams_sent",
+                    "datagrams_received", "udp_gso_sends", "udp_gro_receives",
+                    "handshakes_received"})
+
+
+def _counts(tree: object) -> dict[str, int]:
+    if not isinstance(tree, dict):
+        return {}
+    return {k: v for k, v in tree.items() if isinstance(v, int)}
+
+
+def _peer_counts(stats: dict[str, Any] | None, public_key: bytes) -> dict[str, Any]:
+    """A peer's own counters from get=vpn-stats (None: not served by a vpn endpoint)."""
+    peers = stats.get("peers") if stats is not None else None
+    mine = peers.get(public_key.hex()) if isinstance(peers, dict) else None
+    if not isinstance(mine, dict):
+        return {"handshakes": None, "endpoint_changes": None, "drops": None}
+    return {"handshakes": _int(mine, "handshakes"),
+            "endpoint_changes": _int(mine, "endpoint_changes"),
+            "drops": _counts(mine.get("drops"))}
 
 
 def show_view(name: str, snapshot: DeviceSnapshot, stats: dict[str, Any] | None) -> dict[str, Any]:
@@ -74,6 +101,7 @@ def show_view(name: str, snapshot: DeviceSnapshot, stats: dict[str, Any] | None)
                 "rx_bytes": peer.rx_bytes,
                 "tx_bytes": peer.tx_bytes,
                 "persistent_keepalive": peer.persistent_keepalive,
+                **_peer_counts(stats, peer.public_key),
             }
             for peer in snapshot.peers
         ],

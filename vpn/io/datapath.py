@@ -129,6 +129,7 @@ class DataPath:
         self._recv_view = self._recv_buffer
         # What Keypair.receive_run found in one call: (offset, length, source slot) per packet.
         self._records = bytearray(RECORD.size * RECORDS_PER_RUN)
+        self._run_drops: dict[str, int] = {}  # one receive_run's, to count per peer too
         self._gro = receive_coalescer(self._recv_buffer, udp=tun.offload.uso)
         self._internal_error_logged = float("-inf")
         # Host unreachable for packets routed to us that no peer's AllowedIPs cover.
@@ -181,7 +182,7 @@ class DataPath:
         """Encrypt what was read for `peer` and send it in as few GSO sends as possible."""
         endpoint = peer.endpoint
         if endpoint is None:
-            self.stats.drops["peer_without_endpoint"] += len(self._complete(reads))
+            self._drop("peer_without_endpoint", len(self._complete(reads)), peer)
             return
         kp = peer.keypair_for_sending(now)
         if kp is None:
@@ -301,7 +302,7 @@ class DataPath:
         """No usable session: hold the newest packets (bounded) and start a handshake."""
         dropped, handshake = peer.stage(packets, now)
         if dropped:
-            self.stats.drops["staged_queue_full"] += dropped
+            self._drop("staged_queue_full", dropped, peer)
         self.send_control(peer, handshake)
 
     def send_control(self, peer: Peer, datagrams: list[bytes]) -> None:
@@ -309,7 +310,7 @@ class DataPath:
         if not datagrams:
             return
         if peer.endpoint is None:
-            self.stats.drops["peer_without_endpoint"] += len(datagrams)
+            self._drop("peer_without_endpoint", len(datagrams), peer)
             return
         for datagram in datagrams:
             self.udp.send(peer.endpoint, datagram)
@@ -397,12 +398,17 @@ class DataPath:
                 self._rehandshake_lost_session(source, now)
                 pos = end
             elif (got := sessions.get(found[1])) is None and not found[1].receivable(now):
-                drops["keypair_expired"] += 1
+                self._drop("keypair_expired", 1, found[0])
                 pos = end
             else:
                 peer, kp = found
+                run_drops = self._run_drops
                 stop, offset, nrec, fresh, nbytes, sources = kp.receive_run(
-                    data, segment_size, pos, self._recv_view, offset, self._records, drops)
+                    data, segment_size, pos, self._recv_view, offset, self._records, run_drops)
+                if run_drops:  # replays, failed authentication: the interface's and the peer's
+                    for reason, n in run_drops.items():
+                        self._drop(reason, n, peer)
+                    run_drops.clear()
                 if stop <= pos:
                     raise RuntimeError(f"receive_run made no progress at {pos} of {size}")
                 pos = stop
@@ -438,9 +444,15 @@ class DataPath:
                 else:
                     self._write_packet(self._recv_view[at:at + length])
         if skipped:
-            self.stats.drops["source_not_allowed"] += skipped
+            self._drop("source_not_allowed", skipped, peer)
         self.stats.packets_written += nrec - skipped
         return nrec - skipped
+
+    def _drop(self, reason: str, n: int, peer: Peer | None) -> None:
+        """Count a drop for the interface and, when the data path knows whose, the peer."""
+        self.stats.drops[reason] += n
+        if peer is not None:
+            peer.count_drop(reason, n)
 
     def _rehandshake_lost_session(self, source: Address, now: float) -> None:
         """Data for a session we do not know: whether it starts a handshake (we restarted
@@ -455,7 +467,7 @@ class DataPath:
         # wakeup as its backlog of Diffie-Hellman work, which decides "under load".
         result = self.device.handle_handshake_message(bytes(datagram), source, now)
         if result.drop_reason:
-            self.stats.drops[result.drop_reason] += 1
+            self._drop(result.drop_reason, 1, result.peer)
         for reply in result.replies:
             self.udp.send(source, reply)
         self.stats.datagrams_sent += len(result.replies)

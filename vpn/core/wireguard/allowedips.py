@@ -6,7 +6,7 @@ Maps prefixes to peers for sending, and checks a decrypted packet's source for r
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 from vpn.core.types import Network
@@ -59,6 +59,16 @@ class _Family(Generic[P]):
         return peer
 
 
+Prefix = tuple[int, int, int]  # IP version, prefix length, network address as an integer
+
+
+def networks(prefixes: Iterable[Prefix]) -> list[Network]:
+    """Prefixes as network objects, in order (IPv4 first, then by length and address)."""
+    # An (int, length) pair: an address object in the pair is formatted and parsed.
+    return [_NETWORKS[version == 6]((value, length))
+            for version, length, value in sorted(prefixes)]
+
+
 class AllowedIPs(Generic[P]):
     """Prefix -> peer. A prefix belongs to one peer; inserting it again moves it."""
 
@@ -106,11 +116,12 @@ class AllowedIPs(Generic[P]):
             self._families[version].delete(length, value)
 
     def entries_for(self, peer: P) -> list[Network]:
-        out: list[Network] = []
-        for version, length, value in sorted(self._by_peer.get(peer, ())):
-            # An (int, length) pair: an address object in the pair is formatted and parsed.
-            out.append(_NETWORKS[version == 6]((value, length)))
-        return out
+        return networks(self.prefixes_for(peer))
+
+    def prefixes_for(self, peer: P) -> tuple[Prefix, ...]:
+        """A peer's prefixes as plain numbers, copied: cheaper than entries_for, for a
+        snapshot taken on the event loop and formatted (`networks`) elsewhere."""
+        return tuple(self._by_peer.get(peer, ()))
 
     def __iter__(self) -> Iterator[tuple[Network, P]]:
         for peer in list(self._by_peer):

@@ -341,7 +341,7 @@ class Device:
         msg = parse_initiation(data)
         hs = consume_initiation(identity, msg, self._lookup_handshake, now)
         peer = self.peers[hs.remote_static]
-        peer.endpoint = src
+        peer.roam(src)
         peer.rx_bytes += len(data)  # a consumed handshake message counts, as in the kernel
         reply = peer.create_response(now)
         peer.timers.any_authenticated_packet_received(now)
@@ -355,7 +355,7 @@ class Device:
         consume_response(msg, None if initiator is None else initiator.handshake)
         assert initiator is not None  # consume_response raised otherwise
         peer = initiator
-        peer.endpoint = src
+        peer.roam(src)
         peer.rx_bytes += len(data)
         replies = peer.complete_as_initiator(now)
         peer.timers.any_authenticated_packet_received(now)
@@ -419,6 +419,8 @@ class Device:
 
     def _drop_transport(self, reason: str, peer: Peer | None = None) -> TransportResult:
         self.drops[reason] += 1
+        if peer is not None:
+            peer.count_drop(reason)
         return TransportResult(peer=peer, drop_reason=reason)
 
     # -- timers -----------------------------------------------------------------------------

@@ -60,9 +60,12 @@ class Peer:
         "_indexes",
         "_sources",
         "cookies",
+        "drops",
         "endpoint",
+        "endpoint_changes",
         "events",
         "handshake",
+        "handshakes",
         "keypairs",
         "last_handshake_wall",
         "last_sent_handshake",
@@ -96,6 +99,9 @@ class Peer:
         self.last_handshake_wall: float | None = None  # wall-clock seconds, for `wg show`
         self.rx_bytes = 0
         self.tx_bytes = 0
+        self.handshakes = 0  # completed, as either side
+        self.endpoint_changes = 0  # learned or moved by an authenticated message
+        self.drops: dict[str, int] | None = None  # by reason, once there is one
         self.mtu = 0  # padding cap; 0 pads to 16 with no cap
         self.staged: deque[bytes] = deque(maxlen=MAX_STAGED_PACKETS)
         self.events: deque[PeerEvent] = deque(maxlen=64)  # the latest, for inspection
@@ -168,7 +174,20 @@ class Peer:
         out = self.flush_staged(now)
         return out or self.keepalive(now)
 
+    def count_drop(self, reason: str, n: int = 1) -> None:
+        """`n` packets or messages of this peer's were dropped for `reason`."""
+        if self.drops is None:
+            self.drops = {}
+        self.drops[reason] = self.drops.get(reason, 0) + n
+
+    def roam(self, source: Address) -> None:
+        """An authenticated message came from `source`: it is the endpoint from now on."""
+        if source != self.endpoint:
+            self.endpoint = source
+            self.endpoint_changes += 1
+
     def _handshake_complete(self, now: float) -> None:
+        self.handshakes += 1
         self.timers.handshake_complete(now)
         self.last_handshake_wall = self._sources.wall_clock()
         self._emit(PeerEvent.HANDSHAKE_COMPLETE)
@@ -229,7 +248,7 @@ class Peer:
         """Bookkeeping after an authenticated, replay-checked transport message on `kp`."""
         self.rx_bytes += nbytes
         if source is not None:
-            self.endpoint = source
+            self.roam(source)
         out: list[bytes] = []
         if self.keypairs.received_with(kp):
             self._handshake_complete(now)
