@@ -11,12 +11,15 @@ batch beats `cryptography`'s bare calls (bench/pipeline.py compares the two path
 from __future__ import annotations
 
 import os
+import random
 import statistics
 import time
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from vpn.core.wireguard.constants import TRANSPORT_HEADER_SIZE, TRANSPORT_MIN_SIZE
+from lab.flood import initiation as flood_initiation
+from vpn.core.wireguard.constants import LABEL_MAC1, TRANSPORT_HEADER_SIZE, TRANSPORT_MIN_SIZE
+from vpn.core.wireguard.crypto import hash_
 from vpn.core.wireguard.device import Device
 from vpn.core.wireguard.keypair import Keypair, padded_length, transport_size
 from vpn.core.wireguard.noise import SessionKeys
@@ -115,6 +118,25 @@ def _transport_us_per_64k(rounds: int) -> dict[str, float]:
     return {key: statistics.median(times) * 1e6 for key, times in samples.items()}
 
 
+def _cookie_reply_us(count: int = 5_000) -> float:
+    """Microseconds to answer one valid-mac1 initiation with a cookie reply under load: the
+    whole price a handshake flood makes the endpoint pay per datagram (lab/flood.py's
+    initiations, from 200 source addresses)."""
+    device = Device(os.urandom(32))
+    assert device.public_key is not None
+    mac1_key = hash_(LABEL_MAC1, device.public_key)
+    rng = random.Random(1)
+    messages = [flood_initiation(mac1_key, rng) for _ in range(256)]
+    sources = [(f"198.18.{i // 250}.{i % 250 + 1}", 40_000) for i in range(200)]
+    start = time.perf_counter()
+    for i in range(count):
+        result = device.handle_handshake_message(messages[i % 256], sources[i % 200], 1.0,
+                                                 under_load=True)
+        if not result.replies:
+            raise RuntimeError("benchmark initiation got no cookie reply")
+    return (time.perf_counter() - start) / count * 1e6
+
+
 def _timer_wakeup_us(peers: int, wakeups: int = 200) -> float:
     """Microseconds of one Device.poll with `peers` idle peers (each with a persistent
     keepalive due in 25 s) and one peer whose keepalive is due: the median wakeup."""
@@ -139,6 +161,7 @@ def run(handshakes: int = 300, rounds: int = 300) -> dict[str, float]:
     bits = SUPER_PACKET * 8
     packets = -(-SUPER_PACKET // MTU)
     figures = {"handshakes_per_s": round(hs, 1)}
+    figures["cookie_reply_us"] = round(_cookie_reply_us(), 1)
     # Goal (the "use every core" issue): 10,000 idle peers cost at most 2x what 100 do.
     few, many = _timer_wakeup_us(100), _timer_wakeup_us(10_000)
     figures["timer_wakeup_us_100_peers"] = round(few, 1)
