@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import json
 import os
 import re
@@ -136,7 +137,7 @@ class Host:
         inbound_only: this host's own outgoing packets show "incorrect" checksums that
         offload fills in later, so judge checksums only on what arrives.
         """
-        pcap = self.lab.path(f"{self.name}-{iface}-{len(self.lab.processes)}.pcap")
+        pcap = self.lab.path(f"{self.name}-{iface}-{next(self.lab.serial)}.pcap")
         args = ["tcpdump", "-i", iface, "-n", "-U", "--immediate-mode", "-s", str(snaplen),
                 "-w", str(pcap)]
         if inbound_only:
@@ -201,6 +202,10 @@ class Lab:
     leftovers: list[Path] = field(default_factory=list)
     tag: str = ""
     workdir: Path | None = None
+    # Numbers the files of spawned processes and captures. A counter, not
+    # len(processes): tests spawn from several threads at once (two transfer servers given
+    # one log file once let a sender connect on the other's "listening", and be refused).
+    serial: Iterator[int] = field(default_factory=itertools.count, repr=False)
 
     def __post_init__(self) -> None:
         reason = lab_unavailable_reason()
@@ -254,7 +259,7 @@ class Lab:
     ) -> Process:
         """Start a background process (in the root namespace unless `args` enter one)."""
         program = Path(args[4] if args[:3] == ["ip", "netns", "exec"] else args[0]).name
-        log = self.path(f"{label}-{program}-{len(self.processes)}.log")
+        log = self.path(f"{label}-{program}-{next(self.serial)}.log")
         with open(log, "wb") as out:
             popen = subprocess.Popen(
                 list(args), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -55,7 +55,7 @@ def open_in(host: Host, **kw: object) -> UdpSocket:
 def capture(host: Host, iface: str, direction: str, port: int) -> Capture:
     """tcpdump in immediate mode: otherwise the last second of packets may still sit in the
     kernel's capture ring when the capture stops, and a short test sees nothing at all."""
-    pcap = host.lab.path(f"{host.name}-{iface}-{direction}-{len(host.lab.processes)}.pcap")
+    pcap = host.lab.path(f"{host.name}-{iface}-{direction}-{next(host.lab.serial)}.pcap")
     proc = host.start(
         "tcpdump", "--immediate-mode", "-i", iface, "-n", "-U", "-s", "128", "-Q", direction,
         "-w", str(pcap), f"udp port {port}",
