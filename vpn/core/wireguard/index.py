@@ -10,6 +10,7 @@ owns it and hands it to every peer.
 from __future__ import annotations
 
 from array import array
+from bisect import bisect_left, insort
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -19,14 +20,17 @@ P = TypeVar("P")  # the peer type: the table only stores it
 
 
 class IndexTable(Generic[P]):
-    __slots__ = ("_entries", "_handshakes", "_keypair_indexes", "_random_bytes")
+    __slots__ = ("_entries", "_handshakes", "_keypair_indexes", "_random_bytes", "_sorted")
 
     def __init__(self, random_bytes: Callable[[int], bytes]) -> None:
         self._random_bytes = random_bytes
         # index -> (peer, keypair); keypair None while the index names a handshake.
         self._entries: dict[int, tuple[P, Keypair | None]] = {}
         self._handshakes: dict[P, int] = {}
-        self._keypair_indexes: bytes | None = None  # keypair_indexes(), until they change
+        # The keypair indexes, kept sorted as keypairs come and go (a hub with 10,000 peers
+        # rekeys dozens of times a second: no re-sort of them all each time).
+        self._sorted = array("I")
+        self._keypair_indexes: bytes | None = None  # _sorted's bytes, until it changes
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -50,13 +54,18 @@ class IndexTable(Generic[P]):
     def add_keypair(self, peer: P, keypair: Keypair) -> None:
         """The keypair takes over the index of the handshake that derived it."""
         self._handshakes.pop(peer, None)
-        self._entries[keypair.local_index] = (peer, keypair)
-        self._keypair_indexes = None
+        index = keypair.local_index
+        previous = self._entries.get(index)
+        self._entries[index] = (peer, keypair)
+        if previous is None or previous[1] is None:  # not yet a keypair's: one entry each
+            insort(self._sorted, index)
+            self._keypair_indexes = None
 
     def forget_keypair(self, keypair: Keypair) -> None:
         entry = self._entries.get(keypair.local_index)
         if entry is not None and entry[1] is keypair:
             del self._entries[keypair.local_index]
+            del self._sorted[bisect_left(self._sorted, keypair.local_index)]
             self._keypair_indexes = None
 
     def peer(self, index: int) -> P | None:
@@ -78,9 +87,7 @@ class IndexTable(Generic[P]):
 
     def keypair_indexes(self) -> bytes:
         """The indexes that name a keypair, sorted, as a native uint32 array: what the native
-        receive screens transport messages with (vpn/io/_udp.c)."""
+        receive screen checks transport messages against (vpn/core/wireguard/_screen.c)."""
         if self._keypair_indexes is None:
-            self._keypair_indexes = array(
-                "I", sorted(i for i, (_, kp) in self._entries.items() if kp is not None)
-            ).tobytes()
+            self._keypair_indexes = self._sorted.tobytes()
         return self._keypair_indexes
