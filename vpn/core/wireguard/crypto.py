@@ -14,12 +14,6 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers import Cipher
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-    PublicFormat,
-)
 
 from .constants import KEY_LEN, TAI64_BASE, TIMESTAMP_WHITENER_NS
 
@@ -102,11 +96,11 @@ def dh(private: X25519PrivateKey, public: bytes) -> bytes:
 
 
 def public_bytes(private: X25519PrivateKey) -> bytes:
-    return private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return private.public_key().public_bytes_raw()
 
 
 def private_bytes(private: X25519PrivateKey) -> bytes:
-    return private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    return private.private_bytes_raw()
 
 
 def counter_nonce(counter: int) -> bytes:
