@@ -13,7 +13,6 @@ syslog, or a file.
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
 import socket
 from collections.abc import Mapping
@@ -89,6 +88,9 @@ def background_handler(name: str, syslog_socket: str = SYSLOG_SOCKET,
     """The handler for a detached endpoint `name`, and where it writes, for the user:
     syslog if its socket answers, else the first of `log_dirs` that can take NAME.log.
     Raises OSError when none can."""
+    # Here, not at the top: a foreground endpoint (systemd's) never needs it (0.5 MB).
+    import logging.handlers
+
     if _answers(syslog_socket):
         syslog = logging.handlers.SysLogHandler(
             syslog_socket, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
