@@ -239,9 +239,11 @@ async def _serve(endpoint: Endpoint, ready: Callable[[], None]) -> int:
         logging.getLogger("vpn").error("cannot bring %s up: %s", endpoint.name, error)
         return EXIT_FAILURE
     release_setup_memory()
-    helper = _confine(endpoint)
-    watchdog = notify.Watchdog.from_environ(endpoint.serving)
-    try:
+    helper: Helper | None = None
+    watchdog: notify.Watchdog | None = None
+    try:  # from here on, whatever fails, the teardown below runs
+        helper = _confine(endpoint)
+        watchdog = notify.Watchdog.from_environ(endpoint.serving)
         notify.notify(notify.READY)
         ready()
         if watchdog is not None:  # systemd's WatchdogSec: it starts counting at READY=1
