@@ -115,6 +115,21 @@ void end_batch(TransportKey *self)
     }
 }
 
+/* A receiver index from Python into `out`: a 32-bit unsigned integer, or an exception
+ * naming the argument. */
+int parse_index(PyObject *obj, const char *name, uint32_t *out)
+{
+    unsigned long v = PyLong_AsUnsignedLong(obj);
+    if (PyErr_Occurred())
+        return -1;
+    if (v > 0xffffffffUL) {
+        PyErr_Format(PyExc_OverflowError, "%s is a 32-bit unsigned integer", name);
+        return -1;
+    }
+    *out = (uint32_t)v;
+    return 0;
+}
+
 /* A writable, contiguous `out` with at least `need` bytes from `offset`. */
 int check_out(Py_buffer *out, Py_ssize_t offset, Py_ssize_t need)
 {

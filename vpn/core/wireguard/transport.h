@@ -46,6 +46,7 @@ static inline Py_ssize_t padded_length(Py_ssize_t n, Py_ssize_t mtu)
 /* _transport.c: claiming a key for a batch, and the buffers of every call. */
 int begin_batch(TransportKey *self);
 void end_batch(TransportKey *self);
+int parse_index(PyObject *obj, const char *name, uint32_t *out);
 int check_out(Py_buffer *out, Py_ssize_t offset, Py_ssize_t need);
 Py_buffer *get_views(PyObject *items, Py_ssize_t count);
 void release_views(Py_buffer *views, Py_ssize_t count);

@@ -129,19 +129,6 @@ done_seen:
     return result;
 }
 
-static int parse_local(PyObject *obj, uint32_t *local)
-{
-    unsigned long v = PyLong_AsUnsignedLong(obj);
-    if (PyErr_Occurred())
-        return -1;
-    if (v > 0xffffffffUL) {
-        PyErr_SetString(PyExc_OverflowError, "local_index is a 32-bit unsigned integer");
-        return -1;
-    }
-    *local = (uint32_t)v;
-    return 0;
-}
-
 const char open_batch_doc[] = PyDoc_STR(
 "open_batch(messages, out, offset, local_index, seen, greatest)\n"
 "    -> (lengths, greatest, drops)\n\n"
@@ -162,7 +149,7 @@ PyObject *TransportKey_open_batch(TransportKey *self, PyObject *args)
 
     if (!PyArg_ParseTuple(args, "OOnOOO:open_batch", &messages, &out_obj, &offset, &local_obj,
                           &seen, &greatest)
-        || parse_local(local_obj, &local) < 0)
+        || parse_index(local_obj, "local_index", &local) < 0)
         return NULL;
     seq = PySequence_Tuple(messages);
     if (!seq)
@@ -264,7 +251,7 @@ PyObject *TransportKey_open_run(TransportKey *self, PyObject *args)
     if (PyObject_GetBuffer(seen_obj, &seen, PyBUF_WRITABLE) < 0)
         goto done_buffers;
     greatest = PyLong_AsUnsignedLongLong(greatest_obj);
-    if (PyErr_Occurred() || parse_local(local_obj, &local) < 0)
+    if (PyErr_Occurred() || parse_index(local_obj, "local_index", &local) < 0)
         goto done_seen;
     capacity = records.len / RECORD_SIZE;
     if (seen.len != REPLAY_SLOTS) {

@@ -7,15 +7,10 @@ static const uint8_t zero_pad[PADDING_MULTIPLE];
 /* The receiver index and first counter of a sealing batch of `count` messages: never past
  * the message limit, so a counter can neither wrap nor reach a reserved value. */
 static int parse_sealing(PyObject *receiver_obj, PyObject *counter_obj, Py_ssize_t count,
-                         unsigned long *receiver, unsigned long long *first)
+                         uint32_t *receiver, unsigned long long *first)
 {
-    *receiver = PyLong_AsUnsignedLong(receiver_obj);
-    if (PyErr_Occurred())
+    if (parse_index(receiver_obj, "receiver_index", receiver) < 0)
         return -1;
-    if (*receiver > 0xffffffffUL) {
-        PyErr_SetString(PyExc_OverflowError, "receiver_index is a 32-bit unsigned integer");
-        return -1;
-    }
     *first = PyLong_AsUnsignedLongLong(counter_obj);
     if (PyErr_Occurred())
         return -1;
@@ -39,7 +34,7 @@ PyObject *TransportKey_seal_batch(TransportKey *self, PyObject *args)
     Py_ssize_t offset, mtu, count, need = 0;
     Py_buffer out, *views;
     Py_ssize_t *lengths;
-    unsigned long receiver;
+    uint32_t receiver;
     unsigned long long first;
     int failed = 0;
 
@@ -92,7 +87,7 @@ PyObject *TransportKey_seal_batch(TransportKey *self, PyObject *args)
         int n = (int)views[i].len, body = (int)(lengths[i] - TRANSPORT_MIN_SIZE), len;
         uint8_t *ct = dst + TRANSPORT_HEADER_SIZE;
         store32(dst + TRANSPORT_TYPE_AT, MESSAGE_TRANSPORT);
-        store32(dst + TRANSPORT_RECEIVER_AT, (uint32_t)receiver);
+        store32(dst + TRANSPORT_RECEIVER_AT, receiver);
         store64(dst + TRANSPORT_COUNTER_AT, counter);
         make_nonce(nonce, counter);
         failed = EVP_EncryptInit_ex2(ctx, NULL, NULL, nonce, NULL) != 1
@@ -132,7 +127,7 @@ PyObject *TransportKey_seal_segments(TransportKey *self, PyObject *args)
     PyObject *receiver_obj, *counter_obj, *result = NULL;
     Py_ssize_t offset, count, full, last, gap, tail, mtu, size, last_size, stride;
     Py_buffer out;
-    unsigned long receiver;
+    uint32_t receiver;
     unsigned long long first;
     int failed = 0;
 
@@ -174,7 +169,7 @@ PyObject *TransportKey_seal_segments(TransportKey *self, PyObject *args)
         memmove(ct, base + gap + i * stride, (size_t)n);
         memset(ct + n, 0, (size_t)(body - n));
         store32(dst + TRANSPORT_TYPE_AT, MESSAGE_TRANSPORT);
-        store32(dst + TRANSPORT_RECEIVER_AT, (uint32_t)receiver);
+        store32(dst + TRANSPORT_RECEIVER_AT, receiver);
         store64(dst + TRANSPORT_COUNTER_AT, counter);
         make_nonce(nonce, counter);
         failed = EVP_EncryptInit_ex2(ctx, NULL, NULL, nonce, NULL) != 1
