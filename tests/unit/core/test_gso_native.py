@@ -301,7 +301,7 @@ def test_lying_length_fields_same_outcome(case: tuple[VirtioNetHeader, bytes], f
         at = 2 if ihl < 40 else 4
         buf[at:at + 2] = ((int.from_bytes(buf[at:at + 2], "big") + delta) & 0xFFFF
                           ).to_bytes(2, "big")
-    elif buf[ihl + 9 if ihl < 40 else 6] == 6:  # TCP data offset
+    elif buf[9 if ihl < 40 else 6] == 6:  # TCP data offset (the protocol: byte 9, or next header)
         buf[ihl + 12] = ((buf[ihl + 12] >> 4) + delta) % 16 << 4
     else:  # UDP length: split takes lengths from the IP header, never from here
         buf[ihl + 4:ihl + 6] = ((int.from_bytes(buf[ihl + 4:ihl + 6], "big") + delta) & 0xFFFF
