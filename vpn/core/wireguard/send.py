@@ -197,6 +197,8 @@ def _seal_packets(kp: Keypair, packets: list[Buffer], out: bytearray | memoryvie
         if room < 0:
             break
         fit += 1
+    if not fit and not offset and packets:
+        raise ValueError("the send buffer cannot hold one message")  # no call would progress
     if fit:
         sealed = kp.encrypt_batch(packets[:fit] if fit < len(packets) else packets, out,
                                   offset, mtu)

@@ -171,3 +171,9 @@ def test_udp_split_gro_reads_what_seal_laid_out() -> None:
     total = sum(sealed.lengths)
     cut = [bytes(m) for m in split_gro(memoryview(out)[:total], sealed.lengths[0])]
     assert opened(b, cut) == [bytes(p) for p in split(header, packet)]
+
+
+def test_a_buffer_that_cannot_hold_one_message_is_refused_not_looped_on() -> None:
+    device, peer, _ = session()
+    with pytest.raises(ValueError, match="cannot hold one message"):
+        device.seal(peer, [plain(b"x" * 1000)], bytearray(500), MTU, 1.0)
