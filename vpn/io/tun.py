@@ -120,16 +120,13 @@ class TunRead:
     path's vpn.core.wireguard.send.Read). `packet` is a view of the device's read buffer,
     valid until the next read; the split counts in the device's TunStats."""
 
-    __slots__ = ("_fields", "_stats", "packet")
+    __slots__ = ("_fields", "_stats", "packet", "segmented")
 
     def __init__(self, fields: Fields, packet: memoryview, stats: TunStats) -> None:
         self._fields = fields  # the virtio-net header's
         self._stats = stats
         self.packet = packet
-
-    @property
-    def segmented(self) -> bool:
-        return self._fields[1] != 0  # gso_type
+        self.segmented = fields[1] != 0  # a gso_type: a super-packet
 
     def packets(self) -> list[Buffer]:
         """The complete packets, every checksum filled in (gso.split); OffloadError for a

@@ -143,8 +143,9 @@ def seal(peer: Peer, reads: Sequence[Read], out: bytearray | memoryview, mtu: in
     lengths: list[int] = []
     rest: list[Read] = []
     offset = i = 0
+    end = len(reads)
     try:
-        while i < len(reads):
+        while i < end:
             read = reads[i]
             if read.segmented:
                 try:
@@ -171,7 +172,7 @@ def seal(peer: Peer, reads: Sequence[Read], out: bytearray | memoryview, mtu: in
                     continue
             else:
                 j = i + 1  # the plain packets up to the next super-packet, sealed together
-                while j < len(reads) and not reads[j].segmented:
+                while j < end and not reads[j].segmented:
                     j += 1
                 left, offset = _seal_packets(kp, _complete(reads[i:j], drops), out, offset,
                                              mtu, lengths)
