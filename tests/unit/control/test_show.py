@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 from vpn.control import show
 from vpn.control.uapi import DeviceSnapshot, PeerSnapshot
 from vpn.core.keys import encode_key, public_from_private
+from vpn.core.wireguard.allowedips import prefix_of
 
 PRIVATE = bytes(range(1, 33))
 PEER_KEY = bytes([7] * 32)
@@ -30,8 +29,7 @@ def test_dump_is_wg_show_dump() -> None:
     snap = _snapshot(preshared_key=PSK, endpoint=("198.18.0.2", 51821),
                      last_handshake=1765000000.7, rx_bytes=92, tx_bytes=148,
                      persistent_keepalive=25,
-                     allowed_ips=[ipaddress.ip_network("198.18.10.0/24"),
-                                  ipaddress.ip_network("fd00::/64")])
+                     allowed_ips=(prefix_of("198.18.10.0/24"), prefix_of("fd00::/64")))
     snap.fwmark = 0x1234
     public = encode_key(public_from_private(PRIVATE))
     assert show.dump_lines("wg0", snap, with_interface=False) == [

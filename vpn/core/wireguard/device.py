@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from vpn.core.types import Address, Buffer
 
-from .allowedips import AllowedIPs
+from .allowedips import AllowedIPs, Prefix
 from .changes import ChangeError, ChangeSet, DeviceSnapshot, PeerChange, PeerSnapshot
 from .constants import (
     LOST_SESSION_INTERVAL,
@@ -45,6 +45,10 @@ from .peer import Peer, PeerEvent, Sources
 from .ratelimiter import RateLimiter
 
 _SENDER_INDEX = struct.Struct("<I")
+_NO_PSK = bytes(32)
+# tuple.__new__ builds a NamedTuple in C; the class's own constructor is a Python call that
+# would add a third to a 10,000-peer snapshot taken on the event loop.
+_new_tuple = tuple.__new__
 
 
 class HandshakeEvent(StrEnum):
@@ -252,21 +256,25 @@ class Device:
             peer.set_identity(self.identity)
 
     def snapshot(self) -> DeviceSnapshot:
-        """The running configuration and the peers' counters: what `wg show`, `vpn show`,
-        SaveConfig and the endpoint's counters render."""
-        peers = []
-        for peer in self.peers.values():
-            psk = peer.handshake.psk
-            peers.append(PeerSnapshot(
-                public_key=peer.public_key,
-                preshared_key=psk if any(psk) else None,
-                endpoint=peer.endpoint,
-                last_handshake=peer.last_handshake_wall,
-                tx_bytes=peer.tx_bytes,
-                rx_bytes=peer.rx_bytes,
-                persistent_keepalive=int(peer.timers.persistent_interval),
-                allowed_ips=self.allowed_ips.entries_for(peer),
+        """The running configuration and the peers' counters at one moment: what `wg show`,
+        `vpn show`, SaveConfig and the endpoint's counters render. Plain values only, read
+        in one pass (about 0.5 us a peer): it runs on the event loop, and formatting them is
+        left to the caller, which can do it in slices."""
+        by_peer = self.allowed_ips.prefixes_by_peer()
+        none: tuple[Prefix, ...] = ()
+        peers = [
+            _new_tuple(PeerSnapshot, (
+                peer.public_key,
+                psk if (psk := peer.handshake.psk) != _NO_PSK else None,
+                peer.endpoint,
+                peer.last_handshake_wall,
+                peer.tx_bytes,
+                peer.rx_bytes,
+                int(peer.timers.persistent_interval),
+                tuple(by_peer.get(peer, none)),
             ))
+            for peer in self.peers.values()
+        ]
         return DeviceSnapshot(private_key=self.private_key, listen_port=self.listen_port,
                               fwmark=self.fwmark, peers=peers)
 
