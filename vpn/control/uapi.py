@@ -36,7 +36,13 @@ from socket import inet_pton as _pton
 from vpn.core.keys import KeyFormatError, from_hex, to_hex
 from vpn.core.types import Address, Network, endpoint_text
 from vpn.core.wireguard.allowedips import Prefix
-from vpn.core.wireguard.changes import ChangeSet, DeviceSnapshot, PeerChange, PeerSnapshot
+from vpn.core.wireguard.changes import (
+    ChangeSet,
+    DeviceSnapshot,
+    PeerChange,
+    PeerRow,
+    PeerSnapshot,
+)
 
 # wireguard-go's codes (ipc.IpcError*): negative errno values.
 EINVAL = -errno.EINVAL  # bad key, bad value, unknown key
@@ -295,13 +301,13 @@ def get_slices(snapshot: DeviceSnapshot, peers_per_slice: int = PEERS_PER_SLICE
     if snapshot.fwmark:
         head.append(f"fwmark={snapshot.fwmark}\n")
     yield "".join(head)
-    peers = snapshot.peers
-    for start in range(0, len(peers), peers_per_slice):
-        yield "".join(map(_peer_text, peers[start:start + peers_per_slice]))
+    rows = snapshot.rows
+    for start in range(0, len(rows), peers_per_slice):
+        yield "".join(map(_peer_text, rows[start:start + peers_per_slice]))
     yield "errno=0\n\n"
 
 
-def _peer_text(peer: PeerSnapshot) -> str:
+def _peer_text(peer: PeerRow) -> str:
     """One peer's lines of a get answer, each ending in a newline."""
     public_key, psk, endpoint, last, tx_bytes, rx_bytes, keepalive, prefixes = peer
     # Split before scaling: seconds * 1e9 would spend the float's precision on the seconds.
@@ -369,7 +375,7 @@ class _PeerReader:
 
     def finish(self) -> None:
         if self.peer is not None:
-            self.device.peers.append(self.peer._replace(allowed_ips=tuple(self.prefixes)))
+            self.device.rows.append(self.peer._replace(allowed_ips=tuple(self.prefixes)))
         self.peer, self.prefixes = None, []
 
     def line(self, key: str, value: str) -> None:

@@ -14,7 +14,7 @@ PSK = bytes([3] * 32)
 
 def _snapshot(**peer: object) -> DeviceSnapshot:
     return DeviceSnapshot(private_key=PRIVATE, listen_port=51820, fwmark=0,
-                          peers=[PeerSnapshot(public_key=PEER_KEY, **peer)])  # type: ignore[arg-type]
+                          rows=[PeerSnapshot(public_key=PEER_KEY, **peer)])  # type: ignore[arg-type]
 
 
 def test_a_peer_that_never_handshook_has_a_null_latest_handshake() -> None:
@@ -67,7 +67,7 @@ def test_spans_and_sizes_are_written_as_wg_show_writes_them() -> None:
 
 
 def test_peers_are_listed_latest_handshake_first_as_wg_show_lists_them() -> None:
-    snap = DeviceSnapshot(private_key=PRIVATE, listen_port=1, peers=[
+    snap = DeviceSnapshot(private_key=PRIVATE, listen_port=1, rows=[
         PeerSnapshot(public_key=bytes([n] * 32), last_handshake=when)
         for n, when in ((1, 0.0), (2, 50.0), (3, 0.0), (4, 70.0))])
     text = show.show_text(show.show_view("wg0", snap, None), 100)

@@ -295,7 +295,7 @@ def _snapshot() -> DeviceSnapshot:
         private_key=K1,
         listen_port=51820,
         fwmark=0,
-        peers=[
+        rows=[
             PeerSnapshot(K2, preshared_key=None, endpoint=("fd00::2", 51821),
                          last_handshake=1700000000.25, tx_bytes=10, rx_bytes=20,
                          persistent_keepalive=25,

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from vpn.core.types import Address, Buffer
 
 from .allowedips import AllowedIPs, Prefix
-from .changes import ChangeError, ChangeSet, DeviceSnapshot, PeerChange, PeerSnapshot
+from .changes import ChangeError, ChangeSet, DeviceSnapshot, PeerChange
 from .constants import (
     LOST_SESSION_INTERVAL,
     MESSAGE_COOKIE_REPLY,
@@ -46,9 +46,6 @@ from .ratelimiter import RateLimiter
 
 _SENDER_INDEX = struct.Struct("<I")
 _NO_PSK = bytes(32)
-# tuple.__new__ builds a NamedTuple in C; the class's own constructor is a Python call that
-# would add a third to a 10,000-peer snapshot taken on the event loop.
-_new_tuple = tuple.__new__
 
 
 class HandshakeEvent(StrEnum):
@@ -262,8 +259,8 @@ class Device:
         left to the caller, which can do it in slices."""
         by_peer = self.allowed_ips.prefixes_by_peer()
         none: tuple[Prefix, ...] = ()
-        peers = [
-            _new_tuple(PeerSnapshot, (
+        rows = [
+            (
                 peer.public_key,
                 psk if (psk := peer.handshake.psk) != _NO_PSK else None,
                 peer.endpoint,
@@ -272,11 +269,11 @@ class Device:
                 peer.rx_bytes,
                 int(peer.timers.persistent_interval),
                 tuple(by_peer.get(peer, none)),
-            ))
+            )
             for peer in self.peers.values()
         ]
         return DeviceSnapshot(private_key=self.private_key, listen_port=self.listen_port,
-                              fwmark=self.fwmark, peers=peers)
+                              fwmark=self.fwmark, rows=rows)
 
     # -- receiver indexes (IndexTable: one handshake and three keypairs per peer) ----------
 
