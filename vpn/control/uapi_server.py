@@ -254,13 +254,21 @@ class UapiServer:
         peers at a time with the event loop's other work (the data path) between slices:
         10,000 peers would hold it for over 50 ms in one piece."""
         try:
-            slices = uapi.get_slices(self.handler.uapi_get())
+            snapshot = self.handler.uapi_get()
         except Exception:  # a bug must not take the endpoint down; the client hears EIO
             log.exception("%s: %s failed", self.name, uapi.OP_GET)
             writer.write(uapi.format_errno(uapi.EIO).encode())
             await writer.drain()
             return
-        for piece in slices:
+        slices = uapi.get_slices(snapshot)
+        while True:
+            try:
+                piece = next(slices, None)
+            except Exception:  # past the first slice no errno can follow: hang up instead
+                log.exception("%s: %s failed while answering", self.name, uapi.OP_GET)
+                raise _Abort(None, "get answer cut short") from None
+            if piece is None:
+                return
             writer.write(piece.encode())
             await writer.drain()  # waits only while the client is slower than we are
             await asyncio.sleep(0)
