@@ -41,8 +41,8 @@ from vpn.core.wireguard.changes import (
     DeviceSnapshot,
     PeerChange,
     PeerRow,
-    PeerSnapshot,
 )
+from vpn.core.wireguard.changes import PeerSnapshot as PeerSnapshot  # for the clients' use
 
 # wireguard-go's codes (ipc.IpcError*): negative errno values.
 EINVAL = -errno.EINVAL  # bad key, bad value, unknown key
@@ -363,27 +363,38 @@ def _check_errno(value: str) -> None:
 
 
 class _PeerReader:
-    """A get answer's lines applied to `device` one by one; a peer's scalar fields replace
-    its (immutable) snapshot, its allowed IPs are collected until the next peer starts."""
+    """A get answer's lines applied to `device` one by one; the current peer's values are
+    kept here until the next peer (or errno=) ends it as a row."""
 
-    __slots__ = ("device", "peer", "prefixes")
+    __slots__ = ("device", "endpoint", "keepalive", "last", "prefixes", "psk", "public_key",
+                 "rx_bytes", "tx_bytes")
 
     def __init__(self, device: DeviceSnapshot) -> None:
         self.device = device
-        self.peer: PeerSnapshot | None = None
+        self.public_key: bytes | None = None
+        self.start(None)
+
+    def start(self, public_key: bytes | None) -> None:
+        self.public_key = public_key
+        self.psk: bytes | None = None
+        self.endpoint: Address | None = None
+        self.last: float | None = None
+        self.tx_bytes = self.rx_bytes = self.keepalive = 0
         self.prefixes: list[Prefix] = []
 
     def finish(self) -> None:
-        if self.peer is not None:
-            self.device.rows.append(self.peer._replace(allowed_ips=tuple(self.prefixes)))
-        self.peer, self.prefixes = None, []
+        if self.public_key is not None:
+            self.device.rows.append((self.public_key, self.psk, self.endpoint, self.last,
+                                     self.tx_bytes, self.rx_bytes, self.keepalive,
+                                     tuple(self.prefixes)))
+        self.start(None)
 
     def line(self, key: str, value: str) -> None:
-        device, peer = self.device, self.peer
         if key == "public_key":
             self.finish()
-            self.peer = PeerSnapshot(from_hex(value))
-        elif peer is None:
+            self.start(from_hex(value))
+        elif self.public_key is None:
+            device = self.device
             if key == "private_key":
                 device.private_key = from_hex(value)
             elif key == "listen_port":
@@ -394,20 +405,19 @@ class _PeerReader:
             self.prefixes.append(parse_prefix(value))
         elif key == "preshared_key":
             psk = from_hex(value)
-            self.peer = peer._replace(preshared_key=psk if any(psk) else None)
+            self.psk = psk if any(psk) else None
         elif key == "endpoint":
-            self.peer = peer._replace(endpoint=parse_endpoint(value))
+            self.endpoint = parse_endpoint(value)
         elif key == "last_handshake_time_sec":
-            self.peer = peer._replace(last_handshake=(peer.last_handshake or 0) + int(value))
+            self.last = (self.last or 0) + int(value)
         elif key == "last_handshake_time_nsec":
-            self.peer = peer._replace(
-                last_handshake=(peer.last_handshake or 0) + int(value) / 1e9)
+            self.last = (self.last or 0) + int(value) / 1e9
         elif key == "tx_bytes":
-            self.peer = peer._replace(tx_bytes=int(value))
+            self.tx_bytes = int(value)
         elif key == "rx_bytes":
-            self.peer = peer._replace(rx_bytes=int(value))
+            self.rx_bytes = int(value)
         elif key == "persistent_keepalive_interval":
-            self.peer = peer._replace(persistent_keepalive=int(value))
+            self.keepalive = int(value)
 
 
 # -- vpn-stats: nested counters <-> flat lines ----------------------------------------------
