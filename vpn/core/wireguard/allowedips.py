@@ -6,7 +6,7 @@ Maps prefixes to peers for sending, and checks a decrypted packet's source for r
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Hashable, Iterable, Iterator, Mapping, Set
+from collections.abc import Hashable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 from vpn.core.types import Network
@@ -81,11 +81,13 @@ def networks(prefixes: Iterable[Prefix]) -> list[Network]:
 class AllowedIPs(Generic[P]):
     """Prefix -> peer. A prefix belongs to one peer; inserting it again moves it."""
 
-    __slots__ = ("_by_peer", "_families")
+    __slots__ = ("_by_peer", "_families", "_listed")
 
     def __init__(self) -> None:
         self._families: dict[int, _Family[P]] = {4: _Family(32), 6: _Family(128)}
-        self._by_peer: dict[P, set[tuple[int, int, int]]] = {}
+        self._by_peer: dict[P, set[Prefix]] = {}
+        # _by_peer's sets as tuples, made when first asked for after a change (prefixes_for).
+        self._listed: dict[P, tuple[Prefix, ...]] = {}
 
     def __repr__(self) -> str:
         return f"AllowedIPs({len(self)} prefixes, {len(self._by_peer)} peers)"
@@ -97,22 +99,27 @@ class AllowedIPs(Generic[P]):
         key = version, length, value = prefix_of(network)
         old = self._families[version].set(length, value, peer)
         if old is not None:
-            self._by_peer[old].discard(key)
-            if not self._by_peer[old]:
-                del self._by_peer[old]
+            self._forget(old, key)
         self._by_peer.setdefault(peer, set()).add(key)
+        self._listed.pop(peer, None)
 
     def remove(self, network: Network | str) -> P | None:
         """Remove one prefix; return the peer that had it."""
         key = version, length, value = prefix_of(network)
         old = self._families[version].delete(length, value)
         if old is not None:
-            self._by_peer[old].discard(key)
-            if not self._by_peer[old]:
-                del self._by_peer[old]
+            self._forget(old, key)
         return old
 
+    def _forget(self, peer: P, key: Prefix) -> None:
+        keys = self._by_peer[peer]
+        keys.discard(key)
+        if not keys:
+            del self._by_peer[peer]
+        self._listed.pop(peer, None)
+
     def remove_by_peer(self, peer: P) -> None:
+        self._listed.pop(peer, None)
         for version, length, value in self._by_peer.pop(peer, set()):
             self._families[version].delete(length, value)
 
@@ -120,14 +127,18 @@ class AllowedIPs(Generic[P]):
         return networks(self.prefixes_for(peer))
 
     def prefixes_for(self, peer: P) -> tuple[Prefix, ...]:
-        """A peer's prefixes as plain numbers, copied: cheaper than entries_for, for a
-        snapshot taken on the event loop and formatted (`networks`) elsewhere."""
-        return tuple(self._by_peer.get(peer, ()))
-
-    def prefixes_by_peer(self) -> Mapping[P, Set[Prefix]]:
-        """Every peer's prefixes, not copied: for a snapshot of all peers that copies each
-        set itself (prefixes_for per peer would be one more call per peer)."""
-        return self._by_peer
+        """A peer's prefixes as plain numbers, in no order: a tuple kept until they change,
+        so a snapshot of every peer copies nothing. Kept, it is also old enough for the
+        garbage collector to have stopped tracking it: a snapshot row holding a tuple made
+        in the same pass stays tracked until a later, older generation's collection (the
+        collector reorders the young objects, the row before the tuple), and 10,000 such
+        rows per get made a full collection (over 100 ms) due every few dozen gets."""
+        listed = self._listed.get(peer)
+        if listed is None:
+            listed = tuple(self._by_peer.get(peer, ()))
+            if peer in self._by_peer:
+                self._listed[peer] = listed
+        return listed
 
     def __iter__(self) -> Iterator[tuple[Network, P]]:
         for peer in list(self._by_peer):

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from vpn.core.types import Address, Buffer
 
-from .allowedips import AllowedIPs, Prefix
+from .allowedips import AllowedIPs
 from .changes import ChangeError, ChangeSet, DeviceSnapshot, PeerChange
 from .constants import (
     LOST_SESSION_INTERVAL,
@@ -257,8 +257,7 @@ class Device:
         `vpn show`, SaveConfig and the endpoint's counters render. Plain values only, read
         in one pass (about 0.5 us a peer): it runs on the event loop, and formatting them is
         left to the caller, which can do it in slices."""
-        by_peer = self.allowed_ips.prefixes_by_peer()
-        none: tuple[Prefix, ...] = ()
+        prefixes_for = self.allowed_ips.prefixes_for
         rows = [
             (
                 peer.public_key,
@@ -268,7 +267,7 @@ class Device:
                 peer.tx_bytes,
                 peer.rx_bytes,
                 int(peer.timers.persistent_interval),
-                tuple(by_peer.get(peer, none)),
+                prefixes_for(peer),
             )
             for peer in self.peers.values()
         ]
