@@ -8,7 +8,9 @@ wireguard-go (0.0.20220316, no offloads), two modern wireguard-go (0.0.20250522,
 offloads, from ../shared/peers/ beside the project), and ours on a facing either
 wireguard-go on b. A flood row (bench/hostile.py) measures how much of its clean goodput
 two of ours and two modern wireguard-go keep under about 100,000 garbage datagrams a second
-from a third host. Peak RSS of every endpoint under load is recorded.
+from a third host. Peak RSS of every endpoint under load is recorded. A management row
+(bench/management.py) times `wg show IFACE dump` of 10,000 peers, ours against modern
+wireguard-go, and ping p99 through the tunnel while such dumps run back to back.
 
 Where the modern wireguard-go cannot run, its modes and its flood row are skipped loudly: a
 "MODERN WIREGUARD-GO NOT MEASURED: <reason>" line on stderr and in the table, and
@@ -35,7 +37,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import faults, handshakes, hostile, pipeline
+from bench import faults, handshakes, hostile, management, pipeline
 from lab import wg_lab
 from lab.netns import Lab, iperf3_gbps, lab_unavailable_reason
 from lab.packets import tcp_super_packet
@@ -280,6 +282,7 @@ def print_table(report: dict) -> None:
                          f"{rx['jumbo_segments'] / max(rx['jumbo_frames'], 1):6.1f}"))
     rows += flood_rows(report.get("flood"))
     rows += handshakes.handshake_rows(report.get("handshakes"))
+    rows += management.rows(report.get("management"))
     loss = report.get("loss")
     if loss:
         for rate, gbps in loss["gbps_median"].items():
@@ -461,6 +464,7 @@ def main() -> int:
         report["flood"] = hostile.flood_goodput(args.rounds, args.seconds, modern)
         report["handshakes"] = handshakes.handshake_figures(args.rounds, modern)
         report["loss"] = faults.loss_throughput(args.rounds, args.seconds)
+        report["management"] = management.dump_bench(args.rounds, modern)
         report["veth_gbps"] = veth_throughput(args.rounds, args.seconds)
     print_table(report)
     if modern_reason:  # again after the table: the first one scrolled away long ago

@@ -16,6 +16,7 @@ from pathlib import Path
 from vpn.control.config_model import Config, PeerConfig
 from vpn.control.config_model import Endpoint as EndpointAddress
 from vpn.core.types import Address
+from vpn.core.wireguard.allowedips import networks
 from vpn.core.wireguard.changes import ChangeSet, DeviceSnapshot, PeerChange
 
 
@@ -54,7 +55,7 @@ def running_config(config: Config, snapshot: DeviceSnapshot, *, record_port: boo
         PeerConfig(
             public_key=peer.public_key,
             preshared_key=peer.preshared_key,
-            allowed_ips=tuple(peer.allowed_ips),
+            allowed_ips=tuple(networks(peer.allowed_ips)),
             endpoint=EndpointAddress(*peer.endpoint) if peer.endpoint is not None else None,
             persistent_keepalive=peer.persistent_keepalive or None,
         )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vpn.control.uapi import DeviceSnapshot
+from vpn.control.uapi import DeviceSnapshot, prefix_text
 from vpn.core.keys import encode_key, public_from_private
 from vpn.core.types import endpoint_text
 
@@ -95,7 +95,7 @@ def show_view(name: str, snapshot: DeviceSnapshot, stats: dict[str, Any] | None)
                 "public_key": encode_key(peer.public_key),
                 "preshared_key": peer.preshared_key is not None,
                 "endpoint": endpoint_text(peer.endpoint) if peer.endpoint else None,
-                "allowed_ips": [str(n) for n in peer.allowed_ips],
+                "allowed_ips": [prefix_text(p) for p in peer.allowed_ips],
                 # get=1 says 0 for "never" (as wg reads it); the JSON says null.
                 "latest_handshake": peer.last_handshake or None,
                 "rx_bytes": peer.rx_bytes,
@@ -126,7 +126,7 @@ def dump_lines(name: str, snapshot: DeviceSnapshot, with_interface: bool) -> lis
         lines.append([
             *prefix, encode_key(peer.public_key), maybe_key(peer.preshared_key),
             endpoint_text(peer.endpoint) if peer.endpoint else "(none)",
-            ",".join(str(n) for n in peer.allowed_ips) or "(none)",
+            ",".join(map(prefix_text, peer.allowed_ips)) or "(none)",
             str(int(peer.last_handshake or 0)), str(peer.rx_bytes), str(peer.tx_bytes),
             str(peer.persistent_keepalive or "off"),
         ])

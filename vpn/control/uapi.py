@@ -27,11 +27,22 @@ from __future__ import annotations
 import errno
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from socket import AF_INET as _AF_INET
+from socket import AF_INET6 as _AF_INET6
+from socket import inet_ntop as _ntop
+from socket import inet_pton as _pton
 
 from vpn.core.keys import KeyFormatError, from_hex, to_hex
 from vpn.core.types import Address, Network, endpoint_text
-from vpn.core.wireguard.changes import ChangeSet, DeviceSnapshot, PeerChange, PeerSnapshot
+from vpn.core.wireguard.allowedips import Prefix
+from vpn.core.wireguard.changes import (
+    ChangeSet,
+    DeviceSnapshot,
+    PeerChange,
+    PeerRow,
+)
+from vpn.core.wireguard.changes import PeerSnapshot as PeerSnapshot  # for the clients' use
 
 # wireguard-go's codes (ipc.IpcError*): negative errno values.
 EINVAL = -errno.EINVAL  # bad key, bad value, unknown key
@@ -237,33 +248,78 @@ def _peer_key(peer: PeerChange, key: str, value: str) -> None:
 
 
 
+# Peers formatted per slice of a get answer: about 0.3 ms of the event loop at a time, so
+# the data path waits no longer than that while a 10,000-peer answer is written.
+PEERS_PER_SLICE = 64
+_NO_KEY = bytes(32).hex()
+
+
+def prefix_text(prefix: Prefix) -> str:
+    """`address/length` exactly as str() of its ipaddress network object (what `wg` has
+    always been sent), at a tenth of the cost. inet_ntop writes RFC 5952 text as ipaddress
+    does, except in ::/80, where glibc writes IPv4-embedded forms (::ffff:1.2.3.4)."""
+    version, length, value = prefix
+    if version == 4:
+        return f"{_ntop(_AF_INET, value.to_bytes(4, 'big'))}/{length}"
+    if value >> 48:
+        return f"{_ntop(_AF_INET6, value.to_bytes(16, 'big'))}/{length}"
+    return f"{ipaddress.IPv6Address(value)}/{length}"
+
+
+def parse_prefix(text: str) -> Prefix:
+    """`prefix_text` read back; ValueError unless it is an address, a length that fits it
+    and no host bits (as ipaddress.ip_network's strict parse)."""
+    address, _, length = text.partition("/")
+    family = _AF_INET6 if ":" in address else _AF_INET
+    try:
+        raw = _pton(family, address)
+    except OSError:
+        raise ValueError("not an IP address") from None
+    bits = len(raw) * 8
+    if not _DIGITS.fullmatch(length) or int(length) > bits:
+        raise ValueError("not a prefix length")
+    value = int.from_bytes(raw, "big")
+    if value & ((1 << (bits - int(length))) - 1):
+        raise ValueError("host bits set")
+    return (4 if bits == 32 else 6), int(length), value
+
+
 def format_get(snapshot: DeviceSnapshot) -> str:
     """The whole `get=1` answer, `errno=0` and the closing empty line included."""
-    out: list[str] = []
+    return "".join(get_slices(snapshot))
+
+
+def get_slices(snapshot: DeviceSnapshot, peers_per_slice: int = PEERS_PER_SLICE
+               ) -> Iterator[str]:
+    """`format_get`'s text in pieces of `peers_per_slice` peers, for a server that lets
+    the event loop run between them; the snapshot is the moment the answer describes."""
+    head = []
     if snapshot.private_key is not None:
-        out.append(f"private_key={to_hex(snapshot.private_key)}")
+        head.append(f"private_key={to_hex(snapshot.private_key)}\n")
     if snapshot.listen_port:
-        out.append(f"listen_port={snapshot.listen_port}")
+        head.append(f"listen_port={snapshot.listen_port}\n")
     if snapshot.fwmark:
-        out.append(f"fwmark={snapshot.fwmark}")
-    for peer in snapshot.peers:
-        out.append(f"public_key={to_hex(peer.public_key)}")
-        out.append(f"preshared_key={to_hex(peer.preshared_key or bytes(32))}")
-        out.append("protocol_version=1")
-        if peer.endpoint is not None:
-            out.append(f"endpoint={endpoint_text(peer.endpoint)}")
-        # Split before scaling: seconds * 1e9 would spend the float's precision on the seconds.
-        last = peer.last_handshake or 0.0
-        seconds = int(last)
-        nanos = min(round((last - seconds) * 1e9), 999_999_999) if seconds else 0
-        out.append(f"last_handshake_time_sec={seconds}")
-        out.append(f"last_handshake_time_nsec={nanos}")
-        out.append(f"tx_bytes={peer.tx_bytes}")
-        out.append(f"rx_bytes={peer.rx_bytes}")
-        out.append(f"persistent_keepalive_interval={peer.persistent_keepalive}")
-        out.extend(f"allowed_ip={network}" for network in peer.allowed_ips)
-    out.append("errno=0")
-    return "\n".join(out) + "\n\n"
+        head.append(f"fwmark={snapshot.fwmark}\n")
+    yield "".join(head)
+    rows = snapshot.rows
+    for start in range(0, len(rows), peers_per_slice):
+        yield "".join(map(_peer_text, rows[start:start + peers_per_slice]))
+    yield "errno=0\n\n"
+
+
+def _peer_text(peer: PeerRow) -> str:
+    """One peer's lines of a get answer, each ending in a newline."""
+    public_key, psk, endpoint, last, tx_bytes, rx_bytes, keepalive, prefixes = peer
+    # Split before scaling: seconds * 1e9 would spend the float's precision on the seconds.
+    when = last or 0.0
+    seconds = int(when)
+    nanos = min(round((when - seconds) * 1e9), 999_999_999) if seconds else 0
+    where = f"endpoint={endpoint_text(endpoint)}\n" if endpoint is not None else ""
+    allowed = "".join([f"allowed_ip={prefix_text(p)}\n" for p in sorted(prefixes)])
+    return (f"public_key={public_key.hex()}\npreshared_key={psk.hex() if psk else _NO_KEY}\n"
+            f"protocol_version=1\n{where}last_handshake_time_sec={seconds}\n"
+            f"last_handshake_time_nsec={nanos}\ntx_bytes={tx_bytes}\nrx_bytes={rx_bytes}\n"
+            f"persistent_keepalive_interval={keepalive}\n{allowed}")
 
 
 def format_errno(code: int) -> str:
@@ -282,14 +338,15 @@ def parse_get(lines: Iterable[str]) -> DeviceSnapshot:
     Raises UapiError with the endpoint's code when the answer is an error.
     """
     device = DeviceSnapshot(private_key=None, listen_port=0)
-    peer: PeerSnapshot | None = None
+    reader = _PeerReader(device)
     for number, line in enumerate(lines, start=1):
         key, _, value = line.partition("=")
         if key == "errno":
             _check_errno(value)
+            reader.finish()
             return device
         try:
-            peer = _get_line(device, peer, key, value)
+            reader.line(key, value)
         except ValueError:
             # int()'s and ipaddress's messages quote the value: on a private_key line, the key.
             raise UapiError(EPROTO, f"answer line {number}: {key_name(key)}: malformed value"
@@ -305,37 +362,62 @@ def _check_errno(value: str) -> None:
         raise UapiError(code, f"the endpoint answered errno={code}")
 
 
-def _get_line(device: DeviceSnapshot, peer: PeerSnapshot | None, key: str,
-              value: str) -> PeerSnapshot | None:
-    """One `key=value` line of a get answer applied to `device`; returns the current peer."""
-    if key == "public_key":
-        peer = PeerSnapshot(from_hex(value))
-        device.peers.append(peer)
-    elif peer is None:
-        if key == "private_key":
-            device.private_key = from_hex(value)
-        elif key == "listen_port":
-            device.listen_port = int(value)
-        elif key == "fwmark":
-            device.fwmark = int(value)
-    elif key == "preshared_key":
-        psk = from_hex(value)
-        peer.preshared_key = psk if any(psk) else None
-    elif key == "endpoint":
-        peer.endpoint = parse_endpoint(value)
-    elif key == "last_handshake_time_sec":
-        peer.last_handshake = (peer.last_handshake or 0) + int(value)
-    elif key == "last_handshake_time_nsec":
-        peer.last_handshake = (peer.last_handshake or 0) + int(value) / 1e9
-    elif key == "tx_bytes":
-        peer.tx_bytes = int(value)
-    elif key == "rx_bytes":
-        peer.rx_bytes = int(value)
-    elif key == "persistent_keepalive_interval":
-        peer.persistent_keepalive = int(value)
-    elif key == "allowed_ip":
-        peer.allowed_ips.append(ipaddress.ip_network(value))
-    return peer
+class _PeerReader:
+    """A get answer's lines applied to `device` one by one; the current peer's values are
+    kept here until the next peer (or errno=) ends it as a row."""
+
+    __slots__ = ("device", "endpoint", "keepalive", "last", "prefixes", "psk", "public_key",
+                 "rx_bytes", "tx_bytes")
+
+    def __init__(self, device: DeviceSnapshot) -> None:
+        self.device = device
+        self.public_key: bytes | None = None
+        self.start(None)
+
+    def start(self, public_key: bytes | None) -> None:
+        self.public_key = public_key
+        self.psk: bytes | None = None
+        self.endpoint: Address | None = None
+        self.last: float | None = None
+        self.tx_bytes = self.rx_bytes = self.keepalive = 0
+        self.prefixes: list[Prefix] = []
+
+    def finish(self) -> None:
+        if self.public_key is not None:
+            self.device.rows.append((self.public_key, self.psk, self.endpoint, self.last,
+                                     self.tx_bytes, self.rx_bytes, self.keepalive,
+                                     tuple(self.prefixes)))
+        self.start(None)
+
+    def line(self, key: str, value: str) -> None:
+        if key == "public_key":
+            self.finish()
+            self.start(from_hex(value))
+        elif self.public_key is None:
+            device = self.device
+            if key == "private_key":
+                device.private_key = from_hex(value)
+            elif key == "listen_port":
+                device.listen_port = int(value)
+            elif key == "fwmark":
+                device.fwmark = int(value)
+        elif key == "allowed_ip":
+            self.prefixes.append(parse_prefix(value))
+        elif key == "preshared_key":
+            psk = from_hex(value)
+            self.psk = psk if any(psk) else None
+        elif key == "endpoint":
+            self.endpoint = parse_endpoint(value)
+        elif key == "last_handshake_time_sec":
+            self.last = (self.last or 0) + int(value)
+        elif key == "last_handshake_time_nsec":
+            self.last = (self.last or 0) + int(value) / 1e9
+        elif key == "tx_bytes":
+            self.tx_bytes = int(value)
+        elif key == "rx_bytes":
+            self.rx_bytes = int(value)
+        elif key == "persistent_keepalive_interval":
+            self.keepalive = int(value)
 
 
 # -- vpn-stats: nested counters <-> flat lines ----------------------------------------------

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 from vpn.control import show
 from vpn.control.uapi import DeviceSnapshot, PeerSnapshot
 from vpn.core.keys import encode_key, public_from_private
+from vpn.core.wireguard.allowedips import prefix_of
 
 PRIVATE = bytes(range(1, 33))
 PEER_KEY = bytes([7] * 32)
@@ -15,7 +14,7 @@ PSK = bytes([3] * 32)
 
 def _snapshot(**peer: object) -> DeviceSnapshot:
     return DeviceSnapshot(private_key=PRIVATE, listen_port=51820, fwmark=0,
-                          peers=[PeerSnapshot(public_key=PEER_KEY, **peer)])  # type: ignore[arg-type]
+                          rows=[PeerSnapshot(public_key=PEER_KEY, **peer)])  # type: ignore[arg-type]
 
 
 def test_a_peer_that_never_handshook_has_a_null_latest_handshake() -> None:
@@ -30,8 +29,7 @@ def test_dump_is_wg_show_dump() -> None:
     snap = _snapshot(preshared_key=PSK, endpoint=("198.18.0.2", 51821),
                      last_handshake=1765000000.7, rx_bytes=92, tx_bytes=148,
                      persistent_keepalive=25,
-                     allowed_ips=[ipaddress.ip_network("198.18.10.0/24"),
-                                  ipaddress.ip_network("fd00::/64")])
+                     allowed_ips=(prefix_of("198.18.10.0/24"), prefix_of("fd00::/64")))
     snap.fwmark = 0x1234
     public = encode_key(public_from_private(PRIVATE))
     assert show.dump_lines("wg0", snap, with_interface=False) == [
@@ -69,7 +67,7 @@ def test_spans_and_sizes_are_written_as_wg_show_writes_them() -> None:
 
 
 def test_peers_are_listed_latest_handshake_first_as_wg_show_lists_them() -> None:
-    snap = DeviceSnapshot(private_key=PRIVATE, listen_port=1, peers=[
+    snap = DeviceSnapshot(private_key=PRIVATE, listen_port=1, rows=[
         PeerSnapshot(public_key=bytes([n] * 32), last_handshake=when)
         for n, when in ((1, 0.0), (2, 50.0), (3, 0.0), (4, 70.0))])
     text = show.show_text(show.show_view("wg0", snap, None), 100)

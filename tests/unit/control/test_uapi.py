@@ -28,6 +28,7 @@ from vpn.control.uapi import (
     parse_stats,
 )
 from vpn.core.keys import clamp, encode_key
+from vpn.core.wireguard.allowedips import prefix_of
 
 K1 = bytes(range(32))
 K2 = bytes(range(1, 33))
@@ -294,11 +295,11 @@ def _snapshot() -> DeviceSnapshot:
         private_key=K1,
         listen_port=51820,
         fwmark=0,
-        peers=[
+        rows=[
             PeerSnapshot(K2, preshared_key=None, endpoint=("fd00::2", 51821),
                          last_handshake=1700000000.25, tx_bytes=10, rx_bytes=20,
                          persistent_keepalive=25,
-                         allowed_ips=[ipaddress.ip_network("10.0.0.0/24")]),
+                         allowed_ips=(prefix_of("10.0.0.0/24"),)),
             PeerSnapshot(PSK, preshared_key=K1),
         ],
     )

@@ -62,6 +62,15 @@ class _Family(Generic[P]):
 Prefix = tuple[int, int, int]  # IP version, prefix length, network address as an integer
 
 
+def prefix_of(network: Network | str) -> Prefix:
+    """A network (or its text, host bits cleared) as the numbers the table keeps."""
+    # ip_network() of a network object formats it and parses the text again: a tenth of
+    # a second per 10,000 prefixes that a large `wg setconf` would pay twice.
+    net = network if isinstance(network, _NETWORKS) else ipaddress.ip_network(
+        network, strict=False)
+    return net.version, net.prefixlen, int(net.network_address)
+
+
 def networks(prefixes: Iterable[Prefix]) -> list[Network]:
     """Prefixes as network objects, in order (IPv4 first, then by length and address)."""
     # An (int, length) pair: an address object in the pair is formatted and parsed.
@@ -72,11 +81,13 @@ def networks(prefixes: Iterable[Prefix]) -> list[Network]:
 class AllowedIPs(Generic[P]):
     """Prefix -> peer. A prefix belongs to one peer; inserting it again moves it."""
 
-    __slots__ = ("_by_peer", "_families")
+    __slots__ = ("_by_peer", "_families", "_listed")
 
     def __init__(self) -> None:
         self._families: dict[int, _Family[P]] = {4: _Family(32), 6: _Family(128)}
-        self._by_peer: dict[P, set[tuple[int, int, int]]] = {}
+        self._by_peer: dict[P, set[Prefix]] = {}
+        # _by_peer's sets as tuples, made when first asked for after a change (prefixes_for).
+        self._listed: dict[P, tuple[Prefix, ...]] = {}
 
     def __repr__(self) -> str:
         return f"AllowedIPs({len(self)} prefixes, {len(self._by_peer)} peers)"
@@ -84,34 +95,31 @@ class AllowedIPs(Generic[P]):
     def __len__(self) -> int:
         return sum(len(keys) for keys in self._by_peer.values())
 
-    @staticmethod
-    def _key(network: Network | str) -> tuple[int, int, int]:
-        # ip_network() of a network object formats it and parses the text again: a tenth of
-        # a second per 10,000 prefixes that a large `wg setconf` would pay twice.
-        net = network if isinstance(network, _NETWORKS) else ipaddress.ip_network(
-            network, strict=False)
-        return net.version, net.prefixlen, int(net.network_address)
-
     def insert(self, network: Network | str, peer: P) -> None:
-        key = version, length, value = self._key(network)
+        key = version, length, value = prefix_of(network)
         old = self._families[version].set(length, value, peer)
         if old is not None:
-            self._by_peer[old].discard(key)
-            if not self._by_peer[old]:
-                del self._by_peer[old]
+            self._forget(old, key)
         self._by_peer.setdefault(peer, set()).add(key)
+        self._listed.pop(peer, None)
 
     def remove(self, network: Network | str) -> P | None:
         """Remove one prefix; return the peer that had it."""
-        key = version, length, value = self._key(network)
+        key = version, length, value = prefix_of(network)
         old = self._families[version].delete(length, value)
         if old is not None:
-            self._by_peer[old].discard(key)
-            if not self._by_peer[old]:
-                del self._by_peer[old]
+            self._forget(old, key)
         return old
 
+    def _forget(self, peer: P, key: Prefix) -> None:
+        keys = self._by_peer[peer]
+        keys.discard(key)
+        if not keys:
+            del self._by_peer[peer]
+        self._listed.pop(peer, None)
+
     def remove_by_peer(self, peer: P) -> None:
+        self._listed.pop(peer, None)
         for version, length, value in self._by_peer.pop(peer, set()):
             self._families[version].delete(length, value)
 
@@ -119,9 +127,18 @@ class AllowedIPs(Generic[P]):
         return networks(self.prefixes_for(peer))
 
     def prefixes_for(self, peer: P) -> tuple[Prefix, ...]:
-        """A peer's prefixes as plain numbers, copied: cheaper than entries_for, for a
-        snapshot taken on the event loop and formatted (`networks`) elsewhere."""
-        return tuple(self._by_peer.get(peer, ()))
+        """A peer's prefixes as plain numbers, in no order: a tuple kept until they change,
+        so a snapshot of every peer copies nothing. Kept, it is also old enough for the
+        garbage collector to have stopped tracking it: a snapshot row holding a tuple made
+        in the same pass stays tracked until a later, older generation's collection (the
+        collector reorders the young objects, the row before the tuple), and 10,000 such
+        rows per get made a full collection (over 100 ms) due every few dozen gets."""
+        listed = self._listed.get(peer)
+        if listed is None:
+            listed = tuple(self._by_peer.get(peer, ()))
+            if peer in self._by_peer:
+                self._listed[peer] = listed
+        return listed
 
     def __iter__(self) -> Iterator[tuple[Network, P]]:
         for peer in list(self._by_peer):

@@ -21,7 +21,7 @@ from vpn.core.packet.icmp import UnreachableResponder
 from vpn.core.types import Address, Buffer
 
 from .allowedips import AllowedIPs
-from .changes import ChangeError, ChangeSet, DeviceSnapshot, PeerChange, PeerSnapshot
+from .changes import ChangeError, ChangeSet, DeviceSnapshot, PeerChange
 from .constants import (
     LOST_SESSION_INTERVAL,
     MESSAGE_COOKIE_REPLY,
@@ -47,6 +47,7 @@ from .ratelimiter import RateLimiter
 from .send import Read, Routed, Sealed, route, seal
 
 _SENDER_INDEX = struct.Struct("<I")
+_NO_PSK = bytes(32)
 
 
 class HandshakeEvent(StrEnum):
@@ -256,23 +257,26 @@ class Device:
             peer.set_identity(self.identity)
 
     def snapshot(self) -> DeviceSnapshot:
-        """The running configuration and the peers' counters: what `wg show`, `vpn show`,
-        SaveConfig and the endpoint's counters render."""
-        peers = []
-        for peer in self.peers.values():
-            psk = peer.handshake.psk
-            peers.append(PeerSnapshot(
-                public_key=peer.public_key,
-                preshared_key=psk if any(psk) else None,
-                endpoint=peer.endpoint,
-                last_handshake=peer.last_handshake_wall,
-                tx_bytes=peer.tx_bytes,
-                rx_bytes=peer.rx_bytes,
-                persistent_keepalive=int(peer.timers.persistent_interval),
-                allowed_ips=self.allowed_ips.entries_for(peer),
-            ))
+        """The running configuration and the peers' counters at one moment: what `wg show`,
+        `vpn show`, SaveConfig and the endpoint's counters render. Plain values only, read
+        in one pass (about 0.5 us a peer): it runs on the event loop, and formatting them is
+        left to the caller, which can do it in slices."""
+        prefixes_for = self.allowed_ips.prefixes_for
+        rows = [
+            (
+                peer.public_key,
+                psk if (psk := peer.handshake.psk) != _NO_PSK else None,
+                peer.endpoint,
+                peer.last_handshake_wall,
+                peer.tx_bytes,
+                peer.rx_bytes,
+                int(peer.timers.persistent_interval),
+                prefixes_for(peer),
+            )
+            for peer in self.peers.values()
+        ]
         return DeviceSnapshot(private_key=self.private_key, listen_port=self.listen_port,
-                              fwmark=self.fwmark, peers=peers)
+                              fwmark=self.fwmark, rows=rows)
 
     # -- receiver indexes (IndexTable: one handshake and three keypairs per peer) ----------
 

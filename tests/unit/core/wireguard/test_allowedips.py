@@ -94,3 +94,20 @@ def test_families_do_not_mix() -> None:
     t.insert("0.0.0.0/0", "v4")
     assert t.lookup(bytes(4)) == "v4" and t.lookup(bytes(16)) == "v6"
     assert len(t) == 2
+
+
+def test_prefixes_for_follows_every_change() -> None:
+    """The kept tuple of a peer's prefixes is made again after each change that touches it."""
+    t: AllowedIPs[str] = AllowedIPs()
+    t.insert("198.18.0.0/16", "a")
+    first = t.prefixes_for("a")
+    assert first == ((4, 16, 0xC6120000),) and t.prefixes_for("a") is first
+    t.insert("fd00::/8", "a")
+    assert sorted(t.prefixes_for("a")) == [(4, 16, 0xC6120000), (6, 8, 0xFD << 120)]
+    t.insert("fd00::/8", "b")  # moved: both peers' lists change
+    assert t.prefixes_for("a") == ((4, 16, 0xC6120000),)
+    assert t.prefixes_for("b") == ((6, 8, 0xFD << 120),)
+    t.remove("198.18.0.0/16")
+    assert t.prefixes_for("a") == ()
+    t.remove_by_peer("b")
+    assert t.prefixes_for("b") == () and len(t) == 0

@@ -1,0 +1,204 @@
+"""The get=1 answer built from plain values: byte for byte the text the ipaddress-based
+formatter gave (`wg` reads it), in slices that let the event loop run between them."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import itertools
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vpn.control import uapi, uapi_server
+from vpn.control.uapi import ChangeSet, DeviceSnapshot, format_get, get_slices, parse_get
+from vpn.core.keys import to_hex
+from vpn.core.types import endpoint_text
+from vpn.core.wireguard import Device
+from vpn.core.wireguard.allowedips import networks
+
+# Addresses in ::/80 are where inet_ntop's text and ipaddress's differ (IPv4-embedded forms).
+_V6_EDGES = [0, 1, 0xFFFF, 0x1_0000, 0xFFFF_0000_0000, 0xFFFF_0102_0304, 0x0102_0304,
+             0x1_0000_0000_0000, 1 << 127, (1 << 128) - 1, 0x2001_0DB8 << 96]
+
+
+NEW_PEER = bytes(range(32))
+
+
+def _old_format_get(snapshot: DeviceSnapshot) -> str:
+    """The formatter as it was before the answer was sliced: the reference `wg` was tested
+    against, kept here to prove the new one writes the same bytes."""
+    out: list[str] = []
+    if snapshot.private_key is not None:
+        out.append(f"private_key={to_hex(snapshot.private_key)}")
+    if snapshot.listen_port:
+        out.append(f"listen_port={snapshot.listen_port}")
+    if snapshot.fwmark:
+        out.append(f"fwmark={snapshot.fwmark}")
+    for peer in snapshot.peers:
+        out.append(f"public_key={to_hex(peer.public_key)}")
+        out.append(f"preshared_key={to_hex(peer.preshared_key or bytes(32))}")
+        out.append("protocol_version=1")
+        if peer.endpoint is not None:
+            out.append(f"endpoint={endpoint_text(peer.endpoint)}")
+        last = peer.last_handshake or 0.0
+        seconds = int(last)
+        nanos = min(round((last - seconds) * 1e9), 999_999_999) if seconds else 0
+        out.append(f"last_handshake_time_sec={seconds}")
+        out.append(f"last_handshake_time_nsec={nanos}")
+        out.append(f"tx_bytes={peer.tx_bytes}")
+        out.append(f"rx_bytes={peer.rx_bytes}")
+        out.append(f"persistent_keepalive_interval={peer.persistent_keepalive}")
+        out.extend(f"allowed_ip={network}" for network in networks(peer.allowed_ips))
+    out.append("errno=0")
+    return "\n".join(out) + "\n\n"
+
+
+def _busy_device(peers: int, seed: int = 20) -> Device:
+    """`peers` peers with every kind of value a get answer has: some with a preshared key,
+    IPv4 and IPv6 endpoints or none, handshakes with fractions of a second, keepalives,
+    from no prefix to several of each family (those in ::/80 included)."""
+    rng = random.Random(seed)
+    device = Device(os.urandom(32))
+    device.listen_port, device.fwmark = 51820, 0x1234
+    for i in range(peers):
+        peer = device.add_peer(rng.randbytes(32),
+                               preshared_key=rng.randbytes(32) if i % 3 == 0 else None)
+        if i % 4 == 1:
+            peer.endpoint = (f"198.18.{i >> 8 & 255}.{i & 255}", 1024 + i)
+        elif i % 4 == 2:
+            peer.endpoint = (f"fd00::{i:x}", 51820)
+        if i % 5:
+            peer.last_handshake_wall = 1_765_000_000 + i + rng.random()
+        peer.tx_bytes, peer.rx_bytes = rng.randrange(1 << 40), rng.randrange(1 << 40)
+        peer.timers.set_persistent_keepalive(rng.choice([0, 25, 65535]), 0.0)
+        for _ in range(i % 4):
+            device.allowed_ips.insert(ipaddress.IPv4Network(
+                (rng.getrandbits(32), rng.randrange(33)), strict=False), peer)
+        for _ in range(i % 3):
+            value = rng.choice(_V6_EDGES) if i % 2 else rng.getrandbits(128)
+            device.allowed_ips.insert(ipaddress.IPv6Network(
+                (value, rng.randrange(129)), strict=False), peer)
+    return device
+
+
+def test_a_get_of_2000_peers_is_the_old_answer_byte_for_byte() -> None:
+    snapshot = _busy_device(2000).snapshot()
+    expected = _old_format_get(snapshot)
+    assert format_get(snapshot) == expected
+    for per_slice in (1, 7, 64, 5000):
+        assert "".join(get_slices(snapshot, per_slice)) == expected
+
+
+def test_a_get_answer_reads_back_as_the_snapshot() -> None:
+    snapshot = _busy_device(300).snapshot()
+    back = parse_get(format_get(snapshot).rstrip("\n").split("\n"))
+    assert (back.private_key, back.listen_port, back.fwmark) == (
+        snapshot.private_key, snapshot.listen_port, snapshot.fwmark)
+    for got, sent in zip(back.peers, snapshot.peers, strict=True):
+        assert got._replace(last_handshake=None) == sent._replace(
+            last_handshake=None, allowed_ips=tuple(sorted(sent.allowed_ips)))
+        assert abs((got.last_handshake or 0) - (sent.last_handshake or 0)) < 1e-6
+
+
+@given(st.one_of(
+    st.tuples(st.just(4), st.integers(0, 32), st.integers(0, (1 << 32) - 1)),
+    st.tuples(st.just(6), st.integers(0, 128), st.integers(0, (1 << 128) - 1)),
+    st.tuples(st.just(6), st.integers(0, 128), st.integers(0, (1 << 80) - 1)),
+    st.tuples(st.just(6), st.integers(0, 128), st.sampled_from(_V6_EDGES)),
+))
+def test_prefix_text_is_ipaddress_text(prefix: tuple[int, int, int]) -> None:
+    version, length, value = prefix
+    network_class = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
+    network = network_class((value, length), strict=False)
+    key = (version, length, int(network.network_address))
+    assert uapi.prefix_text(key) == str(network)
+    assert uapi.parse_prefix(str(network)) == key
+
+
+def test_parse_prefix_refuses_what_ip_network_refuses() -> None:
+    for text in ("10.0.0.1/24", "10.0.0.0/33", "10.0.0/8", "fd00::1/64", "fd00::/129",
+                 "fd00::", "x/1", "10.0.0.0/+8", "10.0.0.0/", "/8"):
+        try:
+            uapi.parse_prefix(text)
+        except ValueError:
+            continue
+        raise AssertionError(f"{text} was accepted")
+
+
+class _Device:
+    """A UapiHandler serving a device's snapshot."""
+
+    def __init__(self, device: Device) -> None:
+        self.device = device
+
+    def uapi_get(self) -> DeviceSnapshot:
+        return self.device.snapshot()
+
+    def uapi_set(self, changes: ChangeSet) -> None:
+        self.device.apply(changes, 0.0)
+
+    def uapi_stats(self) -> dict[str, object]:
+        return {}
+
+    def uapi_down(self) -> None:
+        raise AssertionError("not asked")
+
+    async def uapi_reload(self) -> None:
+        raise AssertionError("not asked")
+
+
+def test_the_server_answers_in_slices_with_the_loop_running_between(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A get of 2,000 peers: the whole answer arrives as format_get writes it from the
+    snapshot, a task of the same loop (the data path's stand-in) got turns between every
+    two slices, and a set sent after it is served."""
+    device = _busy_device(2000)
+    expected = format_get(device.snapshot())
+    turns = 0
+    turns_at_slice: list[int] = []
+    real_slices = uapi.get_slices
+
+    def watched_slices(snapshot: DeviceSnapshot) -> Iterator[str]:
+        for piece in real_slices(snapshot):
+            turns_at_slice.append(turns)
+            yield piece
+
+    monkeypatch.setattr(uapi, "get_slices", watched_slices)
+
+    async def serve() -> tuple[list[list[str]], list[list[str]]]:
+        server = uapi_server.UapiServer("t", _Device(device), directory=tmp_path)
+        server.bind()
+        await server.start()
+        done = asyncio.Event()
+
+        async def data_path() -> None:
+            nonlocal turns
+            while not done.is_set():
+                turns += 1
+                await asyncio.sleep(0)
+
+        ticker = asyncio.create_task(data_path())
+        try:
+            answer = await asyncio.to_thread(uapi_server.request, "t", "get=1\n\n",
+                                             directory=tmp_path, timeout=60)
+            changed = await asyncio.to_thread(
+                uapi_server.request, "t", f"set=1\npublic_key={NEW_PEER.hex()}\n\n",
+                directory=tmp_path)
+        finally:
+            done.set()
+            await ticker
+            server.close()
+        return answer, changed
+
+    answer, changed = asyncio.run(serve())
+    assert "\n".join(answer[0]) + "\n\n" == expected
+    assert changed == [["errno=0"]] and NEW_PEER in device.peers
+    # The head, 2,000 / 64 slices of peers, the errno line: the loop ran between each two.
+    assert len(turns_at_slice) == 2 + -(-2000 // uapi.PEERS_PER_SLICE)
+    assert all(b > a for a, b in itertools.pairwise(turns_at_slice))
