@@ -5,8 +5,8 @@
 # against the Python reference), the handshake's tests over them, the receive path's, and the
 # reproducers of the review findings (issue 22: a finalizer calling in during _gro's
 # frames(), the window at the message limit and after a failed call, a list shrunk under a
-# batch, a misaligned known array). Any overrun or undefined behaviour aborts the run. The installed build is
-# untouched. Extra arguments go to pytest (e.g. --durations=20).
+# batch, a misaligned known array). Any overrun or undefined behaviour aborts the run. The
+# installed build is untouched. Extra arguments go to pytest (e.g. --durations=20).
 #
 # The property tests run with HYPOTHESIS_PROFILE=sanitize: a fifth of their examples
 # (tests/examples.py), as every Python allocation goes through ASan's malloc here and is
