@@ -26,15 +26,19 @@ from vpn.core.wireguard.device import Device
 _ADDR = ("198.18.0.1", 51820)
 
 
-def _rate(work: Callable[[int], object], threads: int, count: int) -> float:
-    """Calls per second of `work(count)` run on `threads` threads at once."""
+def _rate(work: Callable[[int], object], threads: int, count: int) -> tuple[float, float]:
+    """Calls per second of `work(count)` run on `threads` threads at once, and the CPU the
+    process used meanwhile in percent of one core: about 100 x threads when the threads
+    really run in parallel, about 100 when they take turns on the GIL, whatever else the
+    shared machine runs."""
     workers = [threading.Thread(target=work, args=(count,)) for _ in range(threads)]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
-    return threads * count / (time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    return threads * count / wall, (time.process_time() - cpu) / wall * 100
 
 
 def x25519_rates(count: int = 2_000, rounds: int = 5) -> dict[str, float]:
@@ -58,8 +62,10 @@ def x25519_rates(count: int = 2_000, rounds: int = 5) -> dict[str, float]:
         paths = {"native": native, **paths}
     for name, work in paths.items():
         for threads in (1, 2):
-            rates = [_rate(work, threads, count) for _ in range(rounds)]
+            rates, cpu = zip(*(_rate(work, threads, count) for _ in range(rounds)), strict=True)
             figures[f"x25519_{name}_{threads}_threads_per_s"] = round(statistics.median(rates))
+            figures[f"x25519_{name}_{threads}_threads_cpu_percent"] = round(
+                statistics.median(cpu))
         two_over_one = (figures[f"x25519_{name}_2_threads_per_s"]
                         / figures[f"x25519_{name}_1_threads_per_s"])
         figures[f"x25519_{name}_2_over_1_threads"] = round(two_over_one, 2)
