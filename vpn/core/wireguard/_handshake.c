@@ -138,7 +138,7 @@ static int open_(const uint8_t key[KEY_LEN], const uint8_t nonce[NONCE_LEN], con
 static int hchacha20(const uint8_t key[KEY_LEN], const uint8_t nonce[HNONCE_LEN],
                      uint8_t out[KEY_LEN])
 {
-    static const uint8_t sigma[16] = "expand 32-byte k", zeros[CHACHA_BLOCK];
+    static const uint8_t sigma[] = "expand 32-byte k", zeros[CHACHA_BLOCK]; /* 16 + NUL */
     EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
     uint8_t block[CHACHA_BLOCK];
     int n = 0;
