@@ -9,8 +9,12 @@ and UBSan.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -21,6 +25,7 @@ from tests.examples import examples
 from vpn.core.wireguard import _handshake as native
 from vpn.core.wireguard import crypto_reference as reference
 
+ROOT = Path(__file__).resolve().parents[4]
 PROPERTY = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 _P = (1 << 255) - 19
 
@@ -149,3 +154,18 @@ def test_threads_agree() -> None:
     for t in threads:
         t.join()
     assert results == [expected, expected]
+
+
+def test_only_the_python_path_loads_cryptography() -> None:
+    """An endpoint's modules and a whole handshake with transport keys leave `cryptography`
+    unloaded on the native path (about 10 MB of idle memory, README "Limits"); the Python
+    path loads it."""
+    code = ("import sys, vpn.endpoint, vpn.userspace; from lab.doubles import handshaken_pair; "
+            "a, b = handshaken_pair(); "
+            "print(any(m.split('.')[0] == 'cryptography' for m in sys.modules))")
+    loaded = {}
+    for value in ("", "python"):
+        env = dict(os.environ, VPN_FAST_PATH=value, PYTHONPATH=str(ROOT))
+        loaded[value] = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
+                                       capture_output=True, text=True, check=True).stdout
+    assert loaded == {"": "False\n", "python": "True\n"}
