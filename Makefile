@@ -11,7 +11,7 @@ deps:
 # mypy reads its configuration (which packages, strict on vpn/core) from pyproject.toml;
 # stubtest checks the .pyi stubs of the C modules against the built modules.
 NATIVE_MODULES := vpn.core.offload._gso vpn.core.offload._gro vpn.core.wireguard._transport \
-                  vpn.core.wireguard._screen vpn.io._udp
+                  vpn.core.wireguard._screen vpn.core.wireguard._handshake vpn.io._udp
 lint: deps
 	$(VENV)/bin/ruff check vpn lab tests bench scripts examples
 	$(VENV)/bin/mypy --config-file pyproject.toml

@@ -47,6 +47,8 @@ setup(
         _module("vpn.core.offload._gso", "vpn/core/offload", ["_gso.c"]),
         _module("vpn.core.offload._gro", "vpn/core/offload",
                 ["_gro.c", "gro_flows.c", "gro_add.c", "gro_frames.c"], ("gro.h",)),
+        _module("vpn.core.wireguard._handshake", "vpn/core/wireguard", ["_handshake.c"],
+                libraries=("crypto",)),
         _module("vpn.core.wireguard._screen", "vpn/core/wireguard", ["_screen.c"],
                 libraries=("crypto",)),
         _module("vpn.io._udp", "vpn/io", ["_udp.c"]),

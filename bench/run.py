@@ -223,9 +223,11 @@ def veth_throughput(rounds: int, seconds: float) -> list[float]:
 
 
 def wireguard_micro() -> dict[str, float]:
-    from bench import protocol
+    """The protocol core's figures and the handshake crypto's (X25519 on 1 and 2 threads,
+    native beside cryptography; each handshake side, native and Python path)."""
+    from bench import handshake, protocol
 
-    return protocol.run()
+    return {**protocol.run(), **handshake.run()}
 
 
 def print_table(report: dict) -> None:

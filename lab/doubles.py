@@ -12,11 +12,10 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
 from vpn.core.packet.virtio import VirtioNetHeader
 from vpn.core.types import Buffer
 from vpn.core.wireguard import Device
+from vpn.core.wireguard.crypto import PrivateKey
 from vpn.io.datapath import DataPath
 from vpn.io.tun import OFFLOAD_LADDER, OffloadResult, TunDevice
 from vpn.io.udp import DatagramScreen, UdpSocket
@@ -107,7 +106,7 @@ class ScreeningUdp(MemoryUdp):
         return passed, tuple(totals) if any(totals) else None, lost
 
 
-def _deterministic(seed: bytes) -> tuple[Callable[[int], bytes], Callable[[], X25519PrivateKey]]:
+def _deterministic(seed: bytes) -> tuple[Callable[[int], bytes], Callable[[], PrivateKey]]:
     """Random bytes and ephemeral keys from a seed, so two pairs built alike are alike."""
     counter = [0]
 
@@ -118,7 +117,7 @@ def _deterministic(seed: bytes) -> tuple[Callable[[int], bytes], Callable[[], X2
             out += hashlib.sha256(seed + counter[0].to_bytes(8, "little") + out).digest()
         return out[:n]
 
-    return random_bytes, lambda: X25519PrivateKey.from_private_bytes(random_bytes(32))
+    return random_bytes, lambda: PrivateKey(random_bytes(32))
 
 
 def handshaken_pair(seed: bytes | None = None, *, mtu: int = MTU) -> tuple[DataPath, DataPath]:

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# `make sanitize`: builds the native modules (vpn/core/wireguard/_transport.c and _screen.c,
-# vpn/core/offload/_gso.c and _gro.c, vpn/io/_udp.c) with AddressSanitizer and UBSan in a
-# scratch copy of the tree and runs their tests there: the property tests (native against
-# the Python reference), the receive path's tests over them, and the reproducers of the
-# review findings (issue 22: a finalizer calling in during _gro's frames(), the window at the
-# message limit and after a failed call, a list shrunk under a batch, a misaligned known
-# array). Any overrun or undefined behaviour aborts the run. The installed build is
-# untouched. Extra arguments go to pytest (e.g. --durations=20).
+# `make sanitize`: builds the native modules (vpn/core/wireguard/_transport.c, _screen.c and
+# _handshake.c, vpn/core/offload/_gso.c and _gro.c, vpn/io/_udp.c) with AddressSanitizer and
+# UBSan in a scratch copy of the tree and runs their tests there: the property tests (native
+# against the Python reference), the handshake's tests over them, the receive path's, and the
+# reproducers of the review findings (issue 22: a finalizer calling in during _gro's
+# frames(), the window at the message limit and after a failed call, a list shrunk under a
+# batch, a misaligned known array). Any overrun or undefined behaviour aborts the run. The
+# installed build is untouched. Extra arguments go to pytest (e.g. --durations=20).
 #
 # The property tests run with HYPOTHESIS_PROFILE=sanitize: a fifth of their examples
 # (tests/examples.py), as every Python allocation goes through ASan's malloc here and is
@@ -36,13 +36,15 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export PYTHONMALLOC=malloc
 export HYPOTHESIS_PROFILE=sanitize
 # The instrumented copies must be the ones imported, not the editable install's.
-"$PYTHON" -c 'import sys, vpn.core.wireguard._transport as t, vpn.core.offload._gso as g, vpn.core.offload._gro as r, vpn.io._udp as u, vpn.core.wireguard._screen as s
-sys.exit(not all(m.__file__.startswith(sys.argv[1]) for m in (t, g, r, u, s)))' "$work" \
+"$PYTHON" -c 'import sys, vpn.core.wireguard._transport as t, vpn.core.offload._gso as g, vpn.core.offload._gro as r, vpn.io._udp as u, vpn.core.wireguard._screen as s, vpn.core.wireguard._handshake as h
+sys.exit(not all(m.__file__.startswith(sys.argv[1]) for m in (t, g, r, u, s, h)))' "$work" \
     || { echo "sanitize: the tests would not use the instrumented modules" >&2; exit 1; }
 # --capture=sys: a sanitizer report goes to file descriptor 2 and must reach the terminal.
 # test_gso.py's split_python cases run no C (they stay in `make test`).
 "$PYTHON" -m pytest -q -p no:cacheprovider --capture=sys -k 'not split_python' \
     tests/unit/core/wireguard/test_transport_native.py tests/unit/core/test_gso_native.py \
+    tests/unit/core/wireguard/test_handshake_native.py tests/unit/core/wireguard/test_noise.py \
+    tests/unit/core/wireguard/test_cookie.py tests/unit/core/wireguard/test_crypto.py \
     tests/unit/core/test_gso.py tests/unit/core/test_gro_native.py \
     tests/unit/io/test_udp_screen.py tests/unit/io/test_datapath_receive.py \
     tests/unit/io/test_datapath_batches.py "$@"

@@ -57,13 +57,13 @@ def wireguard_go(tmp_path: Path) -> Iterator[tuple[WgGo, bytes]]:
         if os.environ.get("CI"):
             pytest.fail(f"interop test cannot run in CI: {reason}")
         pytest.skip(f"INTEROP TEST NOT RUN: {reason}")
-    from vpn.core.wireguard.crypto import X25519PrivateKey, public_bytes
+    from vpn.core.wireguard.crypto import PrivateKey
 
     suffix = secrets.token_hex(4)
     netns, ifname = f"vpnt-wg-{suffix}", f"wgi{suffix}"  # ifname: 11 chars, unique per run
     their_private, our_private = os.urandom(32), os.urandom(32)
-    their_public = public_bytes(X25519PrivateKey.from_private_bytes(their_private))
-    our_public = public_bytes(X25519PrivateKey.from_private_bytes(our_private))
+    their_public = PrivateKey(their_private).public
+    our_public = PrivateKey(our_private).public
     key_file = tmp_path / "their.key"
     key_file.write_text(base64.b64encode(their_private).decode())
     key_file.chmod(0o600)

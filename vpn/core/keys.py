@@ -10,7 +10,7 @@ import binascii
 import re
 import secrets
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from vpn.core.wireguard.crypto import PrivateKey
 
 KEY_LEN = 32
 
@@ -41,12 +41,12 @@ def clamp(private: bytes) -> bytes:
 
 def generate_private() -> bytes:
     """A new clamped X25519 private key, as `wg genkey` makes."""
-    return clamp(X25519PrivateKey.generate().private_bytes_raw())
+    return clamp(secrets.token_bytes(KEY_LEN))
 
 
 def public_from_private(priv: bytes) -> bytes:
     """The X25519 public key of ``priv`` (clamped or not: X25519 clamps before multiplying)."""
-    return X25519PrivateKey.from_private_bytes(_check_raw(priv)).public_key().public_bytes_raw()
+    return PrivateKey(_check_raw(priv)).public
 
 
 def generate_psk() -> bytes:

@@ -1,25 +1,35 @@
 """WireGuard's cryptographic primitives: BLAKE2s hash/MAC/HMAC/KDF, X25519, the two AEADs.
 
-Thin wrappers over hashlib and `cryptography`; no cipher rounds are written here.
+Thin wrappers over hashlib and, for X25519 and the AEADs, the native module _handshake.c
+(the system OpenSSL, the GIL released) or, under VPN_FAST_PATH=python or without it, its
+Python reference over `cryptography` (crypto_reference.py, imported only then). No cipher
+rounds are written here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 import struct
+from importlib import import_module
+from typing import TYPE_CHECKING, Literal
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20
+from vpn.core.native import PYTHON_FORCED
+from vpn.core.types import Buffer
 
 from .constants import KEY_LEN, TAI64_BASE, TIMESTAMP_WHITENER_NS
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
 __all__ = [
+    "HANDSHAKE_PATH",
+    "HANDSHAKE_PATH_REASON",
     "CryptoError",
     "InvalidTag",
+    "PrivateKey",
+    "ReferenceAead",
     "aead_decrypt",
     "aead_encrypt",
     "constant_time_equal",
@@ -31,12 +41,44 @@ __all__ = [
     "kdf2",
     "kdf3",
     "mac",
-    "private_bytes",
-    "public_bytes",
     "tai64n",
     "xaead_decrypt",
     "xaead_encrypt",
 ]
+
+HandshakePath = Literal["native", "python"]
+
+# Decided once, at import, by vpn/core/native.py's rule (as fastpath.py decides for the
+# transport): the native module when it is built and not refused.
+if PYTHON_FORCED:
+    HANDSHAKE_PATH: HandshakePath = "python"
+    HANDSHAKE_PATH_REASON = "VPN_FAST_PATH=python"
+else:
+    try:
+        from . import _handshake  # noqa: F401  (only whether it imports)
+    except ImportError as error:
+        HANDSHAKE_PATH = "python"
+        HANDSHAKE_PATH_REASON = f"native handshake module not available ({error})"
+    else:
+        HANDSHAKE_PATH, HANDSHAKE_PATH_REASON = "native", ""
+
+# The reference's signatures (bytes) come first for mypy: the native ones accept more.
+if HANDSHAKE_PATH == "python":
+    from .crypto_reference import hchacha20
+    from .crypto_reference import open as _open
+    from .crypto_reference import seal as _seal
+    from .crypto_reference import x25519 as _x25519
+    from .crypto_reference import x25519_public as _x25519_public
+    from .crypto_reference import xopen as _xopen
+    from .crypto_reference import xseal as _xseal
+else:
+    from ._handshake import hchacha20
+    from ._handshake import open as _open
+    from ._handshake import seal as _seal
+    from ._handshake import x25519 as _x25519
+    from ._handshake import x25519_public as _x25519_public
+    from ._handshake import xopen as _xopen
+    from ._handshake import xseal as _xseal
 
 _blake2s = hashlib.blake2s
 _hmac_digest = hmac.digest
@@ -46,6 +88,34 @@ _ZERO4 = b"\x00" * 4
 
 class CryptoError(Exception):
     """A Diffie-Hellman that produced no usable secret (a low-order public key)."""
+
+
+class InvalidTag(Exception):
+    """A ciphertext that does not authenticate."""
+
+
+class PrivateKey:
+    """An X25519 private key and its public half, computed once: every DH reuses it, so
+    OpenSSL does not multiply twice. The one representation of private keys (static and
+    ephemeral) on both paths."""
+
+    __slots__ = ("_secret", "public")
+
+    def __init__(self, secret: Buffer) -> None:
+        if len(secret) != KEY_LEN:
+            raise ValueError(f"a private key is {KEY_LEN} bytes")
+        self._secret = bytes(secret)
+        self.public = _x25519_public(self._secret)
+
+    @classmethod
+    def generate(cls) -> PrivateKey:
+        return cls(secrets.token_bytes(KEY_LEN))
+
+    def private_bytes(self) -> bytes:
+        return self._secret
+
+    def __repr__(self) -> str:
+        return "PrivateKey(<hidden>)"
 
 
 def hash_(*parts: bytes) -> bytes:
@@ -84,23 +154,12 @@ def kdf3(key: bytes, data: bytes) -> tuple[bytes, bytes, bytes]:
     return t1, t2, _hmac_digest(t0, t2 + b"\x03", "blake2s")
 
 
-def dh(private: X25519PrivateKey, public: bytes) -> bytes:
+def dh(private: PrivateKey, public: bytes) -> bytes:
     """X25519; an all-zero result (low-order point) is refused as WireGuard requires."""
-    try:
-        shared = private.exchange(X25519PublicKey.from_public_bytes(public))
-    except ValueError as exc:  # OpenSSL refuses the all-zero output itself
-        raise CryptoError("low-order public key") from exc
-    if shared == bytes(KEY_LEN):
+    shared = _x25519(private.private_bytes(), private.public, public)
+    if shared is None:
         raise CryptoError("low-order public key")
     return shared
-
-
-def public_bytes(private: X25519PrivateKey) -> bytes:
-    return private.public_key().public_bytes_raw()
-
-
-def private_bytes(private: X25519PrivateKey) -> bytes:
-    return private.private_bytes_raw()
 
 
 def counter_nonce(counter: int) -> bytes:
@@ -109,42 +168,49 @@ def counter_nonce(counter: int) -> bytes:
 
 
 def aead_encrypt(key: bytes, counter: int, plaintext: bytes, ad: bytes) -> bytes:
-    return ChaCha20Poly1305(key).encrypt(counter_nonce(counter), plaintext, ad)
+    return _seal(key, counter_nonce(counter), plaintext, ad)
 
 
 def aead_decrypt(key: bytes, counter: int, ciphertext: bytes, ad: bytes) -> bytes:
     """Raises InvalidTag when the ciphertext does not authenticate."""
-    return ChaCha20Poly1305(key).decrypt(counter_nonce(counter), ciphertext, ad)
-
-
-# HChaCha20 from one block of `cryptography`'s ChaCha20 (DESIGN.md): the block is the
-# permuted state plus the input state, so subtracting the known input words (the
-# constant in words 0-3, the 16-byte nonce in words 12-15) leaves the permutation.
-_SIGMA_WORDS = struct.unpack("<4I", b"expand 32-byte k")
-_WORDS16 = struct.Struct("<16I")
-_WORDS4 = struct.Struct("<4I")
-_ZERO_BLOCK = bytes(64)
-
-
-def hchacha20(key: bytes, nonce16: bytes) -> bytes:
-    block = Cipher(ChaCha20(key, nonce16), mode=None).encryptor().update(_ZERO_BLOCK)
-    w = _WORDS16.unpack(block)
-    n = _WORDS4.unpack(nonce16)
-    out = [(w[i] - _SIGMA_WORDS[i]) & 0xFFFFFFFF for i in range(4)]
-    out += [(w[12 + i] - n[i]) & 0xFFFFFFFF for i in range(4)]
-    return struct.pack("<8I", *out)
+    return _opened(_open(key, counter_nonce(counter), ciphertext, ad))
 
 
 def xaead_encrypt(key: bytes, nonce24: bytes, plaintext: bytes, ad: bytes) -> bytes:
     """XChaCha20-Poly1305 (the cookie reply's cipher)."""
-    subkey = hchacha20(key, nonce24[:16])
-    return ChaCha20Poly1305(subkey).encrypt(_ZERO4 + nonce24[16:], plaintext, ad)
+    return _xseal(key, nonce24, plaintext, ad)
 
 
 def xaead_decrypt(key: bytes, nonce24: bytes, ciphertext: bytes, ad: bytes) -> bytes:
     """Raises InvalidTag when the ciphertext does not authenticate."""
-    subkey = hchacha20(key, nonce24[:16])
-    return ChaCha20Poly1305(subkey).decrypt(_ZERO4 + nonce24[16:], ciphertext, ad)
+    return _opened(_xopen(key, nonce24, ciphertext, ad))
+
+
+def _opened(plaintext: bytes | None) -> bytes:
+    if plaintext is None:
+        raise InvalidTag
+    return plaintext
+
+
+class ReferenceAead:
+    """`cryptography`'s ChaCha20Poly1305 (imported on first use), raising this module's
+    InvalidTag: the transport's Python reference (keypair.py) uses it."""
+
+    __slots__ = ("_aead", "_invalid_tag")
+
+    def __init__(self, key: Buffer) -> None:
+        reference = import_module("vpn.core.wireguard.crypto_reference")
+        self._aead: ChaCha20Poly1305 = reference.ChaCha20Poly1305(key)
+        self._invalid_tag: type[Exception] = reference.InvalidTag
+
+    def encrypt_into(self, nonce: Buffer, data: Buffer, ad: Buffer | None, out: Buffer) -> int:
+        return self._aead.encrypt_into(nonce, data, ad, out)
+
+    def decrypt_into(self, nonce: Buffer, data: Buffer, ad: Buffer | None, out: Buffer) -> int:
+        try:
+            return self._aead.decrypt_into(nonce, data, ad, out)
+        except self._invalid_tag:
+            raise InvalidTag from None
 
 
 def tai64n(unix_time: float) -> bytes:

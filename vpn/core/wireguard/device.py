@@ -15,8 +15,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
 from vpn.core.packet.icmp import UnreachableResponder
 from vpn.core.types import Address, Buffer
 
@@ -30,6 +28,7 @@ from .constants import (
     MESSAGE_TRANSPORT,
 )
 from .cookie import CookieChecker, HandshakeLoad, address_bytes
+from .crypto import PrivateKey
 from .deadlines import Deadlines
 from .index import IndexTable
 from .keypair import RECORD, Keypair
@@ -93,7 +92,7 @@ class Device:
         *,
         random_bytes: Callable[[int], bytes] = os.urandom,
         wall_clock: Callable[[], float] = time.time,
-        ephemeral_factory: Callable[[], X25519PrivateKey] = X25519PrivateKey.generate,
+        ephemeral_factory: Callable[[], PrivateKey] = PrivateKey.generate,
         jitter: Callable[[], float] = random.random,
         max_peers: int = 1 << 16,
     ) -> None:
@@ -136,7 +135,7 @@ class Device:
     @property
     def private_key(self) -> bytes | None:
         # Read from the identity, never kept as a field a debug dump would show.
-        return None if self.identity is None else self.identity.private.private_bytes_raw()
+        return None if self.identity is None else self.identity.private.private_bytes()
 
     # -- peers ------------------------------------------------------------------------------
 

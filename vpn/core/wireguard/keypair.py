@@ -18,8 +18,6 @@ import struct
 from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from typing import Any
 
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-
 from vpn.core.types import Buffer
 
 from .constants import (
@@ -32,6 +30,7 @@ from .constants import (
     TRANSPORT_MIN_SIZE,
 )
 from .crypto import InvalidTag
+from .crypto import ReferenceAead as ChaCha20Poly1305
 from .fastpath import FAST_PATH, TransportKey
 from .inner import inner_packet
 from .messages import TRANSPORT_HEADER, MessageError

@@ -9,14 +9,13 @@ import contextlib
 import enum
 from collections.abc import Callable
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
 from vpn.core.types import Buffer
 
 from .constants import CONSTRUCTION, IDENTIFIER, INITIATION_MIN_INTERVAL, KEY_LEN, TIMESTAMP_LEN
 from .crypto import (
     CryptoError,
     InvalidTag,
+    PrivateKey,
     aead_decrypt,
     aead_encrypt,
     dh,
@@ -24,7 +23,6 @@ from .crypto import (
     kdf1,
     kdf2,
     kdf3,
-    public_bytes,
 )
 from .messages import Initiation, MessageError, Response
 
@@ -42,16 +40,16 @@ class StaticIdentity:
 
     __slots__ = ("private", "public", "responder_hash")
 
-    def __init__(self, private: X25519PrivateKey) -> None:
+    def __init__(self, private: PrivateKey) -> None:
         self.private = private
-        self.public = public_bytes(private)
+        self.public = private.public
         self.responder_hash = hash_(INITIAL_HASH, self.public)
 
     @classmethod
     def from_private_bytes(cls, key: bytes) -> StaticIdentity:
         if len(key) != KEY_LEN:
             raise ValueError("a private key is 32 bytes")
-        return cls(X25519PrivateKey.from_private_bytes(key))
+        return cls(PrivateKey(key))
 
     def __repr__(self) -> str:
         return "StaticIdentity(<private key hidden>)"
@@ -137,7 +135,7 @@ class Handshake:
         self.state = HandshakeState.ZEROED
         self.chaining_key = _ZERO_KEY
         self.hash = _ZERO_KEY
-        self.ephemeral: X25519PrivateKey | None = None
+        self.ephemeral: PrivateKey | None = None
         self.remote_ephemeral = _ZERO_KEY
         self.local_index = 0
         self.remote_index = 0
@@ -151,7 +149,7 @@ class Handshake:
 
 
 def create_initiation(
-    hs: Handshake, local_index: int, timestamp: bytes, ephemeral: X25519PrivateKey
+    hs: Handshake, local_index: int, timestamp: bytes, ephemeral: PrivateKey
 ) -> Initiation:
     """Initiator, message 1. The returned message still has zero MACs."""
     if hs.identity is None:
@@ -160,7 +158,7 @@ def create_initiation(
         raise HandshakeError("low_order_peer_key")
     ck = INITIAL_CHAIN_KEY
     h = hs.initiator_hash
-    e_pub = public_bytes(ephemeral)
+    e_pub = ephemeral.public
     ck = kdf1(ck, e_pub)
     h = hash_(h, e_pub)
     ck, key = kdf2(ck, dh(ephemeral, hs.remote_static))
@@ -226,12 +224,12 @@ def consume_initiation(
     return hs
 
 
-def create_response(hs: Handshake, local_index: int, ephemeral: X25519PrivateKey) -> Response:
+def create_response(hs: Handshake, local_index: int, ephemeral: PrivateKey) -> Response:
     """Responder, message 2. The returned message still has zero MACs."""
     if hs.state is not HandshakeState.CONSUMED_INITIATION:
         raise HandshakeError("no_initiation_consumed")
     ck, h = hs.chaining_key, hs.hash
-    e_pub = public_bytes(ephemeral)
+    e_pub = ephemeral.public
     ck = kdf1(ck, e_pub)
     h = hash_(h, e_pub)
     try:

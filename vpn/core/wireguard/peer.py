@@ -10,8 +10,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
 from vpn.core.types import Address, Buffer
 
 from .constants import (
@@ -22,7 +20,7 @@ from .constants import (
     REKEY_TIMEOUT,
 )
 from .cookie import CookieGenerator
-from .crypto import tai64n
+from .crypto import PrivateKey, tai64n
 from .index import IndexTable
 from .keypair import Keypair, KeypairSet, TransportError
 from .noise import Handshake, StaticIdentity, create_initiation, create_response, derive_session
@@ -47,7 +45,7 @@ class Sources:
     where to report a timer armed and an event."""
 
     wall_clock: Callable[[], float]  # TAI64N timestamps and `wg show` only, never timers
-    ephemeral_factory: Callable[[], X25519PrivateKey]
+    ephemeral_factory: Callable[[], PrivateKey]
     jitter: Callable[[], float]
     timer_armed: Callable[[Peer, float], None]
     event: Callable[[Peer, PeerEvent], None]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from vpn.core.wireguard import crypto
 from vpn.core.wireguard import noise as n
@@ -17,8 +16,8 @@ T1 = crypto.tai64n(1_700_000_001.0)
 
 def identities() -> tuple[n.StaticIdentity, n.StaticIdentity]:
     return (
-        n.StaticIdentity(X25519PrivateKey.generate()),
-        n.StaticIdentity(X25519PrivateKey.generate()),
+        n.StaticIdentity(crypto.PrivateKey.generate()),
+        n.StaticIdentity(crypto.PrivateKey.generate()),
     )
 
 
@@ -26,10 +25,10 @@ def run_handshake(psk: bytes | None) -> tuple[n.SessionKeys, n.SessionKeys]:
     ia, ib = identities()
     hs_a = n.Handshake(ia, ib.public, psk)
     hs_b = n.Handshake(ib, ia.public, psk)
-    init = n.create_initiation(hs_a, 11, T0, X25519PrivateKey.generate())
+    init = n.create_initiation(hs_a, 11, T0, crypto.PrivateKey.generate())
     found = n.consume_initiation(ib, init, {ia.public: hs_b}.get, now=1.0)
     assert found is hs_b and hs_b.remote_index == 11
-    resp = n.create_response(hs_b, 22, X25519PrivateKey.generate())
+    resp = n.create_response(hs_b, 22, crypto.PrivateKey.generate())
     assert resp.receiver_index == 11
     n.consume_response(resp, hs_a)
     return n.derive_session(hs_a), n.derive_session(hs_b)
@@ -49,9 +48,9 @@ def test_psk_mismatch_fails_at_the_response() -> None:
     ia, ib = identities()
     hs_a = n.Handshake(ia, ib.public, os.urandom(32))
     hs_b = n.Handshake(ib, ia.public, os.urandom(32))
-    init = n.create_initiation(hs_a, 1, T0, X25519PrivateKey.generate())
+    init = n.create_initiation(hs_a, 1, T0, crypto.PrivateKey.generate())
     n.consume_initiation(ib, init, {ia.public: hs_b}.get, 1.0)
-    resp = n.create_response(hs_b, 2, X25519PrivateKey.generate())
+    resp = n.create_response(hs_b, 2, crypto.PrivateKey.generate())
     with pytest.raises(n.HandshakeError) as info:
         n.consume_response(resp, hs_a)
     assert info.value.reason == "bad_response_auth"
@@ -62,7 +61,7 @@ def _setup() -> tuple[n.StaticIdentity, n.Handshake, n.Handshake, Initiation]:
     ia, ib = identities()
     hs_a = n.Handshake(ia, ib.public)
     hs_b = n.Handshake(ib, ia.public)
-    init = n.create_initiation(hs_a, 1, T0, X25519PrivateKey.generate())
+    init = n.create_initiation(hs_a, 1, T0, crypto.PrivateKey.generate())
     return ib, hs_a, hs_b, init
 
 
@@ -108,12 +107,12 @@ def test_replayed_and_old_initiations_are_rejected() -> None:
         n.consume_initiation(ib, init, peers, 10.0)  # the very same bytes
     assert info.value.reason == "stale_timestamp"
     older = n.create_initiation(
-        hs_a, 2, crypto.tai64n(1_699_999_999.0), X25519PrivateKey.generate()
+        hs_a, 2, crypto.tai64n(1_699_999_999.0), crypto.PrivateKey.generate()
     )
     with pytest.raises(n.HandshakeError) as info:
         n.consume_initiation(ib, older, peers, 10.0)
     assert info.value.reason == "stale_timestamp"
-    newer = n.create_initiation(hs_a, 3, T1, X25519PrivateKey.generate())
+    newer = n.create_initiation(hs_a, 3, T1, crypto.PrivateKey.generate())
     assert n.consume_initiation(ib, newer, peers, 10.0) is hs_b
 
 
@@ -121,7 +120,7 @@ def test_initiation_flood_guard_is_fifty_per_second() -> None:
     ib, hs_a, hs_b, init = _setup()
     peers = {hs_a.identity.public: hs_b}.get
     n.consume_initiation(ib, init, peers, 1.0)
-    second = n.create_initiation(hs_a, 2, T1, X25519PrivateKey.generate())
+    second = n.create_initiation(hs_a, 2, T1, crypto.PrivateKey.generate())
     with pytest.raises(n.HandshakeError) as info:
         n.consume_initiation(ib, second, peers, 1.0 + 0.019)
     assert info.value.reason == "initiation_flood"
@@ -132,7 +131,7 @@ def test_initiation_flood_guard_is_fifty_per_second() -> None:
 def test_tampered_response_fields(field: str) -> None:
     ib, hs_a, hs_b, init = _setup()
     n.consume_initiation(ib, init, {hs_a.identity.public: hs_b}.get, 1.0)
-    resp = n.create_response(hs_b, 2, X25519PrivateKey.generate())
+    resp = n.create_response(hs_b, 2, crypto.PrivateKey.generate())
     bad = Response(**{**_fields(resp), field: _flip(getattr(resp, field), 5)})
     with pytest.raises(n.HandshakeError) as info:
         n.consume_response(bad, hs_a)
@@ -143,7 +142,7 @@ def test_tampered_response_fields(field: str) -> None:
 def test_response_without_initiation_and_twice() -> None:
     ib, hs_a, hs_b, init = _setup()
     n.consume_initiation(ib, init, {hs_a.identity.public: hs_b}.get, 1.0)
-    resp = n.create_response(hs_b, 2, X25519PrivateKey.generate())
+    resp = n.create_response(hs_b, 2, crypto.PrivateKey.generate())
     with pytest.raises(n.HandshakeError) as info:
         n.consume_response(resp, hs_b)  # the responder's own state
     assert info.value.reason == "unexpected_response"
@@ -156,7 +155,7 @@ def test_low_order_keys() -> None:
     ia, ib = identities()
     hs = n.Handshake(ia, bytes(32))
     with pytest.raises(n.HandshakeError) as info:
-        n.create_initiation(hs, 1, T0, X25519PrivateKey.generate())
+        n.create_initiation(hs, 1, T0, crypto.PrivateKey.generate())
     assert info.value.reason == "low_order_peer_key"
     _, _hs_a, hs_b, init = _setup()
     bad = Initiation(**{**_fields(init), "ephemeral": bytes(32)})
@@ -169,5 +168,5 @@ def test_reprs_hide_secrets() -> None:
     ka, _ = run_handshake(os.urandom(32))
     text = repr(ka)
     assert ka.send_key.hex() not in text and ka.recv_key.hex() not in text
-    ident = n.StaticIdentity(X25519PrivateKey.generate())
-    assert crypto.private_bytes(ident.private).hex() not in repr(ident)
+    ident = n.StaticIdentity(crypto.PrivateKey.generate())
+    assert ident.private.private_bytes().hex() not in repr(ident)

@@ -42,7 +42,7 @@ def split_keys(conn) -> tuple[bytes, bytes]:  # (send, receive) of that side
 def test_our_initiator_against_noiseprotocol_responder(psk: bytes | None) -> None:
     their_private = os.urandom(32)
     device = Device(os.urandom(32), wall_clock=WallClock())
-    their_public = crypto.public_bytes(crypto.X25519PrivateKey.from_private_bytes(their_private))
+    their_public = crypto.PrivateKey(their_private).public
     peer = device.add_peer(their_public, preshared_key=psk)
     (raw,) = peer.initiate_handshake(now=0.0)
 
@@ -73,7 +73,7 @@ def test_our_initiator_against_noiseprotocol_responder(psk: bytes | None) -> Non
 @pytest.mark.parametrize("psk", [None, os.urandom(32)])
 def test_noiseprotocol_initiator_against_our_responder(psk: bytes | None) -> None:
     their_private = os.urandom(32)
-    their_public = crypto.public_bytes(crypto.X25519PrivateKey.from_private_bytes(their_private))
+    their_public = crypto.PrivateKey(their_private).public
     device = Device(os.urandom(32), wall_clock=WallClock())
     peer = device.add_peer(their_public, preshared_key=psk)
     initiator = noise_peer(their_private, device.public_key, psk or bytes(32), initiator=True)

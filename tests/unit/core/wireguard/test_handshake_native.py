@@ -1,0 +1,217 @@
+"""The native handshake primitives (vpn/core/wireguard/_handshake.c) against their Python
+reference over `cryptography` (crypto_reference.py).
+
+Every property gives both the same input, random or hostile (low-order points, all-zero
+keys, wrong lengths, tampered tags, short ciphertexts), and requires the same output or the
+same exception type. `make sanitize` runs this file against a build with AddressSanitizer
+and UBSan.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.examples import examples
+from vpn.core.wireguard import _handshake as native
+from vpn.core.wireguard import crypto_reference as reference
+
+ROOT = Path(__file__).resolve().parents[4]
+PROPERTY = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_P = (1 << 255) - 19
+
+# The u-coordinates of Curve25519's points of small order and their non-canonical
+# encodings (p-1, p, p+1; the top bit, which X25519 ignores): each gives an all-zero secret.
+_SMALL_ORDER = [
+    0,
+    1,
+    0x00B8495F16056286FDB1329CEB8D09DA6AC49FF1FAE35616AEB8413B7C7AEBE0,
+    0x57119FD0DD4E22D8868E1C58C45C44045BEF839C55B1D0B1248C50A3BC959C5F,
+    _P - 1,
+    _P,
+    _P + 1,
+]
+LOW_ORDER = [u.to_bytes(32, "little") for u in _SMALL_ORDER]
+LOW_ORDER += [p[:31] + bytes([p[31] | 0x80]) for p in LOW_ORDER]
+
+key32 = st.binary(min_size=32, max_size=32)
+# Mostly right, sometimes not: a wrong length must raise ValueError on both sides.
+any_len = st.one_of(key32, st.binary(max_size=40))
+peer_key = st.one_of(key32, st.sampled_from(LOW_ORDER), st.just(bytes(32)))
+
+
+def _same(call: Callable[[ModuleType], object]) -> None:
+    """The same result from native and reference, or the same exception type."""
+    outcomes = []
+    for module in (native, reference):
+        try:
+            outcomes.append(("ok", call(module)))
+        except ValueError:
+            outcomes.append(("ValueError", None))
+    assert outcomes[0] == outcomes[1]
+
+
+@settings(PROPERTY, max_examples=examples(200))
+@given(private=st.one_of(key32, st.just(bytes(32)), any_len))
+def test_x25519_public(private: bytes) -> None:
+    _same(lambda m: m.x25519_public(private))
+
+
+@settings(PROPERTY, max_examples=examples(200))
+@given(private=st.one_of(key32, st.just(bytes(32))), peer=peer_key)
+def test_x25519(private: bytes, peer: bytes) -> None:
+    public = native.x25519_public(private)
+    _same(lambda m: m.x25519(private, public, peer))
+
+
+@pytest.mark.parametrize("peer", LOW_ORDER, ids=lambda p: p.hex()[:8] + p.hex()[-2:])
+def test_x25519_refuses_every_small_order_point(peer: bytes) -> None:
+    private = bytes(range(32))
+    public = native.x25519_public(private)
+    assert native.x25519(private, public, peer) is None
+    assert reference.x25519(private, public, peer) is None
+
+
+@settings(PROPERTY, max_examples=examples(100))
+@given(private=any_len, public=any_len, peer=any_len)
+def test_x25519_wrong_lengths(private: bytes, public: bytes, peer: bytes) -> None:
+    _same(lambda m: m.x25519(private, public, peer))
+
+
+@settings(PROPERTY, max_examples=examples(300))
+@given(key=any_len, nonce=st.one_of(st.binary(min_size=12, max_size=12), any_len),
+       text=st.binary(max_size=300), ad=st.binary(max_size=64))
+def test_seal_and_open(key: bytes, nonce: bytes, text: bytes, ad: bytes) -> None:
+    _same(lambda m: m.seal(key, nonce, text, ad))
+    # Opening random bytes (a bad tag, or too short to hold one) fails alike.
+    _same(lambda m: m.open(key, nonce, text, ad))
+
+
+@settings(PROPERTY, max_examples=examples(300))
+@given(key=key32, nonce=st.binary(min_size=12, max_size=12), text=st.binary(max_size=300),
+       ad=st.binary(max_size=64), flip=st.integers(min_value=0))
+def test_open_authenticates(key: bytes, nonce: bytes, text: bytes, ad: bytes,
+                            flip: int) -> None:
+    sealed = native.seal(key, nonce, text, ad)
+    assert native.open(key, nonce, sealed, ad) == text
+    assert reference.open(key, nonce, sealed, ad) == text
+    tampered = bytearray(sealed + ad)
+    bit = flip % (len(tampered) * 8)
+    tampered[bit // 8] ^= 1 << (bit % 8)
+    body, other_ad = bytes(tampered[: len(sealed)]), bytes(tampered[len(sealed):])
+    assert native.open(key, nonce, body, other_ad) is None
+    assert reference.open(key, nonce, body, other_ad) is None
+
+
+@settings(PROPERTY, max_examples=examples(300))
+@given(key=any_len, nonce=st.one_of(st.binary(min_size=24, max_size=24), any_len),
+       text=st.binary(max_size=300), ad=st.binary(max_size=64), flip=st.integers(min_value=0))
+def test_xseal_and_xopen(key: bytes, nonce: bytes, text: bytes, ad: bytes, flip: int) -> None:
+    _same(lambda m: m.xseal(key, nonce, text, ad))
+    _same(lambda m: m.xopen(key, nonce, text, ad))
+    if len(key) == 32 and len(nonce) == 24:
+        sealed = bytearray(native.xseal(key, nonce, text, ad))
+        assert reference.xopen(key, nonce, bytes(sealed), ad) == text
+        sealed[flip % len(sealed)] ^= 1
+        assert native.xopen(key, nonce, bytes(sealed), ad) is None
+
+
+@settings(PROPERTY, max_examples=examples(200))
+@given(key=any_len, nonce=st.one_of(st.binary(min_size=16, max_size=16), any_len))
+def test_hchacha20(key: bytes, nonce: bytes) -> None:
+    _same(lambda m: m.hchacha20(key, nonce))
+
+
+def test_buffers_other_than_bytes() -> None:
+    key, nonce = bytearray(range(32)), memoryview(bytes(12))
+    assert native.seal(key, nonce, bytearray(b"x"), b"") == reference.seal(
+        bytes(key), bytes(nonce), b"x", b"")
+
+
+def test_threads_agree() -> None:
+    """Two threads (the GIL released in every call) get what one does."""
+    private = bytes(range(32))
+    public = native.x25519_public(private)
+    peers = [bytes([i]) * 32 for i in range(2, 42)]
+    expected = [native.x25519(private, public, p) for p in peers]
+    results: list[list[bytes | None]] = [[], []]
+
+    def work(out: list[bytes | None]) -> None:
+        out.extend(native.x25519(private, public, p) for p in peers)
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in results]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [expected, expected]
+
+
+# Calls long enough for another thread to wake and take the GIL while one runs: 40 us for
+# X25519, about 150 us for an AEAD over 256 KiB. (HChaCha20 takes 1 us: its caller is back
+# before a waiting thread wakes, so its release cannot be seen this way.)
+_KEY, _NONCE12, _NONCE24, _TEXT = bytes(range(32)), bytes(12), bytes(24), bytes(256 * 1024)
+_SEALED = native.seal(_KEY, _NONCE12, _TEXT, b"ad")
+_XSEALED = native.xseal(_KEY, _NONCE24, _TEXT, b"ad")
+_CALLS: dict[str, Callable[[], object]] = {
+    "x25519_public": lambda: native.x25519_public(_KEY),
+    "x25519": lambda: native.x25519(_KEY, native.x25519_public(_KEY), bytes([9]) + bytes(31)),
+    "seal": lambda: native.seal(_KEY, _NONCE12, _TEXT, b"ad"),
+    "open": lambda: native.open(_KEY, _NONCE12, _SEALED, b"ad"),
+    "xseal": lambda: native.xseal(_KEY, _NONCE24, _TEXT, b"ad"),
+    "xopen": lambda: native.xopen(_KEY, _NONCE24, _XSEALED, b"ad"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_CALLS))
+def test_every_call_releases_the_gil(name: str) -> None:
+    """With a switch interval longer than the test, a thread that holds the GIL keeps it
+    until it blocks or lets go: another thread waiting for it runs during this loop of
+    calls only if a call lets go (a `cryptography` X25519 exchange in its place: never)."""
+    call, calls = _CALLS[name], 1000
+    go, progress, seen = threading.Event(), [0], []
+
+    def waiter() -> None:
+        go.wait()
+        seen.append(progress[0])
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(100.0)
+    try:
+        go.set()
+        for i in range(calls):
+            progress[0] = i
+            call()
+            if seen:
+                break
+        progress[0] = calls
+    finally:
+        sys.setswitchinterval(interval)
+    thread.join()
+    assert seen and seen[0] < calls, "the waiting thread ran only after the loop"
+
+
+def test_only_the_python_path_loads_cryptography() -> None:
+    """An endpoint's modules and a whole handshake with transport keys leave `cryptography`
+    unloaded on the native path (about 10 MB of idle memory, README "Limits"); the Python
+    path loads it."""
+    code = ("import sys, vpn.endpoint, vpn.userspace; from lab.doubles import handshaken_pair; "
+            "a, b = handshaken_pair(); "
+            "print(any(m.split('.')[0] == 'cryptography' for m in sys.modules))")
+    loaded = {}
+    for value in ("", "python"):
+        env = dict(os.environ, VPN_FAST_PATH=value, PYTHONPATH=str(ROOT))
+        loaded[value] = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
+                                       capture_output=True, text=True, check=True).stdout
+    assert loaded == {"": "False\n", "python": "True\n"}

@@ -1,0 +1,26 @@
+"""Types of _handshake.c (the handshake's X25519 and AEADs over OpenSSL libcrypto; the
+reference is crypto_reference.py). Functions take their arguments by position only; wrong
+lengths raise ValueError."""
+
+from _typeshed import ReadableBuffer
+
+def x25519_public(private: ReadableBuffer, /) -> bytes:
+    """The X25519 public key of a 32-byte private key."""
+def x25519(private: ReadableBuffer, public: ReadableBuffer, peer: ReadableBuffer, /
+           ) -> bytes | None:
+    """The shared secret of a private key (with its own public key) and a peer's; None when
+    it is all zero (a low-order point)."""
+def seal(key: ReadableBuffer, nonce: ReadableBuffer, plaintext: ReadableBuffer,
+         ad: ReadableBuffer, /) -> bytes:
+    """ChaCha20-Poly1305, a 12-byte nonce: the ciphertext and its 16-byte tag."""
+def open(key: ReadableBuffer, nonce: ReadableBuffer, ciphertext: ReadableBuffer,
+         ad: ReadableBuffer, /) -> bytes | None:
+    """ChaCha20-Poly1305, a 12-byte nonce: the plaintext, None when it does not authenticate."""
+def xseal(key: ReadableBuffer, nonce: ReadableBuffer, plaintext: ReadableBuffer,
+          ad: ReadableBuffer, /) -> bytes:
+    """XChaCha20-Poly1305, a 24-byte nonce: the ciphertext and its 16-byte tag."""
+def xopen(key: ReadableBuffer, nonce: ReadableBuffer, ciphertext: ReadableBuffer,
+          ad: ReadableBuffer, /) -> bytes | None:
+    """XChaCha20-Poly1305, a 24-byte nonce: the plaintext, None when it does not authenticate."""
+def hchacha20(key: ReadableBuffer, nonce: ReadableBuffer, /) -> bytes:
+    """HChaCha20 of a 32-byte key and a 16-byte nonce."""
