@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import faults, handshakes, hostile, management, pipeline
+from bench import faults, handshake_load, hostile, management, pipeline
 from lab import wg_lab
 from lab.netns import Lab, iperf3_gbps, lab_unavailable_reason
 from lab.packets import tcp_super_packet
@@ -283,7 +283,7 @@ def print_table(report: dict) -> None:
             rows.append(("tunnel ours: segments per jumbo TUN write (receiver)",
                          f"{rx['jumbo_segments'] / max(rx['jumbo_frames'], 1):6.1f}"))
     rows += flood_rows(report.get("flood"))
-    rows += handshakes.handshake_rows(report.get("handshakes"))
+    rows += handshake_load.handshake_rows(report.get("handshakes"))
     rows += management.rows(report.get("management"))
     loss = report.get("loss")
     if loss:
@@ -464,7 +464,7 @@ def main() -> int:
         report["relay"] = relay_throughput(args.rounds, args.seconds)
         report["endpoint"] = endpoint_throughput(args.rounds, args.seconds, modern)
         report["flood"] = hostile.flood_goodput(args.rounds, args.seconds, modern)
-        report["handshakes"] = handshakes.handshake_figures(args.rounds, modern)
+        report["handshakes"] = handshake_load.handshake_figures(args.rounds, modern)
         report["loss"] = faults.loss_throughput(args.rounds, args.seconds)
         report["management"] = management.dump_bench(args.rounds, modern)
         report["veth_gbps"] = veth_throughput(args.rounds, args.seconds)

@@ -1,4 +1,4 @@
-"""Valid handshakes at a WireGuard endpoint, for `make bench` (bench/handshakes.py).
+"""Valid handshakes at a WireGuard endpoint, for `make bench` (bench/handshake_load.py).
 
 `valid ADDR PORT SECONDS RATE VICTIM_PUBLIC_HEX KEYS_FILE SOURCE...`: initiations that the
 victim can complete, from every private key in KEYS_FILE (one hex key a line; the victim
@@ -24,11 +24,18 @@ import sys
 import time
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-
 from lab.flood import Deadline, Sender, report_drops
 from vpn.core.wireguard.constants import LABEL_COOKIE, LABEL_MAC1, TAI64_BASE
-from vpn.core.wireguard.crypto import aead_encrypt, hash_, kdf1, kdf2, mac, xaead_decrypt
+from vpn.core.wireguard.crypto import (
+    PrivateKey,
+    aead_encrypt,
+    dh,
+    hash_,
+    kdf1,
+    kdf2,
+    mac,
+    xaead_decrypt,
+)
 from vpn.core.wireguard.noise import INITIAL_CHAIN_KEY, INITIAL_HASH
 
 _HEAD = struct.Struct("<II32s48s")  # type, sender index, ephemeral, encrypted static
@@ -42,16 +49,15 @@ class Initiator:
     """One flooding peer: its Noise IK state up to the timestamp, computed once."""
 
     def __init__(self, private: bytes, victim: bytes) -> None:
-        static = X25519PrivateKey.from_private_bytes(private)
-        ephemeral = X25519PrivateKey.generate()
-        remote = X25519PublicKey.from_public_bytes(victim)
-        e_pub = ephemeral.public_key().public_bytes_raw()
+        static = PrivateKey(private)
+        ephemeral = PrivateKey.generate()
+        e_pub = ephemeral.public
         ck = kdf1(INITIAL_CHAIN_KEY, e_pub)
         h = hash_(hash_(INITIAL_HASH, victim), e_pub)
-        ck, key = kdf2(ck, ephemeral.exchange(remote))
-        enc_static = aead_encrypt(key, 0, static.public_key().public_bytes_raw(), h)
+        ck, key = kdf2(ck, dh(ephemeral, victim))
+        enc_static = aead_encrypt(key, 0, static.public, h)
         self.hash = hash_(h, enc_static)
-        _, self.key = kdf2(ck, static.exchange(remote))
+        _, self.key = kdf2(ck, dh(static, victim))
         self.e_pub, self.enc_static = e_pub, enc_static
 
     def initiation(self, sender: int, timestamp: bytes) -> bytes:

@@ -22,14 +22,13 @@ import statistics
 import sys
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
 from bench.hostile import FLOOD_LINK
 from lab import wg_lab
 from lab.flood_lab import FLOOD_NET, VICTIM, flood_host, flood_result, start_flood
 from lab.netns import Host, Lab, Process
 from vpn.core.keys import decode_key, encode_key
 from vpn.core.wireguard.constants import RATELIMIT_PACKETS_PER_SECOND
+from vpn.core.wireguard.crypto import PrivateKey
 
 FLOOD_PEERS = 1_000
 SOURCES = 250  # 198.18.5.2 to .251
@@ -41,8 +40,8 @@ PROBE_TIMEOUT = 20.0
 
 
 def _keypair() -> tuple[bytes, str]:
-    private = X25519PrivateKey.generate()
-    return private.private_bytes_raw(), encode_key(private.public_key().public_bytes_raw())
+    private = PrivateKey.generate()
+    return private.private_bytes(), encode_key(private.public)
 
 
 def _cpu_seconds(pid: int) -> float:
