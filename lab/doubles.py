@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Sequence
-from types import SimpleNamespace
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -16,6 +15,7 @@ from vpn.core.packet.virtio import VirtioNetHeader
 from vpn.core.types import Buffer
 from vpn.core.wireguard import Device
 from vpn.io.datapath import DataPath
+from vpn.io.tun import OFFLOAD_LADDER, OffloadResult, TunDevice
 from vpn.io.udp import MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD, DatagramScreen, UdpStats
 
 MTU = 1420
@@ -24,13 +24,14 @@ ENDPOINT_A, ENDPOINT_B = ("198.18.0.1", 51820), ("198.18.0.2", 51820)
 NOW = 1.0
 
 
-class MemoryTun:
-    """What DataPath asks of a TUN device: queued reads, written frames kept (or not)."""
+class MemoryTun(TunDevice):
+    """A TunDevice without its system calls: queued reads, written frames kept (or not).
+    Everything above the raw write (GRO, the counted writes, the EINVAL fallback) runs."""
 
-    vnet_hdr = True
-    offload = SimpleNamespace(uso=True)
-
-    def __init__(self) -> None:
+    def __init__(self, *, vnet_hdr: bool = True) -> None:
+        every = OFFLOAD_LADDER[0] if vnet_hdr else 0
+        super().__init__(-1, "memory", vnet_hdr=vnet_hdr, offload=OffloadResult(every, every),
+                         batch=64)
         self.reads: list[tuple[VirtioNetHeader, memoryview]] = []
         self.frames: list[bytes] = []
         self.keep = True
@@ -130,7 +131,7 @@ def handshaken_pair(seed: bytes | None = None, *, mtu: int = MTU) -> tuple[DataP
         assert public is not None  # made with a key above
         peer = devices[me].add_peer(public, endpoint=endpoint)
         devices[me].allowed_ips.insert(f"{'.'.join(map(str, theirs))}/32", peer)
-        # DataPath is typed for TunDevice and UdpSocket (no Protocol yet); these stand in.
+        # DataPath is typed for UdpSocket (no Protocol yet); MemoryUdp stands in.
         paths.append(DataPath(devices[me], MemoryTun(), MemoryUdp(), mtu=mtu,  # type: ignore[arg-type]
                               clock=lambda: NOW))
     a, b = paths

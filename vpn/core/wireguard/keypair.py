@@ -342,7 +342,7 @@ class Keypair:
         start: int,
         out: bytearray | memoryview,
         offset: int,
-        records: bytearray,
+        records: bytearray | memoryview,
         drops: MutableMapping[str, int],
     ) -> tuple[int, int, int, int, int, list[bytes]]:
         """Open the run of transport messages for this keypair that starts at data[start:]
@@ -378,7 +378,7 @@ class Keypair:
         start: int,
         out: bytearray | memoryview,
         offset: int,
-        records: bytearray,
+        records: bytearray | memoryview,
         drops: MutableMapping[str, int],
     ) -> tuple[int, int, int, int, int, list[bytes]]:
         """receive_run's reference, datagram by datagram."""
