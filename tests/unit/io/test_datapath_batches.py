@@ -164,16 +164,16 @@ def test_dishonest_ip_lengths_are_dropped_in_every_receive_path(
 
 def test_an_internal_error_mid_batch_leaves_nothing_for_the_next(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    """An exception nobody expected, half-way through a batch: the pump catches it, counts
-    it, logs its traceback (at most once a minute), and the next batch writes only its own
-    frames, though the failed one had left segments in the coalescer."""
+    """An exception nobody expected, half-way through a batch (here in the core's receive
+    walk, at a keypair's accept stage): the pump catches it, counts it, logs its traceback
+    (at most once a minute), and the next batch writes only its own frames."""
     a, b = handshaken_pair(b"boom")
     flows = Flows(a)
     first = [flows.gro_receive(flows.segments(SRC, 40000, [1420] * 5 + [200]))
              for _ in range(6)]
     flows.allowed.clear()
     calls = {"n": 0}
-    real = Keypair.receive_run
+    real = Keypair.accept_run
 
     def failing(self: Keypair, *args: object, **kwargs: object) -> tuple:
         calls["n"] += 1
@@ -181,7 +181,7 @@ def test_an_internal_error_mid_batch_leaves_nothing_for_the_next(
             raise RuntimeError("injected")
         return real(self, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(Keypair, "receive_run", failing)
+    monkeypatch.setattr(Keypair, "accept_run", failing)
     with caplog.at_level(logging.ERROR, logger="vpn.io.datapath"):
         assert run_batch(b, first) == {}
         second = [flows.gro_receive(flows.segments(SRC, 40001, [1420] * 5 + [200]))

@@ -99,6 +99,7 @@ class Device:
         self._last_lost_session_scan = float("-inf")
         self.drops: Counter[str] = Counter()  # the handshake code's
         self.receive_counts = ReceiveCounts()  # the receive walk's (receive.py)
+        self.opened = bytearray()  # the receive walk's open stage describes a run here
         self.mtu = 0  # the padding cap of new peers (0: pad to 16, no cap)
         # The socket's settings, which the shell applies and records here for `snapshot`.
         self.listen_port = 0

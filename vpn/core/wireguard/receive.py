@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from vpn.core.types import Address, Buffer
 
 from .constants import MESSAGE_TRANSPORT, TRANSPORT_MIN_SIZE
-from .keypair import RECORD, Keypair
+from .keypair import OPENED, RECORD, Keypair
 from .screen import SCREEN_REASONS
 
 if TYPE_CHECKING:
@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 # One receive: its bytes, the segment size of its datagrams (0 or its length: one datagram),
 # and the source address.
 Datagrams = Sequence[tuple[Buffer, int, Address]]
+# The most messages one receive holds (a 65,535-byte receive of keepalives): what open_run
+# may describe for accept_run in one call.
+OPENED_PER_RUN = 65535 // TRANSPORT_MIN_SIZE + 1
 # The smallest plaintext a record can stand for (an IPv4 header): each record takes at least
 # this much of `out`, which bounds the records one wakeup can make.
 MIN_RECORDED = 20
@@ -117,6 +120,7 @@ class _Walk:
         "now",
         "nrec",
         "offset",
+        "opened",
         "out",
         "records",
         "send",
@@ -130,6 +134,9 @@ class _Walk:
         self.now = now
         self.out = out
         self.records = records
+        if not device.opened:  # made at the first receive: an idle device needs none
+            device.opened = bytearray(OPENED.size * OPENED_PER_RUN)
+        self.opened = device.opened
         self.offset = 0  # the end of `out`'s use
         self.nrec = 0
         self.sessions: dict[Keypair, _Session] = {}
@@ -196,12 +203,17 @@ class _Walk:
 
     def transport_run(self, data: Buffer, segment_size: int, pos: int, source: Address,
                       peer: Peer, kp: Keypair) -> int:
-        """The keypair's run of messages from data[pos:]; returns where it stopped."""
+        """The keypair's run of messages from data[pos:], in the two stages the kernel and
+        wireguard-go use: open (the AEAD and the inner checks, which could run in parallel)
+        and accept (the replay window and the records, per keypair in order). Returns where
+        the run stopped."""
         at = self.nrec
+        records = self.records[RECORD.size * at:]
         run_drops: dict[str, int] = {}
-        stop, self.offset, nrec, fresh, nbytes, sources = kp.receive_run(
-            data, segment_size, pos, self.out, self.offset,
-            self.records[RECORD.size * at:], run_drops)
+        stop, self.offset, count, sources = kp.open_run(
+            data, segment_size, pos, self.out, self.offset, len(records) // RECORD.size,
+            self.opened, run_drops)
+        nrec, fresh, nbytes = kp.accept_run(self.opened, count, records, run_drops)
         for reason, n in run_drops.items():  # replays, failed authentication
             self.drop(reason, n, peer)
         if stop <= pos:
