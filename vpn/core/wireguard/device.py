@@ -12,7 +12,7 @@ import random
 import struct
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -43,7 +43,7 @@ from .messages import (
 from .noise import Handshake, StaticIdentity, consume_initiation, consume_response
 from .peer import Peer, PeerEvent, Sources
 from .ratelimiter import RateLimiter
-from .receive import Datagrams, ReceiveCounts, Received, receive
+from .receive import ReceiveCounts, receive
 
 _SENDER_INDEX = struct.Struct("<I")
 
@@ -372,12 +372,10 @@ class Device:
 
     # -- the receive walk (receive.py) --------------------------------------------------------
 
-    def receive(self, batch: Datagrams, now: float, *, out: Buffer | None = None,
-                records: Buffer | None = None, screened: Sequence[int] | None = None,
-                lost: Sequence[Address] = ()) -> Received:
-        """One wakeup's datagrams: what to deliver to the TUN and what to send
-        (receive.receive)."""
-        return receive(self, batch, now, out, records, screened, lost)
+    # One wakeup's datagrams in, what to deliver to the TUN and what to send out: the receive
+    # walk (receive.receive, a method of the device's; bound here without a wrapper, as it
+    # runs once per wakeup).
+    receive = receive
 
     # -- timers -----------------------------------------------------------------------------
 

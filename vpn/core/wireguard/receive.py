@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from vpn.core.types import Address, Buffer
 
@@ -60,15 +60,17 @@ class ReceiveCounts:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "drops"}
 
 
-class Received(NamedTuple):
-    """What one wakeup's receive produced for the shell."""
+@dataclass(slots=True)
+class Received:
+    """What one wakeup's receive produced for the shell. (A slotted class: it is made once
+    per wakeup, and a NamedTuple costs twice as much to make.)"""
 
     out: memoryview  # the plaintexts, where `records` point
     records: memoryview  # RECORD each: (offset in `out`, IP length, slot), all to deliver
     nrec: int
     send: list[tuple[Address, bytes]]  # handshake replies, keepalives, initiations
     roamed: list[tuple[Peer, Address]]  # peers whose endpoint moved (for the shell's log)
-    drops: Counter[str]  # this wakeup's, by reason (also in ReceiveCounts)
+    drops: dict[str, int]  # this wakeup's, by reason (also in ReceiveCounts)
 
     def packets(self) -> list[memoryview]:
         """The inner packets to deliver, as views of `out`."""
@@ -87,7 +89,7 @@ class _Session:
     packets: int = 0  # data packets delivered (0: only keepalives)
 
 
-def receive(device: Device, batch: Datagrams, now: float, out: Buffer | None = None,
+def receive(device: Device, batch: Datagrams, now: float, *, out: Buffer | None = None,
             records: Buffer | None = None, screened: Sequence[int] | None = None,
             lost: Sequence[Address] = ()) -> Received:
     """One wakeup's receive; see the module's docstring. `out` takes the plaintexts (room for
@@ -99,9 +101,11 @@ def receive(device: Device, batch: Datagrams, now: float, out: Buffer | None = N
         out = bytearray(sum(len(data) for data, _, _ in batch))
     if records is None:
         records = bytearray(records_needed(len(out)))
-    if len(records) < records_needed(len(out)):
+    if len(records) < RECORD.size * (len(out) // MIN_RECORDED + 1):  # records_needed
         raise ValueError("receive: records too short for out")
-    walk = _Walk(device, now, memoryview(out), memoryview(records))
+    # Views once, so that slicing them per run copies nothing.
+    walk = _Walk(device, now, out if type(out) is memoryview else memoryview(out),
+                 records if type(records) is memoryview else memoryview(records))
     if screened:
         walk.count_screened(screened)
     for data, segment_size, source in batch:
@@ -141,11 +145,11 @@ class _Walk:
         self.nrec = 0
         self.sessions: dict[Keypair, _Session] = {}
         self.send: list[tuple[Address, bytes]] = []
-        self.drops: Counter[str] = Counter()
+        self.drops: dict[str, int] = {}
 
     def drop(self, reason: str, n: int, peer: Peer | None) -> None:
         """Count a drop for the interface and, when it is known whose, for the peer."""
-        self.drops[reason] += n
+        self.drops[reason] = self.drops.get(reason, 0) + n
         if peer is not None:
             peer.count_drop(reason, n)
 
@@ -158,7 +162,7 @@ class _Walk:
         counts.datagrams_received += sum(screened)
         for reason, n in zip(SCREEN_REASONS, screened, strict=True):
             if n:
-                self.drops[reason] += n
+                self.drops[reason] = self.drops.get(reason, 0) + n
                 if reason != "unknown_receiver_index":
                     protocol[reason] += n
                     counts.handshakes_received += n
@@ -181,7 +185,7 @@ class _Walk:
                 pos = end
             elif (found := session_for(int.from_bytes(data[pos + 4:pos + 8], "little"))
                   ) is None:
-                self.drops["unknown_receiver_index"] += 1
+                self.drop("unknown_receiver_index", 1, None)
                 self.lost_session(source)
                 pos = end
             elif found[1] not in self.sessions and not found[1].receivable(now):
@@ -199,7 +203,8 @@ class _Walk:
         result = self.device.handle_handshake_message(datagram, source, self.now)
         if result.drop_reason:
             self.drop(result.drop_reason, 1, result.peer)
-        self.send += [(source, reply) for reply in result.replies]
+        for reply in result.replies:
+            self.send.append((source, reply))
 
     def transport_run(self, data: Buffer, segment_size: int, pos: int, source: Address,
                       peer: Peer, kp: Keypair) -> int:
@@ -227,28 +232,32 @@ class _Walk:
             got.nbytes += nbytes
             got.source = source
             if nrec:
-                got.packets += self.route(peer, at, nrec, sources)
+                # Cryptokey routing, once per distinct inner source: each must be one of
+                # the peer's AllowedIPs (inline: this runs once per run).
+                allowed = self.device.allowed_ips.source_allowed
+                for first, src in enumerate(sources):
+                    if not allowed(peer, src):  # rare: look at the rest, remove records
+                        nrec = self.remove(peer, at, nrec, {
+                            slot for slot in range(first, len(sources))
+                            if not allowed(peer, sources[slot])})
+                        break
+                self.nrec = at + nrec
+                self.counts.packets_written += nrec
+                got.packets += nrec
         return stop
 
-    def route(self, peer: Peer, at: int, nrec: int, sources: list[bytes]) -> int:
-        """Cryptokey routing, once per distinct inner source: each must be one of the
-        peer's AllowedIPs. The records of packets from any other are removed (the rest
-        moved down over them). Returns how many packets are delivered."""
-        allowed = self.device.allowed_ips.source_allowed
-        denied = [slot for slot, src in enumerate(sources) if not allowed(peer, src)]
-        kept = nrec
-        if denied:
-            records = self.records
-            size = RECORD.size
-            kept = 0
-            for i in range(at, at + nrec):
-                offset, length, slot = RECORD.unpack_from(records, size * i)
-                if slot not in denied:
-                    RECORD.pack_into(records, size * (at + kept), offset, length, slot)
-                    kept += 1
-            self.drop("source_not_allowed", nrec - kept, peer)
-        self.nrec = at + kept
-        self.counts.packets_written += kept
+    def remove(self, peer: Peer, at: int, nrec: int, denied: set[int]) -> int:
+        """Remove the records at..at+nrec-1 whose source slot is in `denied` (the rest
+        moved down over them), counted as source_not_allowed; returns how many are kept."""
+        records = self.records
+        size = RECORD.size
+        kept = 0
+        for i in range(at, at + nrec):
+            offset, length, slot = RECORD.unpack_from(records, size * i)
+            if slot not in denied:
+                RECORD.pack_into(records, size * (at + kept), offset, length, slot)
+                kept += 1
+        self.drop("source_not_allowed", nrec - kept, peer)
         return kept
 
     def lost_session(self, source: Address) -> None:
@@ -267,10 +276,12 @@ class _Walk:
             before = peer.endpoint
             replies = peer.after_receive(self.now, kp, got.nbytes, keepalive=got.packets == 0,
                                          source=got.source)
-            self.send += [(got.source, reply) for reply in replies]
+            for reply in replies:
+                self.send.append((got.source, reply))
             if peer.endpoint != before:
                 roamed.append((peer, got.source))
         for source in lost:
             self.lost_session(source)
-        self.counts.drops.update(self.drops)
+        if self.drops:
+            self.counts.drops.update(self.drops)
         return Received(self.out, self.records, self.nrec, self.send, roamed, self.drops)
