@@ -41,8 +41,8 @@ class MemoryTun(TunDevice):
         return reads
 
     def write(self, header: bytes, parts: Sequence[Buffer]) -> None:
-        if self.keep:
-            self.frames.append(b"".join((header, *parts)))
+        if self.keep:  # as the device: the virtio-net header only with IFF_VNET_HDR
+            self.frames.append(b"".join((header, *parts) if self.vnet_hdr else parts))
 
 
 class MemoryUdp:
