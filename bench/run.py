@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import faults, hostile, pipeline
+from bench import faults, handshakes, hostile, pipeline
 from lab import wg_lab
 from lab.netns import Lab, iperf3_gbps, lab_unavailable_reason
 from lab.packets import tcp_super_packet
@@ -279,6 +279,7 @@ def print_table(report: dict) -> None:
             rows.append(("tunnel ours: segments per jumbo TUN write (receiver)",
                          f"{rx['jumbo_segments'] / max(rx['jumbo_frames'], 1):6.1f}"))
     rows += flood_rows(report.get("flood"))
+    rows += handshakes.handshake_rows(report.get("handshakes"))
     loss = report.get("loss")
     if loss:
         for rate, gbps in loss["gbps_median"].items():
@@ -458,6 +459,7 @@ def main() -> int:
         report["relay"] = relay_throughput(args.rounds, args.seconds)
         report["endpoint"] = endpoint_throughput(args.rounds, args.seconds, modern)
         report["flood"] = hostile.flood_goodput(args.rounds, args.seconds, modern)
+        report["handshakes"] = handshakes.handshake_figures(args.rounds, modern)
         report["loss"] = faults.loss_throughput(args.rounds, args.seconds)
         report["veth_gbps"] = veth_throughput(args.rounds, args.seconds)
     print_table(report)

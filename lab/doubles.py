@@ -1,12 +1,15 @@
 """In-memory stand-ins for the TUN device and the UDP socket around a real `DataPath`, and a
 pair of data paths whose devices completed a handshake: for the receive path's equivalence
-test and for `bench/pipeline.py`. Only the system calls are replaced; every line of the
-data path runs. What the kernel does with the frames is the integration tests' business."""
+test and for `bench/pipeline.py`. Only the system calls are replaced: every line of the
+data path, and of the devices' offload (the TUN's split, the socket's GSO runs), runs. What
+the kernel does with the frames is the integration tests' business."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import socket
+import sys
 from collections.abc import Callable, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -16,7 +19,7 @@ from vpn.core.types import Buffer
 from vpn.core.wireguard import Device
 from vpn.io.datapath import DataPath
 from vpn.io.tun import OFFLOAD_LADDER, OffloadResult, TunDevice
-from vpn.io.udp import MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD, DatagramScreen, UdpStats
+from vpn.io.udp import DatagramScreen, UdpSocket
 
 MTU = 1420
 SRC, DST = bytes([198, 18, 10, 1]), bytes([198, 18, 10, 2])
@@ -25,47 +28,54 @@ NOW = 1.0
 
 
 class MemoryTun(TunDevice):
-    """A TunDevice without its system calls: queued reads, written frames kept (or not).
-    Everything above the raw write (GRO, the counted writes, the EINVAL fallback) runs."""
+    """A TunDevice whose system calls are replaced: reads come from `reads` (whole frames,
+    the virtio-net header first, with IFF_VNET_HDR: `tun_frame` makes one), written frames
+    are kept (or not). The device's own code (the header, the split, GRO on write, the
+    counted writes, the EINVAL fallback) runs as on a real TUN."""
 
     def __init__(self, *, vnet_hdr: bool = True) -> None:
         every = OFFLOAD_LADDER[0] if vnet_hdr else 0
         super().__init__(-1, "memory", vnet_hdr=vnet_hdr, offload=OffloadResult(every, every),
                          batch=64)
-        self.reads: list[tuple[VirtioNetHeader, memoryview]] = []
+        self.reads: list[Buffer] = []
         self.frames: list[bytes] = []
         self.keep = True
 
-    def read_batch(self) -> list[tuple[VirtioNetHeader, memoryview]]:
-        reads, self.reads = self.reads, []
-        return reads
+    def _read_frame(self, slot: memoryview) -> memoryview | None:
+        if not self.reads:
+            return None
+        return memoryview(self.reads.pop(0))
 
     def write(self, header: bytes, parts: Sequence[Buffer]) -> None:
         if self.keep:  # as the device: the virtio-net header only with IFF_VNET_HDR
             self.frames.append(b"".join((header, *parts) if self.vnet_hdr else parts))
 
 
-class MemoryUdp:
-    """What DataPath asks of a UDP socket: sends kept as (datagrams, segment size), as a
-    GSO send would hand them to the receiver's GRO; receives taken from `incoming`."""
+def tun_frame(header: VirtioNetHeader, packet: Buffer) -> bytes:
+    """What a TUN read with IFF_VNET_HDR returns: the header, then the packet."""
+    return header.pack() + bytes(packet)
 
-    batch = 64
+
+class MemoryUdp(UdpSocket):
+    """A UdpSocket whose system calls are replaced: sends kept as (datagrams, segment size),
+    as a GSO send would hand them to the receiver's GRO; receives taken from `incoming`. The
+    socket's own code (the GSO runs, chunks and fallbacks) runs as on a real one."""
+
     screens = False
 
     def __init__(self) -> None:
-        self.stats = UdpStats()
+        # A real socket, never bound, for what UdpSocket asks of one at start.
+        super().__init__(socket.socket(socket.AF_INET6, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC),
+                         gso=True, gro=True)
         self.sent: list[tuple[bytes, int]] = []
         self.incoming: list[tuple[memoryview, int, tuple[str, int]]] = []
 
-    def send_segments(self, dest: object, view: memoryview, size: int, count: int,
-                      last: int) -> None:
-        # As UdpSocket: one GSO send carries at most 64 segments and 64 KiB.
-        chunk = max(1, min(MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD // size)) * size
-        for start in range(0, len(view), chunk):
-            self.sent.append((bytes(view[start:start + chunk]), size))
+    def _sendmsg(self, data: memoryview, cmsg: list[tuple[int, int, bytes]],
+                 addr: tuple[str, int]) -> None:
+        self.sent.append((bytes(data), int.from_bytes(cmsg[0][2], sys.byteorder)))
 
-    def send(self, dest: object, datagram: bytes) -> None:
-        self.sent.append((bytes(datagram), len(datagram)))
+    def _sendto(self, data: Buffer, addr: tuple[str, int]) -> None:
+        self.sent.append((bytes(data), len(data)))
 
     def receive_batch(self) -> list[tuple[memoryview, int, tuple[str, int]]]:
         incoming, self.incoming = self.incoming, []
@@ -131,8 +141,7 @@ def handshaken_pair(seed: bytes | None = None, *, mtu: int = MTU) -> tuple[DataP
         assert public is not None  # made with a key above
         peer = devices[me].add_peer(public, endpoint=endpoint)
         devices[me].allowed_ips.insert(f"{'.'.join(map(str, theirs))}/32", peer)
-        # DataPath is typed for UdpSocket (no Protocol yet); MemoryUdp stands in.
-        paths.append(DataPath(devices[me], MemoryTun(), MemoryUdp(), mtu=mtu,  # type: ignore[arg-type]
+        paths.append(DataPath(devices[me], MemoryTun(), MemoryUdp(), mtu=mtu,
                               clock=lambda: NOW))
     a, b = paths
     initiator = next(iter(a.device.peers.values()))

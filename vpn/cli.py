@@ -9,22 +9,16 @@ interface name (wg0: /etc/wireguard/wg0.conf). Add a subcommand by adding a `Com
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
-import signal
 import stat
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from vpn import version
 from vpn.control import config
 from vpn.core import keys
-
-if TYPE_CHECKING:
-    from vpn.endpoint import Endpoint
-    from vpn.host.helper import Helper
 
 PROG = "vpn"
 EXIT_OK = 0
@@ -160,11 +154,9 @@ def cmd_strip(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     # Imported here: the key and check commands must not need the data path's dependencies.
-    import uvloop
-
+    from vpn import serving
     from vpn.control.metrics_server import ENV, MetricsAddressError, parse_address
     from vpn.endpoint import Endpoint
-    from vpn.host.background import run_in_background
 
     metrics_text = args.metrics if args.metrics is not None else os.environ.get(ENV)
     try:
@@ -179,99 +171,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(error, file=sys.stderr)
         return EXIT_CONFIG
     if args.foreground:
-        return uvloop.run(_serve(endpoint, lambda: None))
-
-    def serve(ready: Callable[[], None]) -> int:
-        # Opened before the endpoint confines itself (Landlock), which may make the
-        # log file's directory; the user is told where once the interface is up.
-        handler, where = _background_log(endpoint.name)
-
-        def detached() -> None:
-            print(where, file=sys.stderr)  # while stderr is still the user's
-            ready()
-            _log_only_to(handler)
-
-        return uvloop.run(_serve(endpoint, detached))
-
-    return run_in_background(serve)
-
-
-def _background_log(name: str) -> tuple[logging.Handler | None, str]:
-    """Where the log of a detached endpoint goes (syslog, else a file), and what to tell
-    the user of it."""
-    from vpn.host import logs
-
-    try:
-        handler, where = logs.background_handler(name)
-    except OSError as error:
-        return None, (f"{PROG}: {name}: warning: the log is lost from now on: no syslog "
-                      f"socket at {logs.SYSLOG_SOCKET}, and no log file ({error.filename}: "
-                      f"{error.strerror}); run with --foreground to keep it")
-    return handler, f"{PROG}: {name}: serving in the background; the log goes to {where}"
-
-
-def _log_only_to(handler: logging.Handler | None) -> None:
-    """In the background stderr is /dev/null: the log goes to `handler` instead."""
-    root = logging.getLogger()
-    for stream in [h for h in root.handlers if isinstance(h, logging.StreamHandler)]:
-        root.removeHandler(stream)
-    if handler is not None:
-        handler.addFilter(_quiet_pyroute2)
-        root.addHandler(handler)
-
-
-async def _serve(endpoint: Endpoint, ready: Callable[[], None]) -> int:
-    """Run until SIGINT or SIGTERM, then take everything down again; `ready()` once the
-    interface is up and serving (systemd hears READY=1 then, STOPPING=1 at teardown)."""
-    from vpn.endpoint import StartError, ignore_sighup
-    from vpn.host import notify
-    from vpn.host.memory import release_setup_memory
-
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    # Until the endpoint takes SIGHUP over (reload), its default would kill us mid-start.
-    loop.add_signal_handler(signal.SIGHUP, ignore_sighup)
-    try:
-        await endpoint.start()
-    except StartError as error:
-        logging.getLogger("vpn").error("cannot bring %s up: %s", endpoint.name, error)
-        return EXIT_FAILURE
-    release_setup_memory()
-    helper: Helper | None = None
-    watchdog: notify.Watchdog | None = None
-    try:  # from here on, whatever fails, the teardown below runs
-        helper = _confine(endpoint)
-        watchdog = notify.Watchdog.from_environ(endpoint.serving)
-        notify.notify(notify.READY)
-        ready()
-        if watchdog is not None:  # systemd's WatchdogSec: it starts counting at READY=1
-            watchdog.start()
-        await stop.wait()
-    finally:
-        if watchdog is not None:
-            watchdog.stop()
-        notify.notify(notify.STOPPING)
-        await endpoint.stop()
-        if helper is not None:
-            helper.close()
-    return EXIT_OK
-
-
-def _confine(endpoint: Endpoint) -> Helper | None:
-    """Drop the capabilities the running endpoint does not use (vpn/host/confine.py)."""
-    from vpn.host.confine import confine
-
-    iface = endpoint.config.interface
-    socket_dir = str(endpoint.socket_dir)
-    if not endpoint.host_setup:  # wg-quick drives us: it sets the port, and runs the rest
-        return confine(endpoint.name, port=None, down_hooks=(), dns=False, config=None,
-                       socket_dir=socket_dir)
-    port = endpoint.device.listen_port if endpoint.device is not None else 0
-    return confine(endpoint.name, port=port, down_hooks=(*iface.pre_down, *iface.post_down),
-                   dns=bool(iface.dns_servers or iface.dns_search),
-                   config=endpoint.config.path or None, socket_dir=socket_dir)
+        return serving.run(endpoint, lambda: None)
+    return serving.run_detached(endpoint, PROG)
 
 
 def _add_show_arguments(parser: argparse.ArgumentParser) -> None:
@@ -529,8 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class _VersionAction(argparse.Action):
-    """--version, looked up only when asked for: importlib.metadata (with email, zipfile and
-    csv) would otherwise stay in every endpoint's memory, about 4 MB."""
+    """--version, looked up only when asked for (vpn.version)."""
 
     def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS,
                  default: str = argparse.SUPPRESS, help: str | None = None) -> None:
@@ -538,17 +438,8 @@ class _VersionAction(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: object, option_string: str | None = None) -> None:
-        print(f"{PROG} {_version()}")
+        print(f"{PROG} {version()}")
         parser.exit()
-
-
-def _version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("vpn")
-    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
-        return "(not installed)"
 
 
 def setup_logging(verbosity: int) -> None:
@@ -563,14 +454,9 @@ def setup_logging(verbosity: int) -> None:
     # the libraries' (asyncio's "Using selector", ...) stay at INFO.
     logging.getLogger().setLevel(logging.INFO)
     logging.getLogger(PROG).setLevel(logging.DEBUG if verbosity else logging.INFO)
-    # pyroute2 narrates every netlink message at DEBUG (and sets its loggers' levels itself):
-    # too much even for -v, so its records below WARNING are filtered at the handler.
+    # pyroute2's records below WARNING are filtered at the handler (too much even for -v).
     for handler in logging.getLogger().handlers:
-        handler.addFilter(_quiet_pyroute2)
-
-
-def _quiet_pyroute2(record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.WARNING or not record.name.startswith("pyroute2")
+        handler.addFilter(logs.quiet_pyroute2)
 
 
 def main(argv: list[str] | None = None) -> int:

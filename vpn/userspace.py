@@ -9,12 +9,12 @@ deleted (`wg-quick down`), and removes its socket.
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import os
 import sys
 from collections.abc import Callable
 
+from vpn import version
 from vpn.control.config_model import ConfigError
 from vpn.host.background import run_in_background
 
@@ -34,9 +34,7 @@ log = logging.getLogger("vpn.userspace")
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args == ["--version"]:  # as wireguard-go: alone, and printed on stdout
-        from vpn.cli import _version
-
-        print(f"{PROG} {_version()}")
+        print(f"{PROG} {version()}")
         return EXIT_OK
     foreground = bool(args) and args[0] in ("-f", "--foreground")
     names = args[1:] if foreground else args
@@ -58,9 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     def serve(ready: Callable[[], None]) -> int:
         # Imported here, in the child: the parent stays small, and a process should not fork
         # after importing libraries that may start threads.
-        import uvloop
-
-        from vpn.cli import _serve
+        from vpn import serving
         from vpn.endpoint import Endpoint
 
         try:
@@ -69,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROG}: {error.reason}", file=sys.stderr)
             return EXIT_FAILURE
         setup_logging(name, level)
-        log.debug("Starting %s version %s", PROG, importlib.metadata.version("vpn"))
-        code = uvloop.run(_serve(endpoint, ready))
+        log.debug("Starting %s version %s", PROG, version())
+        code = serving.run(endpoint, ready)
         log.debug("Shutting down")
         return code
 
@@ -88,12 +84,12 @@ def main(argv: list[str] | None = None) -> int:
 def setup_logging(name: str, level: int | None) -> None:
     """wireguard-go's layout (`DEBUG: (wg0) 2026/12/02 05:00:00 message`), on stdout as
     there; level None is LOG_LEVEL=silent."""
-    from vpn.cli import _quiet_pyroute2
+    from vpn.host.logs import quiet_pyroute2
 
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter(f"%(levelname)s: ({name}) %(asctime)s %(message)s",
                                            datefmt="%Y/%m/%d %H:%M:%S"))
-    handler.addFilter(_quiet_pyroute2)
+    handler.addFilter(quiet_pyroute2)
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.CRITICAL + 1 if level is None else level)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from vpn import cli
+from vpn import cli, serving
 from vpn.control import config
 from vpn.control.config_model import ConfigError
 from vpn.core.keys import encode_key, generate_private, public_from_private
@@ -166,7 +166,7 @@ def test_in_the_background_the_log_goes_to_syslog(tmp_path: Path,
         syslog.settimeout(5)
         handler, where = logs.background_handler("wg0", syslog_socket=str(tmp_path / "log"))
         assert where.startswith(f"syslog ({tmp_path / 'log'}")
-        cli._log_only_to(handler)
+        serving.log_only_to(handler)
         assert not any(isinstance(h, logging.StreamHandler) for h in root.handlers)
         logging.getLogger("vpn.endpoint").warning("peer gone")
         for handler in root.handlers:

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from vpn.control.config_model import Config, InterfaceConfig
 from vpn.core.keys import encode_key
 from vpn.core.wireguard.peer import PeerEvent
-from vpn.endpoint import Endpoint, _log_warnings
+from vpn.endpoint.loading import log_warnings
+from vpn.endpoint.peer_events import PeerEventLog
 
 KEY = bytes([5] * 32)
 
@@ -20,10 +20,6 @@ KEY = bytes([5] * 32)
 class _Peer:  # what the event log reads of a peer
     public_key: bytes
     endpoint: tuple[str, int] | None
-
-
-def _endpoint() -> Endpoint:
-    return Endpoint(Config(path="", interface=InterfaceConfig(private_key=None), name="wg0"))
 
 
 def _levels(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
@@ -35,31 +31,31 @@ def _levels(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
 def test_a_sessions_first_handshake_is_info_and_its_rekeys_debug(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, "vpn")
-    ep, peer = _endpoint(), _Peer(KEY, ("198.18.0.2", 51820))
+    events, peer = PeerEventLog(), _Peer(KEY, ("198.18.0.2", 51820))
     done = f"peer {encode_key(KEY)}: handshake completed (endpoint 198.18.0.2:51820)"
-    ep._log_peer_event(peer, PeerEvent.HANDSHAKE_COMPLETE)  # type: ignore[arg-type]
-    ep._log_peer_event(peer, PeerEvent.HANDSHAKE_COMPLETE)  # type: ignore[arg-type]
+    events(peer, PeerEvent.HANDSHAKE_COMPLETE)  # type: ignore[arg-type]
+    events(peer, PeerEvent.HANDSHAKE_COMPLETE)  # type: ignore[arg-type]
     assert _levels(caplog) == [(logging.INFO, done), (logging.DEBUG, done)]
     # The session ended (keys zeroed after 9 minutes without one): the next one is news.
-    ep._log_peer_event(peer, PeerEvent.KEYS_ZEROED)  # type: ignore[arg-type]
-    ep._log_peer_event(peer, PeerEvent.HANDSHAKE_COMPLETE)  # type: ignore[arg-type]
+    events(peer, PeerEvent.KEYS_ZEROED)  # type: ignore[arg-type]
+    events(peer, PeerEvent.HANDSHAKE_COMPLETE)  # type: ignore[arg-type]
     assert [level for level, _ in _levels(caplog)] == [logging.DEBUG, logging.INFO]
-    assert ep.handshakes_completed == 3
+    assert events.handshakes_completed == 3
 
 
 def test_giving_up_is_a_warning_only_for_a_peer_with_an_endpoint(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, "vpn")
-    ep = _endpoint()
-    ep._log_peer_event(_Peer(KEY, None), PeerEvent.GIVE_UP)  # type: ignore[arg-type]
+    events = PeerEventLog()
+    events(_Peer(KEY, None), PeerEvent.GIVE_UP)  # type: ignore[arg-type]
     assert [level for level, _ in _levels(caplog)] == [logging.DEBUG]
-    ep._log_peer_event(_Peer(KEY, ("198.18.0.2", 1)), PeerEvent.GIVE_UP)  # type: ignore[arg-type]
+    events(_Peer(KEY, ("198.18.0.2", 1)), PeerEvent.GIVE_UP)  # type: ignore[arg-type]
     assert _levels(caplog) == [
         (logging.WARNING, f"peer {encode_key(KEY)}: no handshake response, giving up for now")]
 
 
 def test_config_warnings_do_not_say_warning_twice(caplog: pytest.LogCaptureFixture) -> None:
-    _log_warnings(["Warning: `/etc/wireguard/wg0.conf' is world accessible",
+    log_warnings(["Warning: `/etc/wireguard/wg0.conf' is world accessible",
                    "/etc/wireguard/wg0.conf:7: Warning: AllowedIP has nonzero host part: "
                    "10.0.0.1/24"])
     assert _levels(caplog) == [

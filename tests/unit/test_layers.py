@@ -11,13 +11,34 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Layer -> the vpn packages it may import (itself included). endpoint and cli, on top, may
-# import everything.
+# Layer -> the vpn packages it may import (itself included). The endpoint ties the four
+# below it together; serving runs one as a process; cli and userspace, the two commands on
+# top, may import everything.
 ALLOWED = {
     "vpn.core": ("vpn.core",),
     "vpn.io": ("vpn.io", "vpn.core"),
     "vpn.host": ("vpn.host", "vpn.core.types"),
     "vpn.control": ("vpn.control", "vpn.core"),
+    "vpn.endpoint": ("vpn.endpoint", "vpn.core", "vpn.io", "vpn.host", "vpn.control"),
+    "vpn.serving": ("vpn.serving", "vpn.endpoint", "vpn.host"),
+}
+# Inside the endpoint: the lifecycle (open, start, stop, release) sits on the runtime and
+# management (what runs on the started interface, and what changes it), which never start
+# or stop anything; both share the errors and the config loading.
+ENDPOINT_LAYERS = {
+    "vpn.endpoint.errors": "shared",
+    "vpn.endpoint.loading": "shared",
+    "vpn.endpoint.timers": "runtime",
+    "vpn.endpoint.peer_events": "runtime",
+    "vpn.endpoint.runtime": "runtime",
+    "vpn.endpoint.management": "runtime",
+    "vpn.endpoint.interface": "lifecycle",
+    "vpn.endpoint.lifecycle": "lifecycle",
+}
+ENDPOINT_MAY_IMPORT = {
+    "shared": ("shared",),
+    "runtime": ("shared", "runtime"),
+    "lifecycle": ("shared", "runtime", "lifecycle"),
 }
 # The core is sans-I/O: no sockets, event loops, processes or netlink.
 CORE_FORBIDDEN = ("socket", "asyncio", "select", "selectors", "fcntl", "subprocess",
@@ -66,10 +87,39 @@ def test_each_layer_imports_only_what_it_may(path: Path) -> None:
     ours = {m for m in _imports(path) if _within(m, ("vpn", "lab", "tests", "bench"))}
     assert not {m for m in ours if not _within(m, ("vpn",))}, f"{name} imports a tool"
     if layer is None:
-        return  # vpn.endpoint, vpn.cli: the top
+        return  # vpn.cli, vpn.userspace: the top
     # `from vpn.core import keys` names the package vpn.core itself; that is allowed.
     wrong = {m for m in ours if not _within(m, ALLOWED[layer]) and m not in ("vpn",)}
     assert not wrong, f"{name} ({layer}) may not import {sorted(wrong)}"
+
+
+@pytest.mark.parametrize("path", _python_files("vpn/endpoint"), ids=lambda p: _module_name(p))
+def test_the_endpoints_runtime_never_reaches_up_into_its_lifecycle(path: Path) -> None:
+    name = _module_name(path)
+    if name == "vpn.endpoint":
+        return  # the package: it names what the library uses
+    assert name in ENDPOINT_LAYERS, f"{name}: add it to ENDPOINT_LAYERS"
+    may = ENDPOINT_MAY_IMPORT[ENDPOINT_LAYERS[name]]
+    siblings = {m for m in _imports(path) if m in ENDPOINT_LAYERS or m == "vpn.endpoint"}
+    wrong = {m for m in siblings if ENDPOINT_LAYERS.get(m) not in may}
+    assert not wrong, f"{name} ({ENDPOINT_LAYERS[name]}) may not import {sorted(wrong)}"
+
+
+@pytest.mark.parametrize("path", _python_files("vpn"), ids=lambda p: _module_name(p))
+def test_no_module_imports_another_packages_private_name(path: Path) -> None:
+    """A private name (`_serve`) stays in its package; what others need is made public
+    where it belongs. A package's own private modules (its native `_udp`) are its own."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+
+    def owner(module: str) -> str | None:  # the package a private part belongs to
+        parts = module.split(".")
+        return next((".".join(parts[:i]) for i, part in enumerate(parts)
+                     if part.startswith("_") and not part.startswith("__")), None)
+
+    private = {m for m in _imports(path) if _within(m, ("vpn",))
+               and owner(m) not in (None, package)}
+    assert not private, f"{name} imports {sorted(private)}"
 
 
 @pytest.mark.parametrize("path", _python_files("vpn/core"), ids=lambda p: _module_name(p))

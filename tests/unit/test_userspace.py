@@ -21,11 +21,11 @@ def test_usage(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_version_is_printed_as_wireguard_go_prints_its_own(
         capsys: pytest.CaptureFixture[str]) -> None:
-    from vpn.cli import _version
+    from vpn import version
 
     assert userspace.main(["--version"]) == userspace.EXIT_OK
     out, err = capsys.readouterr()
-    assert out == f"vpn-userspace {_version()}\n" and err == ""
+    assert out == f"vpn-userspace {version()}\n" and err == ""
 
 
 def test_bad_interface_name(capsys: pytest.CaptureFixture[str]) -> None:

@@ -65,6 +65,12 @@ def stderr_is_journal(environ: Mapping[str, str] = os.environ, fd: int = 2) -> b
     return (info.st_dev, info.st_ino) == (int(device), int(inode))
 
 
+def quiet_pyroute2(record: logging.LogRecord) -> bool:
+    """A handler's filter: pyroute2 narrates every netlink message at DEBUG (and sets its
+    loggers' levels itself), too much even for -v, so its records below WARNING go."""
+    return record.levelno >= logging.WARNING or not record.name.startswith("pyroute2")
+
+
 def stderr_formatter(environ: Mapping[str, str] = os.environ, fd: int = 2) -> logging.Formatter:
     return JournalFormatter() if stderr_is_journal(environ, fd) else \
         logging.Formatter(TIMESTAMPED_FORMAT)

@@ -9,25 +9,15 @@ from __future__ import annotations
 import functools
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
 from vpn.core.keys import encode_key
-from vpn.core.offload import OffloadError, split
-from vpn.core.offload.gso import split_into
-from vpn.core.packet.headers import ip_destination
-from vpn.core.packet.icmp import UnreachableResponder
-from vpn.core.packet.virtio import VirtioNetHeader
 from vpn.core.types import Address, Buffer, endpoint_text
-from vpn.core.wireguard import Device, Keypair, Peer, ReceiveCounts, TransportError
-from vpn.core.wireguard.constants import (
-    AEAD_TAG_LEN,
-    PADDING_MULTIPLE,
-    TRANSPORT_HEADER_SIZE,
-    TRANSPORT_MIN_SIZE,
-)
+from vpn.core.wireguard import Device, Peer, ReceiveCounts
 from vpn.core.wireguard.receive import records_needed
 from vpn.core.wireguard.screen import Screen
+from vpn.core.wireguard.send import Read
 from vpn.io.buffers import reserve
 from vpn.io.tun import MAX_PACKET, TunDevice, TunGone, TunStats
 from vpn.io.udp import UdpSocket, UdpStats
@@ -36,13 +26,6 @@ log = logging.getLogger("vpn.io.datapath")
 
 # Encrypted datagrams are built in one buffer; past this much, a batch is sent in parts.
 SEND_BUFFER_BYTES = 1 << 20
-# Around each segment split into the send buffer: room for the transport header before it,
-# and for its padding (up to 15 bytes) and tag after, so it is sealed where it lies.
-SEAL_GAP = TRANSPORT_HEADER_SIZE
-SEAL_TAIL = PADDING_MULTIPLE - 1 + AEAD_TAG_LEN
-SEAL_GAP_AND_TAIL = SEAL_GAP + SEAL_TAIL  # what a message may add to its packet
-# A transport message is at most the padded packet plus header and tag.
-MAX_DATAGRAM = MAX_PACKET + TRANSPORT_MIN_SIZE + 16
 # An internal error is counted every time, its traceback logged at most this often.
 INTERNAL_ERROR_LOG_SECONDS = 60.0
 
@@ -65,20 +48,38 @@ def _pump_boundary(batch: Callable[[DataPath], None]) -> Callable[[DataPath], No
 class DataPathStats:
     """The interface's counters of the offload picture and of every drop, by reason, as one
     summary. Each part is counted where it happens and read through here: the pump's own
-    (the fields below), the TUN's writes (`tun`), the socket's (`udp`, which the summary
-    nests) and the core's receive walk (`received`). `drops` is the pump's own;
-    `all_drops()` and `summary()` hold every one."""
+    (the fields below), the TUN's (`tun`: the super-packets it split, its writes), the
+    socket's (`udp`, which the summary nests) and the core's receive walk (`received`).
+    `drops` is the pump's own; `all_drops()` and `summary()` hold every one."""
 
     udp: UdpStats
-    tun: TunStats
-    received: ReceiveCounts
+    tun: TunStats = field(default_factory=TunStats)
+    received: ReceiveCounts = field(default_factory=ReceiveCounts)
     tun_reads: int = 0
-    super_packets: int = 0
-    segments_split: int = 0
     datagrams_sent: int = 0
     full_receive_batches: int = 0  # wakeups that found a whole batch of receives waiting
     icmp_unreachable_sent: int = 0
     drops: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def super_packets(self) -> int:
+        return self.tun.super_packets
+
+    @property
+    def segments_split(self) -> int:
+        return self.tun.segments_split
+
+    @property
+    def tun_writes(self) -> int:
+        return self.tun.tun_writes
+
+    @property
+    def jumbo_frames(self) -> int:
+        return self.tun.jumbo_frames
+
+    @property
+    def jumbo_segments(self) -> int:
+        return self.tun.jumbo_segments
 
     @property
     def datagrams_received(self) -> int:
@@ -95,18 +96,6 @@ class DataPathStats:
     @property
     def lost_session_handshakes(self) -> int:
         return self.received.lost_session_handshakes
-
-    @property
-    def tun_writes(self) -> int:
-        return self.tun.tun_writes
-
-    @property
-    def jumbo_frames(self) -> int:
-        return self.tun.jumbo_frames
-
-    @property
-    def jumbo_segments(self) -> int:
-        return self.tun.jumbo_segments
 
     def all_drops(self) -> Counter[str]:
         """Every drop of the interface, by reason: the pump's, the TUN's and the core's."""
@@ -157,8 +146,6 @@ class DataPath:
         self._screen_known = b""
         self._screen_key = b""
         self._internal_error_logged = float("-inf")
-        # Host unreachable for packets routed to us that no peer's AllowedIPs cover.
-        self.icmp = UnreachableResponder()
         # The shell's hook: the interface was deleted (its TUN reports only errors now).
         self.on_tun_gone: Callable[[], None] | None = None
 
@@ -166,169 +153,45 @@ class DataPath:
 
     @_pump_boundary
     def on_tun_readable(self) -> None:
+        """Read, hand the reads to the core (routing, then sealing per peer), send what it
+        sealed and write its ICMP replies."""
         try:
-            batch = self.tun.read_batch()
+            reads = self.tun.read_packets()
         except TunGone:
             if self.on_tun_gone is not None:
                 self.on_tun_gone()
             return
-        if not batch:
+        if not reads:
             return
         now = self.clock()
         stats = self.stats
-        stats.tun_reads += len(batch)
-        lookup = self.device.allowed_ips.lookup
-        by_peer: dict[Peer, list[tuple[VirtioNetHeader, memoryview]]] = {}
-        for read in batch:
-            packet = read[1]
-            destination = ip_destination(packet)
-            if destination is None:
-                stats.drops["tun_not_ip"] += 1
-                continue
-            peer = lookup(destination)
-            if peer is None:
-                stats.drops["no_peer_for_destination"] += 1
-                self._answer_unreachable(packet, now)
-                continue
-            by_peer.setdefault(peer, []).append(read)
-        for peer, reads in by_peer.items():
-            self.send_to_peer(peer, reads, now)
-
-    def _answer_unreachable(self, packet: memoryview, now: float) -> None:
-        # As the kernel's WireGuard does (wireguard-go drops silently): the sender learns at
-        # once instead of timing out. Rate-limited; never for errors, multicast, broadcast.
-        reply = self.icmp.reply(packet, now)
-        if reply is not None:
+        stats.tun_reads += len(reads)
+        routed = self.device.route(reads, now)
+        if routed.drops:
+            stats.drops.update(routed.drops)
+        for reply in routed.replies:
             self._write_packet(reply)
-            self.stats.icmp_unreachable_sent += 1
+            stats.icmp_unreachable_sent += 1
+        for peer, peer_reads in routed.by_peer.items():
+            self.send_to_peer(peer, peer_reads, now)
 
-    def send_to_peer(self, peer: Peer, reads: list[tuple[VirtioNetHeader, memoryview]],
-                     now: float) -> None:
-        """Encrypt what was read for `peer` and send it in as few GSO sends as possible."""
-        endpoint = peer.endpoint
-        if endpoint is None:
-            self._drop("peer_without_endpoint", len(self._complete(reads)), peer)
-            return
-        kp = peer.keypair_for_sending(now)
-        if kp is None:
-            self.stage(peer, self._complete(reads), now)
-            return
-        sent, done = self._seal_and_send(kp, endpoint, reads)
-        if done < len(reads):  # the keypair ran out of nonces: rare, handshake again
-            self.stage(peer, self._complete(reads[done:]), now)
-            return
-        self.send_control(peer, peer.after_send(now, kp, sent))
-
-    def _complete(self, reads: list[tuple[VirtioNetHeader, memoryview]]
-                  ) -> list[Buffer]:
-        """The complete packets that TUN reads stand for (for staging or counting)."""
-        packets: list[Buffer] = []
-        for header, packet in reads:
-            try:
-                segments = split(header, packet)
-            except OffloadError as err:
-                self.stats.drops[err.reason] += 1
-                continue
-            if header.gso_type:
-                self.stats.super_packets += 1
-                self.stats.segments_split += len(segments)
-            packets.extend(segments)
-        return packets
-
-    def _seal_and_send(self, kp: Keypair, dest: Address,
-                       reads: list[tuple[VirtioNetHeader, memoryview]]) -> tuple[int, int]:
-        """Each super-packet split straight into the send buffer, sealed there in place and
-        sent as one GSO run; the packets between them (ACKs, pings) sealed together. Returns
-        the bytes sent and how many reads were handled (all, unless the keypair ran out)."""
+    def send_to_peer(self, peer: Peer, reads: Sequence[Read], now: float) -> None:
+        """Have the core seal what was read for `peer` into the send buffer, and send it;
+        a send buffer's worth at a time."""
+        view = self._send_buffer
         stats = self.stats
-        buf = self._send_buffer
-        view = memoryview(buf)
-        sent = unsent = 0  # reads[unsent:] are not sent yet
-        try:
-            for i, (header, packet) in enumerate(reads):
-                if not header.gso_type:
-                    continue
-                if unsent < i:
-                    sent += self._encrypt_and_send(kp, dest, self._complete(reads[unsent:i]))
-                unsent = i + 1
-                try:
-                    count, full, last = split_into(buf, 0, header, packet, SEAL_GAP, SEAL_TAIL)
-                except OffloadError as err:
-                    stats.drops[err.reason] += 1
-                    continue
-                except ValueError:  # more segments than the buffer holds (a tiny gso_size)
-                    sent += self._encrypt_and_send(kp, dest, self._complete([(header, packet)]))
-                    continue
-                stats.super_packets += 1
-                stats.segments_split += count
-                try:
-                    size, last_size = kp.seal_segments(buf, 0, count, full, last, SEAL_GAP,
-                                                       SEAL_TAIL, self.mtu)
-                except TransportError:
-                    unsent = i
-                    raise
-                self._send_run(dest, view, 0, size, count, last_size)
-                sent += size * (count - 1) + last_size
-            if unsent < len(reads):
-                sent += self._encrypt_and_send(kp, dest, self._complete(reads[unsent:]))
-                unsent = len(reads)
-        except TransportError:
-            pass
-        return sent, unsent
-
-    def _encrypt_and_send(
-        self, kp: Keypair, dest: Address, packets: list[Buffer]
-    ) -> int:
-        """Encrypt in chunks that fit the send buffer; send each chunk as GSO runs."""
-        buf = self._send_buffer
-        room = len(buf)
-        total = 0
-        start, end = 0, len(packets)
-        while start < end:
-            stop = end
-            # Each message is its packet plus header, tag and up to 15 bytes of padding.
-            while sum(map(len, packets[start:stop])) + SEAL_GAP_AND_TAIL * (stop - start) > room:
-                stop = start + max(1, (stop - start) // 2)
-            lengths = kp.encrypt_batch(packets[start:stop], buf, 0, self.mtu)
-            total += self._send_runs(dest, lengths)
-            start = stop
-        return total
-
-    def _send_runs(self, dest: Address, lengths: list[int]) -> int:
-        """Send the messages laid back to back in the send buffer, as few GSO sends as the
-        rule "all the same size, only the last smaller" allows."""
-        view = memoryview(self._send_buffer)
-        send_run = self._send_run
-        offset = run_start = run_size = run_count = 0
-        for n in lengths:
-            if run_count and n == run_size:
-                run_count += 1
-            elif run_count and n < run_size:
-                # A shorter datagram ends a GSO run.
-                send_run(dest, view, run_start, run_size, run_count + 1, n)
-                run_count = 0
-            else:
-                if run_count:
-                    send_run(dest, view, run_start, run_size, run_count, run_size)
-                run_start, run_size, run_count = offset, n, 1
-            offset += n
-        if run_count:
-            send_run(dest, view, run_start, run_size, run_count, run_size)
-        return offset
-
-    def _send_run(
-        self, dest: Address, view: memoryview, start: int, size: int, count: int, last: int
-    ) -> None:
-        end = start + size * (count - 1) + last
-        self.udp.send_segments(dest, view[start:end], size, count, last)
-        self.stats.datagrams_sent += count
-
-    def stage(self, peer: Peer, packets: list[Buffer], now: float) -> None:
-        """No usable session: hold the newest packets (bounded) and start a handshake."""
-        dropped, handshake = peer.stage(packets, now)
-        if dropped:
-            self._drop("staged_queue_full", dropped, peer)
-        self.send_control(peer, handshake)
+        while True:
+            sealed = self.device.seal(peer, reads, view, self.mtu, now)
+            if sealed.drops:
+                stats.drops.update(sealed.drops)
+            lengths = sealed.lengths
+            if lengths and sealed.endpoint is not None:
+                self.udp.send_messages(sealed.endpoint, view, lengths)
+                stats.datagrams_sent += len(lengths)
+            self.send_control(peer, sealed.control)
+            if not sealed.rest:
+                return
+            reads = sealed.rest
 
     def send_control(self, peer: Peer, datagrams: list[bytes]) -> None:
         """Handshake messages, keepalives and flushed staged packets, one send each."""

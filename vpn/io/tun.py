@@ -1,10 +1,15 @@
 """The Linux TUN device opened with IFF_VNET_HDR and negotiated offloads.
 
-Reads hand out (virtio-net header, packet view) pairs from preallocated buffers. On the write
-side the device owns GRO: `deliver` takes the receive walk's records of plaintext packets,
-coalesced (with the TUN's offloads) until `flush` writes each frame as the 10-byte virtio-net
-header and the frame's parts in one writev; a kernel that refuses a coalesced write (EINVAL)
-turns coalescing off for good. It counts its writes in `TunStats`.
+The device owns the offload of what it reads: `read_packets` hands out TunReads, each an IP
+packet or a super-packet that the device splits, on demand, into complete packets or into a
+layout the caller describes (the room it wants before and after each segment), so the data
+path never sees a virtio-net header. `read_batch` is the raw form, (header, packet view)
+pairs, for the offload relay and the tests. Both read into preallocated buffers.
+
+It owns GRO on write too: `deliver` takes the receive walk's records of plaintext packets,
+coalesced (with the TUN's offloads) until `flush` writes each frame as the 10-byte
+virtio-net header and the frame's parts in one writev; a kernel that refuses a coalesced
+write (EINVAL) turns coalescing off for good. It counts both sides in `TunStats`.
 """
 
 from __future__ import annotations
@@ -15,12 +20,13 @@ import logging
 import os
 import struct
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from vpn.core.offload import Coalesced, split
 from vpn.core.offload.gro import RECORD, NativeCoalescer, RecordCoalescer, receive_coalescer
-from vpn.core.packet.virtio import NO_OFFLOAD, VIRTIO_NET_HDR_LEN, VirtioNetHeader
+from vpn.core.offload.gso import Fields, split_fields, split_into_fields
+from vpn.core.packet.virtio import HEADER, NO_OFFLOAD, VIRTIO_NET_HDR_LEN, VirtioNetHeader
 from vpn.core.types import Buffer
 from vpn.io.buffers import reserve
 
@@ -72,6 +78,7 @@ READ_SLOT = VIRTIO_NET_HDR_LEN + MAX_PACKET
 
 # The header reported for reads from a device without IFF_VNET_HDR.
 PLAIN = VirtioNetHeader()
+_PLAIN_FIELDS: Fields = (0, 0, 0, 0, 0, 0)
 
 
 class TunError(OSError):
@@ -110,18 +117,56 @@ class OffloadResult:
         return f"{got} (not available: {'+'.join(offload_names(missing))})"
 
 
-@dataclass
+@dataclass(slots=True)
 class TunStats:
-    """The write side's counters (DataPathStats reports them under these names)."""
+    """The device's offload picture, reads and writes; the data path reports them under
+    these names, nothing resets them."""
 
+    super_packets: int = 0  # reads with a GSO type that were split
+    segments_split: int = 0  # the segments they became
     tun_writes: int = 0  # successful writes (a jumbo frame is one)
     jumbo_frames: int = 0  # writes that carried more than one segment
     jumbo_segments: int = 0  # the segments those carried
     drops: Counter[str] = field(default_factory=Counter)  # tun_write_*, gro_write_refused
 
     def counts(self) -> dict[str, int]:
-        return {"tun_writes": self.tun_writes, "jumbo_frames": self.jumbo_frames,
+        """The counts but `drops`."""
+        return {"super_packets": self.super_packets, "segments_split": self.segments_split,
+                "tun_writes": self.tun_writes, "jumbo_frames": self.jumbo_frames,
                 "jumbo_segments": self.jumbo_segments}
+
+
+class TunRead:
+    """One read: an IP packet, or a TSO/USO super-packet that stands for several (the send
+    path's vpn.core.wireguard.send.Read). `packet` is a view of the device's read buffer,
+    valid until the next read; the split counts in the device's TunStats."""
+
+    __slots__ = ("_fields", "_stats", "packet", "segmented")
+
+    def __init__(self, fields: Fields, packet: memoryview, stats: TunStats) -> None:
+        self._fields = fields  # the virtio-net header's
+        self._stats = stats
+        self.packet = packet
+        self.segmented = fields[1] != 0  # a gso_type: a super-packet
+
+    def packets(self) -> list[Buffer]:
+        """The complete packets, every checksum filled in (gso.split); OffloadError for a
+        header the kernel should not have sent."""
+        segments = split_fields(self._fields, self.packet)
+        if self._fields[1]:
+            self._stats.super_packets += 1
+            self._stats.segments_split += len(segments)
+        return segments
+
+    def split_into(self, out: bytearray | memoryview, offset: int, gap: int, tail: int
+                   ) -> tuple[int, int, int]:
+        """The complete packets laid out in `out` (gso.split_into): segment i at offset + gap
+        + i * (gap + full + tail); returns (count, full, last)."""
+        count, full, last = split_into_fields(out, offset, self._fields, self.packet, gap, tail)
+        if self._fields[1]:
+            self._stats.super_packets += 1
+            self._stats.segments_split += count
+        return count, full, last
 
 
 class TunDevice:
@@ -140,12 +185,12 @@ class TunDevice:
         self.name = name
         self.vnet_hdr = vnet_hdr
         self.offload = offload
+        self.stats = TunStats()
         self._slot = READ_SLOT if vnet_hdr else MAX_PACKET
         self._buffer = reserve(self._slot * batch)
         self._views = [
             self._buffer[i * self._slot : (i + 1) * self._slot] for i in range(batch)
         ]
-        self.stats = TunStats()
         # GRO on write needs the virtio-net header; off for good after a refused write.
         self.coalescing = vnet_hdr
         self._gro: RecordCoalescer | NativeCoalescer | None = None  # over _gro_buffer
@@ -209,30 +254,47 @@ class TunDevice:
             os.close(fd)
             raise
 
+    def read_packets(self) -> list[TunRead]:
+        """Drain up to `batch` reads without blocking, as the send path takes them. The
+        packets are views of buffers reused by the next call: use them before reading again."""
+        stats = self.stats
+        if not self.vnet_hdr:
+            return [TunRead(_PLAIN_FIELDS, frame, stats) for frame in self._frames()]
+        fields = HEADER.unpack_from
+        return [TunRead(fields(frame), frame[VIRTIO_NET_HDR_LEN:], stats)
+                for frame in self._frames() if len(frame) >= VIRTIO_NET_HDR_LEN]
+
     def read_batch(self) -> list[tuple[VirtioNetHeader, memoryview]]:
-        """Drain up to `batch` packets without blocking.
+        """Drain up to `batch` reads without blocking: (virtio-net header, packet) each.
 
         The views point into buffers reused by the next call: use them before reading again.
         """
-        packets = []
-        fd = self.fd
-        readv = os.readv
+        if not self.vnet_hdr:
+            return [(PLAIN, frame) for frame in self._frames()]
+        return [(VirtioNetHeader.unpack(frame), frame[VIRTIO_NET_HDR_LEN:])
+                for frame in self._frames() if len(frame) >= VIRTIO_NET_HDR_LEN]
+
+    def _frames(self) -> Iterator[memoryview]:
+        """Frames as read, until nothing more is waiting or the batch is full."""
+        read = self._read_frame
         for view in self._views:
-            try:
-                n = readv(fd, (view,))
-            except BlockingIOError:
-                break
-            except OSError as err:
-                if err.errno == errno.EBADFD:
-                    raise TunGone(err.errno, f"{self.name}: the interface was deleted") from None
-                raise
-            if self.vnet_hdr:
-                if n < VIRTIO_NET_HDR_LEN:
-                    continue
-                packets.append((VirtioNetHeader.unpack(view), view[VIRTIO_NET_HDR_LEN:n]))
-            else:
-                packets.append((PLAIN, view[:n]))
-        return packets
+            frame = read(view)
+            if frame is None:
+                return
+            yield frame
+
+    def _read_frame(self, slot: memoryview) -> memoryview | None:
+        """The system call: one frame (the virtio-net header first, with IFF_VNET_HDR) read
+        into `slot`, or None when nothing is waiting."""
+        try:
+            n = os.readv(self.fd, (slot,))
+        except BlockingIOError:
+            return None
+        except OSError as err:
+            if err.errno == errno.EBADFD:
+                raise TunGone(err.errno, f"{self.name}: the interface was deleted") from None
+            raise
+        return slot[:n]
 
     def write(self, header: bytes, parts: Sequence[Buffer]) -> None:
         """Write one frame: the virtio-net header (ignored without IFF_VNET_HDR) then parts.

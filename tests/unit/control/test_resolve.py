@@ -90,7 +90,7 @@ def test_the_real_resolver_fails_fast_on_an_invalid_name() -> None:
     """loop.getaddrinfo on a name no resolver is asked about (".invalid" with an empty
     label is refused locally), through the endpoint's own function."""
     from vpn.endpoint import EndpointError
-    from vpn.endpoint import resolve as endpoint_resolve
+    from vpn.endpoint.loading import resolve as endpoint_resolve
 
     async def run() -> None:
         await endpoint_resolve(asyncio.get_running_loop(), Endpoint("bad..invalid", 1))

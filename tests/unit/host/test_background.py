@@ -30,7 +30,10 @@ def test_ready_returns_0_while_the_child_serves_on(tmp_path: Path) -> None:
         # Serving on until the parent has returned: a parent that waited for the child
         # would never see this file appear, and the child would give up.
         returned_first = _wait_for(go)
-        flag.write_text(f"{returned_first} {os.getsid(0) == os.getpid()}")
+        # Written whole, then named: the parent waits for the name and reads at once.
+        partial = flag.with_suffix(".partial")
+        partial.write_text(f"{returned_first} {os.getsid(0) == os.getpid()}")
+        partial.rename(flag)
         return 0
 
     assert run_in_background(serve) == 0

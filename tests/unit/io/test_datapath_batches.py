@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lab.doubles import DST, ENDPOINT_A, SRC, handshaken_pair
+from lab.doubles import DST, ENDPOINT_A, SRC, handshaken_pair, tun_frame
 from lab.packets import ACK, PSH, tcp_packet, udp_super_packet
 from vpn.core.offload import split
 from vpn.core.packet.virtio import NO_OFFLOAD, VirtioNetHeader
@@ -202,12 +202,12 @@ def test_an_internal_error_on_the_send_side_is_caught(monkeypatch: pytest.Monkey
         raise RuntimeError("injected")
 
     monkeypatch.setattr(a, "send_to_peer", failing)
-    a.tun.reads = [(VirtioNetHeader.unpack(NO_OFFLOAD), memoryview(packet))]  # type: ignore[attr-defined]
+    a.tun.reads = [tun_frame(VirtioNetHeader.unpack(NO_OFFLOAD), packet)]  # type: ignore[attr-defined]
     a.on_tun_readable()
     assert a.stats.all_drops()["internal_error"] == 1
     monkeypatch.undo()
     a.udp.sent = []  # type: ignore[attr-defined]
-    a.tun.reads = [(VirtioNetHeader.unpack(NO_OFFLOAD), memoryview(packet))]  # type: ignore[attr-defined]
+    a.tun.reads = [tun_frame(VirtioNetHeader.unpack(NO_OFFLOAD), packet)]  # type: ignore[attr-defined]
     a.on_tun_readable()
     assert len(a.udp.sent) == 1  # type: ignore[attr-defined]
 
@@ -217,7 +217,7 @@ def test_a_super_packet_of_more_segments_than_the_send_buffer_holds_is_sent_whol
     buffer's in-place layout, so they go the chunked way, every one sent and received."""
     a, b = handshaken_pair(b"tiny")
     header, packet = udp_super_packet(bytes(range(256)) * 234 + bytes(96), 2, src=SRC, dst=DST)
-    a.tun.reads = [(header, memoryview(packet))]  # type: ignore[attr-defined]
+    a.tun.reads = [tun_frame(header, packet)]  # type: ignore[attr-defined]
     a.on_tun_readable()
     assert a.stats.all_drops() == {} and a.stats.segments_split == 30_000
     assert a.stats.datagrams_sent == 30_000

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from lab.doubles import ENDPOINT_A, MTU, MemoryTun, MemoryUdp
+from lab.doubles import ENDPOINT_A, MTU, MemoryTun, MemoryUdp, tun_frame
 from tests.unit.core.wireguard.helpers import handshake_shaped, ipv4_packet, mac1_valid
 from vpn.core.packet.virtio import NO_OFFLOAD, VirtioNetHeader
 from vpn.core.wireguard import Device, Peer
@@ -96,7 +96,7 @@ def test_spoofed_unknown_index_every_second_does_not_keep_a_dead_peer_alive() ->
     endpoint never gave up. Now it gives up after the 20th timeout, as without them."""
     path, clock, peer, _ = endpoint()
     packet = ipv4_packet("198.18.10.2", "198.18.10.1")
-    path.tun.reads.append((VirtioNetHeader.unpack(NO_OFFLOAD), memoryview(packet)))  # type: ignore[attr-defined]
+    path.tun.reads.append(tun_frame(VirtioNetHeader.unpack(NO_OFFLOAD), packet))  # type: ignore[attr-defined]
     path.on_tun_readable()
     assert list(peer.staged) == [packet]
     gave_up = None

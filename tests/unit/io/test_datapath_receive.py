@@ -12,7 +12,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lab.doubles import DST, ENDPOINT_A, SRC, ScreeningUdp, handshaken_pair
+from lab.doubles import DST, ENDPOINT_A, SRC, ScreeningUdp, handshaken_pair, tun_frame
 from lab.packets import ACK, PSH, TS_OPTION, tcp_packet, tcp_super_packet
 from vpn.core.packet.virtio import NO_OFFLOAD, VirtioNetHeader
 from vpn.io.datapath import DataPath
@@ -23,7 +23,7 @@ Receive = tuple[bytes, int, tuple[str, int]]
 
 def sent_by_a(a: DataPath, reads: list[tuple[VirtioNetHeader, bytes]]) -> list[Receive]:
     """What a sends for these TUN reads, as the GRO receives b would get (one per send)."""
-    a.tun.reads = [(h, memoryview(p)) for h, p in reads]  # type: ignore[attr-defined]
+    a.tun.reads = [tun_frame(h, p) for h, p in reads]  # type: ignore[attr-defined]
     a.on_tun_readable()
     return [(data, size, ENDPOINT_A) for data, size in a.udp.sent]  # type: ignore[attr-defined]
 

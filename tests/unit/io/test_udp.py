@@ -12,6 +12,8 @@ import socket
 import struct
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from lab.packets import split_gro
 from vpn.io import udp
@@ -284,3 +286,42 @@ def test_falls_back_to_ipv4_when_the_kernel_has_no_ipv6(monkeypatch: pytest.Monk
         got = b.receive_batch()
         assert [(bytes(d), src) for d, _, src in got] == [(b"hello", ("127.0.0.1", a.port))]
     assert a.fd == -1
+
+
+# -- the GSO run rule (send_messages) ----------------------------------------------------------
+
+
+def runs_ok(fake: FakeSocket, lengths: list[int]) -> None:
+    """Every GSO send is datagrams all of its segment size but the last, which is not
+    larger; together the sends are the datagrams in order."""
+    for data, gso, _ in fake.sends:
+        if gso is not None:
+            sizes = [len(d) for d in split_gro(memoryview(data), gso)]
+            assert all(n == gso for n in sizes[:-1]) and sizes[-1] <= gso
+    assert [len(d) for d in sent_datagrams(fake)] == lengths
+
+
+@pytest.mark.parametrize("lengths,gso_sends", [
+    ([1452] * 44 + [1000], 1),  # a sealed super-packet: one run
+    ([1452] * 44 + [1000] + [1452] * 3 + [80], 2),  # two, back to back
+    ([100, 100, 200, 200, 200, 50, 60], 2),  # larger ends a run, smaller is its last
+    ([32], 0),  # a lone keepalive goes out plain
+    ([], 0),
+])
+def test_send_messages_cuts_runs_all_the_same_size_only_the_last_smaller(
+        lengths: list[int], gso_sends: int) -> None:
+    sock, fake = make()
+    data = b"".join(bytes([i % 251]) * n for i, n in enumerate(lengths))
+    sock.send_messages(("198.18.0.2", 7), memoryview(data), lengths)
+    runs_ok(fake, lengths)
+    assert b"".join(sent_datagrams(fake)) == data
+    assert sock.stats.gso_sends == gso_sends
+
+
+@given(st.lists(st.integers(32, 1500), max_size=200))
+def test_send_messages_obeys_the_run_rule_for_any_lengths(lengths: list[int]) -> None:
+    sock, fake = make()
+    data = b"".join(bytes([i % 251]) * n for i, n in enumerate(lengths))
+    sock.send_messages(("fd00::2", 7), memoryview(data), lengths)
+    runs_ok(fake, lengths)
+    assert b"".join(sent_datagrams(fake)) == data

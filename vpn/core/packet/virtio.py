@@ -19,6 +19,7 @@ __all__ = [
     "GSO_TCPV6",
     "GSO_UDP",
     "GSO_UDP_L4",
+    "HEADER",
     "NO_OFFLOAD",
     "VIRTIO_NET_HDR_LEN",
     "OffloadError",
@@ -43,7 +44,8 @@ TCP_CSUM_OFFSET = 16
 UDP_CSUM_OFFSET = 6
 
 # x86 and every other host we run on is little-endian; the header uses host byte order.
-_STRUCT = struct.Struct("<BBHHHH")
+# HEADER.unpack_from gives the fields in VirtioNetHeader's order without building one.
+HEADER = struct.Struct("<BBHHHH")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +61,7 @@ class VirtioNetHeader:
 
     def pack(self) -> bytes:
         """Return the 10-byte little-endian wire form."""
-        return _STRUCT.pack(
+        return HEADER.pack(
             self.flags, self.gso_type, self.hdr_len, self.gso_size,
             self.csum_start, self.csum_offset,
         )
@@ -71,7 +73,7 @@ class VirtioNetHeader:
             raise OffloadError(
                 "short_vnet_header", f"virtio-net header needs 10 bytes, got {len(buf)}"
             )
-        return cls(*_STRUCT.unpack_from(buf, 0))
+        return cls(*HEADER.unpack_from(buf, 0))
 
 
 NO_OFFLOAD = bytes(VIRTIO_NET_HDR_LEN)

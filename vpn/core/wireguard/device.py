@@ -12,12 +12,13 @@ import random
 import struct
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from vpn.core.packet.icmp import UnreachableResponder
 from vpn.core.types import Address, Buffer
 
 from .allowedips import AllowedIPs
@@ -44,6 +45,7 @@ from .noise import Handshake, StaticIdentity, consume_initiation, consume_respon
 from .peer import Peer, PeerEvent, Sources
 from .ratelimiter import RateLimiter
 from .receive import ReceiveCounts, receive
+from .send import Read, Routed, Sealed, route, seal
 
 _SENDER_INDEX = struct.Struct("<I")
 
@@ -100,6 +102,8 @@ class Device:
         self.drops: Counter[str] = Counter()  # the handshake code's
         self.receive_counts = ReceiveCounts()  # the receive walk's (receive.py)
         self.opened = bytearray()  # the receive walk's open stage describes a run here
+        # Host unreachable for packets routed to us that no peer's AllowedIPs cover.
+        self.icmp = UnreachableResponder()
         self.mtu = 0  # the padding cap of new peers (0: pad to 16, no cap)
         # The socket's settings, which the shell applies and records here for `snapshot`.
         self.listen_port = 0
@@ -369,6 +373,17 @@ class Device:
             if peer.endpoint == source and peer.keypair_for_sending(now) is None:
                 return [(peer, datagram) for datagram in peer.handshake_for_lost_session(now)]
         return []
+
+    # -- sending: the data plane's batch (send.py, the kernel's send.c) ---------------------
+
+    def route(self, reads: Sequence[Read], now: float) -> Routed:
+        """One wakeup's TUN reads by peer, by their destination (send.route)."""
+        return route(self.allowed_ips, self.icmp, reads, now)
+
+    def seal(self, peer: Peer, reads: Sequence[Read], out: bytearray | memoryview,
+             mtu: int, now: float) -> Sealed:
+        """`peer`'s reads sealed into `out`, staged or dropped (send.seal)."""
+        return seal(peer, reads, out, mtu, now)
 
     # -- the receive walk (receive.py) --------------------------------------------------------
 

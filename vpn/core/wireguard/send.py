@@ -1,0 +1,235 @@
+"""The send half of the protocol, as the kernel's send.c: what the TUN gave us, routed to
+peers, sealed into transport messages in the caller's send buffer, staged when there is no
+session. Sans-I/O: reads come in, a layout of messages and the datagrams to send go out.
+
+The reads are the TUN device's (vpn/io/tun.py's TunRead): the core never sees the offload
+that made them, only whether a read stands for several packets and, if so, asks it to lay
+them out in the send buffer with the room sealing in place needs around each (SEAL_GAP
+before, SEAL_TAIL after), as wireguard-go's device asks tun.Device.Read for an offset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol
+
+from vpn.core.packet.errors import OffloadError
+from vpn.core.packet.headers import ip_destination
+from vpn.core.packet.icmp import UnreachableResponder
+from vpn.core.types import Address, Buffer
+
+from .allowedips import AllowedIPs
+from .constants import AEAD_TAG_LEN, PADDING_MULTIPLE, TRANSPORT_HEADER_SIZE
+from .keypair import Keypair, TransportError
+from .peer import Peer
+
+__all__ = ["SEAL_GAP", "SEAL_TAIL", "Read", "Routed", "Sealed", "route", "seal"]
+
+# Around each segment laid out in the send buffer: room for the transport header before it,
+# and for its padding (up to 15 bytes) and tag after, so that it is sealed where it lies.
+SEAL_GAP = TRANSPORT_HEADER_SIZE
+SEAL_TAIL = PADDING_MULTIPLE - 1 + AEAD_TAG_LEN
+_GAP_AND_TAIL = SEAL_GAP + SEAL_TAIL  # the most a message adds to its packet
+
+
+class Read(Protocol):
+    """One read from the TUN device, as the send path needs it."""
+
+    @property
+    def packet(self) -> Buffer:
+        """The IP packet as read (a super-packet whole): what routing looks at."""
+
+    @property
+    def segmented(self) -> bool:
+        """Does the read stand for several packets (a TSO/USO super-packet)?"""
+
+    def packets(self) -> list[Buffer]:
+        """The complete packets the read stands for; OffloadError (with a drop reason) for
+        one the device cannot act on."""
+
+    def split_into(self, out: bytearray | memoryview, offset: int, gap: int, tail: int
+                   ) -> tuple[int, int, int]:
+        """The packets laid out in `out` from `offset`, `gap` bytes before and `tail` after
+        each: segment i at offset + gap + i * (gap + full + tail); returns (count, full,
+        last). OffloadError as `packets`, ValueError when `out` is too small, either way
+        before a byte is written."""
+
+
+class Routed(NamedTuple):
+    """What one wakeup's reads are for: each peer's, in order, and what else they caused."""
+
+    by_peer: dict[Peer, list[Read]]
+    replies: list[bytes]  # ICMP unreachable, to write to the TUN
+    drops: dict[str, int]  # by reason, the interface's only (no peer to name)
+
+
+class Sealed(NamedTuple):
+    """What one `seal` call made for one peer. The messages lie back to back in the send
+    buffer from 0, `lengths` theirs, for `endpoint`; `control` datagrams (handshake, staged
+    packets flushed) go there one by one after them. `rest` are the reads the buffer had no
+    room for: seal them in another call once the messages are sent."""
+
+    endpoint: Address | None
+    lengths: list[int]
+    control: list[bytes]
+    rest: list[Read]
+    drops: dict[str, int]  # by reason, already counted for the peer too
+    exhausted: bool = False  # the keypair ran out of nonces: the rest was staged
+
+
+class _Packets:
+    """Complete packets that did not fit one call's buffer, carried to the next as a read."""
+
+    __slots__ = ("_packets",)
+    segmented = False
+
+    def __init__(self, packets: list[Buffer]) -> None:
+        self._packets = packets
+
+    @property
+    def packet(self) -> Buffer:
+        return self._packets[0]
+
+    def packets(self) -> list[Buffer]:
+        return self._packets
+
+    def split_into(self, out: bytearray | memoryview, offset: int, gap: int, tail: int
+                   ) -> tuple[int, int, int]:
+        raise ValueError("complete packets are sealed as they are")
+
+
+def route(allowed_ips: AllowedIPs[Peer], icmp: UnreachableResponder,
+          reads: Sequence[Read], now: float) -> Routed:
+    """Cryptokey routing by destination, read by read; a packet no peer's AllowedIPs cover
+    is answered with ICMP unreachable, as the kernel's WireGuard does (wireguard-go drops it
+    silently): the sender learns at once instead of timing out. Rate-limited; never for
+    errors, multicast, broadcast."""
+    lookup = allowed_ips.lookup
+    by_peer: dict[Peer, list[Read]] = {}
+    replies: list[bytes] = []
+    drops: dict[str, int] = {}
+    for read in reads:
+        packet = read.packet
+        destination = ip_destination(packet)
+        if destination is None:
+            drops["tun_not_ip"] = drops.get("tun_not_ip", 0) + 1
+            continue
+        peer = lookup(destination)
+        if peer is None:
+            drops["no_peer_for_destination"] = drops.get("no_peer_for_destination", 0) + 1
+            reply = icmp.reply(packet, now)
+            if reply is not None:
+                replies.append(reply)
+            continue
+        by_peer.setdefault(peer, []).append(read)
+    return Routed(by_peer, replies, drops)
+
+
+def seal(peer: Peer, reads: Sequence[Read], out: bytearray | memoryview, mtu: int,
+         now: float) -> Sealed:
+    """Seal `reads` for `peer` into `out` from 0, in order: each super-packet split straight
+    into `out` and sealed where it lies (no segment becomes an object), the packets between
+    them sealed together. Without an endpoint they are dropped; without a usable keypair,
+    or when it runs out of nonces, staged behind a handshake."""
+    drops: dict[str, int] = {}
+    endpoint = peer.endpoint
+    if endpoint is None:
+        _drop(peer, drops, "peer_without_endpoint", len(_complete(reads, drops)))
+        return Sealed(None, [], [], [], drops)
+    kp = peer.keypair_for_sending(now)
+    if kp is None:
+        return Sealed(endpoint, [], _stage(peer, _complete(reads, drops), now, drops), [],
+                      drops)
+    lengths: list[int] = []
+    rest: list[Read] = []
+    offset = i = 0
+    end = len(reads)
+    try:
+        while i < end:
+            read = reads[i]
+            if read.segmented:
+                try:
+                    count, full, last = read.split_into(out, offset, SEAL_GAP, SEAL_TAIL)
+                except OffloadError as err:
+                    drops[err.reason] = drops.get(err.reason, 0) + 1
+                    i += 1
+                    continue
+                except ValueError:
+                    if offset:  # the buffer is full: the rest goes in the next call
+                        rest = list(reads[i:])
+                        break
+                    # More segments than the buffer holds at all (a tiny gso_size).
+                    left, offset = _seal_packets(kp, _complete([read], drops), out, offset,
+                                                 mtu, lengths)
+                    i += 1
+                else:
+                    size, last_size = kp.seal_segments(out, offset, count, full, last,
+                                                       SEAL_GAP, SEAL_TAIL, mtu)
+                    lengths += [size] * (count - 1)
+                    lengths.append(last_size)
+                    offset += size * (count - 1) + last_size
+                    i += 1
+                    continue
+            else:
+                j = i + 1  # the plain packets up to the next super-packet, sealed together
+                while j < end and not reads[j].segmented:
+                    j += 1
+                left, offset = _seal_packets(kp, _complete(reads[i:j], drops), out, offset,
+                                             mtu, lengths)
+                i = j
+            if left:
+                rest = [_Packets(left), *reads[i:]]
+                break
+    except TransportError:  # out of nonces: rare, the rest waits for the next session
+        staged = _complete(reads[i:], drops)
+        return Sealed(endpoint, lengths, _stage(peer, staged, now, drops), [], drops, True)
+    return Sealed(endpoint, lengths, peer.after_send(now, kp, offset), rest, drops)
+
+
+def _seal_packets(kp: Keypair, packets: list[Buffer], out: bytearray | memoryview,
+                  offset: int, mtu: int, lengths: list[int]
+                  ) -> tuple[list[Buffer], int]:
+    """As many of `packets` as fit sealed at out[offset:], their lengths added to `lengths`;
+    returns the packets left for the next call and the new end."""
+    room = len(out) - offset
+    fit = 0
+    for packet in packets:
+        room -= len(packet) + _GAP_AND_TAIL
+        if room < 0:
+            break
+        fit += 1
+    if not fit and not offset and packets:
+        raise ValueError("the send buffer cannot hold one message")  # no call would progress
+    if fit:
+        sealed = kp.encrypt_batch(packets[:fit] if fit < len(packets) else packets, out,
+                                  offset, mtu)
+        lengths += sealed
+        offset += sum(sealed)
+    return packets[fit:], offset
+
+
+def _complete(reads: Sequence[Read], drops: dict[str, int]) -> list[Buffer]:
+    """The complete packets that `reads` stand for (for staging, counting or sealing)."""
+    packets: list[Buffer] = []
+    for read in reads:
+        try:
+            packets += read.packets()
+        except OffloadError as err:
+            drops[err.reason] = drops.get(err.reason, 0) + 1
+    return packets
+
+
+def _stage(peer: Peer, packets: list[Buffer], now: float, drops: dict[str, int]
+           ) -> list[bytes]:
+    """No usable session: the newest packets held (bounded), a handshake started."""
+    dropped, handshake = peer.stage(packets, now)
+    if dropped:
+        _drop(peer, drops, "staged_queue_full", dropped)
+    return handshake
+
+
+def _drop(peer: Peer, drops: dict[str, int], reason: str, n: int) -> None:
+    """A drop of the peer's: counted for it here, for the interface by the caller."""
+    if n:
+        drops[reason] = drops.get(reason, 0) + n
+        peer.count_drop(reason, n)

@@ -1,0 +1,103 @@
+"""A started interface's moving parts: the core's Device, the data path on the event loop,
+the protocol timers, and the counters of it all."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Iterable
+
+from vpn.control.counters import Counters, gather
+from vpn.core.wireguard import Device, Peer
+from vpn.endpoint.peer_events import PeerEventLog
+from vpn.endpoint.timers import Timers
+from vpn.io import native
+from vpn.io.datapath import DataPath
+from vpn.io.tun import TunDevice
+from vpn.io.udp import UdpSocket
+
+log = logging.getLogger("vpn.endpoint")  # the name people read, as the endpoint's others
+
+
+class Runtime:
+    """The data path between `tun` and `udp` for `device`, from `start` to `stop`."""
+
+    def __init__(self, name: str, device: Device, tun: TunDevice, udp: UdpSocket, *,
+                 mtu: int, clock: Callable[[], float]) -> None:
+        self.name = name
+        self.device = device
+        self.tun = tun
+        self.udp = udp
+        self.clock = clock
+        self.datapath = DataPath(device, tun, udp, mtu=mtu, clock=clock)
+        self.timers = Timers(clock, self._tick)
+        self.peer_events = PeerEventLog()
+
+    def start(self, on_tun_gone: Callable[[], None]) -> None:
+        """Watch both descriptors and hear the core's timers and peer events."""
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.tun.fd, self.datapath.on_tun_readable)
+        loop.add_reader(self.udp.fd, self.datapath.on_udp_readable)
+        self.datapath.on_tun_gone = on_tun_gone
+        self.device.on_earlier_deadline = self.timers.arm
+        self.device.on_peer_event = self.peer_events
+
+    def run_timers(self, owed_keepalive: Iterable[Peer]) -> None:
+        """Send the keep-alives the initial configuration owes; the timers run from now."""
+        self.send_keepalives(owed_keepalive, self.clock())
+        self.timers.arm(self.device.wake_at)
+
+    def _tick(self) -> float:
+        self.datapath.on_tick()
+        return self.device.wake_at
+
+    def stop(self) -> None:
+        """No more callbacks from the core, the timers or the descriptors (which stay open:
+        the lifecycle closes them)."""
+        self.device.on_earlier_deadline = self.device.on_peer_event = None
+        self.timers.cancel()
+        loop = asyncio.get_running_loop()
+        for dev in (self.tun, self.udp):
+            if dev.fd >= 0:
+                loop.remove_reader(dev.fd)
+        # The offload picture of the whole run, one line, for people and tests alike.
+        log.info("interface %s stopping; offload: %s", self.name,
+                 json.dumps(self.datapath.stats.summary(), sort_keys=True))
+
+    def end_sessions(self) -> None:
+        for peer in list(self.device.peers.values()):
+            self.device.remove_peer(peer.public_key)  # drops every session key
+
+    def send_keepalives(self, peers: Iterable[Peer], now: float) -> None:
+        for peer in peers:
+            self.datapath.send_control(peer, peer.keepalive(now))
+
+    def set_mtu(self, mtu: int) -> None:
+        log.info("interface %s: MTU now %d", self.name, mtu)
+        self.datapath.mtu = mtu
+        self.device.set_mtu(mtu)
+
+    def swap_udp(self, new: UdpSocket) -> None:
+        """Move the data path to a socket opened on the new port; the old one closes."""
+        loop = asyncio.get_running_loop()
+        old = self.udp
+        new.stats = old.stats  # the counters describe the interface, not one socket
+        loop.remove_reader(old.fd)
+        self.udp = self.datapath.udp = new
+        loop.add_reader(new.fd, self.datapath.on_udp_readable)
+        old.close()
+        log.info("interface %s: now listening on UDP port %d", self.name, new.port)
+
+    def serving(self) -> bool:
+        """Both descriptors open and the protocol timers running on time."""
+        return self.tun.fd >= 0 and self.udp.fd >= 0 and self.timers.on_time()
+
+    def snapshot(self) -> Counters:
+        """Every counter, at this moment: what `vpn show --json` and /metrics render."""
+        return gather(self.name, self.device, mtu=self.datapath.mtu,
+                      tun_offloads=self.tun.offload.describe(),
+                      fast_path=native.fast_path()[0], udp_gso=self.udp.gso_enabled,
+                      udp_gro=self.udp.gro_enabled, datapath=self.datapath.stats.summary(),
+                      udp=self.udp.stats.summary(),
+                      handshakes_completed=self.peer_events.handshakes_completed)
