@@ -192,7 +192,7 @@ class _Walk:
                 self.drop("keypair_expired", 1, found[0])
                 pos = end
             else:
-                pos = self.transport_run(data, segment_size, pos, source, *found)
+                pos = self.transport_run(data, segment_size, pos, source, found[0], found[1])
             if pos >= size:
                 return
 
