@@ -204,7 +204,8 @@ def test_message_round_trip(message: messages.Message) -> None:
 @FUZZ
 @given(st.lists(st.tuples(datagrams(), st.booleans()), max_size=20))
 def test_device_survives_anything(batch: list[tuple[bytes, bool]]) -> None:
-    """handle_handshake_message and receive_transport never raise; nothing is accepted."""
+    """handle_handshake_message and the receive walk (receive_one) never raise; nothing is
+    accepted."""
     pair = make_pair()
     for now, (data, under_load) in enumerate(batch):
         result = pair.b.handle_handshake_message(data, A_ADDR, float(now), under_load=under_load)
