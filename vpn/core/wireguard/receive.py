@@ -219,8 +219,9 @@ class _Walk:
             data, segment_size, pos, self.out, self.offset, len(records) // RECORD.size,
             self.opened, run_drops)
         nrec, fresh, nbytes = kp.accept_run(self.opened, count, records, run_drops)
-        for reason, n in run_drops.items():  # replays, failed authentication
-            self.drop(reason, n, peer)
+        if run_drops:  # replays, failed authentication
+            for reason, n in run_drops.items():
+                self.drop(reason, n, peer)
         if stop <= pos:
             raise RuntimeError(f"receive_run made no progress at {pos} of {len(data)}")
         if fresh:
