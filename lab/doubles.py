@@ -28,12 +28,13 @@ NOW = 1.0
 
 class MemoryTun(TunDevice):
     """A TunDevice whose system calls are replaced: reads come from `reads` (whole frames,
-    the virtio-net header first: `tun_frame` makes one), written frames are kept (or not). The
-    device's own code (the header, the split) runs as on a real TUN."""
+    the virtio-net header first, with IFF_VNET_HDR: `tun_frame` makes one), written frames
+    are kept (or not). The device's own code (the header, the split, GRO on write, the
+    counted writes, the EINVAL fallback) runs as on a real TUN."""
 
-    def __init__(self) -> None:
-        every = OFFLOAD_LADDER[0]
-        super().__init__(-1, "memory", vnet_hdr=True, offload=OffloadResult(every, every),
+    def __init__(self, *, vnet_hdr: bool = True) -> None:
+        every = OFFLOAD_LADDER[0] if vnet_hdr else 0
+        super().__init__(-1, "memory", vnet_hdr=vnet_hdr, offload=OffloadResult(every, every),
                          batch=64)
         self.reads: list[Buffer] = []
         self.frames: list[bytes] = []
@@ -45,8 +46,8 @@ class MemoryTun(TunDevice):
         return memoryview(self.reads.pop(0))
 
     def write(self, header: bytes, parts: Sequence[Buffer]) -> None:
-        if self.keep:
-            self.frames.append(b"".join((header, *parts)))
+        if self.keep:  # as the device: the virtio-net header only with IFF_VNET_HDR
+            self.frames.append(b"".join((header, *parts) if self.vnet_hdr else parts))
 
 
 def tun_frame(header: VirtioNetHeader, packet: Buffer) -> bytes:

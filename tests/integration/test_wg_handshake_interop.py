@@ -107,6 +107,7 @@ def wireguard_go(tmp_path: Path) -> Iterator[tuple[WgGo, bytes]]:
 
 def client_main(args: dict[str, object]) -> dict[str, object]:
     """Runs inside the namespace: handshake with wireguard-go, then exchange transport."""
+    from tests.unit.core.wireguard.helpers import receive_one
     from vpn.core.wireguard import Device
 
     our_private = bytes.fromhex(str(args["our_private"]))
@@ -139,7 +140,7 @@ def client_main(args: dict[str, object]) -> dict[str, object]:
         data, src = sock.recvfrom(65536)
         if data[0] != 4:
             continue
-        got = device.receive_transport(data, src, time.monotonic())
+        got = receive_one(device, data, src, time.monotonic())
         result["transport_drop"] = got.drop_reason
         if got.packet:
             result["inner_src"] = socket.inet_ntoa(got.packet[12:16])

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lab.packets import tcp_packet, tcp_super_packet, udp_packet, udp_super_packet
-from tests.unit.core.wireguard.helpers import A_ADDR, B_ADDR, ipv4_packet, make_pair
+from tests.unit.core.wireguard.helpers import A_ADDR, B_ADDR, ipv4_packet, make_pair, receive_one
 from vpn.control import config, uapi
 from vpn.core.offload import coalesce, split
 from vpn.core.packet.errors import OffloadError
@@ -204,13 +204,14 @@ def test_message_round_trip(message: messages.Message) -> None:
 @FUZZ
 @given(st.lists(st.tuples(datagrams(), st.booleans()), max_size=20))
 def test_device_survives_anything(batch: list[tuple[bytes, bool]]) -> None:
-    """handle_handshake_message and receive_transport never raise; nothing is accepted."""
+    """handle_handshake_message and the receive walk (receive_one) never raise; nothing is
+    accepted."""
     pair = make_pair()
     for now, (data, under_load) in enumerate(batch):
         result = pair.b.handle_handshake_message(data, A_ADDR, float(now), under_load=under_load)
         assert result.event in (None, "cookie_sent"), result
         assert (result.drop_reason is None) == (result.event == "cookie_sent")
-        transport = pair.b.receive_transport(data, A_ADDR, float(now))
+        transport = receive_one(pair.b, data, A_ADDR, float(now))
         assert transport.drop_reason and not transport.packet
     assert pair.pb.keypairs.current is None and pair.pb.endpoint == A_ADDR
 
@@ -255,13 +256,13 @@ def test_tampered_transport_never_accepted(data: st.DataObject) -> None:
     tampered = data.draw(mutated(message))
     if tampered == message:  # (not assume(): the message differs run to run, draws must not)
         tampered += b"\x00"
-    result = pair.b.receive_transport(tampered, A_ADDR, 2.0)
+    result = receive_one(pair.b, tampered, A_ADDR, 2.0)
     if tampered[:len(message)] == message and len(tampered) > len(message):
         assert result.drop_reason, result  # appended bytes break the tag too
     assert result.drop_reason and not result.packet, result
     # The genuine message is still accepted once, and a replay of it never.
-    assert pair.b.receive_transport(message, A_ADDR, 2.0).packet
-    assert pair.b.receive_transport(message, B_ADDR, 2.0).drop_reason == "replay"
+    assert receive_one(pair.b, message, A_ADDR, 2.0).packet
+    assert receive_one(pair.b, message, B_ADDR, 2.0).drop_reason == "replay"
     assert pair.pb.endpoint == A_ADDR  # a replay from elsewhere does not move the endpoint
 
 

@@ -4,23 +4,33 @@ The device owns the offload of what it reads: `read_packets` hands out TunReads,
 packet or a super-packet that the device splits, on demand, into complete packets or into a
 layout the caller describes (the room it wants before and after each segment), so the data
 path never sees a virtio-net header. `read_batch` is the raw form, (header, packet view)
-pairs, for the offload relay and the tests. Both read into preallocated buffers. Writes take
-the 10-byte header and the frame as a list of buffers so jumbo frames go out with one writev.
+pairs, for the offload relay and the tests. Both read into preallocated buffers.
+
+It owns GRO on write too: `deliver` takes the receive walk's records of plaintext packets,
+coalesced (with the TUN's offloads) until `flush` writes each frame as the 10-byte
+virtio-net header and the frame's parts in one writev; a kernel that refuses a coalesced
+write (EINVAL) turns coalescing off for good. It counts both sides in `TunStats`.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import struct
+from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from vpn.core.offload import Coalesced, split
+from vpn.core.offload.gro import RECORD, NativeCoalescer, RecordCoalescer, receive_coalescer
 from vpn.core.offload.gso import Fields, split_fields, split_into_fields
-from vpn.core.packet.virtio import HEADER, VIRTIO_NET_HDR_LEN, VirtioNetHeader
+from vpn.core.packet.virtio import HEADER, NO_OFFLOAD, VIRTIO_NET_HDR_LEN, VirtioNetHeader
 from vpn.core.types import Buffer
 from vpn.io.buffers import reserve
+
+log = logging.getLogger("vpn.io.tun")
 
 TUN_PATH = "/dev/net/tun"
 
@@ -109,10 +119,21 @@ class OffloadResult:
 
 @dataclass(slots=True)
 class TunStats:
-    """The reads' offload picture; the data path reports them, nothing resets them."""
+    """The device's offload picture, reads and writes; the data path reports them under
+    these names, nothing resets them."""
 
     super_packets: int = 0  # reads with a GSO type that were split
     segments_split: int = 0  # the segments they became
+    tun_writes: int = 0  # successful writes (a jumbo frame is one)
+    jumbo_frames: int = 0  # writes that carried more than one segment
+    jumbo_segments: int = 0  # the segments those carried
+    drops: Counter[str] = field(default_factory=Counter)  # tun_write_*, gro_write_refused
+
+    def counts(self) -> dict[str, int]:
+        """The counts but `drops`."""
+        return {"super_packets": self.super_packets, "segments_split": self.segments_split,
+                "tun_writes": self.tun_writes, "jumbo_frames": self.jumbo_frames,
+                "jumbo_segments": self.jumbo_segments}
 
 
 class TunRead:
@@ -170,6 +191,10 @@ class TunDevice:
         self._views = [
             self._buffer[i * self._slot : (i + 1) * self._slot] for i in range(batch)
         ]
+        # GRO on write needs the virtio-net header; off for good after a refused write.
+        self.coalescing = vnet_hdr
+        self._gro: RecordCoalescer | NativeCoalescer | None = None  # over _gro_buffer
+        self._gro_buffer: Buffer | None = None
 
     @classmethod
     def open(
@@ -273,6 +298,7 @@ class TunDevice:
 
     def write(self, header: bytes, parts: Sequence[Buffer]) -> None:
         """Write one frame: the virtio-net header (ignored without IFF_VNET_HDR) then parts.
+        The system call itself, and all of it (lab.doubles.MemoryTun replaces only this).
 
         Raises OSError as the kernel reports it (EINVAL for a header it rejects).
         """
@@ -280,6 +306,68 @@ class TunDevice:
             os.writev(self.fd, (header, *parts))
         else:
             os.writev(self.fd, parts)
+
+    # -- the write side: GRO, counted writes, the EINVAL fallback ------------------------------
+
+    def deliver(self, buffer: Buffer, records: Buffer, nrec: int) -> None:
+        """The packets the first `nrec` records (RECORD: offset in `buffer`, IP length, slot)
+        name: gathered into frames until `flush`, or without coalescing written one by one
+        now. `buffer` must stay as it is until `flush` (or `clear`)."""
+        if not nrec:
+            return
+        if not self.coalescing:
+            for at, length, _ in RECORD.iter_unpack(records[:RECORD.size * nrec]):
+                self.write_packet(buffer[at:at + length])
+            return
+        if self._gro is None or buffer is not self._gro_buffer:
+            self.flush()
+            self._gro = receive_coalescer(buffer, udp=self.offload.uso)
+            self._gro_buffer = buffer
+        self._gro.add_records(records, 0, nrec)
+
+    def flush(self) -> None:
+        """Write every frame gathered since the last flush, in order."""
+        if self._gro is not None:
+            for frame in self._gro.frames():
+                self._write_frame(frame)
+
+    def clear(self) -> None:
+        """Forget what was gathered (it points into a buffer about to be overwritten)."""
+        if self._gro is not None:
+            self._gro.clear()
+
+    def write_packet(self, packet: Buffer) -> None:
+        """One packet as it is, without offload."""
+        self._write_frame(Coalesced(NO_OFFLOAD, [packet]))
+
+    def _write_frame(self, frame: Coalesced) -> None:
+        stats = self.stats
+        try:
+            self.write(frame.header, frame.parts)
+        except BlockingIOError:
+            stats.drops["tun_write_full"] += frame.segments
+            return
+        except OSError as err:
+            if err.errno == errno.EINVAL and frame.segments > 1:
+                self._refuse_coalescing(frame)
+                return
+            code = err.errno or 0
+            stats.drops[f"tun_write_{errno.errorcode.get(code, code)}"] += 1
+            return
+        stats.tun_writes += 1
+        if frame.segments > 1:
+            stats.jumbo_frames += 1
+            stats.jumbo_segments += frame.segments
+
+    def _refuse_coalescing(self, frame: Coalesced) -> None:
+        """Some stable kernels reject valid coalesced writes: write plain from now on."""
+        log.warning("the kernel refused a coalesced TUN write (EINVAL); writing segments "
+                    "one by one from now on")
+        self.coalescing = False
+        self.stats.drops["gro_write_refused"] += 1
+        header = VirtioNetHeader.unpack(frame.header)
+        for segment in split(header, b"".join(frame.parts)):
+            self.write_packet(segment)
 
     def close(self) -> None:
         if self.fd >= 0:

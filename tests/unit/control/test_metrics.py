@@ -10,6 +10,7 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
+from tests.unit.core.wireguard.helpers import receive_one
 from vpn.control.counters import Counters, PeerCounters, gather
 from vpn.control.metrics import render, wants_openmetrics
 from vpn.core.keys import encode_key
@@ -141,7 +142,7 @@ def test_gather_counts_each_peers_handshakes_and_endpoint_changes() -> None:
     initiation = a_peer.initiate_handshake(0.0)[0]
     response = b.handle_handshake_message(initiation, ("198.18.0.1", 1), 0.0).replies[0]
     confirmation = a.handle_handshake_message(response, ("198.18.0.2", 2), 0.0).replies[0]
-    assert b.receive_transport(confirmation, ("198.18.0.1", 1), 0.0).drop_reason is None
+    assert receive_one(b, confirmation, ("198.18.0.1", 1), 0.0).drop_reason is None
     ours = gather("wg0", a, mtu=1420, tun_offloads="", fast_path="python", udp_gso=False,
                   udp_gro=False, datapath={"tun_reads": 1, "drops": {"x": 2}, "udp": {}},
                   udp={"gso_sends": 0, "send_errors": {}}, handshakes_completed=1)
@@ -158,8 +159,8 @@ def test_gather_counts_each_peers_handshakes_and_endpoint_changes() -> None:
     assert stats["peers"] == {b.public_key.hex(): {"handshakes": 1, "endpoint_changes": 0,
                                                    "drops": {}}}
     # The confirmation again: a replay, the interface's and the peer's.
-    assert b.receive_transport(confirmation, ("198.18.0.1", 1), 0.0).drop_reason == "replay"
-    assert b.drops["replay"] == 1
+    assert receive_one(b, confirmation, ("198.18.0.1", 1), 0.0).drop_reason == "replay"
+    assert b.receive_counts.drops["replay"] == 1
     assert gather("wg0", b, mtu=1420, tun_offloads="", fast_path="python", udp_gso=False,
                   udp_gro=False, datapath={}, udp={}, handshakes_completed=1
                   ).peers[0].drops == {"replay": 1}

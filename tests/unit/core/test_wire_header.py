@@ -70,6 +70,8 @@ PROTOCOL_NAMES = (
 LAYOUT_NAMES = (
     "TRANSPORT_TYPE_AT", "TRANSPORT_RECEIVER_AT", "TRANSPORT_COUNTER_AT", "RECORD_SIZE",
     "RECORD_OFFSET_AT", "RECORD_LENGTH_AT", "RECORD_SLOT_AT", "MAX_SOURCES", "REPLAY_SLOTS",
+    "OPENED_SIZE", "OPENED_COUNTER_AT", "OPENED_BYTES_AT", "OPENED_OFFSET_AT",
+    "OPENED_LENGTH_AT", "OPENED_STATUS_AT", "OPENED_SLOT_AT",
 )
 
 
@@ -100,7 +102,7 @@ def test_the_transport_header_is_messages_py() -> None:
 
 def test_the_record_is_keypair_record() -> None:
     # receive_run writes it (keypair.py, _transport.c), the coalescer reads it (gro.py, _gro.c)
-    assert keypair.RECORD.format == gro._RECORD.format == "<III"
+    assert keypair.RECORD.format == gro.RECORD.format == "<III"
     assert keypair.RECORD.size == WIRE["RECORD_SIZE"]
     assert _offsets(keypair.RECORD) == [WIRE["RECORD_OFFSET_AT"], WIRE["RECORD_LENGTH_AT"],
                                         WIRE["RECORD_SLOT_AT"]]
@@ -108,15 +110,23 @@ def test_the_record_is_keypair_record() -> None:
     assert WIRE["REPLAY_SLOTS"] == replay.REPLAY_SLOTS
 
 
-@pytest.mark.parametrize(("enum", "prefix", "reasons"), [
-    ("open_drop", "OPEN_", keypair._NATIVE_DROP_REASONS),
-    ("run_drop", "RUN_", keypair._RUN_DROP_REASONS),
-    ("screen_drop", "SCREEN_", screen.SCREEN_REASONS),
+def test_the_opened_entry_is_keypair_opened() -> None:
+    # open_run writes it, accept_run reads it (keypair.py, transport_open.c)
+    assert keypair.OPENED.format == "<QIIIII" and keypair.OPENED.size == WIRE["OPENED_SIZE"]
+    assert _offsets(keypair.OPENED) == [WIRE[f"OPENED_{name}_AT"] for name in (
+        "COUNTER", "BYTES", "OFFSET", "LENGTH", "STATUS", "SLOT")]
+
+
+@pytest.mark.parametrize(("enum", "prefix", "reasons", "total"), [
+    ("open_drop", "OPEN_", keypair._NATIVE_DROP_REASONS, "REASONS"),
+    ("run_drop", "RUN_", keypair._RUN_DROP_REASONS, "REASONS"),
+    ("screen_drop", "SCREEN_", screen.SCREEN_REASONS, "REASONS"),
+    ("opened_status", "OPENED_", keypair.OPENED_STATUS, "STATUSES"),
 ])
 def test_the_drop_reasons_come_in_the_python_order(enum: str, prefix: str,
-                                                   reasons: tuple[str, ...]) -> None:
+                                                   reasons: tuple[str, ...], total: str) -> None:
     *members, count = enums(INCLUDE / "wire.h")[enum]
-    assert count == f"{prefix}REASONS"
+    assert count == f"{prefix}{total}"
     assert all(m.startswith(prefix) and "=" not in m for m in members)
     assert tuple(m.removeprefix(prefix).lower() for m in members) == reasons
 

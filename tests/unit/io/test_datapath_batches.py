@@ -97,8 +97,8 @@ def test_full_batch_of_big_mtu_gro_receives_writes_only_checked_packets() -> Non
                     for i in range(64)]
         assert run_batch(b, receives) == flows.allowed
         flows.allowed.clear()
-    assert b.stats.drops == {"source_not_allowed": 2 * 13 * 8}
-    assert "internal_error" not in b.stats.drops
+    assert b.stats.all_drops() == {"source_not_allowed": 2 * 13 * 8}
+    assert "internal_error" not in b.stats.all_drops()
 
 
 SHAPES = st.lists(
@@ -125,7 +125,7 @@ def test_any_gro_shape_writes_exactly_the_checked_packets(mtu: int,
             receives.append(flows.gro_receive(flows.segments(src, sport, sizes)))
         assert run_batch(b, receives) == flows.allowed
         flows.allowed.clear()
-    assert set(b.stats.drops) <= {"source_not_allowed"}
+    assert set(b.stats.all_drops()) <= {"source_not_allowed"}
 
 
 def lying_packet(version: int, claimed: int, size: int) -> bytes:
@@ -159,21 +159,21 @@ def test_dishonest_ip_lengths_are_dropped_in_every_receive_path(
                 [(data, len(data), ENDPOINT_A)])
     assert run_batch(b, receives) == {}
     assert b.tun.frames == []  # type: ignore[attr-defined]
-    assert b.stats.drops == {"dishonest_packet_size": count}
+    assert b.stats.all_drops() == {"dishonest_packet_size": count}
 
 
 def test_an_internal_error_mid_batch_leaves_nothing_for_the_next(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    """An exception nobody expected, half-way through a batch: the pump catches it, counts
-    it, logs its traceback (at most once a minute), and the next batch writes only its own
-    frames, though the failed one had left segments in the coalescer."""
+    """An exception nobody expected, half-way through a batch (here in the core's receive
+    walk, at a keypair's accept stage): the pump catches it, counts it, logs its traceback
+    (at most once a minute), and the next batch writes only its own frames."""
     a, b = handshaken_pair(b"boom")
     flows = Flows(a)
     first = [flows.gro_receive(flows.segments(SRC, 40000, [1420] * 5 + [200]))
              for _ in range(6)]
     flows.allowed.clear()
     calls = {"n": 0}
-    real = Keypair.receive_run
+    real = Keypair.accept_run
 
     def failing(self: Keypair, *args: object, **kwargs: object) -> tuple:
         calls["n"] += 1
@@ -181,7 +181,7 @@ def test_an_internal_error_mid_batch_leaves_nothing_for_the_next(
             raise RuntimeError("injected")
         return real(self, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(Keypair, "receive_run", failing)
+    monkeypatch.setattr(Keypair, "accept_run", failing)
     with caplog.at_level(logging.ERROR, logger="vpn.io.datapath"):
         assert run_batch(b, first) == {}
         second = [flows.gro_receive(flows.segments(SRC, 40001, [1420] * 5 + [200]))
@@ -189,7 +189,7 @@ def test_an_internal_error_mid_batch_leaves_nothing_for_the_next(
         assert run_batch(b, second) == flows.allowed
         calls["n"] = 0
         run_batch(b, first[:5])  # fails again within the minute: counted, not logged
-    assert b.stats.drops["internal_error"] == 2
+    assert b.stats.all_drops()["internal_error"] == 2
     tracebacks = [r for r in caplog.records if r.exc_info]
     assert len(tracebacks) == 1 and "injected" in str(tracebacks[0].exc_info[1])
 
@@ -204,7 +204,7 @@ def test_an_internal_error_on_the_send_side_is_caught(monkeypatch: pytest.Monkey
     monkeypatch.setattr(a, "send_to_peer", failing)
     a.tun.reads = [tun_frame(VirtioNetHeader.unpack(NO_OFFLOAD), packet)]  # type: ignore[attr-defined]
     a.on_tun_readable()
-    assert a.stats.drops["internal_error"] == 1
+    assert a.stats.all_drops()["internal_error"] == 1
     monkeypatch.undo()
     a.udp.sent = []  # type: ignore[attr-defined]
     a.tun.reads = [tun_frame(VirtioNetHeader.unpack(NO_OFFLOAD), packet)]  # type: ignore[attr-defined]
@@ -219,8 +219,8 @@ def test_a_super_packet_of_more_segments_than_the_send_buffer_holds_is_sent_whol
     header, packet = udp_super_packet(bytes(range(256)) * 234 + bytes(96), 2, src=SRC, dst=DST)
     a.tun.reads = [tun_frame(header, packet)]  # type: ignore[attr-defined]
     a.on_tun_readable()
-    assert a.stats.drops == {} and a.stats.segments_split == 30_000
+    assert a.stats.all_drops() == {} and a.stats.segments_split == 30_000
     assert a.stats.datagrams_sent == 30_000
     b.udp.incoming = [(memoryview(d), s, ENDPOINT_A) for d, s in a.udp.sent]  # type: ignore[attr-defined]
     b.on_udp_readable()
-    assert b.stats.drops == {} and b.stats.packets_written == 30_000
+    assert b.stats.all_drops() == {} and b.stats.packets_written == 30_000

@@ -66,8 +66,8 @@ def test_handshake_sized_garbage_does_not_demand_cookies_of_a_peer() -> None:
     for wakeup in range(30):
         clock.now = wakeup * TICK
         receive(path, handshake_shaped(99), strangers(99))
-    assert path.stats.drops["bad_mac1"] == 30 * 66  # initiations and responses
-    assert path.stats.drops["unknown_receiver_index"] == 30 * 33  # cookie replies
+    assert path.stats.all_drops()["bad_mac1"] == 30 * 66  # initiations and responses
+    assert path.stats.all_drops()["unknown_receiver_index"] == 30 * 33  # cookie replies
     (init,) = next(iter(remote.peers.values())).initiate_handshake(clock.now)
     receive(path, [init], [ENDPOINT_A])
     assert sent_types(path) == [MESSAGE_RESPONSE]
@@ -112,7 +112,7 @@ def test_spoofed_unknown_index_every_second_does_not_keep_a_dead_peer_alive() ->
     assert gave_up is not None, peer.timers
     assert gave_up <= (MAX_TIMER_HANDSHAKES + 2) * (REKEY_TIMEOUT + TICK)
     assert not peer.staged
-    assert path.stats.drops["unknown_receiver_index"] == int(gave_up)
+    assert path.stats.all_drops()["unknown_receiver_index"] == int(gave_up)
     # The first initiation and the timer's retries, no more: none was the spoofer's doing.
     assert sent_types(path) == [MESSAGE_INITIATION] * (MAX_TIMER_HANDSHAKES + 2)
     assert path.stats.lost_session_handshakes == 0

@@ -37,6 +37,15 @@
 #define RECORD_SLOT_AT 8    /* uint32: its inner source's slot */
 #define MAX_SOURCES 64      /* keypair.MAX_SOURCES: distinct sources per receive_run */
 
+/* keypair.OPENED ("<QIIIII"): one authenticated message of open_run, for accept_run. */
+#define OPENED_SIZE 28
+#define OPENED_COUNTER_AT 0  /* uint64: its counter, for the replay window */
+#define OPENED_BYTES_AT 8    /* uint32: its size on the wire */
+#define OPENED_OFFSET_AT 12  /* uint32: where its plaintext starts in `out` */
+#define OPENED_LENGTH_AT 16  /* uint32: its IP length (a packet) */
+#define OPENED_STATUS_AT 20  /* uint32: what it holds, enum opened_status */
+#define OPENED_SLOT_AT 24    /* uint32: its inner source's slot (a packet) */
+
 /* replay.REPLAY_SLOTS: the window's ring of one-byte slots (replay.h). */
 #define REPLAY_SLOTS 8192
 
@@ -50,6 +59,12 @@ enum open_drop {
 enum run_drop {
     RUN_WRONG_KEYPAIR, RUN_BAD_AUTH, RUN_REPLAY, RUN_INNER_NOT_IP, RUN_DISHONEST_PACKET_SIZE,
     RUN_REASONS
+};
+/* keypair.OPENED_STATUS: what an opened message holds; accept_run records a packet and
+ * counts the two drops (under those reasons) once the message is fresh. */
+enum opened_status {
+    OPENED_PACKET, OPENED_KEEPALIVE, OPENED_INNER_NOT_IP, OPENED_DISHONEST_PACKET_SIZE,
+    OPENED_STATUSES
 };
 /* screen.SCREEN_REASONS: the receive screen (vpn/core/wireguard/_screen.c). The first six
  * are the handshake path's (Device.drops), the last the data path's. */

@@ -341,7 +341,8 @@ def _finish(run: _Run) -> Coalesced:
     return Coalesced(vnet.pack(), parts, run.count)
 
 
-_RECORD = struct.Struct("<III")
+# A record of the receive walk (keypair.RECORD, wire.h): offset in the buffer, IP length, slot.
+RECORD = struct.Struct("<III")
 
 
 class RecordCoalescer(Coalescer):
@@ -360,12 +361,12 @@ class RecordCoalescer(Coalescer):
         little-endian uint32 each), skipping those whose slot is marked in `denied`;
         returns how many were skipped."""
         view = self._view
-        if not 0 <= start <= stop <= len(records) // _RECORD.size:
+        if not 0 <= start <= stop <= len(records) // RECORD.size:
             raise ValueError("add_records: start or stop outside the records")
         packets = []
         skipped = 0
-        for at, length, slot in _RECORD.iter_unpack(
-                memoryview(records)[start * _RECORD.size:stop * _RECORD.size]):
+        for at, length, slot in RECORD.iter_unpack(
+                memoryview(records)[start * RECORD.size:stop * RECORD.size]):
             # Every record is checked against the buffer first, a denied one too (as _gro.c).
             if at + length > len(view):
                 raise ValueError("add_records: a record outside the buffer")

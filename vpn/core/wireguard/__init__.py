@@ -4,10 +4,11 @@ Bytes and a monotonic `now` go in; bytes and actions come out. The asyncio shell
 """
 
 from .allowedips import AllowedIPs
-from .device import Device, HandshakeResult, TransportResult
+from .device import Device, HandshakeResult
 from .keypair import Keypair, TransportError, padded_length
 from .messages import MessageError
 from .peer import Peer
+from .receive import ReceiveCounts, Received
 
 __all__ = [
     "AllowedIPs",
@@ -16,7 +17,8 @@ __all__ = [
     "Keypair",
     "MessageError",
     "Peer",
+    "ReceiveCounts",
+    "Received",
     "TransportError",
-    "TransportResult",
     "padded_length",
 ]

@@ -24,7 +24,7 @@
  *
  * The module's pieces, one job each: this file (the TransportKey type, its claim for a batch,
  * the module), transport_seal.c (seal_batch, seal_segments), transport_open.c (open_batch,
- * open_run) and replay.h (the anti-replay window); wire facts come from
+ * open_run, accept_run) and replay.h (the anti-replay window); wire facts come from
  * vpn/core/include/wire.h.
  */
 #include "transport.h"
@@ -217,11 +217,17 @@ static PyTypeObject TransportKeyType = {
     .tp_new = PyType_GenericNew,
 };
 
+static PyMethodDef transport_functions[] = {
+    {"accept_run", accept_run, METH_VARARGS, accept_run_doc},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef transport_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "vpn.core.wireguard._transport",
     .m_doc = "WireGuard transport messages sealed and opened in batches (OpenSSL libcrypto).",
     .m_size = -1,
+    .m_methods = transport_functions,
 };
 
 PyMODINIT_FUNC PyInit__transport(void)
@@ -246,6 +252,7 @@ PyMODINIT_FUNC PyInit__transport(void)
         || PyModule_AddIntConstant(module, "REPLAY_WINDOW", REPLAY_WINDOW) < 0
         || PyModule_AddIntConstant(module, "RECORD_LEN", RECORD_SIZE) < 0
         || PyModule_AddIntConstant(module, "MAX_SOURCES", MAX_SOURCES) < 0
+        || PyModule_AddIntConstant(module, "OPENED_LEN", OPENED_SIZE) < 0
         || PyModule_AddObjectRef(module, "REJECT_AFTER_MESSAGES", limit) < 0
         || PyModule_AddStringConstant(module, "OPENSSL_VERSION",
                                       OpenSSL_version(OPENSSL_VERSION)) < 0)

@@ -9,6 +9,7 @@ from _typeshed import ReadableBuffer, WriteableBuffer
 REPLAY_SLOTS: int
 REPLAY_WINDOW: int
 RECORD_LEN: int
+OPENED_LEN: int
 MAX_SOURCES: int
 REJECT_AFTER_MESSAGES: int
 OPENSSL_VERSION: str
@@ -35,9 +36,13 @@ class TransportKey:
                    ) -> tuple[list[int], int, _BatchDrops | None]:
         """(lengths, greatest, drops): -1 in lengths for a dropped message."""
     def open_run(self, data: ReadableBuffer, segment_size: int, start: int,
-                 out: WriteableBuffer, offset: int, local_index: int, seen: WriteableBuffer,
-                 greatest: int, records: WriteableBuffer, /
-                 ) -> tuple[int, int, int, int, int, int, _RunDrops | None, list[bytes]]:
-        """(stop, offset, nrec, greatest, fresh, nbytes, drops, sources)."""
+                 out: WriteableBuffer, offset: int, local_index: int, capacity: int,
+                 opened: WriteableBuffer, seen: ReadableBuffer | None, greatest: int, /
+                 ) -> tuple[int, int, int, _RunDrops | None, list[bytes]]:
+        """(stop, offset, count, drops, sources): the run opened, no window changed."""
     def zero(self) -> None:
         """Wipe the key; later batches raise ValueError."""
+
+def accept_run(opened: ReadableBuffer, count: int, seen: WriteableBuffer, greatest: int,
+               records: WriteableBuffer, /) -> tuple[int, int, int, int, _RunDrops | None]:
+    """(nrec, greatest, fresh, nbytes, drops): open_run's messages through the window."""

@@ -1,7 +1,8 @@
 """The device: our static identity, the peer table, receiver indexes and the handshake dispatcher.
 
-`handle_handshake_message` and `receive_transport` take a datagram, its source and `now`;
-`apply` changes the configuration (all of a ChangeSet or none of it), `snapshot` reports it.
+`handle_handshake_message` takes a datagram, its source and `now`; `receive` one wakeup's
+datagrams (the receive walk, receive.py); `apply` changes the configuration (all of a
+ChangeSet or none of it), `snapshot` reports it.
 """
 
 from __future__ import annotations
@@ -31,18 +32,18 @@ from .cookie import CookieChecker, HandshakeLoad, address_bytes
 from .crypto import PrivateKey
 from .deadlines import Deadlines
 from .index import IndexTable
-from .keypair import RECORD, Keypair
+from .keypair import Keypair
 from .messages import (
     MessageError,
     message_type,
     parse_cookie_reply,
     parse_initiation,
     parse_response,
-    parse_transport_header,
 )
 from .noise import Handshake, StaticIdentity, consume_initiation, consume_response
 from .peer import Peer, PeerEvent, Sources
 from .ratelimiter import RateLimiter
+from .receive import ReceiveCounts, receive
 from .send import Read, Routed, Sealed, route, seal
 
 _SENDER_INDEX = struct.Struct("<I")
@@ -65,17 +66,6 @@ class HandshakeResult:
     peer: Peer | None = None
     replies: list[bytes] = field(default_factory=list)
     event: HandshakeEvent | None = None
-    drop_reason: str | None = None
-
-
-@dataclass(slots=True)
-class TransportResult:
-    """One decrypted transport message (receive_transport): the inner packet, its padding
-    cut off."""
-
-    peer: Peer | None = None
-    packet: bytes = b""
-    replies: list[bytes] = field(default_factory=list)  # to send to peer.endpoint
     drop_reason: str | None = None
 
 
@@ -109,7 +99,9 @@ class Device:
         self.peers: dict[bytes, Peer] = {}
         self.indexes: IndexTable[Peer] = IndexTable(random_bytes)
         self._last_lost_session_scan = float("-inf")
-        self.drops: Counter[str] = Counter()
+        self.drops: Counter[str] = Counter()  # the handshake code's
+        self.receive_counts = ReceiveCounts()  # the receive walk's (receive.py)
+        self.opened = bytearray()  # the receive walk's open stage describes a run here
         # Host unreachable for packets routed to us that no peer's AllowedIPs cover.
         self.icmp = UnreachableResponder()
         self.mtu = 0  # the padding cap of new peers (0: pad to 16, no cap)
@@ -396,50 +388,12 @@ class Device:
         """`peer`'s reads sealed into `out`, staged or dropped (send.seal)."""
         return seal(peer, reads, out, mtu, now)
 
-    # -- transport: one message through the data path's own Keypair.receive_run -------------
+    # -- the receive walk (receive.py) --------------------------------------------------------
 
-    def receive_transport(self, data: Buffer, src: Address | None, now: float) -> TransportResult:
-        """Decrypt one transport message, check replay, the inner packet and its source
-        address, exactly as the data path does a GRO receive's worth at a time."""
-        try:
-            header = parse_transport_header(data)
-        except MessageError as exc:
-            return self._drop_transport(exc.reason)
-        session = self.session(header.receiver_index)
-        if session is None:
-            return self._drop_transport("unknown_receiver_index")
-        peer, kp = session
-        if not kp.receivable(now):
-            return self._drop_transport("keypair_expired", peer)
-        out = bytearray(len(data))
-        records = bytearray(RECORD.size)
-        drops: dict[str, int] = {}
-        _, _, nrec, fresh, nbytes, sources = kp.receive_run(data, len(data), 0, out, 0,
-                                                            records, drops)
-        if not fresh:
-            return self._drop_transport(next(iter(drops)), peer)
-        if drops:  # authenticated and fresh, but not an IP packet we can deliver
-            reason = next(iter(drops))
-        elif nrec:
-            at, length, _ = RECORD.unpack_from(records)
-            if self.allowed_ips.source_allowed(peer, sources[0]):
-                replies = peer.after_receive(now, kp, nbytes, keepalive=False, source=src)
-                return TransportResult(peer=peer, packet=bytes(out[at:at + length]),
-                                       replies=replies)
-            reason = "source_not_allowed"
-        else:  # a keepalive
-            replies = peer.after_receive(now, kp, nbytes, keepalive=True, source=src)
-            return TransportResult(peer=peer, replies=replies)
-        replies = peer.after_receive(now, kp, nbytes, keepalive=False, source=src)
-        res = self._drop_transport(reason, peer)
-        res.replies = replies
-        return res
-
-    def _drop_transport(self, reason: str, peer: Peer | None = None) -> TransportResult:
-        self.drops[reason] += 1
-        if peer is not None:
-            peer.count_drop(reason)
-        return TransportResult(peer=peer, drop_reason=reason)
+    # One wakeup's datagrams in, what to deliver to the TUN and what to send out: the receive
+    # walk (receive.receive, a method of the device's; bound here without a wrapper, as it
+    # runs once per wakeup).
+    receive = receive
 
     # -- timers -----------------------------------------------------------------------------
 

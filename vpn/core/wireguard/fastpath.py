@@ -14,14 +14,17 @@ from vpn.core.native import PYTHON_FORCED
 
 try:
     from ._transport import OPENSSL_VERSION, TransportKey
+    from ._transport import accept_run as native_accept_run
 except ImportError as error:  # not built (or no usable libcrypto): the Python path runs
     TransportKey = None  # type: ignore[assignment, misc]
+    native_accept_run = None  # type: ignore[assignment]
     OPENSSL_VERSION = ""
     _MISSING = f"native transport module not available ({error})"
 else:
     _MISSING = ""
 
-__all__ = ["FAST_PATH", "FAST_PATH_REASON", "OPENSSL_VERSION", "FastPath", "TransportKey"]
+__all__ = ["FAST_PATH", "FAST_PATH_REASON", "OPENSSL_VERSION", "FastPath", "TransportKey",
+           "native_accept_run"]
 
 FastPath = Literal["native", "python"]
 

@@ -1,7 +1,7 @@
 """What the receive path checks of a decrypted packet before cryptokey routing: that it is
-IPv4 or IPv6 and that its length field is honest. Keypair.receive_run's reference applies
-it (its native twin, _transport.c's inner_packet, is tested equal), and every receive, the
-data path's and `Device.receive_transport`'s, goes through receive_run."""
+IPv4 or IPv6 and that its length field is honest. Keypair.open_run's reference applies it
+(its native twin, transport_open.c's inner_packet, is tested equal), and every receive goes
+through open_run: the one receive walk (Device.receive)."""
 
 from __future__ import annotations
 

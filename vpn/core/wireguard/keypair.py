@@ -31,7 +31,7 @@ from .constants import (
 )
 from .crypto import InvalidTag
 from .crypto import ReferenceAead as ChaCha20Poly1305
-from .fastpath import FAST_PATH, TransportKey
+from .fastpath import FAST_PATH, TransportKey, native_accept_run
 from .inner import inner_packet
 from .messages import TRANSPORT_HEADER, MessageError
 from .noise import SessionKeys
@@ -57,6 +57,13 @@ _RUN_DROP_REASONS = ("wrong_keypair", "bad_auth", "replay", "inner_not_ip",
 # receive_run's record of one good packet: its offset in `out`, its IP length, the slot of
 # its inner source; three little-endian uint32.
 RECORD = struct.Struct("<III")
+# open_run's description of one message that authenticated, for accept_run: its counter,
+# its size on the wire, its plaintext's offset in `out`, its IP length, its status (an index
+# of OPENED_STATUS: a packet, a keepalive, or the drop reason accept_run counts once the
+# message is fresh) and its source slot.
+OPENED = struct.Struct("<QIIIII")
+OPENED_STATUS = ("packet", "keepalive", "inner_not_ip", "dishonest_packet_size")
+OPENED_PACKET, OPENED_KEEPALIVE = 0, 1
 # receive_run returns once a call has seen this many distinct inner sources, so that its
 # search among them stays short whatever an authenticated peer puts in its packets.
 MAX_SOURCES = 64
@@ -341,88 +348,169 @@ class Keypair:
         start: int,
         out: bytearray | memoryview,
         offset: int,
-        records: bytearray,
+        records: bytearray | memoryview,
         drops: MutableMapping[str, int],
     ) -> tuple[int, int, int, int, int, list[bytes]]:
-        """Open the run of transport messages for this keypair that starts at data[start:]
-        (datagrams of `segment_size` bytes, the last possibly shorter: one GRO receive, or
-        one datagram), as the receive path needs them. Returns (stop, offset, nrec, fresh,
-        nbytes, sources).
+        """open_run then accept_run: the run of transport messages for this keypair that
+        starts at data[start:] (datagrams of `segment_size` bytes, the last possibly shorter:
+        one GRO receive, or one datagram), as the receive path needs them. Returns (stop,
+        offset, nrec, fresh, nbytes, sources): see the two. It stops before the first
+        datagram that is not a transport message for this keypair's receiver index (the
+        caller dispatches it), once as many packets opened as `records` holds, or once
+        MAX_SOURCES distinct inner sources were seen. The caller checks `receivable` first.
+        `out` needs room for len(data) - start bytes from `offset` (ValueError otherwise)."""
+        most = (len(data) - start) // min(max(segment_size, 1), TRANSPORT_MIN_SIZE) + 1
+        opened = bytearray(OPENED.size * max(most, 1))
+        stop, offset, count, sources = self.open_run(
+            data, segment_size, start, out, offset, len(records) // RECORD.size, opened, drops)
+        nrec, fresh, nbytes = self.accept_run(opened, count, records, drops)
+        return stop, offset, nrec, fresh, nbytes, sources
 
-        It stops before the first datagram that is not a transport message for this
-        keypair's receiver index (the caller dispatches it), once `records` is full, or once
-        MAX_SOURCES distinct inner sources were seen. Each message is authenticated, checked
-        against the replay window, then its plaintext checked as an IP packet
-        (inner.inner_packet); a good one stays at out[offset:] and is recorded in
-        `records` (RECORD, from 0) as (offset, IP length, source slot), where `sources[slot]`
-        is its inner source, for the caller's cryptokey-routing check. `fresh` and `nbytes`
-        count the messages that authenticated and were new (keepalives included) and their
-        bytes; drops are added to `drops` by reason. The caller checks `receivable` first.
-        `out` needs room for len(data) - start bytes from `offset` (ValueError otherwise).
-        """
-        if self.native:
-            (stop, offset, nrec, self.replay.greatest, fresh, nbytes, counts,
-             sources) = self._recv.open_run(data, segment_size, start, out, offset,
-                                            self.local_index, self.replay.seen,
-                                            self.replay.greatest, records)
-            if counts is not None:
-                _add_drops(drops, _RUN_DROP_REASONS, counts)
-            return stop, offset, nrec, fresh, nbytes, sources
-        return self._receive_run_python(data, segment_size, start, out, offset, records, drops)
-
-    def _receive_run_python(
+    def open_run(
         self,
         data: Buffer,
         segment_size: int,
         start: int,
         out: bytearray | memoryview,
         offset: int,
-        records: bytearray,
+        capacity: int,
+        opened: bytearray | memoryview,
         drops: MutableMapping[str, int],
-    ) -> tuple[int, int, int, int, int, list[bytes]]:
-        """receive_run's reference, datagram by datagram."""
+        window: bool = True,
+    ) -> tuple[int, int, int, list[bytes]]:
+        """The stage of a run that changes no replay window, so it may run beside others:
+        authenticate each message of the run at data[start:] and check its plaintext as an
+        IP packet (inner.inner_packet). Returns (stop, offset, count, sources).
+
+        It stops where receive_run says, once `capacity` packets opened, or once `opened`
+        is full. A counter at the message limit is refused (replay) before its AEAD, and
+        with `window` one this keypair's window refuses already: the window only moves
+        forward, so one older than accept_run's can only let more through. Each message
+        that authenticated is described in `opened` (OPENED, `count` of them, from 0): its
+        counter, size, plaintext offset, IP length, status (OPENED_STATUS) and source slot,
+        where `sources[slot]` is its inner source. A packet's plaintext stays at
+        out[offset:]; the returned offset is past the last. Drops before the AEAD and
+        failed authentication are added to `drops` by reason; the rest are accept_run's."""
+        if self.native:
+            replay = self.replay
+            stop, offset, count, counts, sources = self._recv.open_run(
+                data, segment_size, start, out, offset, self.local_index, capacity, opened,
+                replay.seen if window else None, replay.greatest)
+            if counts is not None:
+                _add_drops(drops, _RUN_DROP_REASONS, counts)
+            return stop, offset, count, sources
+        return self._open_run_python(data, segment_size, start, out, offset, capacity, opened,
+                                     drops, window)
+
+    def _open_run_python(
+        self,
+        data: Buffer,
+        segment_size: int,
+        start: int,
+        out: bytearray | memoryview,
+        offset: int,
+        capacity: int,
+        opened: bytearray | memoryview,
+        drops: MutableMapping[str, int],
+        window: bool,
+    ) -> tuple[int, int, int, list[bytes]]:
+        """open_run's reference, datagram by datagram."""
         size = len(data)
-        if segment_size < 1 or not 0 <= start <= size:
-            raise ValueError("receive_run: segment_size or start out of range")
+        if segment_size < 1 or not 0 <= start <= size or capacity < 0:
+            raise ValueError("open_run: segment_size, start or capacity out of range")
         if not 0 <= offset <= len(out) or size - start > len(out) - offset:
-            raise ValueError("receive_run: out too short")
+            raise ValueError("open_run: out too short")
         view = memoryview(data)
         plain = memoryview(out)
-        capacity = len(records) // RECORD.size
+        room = len(opened) // OPENED.size
         local = self.local_index
+        decrypt = self._recv.decrypt_into
+        rejects = self.replay.rejects if window else _at_limit
         sources: list[bytes] = []
         slots: dict[bytes, int] = {}
         pos = start
-        nrec = fresh = nbytes = 0
+        count = packets = 0
         while pos < size:
             end = min(pos + segment_size, size)
             message = view[pos:end]
             if (end - pos < TRANSPORT_MIN_SIZE or message[0] != MESSAGE_TRANSPORT
-                    or int.from_bytes(message[4:8], "little") != local
-                    or nrec == capacity or len(sources) == MAX_SOURCES):
+                    or int.from_bytes(message[4:8], "little") != local or count == room
+                    or packets == capacity or len(sources) == MAX_SOURCES):
                 break
             pos = end
-            n = self.decrypt_batch((message,), plain, offset, drops)[0]
-            if n < 0:
+            kind, _, counter = _unpack_header(message)
+            if kind != MESSAGE_TRANSPORT:
+                reason = "wrong_keypair"
+            elif rejects(counter):
+                reason = "replay"  # known before the AEAD, which it is spared
+            else:
+                n = len(message) - TRANSPORT_MIN_SIZE
+                try:
+                    decrypt(_nonce(counter), message[TRANSPORT_HEADER_SIZE:], None,
+                            plain[offset:offset + n])
+                except InvalidTag:
+                    reason = "bad_auth"
+                else:
+                    status, length, slot = OPENED_KEEPALIVE, 0, 0
+                    if n:
+                        checked = inner_packet(plain[offset:offset + n])
+                        if isinstance(checked, str):
+                            status = OPENED_STATUS.index(checked)
+                        else:
+                            length, src = checked
+                            source = bytes(src)
+                            slot = slots.get(source, len(sources))
+                            if slot == len(sources):
+                                slots[source] = slot
+                                sources.append(source)
+                            status = OPENED_PACKET
+                            packets += 1
+                    OPENED.pack_into(opened, OPENED.size * count, counter, len(message), offset,
+                                     length, status, slot)
+                    count += 1
+                    if status == OPENED_PACKET:
+                        offset += n
+                    continue
+            drops[reason] = drops.get(reason, 0) + 1
+        return pos, offset, count, sources
+
+    def accept_run(self, opened: Buffer, count: int, records: bytearray | memoryview,
+                   drops: MutableMapping[str, int]) -> tuple[int, int, int]:
+        """The stage of a run that runs per keypair, in order: each of the `count` messages
+        open_run described in `opened` goes through the replay window; a fresh packet is
+        recorded in `records` (RECORD, from 0) as (offset, IP length, source slot), and
+        fresh keepalives and packets counted with their bytes. Returns (nrec, fresh,
+        nbytes); drops are added to `drops` by reason. Too few records for the packets, or
+        an unknown status, raise ValueError before the window changes."""
+        replay = self.replay
+        if self.native:
+            nrec, replay.greatest, fresh, nbytes, counts = native_accept_run(
+                opened, count, replay.seen, replay.greatest, records)
+            if counts is not None:
+                _add_drops(drops, _RUN_DROP_REASONS, counts)
+            return nrec, fresh, nbytes
+        if not 0 <= count <= len(opened) // OPENED.size:
+            raise ValueError("accept_run: count outside `opened`")
+        entries = list(OPENED.iter_unpack(memoryview(opened)[:OPENED.size * count]))
+        if any(entry[4] >= len(OPENED_STATUS) for entry in entries):
+            raise ValueError("accept_run: an entry has no such status")
+        if sum(entry[4] == OPENED_PACKET for entry in entries) > len(records) // RECORD.size:
+            raise ValueError("accept_run: records too short for the packets")
+        validate = replay.validate
+        nrec = fresh = nbytes = 0
+        for counter, size, at, length, status, slot in entries:
+            if not validate(counter):
+                drops["replay"] = drops.get("replay", 0) + 1
                 continue
             fresh += 1
-            nbytes += len(message)
-            if n == 0:
-                continue  # a keepalive
-            checked = inner_packet(plain[offset:offset + n])
-            if isinstance(checked, str):
-                drops[checked] = drops.get(checked, 0) + 1
-                continue
-            length, src = checked
-            source = bytes(src)
-            slot = slots.get(source)
-            if slot is None:
-                slot = slots[source] = len(sources)
-                sources.append(source)
-            RECORD.pack_into(records, RECORD.size * nrec, offset, length, slot)
-            nrec += 1
-            offset += n
-        return pos, offset, nrec, fresh, nbytes, sources
+            nbytes += size
+            if status == OPENED_PACKET:
+                RECORD.pack_into(records, RECORD.size * nrec, at, length, slot)
+                nrec += 1
+            elif status != OPENED_KEEPALIVE:
+                reason = OPENED_STATUS[status]
+                drops[reason] = drops.get(reason, 0) + 1
+        return nrec, fresh, nbytes
 
     def decrypt(self, message: Buffer, now: float) -> bytes:
         """The padded plaintext of a transport message (b"" for a keepalive)."""
@@ -431,6 +519,11 @@ class Keypair:
         out = bytearray(max(0, len(message) - TRANSPORT_MIN_SIZE))
         self.decrypt_into(message, out)
         return bytes(out)
+
+
+def _at_limit(counter: int) -> bool:
+    """open_run's check before the AEAD without a window: the message limit alone."""
+    return counter >= REJECT_AFTER_MESSAGES
 
 
 def _add_drops(drops: MutableMapping[str, int], reasons: tuple[str, ...],

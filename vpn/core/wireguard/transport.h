@@ -60,6 +60,7 @@ extern const char seal_batch_doc[], seal_segments_doc[];
 /* transport_open.c */
 PyObject *TransportKey_open_batch(TransportKey *self, PyObject *args);
 PyObject *TransportKey_open_run(TransportKey *self, PyObject *args);
-extern const char open_batch_doc[], open_run_doc[];
+PyObject *accept_run(PyObject *module, PyObject *args);
+extern const char open_batch_doc[], open_run_doc[], accept_run_doc[];
 
 #endif

@@ -1,6 +1,8 @@
-/* Opening for _transport.c: a batch of messages (open_batch, Keypair.decrypt_batch) and a
- * GRO receive's run of them with the inner checks and records (open_run,
- * Keypair.receive_run). The replay window is replay.h's. */
+/* Opening for _transport.c: a batch of messages (open_batch, Keypair.decrypt_batch), and a
+ * GRO receive's run of them in two stages, as the kernel and wireguard-go do it: open_run
+ * (Keypair.open_run: the AEAD and the inner checks, no window state changed, so it can run
+ * in parallel) and accept_run (Keypair.accept_run: the replay window and the records, per
+ * keypair in order). The replay window is replay.h's. */
 #include "transport.h"
 
 #include <openssl/crypto.h>
@@ -169,7 +171,7 @@ PyObject *TransportKey_open_batch(TransportKey *self, PyObject *args)
     return result;
 }
 
-/* Keypair.receive_run's loop (the reference is in keypair.py): see open_run_doc. */
+/* open_run's distinct inner sources (the reference is Keypair._open_run_python). */
 typedef struct {
     uint8_t len; /* 4 or 16 */
     uint8_t addr[16];
@@ -215,61 +217,57 @@ static inline uint32_t source_slot(Source *sources, int *count, const uint8_t *s
 }
 
 const char open_run_doc[] = PyDoc_STR(
-"open_run(data, segment_size, start, out, offset, local_index, seen, greatest, records)\n"
-"    -> (stop, offset, nrec, greatest, fresh, nbytes, drops, sources)\n\n"
-"Keypair.receive_run: open the transport messages for `local_index` found one after the\n"
-"other in data[start:] (each segment_size bytes, the last possibly shorter), checking each\n"
-"against the replay window (`seen`, updated in place; `greatest`, returned updated) and its\n"
-"plaintext as an IP packet. Stops before the first datagram that is not such a message, once\n"
-"`records` is full or MAX_SOURCES distinct sources were seen. Each good packet is written at\n"
-"out[offset:] and recorded as (offset, ip length, source slot), three little-endian uint32\n"
-"from records[0], nrec of them; `sources` lists the distinct inner sources by slot, for the\n"
-"caller's cryptokey-routing check. fresh and nbytes count the messages (and their bytes)\n"
-"that authenticated and were new, keepalives included; drops is None or the counts\n"
-"(wrong_keypair, bad_auth, replay, inner_not_ip, dishonest_packet_size). Any error leaves\n"
-"`seen` as it was.");
+"open_run(data, segment_size, start, out, offset, local_index, capacity, opened, seen,\n"
+"         greatest) -> (stop, offset, count, drops, sources)\n\n"
+"Keypair.open_run, the stage of a GRO receive's run that needs no replay window state (it\n"
+"may run beside other calls): open the transport messages for `local_index` found one\n"
+"after the other in data[start:] (each segment_size bytes, the last possibly shorter) and\n"
+"check each plaintext as an IP packet. Stops before the first datagram that is not such a\n"
+"message, once `capacity` packets or MAX_SOURCES distinct sources were seen, or once\n"
+"`opened` is full. A counter at the message limit is refused before its AEAD, and so is one\n"
+"the window `seen` (read only; None: none) with `greatest` already refuses. Each message\n"
+"that authenticated is described in `opened` (OPENED, count of them, from opened[0]); a\n"
+"packet's plaintext stays at out[offset:] (the returned offset is past the last). sources\n"
+"lists the distinct inner sources by slot; drops is None or the counts (wrong_keypair,\n"
+"bad_auth, replay, inner_not_ip, dishonest_packet_size), here only the first three.");
 
 PyObject *TransportKey_open_run(TransportKey *self, PyObject *args)
 {
     PyObject *local_obj, *seen_obj, *greatest_obj, *result = NULL, *sources_list = NULL;
-    Py_buffer data, out, seen, records;
-    Py_ssize_t segment_size, start, offset, nrec = 0, capacity, fresh = 0, nbytes = 0;
+    Py_buffer data, out, opened, seen = {0};
+    Py_ssize_t segment_size, start, offset, capacity, room, count = 0, packets = 0;
     Py_ssize_t drops[RUN_REASONS] = {0};
-    unsigned long long greatest;
+    unsigned long long greatest = 0;
     uint32_t local;
     Source sources[MAX_SOURCES];
-    int nsources = 0, failed = 0;
-    /* The window before the batch. Its slots change in place while the new greatest only
-     * comes back in the result: a call that raises (OpenSSL failed, no memory for the
-     * result) puts them back and stays busy until then, so the window moves only with a
-     * greatest the caller gets, and no message can be accepted twice. */
-    uint8_t saved[REPLAY_SLOTS];
+    int nsources = 0, failed = 0, hint;
 
-    if (!PyArg_ParseTuple(args, "y*nnw*nOOOw*:open_run", &data, &segment_size, &start, &out,
-                          &offset, &local_obj, &seen_obj, &greatest_obj, &records))
+    if (!PyArg_ParseTuple(args, "y*nnw*nOnw*OO:open_run", &data, &segment_size, &start, &out,
+                          &offset, &local_obj, &capacity, &opened, &seen_obj, &greatest_obj))
         return NULL;
-    if (PyObject_GetBuffer(seen_obj, &seen, PyBUF_WRITABLE) < 0)
+    hint = seen_obj != Py_None;
+    if (hint && PyObject_GetBuffer(seen_obj, &seen, PyBUF_SIMPLE) < 0)
         goto done_buffers;
     greatest = PyLong_AsUnsignedLongLong(greatest_obj);
     if (PyErr_Occurred() || parse_index(local_obj, "local_index", &local) < 0)
         goto done_seen;
-    capacity = records.len / RECORD_SIZE;
-    if (seen.len != REPLAY_SLOTS) {
+    if (hint && seen.len != REPLAY_SLOTS) {
         PyErr_Format(PyExc_ValueError, "the replay window has %d slots", REPLAY_SLOTS);
         goto done_seen;
     }
-    if (segment_size < 1 || start < 0 || start > data.len || data.len > MAX_BODY || out.len > UINT32_MAX) {
-        PyErr_SetString(PyExc_ValueError, "open_run: segment_size or start out of range");
+    if (segment_size < 1 || start < 0 || start > data.len || data.len > MAX_BODY
+        || out.len > UINT32_MAX || capacity < 0) {
+        PyErr_SetString(PyExc_ValueError, "open_run: segment_size, start or capacity out of range");
         goto done_seen;
     }
+    room = opened.len / OPENED_SIZE;
     /* Room for every plaintext, as if all of data[start:] were messages that authenticate. */
     if (check_out(&out, offset, data.len - start) < 0 || begin_batch(self) < 0)
         goto done_seen;
 
     Py_BEGIN_ALLOW_THREADS
-    memcpy(saved, seen.buf, REPLAY_SLOTS);
-    const uint8_t *base = data.buf;
-    uint8_t *plain_base = out.buf, *rec = (uint8_t *)records.buf;
+    const uint8_t *base = data.buf, *window = hint ? seen.buf : NULL;
+    uint8_t *plain_base = out.buf, *entries = opened.buf;
     Py_ssize_t pos = start, off = offset;
     uint64_t g = greatest;
     EVP_CIPHER_CTX *ctx = self->open;
@@ -280,7 +278,8 @@ PyObject *TransportKey_open_run(TransportKey *self, PyObject *args)
         int n = (int)(size - TRANSPORT_MIN_SIZE);
         uint8_t *plain = plain_base + off;
         if (size < TRANSPORT_MIN_SIZE || msg[TRANSPORT_TYPE_AT] != MESSAGE_TRANSPORT
-            || load32(msg + TRANSPORT_RECEIVER_AT) != local || nrec == capacity || nsources == MAX_SOURCES)
+            || load32(msg + TRANSPORT_RECEIVER_AT) != local || count == room
+            || packets == capacity || nsources == MAX_SOURCES)
             break;
         pos = end;
         if (load32(msg + TRANSPORT_TYPE_AT) != MESSAGE_TRANSPORT) {
@@ -288,43 +287,49 @@ PyObject *TransportKey_open_run(TransportKey *self, PyObject *args)
             continue;
         }
         uint64_t counter = load64(msg + TRANSPORT_COUNTER_AT);
-        if (replay_rejects(seen.buf, g, counter)) {
+        /* The limit, always; with a window, what it refuses already (it only moves forward,
+         * so a window older than accept_run's can only let more through, never less). */
+        if (window ? replay_rejects(window, g, counter) : counter >= REJECT_AFTER_MESSAGES) {
             drops[RUN_REPLAY]++;
             continue;
         }
-        int opened = open_message(ctx, msg, n, plain, counter);
-        if (opened < 0) {
+        int authentic = open_message(ctx, msg, n, plain, counter);
+        if (authentic < 0) {
             failed = 1;
             break;
         }
-        if (!opened) {
+        if (!authentic) {
             drops[RUN_BAD_AUTH]++;
             continue;
         }
-        if (!replay_validate(seen.buf, &g, counter)) {
-            drops[RUN_REPLAY]++;
-            continue;
+        uint32_t status = OPENED_KEEPALIVE, length = 0, slot = 0;
+        if (n > 0) {
+            const uint8_t *src = NULL;
+            uint8_t src_len = 0;
+            Py_ssize_t ip_length = inner_packet(plain, n, &src, &src_len);
+            if (ip_length == -RUN_INNER_NOT_IP) {
+                status = OPENED_INNER_NOT_IP;
+            } else if (ip_length < 0) {
+                status = OPENED_DISHONEST_PACKET_SIZE;
+            } else {
+                status = OPENED_PACKET;
+                length = (uint32_t)ip_length;
+                slot = source_slot(sources, &nsources, src, src_len);
+                packets++;
+            }
         }
-        fresh++;
-        nbytes += size;
-        if (n == 0)
-            continue; /* a keepalive */
-        const uint8_t *src = NULL;
-        uint8_t src_len = 0;
-        Py_ssize_t length = inner_packet(plain, n, &src, &src_len);
-        if (length < 0) {
-            drops[-length]++;
-            continue;
-        }
-        uint8_t *r = rec + RECORD_SIZE * nrec++;
-        store32(r + RECORD_OFFSET_AT, (uint32_t)off);
-        store32(r + RECORD_LENGTH_AT, (uint32_t)length);
-        store32(r + RECORD_SLOT_AT, source_slot(sources, &nsources, src, src_len));
-        off += n;
+        uint8_t *e = entries + OPENED_SIZE * count++;
+        store64(e + OPENED_COUNTER_AT, counter);
+        store32(e + OPENED_BYTES_AT, (uint32_t)size);
+        store32(e + OPENED_OFFSET_AT, (uint32_t)off);
+        store32(e + OPENED_LENGTH_AT, length);
+        store32(e + OPENED_STATUS_AT, status);
+        store32(e + OPENED_SLOT_AT, slot);
+        if (status == OPENED_PACKET)
+            off += n;
     }
     start = pos;
     offset = off;
-    greatest = g;
     Py_END_ALLOW_THREADS
     if (failed) {
         PyErr_SetString(PyExc_RuntimeError, "OpenSSL ChaCha20-Poly1305 decryption failed");
@@ -341,18 +346,104 @@ PyObject *TransportKey_open_run(TransportKey *self, PyObject *args)
     }
     PyObject *counts = drop_counts(drops, RUN_REASONS);
     if (counts)
-        result = Py_BuildValue("nnnKnnNO", start, offset, nrec, greatest, fresh, nbytes, counts,
-                               sources_list);
+        result = Py_BuildValue("nnnNO", start, offset, count, counts, sources_list);
 done_batch:
-    if (!result)
-        memcpy(seen.buf, saved, REPLAY_SLOTS);
     end_batch(self);
 done_seen:
     Py_XDECREF(sources_list);
-    PyBuffer_Release(&seen);
+    if (hint)
+        PyBuffer_Release(&seen);
 done_buffers:
     PyBuffer_Release(&data);
     PyBuffer_Release(&out);
+    PyBuffer_Release(&opened);
+    return result;
+}
+
+const char accept_run_doc[] = PyDoc_STR(
+"accept_run(opened, count, seen, greatest, records) -> (nrec, greatest, fresh, nbytes, drops)\n\n"
+"Keypair.accept_run, the stage that runs per keypair in order: each of the `count` messages\n"
+"open_run described in `opened` is checked against the replay window (`seen`, updated in\n"
+"place; `greatest`, returned updated); a fresh packet is recorded as (offset, ip length,\n"
+"source slot), three little-endian uint32 from records[0], nrec of them. fresh and nbytes\n"
+"count the fresh messages (and their bytes), keepalives included; drops is None or the\n"
+"counts (wrong_keypair, bad_auth, replay, inner_not_ip, dishonest_packet_size), here only\n"
+"the last three. Too few records for the packets, or an unknown status, raise ValueError\n"
+"before anything changes; any error leaves `seen` as it was.");
+
+PyObject *accept_run(PyObject *module, PyObject *args)
+{
+    PyObject *greatest_obj, *result = NULL;
+    Py_buffer opened, seen, records;
+    Py_ssize_t count, packets = 0, nrec = 0, fresh = 0, nbytes = 0;
+    Py_ssize_t drops[RUN_REASONS] = {0};
+    unsigned long long greatest;
+    /* The window before the call: its slots change in place while the new greatest only
+     * comes back in the result, so a call that raises (no memory for the result) puts them
+     * back, and no message can be accepted twice. */
+    uint8_t saved[REPLAY_SLOTS];
+    (void)module;
+
+    if (!PyArg_ParseTuple(args, "y*nw*Ow*:accept_run", &opened, &count, &seen, &greatest_obj,
+                          &records))
+        return NULL;
+    greatest = PyLong_AsUnsignedLongLong(greatest_obj);
+    if (PyErr_Occurred())
+        goto done;
+    if (seen.len != REPLAY_SLOTS) {
+        PyErr_Format(PyExc_ValueError, "the replay window has %d slots", REPLAY_SLOTS);
+        goto done;
+    }
+    if (count < 0 || count > opened.len / OPENED_SIZE) {
+        PyErr_SetString(PyExc_ValueError, "accept_run: count outside `opened`");
+        goto done;
+    }
+    const uint8_t *entries = opened.buf;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        uint32_t status = load32(entries + OPENED_SIZE * i + OPENED_STATUS_AT);
+        if (status >= OPENED_STATUSES) {
+            PyErr_Format(PyExc_ValueError, "accept_run: entry %zd has no status %u", i, status);
+            goto done;
+        }
+        packets += status == OPENED_PACKET;
+    }
+    if (packets > records.len / RECORD_SIZE) {
+        PyErr_SetString(PyExc_ValueError, "accept_run: records too short for the packets");
+        goto done;
+    }
+    /* The GIL stays held: a few comparisons per message, and nothing else can touch the
+     * window meanwhile. */
+    memcpy(saved, seen.buf, REPLAY_SLOTS);
+    uint64_t g = greatest;
+    uint8_t *rec = records.buf;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        const uint8_t *e = entries + OPENED_SIZE * i;
+        uint32_t status = load32(e + OPENED_STATUS_AT);
+        if (!replay_validate(seen.buf, &g, load64(e + OPENED_COUNTER_AT))) {
+            drops[RUN_REPLAY]++;
+            continue;
+        }
+        fresh++;
+        nbytes += load32(e + OPENED_BYTES_AT);
+        if (status == OPENED_PACKET) {
+            uint8_t *r = rec + RECORD_SIZE * nrec++;
+            store32(r + RECORD_OFFSET_AT, load32(e + OPENED_OFFSET_AT));
+            store32(r + RECORD_LENGTH_AT, load32(e + OPENED_LENGTH_AT));
+            store32(r + RECORD_SLOT_AT, load32(e + OPENED_SLOT_AT));
+        } else if (status == OPENED_INNER_NOT_IP) {
+            drops[RUN_INNER_NOT_IP]++;
+        } else if (status == OPENED_DISHONEST_PACKET_SIZE) {
+            drops[RUN_DISHONEST_PACKET_SIZE]++;
+        }
+    }
+    PyObject *counts = drop_counts(drops, RUN_REASONS);
+    if (counts)
+        result = Py_BuildValue("nKnnN", nrec, (unsigned long long)g, fresh, nbytes, counts);
+    if (!result)
+        memcpy(seen.buf, saved, REPLAY_SLOTS);
+done:
+    PyBuffer_Release(&opened);
+    PyBuffer_Release(&seen);
     PyBuffer_Release(&records);
     return result;
 }

@@ -14,7 +14,7 @@ import pytest
 from noise.connection import Keypair as NoiseKeypair
 from noise.connection import NoiseConnection
 
-from tests.unit.core.wireguard.helpers import A_ADDR, B_ADDR, WallClock
+from tests.unit.core.wireguard.helpers import A_ADDR, B_ADDR, WallClock, receive_one
 from vpn.core.wireguard import Device, crypto
 from vpn.core.wireguard.constants import CONSTRUCTION, IDENTIFIER
 from vpn.core.wireguard.cookie import CookieGenerator
@@ -93,7 +93,7 @@ def test_noiseprotocol_initiator_against_our_responder(psk: bytes | None) -> Non
     their_send, their_recv = split_keys(initiator)
     sealed = initiator.encrypt(b"")  # their keepalive, counter 0
     frame = bytes([4, 0, 0, 0]) + kp.local_index.to_bytes(4, "little") + bytes(8)
-    transport = device.receive_transport(frame + sealed, A_ADDR, now=0.0)
+    transport = receive_one(device, frame + sealed, A_ADDR, now=0.0)
     assert transport.drop_reason is None
     assert peer.keypairs.current is kp  # confirmed by their packet
     reply = kp.encrypt(b"\x60" + bytes(15), now=0.0)

@@ -6,7 +6,14 @@ import itertools
 
 import pytest
 
-from tests.unit.core.wireguard.helpers import A_ADDR, B_ADDR, Pair, ipv4_packet, make_pair
+from tests.unit.core.wireguard.helpers import (
+    A_ADDR,
+    B_ADDR,
+    Pair,
+    ipv4_packet,
+    make_pair,
+    receive_one,
+)
 from vpn.core.wireguard.constants import (
     KEEPALIVE_TIMEOUT,
     MAX_TIMER_HANDSHAKES,
@@ -96,7 +103,7 @@ class Net:
             dst, addr = (self.p.b, A_ADDR) if src == "a" else (self.p.a, B_ADDR)
             other = "b" if src == "a" else "a"
             if data[0] == 4:
-                res = dst.receive_transport(data, addr, now)
+                res = receive_one(dst, data, addr, now)
             else:
                 res = dst.handle_handshake_message(data, addr, now)
             if res.drop_reason:
@@ -188,12 +195,12 @@ def test_initiator_rekeys_on_receive_near_expiry(pair: Pair) -> None:
     pair.handshake(0.0)
     age = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
     (wire,) = pair.pb.send(ipv4_packet("198.18.0.2", "198.18.0.1"), age - 1)
-    assert pair.a.receive_transport(wire, B_ADDR, age - 1).replies == []
+    assert receive_one(pair.a, wire, B_ADDR, age - 1).replies == []
     (wire,) = pair.pb.send(ipv4_packet("198.18.0.2", "198.18.0.1"), age)
-    replies = pair.a.receive_transport(wire, B_ADDR, age).replies
+    replies = receive_one(pair.a, wire, B_ADDR, age).replies
     assert len(replies) == 1 and replies[0][0] == 1
     (wire,) = pair.pb.send(ipv4_packet("198.18.0.2", "198.18.0.1"), age + 6)
-    assert pair.a.receive_transport(wire, B_ADDR, age + 6).replies == []  # only once
+    assert receive_one(pair.a, wire, B_ADDR, age + 6).replies == []  # only once
 
 
 def test_persistent_keepalive_through_the_device() -> None:

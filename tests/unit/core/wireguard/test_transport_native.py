@@ -392,6 +392,55 @@ def test_receive_run_matches_python(receive: tuple[bytes, int], capacity: int, o
         pos = stop if stop > pos else pos + segment_size
 
 
+@PROPERTY
+@given(receive=gro_receive(), capacity=st.one_of(st.just(4096), st.integers(0, 90)),
+       room=st.one_of(st.just(4096), st.integers(0, 90)), window=st.booleans(),
+       start=st.one_of(st.none(), counters, at_limit))
+def test_open_then_accept_matches_python(receive: tuple[bytes, int], capacity: int,
+                                         room: int, window: bool, start: int | None) -> None:
+    """The two stages on their own: open_run writes the same descriptions, plaintexts and
+    drops on both paths and changes no window; accept_run then moves both windows alike."""
+    blob, segment_size = receive
+    native, python = pair()
+    if start is not None:
+        assert native.replay.validate(start) == python.replay.validate(start)
+    before = bytes(native.replay.seen), native.replay.greatest
+    outs = [bytearray(len(blob)) for _ in range(2)]
+    opened = [bytearray(keypair.OPENED.size * room) for _ in range(2)]
+    drops: list[dict[str, int]] = [{}, {}]
+    results = [kp.open_run(blob, segment_size, 0, out, 0, capacity, o, d, window)
+               for kp, out, o, d in zip((native, python), outs, opened, drops, strict=True)]
+    assert results[0] == results[1] and drops[0] == drops[1]
+    assert (bytes(native.replay.seen), native.replay.greatest) == before
+    same_window(native, python)
+    _, offset, count, _ = results[0]
+    assert opened[0][:keypair.OPENED.size * count] == opened[1][:keypair.OPENED.size * count]
+    for entry in keypair.OPENED.iter_unpack(opened[0][:keypair.OPENED.size * count]):
+        if entry[4] == keypair.OPENED_PACKET:
+            at, length = entry[2], entry[3]
+            assert outs[0][at:at + length] == outs[1][at:at + length] and at + length <= offset
+    records = [bytearray(12 * count) for _ in range(2)]
+    accepted = [kp.accept_run(o, count, r, d)
+                for kp, o, r, d in zip((native, python), opened, records, drops, strict=True)]
+    assert accepted[0] == accepted[1] and drops[0] == drops[1] and records[0] == records[1]
+    same_window(native, python)
+
+
+def test_accept_run_refuses_bad_numbers_before_the_window_moves() -> None:
+    message = seal(RECV_KEY, 1, inner("v4", 100, 1, 1))
+    for kp in pair():
+        opened = bytearray(keypair.OPENED.size)
+        assert kp.open_run(message, len(message), 0, bytearray(200), 0, 1, opened, {})[2] == 1
+        unknown = bytearray(opened)
+        unknown[20:24] = (len(keypair.OPENED_STATUS)).to_bytes(4, "little")
+        for args in ((opened, 2, bytearray(12)), (opened, -1, bytearray(12)),
+                     (opened, 1, bytearray(11)), (unknown, 1, bytearray(12))):
+            with pytest.raises(ValueError):
+                kp.accept_run(*args, {})
+        assert kp.replay.greatest == 0 and not any(kp.replay.seen)
+        assert kp.accept_run(opened, 1, bytearray(12), {}) == (1, 1, len(message))
+
+
 def test_receive_run_checks_its_numbers() -> None:
     native, python = pair()
     message = seal(RECV_KEY, 1, inner("v4", 100, 1, 1))
@@ -538,10 +587,13 @@ def test_an_open_that_raises_leaves_the_window_as_it_was() -> None:
     calls = {
         "open_batch": lambda key, seen: key.open_batch(messages, bytearray(300), 0, LOCAL,
                                                        seen, 10)[1],
-        "open_run": lambda key, seen: key.open_run(b"".join(messages), len(messages[0]), 0,
-                                                   bytearray(300), 0, LOCAL, seen, 10,
-                                                   bytearray(12 * 4))[3],
+        "accept_run": lambda key, seen: _transport.accept_run(opened, count, seen, 10,
+                                                              bytearray(12 * 4))[1],
     }
+    opened = bytearray(keypair.OPENED.size * 4)
+    count = TransportKey(RECV_KEY).open_run(b"".join(messages), len(messages[0]), 0,
+                                            bytearray(300), 0, LOCAL, 4, opened, None, 0)[2]
+    assert count == 3
     for name, call in calls.items():
         failed = 0
         while True:
