@@ -21,6 +21,7 @@ from vpn.core.wireguard.changes import ChangeError, ChangeSet, DeviceSnapshot
 from vpn.endpoint.errors import EndpointError
 from vpn.endpoint.loading import load_config, resolve, resolve_all
 from vpn.endpoint.runtime import Runtime
+from vpn.host.memory import collect_removed
 from vpn.io.udp import UdpError, UdpSocket
 
 log = logging.getLogger("vpn.endpoint")  # the name people read, as the endpoint's others
@@ -155,6 +156,8 @@ class Management:
             record_port=bool(config.interface.listen_port) or changes.listen_port is not None,
         )
         runtime.send_keepalives(owed_keepalive, now)
+        if changes.replace_peers or any(peer.remove for peer in changes.peers):
+            collect_removed()
 
     # -- SaveConfig ------------------------------------------------------------------------
 
