@@ -110,8 +110,8 @@ def require_proto(info: IPInfo, proto: int) -> None:
         return
     if info.version == 6 and info.proto in IPV6_EXTENSION_HEADERS:
         raise OffloadError("ipv6_extension_header", f"IPv6 next header {info.proto}")
-    name = "tcp" if proto == PROTO_TCP else "udp"
-    raise OffloadError(f"not_{name}", f"IP protocol {info.proto}, expected {proto}")
+    raise OffloadError("not_tcp" if proto == PROTO_TCP else "not_udp",
+                       f"IP protocol {info.proto}, expected {proto}")
 
 
 def tcp_header_len(buf: Buffer, info: IPInfo) -> int:
