@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
+from vpn.core.drops import Drop
 from vpn.core.keys import encode_key
 from vpn.core.types import Address, Buffer, endpoint_text
 from vpn.core.wireguard import Device, Peer, ReceiveCounts
@@ -198,7 +199,7 @@ class DataPath:
         if not datagrams:
             return
         if peer.endpoint is None:
-            self._drop("peer_without_endpoint", len(datagrams), peer)
+            self._drop(Drop.PEER_WITHOUT_ENDPOINT, len(datagrams), peer)
             return
         for datagram in datagrams:
             self.udp.send(peer.endpoint, datagram)
@@ -260,7 +261,7 @@ class DataPath:
         batch lives in its locals. The traceback is logged at most once a minute, so that a
         bug a packet can trigger cannot flood the journal."""
         self.tun.clear()
-        self.stats.drops["internal_error"] += 1
+        self.stats.drops[Drop.INTERNAL_ERROR] += 1
         now = self.clock()
         if now - self._internal_error_logged >= INTERNAL_ERROR_LOG_SECONDS:
             self._internal_error_logged = now

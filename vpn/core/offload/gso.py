@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
+from vpn.core.drops import Drop
 from vpn.core.native import PYTHON_FORCED
 from vpn.core.packet.checksum import ones_complement_sum, pseudo_header_sum
 from vpn.core.packet.errors import OffloadError
@@ -89,12 +90,12 @@ def split_python(hdr: VirtioNetHeader, packet: Buffer) -> list[Buffer]:
     want_version = 6 if gso == GSO_TCPV6 else 4 if gso == GSO_TCPV4 else info.version
     if info.version != want_version:
         raise OffloadError(
-            "ip_version_mismatch", f"IPv{info.version} packet with gso_type {hdr.gso_type:#x}"
+            Drop.IP_VERSION_MISMATCH, f"IPv{info.version} packet with gso_type {hdr.gso_type:#x}"
         )
     if gso == GSO_UDP_L4:
         require_proto(info, PROTO_UDP)
         if info.total_len < info.header_len + UDP_HDR_LEN:
-            raise OffloadError("truncated_udp", "packet too short for a UDP header")
+            raise OffloadError(Drop.TRUNCATED_UDP, "packet too short for a UDP header")
         l4_len = UDP_HDR_LEN
     else:
         require_proto(info, PROTO_TCP)

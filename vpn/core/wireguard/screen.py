@@ -9,6 +9,7 @@ mac1 check, the receiver-index lookup); tests/unit/io/test_udp_screen.py proves 
 
 from __future__ import annotations
 
+from vpn.core.drops import Drop
 from vpn.core.native import PYTHON_FORCED
 
 try:
@@ -22,7 +23,7 @@ else:
 FAST_PATH_REASON = "VPN_FAST_PATH=python" if PYTHON_FORCED else _MISSING
 # The order of the screen's drop counts (wire.h's screen_drop): the handshake path's six,
 # then the data path's.
-SCREEN_REASONS = ("too_short", "transport_too_short", "unknown_type", "bad_length",
-                  "reserved_nonzero", "bad_mac1", "unknown_receiver_index")
+SCREEN_REASONS = (Drop.TOO_SHORT, Drop.TRANSPORT_TOO_SHORT, Drop.UNKNOWN_TYPE, Drop.BAD_LENGTH,
+                  Drop.RESERVED_NONZERO, Drop.BAD_MAC1, Drop.UNKNOWN_RECEIVER_INDEX)
 
 __all__ = ["FAST_PATH_REASON", "SCREEN_REASONS", "Screen"]
