@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from vpn.core.drops import Drop
 from vpn.core.offload import Coalesced, split
-from vpn.core.offload.gro import RECORD, NativeCoalescer, RecordCoalescer, receive_coalescer
+from vpn.core.offload.gro import RECORD, FrameCoalescer, receive_coalescer
 from vpn.core.offload.gso import Fields, split_fields, split_into_fields
 from vpn.core.packet.virtio import HEADER, NO_OFFLOAD, VIRTIO_NET_HDR_LEN, VirtioNetHeader
 from vpn.core.types import Buffer
@@ -194,7 +194,7 @@ class TunDevice:
         ]
         # GRO on write needs the virtio-net header; off for good after a refused write.
         self.coalescing = vnet_hdr
-        self._gro: RecordCoalescer | NativeCoalescer | None = None  # over _gro_buffer
+        self._gro: FrameCoalescer | None = None  # over _gro_buffer
         self._gro_buffer: Buffer | None = None
         self._write_errnos_logged: set[str] = set()  # tun_write_error's errnos, logged once
 

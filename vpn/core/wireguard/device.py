@@ -44,7 +44,7 @@ from .noise import Handshake, StaticIdentity, consume_initiation, consume_respon
 from .peer import Peer, PeerEvent, Sources
 from .ratelimiter import RateLimiter
 from .receive import ReceiveCounts, receive
-from .screen import FAST_PATH_REASON as SCREEN_MISSING
+from .screen import NATIVE as NATIVE_SCREEN
 from .screen import Screen
 from .send import Read, Routed, Sealed, route, seal
 
@@ -284,7 +284,7 @@ class Device:
         then): a Screen copies the indexes, 40 KB at 10,000 peers, which every wakeup would
         otherwise pay."""
         checker = self.checker
-        if checker is None or SCREEN_MISSING:
+        if checker is None or not NATIVE_SCREEN.native:
             return None
         known = self.indexes.keypair_indexes()
         key = checker.mac1_key
