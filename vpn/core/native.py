@@ -44,11 +44,11 @@ def twin(what: str, missing: ImportError | None = None) -> Twin:
     """The choice for the C module that does `what`: `missing` is the ImportError its import
     raised (not built, or no usable libcrypto), None when it imported."""
     if PYTHON_FORCED:
-        reason = "VPN_FAST_PATH=python"
+        why = "VPN_FAST_PATH=python"
     elif missing is not None:
-        reason = f"native {what} not available ({missing})"
+        why = f"native {what} not available ({missing})"
     else:
-        reason = ""
-    choice = Twin(what, missing is None, reason)
+        why = ""
+    choice = Twin(what, missing is None, why)
     TWINS.append(choice)
     return choice
