@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from vpn.core.drops import Drop
 from vpn.core.packet.icmp import UnreachableResponder
 from vpn.core.types import Address, Buffer
 
@@ -319,24 +320,24 @@ class Device:
         try:
             kind = message_type(data)
             if kind == MESSAGE_TRANSPORT:
-                return self._drop("not_handshake")
+                return self._drop(Drop.NOT_HANDSHAKE)
             if kind == MESSAGE_COOKIE_REPLY:
                 return self._consume_cookie_reply(data, now)  # no DH work: never load
             if self.checker is None or self.identity is None:
-                return self._drop("no_private_key")  # nobody can have sent it to us
+                return self._drop(Drop.NO_PRIVATE_KEY)  # nobody can have sent it to us
             data = bytes(data)
             if not self.checker.valid_mac1(data):
-                return self._drop("bad_mac1")
+                return self._drop(Drop.BAD_MAC1)
             if under_load is None:
                 under_load = self.load.count_costly(now)
             if under_load:
                 sender = _SENDER_INDEX.unpack_from(data, 4)[0]
                 reply = self.checker.reply_unless_mac2(data, sender, src, now)
                 if reply is not None:
-                    self.drops["cookie_sent"] += 1
+                    self.drops[Drop.COOKIE_SENT] += 1
                     return HandshakeResult(replies=[reply], event=HandshakeEvent.COOKIE_SENT)
                 if not self.ratelimiter.allow(address_bytes(src)[:-2], now):
-                    return self._drop("ratelimited")
+                    return self._drop(Drop.RATELIMITED)
             if kind == MESSAGE_INITIATION:
                 return self._consume_initiation(self.identity, data, src, now)
             assert kind == MESSAGE_RESPONSE
@@ -348,7 +349,7 @@ class Device:
         reply = parse_cookie_reply(data)
         peer = self.indexes.peer(reply.receiver_index)
         if peer is None:
-            return self._drop("unknown_receiver_index")
+            return self._drop(Drop.UNKNOWN_RECEIVER_INDEX)
         peer.cookies.consume_reply(reply, now)
         return HandshakeResult(peer=peer, event=HandshakeEvent.COOKIE_CONSUMED)
 
