@@ -57,7 +57,7 @@ def x25519_rates(count: int = 1_000, rounds: int = 11) -> dict[str, float]:
             theirs.exchange(X25519PublicKey.from_public_bytes(peer))
 
     paths = {"cryptography": reference}
-    if crypto.HANDSHAKE_PATH == "native":
+    if crypto.NATIVE.native:
         paths = {"native": native, **paths}
     # Round by round, every path and thread count in turn: a busy moment of the shared
     # machine then hits them alike instead of one of them.
@@ -102,7 +102,7 @@ def handshake_sides_us(count: int = 300) -> dict[str, float]:
         t3 = time.perf_counter()
         initiator.append(t1 - t0 + t3 - t2)
         responder.append(t2 - t1)
-    path = crypto.HANDSHAKE_PATH
+    path = crypto.NATIVE.path
     return {f"handshake_initiator_us_{path}": round(statistics.median(initiator) * 1e6, 1),
             f"handshake_responder_us_{path}": round(statistics.median(responder) * 1e6, 1)}
 
@@ -111,8 +111,8 @@ def run() -> dict[str, float]:
     """x25519_rates and handshake_sides_us here, and handshake_sides_us again in a child on
     the Python path."""
     figures = {**x25519_rates(), **handshake_sides_us()}
-    if crypto.HANDSHAKE_PATH != "native":
-        print(f"bench: NATIVE HANDSHAKE NOT MEASURED: {crypto.HANDSHAKE_PATH_REASON}",
+    if not crypto.NATIVE.native:
+        print(f"bench: NATIVE HANDSHAKE NOT MEASURED: {crypto.NATIVE.reason}",
               file=sys.stderr)
         return figures
     child = subprocess.run([sys.executable, "-m", "bench.handshake", "--sides-json"],

@@ -8,7 +8,7 @@ real `Device`s that completed a handshake, so every line of the hot path runs; o
 system calls are replaced. The receiver's frames are checked against the sender's input, so
 a fast figure cannot come from a broken path.
 
-`run()` measures the fast path the endpoint would use (fastpath.FAST_PATH: native when the
+`run()` measures the fast path the endpoint would use (fastpath.NATIVE: native when the
 C module is built); `run_with_python_path()` adds the Python reference path's figures from
 a child process with VPN_FAST_PATH=python, in the same run.
 """
@@ -95,8 +95,8 @@ def run_with_python_path(rounds: int = 400) -> dict[str, float]:
     """run(), then the same in a child on the Python path: its figures as `*_python`, and
     how many times slower its send and receive are."""
     figures = run(rounds)
-    if fastpath.FAST_PATH != "native":
-        print(f"bench: NATIVE FAST PATH NOT MEASURED: {fastpath.FAST_PATH_REASON}",
+    if not fastpath.NATIVE.native:
+        print(f"bench: NATIVE FAST PATH NOT MEASURED: {fastpath.NATIVE.reason}",
               file=sys.stderr)
         return figures
     child = subprocess.run([sys.executable, "-m", "bench.pipeline", "--json", str(rounds)],

@@ -4,7 +4,7 @@
 transport figures come per packet (encrypt_into / decrypt_into) and per batch (encrypt_batch /
 decrypt_batch), beside the bare AEAD calls on the same segments, so the `*_overhead_ns_per_packet`
 figures are what Python adds per packet on top of ChaCha20-Poly1305 itself. The keypairs
-use fastpath.FAST_PATH: on the native path those figures are negative, since one native
+use fastpath.NATIVE: on the native path those figures are negative, since one native
 batch beats `cryptography`'s bare calls (bench/pipeline.py compares the two paths).
 """
 

@@ -12,11 +12,11 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
+from vpn.core.drops import Drop
 from vpn.core.keys import encode_key
 from vpn.core.types import Address, Buffer, endpoint_text
 from vpn.core.wireguard import Device, Peer, ReceiveCounts
 from vpn.core.wireguard.receive import records_needed
-from vpn.core.wireguard.screen import Screen
 from vpn.core.wireguard.send import Read
 from vpn.io.buffers import reserve
 from vpn.io.tun import MAX_PACKET, TunDevice, TunGone, TunStats
@@ -142,9 +142,6 @@ class DataPath:
         # What the receive walk found in one wakeup: (offset, length, slot) per packet to
         # deliver; sized for the most a wakeup can find, its pages touched only as used.
         self._records = reserve(records_needed(len(self._recv_buffer)))
-        self._screen: Screen | None = None  # _screen_for's, with what it was made for
-        self._screen_known = b""
-        self._screen_key = b""
         self._internal_error_logged = float("-inf")
         # The shell's hook: the interface was deleted (its TUN reports only errors now).
         self.on_tun_gone: Callable[[], None] | None = None
@@ -198,7 +195,7 @@ class DataPath:
         if not datagrams:
             return
         if peer.endpoint is None:
-            self._drop("peer_without_endpoint", len(datagrams), peer)
+            self._drop(Drop.PEER_WITHOUT_ENDPOINT, len(datagrams), peer)
             return
         for datagram in datagrams:
             self.udp.send(peer.endpoint, datagram)
@@ -214,12 +211,11 @@ class DataPath:
         receives = udp.stats.receives
         screened: tuple[int, ...] | None = None
         lost: list[Address] = []
-        checker = self.device.checker
-        # Garbage is dropped (and counted by the core) before any Python runs. Without a
-        # private key there is no mac1 key to screen with: the core drops handshake messages.
-        if udp.screens and checker is not None and Screen is not None:
-            received, screened, lost = udp.receive_screened(
-                self._screen_for(self.device.keypair_indexes(), checker.mac1_key))
+        # Garbage is dropped (and counted by the core) before any Python runs, by the
+        # core's screen when it has one.
+        screen = self.device.screen() if udp.screens else None
+        if screen is not None:
+            received, screened, lost = udp.receive_screened(screen)
         else:
             received = udp.receive_batch()
         if udp.stats.receives - receives == udp.batch:  # garbage too: the socket was full
@@ -236,17 +232,6 @@ class DataPath:
         for peer, source in got.roamed:
             log.info("peer %s endpoint changed to %s", short_key(peer), endpoint_text(source))
 
-    def _screen_for(self, known: bytes, mac1_key: bytes) -> Screen:
-        """The receive screen, made anew only when the keypair indexes or the mac1 key change
-        (IndexTable hands out the same bytes until then): a Screen copies the indexes, 40 KB
-        at 10,000 peers, which every wakeup would otherwise pay."""
-        if self._screen is None or known is not self._screen_known \
-                or mac1_key != self._screen_key:
-            assert Screen is not None
-            self._screen = Screen(known, mac1_key)
-            self._screen_known, self._screen_key = known, mac1_key
-        return self._screen
-
     def _drop(self, reason: str, n: int, peer: Peer | None) -> None:
         """Count a drop for the interface and, when the data path knows whose, the peer."""
         self.stats.drops[reason] += n
@@ -260,7 +245,7 @@ class DataPath:
         batch lives in its locals. The traceback is logged at most once a minute, so that a
         bug a packet can trigger cannot flood the journal."""
         self.tun.clear()
-        self.stats.drops["internal_error"] += 1
+        self.stats.drops[Drop.INTERNAL_ERROR] += 1
         now = self.clock()
         if now - self._internal_error_logged >= INTERNAL_ERROR_LOG_SECONDS:
             self._internal_error_logged = now

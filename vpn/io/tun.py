@@ -23,8 +23,9 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+from vpn.core.drops import Drop
 from vpn.core.offload import Coalesced, split
-from vpn.core.offload.gro import RECORD, NativeCoalescer, RecordCoalescer, receive_coalescer
+from vpn.core.offload.gro import RECORD, FrameCoalescer, receive_coalescer
 from vpn.core.offload.gso import Fields, split_fields, split_into_fields
 from vpn.core.packet.virtio import HEADER, NO_OFFLOAD, VIRTIO_NET_HDR_LEN, VirtioNetHeader
 from vpn.core.types import Buffer
@@ -193,8 +194,9 @@ class TunDevice:
         ]
         # GRO on write needs the virtio-net header; off for good after a refused write.
         self.coalescing = vnet_hdr
-        self._gro: RecordCoalescer | NativeCoalescer | None = None  # over _gro_buffer
+        self._gro: FrameCoalescer | None = None  # over _gro_buffer
         self._gro_buffer: Buffer | None = None
+        self._write_errnos_logged: set[str] = set()  # tun_write_error's errnos, logged once
 
     @classmethod
     def open(
@@ -345,26 +347,36 @@ class TunDevice:
         try:
             self.write(frame.header, frame.parts)
         except BlockingIOError:
-            stats.drops["tun_write_full"] += frame.segments
+            stats.drops[Drop.TUN_WRITE_FULL] += frame.segments
             return
         except OSError as err:
             if err.errno == errno.EINVAL and frame.segments > 1:
                 self._refuse_coalescing(frame)
                 return
-            code = err.errno or 0
-            stats.drops[f"tun_write_{errno.errorcode.get(code, code)}"] += 1
+            stats.drops[Drop.TUN_WRITE_ERROR] += 1
+            self._log_write_error(err)
             return
         stats.tun_writes += 1
         if frame.segments > 1:
             stats.jumbo_frames += 1
             stats.jumbo_segments += frame.segments
 
+    def _log_write_error(self, err: OSError) -> None:
+        """The errno of a refused write, the first time each one happens: the counter has
+        one reason for them all, the log says which."""
+        code = err.errno or 0
+        name = errno.errorcode.get(code, str(code))
+        if name not in self._write_errnos_logged:
+            self._write_errnos_logged.add(name)
+            log.warning("the kernel refused a TUN write (%s): counted as drops.tun_write_error "
+                        "(each errno logged once)", name)
+
     def _refuse_coalescing(self, frame: Coalesced) -> None:
         """Some stable kernels reject valid coalesced writes: write plain from now on."""
         log.warning("the kernel refused a coalesced TUN write (EINVAL); writing segments "
                     "one by one from now on")
         self.coalescing = False
-        self.stats.drops["gro_write_refused"] += 1
+        self.stats.drops[Drop.GRO_WRITE_REFUSED] += 1
         header = VirtioNetHeader.unpack(frame.header)
         for segment in split(header, b"".join(frame.parts)):
             self.write_packet(segment)

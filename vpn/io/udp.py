@@ -19,17 +19,17 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Protocol
 
-from vpn.core.native import PYTHON_FORCED
+from vpn.core.native import twin
 from vpn.core.types import Address, Buffer
 from vpn.io.buffers import reserve
 
 try:
     import vpn.io._udp as _udp
 except ImportError as error:  # not built: receive_batch serves
-    _udp = None  # type: ignore[assignment]  # only reached when SCREENS is false
-    _MISSING = f"native batch receive not available ({error})"
+    _udp = None  # type: ignore[assignment]  # only reached when NATIVE says "python"
+    NATIVE = twin("batch receive", error)
 else:
-    _MISSING = ""
+    NATIVE = twin("batch receive")
 
 log = logging.getLogger("vpn.io.udp")
 
@@ -45,10 +45,8 @@ class DatagramScreen(Protocol):
     def screen(self, data: Buffer, segment_size: int, /
                ) -> tuple[list[tuple[int, int]], tuple[int, ...] | None, bool]: ...
 
-# The native receive (recvmmsg and a screen, vpn/io/_udp.c) or, with VPN_FAST_PATH=python
-# or without the module, receive_batch datagram by datagram.
-FAST_PATH_REASON = "VPN_FAST_PATH=python" if PYTHON_FORCED else _MISSING
-SCREENS = not FAST_PATH_REASON
+# NATIVE: the native receive (recvmmsg and a screen, vpn/io/_udp.c) or, with
+# VPN_FAST_PATH=python or without the module, receive_batch datagram by datagram.
 
 
 # <linux/udp.h>: Python 3.11's socket module has neither constant.
@@ -144,7 +142,7 @@ def _set_buffer(sock: socket.socket, force: int, plain: int, size: int) -> None:
 class UdpSocket:
     """A non-blocking UDP socket for every peer; close() (or the context manager) frees it."""
 
-    screens = SCREENS  # receive_screened is there (the native receive was built)
+    screens = NATIVE.native  # receive_screened is there (the native receive runs)
 
     def __init__(self, sock: socket.socket, *, gso: bool, gro: bool, batch: int = 64) -> None:
         self._sock = sock

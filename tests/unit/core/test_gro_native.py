@@ -551,7 +551,7 @@ def run_import(env_value: str | None) -> str:
     if env_value is not None:
         env["VPN_FAST_PATH"] = env_value
     code = ("from vpn.core.offload import gro; "
-            "print(gro.NATIVE_GRO is not None, repr(gro.FAST_PATH_REASON))")
+            "print(gro.NATIVE.native, repr(gro.NATIVE.reason))")
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True,
                           capture_output=True, text=True, timeout=60).stdout.strip()
 

@@ -45,7 +45,7 @@ from vpn.core.packet.virtio import (
     VirtioNetHeader,
 )
 
-IMPLEMENTATIONS = [gso.split_python] + ([gso.split] if gso.FAST_PATH == "native" else [])
+IMPLEMENTATIONS = [gso.split_python] + ([gso.split] if gso.NATIVE.native else [])
 
 
 @pytest.fixture(autouse=True, params=IMPLEMENTATIONS, ids=lambda f: f.__name__)

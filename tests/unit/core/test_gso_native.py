@@ -386,7 +386,7 @@ def run_import(env_value: str | None) -> str:
     if env_value is not None:
         env["VPN_FAST_PATH"] = env_value
     code = ("from vpn.core.offload import gso; "
-            "print(gso.FAST_PATH, gso.split is gso.split_python)")
+            "print(gso.NATIVE.path, gso.split is gso.split_python)")
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True,
                           capture_output=True, text=True, timeout=60).stdout.strip()
 

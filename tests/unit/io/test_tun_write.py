@@ -77,6 +77,32 @@ def test_a_full_tun_drops_every_segment_of_a_frame() -> None:
     assert b.stats.tun_writes == 0 and b.stats.packets_written == 12
 
 
+class FailingTun(MemoryTun):
+    """A kernel that refuses every write with the errno given."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__()
+        self.code = code
+
+    def write(self, header: bytes, parts: Sequence[Buffer]) -> None:
+        raise OSError(self.code, "refused")
+
+
+def test_a_refused_write_counts_one_reason_and_logs_each_errno_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    a, b = handshaken_pair(b"tun-eio")
+    b.tun = FailingTun(errno.EIO)
+    b.stats.tun = b.tun.stats
+    with caplog.at_level("WARNING", logger="vpn.io.tun"):
+        run_batch(b, receives(a, Flows(a), 2))
+        b.tun.code = errno.EPERM  # type: ignore[attr-defined]
+        run_batch(b, receives(a, Flows(a), 1))
+    assert b.stats.all_drops() == {"tun_write_error": 3}
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2
+    assert "(EIO)" in warnings[0] and "(EPERM)" in warnings[1]
+
+
 def test_without_a_virtio_header_each_packet_is_written_as_it_is() -> None:
     tun = MemoryTun(vnet_hdr=False)
     assert not tun.coalescing

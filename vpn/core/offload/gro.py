@@ -5,10 +5,12 @@ Checksums of the input packets are not verified: WireGuard has already authentic
 decrypted packet, and the kernel completes the checksum of a coalesced frame from the
 pseudo-header partial sum we leave in it (NEEDS_CSUM), exactly as for a locally built packet.
 
-``Coalescer`` is the readable reference. ``NATIVE_GRO`` is its C twin (_gro.c) when that was
-built and VPN_FAST_PATH is not ``python`` (decided once, at import; FAST_PATH_REASON says why
-not), and ``NativeCoalescer`` wraps it: the same frames, for packets that lie in one buffer,
-named by (offset, length, slot) records. Both bound the flow table by MAX_FLOWS alike.
+``Coalescer`` is the readable reference. Its C twin (_gro.c) runs when it was built and
+VPN_FAST_PATH is not ``python`` (decided once, at import, by vpn/core/native.py's rule;
+NATIVE says which), and ``NativeCoalescer`` wraps it: the same frames, for packets that lie
+in one buffer, named by (offset, length, slot) records, as ``RecordCoalescer`` takes them
+from the reference; both are a ``FrameCoalescer``. Both bound the flow table by MAX_FLOWS
+alike.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import final
+from typing import Protocol, final
 
-from vpn.core.native import PYTHON_FORCED
+from vpn.core.native import twin
 from vpn.core.packet.checksum import fold, ones_complement_sum, pseudo_header_sum
 from vpn.core.packet.headers import (
     IPV4_CSUM,
@@ -45,13 +47,14 @@ from vpn.core.types import Buffer
 try:
     import vpn.core.offload._gro as _gro
 except ImportError as error:  # not built: the Python path runs
-    _gro = None  # type: ignore[assignment]  # NativeCoalescer checks, NATIVE_GRO says so
-    _MISSING = f"native GRO coalescer not available ({error})"
+    _gro = None  # type: ignore[assignment]  # NativeCoalescer checks, NATIVE says so
+    NATIVE = twin("GRO coalescer", error)
 else:
-    _MISSING = ""
+    NATIVE = twin("GRO coalescer")
 
-__all__ = ["FAST_PATH_REASON", "MAX_FLOWS", "MAX_UDP_SEGMENTS", "NATIVE_GRO", "Coalesced",
-           "Coalescer", "NativeCoalescer", "coalesce"]
+__all__ = ["MAX_FLOWS", "MAX_UDP_SEGMENTS", "NATIVE", "Coalesced", "Coalescer",
+           "FrameCoalescer", "NativeCoalescer", "RecordCoalescer", "coalesce",
+           "receive_coalescer"]
 
 
 # The kernel refuses UDP_L4 writes of more than 64 segments (128 on newer kernels).
@@ -345,6 +348,17 @@ def _finish(run: _Run) -> Coalesced:
 RECORD = struct.Struct("<III")
 
 
+class FrameCoalescer(Protocol):
+    """What the TUN's write side holds: RecordCoalescer, or NativeCoalescer, its C twin."""
+
+    def add_records(self, records: Buffer, start: int, stop: int,
+                    denied: Buffer | None = None) -> int: ...
+
+    def frames(self) -> list[Coalesced]: ...
+
+    def clear(self) -> None: ...
+
+
 class RecordCoalescer(Coalescer):
     """A Coalescer over one receive buffer, fed the records of Keypair.receive_run: the
     reference for the native twin in _gro.c, which takes the same calls."""
@@ -387,7 +401,7 @@ class NativeCoalescer:
 
     def __init__(self, buffer: Buffer, *, udp: bool = False, max_size: int = 65535) -> None:
         if _gro is None:
-            raise RuntimeError(_MISSING)
+            raise RuntimeError(NATIVE.reason)
         self._native = _gro.Coalescer(buffer, udp=udp, max_size=max_size)
 
     def add_records(self, records: Buffer, start: int, stop: int,
@@ -406,14 +420,8 @@ class NativeCoalescer:
         self._native.clear()
 
 
-# The one place that decides whether the native coalescer runs.
-FAST_PATH_REASON = "VPN_FAST_PATH=python" if PYTHON_FORCED else _MISSING
-NATIVE_GRO = None if FAST_PATH_REASON else _gro
-
-
-def receive_coalescer(buffer: Buffer, *, udp: bool = False
-                      ) -> RecordCoalescer | NativeCoalescer:
+def receive_coalescer(buffer: Buffer, *, udp: bool = False) -> FrameCoalescer:
     """The data path's coalescer over its receive buffer: the native one where it runs."""
-    if NATIVE_GRO is not None:
+    if NATIVE.native:
         return NativeCoalescer(buffer, udp=udp)
     return RecordCoalescer(buffer, udp=udp)

@@ -2,10 +2,10 @@
 into complete IP packets whose every checksum is filled in, ready to encrypt and send.
 
 ``split`` is the native twin in _gso.c when that module was built and VPN_FAST_PATH is not
-``python`` (decided once, at import; FAST_PATH says which). ``split_python`` is the readable
-reference in plain Python, tested byte for byte equal to the native code: segments are
-written side by side into one fresh bytearray and returned as memoryviews of it, as the
-native code returns them.
+``python`` (decided once, at import, by vpn/core/native.py's rule; NATIVE says which).
+``split_python`` is the readable reference in plain Python, tested byte for byte equal to
+the native code: segments are written side by side into one fresh bytearray and returned
+as memoryviews of it, as the native code returns them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-from vpn.core.native import PYTHON_FORCED
+from vpn.core.drops import Drop
+from vpn.core.native import twin
 from vpn.core.packet.checksum import ones_complement_sum, pseudo_header_sum
 from vpn.core.packet.errors import OffloadError
 from vpn.core.packet.headers import (
@@ -52,12 +53,12 @@ from vpn.core.types import Buffer
 try:
     import vpn.core.offload._gso as _gso
 except ImportError as error:  # not built: the Python path runs
-    _gso = None  # type: ignore[assignment]  # only reached when FAST_PATH says "python"
-    _MISSING = f"native GSO split not available ({error})"
+    _gso = None  # type: ignore[assignment]  # only reached when NATIVE says "python"
+    NATIVE = twin("GSO split", error)
 else:
-    _MISSING = ""
+    NATIVE = twin("GSO split")
 
-__all__ = ["FAST_PATH", "Fields", "split", "split_fields", "split_into", "split_into_fields",
+__all__ = ["NATIVE", "Fields", "split", "split_fields", "split_into", "split_into_fields",
            "split_into_python", "split_python"]
 
 # A virtio-net header's six fields in VirtioNetHeader's order (virtio.HEADER.unpack_from):
@@ -89,12 +90,12 @@ def split_python(hdr: VirtioNetHeader, packet: Buffer) -> list[Buffer]:
     want_version = 6 if gso == GSO_TCPV6 else 4 if gso == GSO_TCPV4 else info.version
     if info.version != want_version:
         raise OffloadError(
-            "ip_version_mismatch", f"IPv{info.version} packet with gso_type {hdr.gso_type:#x}"
+            Drop.IP_VERSION_MISMATCH, f"IPv{info.version} packet with gso_type {hdr.gso_type:#x}"
         )
     if gso == GSO_UDP_L4:
         require_proto(info, PROTO_UDP)
         if info.total_len < info.header_len + UDP_HDR_LEN:
-            raise OffloadError("truncated_udp", "packet too short for a UDP header")
+            raise OffloadError(Drop.TRUNCATED_UDP, "packet too short for a UDP header")
         l4_len = UDP_HDR_LEN
     else:
         require_proto(info, PROTO_TCP)
@@ -236,17 +237,15 @@ def _segment(packet: Buffer, is_v4: bool, ihl: int, l4_len: int, total: int, pro
     return segments
 
 
-# The one place that decides which implementation `split` is.
-FAST_PATH_REASON = "VPN_FAST_PATH=python" if PYTHON_FORCED else _MISSING
-FAST_PATH = "python" if FAST_PATH_REASON else "native"
+# Which implementation `split` is: NATIVE's choice.
 split: Callable[[VirtioNetHeader, Buffer], list[Buffer]] = (
-    _split_native if FAST_PATH == "native" else split_python)
+    _split_native if NATIVE.native else split_python)
 split_into: Callable[[bytearray | memoryview, int, VirtioNetHeader, Buffer, int, int],
                      tuple[int, int, int]] = (
-    _split_into_native if FAST_PATH == "native" else split_into_python)
+    _split_into_native if NATIVE.native else split_into_python)
 # The same two, for a header given as its fields.
 split_fields: Callable[[Fields, Buffer], list[Buffer]] = (
-    _split_fields_native if FAST_PATH == "native" else _split_fields_python)
+    _split_fields_native if NATIVE.native else _split_fields_python)
 split_into_fields: Callable[[bytearray | memoryview, int, Fields, Buffer, int, int],
                             tuple[int, int, int]] = (
-    _split_into_fields_native if FAST_PATH == "native" else _split_into_fields_python)
+    _split_into_fields_native if NATIVE.native else _split_into_fields_python)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from vpn.core.drops import Drop
 from vpn.core.packet.errors import OffloadError
 from vpn.core.types import Buffer
 
@@ -74,34 +75,34 @@ def parse_ip(buf: Buffer) -> IPInfo:
     """Parse the IPv4 or IPv6 header of ``buf``; reject fragments and inconsistent lengths."""
     n = len(buf)
     if n == 0:
-        raise OffloadError("truncated_ip", "empty packet")
+        raise OffloadError(Drop.TRUNCATED_IP, "empty packet")
     version = buf[0] >> 4
     if version == 4:
         if n < IPV4_HDR_LEN:
-            raise OffloadError("truncated_ip", f"{n}-byte IPv4 packet")
+            raise OffloadError(Drop.TRUNCATED_IP, f"{n}-byte IPv4 packet")
         ihl = (buf[0] & 0x0F) * 4
         if ihl < IPV4_HDR_LEN:
-            raise OffloadError("bad_ip_header_len", f"IPv4 IHL of {ihl} bytes")
+            raise OffloadError(Drop.BAD_IP_HEADER_LEN, f"IPv4 IHL of {ihl} bytes")
         total = (buf[2] << 8) | buf[3]
         if total < ihl:
-            raise OffloadError("bad_ip_length", f"IPv4 total length {total} < header {ihl}")
+            raise OffloadError(Drop.BAD_IP_LENGTH, f"IPv4 total length {total} < header {ihl}")
         if total > n:
-            raise OffloadError("truncated_ip", f"IPv4 total length {total} > {n} bytes")
+            raise OffloadError(Drop.TRUNCATED_IP, f"IPv4 total length {total} > {n} bytes")
         frag = (buf[6] << 8) | buf[7]
         if frag & (IPV4_MF | IPV4_FRAG_OFFSET_MASK):
-            raise OffloadError("ip_fragment", "IPv4 fragment")
+            raise OffloadError(Drop.IP_FRAGMENT, "IPv4 fragment")
         return IPInfo(4, ihl, total, buf[IPV4_PROTO])
     if version == 6:
         if n < IPV6_HDR_LEN:
-            raise OffloadError("truncated_ip", f"{n}-byte IPv6 packet")
+            raise OffloadError(Drop.TRUNCATED_IP, f"{n}-byte IPv6 packet")
         payload = (buf[4] << 8) | buf[5]
         if payload == 0:
-            raise OffloadError("bad_ip_length", "IPv6 payload length 0 (jumbogram)")
+            raise OffloadError(Drop.BAD_IP_LENGTH, "IPv6 payload length 0 (jumbogram)")
         total = IPV6_HDR_LEN + payload
         if total > n:
-            raise OffloadError("truncated_ip", f"IPv6 length {total} > {n} bytes")
+            raise OffloadError(Drop.TRUNCATED_IP, f"IPv6 length {total} > {n} bytes")
         return IPInfo(6, IPV6_HDR_LEN, total, buf[IPV6_NEXT_HEADER])
-    raise OffloadError("bad_ip_version", f"IP version {version}")
+    raise OffloadError(Drop.BAD_IP_VERSION, f"IP version {version}")
 
 
 def require_proto(info: IPInfo, proto: int) -> None:
@@ -109,21 +110,21 @@ def require_proto(info: IPInfo, proto: int) -> None:
     if info.proto == proto:
         return
     if info.version == 6 and info.proto in IPV6_EXTENSION_HEADERS:
-        raise OffloadError("ipv6_extension_header", f"IPv6 next header {info.proto}")
-    name = "tcp" if proto == PROTO_TCP else "udp"
-    raise OffloadError(f"not_{name}", f"IP protocol {info.proto}, expected {proto}")
+        raise OffloadError(Drop.IPV6_EXTENSION_HEADER, f"IPv6 next header {info.proto}")
+    raise OffloadError(Drop.NOT_TCP if proto == PROTO_TCP else Drop.NOT_UDP,
+                       f"IP protocol {info.proto}, expected {proto}")
 
 
 def tcp_header_len(buf: Buffer, info: IPInfo) -> int:
     """Return the TCP header length (with options) from the data offset, checking bounds."""
     start = info.header_len
     if info.total_len < start + TCP_HDR_LEN:
-        raise OffloadError("truncated_tcp", "packet too short for a TCP header")
+        raise OffloadError(Drop.TRUNCATED_TCP, "packet too short for a TCP header")
     doff = (buf[start + TCP_DATA_OFFSET] >> 4) * 4
     if doff < TCP_HDR_LEN:
-        raise OffloadError("bad_tcp_offset", f"TCP data offset of {doff} bytes")
+        raise OffloadError(Drop.BAD_TCP_OFFSET, f"TCP data offset of {doff} bytes")
     if start + doff > info.total_len:
-        raise OffloadError("truncated_tcp", f"TCP header of {doff} bytes beyond the packet")
+        raise OffloadError(Drop.TRUNCATED_TCP, f"TCP header of {doff} bytes beyond the packet")
     return doff
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from vpn.core.drops import Drop
 from vpn.core.packet.errors import OffloadError
 
 __all__ = [
@@ -71,7 +72,7 @@ class VirtioNetHeader:
         """Parse the first 10 bytes of ``buf``; raise OffloadError if there are fewer."""
         if len(buf) < VIRTIO_NET_HDR_LEN:
             raise OffloadError(
-                "short_vnet_header", f"virtio-net header needs 10 bytes, got {len(buf)}"
+                Drop.SHORT_VNET_HEADER, f"virtio-net header needs 10 bytes, got {len(buf)}"
             )
         return cls(*HEADER.unpack_from(buf, 0))
 
@@ -86,34 +87,35 @@ def validate(hdr: VirtioNetHeader, packet_len: int) -> None:
     UDP_L4 segments (at most 64 on write) depends on the payload and is the writer's concern.
     """
     if hdr.flags & ~_KNOWN_FLAGS:
-        raise OffloadError("bad_flags", f"unknown virtio-net flag bits {hdr.flags:#x}")
+        raise OffloadError(Drop.BAD_FLAGS, f"unknown virtio-net flag bits {hdr.flags:#x}")
     base = hdr.gso_type & ~GSO_ECN
     if base not in (GSO_NONE, GSO_TCPV4, GSO_UDP, GSO_TCPV6, GSO_UDP_L4):
-        raise OffloadError("bad_gso_type", f"unknown gso_type {hdr.gso_type:#x}")
+        raise OffloadError(Drop.BAD_GSO_TYPE, f"unknown gso_type {hdr.gso_type:#x}")
     if hdr.gso_type & GSO_ECN and base not in (GSO_TCPV4, GSO_TCPV6):
-        raise OffloadError("bad_gso_type", f"ECN bit on non-TCP gso_type {hdr.gso_type:#x}")
+        raise OffloadError(Drop.BAD_GSO_TYPE, f"ECN bit on non-TCP gso_type {hdr.gso_type:#x}")
     if base == GSO_UDP:
         # UFO (IP fragmentation of UDP) is never negotiated by this project.
-        raise OffloadError("unsupported_gso_type", "GSO_UDP (UFO) is not supported")
+        raise OffloadError(Drop.UNSUPPORTED_GSO_TYPE, "GSO_UDP (UFO) is not supported")
     needs_csum = hdr.flags & FLAG_NEEDS_CSUM
     if needs_csum and hdr.csum_start + hdr.csum_offset + 2 > packet_len:
         raise OffloadError(
-            "csum_out_of_bounds",
+            Drop.CSUM_OUT_OF_BOUNDS,
             f"checksum at {hdr.csum_start}+{hdr.csum_offset} outside a {packet_len}-byte packet",
         )
     if hdr.hdr_len > packet_len:
         raise OffloadError(
-            "hdr_len_too_big", f"hdr_len {hdr.hdr_len} beyond a {packet_len}-byte packet"
+            Drop.HDR_LEN_TOO_BIG, f"hdr_len {hdr.hdr_len} beyond a {packet_len}-byte packet"
         )
     if base == GSO_NONE:
         return
     if hdr.gso_size == 0 or hdr.gso_size == 0xFFFF:
-        raise OffloadError("bad_gso_size", f"gso_size {hdr.gso_size} with gso_type {base}")
+        raise OffloadError(Drop.BAD_GSO_SIZE, f"gso_size {hdr.gso_size} with gso_type {base}")
     if base in (GSO_TCPV4, GSO_TCPV6):
         if needs_csum and hdr.csum_offset != TCP_CSUM_OFFSET:
-            raise OffloadError("bad_csum_offset", f"TCP GSO with csum_offset {hdr.csum_offset}")
+            raise OffloadError(Drop.BAD_CSUM_OFFSET, f"TCP GSO with csum_offset {hdr.csum_offset}")
     else:  # GSO_UDP_L4
         if not needs_csum:
-            raise OffloadError("missing_needs_csum", "UDP_L4 GSO without NEEDS_CSUM")
+            raise OffloadError(Drop.MISSING_NEEDS_CSUM, "UDP_L4 GSO without NEEDS_CSUM")
         if hdr.csum_offset != UDP_CSUM_OFFSET:
-            raise OffloadError("bad_csum_offset", f"UDP_L4 GSO with csum_offset {hdr.csum_offset}")
+            raise OffloadError(Drop.BAD_CSUM_OFFSET,
+                               f"UDP_L4 GSO with csum_offset {hdr.csum_offset}")

@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable
 from functools import lru_cache
 
+from vpn.core.drops import Drop
 from vpn.core.types import Address, Buffer
 
 from .constants import (
@@ -166,12 +167,12 @@ class CookieGenerator:
     def consume_reply(self, reply: CookieReply, now: float) -> None:
         """Store the cookie from a reply to the last message we MAC'd; MessageError if bogus."""
         if self._last_mac1 is None:
-            raise MessageError("unexpected_cookie_reply")
+            raise MessageError(Drop.UNEXPECTED_COOKIE_REPLY)
         try:
             cookie = xaead_decrypt(
                 self._decryption_key, reply.nonce, reply.encrypted_cookie, self._last_mac1
             )
         except InvalidTag:
-            raise MessageError("bad_cookie_auth") from None
+            raise MessageError(Drop.BAD_COOKIE_AUTH) from None
         self._cookie, self._cookie_born = cookie, now
         self._last_mac1 = None  # one reply per message sent

@@ -13,9 +13,9 @@ import hmac
 import secrets
 import struct
 from importlib import import_module
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-from vpn.core.native import PYTHON_FORCED
+from vpn.core.native import twin
 from vpn.core.types import Buffer
 
 from .constants import KEY_LEN, TAI64_BASE, TIMESTAMP_WHITENER_NS
@@ -24,8 +24,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 __all__ = [
-    "HANDSHAKE_PATH",
-    "HANDSHAKE_PATH_REASON",
+    "NATIVE",
     "CryptoError",
     "InvalidTag",
     "PrivateKey",
@@ -46,24 +45,17 @@ __all__ = [
     "xaead_encrypt",
 ]
 
-HandshakePath = Literal["native", "python"]
-
-# Decided once, at import, by vpn/core/native.py's rule (as fastpath.py decides for the
-# transport): the native module when it is built and not refused.
-if PYTHON_FORCED:
-    HANDSHAKE_PATH: HandshakePath = "python"
-    HANDSHAKE_PATH_REASON = "VPN_FAST_PATH=python"
+# Decided once, at import, by vpn/core/native.py's rule (as for every C module): the native
+# module when it is built and not refused.
+try:
+    from . import _handshake  # noqa: F401  (only whether it imports)
+except ImportError as error:
+    NATIVE = twin("handshake module", error)
 else:
-    try:
-        from . import _handshake  # noqa: F401  (only whether it imports)
-    except ImportError as error:
-        HANDSHAKE_PATH = "python"
-        HANDSHAKE_PATH_REASON = f"native handshake module not available ({error})"
-    else:
-        HANDSHAKE_PATH, HANDSHAKE_PATH_REASON = "native", ""
+    NATIVE = twin("handshake module")
 
 # The reference's signatures (bytes) come first for mypy: the native ones accept more.
-if HANDSHAKE_PATH == "python":
+if not NATIVE.native:
     from .crypto_reference import hchacha20
     from .crypto_reference import open as _open
     from .crypto_reference import seal as _seal

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from vpn.core.drops import Drop
 from vpn.core.packet.icmp import UnreachableResponder
 from vpn.core.types import Address, Buffer
 
@@ -44,6 +45,8 @@ from .noise import Handshake, StaticIdentity, consume_initiation, consume_respon
 from .peer import Peer, PeerEvent, Sources
 from .ratelimiter import RateLimiter
 from .receive import ReceiveCounts, receive
+from .screen import NATIVE as NATIVE_SCREEN
+from .screen import Screen
 from .send import Read, Routed, Sealed, route, seal
 
 _SENDER_INDEX = struct.Struct("<I")
@@ -102,6 +105,9 @@ class Device:
         self.drops: Counter[str] = Counter()  # the handshake code's
         self.receive_counts = ReceiveCounts()  # the receive walk's (receive.py)
         self.opened = bytearray()  # the receive walk's open stage describes a run here
+        self._screen: Screen | None = None  # screen()'s, with what it was made for
+        self._screen_known = b""
+        self._screen_key = b""
         # Host unreachable for packets routed to us that no peer's AllowedIPs cover.
         self.icmp = UnreachableResponder()
         self.mtu = 0  # the padding cap of new peers (0: pad to 16, no cap)
@@ -271,9 +277,22 @@ class Device:
 
     # -- receiver indexes (IndexTable: one handshake and three keypairs per peer) ----------
 
-    def keypair_indexes(self) -> bytes:
-        """The receiver indexes that name a keypair (IndexTable.keypair_indexes)."""
-        return self.indexes.keypair_indexes()
+    def screen(self) -> Screen | None:
+        """The receive screen the native receive runs (udp.receive_screened), or None: no
+        native screen (or VPN_FAST_PATH=python), or no private key (no mac1 key to screen
+        with: the handshake path drops those messages itself). Made anew only when the
+        keypair indexes or the mac1 key change (IndexTable hands out the same bytes until
+        then): a Screen copies the indexes, 40 KB at 10,000 peers, which every wakeup would
+        otherwise pay."""
+        checker = self.checker
+        if checker is None or not NATIVE_SCREEN.native:
+            return None
+        known = self.indexes.keypair_indexes()
+        key = checker.mac1_key
+        if self._screen is None or known is not self._screen_known or key != self._screen_key:
+            self._screen = Screen(known, key)
+            self._screen_known, self._screen_key = known, key
+        return self._screen
 
     def session(self, index: int) -> tuple[Peer, Keypair] | None:
         """The data plane's receive lookup: a transport message's receiver index."""
@@ -301,24 +320,24 @@ class Device:
         try:
             kind = message_type(data)
             if kind == MESSAGE_TRANSPORT:
-                return self._drop("not_handshake")
+                return self._drop(Drop.NOT_HANDSHAKE)
             if kind == MESSAGE_COOKIE_REPLY:
                 return self._consume_cookie_reply(data, now)  # no DH work: never load
             if self.checker is None or self.identity is None:
-                return self._drop("no_private_key")  # nobody can have sent it to us
+                return self._drop(Drop.NO_PRIVATE_KEY)  # nobody can have sent it to us
             data = bytes(data)
             if not self.checker.valid_mac1(data):
-                return self._drop("bad_mac1")
+                return self._drop(Drop.BAD_MAC1)
             if under_load is None:
                 under_load = self.load.count_costly(now)
             if under_load:
                 sender = _SENDER_INDEX.unpack_from(data, 4)[0]
                 reply = self.checker.reply_unless_mac2(data, sender, src, now)
                 if reply is not None:
-                    self.drops["cookie_sent"] += 1
+                    self.drops[Drop.COOKIE_SENT] += 1
                     return HandshakeResult(replies=[reply], event=HandshakeEvent.COOKIE_SENT)
                 if not self.ratelimiter.allow(address_bytes(src)[:-2], now):
-                    return self._drop("ratelimited")
+                    return self._drop(Drop.RATELIMITED)
             if kind == MESSAGE_INITIATION:
                 return self._consume_initiation(self.identity, data, src, now)
             assert kind == MESSAGE_RESPONSE
@@ -330,7 +349,7 @@ class Device:
         reply = parse_cookie_reply(data)
         peer = self.indexes.peer(reply.receiver_index)
         if peer is None:
-            return self._drop("unknown_receiver_index")
+            return self._drop(Drop.UNKNOWN_RECEIVER_INDEX)
         peer.cookies.consume_reply(reply, now)
         return HandshakeResult(peer=peer, event=HandshakeEvent.COOKIE_CONSUMED)
 

@@ -1,16 +1,15 @@
 """Which code seals and opens transport messages: the native module or the Python reference.
 
-Decided once, at import: "native" when vpn/core/wireguard/_transport.c was built and the
-environment does not say VPN_FAST_PATH=python; otherwise "python", with the reason the
-endpoint logs at start. Keypair (keypair.py) is the only user; its pure-Python loops stay
-the reference the native code is tested equal to.
+Decided once, at import, by vpn/core/native.py's rule (NATIVE): "native" when
+vpn/core/wireguard/_transport.c was built and the environment does not say
+VPN_FAST_PATH=python; otherwise "python", with the reason the endpoint logs at start.
+Keypair (keypair.py) is the only user; its pure-Python loops stay the reference the
+native code is tested equal to.
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
-from vpn.core.native import PYTHON_FORCED
+from vpn.core.native import twin
 
 try:
     from ._transport import OPENSSL_VERSION, TransportKey
@@ -19,22 +18,10 @@ except ImportError as error:  # not built (or no usable libcrypto): the Python p
     TransportKey = None  # type: ignore[assignment, misc]
     native_accept_run = None  # type: ignore[assignment]
     OPENSSL_VERSION = ""
-    _MISSING = f"native transport module not available ({error})"
+    NATIVE = twin("transport module", error)
 else:
-    _MISSING = ""
+    NATIVE = twin("transport module")
 
-__all__ = ["FAST_PATH", "FAST_PATH_REASON", "OPENSSL_VERSION", "FastPath", "TransportKey",
-           "native_accept_run"]
+__all__ = ["FAST_PATH", "NATIVE", "OPENSSL_VERSION", "TransportKey", "native_accept_run"]
 
-FastPath = Literal["native", "python"]
-
-
-def _decide() -> tuple[FastPath, str]:
-    if PYTHON_FORCED:
-        return "python", "VPN_FAST_PATH=python"
-    if _MISSING:
-        return "python", _MISSING
-    return "native", ""
-
-
-FAST_PATH, FAST_PATH_REASON = _decide()
+FAST_PATH = NATIVE.path  # Keypair's (keypair.py)

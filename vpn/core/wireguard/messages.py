@@ -8,6 +8,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from vpn.core.drops import Drop
 from vpn.core.types import Buffer
 
 from .constants import (
@@ -115,20 +116,20 @@ Message = Initiation | Response | CookieReply | TransportHeader
 def message_type(data: Buffer) -> int:
     """The type of a datagram after checking its length and reserved bytes."""
     if len(data) < 4:
-        raise MessageError("too_short", f"{len(data)} bytes")
+        raise MessageError(Drop.TOO_SHORT, f"{len(data)} bytes")
     word: int = _U32.unpack_from(data)[0]
     kind = word & 0xFF
     if kind == MESSAGE_TRANSPORT:
         if len(data) < TRANSPORT_MIN_SIZE:
-            raise MessageError("transport_too_short", f"{len(data)} bytes")
+            raise MessageError(Drop.TRANSPORT_TOO_SHORT, f"{len(data)} bytes")
     else:
         expected = _SIZES.get(kind)
         if expected is None:
-            raise MessageError("unknown_type", f"type byte {kind}")
+            raise MessageError(Drop.UNKNOWN_TYPE, f"type byte {kind}")
         if len(data) != expected:
-            raise MessageError("bad_length", f"type {kind}: {len(data)} bytes, want {expected}")
+            raise MessageError(Drop.BAD_LENGTH, f"type {kind}: {len(data)} bytes, want {expected}")
     if word >> 8:
-        raise MessageError("reserved_nonzero")
+        raise MessageError(Drop.RESERVED_NONZERO)
     return kind
 
 
@@ -146,7 +147,7 @@ def parse(data: Buffer) -> Message:
 
 def _expect(data: Buffer, kind: int) -> None:
     if message_type(data) != kind:
-        raise MessageError("wrong_type", f"expected type {kind}")
+        raise MessageError(Drop.WRONG_TYPE, f"expected type {kind}")
 
 
 def parse_initiation(data: Buffer) -> Initiation:
@@ -169,10 +170,11 @@ def parse_cookie_reply(data: Buffer) -> CookieReply:
 
 def parse_transport_header(data: Buffer) -> TransportHeader:
     if len(data) < TRANSPORT_MIN_SIZE:
-        raise MessageError("transport_too_short", f"{len(data)} bytes")
+        raise MessageError(Drop.TRANSPORT_TOO_SHORT, f"{len(data)} bytes")
     kind, receiver, counter = TRANSPORT_HEADER.unpack_from(data)
     if kind != MESSAGE_TRANSPORT:
-        raise MessageError("reserved_nonzero" if kind & 0xFF == MESSAGE_TRANSPORT else "wrong_type")
+        raise MessageError(Drop.RESERVED_NONZERO if kind & 0xFF == MESSAGE_TRANSPORT
+                           else Drop.WRONG_TYPE)
     return TransportHeader(receiver, counter)
 
 

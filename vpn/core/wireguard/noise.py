@@ -9,6 +9,7 @@ import contextlib
 import enum
 from collections.abc import Callable
 
+from vpn.core.drops import Drop
 from vpn.core.types import Buffer
 
 from .constants import CONSTRUCTION, IDENTIFIER, INITIATION_MIN_INTERVAL, KEY_LEN, TIMESTAMP_LEN
@@ -153,9 +154,9 @@ def create_initiation(
 ) -> Initiation:
     """Initiator, message 1. The returned message still has zero MACs."""
     if hs.identity is None:
-        raise HandshakeError("no_private_key")
+        raise HandshakeError(Drop.NO_PRIVATE_KEY)
     if hs.precomputed_ss is None:
-        raise HandshakeError("low_order_peer_key")
+        raise HandshakeError(Drop.LOW_ORDER_PEER_KEY)
     ck = INITIAL_CHAIN_KEY
     h = hs.initiator_hash
     e_pub = ephemeral.public
@@ -189,30 +190,30 @@ def consume_initiation(
     try:
         ck, key = kdf2(ck, dh(identity.private, msg.ephemeral))
     except CryptoError as exc:
-        raise HandshakeError("low_order_ephemeral") from exc
+        raise HandshakeError(Drop.LOW_ORDER_EPHEMERAL) from exc
     try:
         remote_static = aead_decrypt(key, 0, msg.encrypted_static, h)
     except InvalidTag:
-        raise HandshakeError("bad_static_auth") from None
+        raise HandshakeError(Drop.BAD_STATIC_AUTH) from None
     h = hash_(h, msg.encrypted_static)
     hs = lookup_peer(remote_static)
     if hs is None:
-        raise HandshakeError("unknown_peer")
+        raise HandshakeError(Drop.UNKNOWN_PEER)
     if hs.precomputed_ss is None:
-        raise HandshakeError("low_order_peer_key")
+        raise HandshakeError(Drop.LOW_ORDER_PEER_KEY)
     ck, key = kdf2(ck, hs.precomputed_ss)
     try:
         timestamp = aead_decrypt(key, 0, msg.encrypted_timestamp, h)
     except InvalidTag:
-        raise HandshakeError("bad_timestamp_auth") from None
+        raise HandshakeError(Drop.BAD_TIMESTAMP_AUTH) from None
     h = hash_(h, msg.encrypted_timestamp)
 
     # Big-endian TAI64N compares correctly as bytes; equal counts as a replay.
     if timestamp <= hs.latest_timestamp:
-        raise HandshakeError("stale_timestamp")
+        raise HandshakeError(Drop.STALE_TIMESTAMP)
     last = hs.last_initiation_consumed
     if last is not None and now < last + INITIATION_MIN_INTERVAL:
-        raise HandshakeError("initiation_flood")
+        raise HandshakeError(Drop.INITIATION_FLOOD)
 
     hs.state = HandshakeState.CONSUMED_INITIATION
     hs.chaining_key, hs.hash = ck, h
@@ -227,7 +228,7 @@ def consume_initiation(
 def create_response(hs: Handshake, local_index: int, ephemeral: PrivateKey) -> Response:
     """Responder, message 2. The returned message still has zero MACs."""
     if hs.state is not HandshakeState.CONSUMED_INITIATION:
-        raise HandshakeError("no_initiation_consumed")
+        raise HandshakeError(Drop.NO_INITIATION_CONSUMED)
     ck, h = hs.chaining_key, hs.hash
     e_pub = ephemeral.public
     ck = kdf1(ck, e_pub)
@@ -236,7 +237,7 @@ def create_response(hs: Handshake, local_index: int, ephemeral: PrivateKey) -> R
         ck = kdf1(ck, dh(ephemeral, hs.remote_ephemeral))
         ck = kdf1(ck, dh(ephemeral, hs.remote_static))
     except CryptoError as exc:
-        raise HandshakeError("low_order_ephemeral") from exc
+        raise HandshakeError(Drop.LOW_ORDER_EPHEMERAL) from exc
     ck, tau, key = kdf3(ck, hs.psk)
     h = hash_(h, tau)
     enc_nothing = aead_encrypt(key, 0, b"", h)
@@ -251,9 +252,9 @@ def create_response(hs: Handshake, local_index: int, ephemeral: PrivateKey) -> R
 def consume_response(msg: Response, hs: Handshake | None) -> Handshake:
     """Initiator, message 2; `hs` is the handshake found by the message's receiver index."""
     if hs is None or hs.state is not HandshakeState.CREATED_INITIATION or hs.ephemeral is None:
-        raise HandshakeError("unexpected_response")
+        raise HandshakeError(Drop.UNEXPECTED_RESPONSE)
     if hs.identity is None:  # cannot be: an initiation needs one, and a new key rebuilds hs
-        raise HandshakeError("no_private_key")
+        raise HandshakeError(Drop.NO_PRIVATE_KEY)
     ephemeral = hs.ephemeral
     ck = kdf1(hs.chaining_key, msg.ephemeral)
     h = hash_(hs.hash, msg.ephemeral)
@@ -261,13 +262,13 @@ def consume_response(msg: Response, hs: Handshake | None) -> Handshake:
         ck = kdf1(ck, dh(ephemeral, msg.ephemeral))
         ck = kdf1(ck, dh(hs.identity.private, msg.ephemeral))
     except CryptoError as exc:
-        raise HandshakeError("low_order_ephemeral") from exc
+        raise HandshakeError(Drop.LOW_ORDER_EPHEMERAL) from exc
     ck, tau, key = kdf3(ck, hs.psk)
     h = hash_(h, tau)
     try:
         aead_decrypt(key, 0, msg.encrypted_nothing, h)
     except InvalidTag:
-        raise HandshakeError("bad_response_auth") from None
+        raise HandshakeError(Drop.BAD_RESPONSE_AUTH) from None
     h = hash_(h, msg.encrypted_nothing)
 
     hs.state = HandshakeState.CONSUMED_RESPONSE
@@ -284,7 +285,7 @@ def derive_session(hs: Handshake) -> SessionKeys:
     elif hs.state is HandshakeState.CREATED_RESPONSE:
         initiator = False
     else:
-        raise HandshakeError("handshake_incomplete")
+        raise HandshakeError(Drop.HANDSHAKE_INCOMPLETE)
     first, second = kdf2(hs.chaining_key, b"")
     send, recv = (first, second) if initiator else (second, first)
     keys = SessionKeys(send, recv, initiator, hs.local_index, hs.remote_index)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
+from vpn.core.drops import Drop
 from vpn.core.types import Address, Buffer
 
 from .constants import MESSAGE_TRANSPORT, TRANSPORT_MIN_SIZE
@@ -163,7 +164,7 @@ class _Walk:
         for reason, n in zip(SCREEN_REASONS, screened, strict=True):
             if n:
                 self.drops[reason] = self.drops.get(reason, 0) + n
-                if reason != "unknown_receiver_index":
+                if reason != Drop.UNKNOWN_RECEIVER_INDEX:
                     protocol[reason] += n
                     counts.handshakes_received += n
 
@@ -185,11 +186,11 @@ class _Walk:
                 pos = end
             elif (found := session_for(int.from_bytes(data[pos + 4:pos + 8], "little"))
                   ) is None:
-                self.drop("unknown_receiver_index", 1, None)
+                self.drop(Drop.UNKNOWN_RECEIVER_INDEX, 1, None)
                 self.lost_session(source)
                 pos = end
             elif found[1] not in self.sessions and not found[1].receivable(now):
-                self.drop("keypair_expired", 1, found[0])
+                self.drop(Drop.KEYPAIR_EXPIRED, 1, found[0])
                 pos = end
             else:
                 pos = self.transport_run(data, segment_size, pos, source, found[0], found[1])
@@ -258,7 +259,7 @@ class _Walk:
             if slot not in denied:
                 RECORD.pack_into(records, size * (at + kept), offset, length, slot)
                 kept += 1
-        self.drop("source_not_allowed", nrec - kept, peer)
+        self.drop(Drop.SOURCE_NOT_ALLOWED, nrec - kept, peer)
         return kept
 
     def lost_session(self, source: Address) -> None:

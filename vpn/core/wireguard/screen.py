@@ -9,20 +9,20 @@ mac1 check, the receiver-index lookup); tests/unit/io/test_udp_screen.py proves 
 
 from __future__ import annotations
 
-from vpn.core.native import PYTHON_FORCED
+from vpn.core.drops import Drop
+from vpn.core.native import twin
 
 try:
     from vpn.core.wireguard._screen import Screen
 except ImportError as error:  # not built: no screen, the Python path serves
-    Screen = None  # type: ignore[assignment,misc]  # only reached when FAST_PATH_REASON is set
-    _MISSING = f"native receive screen not available ({error})"
+    Screen = None  # type: ignore[assignment,misc]  # only reached when NATIVE says "python"
+    NATIVE = twin("receive screen", error)
 else:
-    _MISSING = ""
+    NATIVE = twin("receive screen")
 
-FAST_PATH_REASON = "VPN_FAST_PATH=python" if PYTHON_FORCED else _MISSING
 # The order of the screen's drop counts (wire.h's screen_drop): the handshake path's six,
 # then the data path's.
-SCREEN_REASONS = ("too_short", "transport_too_short", "unknown_type", "bad_length",
-                  "reserved_nonzero", "bad_mac1", "unknown_receiver_index")
+SCREEN_REASONS = (Drop.TOO_SHORT, Drop.TRANSPORT_TOO_SHORT, Drop.UNKNOWN_TYPE, Drop.BAD_LENGTH,
+                  Drop.RESERVED_NONZERO, Drop.BAD_MAC1, Drop.UNKNOWN_RECEIVER_INDEX)
 
-__all__ = ["FAST_PATH_REASON", "SCREEN_REASONS", "Screen"]
+__all__ = ["NATIVE", "SCREEN_REASONS", "Screen"]

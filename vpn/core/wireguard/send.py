@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
+from vpn.core.drops import Drop
 from vpn.core.packet.errors import OffloadError
 from vpn.core.packet.headers import ip_destination
 from vpn.core.packet.icmp import UnreachableResponder
@@ -112,11 +113,11 @@ def route(allowed_ips: AllowedIPs[Peer], icmp: UnreachableResponder,
         packet = read.packet
         destination = ip_destination(packet)
         if destination is None:
-            drops["tun_not_ip"] = drops.get("tun_not_ip", 0) + 1
+            drops[Drop.TUN_NOT_IP] = drops.get(Drop.TUN_NOT_IP, 0) + 1
             continue
         peer = lookup(destination)
         if peer is None:
-            drops["no_peer_for_destination"] = drops.get("no_peer_for_destination", 0) + 1
+            drops[Drop.NO_PEER_FOR_DESTINATION] = drops.get(Drop.NO_PEER_FOR_DESTINATION, 0) + 1
             reply = icmp.reply(packet, now)
             if reply is not None:
                 replies.append(reply)
@@ -134,7 +135,7 @@ def seal(peer: Peer, reads: Sequence[Read], out: bytearray | memoryview, mtu: in
     drops: dict[str, int] = {}
     endpoint = peer.endpoint
     if endpoint is None:
-        _drop(peer, drops, "peer_without_endpoint", len(_complete(reads, drops)))
+        _drop(peer, drops, Drop.PEER_WITHOUT_ENDPOINT, len(_complete(reads, drops)))
         return Sealed(None, [], [], [], drops)
     kp = peer.keypair_for_sending(now)
     if kp is None:
@@ -224,7 +225,7 @@ def _stage(peer: Peer, packets: list[Buffer], now: float, drops: dict[str, int]
     """No usable session: the newest packets held (bounded), a handshake started."""
     dropped, handshake = peer.stage(packets, now)
     if dropped:
-        _drop(peer, drops, "staged_queue_full", dropped)
+        _drop(peer, drops, Drop.STAGED_QUEUE_FULL, dropped)
     return handshake
 
 

@@ -69,7 +69,7 @@ def test_an_all_zero_key_removes_the_key_and_ends_every_session() -> None:
     pair.a.apply(changes, 2.0)
     assert pair.a.private_key is None and pair.a.public_key is None
     assert pair.pa.keypair_for_sending(2.0) is None
-    assert pair.a.keypair_indexes() == b""
+    assert pair.a.indexes.keypair_indexes() == b"" and pair.a.screen() is None
     assert pair.pa.initiate_handshake(20.0) == []
     assert "private_key" not in format_get(pair.a.snapshot())
     init = pair.pb.initiate_handshake(20.0)[0]
