@@ -3,14 +3,18 @@ iperf3 throughput per mode, and iperf3 through a WireGuard tunnel between two ho
 each kind of endpoint, side by side in one run; prints a table, writes JSON
 (bench/results/latest.json) and draws docs/bench.png.
 
-The tunnel modes (MODE_ENDS): two of ours, ours with `Offload = off`, two of Debian's
+The tunnel modes (bench/modes.py): two of ours, ours with `Offload = off`, two of Debian's
 wireguard-go (0.0.20220316, no offloads), two modern wireguard-go (0.0.20250522, TUN and UDP
 offloads, from ../shared/peers/ beside the project), and ours on a facing either
-wireguard-go on b. A flood row (bench/hostile.py) measures how much of its clean goodput
+wireguard-go on b; 1 and 4 TCP streams each way (the "streams" part). `--ours-variant ARGS`
+adds two of ours started with `vpn up ARGS` (e.g. '--threads 1') to the streams and latency
+parts. A flood row (bench/hostile.py) measures how much of its clean goodput
 two of ours and two modern wireguard-go keep under about 100,000 garbage datagrams a second
 from a third host. Peak RSS of every endpoint under load is recorded. A management row
 (bench/management.py) times `wg show IFACE dump` of 10,000 peers, ours against modern
-wireguard-go, and ping p99 through the tunnel while such dumps run back to back.
+wireguard-go, and ping p99 through the tunnel while such dumps run back to back. The
+latency part (bench/latency.py) runs sockperf ping-pong through the tunnel, idle and under
+an iperf3 stream, ours against modern wireguard-go. `--only streams,latency` runs some parts.
 
 Where the modern wireguard-go cannot run, its modes and its flood row are skipped loudly: a
 "MODERN WIREGUARD-GO NOT MEASURED: <reason>" line on stderr and in the table, and
@@ -34,10 +38,10 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench import faults, handshake_load, hostile, management, pipeline
+from bench import faults, handshake_load, hostile, latency, management, modes, pipeline
 from lab import wg_lab
 from lab.netns import Lab, iperf3_gbps, lab_unavailable_reason
 from lab.packets import tcp_super_packet
@@ -52,6 +56,8 @@ OFFLOAD_GOAL = 6.0
 # README there); BENCH_MODERN_WIREGUARD_GO or --modern-wireguard-go point elsewhere.
 MODERN_WIREGUARD_GO = wg_lab.ROOT.parent / "shared" / "peers" / "wireguard-go-0.0.20250522"
 MODERN_NOT_MEASURED = "MODERN WIREGUARD-GO NOT MEASURED"
+# Issue 20: ours >= 1.3x two modern wireguard-go, 1 and 4 TCP streams each way.
+MODERN_STREAMS_GOAL = 1.3
 
 
 def median_us(fn: Callable[[], object], *, repeat: int = 7, number: int = 200) -> float:
@@ -102,27 +108,6 @@ def relay_throughput(rounds: int, seconds: float) -> dict[str, object]:
     }
 
 
-# Which endpoint serves each end (a, b) in each mode. "ours-wireguard-go": ours on a,
-# Debian's wireguard-go on b, so a->b is ours sending to it and b->a it sending to ours (one
-# datagram at a time, no GRO); "ours-modern-wireguard-go" the same facing the modern one.
-MODE_ENDS = {
-    "ours": ("ours", "ours"),
-    "modern-wireguard-go": ("modern", "modern"),
-    "wireguard-go": ("debian", "debian"),
-    "ours-modern-wireguard-go": ("ours", "modern"),
-    "ours-wireguard-go": ("ours", "debian"),
-    "ours-offload-off": ("ours-offload-off", "ours-offload-off"),
-}
-# Short names for the table and the chart.
-MODE_LABELS = {
-    "ours": "ours",
-    "modern-wireguard-go": "modern wg-go",
-    "wireguard-go": "Debian wg-go",
-    "ours-modern-wireguard-go": "ours a, modern b",
-    "ours-wireguard-go": "ours a, Debian b",
-    "ours-offload-off": "ours Offload=off",
-}
-MODERN_MODES = ("modern-wireguard-go", "ours-modern-wireguard-go")
 # (parallel streams, reverse): a->b with one and four streams, and b->a.
 FLOWS = ((1, False), (4, False), (1, True), (4, True))
 
@@ -152,54 +137,54 @@ def wireguard_go_version(binary: str | Path) -> tuple[str | None, str | None]:
     return first, None
 
 
-def endpoint_throughput(rounds: int, seconds: float, modern: Path | None) -> dict[str, object]:
-    """iperf3 through a WireGuard tunnel between two hosts in each mode of MODE_ENDS (the
-    modern wireguard-go modes only when its binary is given), every mode in every round."""
-    modes = [m for m in MODE_ENDS if modern or m not in MODERN_MODES]
+def endpoint_throughput(rounds: int, seconds: float, modern: Path | None,
+                        variants: Sequence[modes.Mode] = ()) -> dict[str, object]:
+    """iperf3 through a WireGuard tunnel between two hosts in every mode (bench/modes.py:
+    the modern wireguard-go's only when its binary is given, then the ours variants), 1 and
+    4 streams each way, every mode in every round."""
+    chosen = modes.tunnel_modes(modern is not None, variants)
     samples: dict[str, dict[str, list[float]]] = {
-        mode: {flow_name(*flow): [] for flow in FLOWS} for mode in modes
+        mode.name: {flow_name(*flow): [] for flow in FLOWS} for mode in chosen
     }
     counters: dict[str, dict] = {}
-    rss: dict[str, dict[str, list[float]]] = {mode: {"a": [], "b": []} for mode in modes}
+    rss: dict[str, dict[str, list[float]]] = {mode.name: {"a": [], "b": []} for mode in chosen}
     for _ in range(rounds):
-        for mode in modes:
+        for mode in chosen:
             with Lab() as lab:
                 pair = wg_lab.build(lab)
-                for node, kind in zip((pair.a, pair.b), MODE_ENDS[mode], strict=True):
-                    if kind == "debian":
-                        pair.start_wireguard_go(node)
-                    elif kind == "modern":
-                        assert modern is not None
-                        pair.start_wireguard_go(node, binary=modern)
-                    else:
-                        pair.start_ours(node, offload=kind != "ours-offload-off")
+                modes.start(pair, mode, modern)
                 pair.a.host.run("ping", "-c", "2", "-i", "0.2", "-W", "5", pair.b.tunnel4)
                 for streams, reverse in FLOWS:
                     result = pair.a.host.iperf3(pair.b.host, pair.b.tunnel4, seconds=seconds,
                                                 reverse=reverse, extra=("-P", str(streams)))
-                    samples[mode][flow_name(streams, reverse)].append(iperf3_gbps(result))
+                    samples[mode.name][flow_name(streams, reverse)].append(iperf3_gbps(result))
                 for node in (pair.a, pair.b):
                     assert node.process is not None
-                    rss[mode][node.side].append(wg_lab.peak_rss_mb(node.process.pid))
-                if mode in ("ours", "ours-offload-off"):
-                    counters[mode] = {
+                    rss[mode.name][node.side].append(wg_lab.peak_rss_mb(node.process.pid))
+                if mode.all_ours:
+                    counters[mode.name] = {
                         "sender": wg_lab.final_counters(pair.stop(pair.a)),
                         "receiver": wg_lab.final_counters(pair.stop(pair.b)),
                     }
     medians = {mode: {flow: statistics.median(v) for flow, v in flows.items()}
                for mode, flows in samples.items()}
 
-    def ratio(mode: str) -> dict[str, float]:
-        return {flow: medians["ours"][flow] / medians[mode][flow] for flow in SINGLE}
+    def over(mine: str, theirs: str) -> dict[str, float]:
+        return {flow: medians[mine][flow] / medians[theirs][flow] for flow in medians[mine]}
 
-    ours_rss = [mb for mode in modes for side, kind in zip("ab", MODE_ENDS[mode], strict=True)
-                if kind.startswith("ours") for mb in rss[mode][side]]
+    ours_rss = [mb for mode in chosen for side, kind in zip("ab", mode.ends, strict=True)
+                if kind.startswith("ours") for mb in rss[mode.name][side]]
     return {
         "rounds": rounds,
         "gbps_samples": samples,
         "gbps_median": medians,
-        "ours_over_wireguard_go": ratio("wireguard-go"),
-        **({"ours_over_modern_wireguard_go": ratio("modern-wireguard-go")} if modern else {}),
+        "ours_over_wireguard_go": over("ours", "wireguard-go"),
+        **({"ours_over_modern_wireguard_go": over("ours", "modern-wireguard-go")}
+           if modern else {}),
+        # Each variant against ours with no extra arguments, and against modern wireguard-go.
+        "ours_over_variant": {v.name: over("ours", v.name) for v in variants},
+        **({"variant_over_modern_wireguard_go": {
+            v.name: over(v.name, "modern-wireguard-go") for v in variants}} if modern else {}),
         "ours_over_offload_off": medians["ours"][SINGLE[0]]
         / medians["ours-offload-off"][SINGLE[0]],
         # Peak resident set of each end's process (whichever endpoint it is), per mode.
@@ -232,7 +217,7 @@ def wireguard_micro() -> dict[str, float]:
 
 def print_table(report: dict) -> None:
     rows: list[tuple[str, str]] = []
-    micro = report["offload_micro"]
+    micro = report.get("offload_micro", {})
     for key, value in micro.items():
         if key.startswith(("split", "coalesce")):
             tag = key.split("_us_")[1]
@@ -263,7 +248,7 @@ def print_table(report: dict) -> None:
     if endpoint:
         rss = endpoint["peak_rss_mb"]
         for mode, sides in rss.items():
-            rows.append((f"tunnel {MODE_LABELS[mode]}: peak RSS under load, a / b",
+            rows.append((f"tunnel {modes.label(mode)}: peak RSS under load, a / b",
                          f"{sides['a']:6.1f} / {sides['b']:6.1f} MB"))
         rows.append(("tunnel: peak RSS of our endpoints under load (max of all modes)",
                      f"{endpoint['ours_peak_rss_mb']:6.1f} MB (goal <= 80)"))
@@ -271,7 +256,14 @@ def print_table(report: dict) -> None:
             rows.append((f"tunnel ours / Debian wg-go ({flow})", f"{value:6.2f}x (goal >= 2.5x)"))
         for flow, value in endpoint.get("ours_over_modern_wireguard_go", {}).items():
             rows.append((f"tunnel ours / modern wg-go ({flow})",
-                         f"{value:6.2f}x (goal >= 0.8x, team's 1.0x)"))
+                         f"{value:6.2f}x (issue 20's goal >= {MODERN_STREAMS_GOAL}x: "
+                         f"{'met' if value >= MODERN_STREAMS_GOAL else 'NOT met'})"))
+        for name, by_flow in endpoint.get("variant_over_modern_wireguard_go", {}).items():
+            for flow, value in by_flow.items():
+                rows.append((f"tunnel {name} / modern wg-go ({flow})", f"{value:6.2f}x"))
+        for name, by_flow in endpoint.get("ours_over_variant", {}).items():
+            for flow, value in by_flow.items():
+                rows.append((f"tunnel ours / {name} ({flow})", f"{value:6.2f}x"))
         rows.append(("tunnel ours / ours with Offload = off (a->b x1)",
                      f"{endpoint['ours_over_offload_off']:6.2f}x (goal 5x)"))
         ours = endpoint["counters"].get("ours", {})
@@ -285,6 +277,7 @@ def print_table(report: dict) -> None:
     rows += flood_rows(report.get("flood"))
     rows += handshake_load.handshake_rows(report.get("handshakes"))
     rows += management.rows(report.get("management"))
+    rows += latency.rows(report.get("latency"))
     loss = report.get("loss")
     if loss:
         for rate, gbps in loss["gbps_median"].items():
@@ -320,20 +313,20 @@ def flood_rows(flood: dict | None) -> list[tuple[str, str]]:
             else:
                 than_modern = MODERN_NOT_MEASURED
             verdict = f"  (goal >= 0.5: {half}; >= modern's: {than_modern})"
-        rows.append((f"flood ~{target:,}/s garbage at b: {MODE_LABELS[kind]} keeps",
+        rows.append((f"flood ~{target:,}/s garbage at b: {modes.label(kind)} keeps",
                      f"{f['share_median']:6.3f} of clean ({f['clean_gbps_median']:.2f} -> "
                      f"{f['flooded_gbps_median']:.3f} Gb/s){verdict}"))
-        rows.append((f"flood: rate achieved (flooder's count / its seconds), {MODE_LABELS[kind]}",
+        rows.append((f"flood: rate achieved (flooder's count / its seconds), {modes.label(kind)}",
                      f"{f['flood_rate_median']:,.0f} datagrams/s  "
                      f"[{', '.join(f'{r:,}' for r in f['flood_rate_samples'])}]"))
-        rows.append((f"flood: peak RSS of the flooded end (b), {MODE_LABELS[kind]}",
+        rows.append((f"flood: peak RSS of the flooded end (b), {modes.label(kind)}",
                      f"{f['victim_peak_rss_mb']:6.1f} MB"))
         uncovered = f["flood_covered_run"].count(False)
         if uncovered:
-            rows.append((f"flood: WARNING {MODE_LABELS[kind]}",
+            rows.append((f"flood: WARNING {modes.label(kind)}",
                          f"the flood ended before iperf3 in {uncovered} run(s)"))
         for error in f["iperf3_errors"]:
-            rows.append((f"flood: iperf3 FAILED under flood, {MODE_LABELS[kind]}", error[:120]))
+            rows.append((f"flood: iperf3 FAILED under flood, {modes.label(kind)}", error[:120]))
     return rows
 
 
@@ -341,13 +334,13 @@ def print_tunnel_matrix(report: dict) -> None:
     """The tunnel modes side by side: one row per flow, one column per mode (medians)."""
     endpoint = report["endpoint"]
     medians = endpoint["gbps_median"]
-    modes = list(medians)
-    width = max(len(MODE_LABELS[m]) for m in modes)
+    names = list(medians)
+    width = max(len(modes.label(m)) for m in names)
     print(f"\ntunnel iperf3 Gb/s, medians of {endpoint['rounds']} round(s) (samples in the "
           "JSON)")
-    print(f"{'flow':<9}" + "".join(f"  {MODE_LABELS[m]:>{width}}" for m in modes))
-    for flow in medians[modes[0]]:
-        print(f"{flow:<9}" + "".join(f"  {medians[m][flow]:>{width}.2f}" for m in modes))
+    print(f"{'flow':<9}" + "".join(f"  {modes.label(m):>{width}}" for m in names))
+    for flow in medians[names[0]]:
+        print(f"{flow:<9}" + "".join(f"  {medians[m][flow]:>{width}.2f}" for m in names))
     versions = report.get("versions", {})
     print("modern wg-go: " + (versions.get("modern") or MODERN_NOT_MEASURED)
           + "; Debian wg-go: " + (versions.get("debian") or "?"))
@@ -364,6 +357,7 @@ def draw_chart(report: dict) -> Path:
     colours = {"ours": "tab:green", "modern-wireguard-go": "tab:red",
                "wireguard-go": "tab:gray", "ours-modern-wireguard-go": "tab:orange",
                "ours-wireguard-go": "tab:cyan", "ours-offload-off": "tab:olive"}
+    variant_colours = ("tab:brown", "tab:pink", "tab:blue", "black")
     fig, (tunnel, flood, relay) = plt.subplots(
         1, 3, figsize=(15, 5), gridspec_kw={"width_ratios": [4, 1.3, 1.5]})
     medians = report["endpoint"]["gbps_median"]
@@ -372,7 +366,8 @@ def draw_chart(report: dict) -> Path:
     for i, (mode, by_flow) in enumerate(medians.items()):
         xs = [f + (i - (len(medians) - 1) / 2) * width for f in range(len(flows))]
         values = [by_flow[flow] for flow in flows]
-        tunnel.bar(xs, values, width, label=MODE_LABELS[mode], color=colours[mode])
+        tunnel.bar(xs, values, width, label=modes.label(mode),
+                   color=colours.get(mode, variant_colours[i % len(variant_colours)]))
         for x, v in zip(xs, values, strict=True):
             tunnel.text(x, v, f"{v:.2f}", ha="center", va="bottom", fontsize=6, rotation=90)
     tunnel.set_xticks(range(len(flows)), flows)
@@ -395,7 +390,7 @@ def draw_chart(report: dict) -> Path:
                   label="under flood" if i == 0 else None)
         flood.text(i + 0.2, f["flooded_gbps_median"], f"{f['share_median']:.2f}\nof clean",
                    ha="center", va="bottom", fontsize=7)
-    flood.set_xticks(range(len(kinds)), [MODE_LABELS[k] for k in kinds], fontsize=7)
+    flood.set_xticks(range(len(kinds)), [modes.label(k) for k in kinds], fontsize=7)
     if flooded:
         rate = statistics.median(flooded[k]["flood_rate_median"] for k in kinds)
         flood.set_title(f"a->b under {rate:,.0f} garbage\ndatagrams/s at b", fontsize=9)
@@ -427,28 +422,58 @@ def draw_chart(report: dict) -> Path:
     return path
 
 
+# The parts of a run, in order; `--only` picks some. "streams" is the tunnel between two
+# hosts in every mode (1 and 4 streams each way), "micro" what needs no lab.
+PARTS = ("micro", "relay", "streams", "flood", "handshakes", "loss", "management", "latency",
+         "veth")
+
+
+def parts_from(text: str) -> tuple[str, ...]:
+    """The parts of a comma-separated `--only` list, in PARTS' order."""
+    wanted = {part.strip() for part in text.split(",") if part.strip()}
+    unknown = wanted - set(PARTS)
+    if unknown or not wanted:
+        raise argparse.ArgumentTypeError(
+            f"unknown part(s) {', '.join(sorted(unknown)) or '(none given)'}; "
+            f"the parts are {', '.join(PARTS)}")
+    return tuple(part for part in PARTS if part in wanted)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="make bench", description=__doc__)
     parser.add_argument("--rounds", type=int, default=3, help="iperf3 runs per relay mode")
     parser.add_argument("--seconds", type=float, default=4, help="length of each iperf3 run")
-    parser.add_argument("--micro-only", action="store_true", help="skip the netns runs")
+    parser.add_argument("--only", type=parts_from, default=PARTS, metavar="PART,...",
+                        help=f"run only these parts ({', '.join(PARTS)}); such a run writes "
+                             "its own JSON, not latest.json, and no chart")
+    parser.add_argument("--micro-only", action="store_true", help="the same as --only micro")
+    parser.add_argument("--ours-variant", action="append", metavar="ARGS",
+                        default=[v for v in os.environ.get("BENCH_OURS_VARIANTS", "").split(",")
+                                 if v.strip()],
+                        help="also two of ours started with `vpn up ARGS` in the streams and "
+                             "latency parts, e.g. '--threads 1' (repeatable; default: "
+                             "$BENCH_OURS_VARIANTS, comma-separated)")
     parser.add_argument("--modern-wireguard-go", type=Path,
                         default=Path(os.environ.get("BENCH_MODERN_WIREGUARD_GO",
                                                     MODERN_WIREGUARD_GO)),
                         help="the modern wireguard-go binary to measure against "
                              "(default: $BENCH_MODERN_WIREGUARD_GO or %(default)s)")
     args = parser.parse_args()
+    parts = ("micro",) if args.micro_only else args.only
+    variants = [modes.variant(v) for v in args.ours_variant]
     report: dict[str, object] = {
         "machine": {"kernel": platform.release(), "python": platform.python_version(),
                     "cpus": os.cpu_count(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                   time.gmtime())},
-        "offload_micro": offload_micro(),
-        "wireguard_micro": wireguard_micro(),
-        "pipeline_micro": pipeline.run_with_python_path(),
+        "parts": list(parts),
     }
+    if "micro" in parts:
+        report["offload_micro"] = offload_micro()
+        report["wireguard_micro"] = wireguard_micro()
+        report["pipeline_micro"] = pipeline.run_with_python_path()
     reason = lab_unavailable_reason()
     modern_reason: str | None = None  # why the modern wireguard-go was not measured
-    if args.micro_only or reason:
+    if parts == ("micro",) or reason:
         if reason:
             print(f"bench: RELAY THROUGHPUT NOT MEASURED: {reason}", file=sys.stderr)
     else:
@@ -461,24 +486,39 @@ def main() -> int:
                                          "reason": modern_reason}
         if modern_reason:
             print(f"bench: {MODERN_NOT_MEASURED}: {modern_reason}", file=sys.stderr)
-        report["relay"] = relay_throughput(args.rounds, args.seconds)
-        report["endpoint"] = endpoint_throughput(args.rounds, args.seconds, modern)
-        report["flood"] = hostile.flood_goodput(args.rounds, args.seconds, modern)
-        report["handshakes"] = handshake_load.handshake_figures(args.rounds, modern)
-        report["loss"] = faults.loss_throughput(args.rounds, args.seconds)
-        report["management"] = management.dump_bench(args.rounds, modern)
-        report["veth_gbps"] = veth_throughput(args.rounds, args.seconds)
+        rounds, seconds = args.rounds, args.seconds
+        runs: dict[str, tuple[str, Callable[[], object]]] = {
+            "relay": ("relay", lambda: relay_throughput(rounds, seconds)),
+            "streams": ("endpoint",
+                        lambda: endpoint_throughput(rounds, seconds, modern, variants)),
+            "flood": ("flood", lambda: hostile.flood_goodput(rounds, seconds, modern)),
+            "handshakes": ("handshakes",
+                           lambda: handshake_load.handshake_figures(rounds, modern)),
+            "loss": ("loss", lambda: faults.loss_throughput(rounds, seconds)),
+            "management": ("management", lambda: management.dump_bench(rounds, modern)),
+            "latency": ("latency", lambda: latency.latency_bench(rounds, modern, variants)),
+            "veth": ("veth_gbps", lambda: veth_throughput(rounds, seconds)),
+        }
+        for part in parts:
+            if part in runs:
+                key, run = runs[part]
+                report[key] = run()
     print_table(report)
     if modern_reason:  # again after the table: the first one scrolled away long ago
         print(f"bench: {MODERN_NOT_MEASURED}: {modern_reason}", file=sys.stderr)
-    if "endpoint" in report:
+    lat = report.get("latency")
+    if isinstance(lat, dict) and not lat["measured"]:  # as loud as the modern one's
+        print(f"bench: {latency.NOT_MEASURED}: {lat['reason']}", file=sys.stderr)
+    whole = parts == PARTS
+    if whole and "endpoint" in report:
         chart = draw_chart(report)
         print(f"chart: {chart}")
     RESULTS.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for path in (RESULTS / f"bench-{stamp}.json", RESULTS / "latest.json"):
+    stamp = time.strftime("%Y%m%d-%H%M%S") + ("" if whole else "-" + "-".join(parts))
+    paths = [RESULTS / f"bench-{stamp}.json", *([RESULTS / "latest.json"] if whole else [])]
+    for path in paths:
         path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwritten: {RESULTS / f'bench-{stamp}.json'}")
+    print(f"\nwritten: {paths[0]}")
     return 0
 
 

@@ -5,16 +5,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SYSTEM_PACKAGES=(iperf3 iproute2 tcpdump wireguard-tools wireguard-go ethtool iptables nftables
-                 procps kmod iputils-ping util-linux docker-compose python3 python3-venv
-                 python3-pip python3-dev build-essential libssl-dev golang-go systemd libseccomp2)
+SYSTEM_PACKAGES=(iperf3 sockperf iproute2 tcpdump wireguard-tools wireguard-go ethtool iptables
+                 nftables procps kmod iputils-ping util-linux docker-compose python3
+                 python3-venv python3-pip python3-dev build-essential libssl-dev golang-go
+                 systemd libseccomp2)
 # build-essential, python3-dev and libssl-dev build the native module
 # (vpn/core/wireguard/_transport.c, linked to the system's libcrypto); golang-go builds the Go
 # example of docs/tun-offload.md (examples/go) for its integration test. nftables and iptables:
 # a full-tunnel config's firewall rules go through nft when it exists, as wg-quick's do,
 # and through iptables-restore otherwise (vpn/host/firewall.py); the tests try both.
 # systemd (systemd-analyze) and libseccomp2: the unit's test verifies packaging/vpn@.service
-# and runs the endpoint under the unit's system-call filter.
+# and runs the endpoint under the unit's system-call filter. sockperf: `make bench`'s latency
+# through the tunnel (ping-pong), beside iperf3's throughput.
 VENV=${VENV:-.venv}
 # shellcheck source=scripts/apt.sh
 . scripts/apt.sh
