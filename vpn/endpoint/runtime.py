@@ -25,6 +25,7 @@ class Runtime:
 
     def __init__(self, name: str, device: Device, tun: TunDevice, udp: UdpSocket, *,
                  mtu: int, clock: Callable[[], float], threads: int = 0) -> None:
+        threads = threads if threads > 1 else 0  # one worker: no better than the loop itself
         self.name = name
         self.device = device
         self.tun = tun

@@ -139,8 +139,8 @@ class DataPath:
         threads: int = 0,
         call_soon_threadsafe: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
-        """threads > 1: seal and send on that many worker threads (SendWorkers); 0 or 1,
-        on the loop thread, inline."""
+        """threads > 0: seal and send on that many worker threads (SendWorkers); 0, on the
+        loop thread, inline."""
         self.device = device
         self.tun = tun
         self.udp = udp
@@ -161,7 +161,7 @@ class DataPath:
         # The shell's hook: the interface was deleted (its TUN reports only errors now).
         self.on_tun_gone: Callable[[], None] | None = None
         self.workers: SendWorkers | None = None
-        if threads > 1:
+        if threads > 0:
             self.workers = SendWorkers(threads, lambda: self.udp, self._worker_error,
                                        call_soon_threadsafe)
             self.stats.workers = self.workers.counts
