@@ -8,7 +8,8 @@
 # batch, a misaligned known array). Any overrun or undefined behaviour aborts the run. The
 # installed build is untouched. Then the same modules built with ThreadSanitizer (its own
 # build: it cannot share a process with ASan) run the tests of the native code that threads
-# call at once (one TransportKey sealing and opening on N threads, zero() while they run).
+# call at once (one TransportKey sealing and opening on N threads, zero() while they run,
+# and the send walk on worker threads).
 # Extra arguments go to pytest (e.g. --durations=20).
 #
 # The property tests run with HYPOTHESIS_PROFILE=sanitize: a fifth of their examples
@@ -72,4 +73,5 @@ unset ASAN_OPTIONS UBSAN_OPTIONS PYTHONMALLOC
 export TSAN_OPTIONS=halt_on_error=1:exitcode=66
 check_imports
 "$PYTHON" -m pytest -q -p no:cacheprovider --capture=sys \
-    tests/unit/core/wireguard/test_transport_threads.py "$@"
+    tests/unit/core/wireguard/test_transport_threads.py tests/unit/io/test_datapath_workers.py \
+    "$@"
