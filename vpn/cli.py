@@ -168,7 +168,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         threads = parse_threads(threads_text) if threads_text else DEFAULT_THREADS
     except ValueError as error:
-        print(f"{PROG}: --threads: {error}", file=sys.stderr)
+        source = "--threads" if args.threads is not None else THREADS_ENV
+        print(f"{PROG}: {source}: {error}", file=sys.stderr)
         return EXIT_CONFIG
     metrics_text = args.metrics if args.metrics is not None else os.environ.get(ENV)
     try:
