@@ -116,6 +116,10 @@ def test_transfer_with_worker_threads_is_byte_exact(lab: Lab, threads: str) -> N
     assert sent == received and sent.startswith(str(64 << 20))
     sent, received = checked_transfer(pair.b.host, pair.a.host, pair.a.tunnel6, 64 << 20)
     assert sent == received
+    # A new port (the socket swapped under the workers): b follows a's first packet there.
+    pair.a.host.run("wg", "set", pair.a.ifname, "listen-port", "51900")
+    sent, received = checked_transfer(pair.a.host, pair.b.host, pair.b.tunnel4, 16 << 20)
+    assert sent == received
     output = pair.stop(pair.a)
     counters = final_counters(output)
     assert counters["drops"].get("internal_error", 0) == 0, counters

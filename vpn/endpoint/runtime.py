@@ -4,6 +4,7 @@ the protocol timers, and the counters of it all."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable, Iterable
@@ -104,9 +105,11 @@ class Runtime:
         old = self.udp
         new.stats = old.stats  # the counters describe the interface, not one socket
         loop.remove_reader(old.fd)
-        self.udp = self.datapath.udp = new
+        workers = self.datapath.workers
+        with workers.send_lock if workers is not None else contextlib.nullcontext():
+            self.udp = self.datapath.udp = new  # no worker is sending on the old one
+            old.close()
         loop.add_reader(new.fd, self.datapath.on_udp_readable)
-        old.close()
         log.info("interface %s: now listening on UDP port %d", self.name, new.port)
 
     def serving(self) -> bool:

@@ -89,6 +89,11 @@ class SendWorkers:
         self.resume: Callable[[], None] | None = None
 
     @property
+    def send_lock(self) -> threading.Lock:
+        """Held by each job's sends: hold it to swap or close the socket under them."""
+        return self._send_lock
+
+    @property
     def threads(self) -> int:
         return self._pool.stats.threads
 
