@@ -26,7 +26,7 @@ class Runtime:
 
     def __init__(self, name: str, device: Device, tun: TunDevice, udp: UdpSocket, *,
                  mtu: int, clock: Callable[[], float], threads: int = 0) -> None:
-        threads = threads if threads > 1 else 0  # one worker: no better than the loop itself
+        threads = threads if threads > 1 else 0  # 0 and 1: the inline walk, on this thread
         self.name = name
         self.device = device
         self.tun = tun
