@@ -8,6 +8,11 @@ real `Device`s that completed a handshake, so every line of the hot path runs; o
 system calls are replaced. The receiver's frames are checked against the sender's input, so
 a fast figure cannot come from a broken path.
 
+`throughput(workers)` (`python -m bench.pipeline --workers N --json`) is the same walk as a
+rate over at least two seconds: the send side sealing on N worker threads (0: inline, on
+the calling thread) and the receive side, in Gbit/s of TCP payload. `--compare` runs 0, 1
+and 2 workers each in its own process, interleaved, and prints them side by side.
+
 `run()` measures the fast path the endpoint would use (fastpath.NATIVE: native when the
 C module is built); `run_with_python_path()` adds the Python reference path's figures from
 a child process with VPN_FAST_PATH=python, in the same run.
@@ -20,6 +25,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 from lab.doubles import (
@@ -34,6 +40,7 @@ from lab.doubles import (
 )
 from lab.packets import tcp_super_packet
 from vpn.core.wireguard import fastpath
+from vpn.core.wireguard.replay import ReplayWindow
 from vpn.io.datapath import DataPath
 
 MSS = MTU - 40 - 12  # IPv4 + TCP with the timestamps option, as Linux sends
@@ -110,9 +117,86 @@ def run_with_python_path(rounds: int = 400) -> dict[str, float]:
     return figures
 
 
+WAKEUP_READS = 16  # super-packets per TUN wakeup, as under a bulk TCP stream
+
+
+def throughput(workers: int, seconds: float = 2.0) -> dict[str, float]:
+    """send_gbps and receive_gbps: TCP payload through each side for `seconds` or more,
+    the send side sealing on `workers` threads (0: inline). Nothing goes to the kernel."""
+    a, b = handshaken_pair(threads=workers)
+    payload = os.urandom(MSS * 47)
+    options = b"\x01\x01\x08\x0a" + bytes(8)
+    header, packet = tcp_super_packet(payload, MSS, src=SRC, dst=DST, options=options)
+    reads = [memoryview(tun_frame(header, packet))] * WAKEUP_READS
+    (tun_a, udp_a), (tun_b, udp_b) = _doubles(a), _doubles(b)
+    # One wakeup's datagrams, kept, for the receive side; then the sends go nowhere.
+    tun_a.reads = list(reads)
+    a.on_tun_readable()
+    a.close()
+    receives = [(memoryview(data), size, ENDPOINT_A) for data, size in udp_a.sent]
+    a, _ = handshaken_pair(threads=workers)
+    tun_a, udp_a = _doubles(a)
+    udp_a._sendmsg = lambda data, cmsg, addr: None  # type: ignore[method-assign]
+    tun_a.keep = tun_b.keep = False
+    room = threading.Event()  # the workers' backpressure, as the runtime wires it
+    room.set()
+    if a.workers is not None:
+        a.workers.pause, a.workers.resume = room.clear, room.set
+        a.workers._call_soon_threadsafe = lambda callback: callback()
+    wakeups = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        room.wait()
+        tun_a.reads = list(reads)
+        a.on_tun_readable()
+        wakeups += not tun_a.reads
+    a.close()  # every job sealed and sent: part of the time
+    send_seconds = time.perf_counter() - start
+    sent = a.stats.summary()["datagrams_sent"]
+    if sent != wakeups * WAKEUP_READS * 47:
+        raise RuntimeError(f"pipeline benchmark: {sent} datagrams for {wakeups} wakeups")
+    rounds = 0
+    keypairs = next(iter(b.device.peers.values())).keypairs
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for kp in keypairs:  # the same messages each round: a fresh window lets them in
+            kp.replay = ReplayWindow()
+        udp_b.incoming = list(receives)
+        b.on_udp_readable()
+        rounds += 1
+    receive_seconds = time.perf_counter() - start
+    if b.stats.all_drops():
+        raise RuntimeError(f"pipeline benchmark: drops {dict(b.stats.all_drops())}")
+    bits = len(payload) * 8 * WAKEUP_READS
+    return {"workers": workers, "send_gbps": bits * wakeups / send_seconds / 1e9,
+            "receive_gbps": bits * rounds / receive_seconds / 1e9,
+            "receive_workers": 0}  # the receive walk stays on the loop thread (issue 20)
+
+
+def compare(counts: tuple[int, ...] = (0, 1, 2), repeats: int = 3) -> dict[int, dict]:
+    """throughput() of each worker count in its own process, interleaved `repeats` times;
+    the medians."""
+    runs: dict[int, list[dict]] = {n: [] for n in counts}
+    for _ in range(repeats):
+        for n in counts:
+            child = subprocess.run([sys.executable, "-m", "bench.pipeline", "--workers", str(n),
+                                    "--json"], capture_output=True, text=True, check=True)
+            runs[n].append(json.loads(child.stdout))
+    return {n: {key: statistics.median(r[key] for r in rs) for key in rs[0]}
+            for n, rs in runs.items()}
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--json"]:  # the child of run_with_python_path
         print(json.dumps(run(int(sys.argv[2]))))
+    elif sys.argv[1:2] == ["--workers"]:
+        print(json.dumps(throughput(int(sys.argv[2]))))
+    elif sys.argv[1:2] == ["--compare"]:
+        results = compare()
+        for n, figures in results.items():
+            ratio = figures["send_gbps"] / results[1]["send_gbps"] if 1 in results else 0
+            print(f"workers {n}: send {figures['send_gbps']:6.2f} Gbit/s ({ratio:.2f}x of 1 "
+                  f"worker), receive {figures['receive_gbps']:6.2f} Gbit/s")
     else:
         for key, value in run_with_python_path().items():
             print(f"{key:40} {value:8.1f}")

@@ -121,10 +121,12 @@ def _deterministic(seed: bytes) -> tuple[Callable[[int], bytes], Callable[[], Pr
     return random_bytes, lambda: PrivateKey(random_bytes(32))
 
 
-def handshaken_pair(seed: bytes | None = None, *, mtu: int = MTU) -> tuple[DataPath, DataPath]:
+def handshaken_pair(seed: bytes | None = None, *, mtu: int = MTU, threads: int = 0
+                    ) -> tuple[DataPath, DataPath]:
     """Data paths a (198.18.10.1) and b (198.18.10.2) whose devices completed a handshake,
-    a as the initiator, with tunnel MTU `mtu`. With a seed, everything is derived from it:
-    equal seeds give equal pairs, down to the session keys."""
+    a as the initiator, with tunnel MTU `mtu` (and a sealing on `threads` workers). With a
+    seed, everything is derived from it: equal seeds give equal pairs, down to the session
+    keys."""
     paths = []
     devices = []
     for side in (b"a", b"b"):
@@ -141,7 +143,7 @@ def handshaken_pair(seed: bytes | None = None, *, mtu: int = MTU) -> tuple[DataP
         peer = devices[me].add_peer(public, endpoint=endpoint)
         devices[me].allowed_ips.insert(f"{'.'.join(map(str, theirs))}/32", peer)
         paths.append(DataPath(devices[me], MemoryTun(), MemoryUdp(), mtu=mtu,
-                              clock=lambda: NOW))
+                              clock=lambda: NOW, threads=threads if me == 0 else 0))
     a, b = paths
     initiator = next(iter(a.device.peers.values()))
     (init,) = initiator.initiate_handshake(NOW)

@@ -113,6 +113,11 @@ def _add_up_arguments(parser: argparse.ArgumentParser) -> None:
         help="serve Prometheus metrics at http://HOST:PORT/metrics (default: $VPN_METRICS "
         "if set, else off); [::]:PORT or :PORT for every address",
     )
+    parser.add_argument(
+        "--threads", metavar="N",
+        help="seal and send on N worker threads; 0 or 1: on the event loop's thread "
+        "(default: $VPN_THREADS if set, else the measured default)",
+    )
 
 
 def _load(arg: str, interface: str | None = None) -> config.Config | None:
@@ -157,7 +162,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     from vpn import serving
     from vpn.control.metrics_server import ENV, MetricsAddressError, parse_address
     from vpn.endpoint import Endpoint
+    from vpn.io.sendworkers import DEFAULT_THREADS, THREADS_ENV, parse_threads
 
+    threads_text = args.threads if args.threads is not None else os.environ.get(THREADS_ENV)
+    try:
+        threads = parse_threads(threads_text) if threads_text else DEFAULT_THREADS
+    except ValueError as error:
+        source = "--threads" if args.threads is not None else THREADS_ENV
+        print(f"{PROG}: {source}: {error}", file=sys.stderr)
+        return EXIT_CONFIG
     metrics_text = args.metrics if args.metrics is not None else os.environ.get(ENV)
     try:
         metrics = parse_address(metrics_text) if metrics_text else None
@@ -166,7 +179,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     try:
         endpoint = Endpoint.from_config(config.config_path(args.path), interface=args.interface,
-                                        metrics=metrics)
+                                        metrics=metrics, threads=threads)
     except config.ConfigError as error:
         print(error, file=sys.stderr)
         return EXIT_CONFIG

@@ -53,6 +53,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: {ENV}: {error}", file=sys.stderr)
         return EXIT_USAGE
 
+    from vpn.io.sendworkers import DEFAULT_THREADS, THREADS_ENV, parse_threads
+
+    try:  # the data path's threads, likewise
+        threads_text = os.environ.get(THREADS_ENV)
+        threads = parse_threads(threads_text) if threads_text else DEFAULT_THREADS
+    except ValueError as error:
+        print(f"{PROG}: {THREADS_ENV}: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
     def serve(ready: Callable[[], None]) -> int:
         # Imported here, in the child: the parent stays small, and a process should not fork
         # after importing libraries that may start threads.
@@ -60,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         from vpn.endpoint import Endpoint
 
         try:
-            endpoint = Endpoint.userspace(name, metrics=metrics)
+            endpoint = Endpoint.userspace(name, metrics=metrics, threads=threads)
         except ConfigError as error:
             print(f"{PROG}: {error.reason}", file=sys.stderr)
             return EXIT_FAILURE

@@ -234,3 +234,22 @@ def test_every_command_is_registered() -> None:
     help_text = parser.format_help()
     for command in cli.COMMANDS:
         assert command.name in help_text
+
+
+@pytest.mark.parametrize(("flag", "env", "named"), [(["--threads", "x"], None, "--threads"),
+                                                   ([], "99", "VPN_THREADS")])
+def test_up_refuses_a_bad_thread_count(flag: list[str], env: str | None, named: str,
+                                       tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Before anything is set up: `--threads` or, without it, VPN_THREADS."""
+    if env is not None:
+        monkeypatch.setenv("VPN_THREADS", env)
+    assert cli.main(["up", *flag, str(tmp_path / "wg0.conf")]) == 2
+    assert f"{named}: thread count" in capsys.readouterr().err
+
+
+def test_thread_counts_parse() -> None:
+    from vpn.io.sendworkers import MAX_THREADS, parse_threads
+
+    assert [parse_threads(t) for t in ("0", " 2 ", str(MAX_THREADS))] == [0, 2, MAX_THREADS]

@@ -58,3 +58,11 @@ def test_link_events_of_our_interface_only() -> None:
     ]
     assert parse_link_events(data[:-5], 8) == [LinkEvent(deleted=False, mtu=1500)]
     assert parse_link_events(os.urandom(7), 7) == []
+
+
+@pytest.mark.parametrize("value", ["many", "-1", "65"])
+def test_a_bad_thread_count_in_the_environment(value: str, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VPN_THREADS", value)
+    assert userspace.main(["-f", "wg0"]) == userspace.EXIT_USAGE
+    assert "VPN_THREADS: thread count" in capsys.readouterr().err

@@ -34,6 +34,7 @@ from vpn.endpoint.loading import load_config, resolve_all
 from vpn.endpoint.management import Management
 from vpn.endpoint.runtime import Runtime
 from vpn.io import native
+from vpn.io.sendworkers import DEFAULT_THREADS
 from vpn.io.udp import UdpSocket
 
 log = logging.getLogger("vpn.endpoint")
@@ -52,8 +53,10 @@ class Endpoint:
         on_down: Callable[[], None] | None = None,
         host_setup: bool = True,
         metrics: MetricsAddress | None = None,
+        threads: int = DEFAULT_THREADS,
     ) -> None:
         self.config = config
+        self.threads = threads  # the data path's worker threads (0 or 1: none, inline)
         self.name = interface or config.interface_name
         # False: the TUN and the socket only, as wireguard-go (see Interface).
         self.host_setup = host_setup
@@ -74,17 +77,19 @@ class Endpoint:
 
     @classmethod
     def from_config(cls, path: str | Path, *, interface: str | None = None,
-                    metrics: MetricsAddress | None = None) -> Endpoint:
+                    metrics: MetricsAddress | None = None,
+                    threads: int = DEFAULT_THREADS) -> Endpoint:
         """Load and validate a wg-quick style file (ConfigError on a bad one)."""
-        return cls(load_config(path, interface), metrics=metrics)
+        return cls(load_config(path, interface), metrics=metrics, threads=threads)
 
     @classmethod
-    def userspace(cls, name: str, *, metrics: MetricsAddress | None = None) -> Endpoint:
+    def userspace(cls, name: str, *, metrics: MetricsAddress | None = None,
+                  threads: int = DEFAULT_THREADS) -> Endpoint:
         """An interface with no config file, no private key, no peers and no host setup:
         everything arrives over the management socket (`wg setconf`) and `ip`. Raises
         ConfigError for a bad interface name."""
         config = Config(path="", interface=InterfaceConfig(private_key=None), name=name)
-        return cls(config, host_setup=False, metrics=metrics)
+        return cls(config, host_setup=False, metrics=metrics, threads=threads)
 
     # -- start ------------------------------------------------------------------------------
 
@@ -116,7 +121,8 @@ class Endpoint:
         assert tun is not None  # Interface.open opened it
         device.set_mtu(mtu)
         device.listen_port, device.fwmark = udp.port, fwmark or 0
-        self.runtime = runtime = Runtime(self.name, device, tun, udp, mtu=mtu, clock=self.clock)
+        self.runtime = runtime = Runtime(self.name, device, tun, udp, mtu=mtu, clock=self.clock,
+                                         threads=self.threads)
         runtime.start(on_tun_gone=self.interface.gone)
         self.interface.watch()
         await self.uapi.start()

@@ -4,6 +4,7 @@ the protocol timers, and the counters of it all."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable, Iterable
@@ -24,15 +25,20 @@ class Runtime:
     """The data path between `tun` and `udp` for `device`, from `start` to `stop`."""
 
     def __init__(self, name: str, device: Device, tun: TunDevice, udp: UdpSocket, *,
-                 mtu: int, clock: Callable[[], float]) -> None:
+                 mtu: int, clock: Callable[[], float], threads: int = 0) -> None:
+        threads = threads if threads > 1 else 0  # 0 and 1: the inline walk, on this thread
         self.name = name
         self.device = device
         self.tun = tun
         self.udp = udp
         self.clock = clock
-        self.datapath = DataPath(device, tun, udp, mtu=mtu, clock=clock)
+        self.datapath = DataPath(
+            device, tun, udp, mtu=mtu, clock=clock, threads=threads,
+            call_soon_threadsafe=asyncio.get_running_loop().call_soon_threadsafe
+            if threads > 1 else None)
         self.timers = Timers(clock, self._tick)
         self.peer_events = PeerEventLog()
+        self._stopping = False
 
     def start(self, on_tun_gone: Callable[[], None]) -> None:
         """Watch both descriptors and hear the core's timers and peer events."""
@@ -40,8 +46,21 @@ class Runtime:
         loop.add_reader(self.tun.fd, self.datapath.on_tun_readable)
         loop.add_reader(self.udp.fd, self.datapath.on_udp_readable)
         self.datapath.on_tun_gone = on_tun_gone
+        workers = self.datapath.workers
+        log.info("interface %s: sealing on %s", self.name,
+                 f"{workers.threads} worker threads" if workers else "the event loop's thread")
+        if workers is not None:  # backpressure: no TUN reads while no job buffer is free
+            workers.pause, workers.resume = self._pause_tun, self._resume_tun
         self.device.on_earlier_deadline = self.timers.arm
         self.device.on_peer_event = self.peer_events
+
+    def _pause_tun(self) -> None:
+        if self.tun.fd >= 0:
+            asyncio.get_running_loop().remove_reader(self.tun.fd)
+
+    def _resume_tun(self) -> None:
+        if self.tun.fd >= 0 and not self._stopping:
+            asyncio.get_running_loop().add_reader(self.tun.fd, self.datapath.on_tun_readable)
 
     def run_timers(self, owed_keepalive: Iterable[Peer]) -> None:
         """Send the keep-alives the initial configuration owes; the timers run from now."""
@@ -57,10 +76,12 @@ class Runtime:
         the lifecycle closes them)."""
         self.device.on_earlier_deadline = self.device.on_peer_event = None
         self.timers.cancel()
+        self._stopping = True
         loop = asyncio.get_running_loop()
         for dev in (self.tun, self.udp):
             if dev.fd >= 0:
                 loop.remove_reader(dev.fd)
+        self.datapath.close()  # what the workers were given is sent before the socket closes
         # The offload picture of the whole run, one line, for people and tests alike.
         log.info("interface %s stopping; offload: %s", self.name,
                  json.dumps(self.datapath.stats.summary(), sort_keys=True))
@@ -84,9 +105,11 @@ class Runtime:
         old = self.udp
         new.stats = old.stats  # the counters describe the interface, not one socket
         loop.remove_reader(old.fd)
-        self.udp = self.datapath.udp = new
+        workers = self.datapath.workers
+        with workers.send_lock if workers is not None else contextlib.nullcontext():
+            self.udp = self.datapath.udp = new  # no worker is sending on the old one
+            old.close()
         loop.add_reader(new.fd, self.datapath.on_udp_readable)
-        old.close()
         log.info("interface %s: now listening on UDP port %d", self.name, new.port)
 
     def serving(self) -> bool:

@@ -19,6 +19,7 @@ from vpn.core.wireguard import Device, Peer, ReceiveCounts
 from vpn.core.wireguard.receive import records_needed
 from vpn.core.wireguard.send import Read
 from vpn.io.buffers import reserve
+from vpn.io.sendworkers import SendWorkers, WorkerCounts
 from vpn.io.tun import MAX_PACKET, TunDevice, TunGone, TunStats
 from vpn.io.udp import UdpSocket, UdpStats
 
@@ -60,6 +61,10 @@ class DataPathStats:
     full_receive_batches: int = 0  # wakeups that found a whole batch of receives waiting
     icmp_unreachable_sent: int = 0
     drops: Counter[str] = field(default_factory=Counter)
+    # The send workers' own counters (one per thread, summed here), and their pool's.
+    workers: list[WorkerCounts] = field(default_factory=list)
+    send_backpressure: int = 0  # TUN wakeups that read nothing: no job buffer free
+    send_overflow_buffers: int = 0
 
     @property
     def super_packets(self) -> int:
@@ -100,6 +105,8 @@ class DataPathStats:
     def all_drops(self) -> Counter[str]:
         """Every drop of the interface, by reason: the pump's, the TUN's and the core's."""
         drops = Counter(self.drops)
+        for worker in list(self.workers):
+            drops.update(worker.drops)
         drops.update(self.tun.drops)
         drops.update(self.received.drops)
         return drops
@@ -107,6 +114,7 @@ class DataPathStats:
     def summary(self) -> dict:
         out: dict = {f.name: getattr(self, f.name) for f in fields(self)
                      if f.name not in _PARTS}
+        out["datagrams_sent"] += sum(w.datagrams_sent for w in list(self.workers))
         out.update(self.tun.counts())
         out.update(self.received.counts())
         out["drops"] = dict(self.all_drops())
@@ -114,7 +122,7 @@ class DataPathStats:
         return out
 
 
-_PARTS = ("udp", "tun", "received", "drops")  # DataPathStats' fields that are not counts
+_PARTS = ("udp", "tun", "received", "drops", "workers")  # DataPathStats' fields that are not counts
 
 
 class DataPath:
@@ -128,7 +136,11 @@ class DataPath:
         *,
         mtu: int,
         clock: Callable[[], float],
+        threads: int = 0,
+        call_soon_threadsafe: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
+        """threads > 0: seal and send on that many worker threads (SendWorkers); 0, on the
+        loop thread, inline."""
         self.device = device
         self.tun = tun
         self.udp = udp
@@ -145,6 +157,17 @@ class DataPath:
         self._internal_error_logged = float("-inf")
         # The shell's hook: the interface was deleted (its TUN reports only errors now).
         self.on_tun_gone: Callable[[], None] | None = None
+        self.workers: SendWorkers | None = None
+        if threads > 0:
+            self.workers = SendWorkers(threads, lambda: self.udp, self._worker_error,
+                                       call_soon_threadsafe)
+            self.stats.workers = self.workers.counts
+
+    def close(self) -> None:
+        """Seal and send what the workers were given, then end their threads."""
+        if self.workers is not None:
+            self.workers.close()
+            self._sync_worker_counts()
 
     # -- TUN -> peers -----------------------------------------------------------------------
 
@@ -152,6 +175,10 @@ class DataPath:
     def on_tun_readable(self) -> None:
         """Read, hand the reads to the core (routing, then sealing per peer), send what it
         sealed and write its ICMP replies."""
+        workers = self.workers
+        if workers is not None and not workers.ready():
+            self._sync_worker_counts()
+            return
         try:
             reads = self.tun.read_packets()
         except TunGone:
@@ -169,8 +196,24 @@ class DataPath:
         for reply in routed.replies:
             self._write_packet(reply)
             stats.icmp_unreachable_sent += 1
+        if workers is None:
+            for peer, peer_reads in routed.by_peer.items():
+                self.send_to_peer(peer, peer_reads, now)
+            return
         for peer, peer_reads in routed.by_peer.items():
-            self.send_to_peer(peer, peer_reads, now)
+            kp = peer.keypair_for_sending(now)
+            endpoint = peer.endpoint
+            if kp is None or endpoint is None:  # staged or dropped: nothing to seal
+                self.send_to_peer(peer, peer_reads, now)
+            else:
+                workers.send(peer, kp, endpoint, peer_reads, self.mtu, now, stats.drops)
+        self._sync_worker_counts()
+
+    def _sync_worker_counts(self) -> None:
+        workers = self.workers
+        if workers is not None:
+            self.stats.send_backpressure = workers.backpressure
+            self.stats.send_overflow_buffers = workers.overflow_buffers
 
     def send_to_peer(self, peer: Peer, reads: Sequence[Read], now: float) -> None:
         """Have the core seal what was read for `peer` into the send buffer, and send it;
@@ -251,6 +294,15 @@ class DataPath:
             self._internal_error_logged = now
             log.exception("internal error in the data path: batch dropped (counted as "
                           "drops.internal_error; logged at most once a minute)")
+
+    def _worker_error(self, error: BaseException) -> None:
+        """A send worker's failure (counted by the worker as internal_error): logged at most
+        once a minute. Only the log here: the TUN's state is the loop thread's."""
+        now = self.clock()
+        if now - self._internal_error_logged >= INTERNAL_ERROR_LOG_SECONDS:
+            self._internal_error_logged = now
+            log.error("internal error in a send worker: job dropped (counted as "
+                      "drops.internal_error; logged at most once a minute)", exc_info=error)
 
     def _write_packet(self, packet: Buffer) -> None:
         """One packet as it is, without offload (the TUN counts it)."""

@@ -19,10 +19,11 @@
  * rate uses this CPU's AVX-512, and it is the library Debian already has everywhere.
  * `cryptography` bundles its own OpenSSL; this module links the system's -lcrypto.
  *
- * No key is stored here beyond the two OpenSSL contexts, which EVP_CIPHER_CTX_free wipes;
- * nothing here prints or returns key material.
+ * The key is kept in the object (to key a context for each thread that uses it at once) and
+ * in its OpenSSL contexts; zero() and dealloc wipe both (OPENSSL_cleanse, EVP_CIPHER_CTX_free).
+ * Nothing here prints or returns key material.
  *
- * The module's pieces, one job each: this file (the TransportKey type, its claim for a batch,
+ * The module's pieces, one job each: this file (the TransportKey type, its contexts lent to each batch,
  * the module), transport_seal.c (seal_batch, seal_segments), transport_open.c (open_batch,
  * open_run, accept_run) and replay.h (the anti-replay window); wire facts come from
  * vpn/core/include/wire.h.
@@ -33,19 +34,28 @@
 
 static EVP_CIPHER *chacha20_poly1305; /* fetched once: an implicit fetch per init is slower */
 
-static void free_contexts(TransportKey *self)
+/* The idle contexts freed (EVP_CIPHER_CTX_free cleanses the key schedule each holds). */
+static void free_idle(TransportKey *self)
 {
-    /* EVP_CIPHER_CTX_free cleanses the key schedule it holds. */
-    EVP_CIPHER_CTX_free(self->seal);
-    EVP_CIPHER_CTX_free(self->open);
-    self->seal = self->open = NULL;
+    for (int d = 0; d < DIRECTIONS; d++) {
+        while (self->idle_count[d])
+            EVP_CIPHER_CTX_free(self->idle[d][--self->idle_count[d]]);
+    }
+}
+
+/* Forget the key: its bytes and every idle context at once; a context a running batch holds
+ * is freed when it comes back (end_batch). */
+static void wipe(TransportKey *self)
+{
+    OPENSSL_cleanse(self->key, KEY_LEN);
+    self->keyed = 0;
+    free_idle(self);
 }
 
 static int TransportKey_init(TransportKey *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"key", NULL};
     Py_buffer key;
-    int ok;
 
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*:TransportKey", kwlist, &key))
         return -1;
@@ -54,65 +64,78 @@ static int TransportKey_init(TransportKey *self, PyObject *args, PyObject *kwds)
         PyErr_Format(PyExc_ValueError, "a transport key is %d bytes", KEY_LEN);
         return -1;
     }
-    if (self->busy) {
+    if (self->running) {
         PyBuffer_Release(&key);
         PyErr_SetString(PyExc_RuntimeError, "TransportKey in use");
         return -1;
     }
-    free_contexts(self);
-    self->zero_pending = 0;
-    self->seal = EVP_CIPHER_CTX_new();
-    self->open = EVP_CIPHER_CTX_new();
-    ok = self->seal && self->open
-         && EVP_EncryptInit_ex2(self->seal, chacha20_poly1305, key.buf, NULL, NULL) == 1
-         && EVP_DecryptInit_ex2(self->open, chacha20_poly1305, key.buf, NULL, NULL) == 1;
+    wipe(self);
+    memcpy(self->key, key.buf, KEY_LEN);
     PyBuffer_Release(&key);
-    if (!ok) {
-        free_contexts(self);
-        PyErr_SetString(PyExc_RuntimeError, "OpenSSL could not set up ChaCha20-Poly1305");
+    /* One context each way now: OpenSSL's failure shows here rather than in a batch. */
+    EVP_CIPHER_CTX *seal, *open = NULL;
+    self->keyed = 1;
+    if (!(seal = begin_batch(self, SEALING)) || !(open = begin_batch(self, OPENING))) {
+        self->keyed = 0; /* so that end_batch frees it */
+        if (seal)
+            end_batch(self, SEALING, seal);
+        wipe(self);
         return -1;
     }
+    end_batch(self, SEALING, seal);
+    end_batch(self, OPENING, open);
     return 0;
 }
 
 static void TransportKey_dealloc(TransportKey *self)
 {
-    free_contexts(self); /* never busy here: a running batch holds a reference */
+    wipe(self); /* never running here: a running batch holds a reference */
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static PyObject *TransportKey_zero(TransportKey *self, PyObject *Py_UNUSED(ignored))
 {
-    if (self->busy)
-        self->zero_pending = 1; /* the batch running on another thread frees them */
-    else
-        free_contexts(self);
+    wipe(self);
     Py_RETURN_NONE;
 }
 
-/* Claim the object for one batch (under the GIL); NULL context: zeroed. The check and the
- * mark come together, with no allocation between (see claim() in _gro.c). */
-int begin_batch(TransportKey *self)
+/* A context of this key for one batch in `direction`, the caller's alone until end_batch
+ * (both with the GIL held): an idle one, or one keyed now. ValueError once zeroed. */
+EVP_CIPHER_CTX *begin_batch(TransportKey *self, int direction)
 {
-    if (self->busy) {
-        PyErr_SetString(PyExc_RuntimeError, "TransportKey in use by another thread");
-        return -1;
-    }
-    if (!self->seal) {
+    EVP_CIPHER_CTX *ctx;
+    int ok;
+
+    if (!self->keyed) {
         PyErr_SetString(PyExc_ValueError, "TransportKey was zeroed");
-        return -1;
+        return NULL;
     }
-    self->busy = 1;
-    return 0;
+    if (self->idle_count[direction]) {
+        ctx = self->idle[direction][--self->idle_count[direction]];
+    } else {
+        ctx = EVP_CIPHER_CTX_new();
+        ok = ctx && (direction == SEALING
+                     ? EVP_EncryptInit_ex2(ctx, chacha20_poly1305, self->key, NULL, NULL)
+                     : EVP_DecryptInit_ex2(ctx, chacha20_poly1305, self->key, NULL, NULL)) == 1;
+        if (!ok) {
+            EVP_CIPHER_CTX_free(ctx);
+            PyErr_SetString(PyExc_RuntimeError, "OpenSSL could not set up ChaCha20-Poly1305");
+            return NULL;
+        }
+    }
+    self->running++;
+    return ctx;
 }
 
-void end_batch(TransportKey *self)
+/* The context back: idle again, or freed when the key was zeroed meanwhile or enough are
+ * idle already. */
+void end_batch(TransportKey *self, int direction, EVP_CIPHER_CTX *ctx)
 {
-    self->busy = 0;
-    if (self->zero_pending) {
-        self->zero_pending = 0;
-        free_contexts(self);
-    }
+    self->running--;
+    if (self->keyed && self->idle_count[direction] < IDLE_CONTEXTS)
+        self->idle[direction][self->idle_count[direction]++] = ctx;
+    else
+        EVP_CIPHER_CTX_free(ctx);
 }
 
 /* A receiver index from Python into `out`: a 32-bit unsigned integer, or an exception
@@ -195,13 +218,14 @@ static PyMethodDef TransportKey_methods[] = {
     {"open_batch", (PyCFunction)TransportKey_open_batch, METH_VARARGS, open_batch_doc},
     {"open_run", (PyCFunction)TransportKey_open_run, METH_VARARGS, open_run_doc},
     {"zero", (PyCFunction)TransportKey_zero, METH_NOARGS,
-     "Wipe the key (frees the OpenSSL contexts); later batches raise ValueError."},
+     "Wipe the key (its bytes and idle contexts now, a running batch's when it ends); later\n"
+     "batches raise ValueError."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyObject *TransportKey_repr(TransportKey *self)
 {
-    return PyUnicode_FromString(self->seal ? "TransportKey(<key>)" : "TransportKey(zeroed)");
+    return PyUnicode_FromString(self->keyed ? "TransportKey(<key>)" : "TransportKey(zeroed)");
 }
 
 static PyTypeObject TransportKeyType = {
@@ -211,7 +235,8 @@ static PyTypeObject TransportKeyType = {
     .tp_dealloc = (destructor)TransportKey_dealloc,
     .tp_repr = (reprfunc)TransportKey_repr,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "TransportKey(key): one ChaCha20-Poly1305 transport key, held by OpenSSL.",
+    .tp_doc = "TransportKey(key): one ChaCha20-Poly1305 transport key; any number of threads may\n"
+               "seal and open with it at once.",
     .tp_methods = TransportKey_methods,
     .tp_init = (initproc)TransportKey_init,
     .tp_new = PyType_GenericNew,

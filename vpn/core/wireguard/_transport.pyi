@@ -21,7 +21,8 @@ _RunDrops = tuple[int, int, int, int, int]
 
 @final
 class TransportKey:
-    """One ChaCha20-Poly1305 transport key (32 bytes), held by OpenSSL."""
+    """One ChaCha20-Poly1305 transport key (32 bytes); any number of threads may seal and
+    open with it at once (each batch takes an OpenSSL context of its own)."""
 
     def __init__(self, key: ReadableBuffer) -> None: ...
     def seal_batch(self, packets: Sequence[ReadableBuffer], out: WriteableBuffer, offset: int,
@@ -41,7 +42,8 @@ class TransportKey:
                  ) -> tuple[int, int, int, _RunDrops | None, list[bytes]]:
         """(stop, offset, count, drops, sources): the run opened, no window changed."""
     def zero(self) -> None:
-        """Wipe the key; later batches raise ValueError."""
+        """Wipe the key (a running batch's context when it ends); later batches raise
+        ValueError."""
 
 def accept_run(opened: ReadableBuffer, count: int, seen: WriteableBuffer, greatest: int,
                records: WriteableBuffer, /) -> tuple[int, int, int, int, _RunDrops | None]:

@@ -15,7 +15,7 @@ the replay check on this keypair's own ReplayWindow.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
+from collections.abc import Iterable, MutableMapping, Sequence
 from typing import Any
 
 from vpn.core.types import Buffer
@@ -187,22 +187,47 @@ class Keypair:
         keypair. All the batch's counters are taken before the first encryption, so an error
         part-way (a short `out`) can never lead to a nonce being used twice.
         """
-        count = len(packets)
-        counter = self.send_counter
-        send = self._send
-        if counter + count > REJECT_AFTER_MESSAGES or send is None:
+        first = self.reserve(len(packets))
+        if first is None:
             raise TransportError("keypair_exhausted")
+        return self.encrypt_batch_at(first, packets, out, offset, mtu)
+
+    def reserve(self, count: int) -> int | None:
+        """Take `count` consecutive counters for messages sealed later, perhaps on another
+        thread (encrypt_batch_at, seal_segments_at): the first of them, or None when they
+        would pass the message limit or the keypair is zeroed (then none is taken). Called
+        on one thread only (the event loop's), before the crypto: a nonce is never used
+        twice, whatever order the sealing threads finish in."""
+        counter = self.send_counter
+        if counter + count > REJECT_AFTER_MESSAGES or self._send is None:
+            return None
         self.send_counter = counter + count
-        remote = self.remote_index
+        return counter
+
+    def _sealer(self) -> Any:
+        """The sending AEAD object, or TransportError once the keypair was zeroed (a
+        reservation made before then seals nothing)."""
+        send = self._send
+        if send is None:
+            raise TransportError("keypair_exhausted")
+        return send
+
+    def encrypt_batch_at(self, first: int, packets: Sequence[Buffer],
+                         out: bytearray | memoryview, offset: int = 0, mtu: int = 0
+                         ) -> list[int]:
+        """encrypt_batch with counters from `first`, which reserve() gave for len(packets)
+        messages; safe on any thread, beside other calls on this keypair."""
+        send = self._sealer()
         if self.native:
-            lengths: list[int] = send.seal_batch(packets, out, offset, mtu, remote, counter)
+            lengths: list[int] = send.seal_batch(packets, out, offset, mtu, self.remote_index,
+                                                 first)
             return lengths
-        return self._seal_python(packets, out, offset, mtu, counter)
+        return self._seal_python(packets, out, offset, mtu, first, send)
 
     def _seal_python(self, packets: Iterable[Buffer], out: bytearray | memoryview,
-                     offset: int, mtu: int, counter: int) -> list[int]:
+                     offset: int, mtu: int, counter: int, send: Any) -> list[int]:
         """The reference loop of encrypt_batch and seal_segments, from counter `counter`."""
-        encrypt = self._send.encrypt_into
+        encrypt = send.encrypt_into
         remote = self.remote_index
         view = memoryview(out)
         if len(view) < offset + sum(transport_size(len(p), mtu) for p in packets):
@@ -235,17 +260,23 @@ class Keypair:
         bytes; returns (size, last_size), what one UDP GSO send needs. Counters and limits
         as in encrypt_batch; a layout where a message would not fit in its segment's slot
         raises ValueError."""
-        counter = self.send_counter
-        send = self._send
-        if counter + count > REJECT_AFTER_MESSAGES or send is None:
-            raise TransportError("keypair_exhausted")
         if count < 1 or not 0 <= last <= full <= 0xFFFF or not 0 <= gap <= 0xFFFF \
                 or not 0 <= tail <= 0xFFFF:
             raise ValueError("seal_segments: count, full, last, gap or tail out of range")
-        self.send_counter = counter + count
+        first = self.reserve(count)
+        if first is None:
+            raise TransportError("keypair_exhausted")
+        return self.seal_segments_at(first, out, offset, count, full, last, gap, tail, mtu)
+
+    def seal_segments_at(self, first: int, out: bytearray | memoryview, offset: int,
+                         count: int, full: int, last: int, gap: int, tail: int, mtu: int
+                         ) -> tuple[int, int]:
+        """seal_segments with counters from `first`, which reserve() gave for `count`
+        messages; safe on any thread, beside other calls on this keypair."""
+        send = self._sealer()
         if self.native:
             sealed: tuple[int, int] = send.seal_segments(out, offset, count, full, last, gap,
-                                                         tail, mtu, self.remote_index, counter)
+                                                         tail, mtu, self.remote_index, first)
             return sealed
         stride = gap + full + tail
         size, last_size = transport_size(full, mtu), transport_size(last, mtu)
@@ -256,7 +287,7 @@ class Keypair:
         view = memoryview(out)
         plaintexts = [bytes(view[offset + gap + i * stride:][:full if i + 1 < count else last])
                       for i in range(count)]
-        self._seal_python(plaintexts, out, offset, mtu, counter)
+        self._seal_python(plaintexts, out, offset, mtu, first, send)
         return size, last_size
 
     def encrypt(self, plaintext: Buffer, now: float, mtu: int = 0) -> bytes:
@@ -533,64 +564,3 @@ def _add_drops(drops: MutableMapping[str, int], reasons: tuple[str, ...],
     for reason, n in zip(reasons, counts, strict=True):
         if n:
             drops[reason] = drops.get(reason, 0) + n
-
-
-class KeypairSet:
-    """A peer's previous, current and next keypairs, rotated by the kernel's rules."""
-
-    __slots__ = ("_on_drop", "current", "next", "previous")
-
-    def __init__(self, on_drop: Callable[[Keypair], None] | None = None) -> None:
-        self.previous: Keypair | None = None
-        self.current: Keypair | None = None
-        self.next: Keypair | None = None
-        self._on_drop = on_drop
-
-    def __repr__(self) -> str:
-        return f"KeypairSet(previous={self.previous}, current={self.current}, next={self.next})"
-
-    def _drop(self, kp: Keypair | None) -> None:
-        if kp is not None:
-            kp.zero()
-            if self._on_drop is not None:
-                self._on_drop(kp)
-
-    def add(self, new: Keypair) -> None:
-        """Install a just-derived keypair.
-
-        The initiator has seen the response, so its keypair is usable at once. The responder
-        must wait for the initiator's first data packet, so its keypair waits in `next`.
-        """
-        if new.is_initiator:
-            if self.next is not None:
-                # An unconfirmed responder keypair becomes previous so late packets still
-                # decrypt; the current one goes.
-                old_prev, self.previous = self.previous, self.next
-                self.next = None
-                self._drop(self.current)
-            else:
-                old_prev, self.previous = self.previous, self.current
-            self._drop(old_prev)
-            self.current = new
-        else:
-            old_next, self.next = self.next, new
-            self._drop(old_next)
-            old_prev, self.previous = self.previous, None
-            self._drop(old_prev)
-
-    def received_with(self, kp: Keypair) -> bool:
-        """Note an authenticated packet on `kp`; True if that confirmed the next keypair."""
-        if kp is not self.next:
-            return False
-        old_prev = self.previous
-        self.previous, self.current, self.next = self.current, kp, None
-        self._drop(old_prev)
-        return True
-
-    def clear(self) -> None:
-        for kp in (self.previous, self.current, self.next):
-            self._drop(kp)
-        self.previous = self.current = self.next = None
-
-    def __iter__(self) -> Iterator[Keypair]:
-        return iter([kp for kp in (self.previous, self.current, self.next) if kp is not None])

@@ -22,7 +22,8 @@ from .constants import (
 from .cookie import CookieGenerator
 from .crypto import PrivateKey, tai64n
 from .index import IndexTable
-from .keypair import Keypair, KeypairSet, TransportError
+from .keypair import Keypair, TransportError
+from .keypairset import KeypairSet
 from .noise import Handshake, StaticIdentity, create_initiation, create_response, derive_session
 from .timers import TimerAction, Timers
 

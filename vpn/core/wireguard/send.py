@@ -21,10 +21,11 @@ from vpn.core.types import Address, Buffer
 
 from .allowedips import AllowedIPs
 from .constants import AEAD_TAG_LEN, PADDING_MULTIPLE, TRANSPORT_HEADER_SIZE
-from .keypair import Keypair, TransportError
+from .keypair import Keypair, TransportError, transport_size
 from .peer import Peer
 
-__all__ = ["SEAL_GAP", "SEAL_TAIL", "Read", "Routed", "Sealed", "route", "seal"]
+__all__ = ["SEAL_GAP", "SEAL_TAIL", "Chunk", "LaidOut", "Read", "Routed", "Sealed", "lay_out",
+           "route", "seal"]
 
 # Around each segment laid out in the send buffer: room for the transport header before it,
 # and for its padding (up to 15 bytes) and tag after, so that it is sealed where it lies.
@@ -185,6 +186,113 @@ def seal(peer: Peer, reads: Sequence[Read], out: bytearray | memoryview, mtu: in
         staged = _complete(reads[i:], drops)
         return Sealed(endpoint, lengths, _stage(peer, staged, now, drops), [], drops, True)
     return Sealed(endpoint, lengths, peer.after_send(now, kp, offset), rest, drops)
+
+
+class Chunk(NamedTuple):
+    """Messages laid out by lay_out, their counters reserved, sealed later (`seal_chunk`):
+    either `segments` split in place at `offset` (full, last: their sizes), or
+    `packets` (copies, owned) sealed into out[offset:]. `lengths` are the messages', back to
+    back from `offset` once sealed."""
+
+    offset: int
+    first: int
+    lengths: list[int]
+    segments: int = 0
+    full: int = 0
+    last: int = 0
+    packets: list[bytes] | None = None
+
+
+class LaidOut(NamedTuple):
+    """What lay_out did with one peer's reads: `chunks` to seal with `keypair` into the
+    buffer and send to `endpoint`, then the `control` datagrams; `rest` did not fit."""
+
+    endpoint: Address
+    keypair: Keypair
+    chunks: list[Chunk]
+    control: list[bytes]
+    rest: list[Read]
+    drops: dict[str, int]
+
+
+def lay_out(peer: Peer, kp: Keypair, endpoint: Address, reads: Sequence[Read],
+            out: bytearray | memoryview, mtu: int, now: float) -> LaidOut:
+    """seal's first half, for sealing on another thread: `reads` laid out in `out` (each
+    super-packet split where it will be sealed, the plain packets copied) and their counters
+    reserved on `kp`, the keypair the caller found sendable. Nothing of the TUN's buffers is
+    kept, so the next read may reuse them before seal_chunk runs. Out of nonces, the rest is
+    staged behind a handshake as seal does."""
+    drops: dict[str, int] = {}
+    chunks: list[Chunk] = []
+    rest: list[Read] = []
+    offset = i = 0
+    end, room = len(reads), len(out)
+    exhausted = False
+    while i < end:
+        read = reads[i]
+        if read.segmented:
+            try:
+                count, full, last = read.split_into(out, offset, SEAL_GAP, SEAL_TAIL)
+            except OffloadError as err:
+                drops[err.reason] = drops.get(err.reason, 0) + 1
+                i += 1
+                continue
+            except ValueError:
+                if offset:  # the buffer is full: the rest goes in the next one
+                    rest = list(reads[i:])
+                    break
+                packets = [bytes(p) for p in _complete([read], drops)]  # a tiny gso_size
+            else:
+                first = kp.reserve(count)
+                if first is None:
+                    exhausted = True
+                    break
+                size = transport_size(full, mtu)
+                chunks.append(Chunk(offset, first, [size] * (count - 1) +
+                                    [transport_size(last, mtu)], count, full, last))
+                offset += (count - 1) * (SEAL_GAP + full + SEAL_TAIL) + SEAL_GAP + last + SEAL_TAIL
+                i += 1
+                continue
+            j = i + 1
+        else:
+            j = i + 1  # the plain packets up to the next super-packet, sealed together
+            while j < end and not reads[j].segmented:
+                j += 1
+            packets = [bytes(p) for p in _complete(reads[i:j], drops)]
+        lengths = [transport_size(len(p), mtu) for p in packets]
+        fit, total = 0, offset
+        for n in lengths:
+            if total + n > room:
+                break
+            total, fit = total + n, fit + 1
+        if not fit and not offset and packets:
+            raise ValueError("the send buffer cannot hold one message")
+        if fit:
+            first = kp.reserve(fit)
+            if first is None:
+                exhausted = True
+                break
+            chunks.append(Chunk(offset, first, lengths[:fit], packets=packets[:fit]))
+            offset = total
+        i = j
+        if fit < len(packets):
+            rest = [_Packets(list(packets[fit:])), *reads[i:]]
+            break
+    if exhausted:  # rare: the reads from i on wait for the next session, as in seal
+        staged = _complete(reads[i:], drops)
+        return LaidOut(endpoint, kp, chunks, _stage(peer, staged, now, drops), [], drops)
+    nbytes = sum(sum(c.lengths) for c in chunks)
+    return LaidOut(endpoint, kp, chunks, peer.after_send(now, kp, nbytes), rest, drops)
+
+
+def seal_chunk(kp: Keypair, chunk: Chunk, out: bytearray | memoryview, mtu: int) -> None:
+    """lay_out's chunk sealed where it lies, on any thread (the native calls release the
+    GIL); TransportError when the keypair was zeroed since."""
+    if chunk.packets is None:
+        kp.seal_segments_at(chunk.first, out, chunk.offset, chunk.segments, chunk.full,
+                            chunk.last, SEAL_GAP, SEAL_TAIL, mtu)
+    else:
+        kp.encrypt_batch_at(chunk.first, chunk.packets, out, chunk.offset, mtu)
 
 
 def _seal_packets(kp: Keypair, packets: list[Buffer], out: bytearray | memoryview,

@@ -19,12 +19,22 @@
 /* OpenSSL's update calls take an int length. */
 #define MAX_BODY (INT_MAX - TRANSPORT_MIN_SIZE)
 
+/* Idle OpenSSL contexts kept per direction: one per thread that uses the key at once (a
+ * busier key makes more on demand and frees those beyond this when they come back). */
+#define IDLE_CONTEXTS 8
+
+enum { SEALING, OPENING, DIRECTIONS };
+
+/* Every field is read and written only with the GIL held: a batch takes a context of its
+ * own (begin_batch), runs without the GIL on it alone, and gives it back (end_batch), so N
+ * threads can seal or open with one key at once, and the two directions never meet. */
 typedef struct {
     PyObject_HEAD
-    EVP_CIPHER_CTX *seal; /* keyed for encryption; per message only the nonce changes */
-    EVP_CIPHER_CTX *open; /* keyed for decryption */
-    int busy;             /* a batch runs without the GIL: zero() must wait for it */
-    int zero_pending;
+    uint8_t key[KEY_LEN]; /* for keying a new context; wiped by zero() and dealloc */
+    int keyed;            /* 0 before __init__ and after zero(): batches raise ValueError */
+    int running;          /* batches out with a context of this key */
+    int idle_count[DIRECTIONS];
+    EVP_CIPHER_CTX *idle[DIRECTIONS][IDLE_CONTEXTS]; /* keyed, per message only the nonce changes */
 } TransportKey;
 
 /* The 96-bit nonce: 32 zero bits, then the counter, little-endian. */
@@ -44,8 +54,8 @@ static inline Py_ssize_t padded_length(Py_ssize_t n, Py_ssize_t mtu)
 }
 
 /* _transport.c: claiming a key for a batch, and the buffers of every call. */
-int begin_batch(TransportKey *self);
-void end_batch(TransportKey *self);
+EVP_CIPHER_CTX *begin_batch(TransportKey *self, int direction);
+void end_batch(TransportKey *self, int direction, EVP_CIPHER_CTX *ctx);
 int parse_index(PyObject *obj, const char *name, uint32_t *out);
 int check_out(Py_buffer *out, Py_ssize_t offset, Py_ssize_t need);
 Py_buffer *get_views(PyObject *items, Py_ssize_t count);

@@ -38,6 +38,7 @@ static PyObject *open_messages(TransportKey *self, const Py_buffer *views, Py_ss
     Py_ssize_t *lengths, need = 0, drops[OPEN_REASONS] = {0};
     unsigned long long greatest;
     PyObject *list, *result = NULL;
+    EVP_CIPHER_CTX *ctx;
     int failed = 0;
     uint8_t saved[REPLAY_SLOTS];
 
@@ -71,14 +72,13 @@ static PyObject *open_messages(TransportKey *self, const Py_buffer *views, Py_ss
         PyErr_NoMemory();
         goto done_seen;
     }
-    if (begin_batch(self) < 0)
+    if (!(ctx = begin_batch(self, OPENING)))
         goto done_lengths;
 
     Py_BEGIN_ALLOW_THREADS
     memcpy(saved, seen.buf, REPLAY_SLOTS);
     uint8_t *dst = (uint8_t *)out->buf + offset;
     uint64_t g = greatest;
-    EVP_CIPHER_CTX *ctx = self->open;
     for (Py_ssize_t i = 0; i < count && !failed; i++) {
         const uint8_t *msg = views[i].buf;
         int n = (int)(views[i].len - TRANSPORT_MIN_SIZE), reason;
@@ -123,7 +123,7 @@ static PyObject *open_messages(TransportKey *self, const Py_buffer *views, Py_ss
     }
     if (!result)
         memcpy(seen.buf, saved, REPLAY_SLOTS);
-    end_batch(self);
+    end_batch(self, OPENING, ctx);
 done_lengths:
     PyMem_Free(lengths);
 done_seen:
@@ -241,6 +241,7 @@ PyObject *TransportKey_open_run(TransportKey *self, PyObject *args)
     uint32_t local;
     Source sources[MAX_SOURCES];
     int nsources = 0, failed = 0, hint;
+    EVP_CIPHER_CTX *ctx;
 
     if (!PyArg_ParseTuple(args, "y*nnw*nOnw*OO:open_run", &data, &segment_size, &start, &out,
                           &offset, &local_obj, &capacity, &opened, &seen_obj, &greatest_obj))
@@ -262,7 +263,7 @@ PyObject *TransportKey_open_run(TransportKey *self, PyObject *args)
     }
     room = opened.len / OPENED_SIZE;
     /* Room for every plaintext, as if all of data[start:] were messages that authenticate. */
-    if (check_out(&out, offset, data.len - start) < 0 || begin_batch(self) < 0)
+    if (check_out(&out, offset, data.len - start) < 0 || !(ctx = begin_batch(self, OPENING)))
         goto done_seen;
 
     Py_BEGIN_ALLOW_THREADS
@@ -270,7 +271,6 @@ PyObject *TransportKey_open_run(TransportKey *self, PyObject *args)
     uint8_t *plain_base = out.buf, *entries = opened.buf;
     Py_ssize_t pos = start, off = offset;
     uint64_t g = greatest;
-    EVP_CIPHER_CTX *ctx = self->open;
     while (pos < data.len) {
         Py_ssize_t end = data.len - pos > segment_size ? pos + segment_size : data.len;
         const uint8_t *msg = base + pos;
@@ -348,7 +348,7 @@ PyObject *TransportKey_open_run(TransportKey *self, PyObject *args)
     if (counts)
         result = Py_BuildValue("nnnNO", start, offset, count, counts, sources_list);
 done_batch:
-    end_batch(self);
+    end_batch(self, OPENING, ctx);
 done_seen:
     Py_XDECREF(sources_list);
     if (hint)

@@ -36,6 +36,7 @@ PyObject *TransportKey_seal_batch(TransportKey *self, PyObject *args)
     Py_ssize_t *lengths;
     uint32_t receiver;
     unsigned long long first;
+    EVP_CIPHER_CTX *ctx;
     int failed = 0;
 
     if (!PyArg_ParseTuple(args, "OOnnOO:seal_batch", &packets, &out_obj, &offset, &mtu,
@@ -75,13 +76,12 @@ PyObject *TransportKey_seal_batch(TransportKey *self, PyObject *args)
         }
         need += lengths[i];
     }
-    if (check_out(&out, offset, need) < 0 || begin_batch(self) < 0)
+    if (check_out(&out, offset, need) < 0 || !(ctx = begin_batch(self, SEALING)))
         goto done;
 
     Py_BEGIN_ALLOW_THREADS
     uint8_t *dst = (uint8_t *)out.buf + offset;
     uint8_t nonce[12];
-    EVP_CIPHER_CTX *ctx = self->seal;
     for (Py_ssize_t i = 0; i < count && !failed; i++) {
         uint64_t counter = first + (uint64_t)i;
         int n = (int)views[i].len, body = (int)(lengths[i] - TRANSPORT_MIN_SIZE), len;
@@ -98,7 +98,7 @@ PyObject *TransportKey_seal_batch(TransportKey *self, PyObject *args)
         dst += lengths[i];
     }
     Py_END_ALLOW_THREADS
-    end_batch(self);
+    end_batch(self, SEALING, ctx);
     if (failed)
         PyErr_SetString(PyExc_RuntimeError, "OpenSSL ChaCha20-Poly1305 encryption failed");
     else
@@ -129,6 +129,7 @@ PyObject *TransportKey_seal_segments(TransportKey *self, PyObject *args)
     Py_buffer out;
     uint32_t receiver;
     unsigned long long first;
+    EVP_CIPHER_CTX *ctx;
     int failed = 0;
 
     if (!PyArg_ParseTuple(args, "w*nnnnnnnOO:seal_segments", &out, &offset, &count, &full,
@@ -153,12 +154,11 @@ PyObject *TransportKey_seal_segments(TransportKey *self, PyObject *args)
         goto done;
     }
     if (check_out(&out, offset, (count - 1) * stride + gap + last + tail) < 0
-        || begin_batch(self) < 0)
+        || !(ctx = begin_batch(self, SEALING)))
         goto done;
 
     Py_BEGIN_ALLOW_THREADS
     uint8_t *base = (uint8_t *)out.buf + offset, nonce[12];
-    EVP_CIPHER_CTX *ctx = self->seal;
     for (Py_ssize_t i = 0; i < count && !failed; i++) {
         uint64_t counter = first + (uint64_t)i;
         int n = (int)(i + 1 < count ? full : last), len;
@@ -178,7 +178,7 @@ PyObject *TransportKey_seal_segments(TransportKey *self, PyObject *args)
                  || EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, AEAD_TAG_LEN, ct + body) != 1;
     }
     Py_END_ALLOW_THREADS
-    end_batch(self);
+    end_batch(self, SEALING, ctx);
     if (failed)
         PyErr_SetString(PyExc_RuntimeError, "OpenSSL ChaCha20-Poly1305 encryption failed");
     else

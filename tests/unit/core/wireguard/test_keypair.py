@@ -12,11 +12,11 @@ from vpn.core.wireguard.constants import REJECT_AFTER_MESSAGES, REJECT_AFTER_TIM
 from vpn.core.wireguard.fastpath import TransportKey
 from vpn.core.wireguard.keypair import (
     Keypair,
-    KeypairSet,
     TransportError,
     padded_length,
     transport_size,
 )
+from vpn.core.wireguard.keypairset import KeypairSet
 from vpn.core.wireguard.noise import SessionKeys
 from vpn.core.wireguard.replay import ReplayWindow
 
@@ -253,6 +253,43 @@ def test_encrypt_batch_never_passes_the_message_limit() -> None:
     assert reason(a.encrypt_batch, [b""], out) == "keypair_exhausted"
     a.zero()
     assert reason(a.encrypt_batch, [], out) == "keypair_exhausted"
+
+
+def test_reserve_takes_counters_that_seal_later_in_any_order() -> None:
+    """reserve() on the loop thread, the sealing after it in any order (as workers finish):
+    the messages are those encrypt_batch would have written one batch after the other."""
+    a, b = keypairs()
+    twin = _twin(a)
+    batches = [[os.urandom(n) for n in SIZES[:k]] for k in (3, 1, 5)]
+    firsts = [a.reserve(len(batch)) for batch in batches]
+    assert firsts == [0, 3, 4] and a.send_counter == 9
+    outs = [bytearray(sum(transport_size(len(p)) for p in batch)) for batch in batches]
+    for i in (2, 0, 1):
+        first = firsts[i]
+        assert first is not None
+        a.encrypt_batch_at(first, batches[i], outs[i])
+    for batch, out in zip(batches, outs, strict=True):
+        expected = bytearray(len(out))
+        twin.encrypt_batch(batch, expected)
+        assert out == expected
+    assert b.decrypt(bytes(outs[1]), 0.0)[:1] == batches[1][0][:1]
+
+
+def test_reserve_refuses_past_the_limit_or_once_zeroed() -> None:
+    a, _ = keypairs()
+    a.send_counter = REJECT_AFTER_MESSAGES - 2
+    assert a.reserve(3) is None and a.send_counter == REJECT_AFTER_MESSAGES - 2
+    assert a.reserve(2) == REJECT_AFTER_MESSAGES - 2
+    first = _twin(a).reserve(0)
+    assert first == REJECT_AFTER_MESSAGES
+    a.send_counter = 0
+    reserved = a.reserve(1)
+    assert reserved == 0
+    a.zero()  # between the reservation and its sealing on a worker
+    assert a.reserve(1) is None
+    assert reason(a.encrypt_batch_at, reserved, [b""], bytearray(32)) == "keypair_exhausted"
+    assert reason(a.seal_segments_at, reserved, bytearray(64), 0, 1, 0, 0, 16, 31, 0) == (
+        "keypair_exhausted")
 
 
 def test_encrypt_batch_failing_part_way_uses_up_its_counters() -> None:
