@@ -32,7 +32,8 @@ class Drop(StrEnum):
     PEER_WITHOUT_ENDPOINT = "peer_without_endpoint", "the peer has no known endpoint"
     STAGED_QUEUE_FULL = "staged_queue_full", "too many packets wait for a handshake"
     KEYPAIR_EXHAUSTED = ("keypair_exhausted",
-                         "a session sent its last message: the rest waits for the next")
+                         "a session sent its last message: the rest waits for the next "
+                         "(counted only when a worker finds its session ended mid-batch)")
 
     # A virtio-net header the split cannot act on (virtio.py, _gso.c).
     SHORT_VNET_HEADER = "short_vnet_header", "a TUN read shorter than a virtio-net header"

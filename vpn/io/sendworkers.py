@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from vpn.core.drops import Drop
 from vpn.core.types import Address
 from vpn.core.wireguard import Peer
 from vpn.core.wireguard.keypair import Keypair, TransportError
@@ -169,7 +170,7 @@ class SendWorkers:
                     udp.send(laid.endpoint, datagram)
                 counts.datagrams_sent += len(laid.control)
         except Exception as failure:  # dropped whole and counted, as the pump's boundary
-            counts.drops["internal_error"] += 1
+            counts.drops[Drop.INTERNAL_ERROR] += 1
             self._on_error(failure)
         finally:
             self._give_back(buffer)
