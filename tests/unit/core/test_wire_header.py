@@ -15,7 +15,7 @@ import pytest
 
 from vpn.core.offload import gro
 from vpn.core.packet import headers, virtio
-from vpn.core.wireguard import constants, keypair, messages, replay, screen
+from vpn.core.wireguard import constants, keypair, messages, replay, screen, transport_reference
 
 ROOT = Path(__file__).resolve().parents[3]
 INCLUDE = ROOT / "vpn" / "core" / "include"
@@ -118,8 +118,8 @@ def test_the_opened_entry_is_keypair_opened() -> None:
 
 
 @pytest.mark.parametrize(("enum", "prefix", "reasons", "total"), [
-    ("open_drop", "OPEN_", keypair._NATIVE_DROP_REASONS, "REASONS"),
-    ("run_drop", "RUN_", keypair._RUN_DROP_REASONS, "REASONS"),
+    ("open_drop", "OPEN_", transport_reference.BATCH_DROP_REASONS, "REASONS"),
+    ("run_drop", "RUN_", transport_reference.RUN_DROP_REASONS, "REASONS"),
     ("screen_drop", "SCREEN_", screen.SCREEN_REASONS, "REASONS"),
     ("opened_status", "OPENED_", keypair.OPENED_STATUS, "STATUSES"),
 ])

@@ -24,6 +24,8 @@ This is the one Python implementation: Keypair calls it, and the native twin
 
 from __future__ import annotations
 
+from vpn.core.types import Buffer
+
 from .constants import REJECT_AFTER_MESSAGES, REPLAY_WINDOW
 
 REPLAY_SLOTS = 8192  # a power of two above REPLAY_WINDOW + 1
@@ -41,6 +43,16 @@ class ReplayWindow:
     def __init__(self) -> None:
         self.seen = bytearray(REPLAY_SLOTS)
         self.greatest = 0  # greatest counter accepted so far
+
+    @classmethod
+    def over(cls, seen: Buffer, greatest: int) -> ReplayWindow:
+        """A window over the caller's slots, not a copy: what `validate` accepts is marked
+        in `seen` itself (the native module's calling convention: slots and greatest in,
+        the new greatest out)."""
+        window = cls.__new__(cls)
+        window.seen = seen  # type: ignore[assignment]
+        window.greatest = greatest
+        return window
 
     def reset(self) -> None:
         self.seen[:] = _ALL_CLEAR  # in place: the slots object never changes

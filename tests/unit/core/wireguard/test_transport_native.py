@@ -271,7 +271,7 @@ def test_vpn_fast_path_python_selects_the_python_path() -> None:
         env = dict(os.environ, VPN_FAST_PATH=value, PYTHONPATH=str(ROOT))
         outputs.append(subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
                                       capture_output=True, text=True, check=True).stdout)
-    assert outputs == ["python False ReferenceAead (VPN_FAST_PATH=python)\n",
+    assert outputs == ["python False ReferenceTransportKey (VPN_FAST_PATH=python)\n",
                        "native True TransportKey (transport\n"]
 
 
