@@ -41,7 +41,6 @@ from lab.wg_lab import (
 from vpn.control import uapi
 from vpn.control.uapi_server import request
 from vpn.core.keys import encode_key, public_from_private
-from vpn.core.wireguard.constants import UNDER_LOAD_BACKLOG
 
 pytestmark = pytest.mark.netns
 
@@ -296,9 +295,10 @@ def test_initiation_flood_switches_to_cookies(lab: Lab) -> None:
     assert "handshake completed" in output
     assert protocol.get("cookie_sent", 0) > 1_000, protocol
     assert result["cookie_replies"] > 100, result
-    # Without cookies every initiation would cost a DH; with them, only the backlog that
-    # switches the device to "under load" gets through, once per lapse of the load.
-    assert costly <= 5 * UNDER_LOAD_BACKLOG, (costly, result)
+    # Without cookies every initiation would cost a DH; with them, only what fills the
+    # handshake queue to the load mark gets through, once per lapse of the load (plus what
+    # the worker does while it fills): most of the flood is answered with cookies.
+    assert costly < result["initiation"] / 2, (costly, result)
     # The outcome, not a duration: the handshake completed while the flood still ran.
     assert flood_running, handshake_seconds
 

@@ -9,11 +9,13 @@ import logging
 from collections.abc import Callable, Iterable
 
 from vpn.control.counters import Counters, gather
+from vpn.core.types import Address
 from vpn.core.wireguard import Device, Peer
 from vpn.endpoint.peer_events import PeerEventLog
 from vpn.endpoint.timers import Timers
 from vpn.io import native
 from vpn.io.datapath import DataPath
+from vpn.io.handshakes import HandshakeWorker
 from vpn.io.tun import TunDevice
 from vpn.io.udp import UdpSocket
 
@@ -33,6 +35,7 @@ class Runtime:
         self.datapath = DataPath(device, tun, udp, mtu=mtu, clock=clock)
         self.timers = Timers(clock, self._tick)
         self.peer_events = PeerEventLog()
+        self.handshakes: HandshakeWorker | None = None  # from start to stop
 
     def start(self, on_tun_gone: Callable[[], None]) -> None:
         """Watch both descriptors and hear the core's timers and peer events."""
@@ -42,6 +45,14 @@ class Runtime:
         self.datapath.on_tun_gone = on_tun_gone
         self.device.on_earlier_deadline = self.timers.arm
         self.device.on_peer_event = self.peer_events
+        self.handshakes = HandshakeWorker(self.device, loop, self.clock, self._send_replies)
+        self.handshakes.start()
+
+    def _send_replies(self, datagrams: list[tuple[Address, bytes]]) -> None:
+        """The handshake worker's answers, each to the source of what it answers."""
+        for dest, datagram in datagrams:
+            self.udp.send(dest, datagram)
+        self.datapath.stats.datagrams_sent += len(datagrams)
 
     def run_timers(self, owed_keepalive: Iterable[Peer]) -> None:
         """Send the keep-alives the initial configuration owes; the timers run from now."""
@@ -57,6 +68,8 @@ class Runtime:
         the lifecycle closes them)."""
         self.device.on_earlier_deadline = self.device.on_peer_event = None
         self.timers.cancel()
+        if self.handshakes is not None:
+            self.handshakes.close()  # its threads end here: none outlives the interface
         loop = asyncio.get_running_loop()
         for dev in (self.tun, self.udp):
             if dev.fd >= 0:
