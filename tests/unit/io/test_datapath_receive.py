@@ -47,7 +47,7 @@ def apply(receives: list[Receive], ops: list[tuple[str, int, int]]) -> list[Rece
         elif kind == "replay":  # the same again, from its source or from elsewhere
             out.insert(min(len(out), i + 1 + where % 3),
                        (data, size, FOREIGN if where & 1 else source))
-        elif kind == "tamper":
+        elif kind == "tamper" and data:  # a flood's zero-length datagram has no byte to flip
             position = where % len(data)
             out[i] = (data[:position] + bytes([data[position] ^ 0x40]) + data[position + 1:],
                       size, source)
