@@ -90,6 +90,10 @@ class Drop(StrEnum):
     NO_PRIVATE_KEY = "no_private_key", "the interface has no private key: nobody can reach us"
     BAD_MAC1 = "bad_mac1", "MAC1 is wrong: the sender has our public key wrong"
     RATELIMITED = "ratelimited", "under load, a source sent too many handshake messages"
+    HANDSHAKE_QUEUE_FULL = ("handshake_queue_full",
+                            "the queue of handshakes waiting for their DH work is full: shed")
+    HANDSHAKE_PEER_CHANGED = ("handshake_peer_changed",
+                              "the peer or a key changed while the worker did its DH work")
     UNKNOWN_PEER = "unknown_peer", "a valid initiation from a key that is not our peer's"
     BAD_STATIC_AUTH = "bad_static_auth", "an initiation whose static key fails to decrypt"
     BAD_TIMESTAMP_AUTH = "bad_timestamp_auth", "an initiation whose timestamp fails to decrypt"

@@ -10,11 +10,13 @@ import logging
 from collections.abc import Callable, Iterable
 
 from vpn.control.counters import Counters, gather
+from vpn.core.types import Address
 from vpn.core.wireguard import Device, Peer
 from vpn.endpoint.peer_events import PeerEventLog
 from vpn.endpoint.timers import Timers
 from vpn.io import native
 from vpn.io.datapath import DataPath
+from vpn.io.handshakes import HandshakeWorker
 from vpn.io.tun import TunDevice
 from vpn.io.udp import UdpSocket
 
@@ -39,6 +41,7 @@ class Runtime:
         self.timers = Timers(clock, self._tick)
         self.peer_events = PeerEventLog()
         self._stopping = False
+        self.handshakes: HandshakeWorker | None = None  # from start to stop
 
     def start(self, on_tun_gone: Callable[[], None]) -> None:
         """Watch both descriptors and hear the core's timers and peer events."""
@@ -53,6 +56,14 @@ class Runtime:
             workers.pause, workers.resume = self._pause_tun, self._resume_tun
         self.device.on_earlier_deadline = self.timers.arm
         self.device.on_peer_event = self.peer_events
+        self.handshakes = HandshakeWorker(self.device, loop, self.clock, self._send_replies)
+        self.handshakes.start()
+
+    def _send_replies(self, datagrams: list[tuple[Address, bytes]]) -> None:
+        """The handshake worker's answers, each to the source of what it answers."""
+        for dest, datagram in datagrams:
+            self.udp.send(dest, datagram)
+        self.datapath.stats.datagrams_sent += len(datagrams)
 
     def _pause_tun(self) -> None:
         if self.tun.fd >= 0:
@@ -77,6 +88,8 @@ class Runtime:
         self.device.on_earlier_deadline = self.device.on_peer_event = None
         self.timers.cancel()
         self._stopping = True
+        if self.handshakes is not None:
+            self.handshakes.close()  # its threads end here: none outlives the interface
         loop = asyncio.get_running_loop()
         for dev in (self.tun, self.udp):
             if dev.fd >= 0:

@@ -9,15 +9,16 @@ import os
 from lab.doubles import ENDPOINT_A, MTU, MemoryTun, MemoryUdp, tun_frame
 from tests.unit.core.wireguard.helpers import handshake_shaped, ipv4_packet, mac1_valid
 from vpn.core.packet.virtio import NO_OFFLOAD, VirtioNetHeader
-from vpn.core.wireguard import Device, Peer
+from vpn.core.wireguard import Device, HandshakeJob, Peer
 from vpn.core.wireguard.constants import (
     COOKIE_REPLY_SIZE,
+    HANDSHAKE_QUEUE_SIZE,
     MAX_TIMER_HANDSHAKES,
     MESSAGE_COOKIE_REPLY,
     MESSAGE_INITIATION,
     MESSAGE_RESPONSE,
     REKEY_TIMEOUT,
-    UNDER_LOAD_BACKLOG,
+    UNDER_LOAD_FRACTION,
 )
 from vpn.io.datapath import DataPath
 
@@ -74,14 +75,18 @@ def test_handshake_sized_garbage_does_not_demand_cookies_of_a_peer() -> None:
     assert path.device.drops["cookie_sent"] == 0
 
 
-def test_a_wakeup_of_mac1_valid_initiations_demands_cookies() -> None:
+def test_a_handshake_queue_an_eighth_full_demands_cookies() -> None:
     path, clock, _, remote = endpoint()
+    queued: list[HandshakeJob] = []
+    path.device.defer_handshake = queued.append  # a worker that has not caught up
     clock.now = 1.0
-    flood = [mac1_valid(1, path.device.public_key) for _ in range(64)]
-    receive(path, flood, strangers(64))
-    # The DH work of the first UNDER_LOAD_BACKLOG - 1, then cookies.
-    assert path.device.drops["bad_static_auth"] == UNDER_LOAD_BACKLOG - 1
-    assert sent_types(path) == [MESSAGE_COOKIE_REPLY] * (64 - UNDER_LOAD_BACKLOG + 1)
+    for _ in range(3):
+        flood = [mac1_valid(1, path.device.public_key) for _ in range(64)]
+        receive(path, flood, strangers(64))
+    # Queued until the queue held an eighth of its size, then cookies.
+    load_at = HANDSHAKE_QUEUE_SIZE // UNDER_LOAD_FRACTION
+    assert len(queued) == load_at
+    assert sent_types(path) == [MESSAGE_COOKIE_REPLY] * (3 * 64 - load_at)
     clock.now = 1.5
     (init,) = next(iter(remote.peers.values())).initiate_handshake(clock.now)
     receive(path, [init], [ENDPOINT_A])

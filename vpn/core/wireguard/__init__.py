@@ -4,7 +4,7 @@ Bytes and a monotonic `now` go in; bytes and actions come out. The asyncio shell
 """
 
 from .allowedips import AllowedIPs
-from .device import Device, HandshakeResult
+from .device import Device, HandshakeJob, HandshakeResult
 from .keypair import Keypair, TransportError, padded_length
 from .messages import MessageError
 from .peer import Peer
@@ -13,6 +13,7 @@ from .receive import ReceiveCounts, Received
 __all__ = [
     "AllowedIPs",
     "Device",
+    "HandshakeJob",
     "HandshakeResult",
     "Keypair",
     "MessageError",

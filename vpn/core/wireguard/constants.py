@@ -54,9 +54,12 @@ RATELIMIT_PACKETS_PER_SECOND: Final = 20  # per source address, under load
 RATELIMIT_BURST: Final = 5
 RATELIMIT_MAX_ENTRIES: Final = 8192
 RATELIMIT_GC_INTERVAL: Final = 1.0
-# Under load (cookies demanded): this many handshake messages that passed mac1 and wait for
-# Diffie-Hellman work in one wakeup of the data path, then for UNDER_LOAD_TIME more.
-UNDER_LOAD_BACKLOG: Final = 8
+# Handshake messages that passed the cheap checks wait for their Diffie-Hellman work in a
+# queue of this many (wireguard-go's); past it they are dropped (handshake_queue_full).
+HANDSHAKE_QUEUE_SIZE: Final = 1024
+# Under load (cookies demanded): while the queue holds 1/UNDER_LOAD_FRACTION of its size or
+# more (the kernel's and wireguard-go's rule), then for UNDER_LOAD_TIME more.
+UNDER_LOAD_FRACTION: Final = 8
 UNDER_LOAD_TIME: Final = 1.0
 # A transport message for no session we know starts a handshake (the lost-session
 # rehandshake) at most once in this many seconds, whoever sends such messages.

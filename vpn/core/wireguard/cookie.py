@@ -1,7 +1,7 @@
 """MAC1/MAC2 and cookie replies: WireGuard's defence against handshake floods.
 
 CookieChecker validates and answers (one per device); CookieGenerator adds MACs (one per peer);
-HandshakeLoad decides when the device demands cookies.
+HandshakeQueue bounds the handshake work waiting and decides when the device demands cookies.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ from vpn.core.types import Address, Buffer
 from .constants import (
     COOKIE_NONCE_LEN,
     COOKIE_REFRESH_TIME,
+    HANDSHAKE_QUEUE_SIZE,
     LABEL_COOKIE,
     LABEL_MAC1,
     MAC_LEN,
     MESSAGE_INITIATION,
-    UNDER_LOAD_BACKLOG,
+    UNDER_LOAD_FRACTION,
     UNDER_LOAD_TIME,
 )
 from .crypto import InvalidTag, constant_time_equal, hash_, mac, xaead_decrypt, xaead_encrypt
@@ -102,41 +103,43 @@ class CookieChecker:
         return CookieReply(sender_index, nonce, sealed).pack()
 
 
-class HandshakeLoad:
-    """Whether the device is under load: then a handshake message gets a cookie reply, not
-    Diffie-Hellman work, unless its mac2 proves the source address.
+class HandshakeQueue:
+    """The count of handshake messages waiting for Diffie-Hellman work (queued for the
+    handshake worker, or in its hands), its bound, and the load it makes: under load, a
+    handshake message gets a cookie reply, not DH work, unless its mac2 proves the source.
 
-    The kernel and wireguard-go judge load by the depth of their handshake queue (an eighth
-    full) and stay under load for a second after. The data path has no such queue: it
-    handles each handshake message inline, in the receive batch it came in, so what waits
-    for Diffie-Hellman work is what one wakeup found. The data path reads its clock once per
-    wakeup, so that backlog is the mac1-valid initiations and responses handled at one `now`;
-    UNDER_LOAD_BACKLOG of them (an eighth of a 64-receive batch; for real peers about 1.5 ms
-    of DH work that the data waits behind) mean DH work comes in faster than it is done.
-    Garbage, bad mac1 and cookie replies cost a hash at most, never DH: they never count, so
-    a flood of them cannot push real peers into the cookie round trip. Messages answered
-    with a cookie do count: they are demand for DH work, so the load lasts as long as the
-    flood.
-    """
+    As in the kernel and wireguard-go, the device is under load while the queue holds
+    an eighth of its size (UNDER_LOAD_FRACTION) or more, and for UNDER_LOAD_TIME after. Only
+    what passed mac1 is ever queued: garbage, bad mac1 and cookie replies cost a hash at
+    most and never make load. Without a worker (the core run inline, as the unit tests do)
+    nothing waits, and the queue stays empty."""
 
-    __slots__ = ("_backlog", "_until", "_wakeup")
+    __slots__ = ("_load_at", "_until", "depth", "size")
 
-    def __init__(self) -> None:
-        self._wakeup: float | None = None
-        self._backlog = 0
+    def __init__(self, size: int = HANDSHAKE_QUEUE_SIZE) -> None:
+        self.size = size
+        self._load_at = max(1, size // UNDER_LOAD_FRACTION)
+        self.depth = 0
         self._until = float("-inf")
 
     def __repr__(self) -> str:
-        return f"HandshakeLoad(backlog={self._backlog}, until={self._until})"
+        return f"HandshakeQueue(depth={self.depth}, size={self.size}, until={self._until})"
 
-    def count_costly(self, now: float) -> bool:
-        """One mac1-valid initiation or response at `now`: is the device under load?"""
-        if now != self._wakeup:
-            self._wakeup, self._backlog = now, 0
-        self._backlog += 1
-        if self._backlog >= UNDER_LOAD_BACKLOG:
+    def under_load(self, now: float) -> bool:
+        if self.depth >= self._load_at:
             self._until = now + UNDER_LOAD_TIME
+            return True
         return now < self._until
+
+    @property
+    def full(self) -> bool:
+        return self.depth >= self.size
+
+    def put(self) -> None:
+        self.depth += 1
+
+    def done(self, n: int = 1) -> None:
+        self.depth = max(0, self.depth - n)
 
 
 class CookieGenerator:

@@ -7,6 +7,7 @@ ChangeSet or none of it), `snapshot` reports it.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import struct
@@ -29,7 +30,7 @@ from .constants import (
     MESSAGE_RESPONSE,
     MESSAGE_TRANSPORT,
 )
-from .cookie import CookieChecker, HandshakeLoad, address_bytes
+from .cookie import CookieChecker, HandshakeQueue, address_bytes
 from .crypto import PrivateKey
 from .deadlines import Deadlines
 from .index import IndexTable
@@ -41,7 +42,17 @@ from .messages import (
     parse_initiation,
     parse_response,
 )
-from .noise import Handshake, StaticIdentity, consume_initiation, consume_response
+from .noise import (
+    Answer,
+    Handshake,
+    HandshakeError,
+    ResponseRead,
+    StaticIdentity,
+    accept_response,
+    answer_initiation,
+    read_response,
+    response_inputs,
+)
 from .peer import Peer, PeerEvent, Sources
 from .ratelimiter import RateLimiter
 from .receive import ReceiveCounts, receive
@@ -60,6 +71,7 @@ class HandshakeEvent(StrEnum):
     RESPONSE_CONSUMED = "response_consumed"
     COOKIE_CONSUMED = "cookie_consumed"
     COOKIE_SENT = "cookie_sent"  # under load: answered with a cookie reply instead
+    QUEUED = "queued"  # for the handshake worker: Device.finish_handshakes tells the rest
 
 
 @dataclass(slots=True)
@@ -70,6 +82,31 @@ class HandshakeResult:
     replies: list[bytes] = field(default_factory=list)
     event: HandshakeEvent | None = None
     drop_reason: str | None = None
+
+
+class HandshakeJob:
+    """One mac1-valid initiation or response queued for its Diffie-Hellman work. `run` is a
+    pure function of what was read when it was queued (the handshake worker calls it off
+    the event loop, the GIL released in the DHs); Device.finish_handshakes takes its
+    outcome on the loop, where every state change happens."""
+
+    __slots__ = ("_work", "outcome", "size", "source")
+
+    def __init__(self, work: Callable[[], Answer | ResponseRead], source: Address,
+                 size: int) -> None:
+        self._work = work
+        self.source = source
+        self.size = size
+        self.outcome: Answer | ResponseRead | MessageError | None = None
+
+    def __repr__(self) -> str:
+        return f"HandshakeJob(source={self.source}, done={self.outcome is not None})"
+
+    def run(self) -> None:
+        try:
+            self.outcome = self._work()
+        except MessageError as exc:  # the message's fault, a drop reason
+            self.outcome = exc
 
 
 class Device:
@@ -96,7 +133,10 @@ class Device:
         self.identity: StaticIdentity | None = None
         self.checker: CookieChecker | None = None  # keyed on our public key: None without
         self._install_identity(private_key)
-        self.load = HandshakeLoad()
+        self.handshake_queue = HandshakeQueue()
+        # The shell's handshake worker: takes each queued job (None: every handshake is
+        # worked inline, in the call that received it, as the unit tests do).
+        self.defer_handshake: Callable[[HandshakeJob], None] | None = None
         self.ratelimiter = RateLimiter()
         self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
         self.peers: dict[bytes, Peer] = {}
@@ -313,10 +353,12 @@ class Device:
     ) -> HandshakeResult:
         """Process an initiation, response or cookie reply from `src`.
 
-        `now` is the time of the data path's wakeup: the mac1-valid initiations and responses
-        handled at one `now` are the backlog that decides whether we are under load
-        (HandshakeLoad). A bool `under_load` overrides that decision (the cookie exchange's
-        tests)."""
+        The cheap checks run here: type, length, mac1 and, under load (HandshakeQueue: the
+        queue an eighth full), the cookie's mac2 and the source's rate limit. What passes
+        is a HandshakeJob: with a worker (`defer_handshake`), queued (`QUEUED`; a full
+        queue drops it as handshake_queue_full) and finished by `finish_handshakes`; without
+        one, worked and finished here. A bool `under_load` overrides the load (the cookie
+        exchange's tests)."""
         try:
             kind = message_type(data)
             if kind == MESSAGE_TRANSPORT:
@@ -328,8 +370,9 @@ class Device:
             data = bytes(data)
             if not self.checker.valid_mac1(data):
                 return self._drop(Drop.BAD_MAC1)
+            queue = self.handshake_queue
             if under_load is None:
-                under_load = self.load.count_costly(now)
+                under_load = queue.under_load(now)
             if under_load:
                 sender = _SENDER_INDEX.unpack_from(data, 4)[0]
                 reply = self.checker.reply_unless_mac2(data, sender, src, now)
@@ -338,12 +381,87 @@ class Device:
                     return HandshakeResult(replies=[reply], event=HandshakeEvent.COOKIE_SENT)
                 if not self.ratelimiter.allow(address_bytes(src)[:-2], now):
                     return self._drop(Drop.RATELIMITED)
-            if kind == MESSAGE_INITIATION:
-                return self._consume_initiation(self.identity, data, src, now)
-            assert kind == MESSAGE_RESPONSE
-            return self._consume_response(data, src, now)
+            job = self._job(kind, data, src)
+            if self.defer_handshake is None:
+                job.run()
+                return self._finish(job, now)
+            if queue.full:
+                return self._drop(Drop.HANDSHAKE_QUEUE_FULL)
+            queue.put()
+            self.defer_handshake(job)
+            return HandshakeResult(event=HandshakeEvent.QUEUED)
         except MessageError as exc:
             return self._drop(exc.reason)
+
+    def _job(self, kind: int, data: bytes, src: Address) -> HandshakeJob:
+        """The DH work of an initiation or a response, bound to immutable inputs: an
+        initiation's peer (its ss and psk) is looked up by the work itself, once it has
+        decrypted the static key; a response's handshake is read here."""
+        if kind == MESSAGE_INITIATION:
+            assert self.identity is not None
+            work = functools.partial(answer_initiation, self.identity, parse_initiation(data),
+                                     self._lookup_handshake, self.sources.ephemeral_factory)
+            return HandshakeJob(work, src, len(data))
+        assert kind == MESSAGE_RESPONSE
+        msg = parse_response(data)
+        initiator = self.indexes.handshake_peer(msg.receiver_index)
+        inputs = response_inputs(None if initiator is None else initiator.handshake)
+        return HandshakeJob(functools.partial(read_response, msg, inputs), src, len(data))
+
+    def finish_handshakes(self, jobs: Sequence[HandshakeJob], now: float
+                          ) -> list[tuple[Address, bytes]]:
+        """On the loop: the worker's outcomes taken in, the state changed (a peer changed
+        or removed meanwhile: handshake_peer_changed), drops counted as the receive walk
+        counts them. Returns the datagrams to send, each to its job's source."""
+        self.handshake_queue.done(len(jobs))
+        send: list[tuple[Address, bytes]] = []
+        drops = self.receive_counts.drops
+        for job in jobs:
+            result = self._finish(job, now)
+            if result.drop_reason:
+                drops[result.drop_reason] += 1
+                if result.peer is not None:
+                    result.peer.count_drop(result.drop_reason)
+            send += [(job.source, reply) for reply in result.replies]
+        return send
+
+    def _finish(self, job: HandshakeJob, now: float) -> HandshakeResult:
+        outcome = job.outcome
+        try:
+            if isinstance(outcome, Answer):
+                return self._accept_initiation(outcome, job, now)
+            if isinstance(outcome, ResponseRead):
+                return self._accept_response(outcome, job, now)
+            raise outcome if outcome is not None else HandshakeError(Drop.INTERNAL_ERROR)
+        except MessageError as exc:
+            return self._drop(exc.reason)
+
+    def _accept_initiation(self, answer: Answer, job: HandshakeJob, now: float
+                           ) -> HandshakeResult:
+        hs = answer.read.handshake
+        peer = self.peers.get(hs.remote_static)
+        if peer is None or peer.handshake is not hs:  # removed, or its key or ours changed
+            return self._drop(Drop.HANDSHAKE_PEER_CHANGED)
+        reply = peer.respond(answer, now)
+        peer.roam(job.source)
+        peer.rx_bytes += job.size  # a consumed handshake message counts, as in the kernel
+        peer.timers.any_authenticated_packet_received(now)
+        peer.timers.any_authenticated_packet_traversal(now)
+        return HandshakeResult(peer=peer, replies=[reply],
+                               event=HandshakeEvent.INITIATION_CONSUMED)
+
+    def _accept_response(self, read: ResponseRead, job: HandshakeJob, now: float
+                         ) -> HandshakeResult:
+        peer = self.indexes.handshake_peer(read.inputs.local_index)
+        if peer is None or peer.handshake is not read.inputs.handshake:
+            return self._drop(Drop.HANDSHAKE_PEER_CHANGED)
+        accept_response(read)
+        peer.roam(job.source)
+        peer.rx_bytes += job.size
+        replies = peer.complete_as_initiator(now)
+        peer.timers.any_authenticated_packet_received(now)
+        peer.timers.any_authenticated_packet_traversal(now)
+        return HandshakeResult(peer=peer, replies=replies, event=HandshakeEvent.RESPONSE_CONSUMED)
 
     def _consume_cookie_reply(self, data: Buffer, now: float) -> HandshakeResult:
         reply = parse_cookie_reply(data)
@@ -352,33 +470,6 @@ class Device:
             return self._drop(Drop.UNKNOWN_RECEIVER_INDEX)
         peer.cookies.consume_reply(reply, now)
         return HandshakeResult(peer=peer, event=HandshakeEvent.COOKIE_CONSUMED)
-
-    def _consume_initiation(
-        self, identity: StaticIdentity, data: bytes, src: Address, now: float
-    ) -> HandshakeResult:
-        msg = parse_initiation(data)
-        hs = consume_initiation(identity, msg, self._lookup_handshake, now)
-        peer = self.peers[hs.remote_static]
-        peer.roam(src)
-        peer.rx_bytes += len(data)  # a consumed handshake message counts, as in the kernel
-        reply = peer.create_response(now)
-        peer.timers.any_authenticated_packet_received(now)
-        peer.timers.any_authenticated_packet_traversal(now)
-        return HandshakeResult(peer=peer, replies=[reply],
-                               event=HandshakeEvent.INITIATION_CONSUMED)
-
-    def _consume_response(self, data: bytes, src: Address, now: float) -> HandshakeResult:
-        msg = parse_response(data)
-        initiator = self.indexes.handshake_peer(msg.receiver_index)
-        consume_response(msg, None if initiator is None else initiator.handshake)
-        assert initiator is not None  # consume_response raised otherwise
-        peer = initiator
-        peer.roam(src)
-        peer.rx_bytes += len(data)
-        replies = peer.complete_as_initiator(now)
-        peer.timers.any_authenticated_packet_received(now)
-        peer.timers.any_authenticated_packet_traversal(now)
-        return HandshakeResult(peer=peer, replies=replies, event=HandshakeEvent.RESPONSE_CONSUMED)
 
     def on_unknown_index(self, source: Address, now: float) -> list[tuple[Peer, bytes]]:
         """A transport message for no receiver index of ours came from `source`. From the

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import enum
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from vpn.core.drops import Drop
 from vpn.core.types import Buffer
@@ -175,16 +176,37 @@ def create_initiation(
     return Initiation(local_index, e_pub, enc_static, enc_ts)
 
 
-def consume_initiation(
-    identity: StaticIdentity,
-    msg: Initiation,
-    lookup_peer: Callable[[bytes], Handshake | None],
-    now: float,
-) -> Handshake:
-    """Responder, message 1: authenticate, find the peer, refuse replays and floods.
+@dataclass(frozen=True, slots=True, repr=False)  # no secret in a repr
+class InitiationRead:
+    """An initiation authenticated (noise's first half for the responder): who sent it,
+    and the chaining key and hash after it. No peer state was read but the ss and psk."""
 
-    Nothing is written to the peer's state unless every check passes.
-    """
+    handshake: Handshake  # the peer's, as the lookup found it
+    remote_ephemeral: bytes
+    sender_index: int
+    timestamp: bytes
+    chaining_key: bytes
+    hash: bytes
+
+
+@dataclass(frozen=True, slots=True, repr=False)  # no secret in a repr
+class Answer:
+    """An initiation read and its response computed: everything with a Diffie-Hellman,
+    done on immutable inputs (a handshake worker runs it off the event loop). The peer's
+    state is written only by `accept_answer`, on the loop."""
+
+    read: InitiationRead
+    psk: bytes  # the one the response was made with: a change meanwhile voids it
+    ephemeral: PrivateKey
+    encrypted_nothing: bytes
+    chaining_key: bytes
+    hash: bytes
+
+
+def read_initiation(
+    identity: StaticIdentity, msg: Initiation, lookup_peer: Callable[[bytes], Handshake | None]
+) -> InitiationRead:
+    """Responder, message 1's cryptography: one DH and two decryptions; writes nothing."""
     ck = kdf1(INITIAL_CHAIN_KEY, msg.ephemeral)
     h = hash_(identity.responder_hash, msg.ephemeral)
     try:
@@ -199,83 +221,192 @@ def consume_initiation(
     hs = lookup_peer(remote_static)
     if hs is None:
         raise HandshakeError(Drop.UNKNOWN_PEER)
-    if hs.precomputed_ss is None:
+    ss = hs.precomputed_ss  # read once: the loop may replace the handshake meanwhile
+    if ss is None:
         raise HandshakeError(Drop.LOW_ORDER_PEER_KEY)
-    ck, key = kdf2(ck, hs.precomputed_ss)
+    ck, key = kdf2(ck, ss)
     try:
         timestamp = aead_decrypt(key, 0, msg.encrypted_timestamp, h)
     except InvalidTag:
         raise HandshakeError(Drop.BAD_TIMESTAMP_AUTH) from None
     h = hash_(h, msg.encrypted_timestamp)
+    return InitiationRead(hs, msg.ephemeral, msg.sender_index, timestamp, ck, h)
 
+
+def check_initiation(hs: Handshake, read: InitiationRead, now: float) -> None:
+    """The replay and flood rules against the peer's state as it is now."""
     # Big-endian TAI64N compares correctly as bytes; equal counts as a replay.
-    if timestamp <= hs.latest_timestamp:
+    if read.timestamp <= hs.latest_timestamp:
         raise HandshakeError(Drop.STALE_TIMESTAMP)
     last = hs.last_initiation_consumed
     if last is not None and now < last + INITIATION_MIN_INTERVAL:
         raise HandshakeError(Drop.INITIATION_FLOOD)
 
+
+def _consumed(hs: Handshake, read: InitiationRead, now: float) -> None:
     hs.state = HandshakeState.CONSUMED_INITIATION
-    hs.chaining_key, hs.hash = ck, h
+    hs.chaining_key, hs.hash = read.chaining_key, read.hash
     hs.ephemeral = None
-    hs.remote_ephemeral = msg.ephemeral
-    hs.remote_index = msg.sender_index
-    hs.latest_timestamp = timestamp
+    hs.remote_ephemeral = read.remote_ephemeral
+    hs.remote_index = read.sender_index
+    hs.latest_timestamp = read.timestamp
     hs.last_initiation_consumed = now
-    return hs
+
+
+def consume_initiation(
+    identity: StaticIdentity,
+    msg: Initiation,
+    lookup_peer: Callable[[bytes], Handshake | None],
+    now: float,
+) -> Handshake:
+    """Responder, message 1: authenticate, find the peer, refuse replays and floods.
+
+    Nothing is written to the peer's state unless every check passes.
+    """
+    read = read_initiation(identity, msg, lookup_peer)
+    check_initiation(read.handshake, read, now)
+    _consumed(read.handshake, read, now)
+    return read.handshake
+
+
+def _response_keys(
+    ck: bytes, h: bytes, remote_ephemeral: bytes, remote_static: bytes, psk: bytes,
+    ephemeral: PrivateKey,
+) -> tuple[bytes, bytes, bytes]:
+    """Responder, message 2's cryptography: keygen's result and two DHs; writes nothing.
+    Returns the encrypted empty payload, the chaining key and the hash."""
+    e_pub = ephemeral.public
+    ck = kdf1(ck, e_pub)
+    h = hash_(h, e_pub)
+    try:
+        ck = kdf1(ck, dh(ephemeral, remote_ephemeral))
+        ck = kdf1(ck, dh(ephemeral, remote_static))
+    except CryptoError as exc:
+        raise HandshakeError(Drop.LOW_ORDER_EPHEMERAL) from exc
+    ck, tau, key = kdf3(ck, psk)
+    h = hash_(h, tau)
+    enc_nothing = aead_encrypt(key, 0, b"", h)
+    return enc_nothing, ck, hash_(h, enc_nothing)
+
+
+def answer_initiation(
+    identity: StaticIdentity,
+    msg: Initiation,
+    lookup_peer: Callable[[bytes], Handshake | None],
+    new_ephemeral: Callable[[], PrivateKey],
+) -> Answer:
+    """An initiation read and answered, as one pure function of its inputs: the worker's
+    part. The peer's psk is read once, here."""
+    read = read_initiation(identity, msg, lookup_peer)
+    hs = read.handshake
+    psk = hs.psk
+    ephemeral = new_ephemeral()
+    enc_nothing, ck, h = _response_keys(read.chaining_key, read.hash, read.remote_ephemeral,
+                                        hs.remote_static, psk, ephemeral)
+    return Answer(read, psk, ephemeral, enc_nothing, ck, h)
+
+
+def accept_answer(
+    hs: Handshake, answer: Answer, new_index: Callable[[], int], now: float
+) -> Response:
+    """On the loop: the rules against the peer's state now, then the state written (as
+    consume_initiation then create_response), under the index `new_index` gives once every
+    check passed. `hs` must be the one the answer read, its psk unchanged."""
+    if hs is not answer.read.handshake or hs.psk != answer.psk:
+        raise HandshakeError(Drop.HANDSHAKE_PEER_CHANGED)
+    check_initiation(hs, answer.read, now)
+    local_index = new_index()
+    _consumed(hs, answer.read, now)
+    hs.state = HandshakeState.CREATED_RESPONSE
+    hs.chaining_key, hs.hash, hs.ephemeral = answer.chaining_key, answer.hash, answer.ephemeral
+    hs.local_index = local_index
+    return Response(local_index, hs.remote_index, answer.ephemeral.public,
+                    answer.encrypted_nothing)
 
 
 def create_response(hs: Handshake, local_index: int, ephemeral: PrivateKey) -> Response:
     """Responder, message 2. The returned message still has zero MACs."""
     if hs.state is not HandshakeState.CONSUMED_INITIATION:
         raise HandshakeError(Drop.NO_INITIATION_CONSUMED)
-    ck, h = hs.chaining_key, hs.hash
-    e_pub = ephemeral.public
-    ck = kdf1(ck, e_pub)
-    h = hash_(h, e_pub)
-    try:
-        ck = kdf1(ck, dh(ephemeral, hs.remote_ephemeral))
-        ck = kdf1(ck, dh(ephemeral, hs.remote_static))
-    except CryptoError as exc:
-        raise HandshakeError(Drop.LOW_ORDER_EPHEMERAL) from exc
-    ck, tau, key = kdf3(ck, hs.psk)
-    h = hash_(h, tau)
-    enc_nothing = aead_encrypt(key, 0, b"", h)
-    h = hash_(h, enc_nothing)
-
+    enc_nothing, ck, h = _response_keys(hs.chaining_key, hs.hash, hs.remote_ephemeral,
+                                        hs.remote_static, hs.psk, ephemeral)
     hs.state = HandshakeState.CREATED_RESPONSE
     hs.chaining_key, hs.hash, hs.ephemeral = ck, h, ephemeral
     hs.local_index = local_index
-    return Response(local_index, hs.remote_index, e_pub, enc_nothing)
+    return Response(local_index, hs.remote_index, ephemeral.public, enc_nothing)
 
 
-def consume_response(msg: Response, hs: Handshake | None) -> Handshake:
-    """Initiator, message 2; `hs` is the handshake found by the message's receiver index."""
+@dataclass(frozen=True, slots=True, repr=False)  # no secret in a repr
+class ResponseInputs:
+    """What consuming a response reads of the initiator's handshake, taken on the loop when
+    the response is queued: the worker computes from these alone."""
+
+    handshake: Handshake
+    local_index: int
+    identity: StaticIdentity
+    ephemeral: PrivateKey
+    chaining_key: bytes
+    hash: bytes
+    psk: bytes
+
+
+@dataclass(frozen=True, slots=True, repr=False)  # no secret in a repr
+class ResponseRead:
+    """A response authenticated: the chaining key and hash after it."""
+
+    inputs: ResponseInputs
+    remote_ephemeral: bytes
+    sender_index: int
+    chaining_key: bytes
+    hash: bytes
+
+
+def response_inputs(hs: Handshake | None) -> ResponseInputs:
+    """`hs` found by the response's receiver index, and waiting for one; else HandshakeError."""
     if hs is None or hs.state is not HandshakeState.CREATED_INITIATION or hs.ephemeral is None:
         raise HandshakeError(Drop.UNEXPECTED_RESPONSE)
     if hs.identity is None:  # cannot be: an initiation needs one, and a new key rebuilds hs
         raise HandshakeError(Drop.NO_PRIVATE_KEY)
-    ephemeral = hs.ephemeral
-    ck = kdf1(hs.chaining_key, msg.ephemeral)
-    h = hash_(hs.hash, msg.ephemeral)
+    return ResponseInputs(hs, hs.local_index, hs.identity, hs.ephemeral, hs.chaining_key,
+                          hs.hash, hs.psk)
+
+
+def read_response(msg: Response, inputs: ResponseInputs) -> ResponseRead:
+    """Initiator, message 2's cryptography: two DHs and a decryption; writes nothing."""
+    ck = kdf1(inputs.chaining_key, msg.ephemeral)
+    h = hash_(inputs.hash, msg.ephemeral)
     try:
-        ck = kdf1(ck, dh(ephemeral, msg.ephemeral))
-        ck = kdf1(ck, dh(hs.identity.private, msg.ephemeral))
+        ck = kdf1(ck, dh(inputs.ephemeral, msg.ephemeral))
+        ck = kdf1(ck, dh(inputs.identity.private, msg.ephemeral))
     except CryptoError as exc:
         raise HandshakeError(Drop.LOW_ORDER_EPHEMERAL) from exc
-    ck, tau, key = kdf3(ck, hs.psk)
+    ck, tau, key = kdf3(ck, inputs.psk)
     h = hash_(h, tau)
     try:
         aead_decrypt(key, 0, msg.encrypted_nothing, h)
     except InvalidTag:
         raise HandshakeError(Drop.BAD_RESPONSE_AUTH) from None
-    h = hash_(h, msg.encrypted_nothing)
+    return ResponseRead(inputs, msg.ephemeral, msg.sender_index, ck,
+                        hash_(h, msg.encrypted_nothing))
 
+
+def accept_response(read: ResponseRead) -> Handshake:
+    """On the loop: the handshake must still be the one the response was read against."""
+    inputs = read.inputs
+    hs = inputs.handshake
+    if (hs.state is not HandshakeState.CREATED_INITIATION or hs.ephemeral is not inputs.ephemeral
+            or hs.local_index != inputs.local_index or hs.psk != inputs.psk):
+        raise HandshakeError(Drop.HANDSHAKE_PEER_CHANGED)
     hs.state = HandshakeState.CONSUMED_RESPONSE
-    hs.chaining_key, hs.hash = ck, h
-    hs.remote_ephemeral = msg.ephemeral
-    hs.remote_index = msg.sender_index
+    hs.chaining_key, hs.hash = read.chaining_key, read.hash
+    hs.remote_ephemeral = read.remote_ephemeral
+    hs.remote_index = read.sender_index
     return hs
+
+
+def consume_response(msg: Response, hs: Handshake | None) -> Handshake:
+    """Initiator, message 2; `hs` is the handshake found by the message's receiver index."""
+    return accept_response(read_response(msg, response_inputs(hs)))
 
 
 def derive_session(hs: Handshake) -> SessionKeys:

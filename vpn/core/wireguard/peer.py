@@ -24,7 +24,14 @@ from .crypto import PrivateKey, tai64n
 from .index import IndexTable
 from .keypair import Keypair, TransportError
 from .keypairset import KeypairSet
-from .noise import Handshake, StaticIdentity, create_initiation, create_response, derive_session
+from .noise import (
+    Answer,
+    Handshake,
+    StaticIdentity,
+    accept_answer,
+    create_initiation,
+    derive_session,
+)
 from .timers import TimerAction, Timers
 
 MAX_STAGED_PACKETS = 128  # packets held while a handshake is in flight (the kernel's figure)
@@ -147,11 +154,13 @@ class Peer:
             return []
         return self.initiate_handshake(now, retry=True)
 
-    def create_response(self, now: float) -> bytes:
-        """Answer the initiation just consumed; the new keypair waits in `next`."""
+    def respond(self, answer: Answer, now: float) -> bytes:
+        """Accept an initiation the worker answered (noise.accept_answer: the replay and
+        flood rules against the state now) and send its response; the new keypair waits
+        in `next`."""
+        msg = accept_answer(self.handshake, answer,
+                            lambda: self._indexes.new_handshake(self), now)
         self.last_sent_handshake = now
-        index = self._indexes.new_handshake(self)
-        msg = create_response(self.handshake, index, self._sources.ephemeral_factory())
         data = self.cookies.add_macs(msg.pack(), now)
         self.tx_bytes += len(data)
         self._begin_session(now)

@@ -1,8 +1,12 @@
-"""When the device demands cookies (HandshakeLoad), on the protocol's clock: by its backlog
-of Diffie-Hellman work, the mac1-valid initiations and responses of one wakeup (one `now`),
-and for UNDER_LOAD_TIME after; never by garbage, bad mac1 or cookie replies."""
+"""When the device demands cookies, and what it sheds: by the depth of its queue of
+handshake messages waiting for Diffie-Hellman work (HandshakeQueue: an eighth full, and for
+UNDER_LOAD_TIME after), as the kernel and wireguard-go do; never by garbage, bad mac1 or
+cookie replies. The queue's jobs are worked and finished by hand here, as a worker would."""
 
 from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.unit.core.wireguard.helpers import (
     A_ADDR,
@@ -12,20 +16,44 @@ from tests.unit.core.wireguard.helpers import (
     mac1_valid,
     make_pair,
 )
-from vpn.core.wireguard import Device
-from vpn.core.wireguard.constants import REKEY_TIMEOUT, UNDER_LOAD_BACKLOG, UNDER_LOAD_TIME
+from vpn.core.wireguard import Device, HandshakeJob
+from vpn.core.wireguard.constants import (
+    HANDSHAKE_QUEUE_SIZE,
+    UNDER_LOAD_FRACTION,
+    UNDER_LOAD_TIME,
+)
+from vpn.core.wireguard.cookie import HandshakeQueue
+
+LOAD_AT = HANDSHAKE_QUEUE_SIZE // UNDER_LOAD_FRACTION  # 128
 
 
 def stranger(i: int) -> tuple[str, int]:
     return (f"198.18.5.{2 + i % 200}", 1024 + i)
 
 
-def flood(device: Device, count: int, now: float, kind: int = 1) -> list[str]:
-    """`count` mac1-valid messages from strangers in one wakeup; what became of each."""
+def deferred(device: Device) -> list[HandshakeJob]:
+    """Give `device` a worker that only collects its jobs."""
+    jobs: list[HandshakeJob] = []
+    device.defer_handshake = jobs.append
+    return jobs
+
+
+def work(device: Device, jobs: list[HandshakeJob], now: float) -> list[tuple[object, bytes]]:
+    """What the worker and the loop do: run every job, finish them in one batch."""
+    for job in jobs:
+        if job.outcome is None:  # not run yet
+            job.run()
+    done = list(jobs)
+    jobs.clear()
+    return device.finish_handshakes(done, now)  # type: ignore[return-value]
+
+
+def flood(device: Device, count: int, now: float, kind: int = 1, **kw: bool) -> list[str]:
+    """`count` mac1-valid messages from strangers; what became of each."""
     out = []
     for i in range(count):
         result = device.handle_handshake_message(mac1_valid(kind, device.public_key),
-                                                 stranger(i), now)
+                                                 stranger(i), now, **kw)
         out.append(result.event or result.drop_reason or "")
     return out
 
@@ -36,70 +64,128 @@ def legit_initiation(pair: Pair, now: float) -> str | None:
 
 
 def test_handshake_sized_garbage_never_makes_load(pair: Pair) -> None:
-    # Ten thousand in one wakeup, far past any threshold, then a real initiation in it.
+    jobs = deferred(pair.b)
     for i, datagram in enumerate(handshake_shaped(10_000)):
         result = pair.b.handle_handshake_message(datagram, stranger(i), 0.0)
         assert result.drop_reason in ("bad_mac1", "unknown_receiver_index"), result
-    assert legit_initiation(pair, 0.0) == "initiation_consumed"
+    assert legit_initiation(pair, 0.0) == "queued"
+    assert jobs and pair.b.handshake_queue.depth == 1
     assert pair.b.drops["cookie_sent"] == 0
 
 
-def test_the_backlog_of_one_wakeup_makes_load() -> None:
+def test_without_a_worker_nothing_waits_and_nothing_makes_load(pair: Pair) -> None:
+    assert set(flood(pair.b, 3 * LOAD_AT, 0.0)) == {"bad_static_auth"}
+    assert legit_initiation(pair, 0.0) == "initiation_consumed"
+    assert pair.b.handshake_queue.depth == 0
+
+
+def test_an_eighth_full_queue_makes_load() -> None:
     below = make_pair()
-    assert flood(below.b, UNDER_LOAD_BACKLOG - 2, 0.0) == ["bad_static_auth"] * (
-        UNDER_LOAD_BACKLOG - 2)
-    assert legit_initiation(below, 0.0) == "initiation_consumed"
+    deferred(below.b)
+    assert set(flood(below.b, LOAD_AT - 1, 0.0)) == {"queued"}
+    assert legit_initiation(below, 0.0) == "queued"  # the LOAD_AT-th queued
+    assert flood(below.b, 1, 0.0) == ["cookie_sent"]  # and now the queue holds LOAD_AT
 
-    at = make_pair()
-    flood(at.b, UNDER_LOAD_BACKLOG - 1, 0.0)
-    assert legit_initiation(at, 0.0) == "cookie_sent"  # the UNDER_LOAD_BACKLOG-th
-
-
-def test_responses_count_as_backlog() -> None:
-    p = make_pair()
-    assert flood(p.b, UNDER_LOAD_BACKLOG, 0.0, kind=2)[-1] == "cookie_sent"
-    assert legit_initiation(p, 0.0) == "cookie_sent"
+    responses = make_pair()
+    deferred(responses.b)
+    (init,) = responses.pb.initiate_handshake(0.0)  # b waits for a's response
+    (resp,) = responses.a.handle_handshake_message(init, B_ADDR, 0.0).replies
+    flood(responses.b, LOAD_AT, 0.0)
+    assert responses.b.handle_handshake_message(resp, A_ADDR, 0.0).event == "cookie_sent"
 
 
-def test_load_is_backlog_not_rate(pair: Pair) -> None:
-    """Just under the backlog in every wakeup, a hundred wakeups a second: each message
-    found the DH work done before it, so none is asked for a cookie."""
-    outcomes = [o for w in range(300) for o in flood(pair.b, UNDER_LOAD_BACKLOG - 1, w / 100)]
-    assert set(outcomes) == {"bad_static_auth"}
-    assert legit_initiation(pair, 3.0) == "initiation_consumed"
+def test_a_response_for_no_handshake_is_never_queued(pair: Pair) -> None:
+    deferred(pair.b)
+    assert set(flood(pair.b, 2 * LOAD_AT, 0.0, kind=2)) == {"unexpected_response"}
+    assert pair.b.handshake_queue.depth == 0
 
 
-def test_load_lasts_a_second_after_the_last_backlog(pair: Pair) -> None:
-    flood(pair.b, UNDER_LOAD_BACKLOG, 10.0)
+def test_load_lasts_a_second_after_the_queue_drains(pair: Pair) -> None:
+    jobs = deferred(pair.b)
+    flood(pair.b, LOAD_AT, 10.0)
+    assert flood(pair.b, 1, 10.0) == ["cookie_sent"]
+    work(pair.b, jobs, 10.0)
+    assert pair.b.handshake_queue.depth == 0
     assert flood(pair.b, 1, 10.0 + UNDER_LOAD_TIME - 0.01) == ["cookie_sent"]
-    assert flood(pair.b, 1, 10.0 + UNDER_LOAD_TIME) == ["bad_static_auth"]
+    assert flood(pair.b, 1, 10.0 + UNDER_LOAD_TIME) == ["queued"]
 
 
-def test_load_lasts_as_long_as_the_flood_and_costs_dh_only_at_its_start(pair: Pair) -> None:
-    outcomes = [o for w in range(10) for o in flood(pair.b, 2 * UNDER_LOAD_BACKLOG, w * 0.9)]
-    assert outcomes.count("bad_static_auth") == UNDER_LOAD_BACKLOG - 1
-    assert outcomes.count("cookie_sent") == len(outcomes) - (UNDER_LOAD_BACKLOG - 1)
-    assert flood(pair.b, 1, 9 * 0.9 + UNDER_LOAD_TIME - 0.01) == ["cookie_sent"]
+def test_a_full_queue_sheds_and_counts(pair: Pair) -> None:
+    jobs = deferred(pair.b)
+    # Past the cookie check (as messages with a valid mac2 would be): only the bound is left.
+    outcomes = flood(pair.b, HANDSHAKE_QUEUE_SIZE + 5, 0.0, under_load=False)
+    assert outcomes.count("queued") == HANDSHAKE_QUEUE_SIZE == len(jobs)
+    assert outcomes[HANDSHAKE_QUEUE_SIZE:] == ["handshake_queue_full"] * 5
+    assert pair.b.drops["handshake_queue_full"] == 5
+    work(pair.b, jobs, 0.0)
+    assert pair.b.receive_counts.drops["bad_static_auth"] == HANDSHAKE_QUEUE_SIZE
+    assert flood(pair.b, 1, 0.0, under_load=False) == ["queued"]
 
 
-def test_a_peer_completes_its_handshake_through_a_flood(pair: Pair) -> None:
-    """A wakeup of flood every 0.5 s; the peer starts at 0.25, gets a cookie, retries with
-    mac2 when its retransmission is due and completes, all while the flood goes on."""
-    events = []
-    now = 0.0
-    for tick in range(200):
-        now = tick * 0.05
-        if tick % 10 == 0:
-            flood(pair.b, UNDER_LOAD_BACKLOG, now)
-        to_b = pair.pa.initiate_handshake(now) if tick == 5 else [d for _, d in pair.a.poll(now)]
-        for datagram in to_b:
-            result = pair.b.handle_handshake_message(datagram, A_ADDR, now)
-            events.append(result.event)
-            for reply in result.replies:
-                pair.a.handle_handshake_message(reply, B_ADDR, now)
-        if "handshake_complete" in pair.pa.events:
-            break
-    assert events == ["cookie_sent", "initiation_consumed"]
+def test_a_peer_answered_at_once_through_a_flood_the_worker_keeps_up_with(pair: Pair) -> None:
+    """A flood of just under the load mark per wakeup, worked before the next: the real
+    peer's initiation is answered in its own wakeup, no cookie round trip."""
+    jobs = deferred(pair.b)
+    sent: list[tuple[object, bytes]] = []
+    for tick in range(20):
+        now = tick * 0.01
+        flood(pair.b, LOAD_AT - 2, now)
+        if tick == 10:
+            assert legit_initiation(pair, now) == "queued"
+        sent += work(pair.b, jobs, now)
+    assert pair.b.drops["cookie_sent"] == 0
+    ((dest, response),) = sent
+    assert dest == A_ADDR
+    pair.a.handle_handshake_message(response, B_ADDR, 0.2)
     assert "handshake_complete" in pair.pa.events
-    assert 0.25 + REKEY_TIMEOUT <= now < 0.25 + 2 * REKEY_TIMEOUT  # one cookie round trip
-    assert flood(pair.b, 1, now) == ["cookie_sent"]  # still under load
+
+
+def test_a_handshake_racing_the_removal_of_its_peer_is_dropped_by_reason(pair: Pair) -> None:
+    jobs = deferred(pair.b)
+    assert legit_initiation(pair, 0.0) == "queued"
+    jobs[0].run()  # the worker answered
+    pair.b.remove_peer(pair.a.public_key)
+    assert work(pair.b, jobs, 0.0) == []
+    assert pair.b.receive_counts.drops["handshake_peer_changed"] == 1
+    assert len(pair.b.indexes) == 0  # nothing of the removed peer came back
+
+
+def test_a_response_racing_a_new_initiation_or_a_psk_change_is_dropped() -> None:
+    for change in ("reinitiate", "psk", "remove"):
+        pair = make_pair()
+        jobs = deferred(pair.a)
+        (init,) = pair.pa.initiate_handshake(0.0)
+        (resp,) = pair.b.handle_handshake_message(init, A_ADDR, 0.0).replies
+        assert pair.a.handle_handshake_message(resp, B_ADDR, 0.0).event == "queued"
+        jobs[0].run()
+        if change == "reinitiate":
+            pair.pa.initiate_handshake(10.0)
+        elif change == "psk":
+            pair.pa.handshake.psk = bytes(range(32))
+        else:
+            pair.a.remove_peer(pair.b.public_key)
+        assert work(pair.a, jobs, 10.0) == [], change
+        assert pair.a.receive_counts.drops["handshake_peer_changed"] == 1, change
+        assert "handshake_complete" not in pair.pa.events
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 64), st.lists(st.tuples(st.sampled_from(["put", "done", "wait"]),
+                                              st.floats(0, 2)), max_size=120))
+def test_the_load_rule(size: int, steps: list[tuple[str, float]]) -> None:
+    """Under load exactly while the queue holds an eighth of its size (at least one), or
+    within UNDER_LOAD_TIME of the last time it did when asked; the depth stays in bounds."""
+    queue = HandshakeQueue(size)
+    mark = max(1, size // UNDER_LOAD_FRACTION)
+    now, last_loaded = 0.0, float("-inf")
+    for step, dt in steps:
+        if step == "put" and not queue.full:
+            queue.put()
+        elif step == "done":
+            queue.done()
+        now += dt if step == "wait" else 0.0
+        expected = queue.depth >= mark or now < last_loaded + UNDER_LOAD_TIME
+        if queue.depth >= mark:
+            last_loaded = now
+        assert queue.under_load(now) is expected
+        assert 0 <= queue.depth <= size
