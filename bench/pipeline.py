@@ -38,7 +38,8 @@ from lab.doubles import (
     handshaken_pair,
     tun_frame,
 )
-from lab.packets import tcp_super_packet
+from lab.packets import tcp_super_packet, udp_packet
+from vpn.core.packet.virtio import VIRTIO_NET_HDR_LEN, VirtioNetHeader
 from vpn.core.wireguard import fastpath
 from vpn.core.wireguard.replay import ReplayWindow
 from vpn.io.datapath import DataPath
@@ -98,10 +99,43 @@ def run(rounds: int = 400) -> dict[str, float]:
     }
 
 
+SMALL_PAYLOAD = 64  # sockperf's ping-pong message: UDP 64 B
+
+
+def small(rounds: int = 2000) -> dict[str, float]:
+    """Microseconds per wakeup for one small packet each way (a UDP 64 B ping, as sockperf
+    sends): the fixed cost of each walk, which latency pays and bulk spreads over a batch."""
+    a, b = handshaken_pair()
+    packet = udp_packet(bytes(SMALL_PAYLOAD), src=SRC, dst=DST)
+    frame = memoryview(tun_frame(VirtioNetHeader(), packet))
+    (tun_a, udp_a), (tun_b, udp_b) = _doubles(a), _doubles(b)
+    send_us, receive_us = [], []
+    for i in range(rounds + 50):  # the first 50 warm up
+        tun_a.reads = [frame]
+        udp_a.sent.clear()
+        t0 = time.perf_counter()
+        a.on_tun_readable()
+        t1 = time.perf_counter()
+        ((data, size),) = udp_a.sent
+        udp_b.incoming = [(memoryview(data), size, ENDPOINT_A)]
+        tun_b.frames.clear()
+        t2 = time.perf_counter()
+        b.on_udp_readable()
+        t3 = time.perf_counter()
+        if tun_b.frames != [bytes(VIRTIO_NET_HDR_LEN) + packet]:
+            raise RuntimeError("pipeline benchmark: the small packet did not come through")
+        if i >= 50:
+            send_us.append((t1 - t0) * 1e6)
+            receive_us.append((t3 - t2) * 1e6)
+    return {"pipeline_send_us_per_small_wakeup": statistics.median(send_us),
+            "pipeline_receive_us_per_small_wakeup": statistics.median(receive_us)}
+
+
 def run_with_python_path(rounds: int = 400) -> dict[str, float]:
     """run(), then the same in a child on the Python path: its figures as `*_python`, and
     how many times slower its send and receive are."""
     figures = run(rounds)
+    figures.update(small())
     if not fastpath.NATIVE.native:
         print(f"bench: NATIVE FAST PATH NOT MEASURED: {fastpath.NATIVE.reason}",
               file=sys.stderr)
@@ -191,6 +225,9 @@ if __name__ == "__main__":
         print(json.dumps(run(int(sys.argv[2]))))
     elif sys.argv[1:2] == ["--workers"]:
         print(json.dumps(throughput(int(sys.argv[2]))))
+    elif sys.argv[1:2] == ["--small"]:
+        for key, value in small().items():
+            print(f"{key:40} {value:8.2f}")
     elif sys.argv[1:2] == ["--compare"]:
         results = compare()
         for n, figures in results.items():

@@ -267,11 +267,13 @@ class DataPath:
             return
         got = self.device.receive(received, self.clock(), out=self._recv_view,
                                   records=self._records, screened=screened, lost=lost)
-        self.tun.deliver(self._recv_view, got.records, got.nrec)
-        self.tun.flush()
-        for dest, datagram in got.send:
-            udp.send(dest, datagram)
-        self.stats.datagrams_sent += len(got.send)
+        tun = self.tun
+        tun.deliver(self._recv_view, got.records, got.nrec)
+        tun.flush()
+        if got.send:
+            for dest, datagram in got.send:
+                udp.send(dest, datagram)
+            self.stats.datagrams_sent += len(got.send)
         for peer, source in got.roamed:
             log.info("peer %s endpoint changed to %s", short_key(peer), endpoint_text(source))
 

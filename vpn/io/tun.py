@@ -20,7 +20,7 @@ import logging
 import os
 import struct
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from vpn.core.drops import Drop
@@ -196,6 +196,7 @@ class TunDevice:
         self.coalescing = vnet_hdr
         self._gro: FrameCoalescer | None = None  # over _gro_buffer
         self._gro_buffer: Buffer | None = None
+        self._gathered = False  # the coalescer holds packets not yet flushed
         self._write_errnos_logged: set[str] = set()  # tun_write_error's errnos, logged once
 
     @classmethod
@@ -276,14 +277,17 @@ class TunDevice:
         return [(VirtioNetHeader.unpack(frame), frame[VIRTIO_NET_HDR_LEN:])
                 for frame in self._frames() if len(frame) >= VIRTIO_NET_HDR_LEN]
 
-    def _frames(self) -> Iterator[memoryview]:
-        """Frames as read, until nothing more is waiting or the batch is full."""
+    def _frames(self) -> list[memoryview]:
+        """Frames as read, until nothing more is waiting or the batch is full. (A list, not
+        a generator: a wakeup of one packet, a ping, pays for every call and resume.)"""
         read = self._read_frame
+        frames = []
         for view in self._views:
             frame = read(view)
             if frame is None:
-                return
-            yield frame
+                break
+            frames.append(frame)
+        return frames
 
     def _read_frame(self, slot: memoryview) -> memoryview | None:
         """The system call: one frame (the virtio-net header first, with IFF_VNET_HDR) read
@@ -317,7 +321,9 @@ class TunDevice:
         now. `buffer` must stay as it is until `flush` (or `clear`)."""
         if not nrec:
             return
-        if not self.coalescing:
+        if not self.coalescing or (nrec == 1 and not self._gathered):
+            # One packet alone (a ping, a lone ACK) is the frame the coalescer would make of
+            # it (the packet as it is, NO_OFFLOAD): written now, without the coalescer.
             for at, length, _ in RECORD.iter_unpack(records[:RECORD.size * nrec]):
                 self.write_packet(buffer[at:at + length])
             return
@@ -326,15 +332,18 @@ class TunDevice:
             self._gro = receive_coalescer(buffer, udp=self.offload.uso)
             self._gro_buffer = buffer
         self._gro.add_records(records, 0, nrec)
+        self._gathered = True
 
     def flush(self) -> None:
         """Write every frame gathered since the last flush, in order."""
-        if self._gro is not None:
+        if self._gathered and self._gro is not None:
+            self._gathered = False
             for frame in self._gro.frames():
                 self._write_frame(frame)
 
     def clear(self) -> None:
         """Forget what was gathered (it points into a buffer about to be overwritten)."""
+        self._gathered = False
         if self._gro is not None:
             self._gro.clear()
 

@@ -240,7 +240,7 @@ class UdpSocket:
     def send(self, dest: Address, data: bytes | memoryview) -> None:
         """Send one datagram; errors are counted, never raised."""
         try:
-            self._sendto(data, self._sockaddr(dest))
+            self._sendto(data, self._dests.get(dest) or self._sockaddr(dest))
         except OSError as err:
             self._count_error(err, 1)
             return
@@ -250,8 +250,11 @@ class UdpSocket:
         """Send the datagrams laid back to back in `buffer` (`lengths` theirs, in order) in
         as few sends as UDP GSO's rule allows: a run of datagrams all the same size, only the
         last smaller (a shorter one ends a run). Errors as in send_segments."""
-        send_segments = self.send_segments
         n = len(lengths)
+        if n == 1:  # one datagram (a ping, an ACK): one plain send, as send_segments makes
+            self.send(dest, buffer[:lengths[0]])
+            return
+        send_segments = self.send_segments
         first = lengths[0] if n else 0
         last = lengths[-1] if n else 0
         if last <= first and lengths.count(first) == n - (last != first):
