@@ -9,9 +9,9 @@ from collections.abc import Sequence
 import pytest
 
 from lab.doubles import DST, SRC, MemoryTun, handshaken_pair
-from lab.packets import ACK, tcp_packet
+from lab.packets import ACK, tcp_packet, udp_packet
 from tests.unit.io.test_datapath_batches import Flows, Receive, run_batch
-from vpn.core.offload.gro import RECORD
+from vpn.core.offload.gro import RECORD, receive_coalescer
 from vpn.core.packet.virtio import VirtioNetHeader
 from vpn.core.types import Buffer
 from vpn.io.datapath import DataPath
@@ -130,3 +130,37 @@ def test_clear_forgets_what_was_gathered() -> None:
     tun.deliver(memoryview(buffer), records, 2)
     tun.flush()
     assert len(tun.frames) == 1 and tun.stats.jumbo_segments == 2
+
+
+@pytest.mark.parametrize("packet", [
+    tcp_packet(bytes(100), src=SRC, dst=DST, sport=40000, flags=ACK),
+    tcp_packet(bytes(100), version=6, sport=40000, flags=ACK),
+    udp_packet(bytes(64), src=SRC, dst=DST),
+    udp_packet(bytes(64), version=6),
+], ids=["tcp4", "tcp6", "udp4", "udp6"])
+def test_a_lone_packet_is_written_as_the_coalescer_would_frame_it(packet: bytes) -> None:
+    """A wakeup of one packet (a ping) skips the coalescer: the same frame, written now."""
+    buffer = memoryview(bytearray(b"\0" * 8 + packet))
+    record = RECORD.pack(8, len(packet), 0)
+    coalescer = receive_coalescer(buffer, udp=True)
+    coalescer.add_records(record, 0, 1)
+    (expected,) = coalescer.frames()
+    tun = MemoryTun()
+    tun.deliver(buffer, record, 1)
+    assert tun.frames == [expected.header + b"".join(expected.parts)]
+    tun.flush()
+    assert len(tun.frames) == 1 and tun.stats.tun_writes == 1
+
+
+def test_a_lone_packet_after_gathered_ones_waits_its_turn() -> None:
+    """Order holds: once packets are gathered, a lone one joins them until the flush."""
+    packets = [tcp_packet(bytes(1380), src=SRC, dst=DST, sport=40000, seq=1 + 1380 * i,
+                          flags=ACK) for i in range(3)]
+    buffer = memoryview(bytearray(b"".join(packets)))
+    records = b"".join(RECORD.pack(1420 * i, 1420, 0) for i in range(3))
+    tun = MemoryTun()
+    tun.deliver(buffer, records, 2)
+    tun.deliver(buffer, records[2 * RECORD.size:], 1)
+    assert tun.frames == []
+    tun.flush()
+    assert len(tun.frames) == 1 and tun.stats.jumbo_segments == 3
