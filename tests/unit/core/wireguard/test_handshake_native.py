@@ -157,15 +157,21 @@ def test_buffers_other_than_bytes() -> None:
 
 
 def test_threads_agree() -> None:
-    """Two threads (the GIL released in every call) get what one does."""
+    """Two threads (the GIL released in every call) get what one does: the X25519s, and
+    the KDFs, which all duplicate one HMAC context made at import."""
     private = bytes(range(32))
     public = native.x25519_public(private)
     peers = [bytes([i]) * 32 for i in range(2, 42)]
-    expected = [native.x25519(private, public, p) for p in peers]
-    results: list[list[bytes | None]] = [[], []]
 
-    def work(out: list[bytes | None]) -> None:
-        out.extend(native.x25519(private, public, p) for p in peers)
+    def outcomes() -> list[object]:
+        return [(native.x25519(private, public, p), native.kdf(private, p, 1 + i % 3))
+                for i, p in enumerate(peers)]
+
+    expected = outcomes()
+    results: list[list[object]] = [[], []]
+
+    def work(out: list[object]) -> None:
+        out.extend(outcomes())
 
     threads = [threading.Thread(target=work, args=(r,)) for r in results]
     for t in threads:
