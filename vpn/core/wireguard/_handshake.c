@@ -27,7 +27,7 @@
 #include <openssl/params.h>
 
 #include "bytes.h"
-#include "wire.h" /* KEY_LEN, AEAD_TAG_LEN */
+#include "wire.h" /* KEY_LEN, HASH_LEN (BLAKE2s-256), AEAD_TAG_LEN */
 
 #define TAG_LEN AEAD_TAG_LEN
 #define NONCE_LEN 12
@@ -36,7 +36,6 @@
 #define CHACHA_BLOCK 64
 #define MAX_TEXT (INT_MAX - TAG_LEN) /* OpenSSL's update calls take an int length */
 
-#define HASH_LEN 32 /* BLAKE2s-256 */
 #define KDF_MAX 3
 
 static EVP_CIPHER *chacha20_poly1305, *chacha20; /* fetched once, at import */
