@@ -23,9 +23,9 @@ from vpn.core.wireguard.noise import HandshakeError
 log = logging.getLogger("vpn.io.handshakes")
 
 # Threads doing the DH work: one per CPU, as wireguard-go's handshake workers. A valid
-# initiation costs the worker about 210 us (four X25519s, the GIL released, and about 50 us
-# of Python) and the loop about 35 us: on the 2-core machine 2 workers answered 1.2-1.8x
-# as many as 1 (2026-12-07, with the machine loaded by others).
+# initiation costs the worker about 195 us (four X25519s and eight KDFs, the GIL released
+# in each, the AEADs and some Python) and the loop about 25-35 us: on the 2-core machine
+# 2 workers answered 1.2-1.8x as many as 1 (2026-12-07, with the machine loaded by others).
 HANDSHAKE_THREADS = os.cpu_count() or 1
 
 

@@ -1,7 +1,8 @@
 /* The handshake's primitives for vpn/core/wireguard/crypto.py, over the system OpenSSL's
- * EVP interface: X25519, ChaCha20-Poly1305 one-shot seal/open with associated data, and
- * XChaCha20-Poly1305 (the cookie reply) from EVP_chacha20. The reference is `cryptography`
- * (crypto.py's Python path), which tests prove this equal to.
+ * EVP interface: X25519, ChaCha20-Poly1305 one-shot seal/open with associated data,
+ * XChaCha20-Poly1305 (the cookie reply) from EVP_chacha20, and WireGuard's KDF (HMAC over
+ * BLAKE2s-256, EVP_MAC). The reference is crypto_reference.py (`cryptography` and hashlib's
+ * hmac; crypto.py's Python path), which tests prove this equal to.
  *
  * Why: `cryptography`'s X25519 holds the GIL, so handshakes on two threads ran at 0.88x
  * one; here every OpenSSL call runs with the GIL released. It also spares the idle endpoint
@@ -26,7 +27,7 @@
 #include <openssl/params.h>
 
 #include "bytes.h"
-#include "wire.h" /* KEY_LEN, AEAD_TAG_LEN */
+#include "wire.h" /* KEY_LEN, HASH_LEN (BLAKE2s-256), AEAD_TAG_LEN */
 
 #define TAG_LEN AEAD_TAG_LEN
 #define NONCE_LEN 12
@@ -35,7 +36,12 @@
 #define CHACHA_BLOCK 64
 #define MAX_TEXT (INT_MAX - TAG_LEN) /* OpenSSL's update calls take an int length */
 
+#define KDF_MAX 3
+
 static EVP_CIPHER *chacha20_poly1305, *chacha20; /* fetched once, at import */
+/* HMAC with BLAKE2s-256 already chosen (and a dummy key): each KDF call duplicates it,
+ * sparing the digest's fetch by name; only read after import, by any thread. */
+static EVP_MAC_CTX *hmac_blake2s_template;
 
 /* ----- the OpenSSL calls (no GIL, no Python objects) ----------------------------------- */
 
@@ -163,6 +169,38 @@ static int extend(const uint8_t key[KEY_LEN], const uint8_t xnonce[XNONCE_LEN],
     memset(nonce, 0, 4);
     memcpy(nonce + 4, xnonce + HNONCE_LEN, XNONCE_LEN - HNONCE_LEN);
     return hchacha20(key, xnonce, subkey);
+}
+
+/* HMAC(key, a || b) into out; b may be empty. */
+static int hmac_blake2s(EVP_MAC_CTX *ctx, const uint8_t *key, size_t keylen, const uint8_t *a,
+                        size_t alen, const uint8_t *b, size_t blen, uint8_t out[HASH_LEN])
+{
+    size_t n = 0;
+
+    return EVP_MAC_init(ctx, key, keylen, NULL) == 1
+           && (alen == 0 || EVP_MAC_update(ctx, a, alen) == 1)
+           && (blen == 0 || EVP_MAC_update(ctx, b, blen) == 1)
+           && EVP_MAC_final(ctx, out, &n, HASH_LEN) == 1 && n == HASH_LEN;
+}
+
+/* WireGuard's KDF_n: t0 = HMAC(key, data), t_i = HMAC(t0, t_(i-1) || i), out the first
+ * `outputs` of t_1..t_3. */
+static int kdf(const uint8_t *key, size_t keylen, const uint8_t *data, size_t datalen,
+               int outputs, uint8_t out[KDF_MAX][HASH_LEN])
+{
+    EVP_MAC_CTX *ctx = EVP_MAC_CTX_dup(hmac_blake2s_template);
+    uint8_t t0[HASH_LEN];
+    int ok = ctx && hmac_blake2s(ctx, key, keylen, data, datalen, NULL, 0, t0);
+
+    for (int i = 0; ok && i < outputs; i++) {
+        uint8_t counter = (uint8_t)(i + 1);
+
+        ok = hmac_blake2s(ctx, t0, HASH_LEN, i ? out[i - 1] : NULL, i ? HASH_LEN : 0,
+                          &counter, 1, out[i]);
+    }
+    EVP_MAC_CTX_free(ctx); /* cleanses the keyed state */
+    OPENSSL_cleanse(t0, HASH_LEN);
+    return ok;
 }
 
 /* ----- the Python functions ------------------------------------------------------------ */
@@ -364,6 +402,60 @@ static PyObject *py_hchacha20(PyObject *Py_UNUSED(m), PyObject *args)
     return result;
 }
 
+PyDoc_STRVAR(kdf_doc, "kdf(key, data, outputs, /) -> tuple[bytes, ...]\n\n"
+"WireGuard's KDF (HMAC-BLAKE2s): its first `outputs` (1 to 3) 32-byte keys.");
+
+static PyObject *py_kdf(PyObject *Py_UNUSED(m), PyObject *args)
+{
+    Py_buffer key, data;
+    uint8_t out[KDF_MAX][HASH_LEN], *copy;
+    size_t keylen, datalen;
+    PyObject *result = NULL;
+    int outputs, ok;
+
+    if (!PyArg_ParseTuple(args, "y*y*i:kdf", &key, &data, &outputs))
+        return NULL;
+    if (outputs < 1 || outputs > KDF_MAX) {
+        PyErr_Format(PyExc_ValueError, "the KDF gives 1 to %d outputs, not %d", KDF_MAX,
+                     outputs);
+        goto release;
+    }
+    /* Both are copied (either may be a secret another thread can write meanwhile); one
+     * more byte, so that empty inputs still get a pointer. */
+    keylen = (size_t)key.len;
+    datalen = (size_t)data.len;
+    copy = PyMem_RawMalloc(keylen + datalen + 1);
+    if (!copy) {
+        PyErr_NoMemory();
+        goto release;
+    }
+    memcpy(copy, key.buf, keylen);
+    memcpy(copy + keylen, data.buf, datalen);
+    Py_BEGIN_ALLOW_THREADS
+    ok = kdf(copy, keylen, copy + keylen, datalen, outputs, out);
+    OPENSSL_cleanse(copy, keylen + datalen);
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(copy);
+    if (!ok) {
+        result = openssl_failed("HMAC-BLAKE2s");
+        goto release;
+    }
+    result = PyTuple_New(outputs);
+    for (int i = 0; result && i < outputs; i++) {
+        PyObject *item = PyBytes_FromStringAndSize((const char *)out[i], HASH_LEN);
+
+        if (!item)
+            Py_CLEAR(result);
+        else
+            PyTuple_SET_ITEM(result, i, item);
+    }
+    OPENSSL_cleanse(out, sizeof out);
+release:
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&data);
+    return result;
+}
+
 static PyMethodDef handshake_methods[] = {
     {"x25519_public", py_x25519_public, METH_VARARGS, x25519_public_doc},
     {"x25519", py_x25519, METH_VARARGS, x25519_doc},
@@ -372,25 +464,48 @@ static PyMethodDef handshake_methods[] = {
     {"xseal", py_xseal, METH_VARARGS, xseal_doc},
     {"xopen", py_xopen, METH_VARARGS, xopen_doc},
     {"hchacha20", py_hchacha20, METH_VARARGS, hchacha20_doc},
+    {"kdf", py_kdf, METH_VARARGS, kdf_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef handshake_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "vpn.core.wireguard._handshake",
-    .m_doc = "The handshake's X25519 and AEADs over OpenSSL libcrypto, the GIL released.",
+    .m_doc = "The handshake's X25519, AEADs and KDF over OpenSSL libcrypto, the GIL released.",
     .m_size = -1,
     .m_methods = handshake_methods,
 };
 
+/* The HMAC-BLAKE2s template: NULL when OpenSSL has no HMAC or no BLAKE2S-256. */
+static EVP_MAC_CTX *make_hmac_blake2s(void)
+{
+    static const uint8_t dummy_key[HASH_LEN];
+    char digest[] = "BLAKE2S-256";
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
+        OSSL_PARAM_construct_end(),
+    };
+    EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    EVP_MAC_CTX *ctx = mac ? EVP_MAC_CTX_new(mac) : NULL;
+
+    EVP_MAC_free(mac); /* the context keeps its own reference */
+    if (ctx && EVP_MAC_init(ctx, dummy_key, HASH_LEN, params) == 1)
+        return ctx;
+    EVP_MAC_CTX_free(ctx);
+    return NULL;
+}
+
 PyMODINIT_FUNC PyInit__handshake(void)
 {
+    if (!hmac_blake2s_template)
+        hmac_blake2s_template = make_hmac_blake2s();
     if (!chacha20_poly1305)
         chacha20_poly1305 = EVP_CIPHER_fetch(NULL, "ChaCha20-Poly1305", NULL);
     if (!chacha20)
         chacha20 = EVP_CIPHER_fetch(NULL, "ChaCha20", NULL);
-    if (!chacha20_poly1305 || !chacha20) {
-        PyErr_SetString(PyExc_ImportError, "the system OpenSSL has no ChaCha20(-Poly1305)");
+    if (!chacha20_poly1305 || !chacha20 || !hmac_blake2s_template) {
+        PyErr_SetString(PyExc_ImportError,
+                        "the system OpenSSL has no ChaCha20(-Poly1305) or HMAC-BLAKE2S-256");
         return NULL;
     }
     return PyModule_Create(&handshake_module);

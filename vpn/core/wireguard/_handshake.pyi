@@ -1,4 +1,4 @@
-"""Types of _handshake.c (the handshake's X25519 and AEADs over OpenSSL libcrypto; the
+"""Types of _handshake.c (the handshake's X25519, AEADs and KDF over OpenSSL libcrypto; the
 reference is crypto_reference.py). Functions take their arguments by position only; wrong
 lengths raise ValueError."""
 
@@ -24,3 +24,6 @@ def xopen(key: ReadableBuffer, nonce: ReadableBuffer, ciphertext: ReadableBuffer
     """XChaCha20-Poly1305, a 24-byte nonce: the plaintext, None when it does not authenticate."""
 def hchacha20(key: ReadableBuffer, nonce: ReadableBuffer, /) -> bytes:
     """HChaCha20 of a 32-byte key and a 16-byte nonce."""
+def kdf(key: ReadableBuffer, data: ReadableBuffer, outputs: int, /) -> tuple[bytes, ...]:
+    """WireGuard's KDF (HMAC-BLAKE2s): its first `outputs` (1 to 3) 32-byte keys; any other
+    count raises ValueError."""

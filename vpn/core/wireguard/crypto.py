@@ -1,6 +1,7 @@
 """WireGuard's cryptographic primitives: BLAKE2s hash/MAC/HMAC/KDF, X25519, the two AEADs.
 
-Thin wrappers over hashlib and, for X25519 and the AEADs, the native module _handshake.c
+Thin wrappers over hashlib and, for X25519, the AEADs and the KDF (one native call per KDF
+instead of three HMACs), the native module _handshake.c
 (the system OpenSSL, the GIL released) or, under VPN_FAST_PATH=python or without it, its
 Python reference over `cryptography` (crypto_reference.py, imported only then). No cipher
 rounds are written here.
@@ -57,6 +58,7 @@ else:
 # The reference's signatures (bytes) come first for mypy: the native ones accept more.
 if not NATIVE.native:
     from .crypto_reference import hchacha20
+    from .crypto_reference import kdf as _kdf
     from .crypto_reference import open as _open
     from .crypto_reference import seal as _seal
     from .crypto_reference import x25519 as _x25519
@@ -65,6 +67,7 @@ if not NATIVE.native:
     from .crypto_reference import xseal as _xseal
 else:
     from ._handshake import hchacha20
+    from ._handshake import kdf as _kdf
     from ._handshake import open as _open
     from ._handshake import seal as _seal
     from ._handshake import x25519 as _x25519
@@ -129,21 +132,17 @@ def hmac_(key: bytes, data: bytes) -> bytes:
 
 
 def kdf1(key: bytes, data: bytes) -> bytes:
-    t0 = _hmac_digest(key, data, "blake2s")
-    return _hmac_digest(t0, b"\x01", "blake2s")
+    return _kdf(key, data, 1)[0]
 
 
 def kdf2(key: bytes, data: bytes) -> tuple[bytes, bytes]:
-    t0 = _hmac_digest(key, data, "blake2s")
-    t1 = _hmac_digest(t0, b"\x01", "blake2s")
-    return t1, _hmac_digest(t0, t1 + b"\x02", "blake2s")
+    t1, t2 = _kdf(key, data, 2)
+    return t1, t2
 
 
 def kdf3(key: bytes, data: bytes) -> tuple[bytes, bytes, bytes]:
-    t0 = _hmac_digest(key, data, "blake2s")
-    t1 = _hmac_digest(t0, b"\x01", "blake2s")
-    t2 = _hmac_digest(t0, t1 + b"\x02", "blake2s")
-    return t1, t2, _hmac_digest(t0, t2 + b"\x03", "blake2s")
+    t1, t2, t3 = _kdf(key, data, 3)
+    return t1, t2, t3
 
 
 def dh(private: PrivateKey, public: bytes) -> bytes:

@@ -1,4 +1,5 @@
-"""The Python reference of the handshake's primitives, over `cryptography`: what the native
+"""The Python reference of the handshake's primitives, over `cryptography` (and hashlib's
+HMAC for the KDF): what the native
 module (_handshake.c) is tested equal to, and what runs under VPN_FAST_PATH=python or
 where the module is not built. crypto.py imports it only then, so an idle endpoint on the
 native path never loads `cryptography` (about 8 MB). The signatures are _handshake's.
@@ -6,6 +7,7 @@ native path never loads `cryptography` (about 8 MB). The signatures are _handsha
 
 from __future__ import annotations
 
+import hmac
 import struct
 
 from cryptography.exceptions import InvalidTag
@@ -14,7 +16,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20
 
-__all__ = ["ChaCha20Poly1305", "InvalidTag", "hchacha20", "open", "seal", "x25519",
+__all__ = ["ChaCha20Poly1305", "InvalidTag", "hchacha20", "kdf", "open", "seal", "x25519",
            "x25519_public", "xopen", "xseal"]
 
 _ZERO4 = bytes(4)
@@ -83,3 +85,16 @@ def xseal(key: bytes, nonce: bytes, plaintext: bytes, ad: bytes, /) -> bytes:
 
 def xopen(key: bytes, nonce: bytes, ciphertext: bytes, ad: bytes, /) -> bytes | None:
     return open(hchacha20(key, nonce[:16]), _extended(nonce), ciphertext, ad)
+
+
+def kdf(key: bytes, data: bytes, outputs: int, /) -> tuple[bytes, ...]:
+    """WireGuard's KDF: t0 = HMAC(key, data), t_i = HMAC(t0, t_(i-1) || i); the first
+    `outputs` (1 to 3) of t_1..t_3. HMAC is RFC 2104 over BLAKE2s-256."""
+    if not 1 <= outputs <= 3:
+        raise ValueError(f"the KDF gives 1 to 3 outputs, not {outputs}")
+    t0 = hmac.digest(key, data, "blake2s")
+    out, previous = [], b""
+    for counter in range(1, outputs + 1):
+        previous = hmac.digest(t0, previous + bytes([counter]), "blake2s")
+        out.append(previous)
+    return tuple(out)

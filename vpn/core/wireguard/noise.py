@@ -110,6 +110,7 @@ class Handshake:
         "remote_index",
         "remote_static",
         "state",
+        "transport_keys",
     )
 
     def __init__(
@@ -141,6 +142,9 @@ class Handshake:
         self.remote_ephemeral = _ZERO_KEY
         self.local_index = 0
         self.remote_index = 0
+        # The final chaining key's split (send and receive keys before the roles pick),
+        # made where that key was computed (a handshake worker): derive_session's input.
+        self.transport_keys: tuple[bytes, bytes] | None = None
 
     def clear(self) -> None:
         """Forget the handshake in progress (timestamps and flood state are kept)."""
@@ -199,7 +203,7 @@ class Answer:
     psk: bytes  # the one the response was made with: a change meanwhile voids it
     ephemeral: PrivateKey
     encrypted_nothing: bytes
-    chaining_key: bytes
+    transport_keys: tuple[bytes, bytes]
     hash: bytes
 
 
@@ -272,9 +276,9 @@ def consume_initiation(
 def _response_keys(
     ck: bytes, h: bytes, remote_ephemeral: bytes, remote_static: bytes, psk: bytes,
     ephemeral: PrivateKey,
-) -> tuple[bytes, bytes, bytes]:
+) -> tuple[bytes, tuple[bytes, bytes], bytes]:
     """Responder, message 2's cryptography: keygen's result and two DHs; writes nothing.
-    Returns the encrypted empty payload, the chaining key and the hash."""
+    Returns the encrypted empty payload, the transport keys and the hash."""
     e_pub = ephemeral.public
     ck = kdf1(ck, e_pub)
     h = hash_(h, e_pub)
@@ -286,7 +290,7 @@ def _response_keys(
     ck, tau, key = kdf3(ck, psk)
     h = hash_(h, tau)
     enc_nothing = aead_encrypt(key, 0, b"", h)
-    return enc_nothing, ck, hash_(h, enc_nothing)
+    return enc_nothing, kdf2(ck, b""), hash_(h, enc_nothing)
 
 
 def answer_initiation(
@@ -301,9 +305,10 @@ def answer_initiation(
     hs = read.handshake
     psk = hs.psk
     ephemeral = new_ephemeral()
-    enc_nothing, ck, h = _response_keys(read.chaining_key, read.hash, read.remote_ephemeral,
-                                        hs.remote_static, psk, ephemeral)
-    return Answer(read, psk, ephemeral, enc_nothing, ck, h)
+    enc_nothing, keys, h = _response_keys(read.chaining_key, read.hash,
+                                          read.remote_ephemeral, hs.remote_static, psk,
+                                          ephemeral)
+    return Answer(read, psk, ephemeral, enc_nothing, keys, h)
 
 
 def accept_answer(
@@ -317,22 +322,26 @@ def accept_answer(
     check_initiation(hs, answer.read, now)
     local_index = new_index()
     _consumed(hs, answer.read, now)
-    hs.state = HandshakeState.CREATED_RESPONSE
-    hs.chaining_key, hs.hash, hs.ephemeral = answer.chaining_key, answer.hash, answer.ephemeral
-    hs.local_index = local_index
+    _responded(hs, answer.transport_keys, answer.hash, answer.ephemeral, local_index)
     return Response(local_index, hs.remote_index, answer.ephemeral.public,
                     answer.encrypted_nothing)
+
+
+def _responded(hs: Handshake, transport_keys: tuple[bytes, bytes], h: bytes,
+               ephemeral: PrivateKey, local_index: int) -> None:
+    hs.state = HandshakeState.CREATED_RESPONSE
+    # The final chaining key is not kept: its split is all that is left to use.
+    hs.chaining_key, hs.transport_keys = _ZERO_KEY, transport_keys
+    hs.hash, hs.ephemeral, hs.local_index = h, ephemeral, local_index
 
 
 def create_response(hs: Handshake, local_index: int, ephemeral: PrivateKey) -> Response:
     """Responder, message 2. The returned message still has zero MACs."""
     if hs.state is not HandshakeState.CONSUMED_INITIATION:
         raise HandshakeError(Drop.NO_INITIATION_CONSUMED)
-    enc_nothing, ck, h = _response_keys(hs.chaining_key, hs.hash, hs.remote_ephemeral,
-                                        hs.remote_static, hs.psk, ephemeral)
-    hs.state = HandshakeState.CREATED_RESPONSE
-    hs.chaining_key, hs.hash, hs.ephemeral = ck, h, ephemeral
-    hs.local_index = local_index
+    enc_nothing, keys, h = _response_keys(hs.chaining_key, hs.hash, hs.remote_ephemeral,
+                                          hs.remote_static, hs.psk, ephemeral)
+    _responded(hs, keys, h, ephemeral, local_index)
     return Response(local_index, hs.remote_index, ephemeral.public, enc_nothing)
 
 
@@ -352,12 +361,13 @@ class ResponseInputs:
 
 @dataclass(frozen=True, slots=True, repr=False)  # no secret in a repr
 class ResponseRead:
-    """A response authenticated: the chaining key and hash after it."""
+    """A response authenticated: the transport keys (the final chaining key's split) and
+    the hash after it."""
 
     inputs: ResponseInputs
     remote_ephemeral: bytes
     sender_index: int
-    chaining_key: bytes
+    transport_keys: tuple[bytes, bytes]
     hash: bytes
 
 
@@ -386,7 +396,7 @@ def read_response(msg: Response, inputs: ResponseInputs) -> ResponseRead:
         aead_decrypt(key, 0, msg.encrypted_nothing, h)
     except InvalidTag:
         raise HandshakeError(Drop.BAD_RESPONSE_AUTH) from None
-    return ResponseRead(inputs, msg.ephemeral, msg.sender_index, ck,
+    return ResponseRead(inputs, msg.ephemeral, msg.sender_index, kdf2(ck, b""),
                         hash_(h, msg.encrypted_nothing))
 
 
@@ -398,7 +408,7 @@ def accept_response(read: ResponseRead) -> Handshake:
             or hs.local_index != inputs.local_index or hs.psk != inputs.psk):
         raise HandshakeError(Drop.HANDSHAKE_PEER_CHANGED)
     hs.state = HandshakeState.CONSUMED_RESPONSE
-    hs.chaining_key, hs.hash = read.chaining_key, read.hash
+    hs.chaining_key, hs.transport_keys, hs.hash = _ZERO_KEY, read.transport_keys, read.hash
     hs.remote_ephemeral = read.remote_ephemeral
     hs.remote_index = read.sender_index
     return hs
@@ -410,14 +420,17 @@ def consume_response(msg: Response, hs: Handshake | None) -> Handshake:
 
 
 def derive_session(hs: Handshake) -> SessionKeys:
-    """Split the chaining key into transport keys and wipe the handshake."""
+    """The transport keys (split from the final chaining key where the handshake's
+    cryptography ran, a worker's thread) in their roles; the handshake is wiped."""
     if hs.state is HandshakeState.CONSUMED_RESPONSE:
         initiator = True
     elif hs.state is HandshakeState.CREATED_RESPONSE:
         initiator = False
     else:
         raise HandshakeError(Drop.HANDSHAKE_INCOMPLETE)
-    first, second = kdf2(hs.chaining_key, b"")
+    if hs.transport_keys is None:  # cannot be: both states are entered with the keys
+        raise HandshakeError(Drop.HANDSHAKE_INCOMPLETE)
+    first, second = hs.transport_keys
     send, recv = (first, second) if initiator else (second, first)
     keys = SessionKeys(send, recv, initiator, hs.local_index, hs.remote_index)
     hs.clear()

@@ -131,22 +131,47 @@ def test_hchacha20(key: bytes, nonce: bytes) -> None:
     _same(lambda m: m.hchacha20(key, nonce))
 
 
+@settings(PROPERTY, max_examples=examples(300))
+@given(key=st.one_of(key32, st.binary(max_size=200)), data=st.binary(max_size=300),
+       outputs=st.one_of(st.integers(1, 3), st.integers(-5, 9)))
+def test_kdf(key: bytes, data: bytes, outputs: int) -> None:
+    """Any key and data length (HMAC hashes a key longer than its 64-byte block) and any
+    count: the same keys, or ValueError on both sides outside 1 to 3."""
+    _same(lambda m: m.kdf(key, data, outputs))
+
+
+def test_kdf_chains_outputs() -> None:
+    """Each output is keyed by t0 and fed the previous one: KDF_n's are KDF_3's prefix."""
+    key, data = bytes(range(32)), b"data"
+    three = native.kdf(key, data, 3)
+    assert [len(t) for t in three] == [32, 32, 32] and len(set(three)) == 3
+    assert native.kdf(key, data, 1) == three[:1]
+    assert native.kdf(key, data, 2) == three[:2]
+
+
 def test_buffers_other_than_bytes() -> None:
     key, nonce = bytearray(range(32)), memoryview(bytes(12))
     assert native.seal(key, nonce, bytearray(b"x"), b"") == reference.seal(
         bytes(key), bytes(nonce), b"x", b"")
+    assert native.kdf(key, memoryview(b"data"), 2) == reference.kdf(bytes(key), b"data", 2)
 
 
 def test_threads_agree() -> None:
-    """Two threads (the GIL released in every call) get what one does."""
+    """Two threads (the GIL released in every call) get what one does: the X25519s, and
+    the KDFs, which all duplicate one HMAC context made at import."""
     private = bytes(range(32))
     public = native.x25519_public(private)
     peers = [bytes([i]) * 32 for i in range(2, 42)]
-    expected = [native.x25519(private, public, p) for p in peers]
-    results: list[list[bytes | None]] = [[], []]
 
-    def work(out: list[bytes | None]) -> None:
-        out.extend(native.x25519(private, public, p) for p in peers)
+    def outcomes() -> list[object]:
+        return [(native.x25519(private, public, p), native.kdf(private, p, 1 + i % 3))
+                for i, p in enumerate(peers)]
+
+    expected = outcomes()
+    results: list[list[object]] = [[], []]
+
+    def work(out: list[object]) -> None:
+        out.extend(outcomes())
 
     threads = [threading.Thread(target=work, args=(r,)) for r in results]
     for t in threads:
@@ -157,8 +182,9 @@ def test_threads_agree() -> None:
 
 
 # Calls long enough for another thread to wake and take the GIL while one runs: 40 us for
-# X25519, about 150 us for an AEAD over 256 KiB. (HChaCha20 takes 1 us: its caller is back
-# before a waiting thread wakes, so its release cannot be seen this way.)
+# X25519, about 150 us for an AEAD over 256 KiB, a KDF over 256 KiB of data. (HChaCha20
+# takes 1 us, a KDF of handshake-sized inputs 2-4 us: the caller is back before a waiting
+# thread wakes, so their release cannot be seen this way.)
 _KEY, _NONCE12, _NONCE24, _TEXT = bytes(range(32)), bytes(12), bytes(24), bytes(256 * 1024)
 _SEALED = native.seal(_KEY, _NONCE12, _TEXT, b"ad")
 _XSEALED = native.xseal(_KEY, _NONCE24, _TEXT, b"ad")
@@ -169,6 +195,7 @@ _CALLS: dict[str, Callable[[], object]] = {
     "open": lambda: native.open(_KEY, _NONCE12, _SEALED, b"ad"),
     "xseal": lambda: native.xseal(_KEY, _NONCE24, _TEXT, b"ad"),
     "xopen": lambda: native.xopen(_KEY, _NONCE24, _XSEALED, b"ad"),
+    "kdf": lambda: native.kdf(_KEY, _TEXT, 3),
 }
 
 
