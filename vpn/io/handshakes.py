@@ -16,6 +16,7 @@ import queue
 import threading
 from collections.abc import Callable
 
+from vpn.core.drops import Drop
 from vpn.core.types import Address
 from vpn.core.wireguard import Device, HandshakeJob
 from vpn.core.wireguard.noise import HandshakeError
@@ -27,6 +28,9 @@ log = logging.getLogger("vpn.io.handshakes")
 # in each, the AEADs and some Python) and the loop about 25-35 us: on the 2-core machine
 # 2 workers answered 1.2-1.8x as many as 1 (2026-12-07, with the machine loaded by others).
 HANDSHAKE_THREADS = os.cpu_count() or 1
+# A failing job is counted every time, its traceback logged at most this often: a bug a
+# message can trigger must not flood the journal (the data path's rule too).
+INTERNAL_ERROR_LOG_SECONDS = 60.0
 
 
 class HandshakeWorker:
@@ -45,6 +49,7 @@ class HandshakeWorker:
         self._done: list[HandshakeJob] = []  # finished, for the loop; under _lock
         self._lock = threading.Lock()
         self._closed = False
+        self._error_logged = float("-inf")  # under _lock
         self._threads = [threading.Thread(target=self._run, name=f"vpn-handshake-{i}",
                                           daemon=True) for i in range(threads)]
 
@@ -79,8 +84,8 @@ class HandshakeWorker:
             try:
                 job.run()
             except Exception:  # a bug, not the message's fault: counted, the worker goes on
-                log.exception("internal error in a handshake job")
-                job.outcome = HandshakeError("internal_error")
+                self._log_internal_error("a handshake job")
+                job.outcome = HandshakeError(Drop.INTERNAL_ERROR)
             with self._lock:
                 first = not self._done
                 self._done.append(job)
@@ -97,6 +102,22 @@ class HandshakeWorker:
         if self._closed or not done:
             return
         self.jobs_done += len(done)
-        send = self.device.finish_handshakes(done, self.clock())
+        try:
+            send = self.device.finish_handshakes(done, self.clock())
+        except Exception:  # as the pump's boundary: counted, logged, the endpoint goes on
+            self.device.drops[Drop.INTERNAL_ERROR] += 1
+            self._log_internal_error("finishing handshakes")
+            return
         if send:
             self.send(send)
+
+    def _log_internal_error(self, where: str) -> None:
+        """From an except clause: the traceback, at most once a minute."""
+        now = self.clock()
+        with self._lock:
+            due = now - self._error_logged >= INTERNAL_ERROR_LOG_SECONDS
+            if due:
+                self._error_logged = now
+        if due:
+            log.exception("internal error in %s (counted as drops.internal_error; logged at "
+                          "most once a minute)", where)
