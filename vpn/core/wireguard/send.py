@@ -21,7 +21,7 @@ from vpn.core.types import Address, Buffer
 
 from .allowedips import AllowedIPs
 from .constants import AEAD_TAG_LEN, PADDING_MULTIPLE, TRANSPORT_HEADER_SIZE
-from .keypair import Keypair, TransportError, transport_size
+from .keypair import Keypair, transport_size
 from .peer import Peer
 
 __all__ = ["SEAL_GAP", "SEAL_TAIL", "Chunk", "LaidOut", "Read", "Routed", "Sealed", "lay_out",
@@ -143,49 +143,11 @@ def seal(peer: Peer, reads: Sequence[Read], out: bytearray | memoryview, mtu: in
         return Sealed(endpoint, [], _stage(peer, _complete(reads, drops), now, drops), [],
                       drops)
     lengths: list[int] = []
-    rest: list[Read] = []
-    offset = i = 0
-    end = len(reads)
-    try:
-        while i < end:
-            read = reads[i]
-            if read.segmented:
-                try:
-                    count, full, last = read.split_into(out, offset, SEAL_GAP, SEAL_TAIL)
-                except OffloadError as err:
-                    drops[err.reason] = drops.get(err.reason, 0) + 1
-                    i += 1
-                    continue
-                except ValueError:
-                    if offset:  # the buffer is full: the rest goes in the next call
-                        rest = list(reads[i:])
-                        break
-                    # More segments than the buffer holds at all (a tiny gso_size).
-                    left, offset = _seal_packets(kp, _complete([read], drops), out, offset,
-                                                 mtu, lengths)
-                    i += 1
-                else:
-                    size, last_size = kp.seal_segments(out, offset, count, full, last,
-                                                       SEAL_GAP, SEAL_TAIL, mtu)
-                    lengths += [size] * (count - 1)
-                    lengths.append(last_size)
-                    offset += size * (count - 1) + last_size
-                    i += 1
-                    continue
-            else:
-                j = i + 1  # the plain packets up to the next super-packet, sealed together
-                while j < end and not reads[j].segmented:
-                    j += 1
-                left, offset = _seal_packets(kp, _complete(reads[i:j], drops), out, offset,
-                                             mtu, lengths)
-                i = j
-            if left:
-                rest = [_Packets(left), *reads[i:]]
-                break
-    except TransportError:  # out of nonces: rare, the rest waits for the next session
-        staged = _complete(reads[i:], drops)
+    rest, stopped, end = _walk(kp, reads, out, mtu, drops, lengths, None)
+    if stopped is not None:  # out of nonces: rare, the rest waits for the next session
+        staged = _complete(reads[stopped:], drops)
         return Sealed(endpoint, lengths, _stage(peer, staged, now, drops), [], drops, True)
-    return Sealed(endpoint, lengths, peer.after_send(now, kp, offset), rest, drops)
+    return Sealed(endpoint, lengths, peer.after_send(now, kp, end), rest, drops)
 
 
 class Chunk(NamedTuple):
@@ -224,62 +186,9 @@ def lay_out(peer: Peer, kp: Keypair, endpoint: Address, reads: Sequence[Read],
     staged behind a handshake as seal does."""
     drops: dict[str, int] = {}
     chunks: list[Chunk] = []
-    rest: list[Read] = []
-    offset = i = 0
-    end, room = len(reads), len(out)
-    exhausted = False
-    while i < end:
-        read = reads[i]
-        if read.segmented:
-            try:
-                count, full, last = read.split_into(out, offset, SEAL_GAP, SEAL_TAIL)
-            except OffloadError as err:
-                drops[err.reason] = drops.get(err.reason, 0) + 1
-                i += 1
-                continue
-            except ValueError:
-                if offset:  # the buffer is full: the rest goes in the next one
-                    rest = list(reads[i:])
-                    break
-                packets = [bytes(p) for p in _complete([read], drops)]  # a tiny gso_size
-            else:
-                first = kp.reserve(count)
-                if first is None:
-                    exhausted = True
-                    break
-                size = transport_size(full, mtu)
-                chunks.append(Chunk(offset, first, [size] * (count - 1) +
-                                    [transport_size(last, mtu)], count, full, last))
-                offset += (count - 1) * (SEAL_GAP + full + SEAL_TAIL) + SEAL_GAP + last + SEAL_TAIL
-                i += 1
-                continue
-            j = i + 1
-        else:
-            j = i + 1  # the plain packets up to the next super-packet, sealed together
-            while j < end and not reads[j].segmented:
-                j += 1
-            packets = [bytes(p) for p in _complete(reads[i:j], drops)]
-        lengths = [transport_size(len(p), mtu) for p in packets]
-        fit, total = 0, offset
-        for n in lengths:
-            if total + n > room:
-                break
-            total, fit = total + n, fit + 1
-        if not fit and not offset and packets:
-            raise ValueError("the send buffer cannot hold one message")
-        if fit:
-            first = kp.reserve(fit)
-            if first is None:
-                exhausted = True
-                break
-            chunks.append(Chunk(offset, first, lengths[:fit], packets=packets[:fit]))
-            offset = total
-        i = j
-        if fit < len(packets):
-            rest = [_Packets(list(packets[fit:])), *reads[i:]]
-            break
-    if exhausted:  # rare: the reads from i on wait for the next session, as in seal
-        staged = _complete(reads[i:], drops)
+    rest, stopped, _ = _walk(kp, reads, out, mtu, drops, None, chunks)
+    if stopped is not None:  # rare: the reads from there on wait for the next session
+        staged = _complete(reads[stopped:], drops)
         return LaidOut(endpoint, kp, chunks, _stage(peer, staged, now, drops), [], drops)
     nbytes = sum(sum(c.lengths) for c in chunks)
     return LaidOut(endpoint, kp, chunks, peer.after_send(now, kp, nbytes), rest, drops)
@@ -295,26 +204,86 @@ def seal_chunk(kp: Keypair, chunk: Chunk, out: bytearray | memoryview, mtu: int)
         kp.encrypt_batch_at(chunk.first, chunk.packets, out, chunk.offset, mtu)
 
 
-def _seal_packets(kp: Keypair, packets: list[Buffer], out: bytearray | memoryview,
-                  offset: int, mtu: int, lengths: list[int]
-                  ) -> tuple[list[Buffer], int]:
-    """As many of `packets` as fit sealed at out[offset:], their lengths added to `lengths`;
-    returns the packets left for the next call and the new end."""
-    room = len(out) - offset
-    fit = 0
-    for packet in packets:
-        room -= len(packet) + _GAP_AND_TAIL
-        if room < 0:
-            break
-        fit += 1
-    if not fit and not offset and packets:
-        raise ValueError("the send buffer cannot hold one message")  # no call would progress
-    if fit:
-        sealed = kp.encrypt_batch(packets[:fit] if fit < len(packets) else packets, out,
-                                  offset, mtu)
-        lengths += sealed
-        offset += sum(sealed)
-    return packets[fit:], offset
+def _walk(kp: Keypair, reads: Sequence[Read], out: bytearray | memoryview, mtu: int,
+          drops: dict[str, int], lengths: list[int] | None, chunks: list[Chunk] | None
+          ) -> tuple[list[Read], int | None, int]:
+    """The one layout of seal and lay_out: `reads` in order into `out` from 0, each super-
+    packet split in place, the plain packets between two taken together, counters reserved
+    on `kp` for each. With `lengths` (seal, this thread) each is sealed as it is laid out
+    and the messages lie back to back, their lengths added; with `chunks` (lay_out) each is
+    recorded to seal later, the plain packets copied, a super-packet keeping its split's
+    room. Returns the reads that did not fit, the index of the first read left unsealed
+    when the nonces ran out (None when they did not), and the end of what was laid out."""
+    offset = i = 0
+    end = len(reads)
+    while i < end:
+        read = reads[i]
+        if read.segmented:
+            try:
+                count, full, last = read.split_into(out, offset, SEAL_GAP, SEAL_TAIL)
+            except OffloadError as err:
+                drops[err.reason] = drops.get(err.reason, 0) + 1
+                i += 1
+                continue
+            except ValueError:
+                if offset:  # the buffer is full: the rest goes in the next call
+                    return list(reads[i:]), None, offset
+                # More segments than the buffer holds at all (a tiny gso_size).
+                packets = _complete([read], drops)
+                j = i + 1
+            else:
+                first = kp.reserve(count)
+                if first is None:
+                    return [], i, offset
+                if lengths is not None:
+                    size, last_size = kp.seal_segments_at(first, out, offset, count, full,
+                                                          last, SEAL_GAP, SEAL_TAIL, mtu)
+                    lengths += [size] * (count - 1)
+                    lengths.append(last_size)
+                    offset += size * (count - 1) + last_size
+                elif chunks is not None:  # sealed later: the segments stay where split
+                    size = transport_size(full, mtu)
+                    chunks.append(Chunk(offset, first, [size] * (count - 1) +
+                                        [transport_size(last, mtu)], count, full, last))
+                    offset += (count - 1) * (SEAL_GAP + full + SEAL_TAIL) + SEAL_GAP + last \
+                        + SEAL_TAIL
+                i += 1
+                continue
+        else:
+            j = i + 1  # the plain packets up to the next super-packet, sealed together
+            while j < end and not reads[j].segmented:
+                j += 1
+            packets = _complete(reads[i:j], drops)
+        room = len(out) - offset
+        fit = 0
+        for packet in packets:  # a message is at most its packet, gap and tail
+            room -= len(packet) + _GAP_AND_TAIL
+            if room < 0:
+                break
+            fit += 1
+        if not fit and not offset and packets:
+            raise ValueError("the send buffer cannot hold one message")  # no call would progress
+        if fit:
+            first = kp.reserve(fit)
+            if first is None:
+                return [], i, offset
+            batch = packets[:fit] if fit < len(packets) else packets
+            if lengths is not None:
+                sealed = kp.encrypt_batch_at(first, batch, out, offset, mtu)
+                lengths += sealed
+                offset += sum(sealed)
+            elif chunks is not None:  # copies: the TUN's buffers are reused before sealing
+                owned = [bytes(p) for p in batch]
+                sizes = [transport_size(len(p), mtu) for p in owned]
+                chunks.append(Chunk(offset, first, sizes, packets=owned))
+                offset += sum(sizes)
+        i = j
+        if fit < len(packets):
+            left = packets[fit:]
+            if chunks is not None:
+                left = [bytes(p) for p in left]
+            return [_Packets(left), *reads[i:]], None, offset
+    return [], None, offset
 
 
 def _complete(reads: Sequence[Read], drops: dict[str, int]) -> list[Buffer]:

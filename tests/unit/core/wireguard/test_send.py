@@ -14,7 +14,7 @@ from vpn.core.offload.gso import split
 from vpn.core.packet.virtio import HEADER, VirtioNetHeader
 from vpn.core.wireguard import Device, Keypair, Peer
 from vpn.core.wireguard.constants import REJECT_AFTER_MESSAGES
-from vpn.core.wireguard.send import Read, Sealed
+from vpn.core.wireguard.send import Read, Sealed, lay_out, seal_chunk
 from vpn.io.tun import TunRead, TunStats
 
 MSS = MTU - 40
@@ -104,6 +104,34 @@ def test_any_buffer_size_seals_the_same_packets_in_order(size: int) -> None:
         assert len(calls) > 1  # the buffer filled up: the rest went in further calls
     lengths = [n for c in calls for n in c.lengths]
     assert peer.tx_bytes >= sum(lengths)
+
+
+@pytest.mark.parametrize("size", [1 << 20, 70_000, 20_000, MTU + 100])
+def test_the_workers_layout_seals_the_same_packets_in_order(size: int) -> None:
+    """lay_out then seal_chunk, as the send workers run them: what seal sends, in order,
+    a chunk's messages back to back from its offset."""
+    _, peer, b = session()
+    reads, packets = mixed_reads()
+    kp, endpoint = peer.keypair_for_sending(1.0), peer.endpoint
+    assert kp is not None and endpoint is not None
+    out = bytearray(size)
+    messages: list[bytes] = []
+    calls = 0
+    while True:
+        laid = lay_out(peer, kp, endpoint, reads, out, MTU, 1.0)
+        calls += 1
+        assert not laid.drops
+        for chunk in laid.chunks:
+            seal_chunk(kp, chunk, out, MTU)
+            at = chunk.offset
+            for n in chunk.lengths:
+                messages.append(bytes(out[at:at + n]))
+                at += n
+        if not laid.rest:
+            break
+        reads = laid.rest
+    assert opened(b, messages) == packets
+    assert calls > 1 if size < 70_000 else calls == 1
 
 
 def test_super_packets_are_counted_by_the_device() -> None:
