@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 from collections.abc import Sequence
@@ -104,21 +103,17 @@ def rows(report: dict | None) -> list[tuple[str, str]]:
 
 
 def main() -> int:
-    from bench.run import MODERN_WIREGUARD_GO, wireguard_go_version
+    from bench.run import add_modern_option, measured_modern
 
     parser = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=SECONDS)
     parser.add_argument("--ours-variant", action="append", default=[], metavar="ARGS",
                         help="also two of ours started with `vpn up ARGS` (repeatable)")
-    parser.add_argument("--modern-wireguard-go", type=Path,
-                        default=Path(os.environ.get("BENCH_MODERN_WIREGUARD_GO",
-                                                    MODERN_WIREGUARD_GO)))
+    add_modern_option(parser)
     args = parser.parse_args()
-    _, reason = wireguard_go_version(args.modern_wireguard_go)
-    if reason:
-        print(f"bench: MODERN WIREGUARD-GO NOT MEASURED: {reason}", file=sys.stderr)
-    report = latency_bench(args.rounds, None if reason else args.modern_wireguard_go.resolve(),
+    modern = measured_modern(args.modern_wireguard_go)
+    report = latency_bench(args.rounds, modern,
                            [modes.variant(v) for v in args.ours_variant], args.seconds)
     for name, value in rows(report):
         print(f"{name:<70}  {value}", file=sys.stderr)

@@ -149,19 +149,15 @@ def rows(report: dict | None) -> list[tuple[str, str]]:
 
 
 def main() -> int:
-    from bench.run import MODERN_WIREGUARD_GO, wireguard_go_version
+    from bench.run import add_modern_option, measured_modern
 
     parser = argparse.ArgumentParser(prog="python -m bench.management", description=__doc__)
     parser.add_argument("--peers", type=int, default=PEERS)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--modern-wireguard-go", type=Path,
-                        default=Path(os.environ.get("BENCH_MODERN_WIREGUARD_GO",
-                                                    MODERN_WIREGUARD_GO)))
+    add_modern_option(parser)
     args = parser.parse_args()
-    _, reason = wireguard_go_version(args.modern_wireguard_go)
-    if reason:
-        print(f"bench: MODERN WIREGUARD-GO NOT MEASURED: {reason}", file=sys.stderr)
-    report = dump_bench(args.rounds, None if reason else args.modern_wireguard_go.resolve(),
+    modern = measured_modern(args.modern_wireguard_go)
+    report = dump_bench(args.rounds, modern,
                         args.peers)
     for name, value in rows(report):
         print(f"{name:<48}  {value}", file=sys.stderr)

@@ -17,6 +17,7 @@ import time
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from bench import handshake
 from lab.flood import initiation as flood_initiation
 from vpn.core.wireguard.constants import LABEL_MAC1, TRANSPORT_HEADER_SIZE, TRANSPORT_MIN_SIZE
 from vpn.core.wireguard.crypto import hash_
@@ -27,24 +28,6 @@ from vpn.core.wireguard.noise import SessionKeys
 _ADDR = ("198.18.0.1", 51820)
 SUPER_PACKET = 64 * 1024
 MTU = 1420
-
-
-def _handshakes_per_second(count: int) -> float:
-    clock = [1_700_000_000.0]
-    a = Device(os.urandom(32), wall_clock=lambda: clock[0])
-    b = Device(os.urandom(32), wall_clock=lambda: clock[0])
-    assert a.public_key is not None and b.public_key is not None  # both have a key
-    pa = a.add_peer(b.public_key, preshared_key=os.urandom(32))
-    b.add_peer(a.public_key, preshared_key=pa.handshake.psk)
-    start = time.perf_counter()
-    for i in range(count):
-        now = 10.0 * i  # past every per-peer rate limit
-        clock[0] += 10.0
-        (init,) = pa.initiate_handshake(now)
-        response = b.handle_handshake_message(init, _ADDR, now).replies[0]
-        if a.handle_handshake_message(response, _ADDR, now).drop_reason:
-            raise RuntimeError("benchmark handshake failed")
-    return count / (time.perf_counter() - start)
 
 
 def _transport_us_per_64k(rounds: int) -> dict[str, float]:
@@ -156,7 +139,8 @@ def _timer_wakeup_us(peers: int, wakeups: int = 200) -> float:
 
 
 def run(handshakes: int = 300, rounds: int = 300) -> dict[str, float]:
-    hs = _handshakes_per_second(handshakes)
+    sides = handshake.handshake_sides_us(handshakes)
+    hs = 1e6 / sum(sides.values())  # one handshake: both sides' medians
     us = _transport_us_per_64k(rounds)
     bits = SUPER_PACKET * 8
     packets = -(-SUPER_PACKET // MTU)

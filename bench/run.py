@@ -439,6 +439,24 @@ def parts_from(text: str) -> tuple[str, ...]:
     return tuple(part for part in PARTS if part in wanted)
 
 
+def add_modern_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--modern-wireguard-go", type=Path,
+                        default=Path(os.environ.get("BENCH_MODERN_WIREGUARD_GO",
+                                                    MODERN_WIREGUARD_GO)),
+                        help="the modern wireguard-go binary to measure against "
+                             "(default: $BENCH_MODERN_WIREGUARD_GO or %(default)s)")
+
+
+def measured_modern(binary: Path) -> Path | None:
+    """The modern wireguard-go to measure against, or None, said loudly, where it cannot
+    run (for a part run on its own)."""
+    _, reason = wireguard_go_version(binary)
+    if reason:
+        print(f"bench: {MODERN_NOT_MEASURED}: {reason}", file=sys.stderr)
+        return None
+    return binary.resolve()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="make bench", description=__doc__)
     parser.add_argument("--rounds", type=int, default=3, help="iperf3 runs per relay mode")
@@ -453,11 +471,7 @@ def main() -> int:
                         help="also two of ours started with `vpn up ARGS` in the streams and "
                              "latency parts, e.g. '--threads 1' (repeatable; default: "
                              "$BENCH_OURS_VARIANTS, comma-separated)")
-    parser.add_argument("--modern-wireguard-go", type=Path,
-                        default=Path(os.environ.get("BENCH_MODERN_WIREGUARD_GO",
-                                                    MODERN_WIREGUARD_GO)),
-                        help="the modern wireguard-go binary to measure against "
-                             "(default: $BENCH_MODERN_WIREGUARD_GO or %(default)s)")
+    add_modern_option(parser)
     args = parser.parse_args()
     parts = ("micro",) if args.micro_only else args.only
     variants = [modes.variant(v) for v in args.ours_variant]
