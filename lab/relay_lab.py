@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
+import re
 import subprocess
 import sys
 import time
@@ -96,14 +96,14 @@ def checked_transfer(
     With `seconds`, the sender gives up after that long and `received` is "" when the
     receiver has not seen the end of the stream by then. A failed connect raises.
     """
-    port = str(20000 + secrets.randbelow(10000))
     tool = str(ROOT / "lab" / "transfer.py")
-    server = receiver.start(sys.executable, tool, "serve", address, port)
+    server = receiver.start(sys.executable, tool, "serve", address)
     deadline = time.monotonic() + 10
-    while "listening" not in server.output():
+    while not (found := re.search(r"^listening (\d+)$", server.output(), re.M)):
         if server.popen.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"transfer server did not start: {server.output()}")
         time.sleep(0.02)
+    port = found.group(1)
     limit = [str(seconds)] if seconds else []
     sent = sender.run(sys.executable, tool, "send", address, port, str(size), "7", *limit,
                       timeout=(seconds or 120) + 30).stdout.strip()

@@ -1,6 +1,8 @@
 """A TCP transfer with end-to-end sha256, to prove a path delivers bytes unchanged.
 
-`serve ADDR PORT`: accept one connection, print "<bytes> <sha256>" of what arrived.
+`serve ADDR`: listen on a port the kernel picks, print "listening PORT", accept one
+connection, print "<bytes> <sha256>" of what arrived. (A port chosen by the caller could be
+another server's in the same namespace: two transfers into one host at once.)
 `send ADDR PORT BYTES SEED [SECONDS]`: send BYTES of seeded pseudo-random data, print the
 same line; with SECONDS, give up connecting or sending after that long (printing what went).
 """
@@ -14,13 +16,12 @@ import sys
 import time
 
 
-def serve(addr: str, port: int) -> None:
+def serve(addr: str) -> None:
     family = socket.AF_INET6 if ":" in addr else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as srv:
-        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        srv.bind((addr, port))
+        srv.bind((addr, 0))
         srv.listen(1)
-        print("listening", flush=True)
+        print("listening", srv.getsockname()[1], flush=True)
         conn, _ = srv.accept()
         digest, total = hashlib.sha256(), 0
         with conn:
@@ -51,7 +52,7 @@ def send(addr: str, port: int, size: int, seed: int, seconds: float | None) -> N
 
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
-        serve(sys.argv[2], int(sys.argv[3]))
+        serve(sys.argv[2])
     else:
         limit = float(sys.argv[6]) if len(sys.argv) > 6 else None
         send(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), limit)
