@@ -360,7 +360,7 @@ class FrameCoalescer(Protocol):
 
 
 class RecordCoalescer(Coalescer):
-    """A Coalescer over one receive buffer, fed the records of Keypair.receive_run: the
+    """A Coalescer over one receive buffer, fed the records of Keypair.accept_run: the
     reference for the native twin in _gro.c, which takes the same calls."""
 
     __slots__ = ("_view",)

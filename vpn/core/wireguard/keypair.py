@@ -187,22 +187,6 @@ class Keypair:
         messages; safe on any thread, beside other calls on this keypair."""
         return self._sealer().seal_batch(packets, out, offset, mtu, self.remote_index, first)
 
-    def seal_segments(self, out: bytearray | memoryview, offset: int, count: int, full: int,
-                      last: int, gap: int, tail: int, mtu: int) -> tuple[int, int]:
-        """Seal in place the segments that gso.split_into wrote at out[offset:] (segment i at
-        offset + gap + i * (gap + full + tail), `full` bytes, the last `last`), as transport
-        messages back to back from out[offset]: all `size` bytes but the last, `last_size`
-        bytes; returns (size, last_size), what one UDP GSO send needs. Counters and limits
-        as in encrypt_batch; a layout where a message would not fit in its segment's slot
-        raises ValueError."""
-        if count < 1 or not 0 <= last <= full <= 0xFFFF or not 0 <= gap <= 0xFFFF \
-                or not 0 <= tail <= 0xFFFF:
-            raise ValueError("seal_segments: count, full, last, gap or tail out of range")
-        first = self.reserve(count)
-        if first is None:
-            raise TransportError("keypair_exhausted")
-        return self.seal_segments_at(first, out, offset, count, full, last, gap, tail, mtu)
-
     def seal_segments_at(self, first: int, out: bytearray | memoryview, offset: int,
                          count: int, full: int, last: int, gap: int, tail: int, mtu: int
                          ) -> tuple[int, int]:
@@ -271,31 +255,6 @@ class Keypair:
                     reason = "wrong_keypair" if wrong else "keypair_expired"
                 drops[reason] = drops.get(reason, 0) + 1
         return [-1] * len(messages)
-
-    def receive_run(
-        self,
-        data: Buffer,
-        segment_size: int,
-        start: int,
-        out: bytearray | memoryview,
-        offset: int,
-        records: bytearray | memoryview,
-        drops: MutableMapping[str, int],
-    ) -> tuple[int, int, int, int, int, list[bytes]]:
-        """open_run then accept_run: the run of transport messages for this keypair that
-        starts at data[start:] (datagrams of `segment_size` bytes, the last possibly shorter:
-        one GRO receive, or one datagram), as the receive path needs them. Returns (stop,
-        offset, nrec, fresh, nbytes, sources): see the two. It stops before the first
-        datagram that is not a transport message for this keypair's receiver index (the
-        caller dispatches it), once as many packets opened as `records` holds, or once
-        MAX_SOURCES distinct inner sources were seen. The caller checks `receivable` first.
-        `out` needs room for len(data) - start bytes from `offset` (ValueError otherwise)."""
-        most = (len(data) - start) // min(max(segment_size, 1), TRANSPORT_MIN_SIZE) + 1
-        opened = bytearray(OPENED.size * max(most, 1))
-        stop, offset, count, sources = self.open_run(
-            data, segment_size, start, out, offset, len(records) // RECORD.size, opened, drops)
-        nrec, fresh, nbytes = self.accept_run(opened, count, records, drops)
-        return stop, offset, nrec, fresh, nbytes, sources
 
     def open_run(
         self,

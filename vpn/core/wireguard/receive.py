@@ -4,12 +4,12 @@ what to send out.
 `receive` takes the datagrams one socket wakeup gave (data, segment size, source: a GRO run
 of datagrams of one size but the last, or one datagram) and does every protocol decision on
 them: handshake messages to the handshake code, transport messages opened a keypair's run at
-a time (Keypair.receive_run), cryptokey routing (each inner source must be one of the peer's
-AllowedIPs), the peers' bookkeeping once per keypair (Peer.after_receive: bytes, timers,
-roaming, a confirmed session) and the lost-session check. It counts every drop by reason in
-the device's `ReceiveCounts` (and the peer's, where it knows whose). The shell hands the
-records to the TUN, sends `send` and logs `roamed`; it makes no protocol decision and writes
-no counter of the core's.
+a time (Keypair.open_run, then accept_run in order), cryptokey routing (each inner source
+must be one of the peer's AllowedIPs), the peers' bookkeeping once per keypair
+(Peer.after_receive: bytes, timers, roaming, a confirmed session) and the lost-session
+check. It counts every drop by reason in the device's `ReceiveCounts` (and the peer's,
+where it knows whose). The shell hands the records to the TUN, sends `send` and logs
+`roamed`; it makes no protocol decision and writes no counter of the core's.
 """
 
 from __future__ import annotations
