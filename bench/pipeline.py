@@ -174,9 +174,9 @@ def throughput(workers: int, seconds: float = 2.0) -> dict[str, float]:
     tun_a.keep = tun_b.keep = False
     room = threading.Event()  # the workers' backpressure, as the runtime wires it
     room.set()
-    if a.workers is not None:
-        a.workers.pause, a.workers.resume = room.clear, room.set
-        a.workers._call_soon_threadsafe = lambda callback: callback()
+    if a.send_workers is not None:
+        a.send_workers.pause, a.send_workers.resume = room.clear, room.set
+        a.send_workers._call_soon_threadsafe = lambda callback: callback()
     wakeups = 0
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:

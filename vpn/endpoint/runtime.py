@@ -49,7 +49,7 @@ class Runtime:
         loop.add_reader(self.tun.fd, self.datapath.on_tun_readable)
         loop.add_reader(self.udp.fd, self.datapath.on_udp_readable)
         self.datapath.on_tun_gone = on_tun_gone
-        workers = self.datapath.workers
+        workers = self.datapath.send_workers
         log.info("interface %s: sealing on %s", self.name,
                  f"{workers.threads} worker threads" if workers else "the event loop's thread")
         if workers is not None:  # backpressure: no TUN reads while no job buffer is free
@@ -118,7 +118,7 @@ class Runtime:
         old = self.udp
         new.stats = old.stats  # the counters describe the interface, not one socket
         loop.remove_reader(old.fd)
-        workers = self.datapath.workers
+        workers = self.datapath.send_workers
         with workers.send_lock if workers is not None else contextlib.nullcontext():
             self.udp = self.datapath.udp = new  # no worker is sending on the old one
             old.close()

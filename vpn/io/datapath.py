@@ -22,6 +22,7 @@ from vpn.io.buffers import reserve
 from vpn.io.sendworkers import SendWorkers, WorkerCounts
 from vpn.io.tun import MAX_PACKET, TunDevice, TunGone, TunStats
 from vpn.io.udp import UdpSocket, UdpStats
+from vpn.io.workers import WorkerPool
 
 log = logging.getLogger("vpn.io.datapath")
 
@@ -139,8 +140,8 @@ class DataPath:
         threads: int = 0,
         call_soon_threadsafe: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
-        """threads > 0: seal and send on that many worker threads (SendWorkers); 0, on the
-        loop thread, inline."""
+        """threads > 0: seal and send on a pool of that many worker threads (SendWorkers);
+        0, on the loop thread, inline."""
         self.device = device
         self.tun = tun
         self.udp = udp
@@ -157,16 +158,18 @@ class DataPath:
         self._internal_error_logged = float("-inf")
         # The shell's hook: the interface was deleted (its TUN reports only errors now).
         self.on_tun_gone: Callable[[], None] | None = None
-        self.workers: SendWorkers | None = None
+        self.pool: WorkerPool | None = None
+        self.send_workers: SendWorkers | None = None
         if threads > 0:
-            self.workers = SendWorkers(threads, lambda: self.udp, self._worker_error,
-                                       call_soon_threadsafe)
-            self.stats.workers = self.workers.counts
+            self.pool = WorkerPool(threads, name="vpn-worker")
+            self.send_workers = SendWorkers(self.pool, lambda: self.udp, self._worker_error,
+                                            call_soon_threadsafe)
+            self.stats.workers = self.send_workers.counts
 
     def close(self) -> None:
-        """Seal and send what the workers were given, then end their threads."""
-        if self.workers is not None:
-            self.workers.close()
+        """Finish what the workers were given (sealed and sent), then end their threads."""
+        if self.pool is not None:
+            self.pool.close()
             self._sync_worker_counts()
 
     # -- TUN -> peers -----------------------------------------------------------------------
@@ -175,7 +178,7 @@ class DataPath:
     def on_tun_readable(self) -> None:
         """Read, hand the reads to the core (routing, then sealing per peer), send what it
         sealed and write its ICMP replies."""
-        workers = self.workers
+        workers = self.send_workers
         if workers is not None and not workers.ready():
             self._sync_worker_counts()
             return
@@ -210,7 +213,7 @@ class DataPath:
         self._sync_worker_counts()
 
     def _sync_worker_counts(self) -> None:
-        workers = self.workers
+        workers = self.send_workers
         if workers is not None:
             self.stats.send_backpressure = workers.backpressure
             self.stats.send_overflow_buffers = workers.overflow_buffers

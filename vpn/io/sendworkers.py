@@ -66,15 +66,15 @@ class WorkerCounts:
 
 
 class SendWorkers:
-    """Seal and send on `threads` workers what the loop thread laid out."""
+    """Seal and send on the data path's worker pool what the loop thread laid out."""
 
-    def __init__(self, threads: int, udp: Callable[[], UdpSocket],
+    def __init__(self, pool: WorkerPool, udp: Callable[[], UdpSocket],
                  on_error: Callable[[BaseException], None],
                  call_soon_threadsafe: Callable[[Callable[[], None]], object] | None = None
                  ) -> None:
         self._udp = udp  # the data path's socket now (it may be swapped)
         self._on_error = on_error
-        self._pool = WorkerPool(threads, name="vpn-send")
+        self._pool = pool  # shared with the receive walk; the data path closes it
         self._free: collections.deque[memoryview] = collections.deque(
             reserve(JOB_BUFFER_BYTES) for _ in range(POOL_BUFFERS))
         self._local = threading.local()
@@ -127,10 +127,6 @@ class SendWorkers:
             if not laid.rest:
                 return
             reads = laid.rest
-
-    def close(self) -> None:
-        """Seal and send everything queued, then end the threads."""
-        self._pool.close()
 
     def _take(self) -> memoryview:
         try:

@@ -57,7 +57,7 @@ def send(path: DataPath, tun_frames: list[bytes], wakeup: int = 5) -> None:
         path.tun.reads = list(tun_frames[i:i + wakeup])  # type: ignore[attr-defined]
         while path.tun.reads:  # type: ignore[attr-defined]
             path.on_tun_readable()  # a wakeup under backpressure reads nothing: again
-            if path.workers is not None and not path.workers.ready():
+            if path.send_workers is not None and not path.send_workers.ready():
                 time.sleep(0.001)
 
 
@@ -146,7 +146,7 @@ def test_a_failing_worker_is_counted_and_the_next_jobs_go_on(
         threaded.close()
     assert threaded.stats.all_drops()["internal_error"] == 1
     assert len(datagrams(threaded)) == 1  # the second job went out
-    workers = threaded.workers
+    workers = threaded.send_workers
     assert workers is not None
     assert len(workers._free) == sendworkers.POOL_BUFFERS  # every buffer came back
 
@@ -162,7 +162,7 @@ def test_no_free_buffer_pauses_the_tun_until_one_returns(
         seal_chunk(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(sendworkers, "seal_chunk", held)
-    workers = threaded.workers
+    workers = threaded.send_workers
     assert workers is not None
     paused, resumed = threading.Event(), threading.Event()
     workers.pause, workers.resume = paused.set, resumed.set
