@@ -20,7 +20,7 @@ from vpn.core.wireguard.receive import records_needed
 from vpn.core.wireguard.send import Read
 from vpn.io.buffers import reserve
 from vpn.io.sendworkers import SendWorkers, WorkerCounts
-from vpn.io.tun import MAX_PACKET, TunDevice, TunGone, TunStats
+from vpn.io.tun import MAX_PACKET, TunDevice, TunGone, TunRead, TunStats
 from vpn.io.udp import UdpSocket, UdpStats
 from vpn.io.workers import WorkerPool
 
@@ -64,8 +64,7 @@ class DataPathStats:
     drops: Counter[str] = field(default_factory=Counter)
     # The send workers' own counters (one per thread, summed here), and their pool's.
     workers: list[WorkerCounts] = field(default_factory=list)
-    send_backpressure: int = 0  # TUN wakeups that read nothing: no job buffer free
-    send_overflow_buffers: int = 0
+    send_backpressure: int = 0  # TUN wakeups that read nothing: no read slots free
 
     @property
     def super_packets(self) -> int:
@@ -163,60 +162,69 @@ class DataPath:
         if threads > 0:
             self.pool = WorkerPool(threads, name="vpn-worker")
             self.send_workers = SendWorkers(self.pool, lambda: self.udp, self._worker_error,
-                                            call_soon_threadsafe)
+                                            tun.read_slots, call_soon_threadsafe)
             self.stats.workers = self.send_workers.counts
 
     def close(self) -> None:
         """Finish what the workers were given (sealed and sent), then end their threads."""
         if self.pool is not None:
             self.pool.close()
-            self._sync_worker_counts()
 
     # -- TUN -> peers -----------------------------------------------------------------------
 
     @_pump_boundary
     def on_tun_readable(self) -> None:
         """Read, hand the reads to the core (routing, then sealing per peer), send what it
-        sealed and write its ICMP replies."""
+        sealed and write its ICMP replies; with workers, read into a batch of their slots
+        and queue the sealing and sending there."""
         workers = self.send_workers
-        if workers is not None and not workers.ready():
-            self._sync_worker_counts()
+        if workers is None:
+            reads = self._read_tun(None)
+            if reads:
+                now = self.clock()
+                for peer, peer_reads in self._route(reads, now).items():
+                    self.send_to_peer(peer, peer_reads, now)
+            return
+        lease = workers.take()
+        if lease is None:
+            self.stats.send_backpressure = workers.backpressure
             return
         try:
-            reads = self.tun.read_packets()
+            reads = self._read_tun(lease.slots)
+            if reads:
+                now = self.clock()
+                for peer, peer_reads in self._route(reads, now).items():
+                    kp = peer.keypair_for_sending(now)
+                    endpoint = peer.endpoint
+                    if kp is None or endpoint is None:  # staged or dropped: nothing to seal
+                        self.send_to_peer(peer, peer_reads, now)
+                    else:
+                        workers.send(peer, kp, endpoint, peer_reads, self.mtu, now,
+                                     self.stats.drops, lease)
+        finally:
+            workers.release(lease)  # the loop's hold: the jobs hold the slots till sent
+
+    def _read_tun(self, slots: list[memoryview] | None) -> list[TunRead]:
+        """One wakeup's reads (into `slots` when given); none once the TUN is gone."""
+        try:
+            reads = self.tun.read_packets(slots)
         except TunGone:
             if self.on_tun_gone is not None:
                 self.on_tun_gone()
-            return
-        if not reads:
-            return
-        now = self.clock()
+            return []
+        self.stats.tun_reads += len(reads)
+        return reads
+
+    def _route(self, reads: list[TunRead], now: float) -> dict[Peer, list[Read]]:
+        """The reads by peer; the rest counted, or answered with ICMP unreachable."""
         stats = self.stats
-        stats.tun_reads += len(reads)
         routed = self.device.route(reads, now)
         if routed.drops:
             stats.drops.update(routed.drops)
         for reply in routed.replies:
             self._write_packet(reply)
             stats.icmp_unreachable_sent += 1
-        if workers is None:
-            for peer, peer_reads in routed.by_peer.items():
-                self.send_to_peer(peer, peer_reads, now)
-            return
-        for peer, peer_reads in routed.by_peer.items():
-            kp = peer.keypair_for_sending(now)
-            endpoint = peer.endpoint
-            if kp is None or endpoint is None:  # staged or dropped: nothing to seal
-                self.send_to_peer(peer, peer_reads, now)
-            else:
-                workers.send(peer, kp, endpoint, peer_reads, self.mtu, now, stats.drops)
-        self._sync_worker_counts()
-
-    def _sync_worker_counts(self) -> None:
-        workers = self.send_workers
-        if workers is not None:
-            self.stats.send_backpressure = workers.backpressure
-            self.stats.send_overflow_buffers = workers.overflow_buffers
+        return routed.by_peer
 
     def send_to_peer(self, peer: Peer, reads: Sequence[Read], now: float) -> None:
         """Have the core seal what was read for `peer` into the send buffer, and send it;

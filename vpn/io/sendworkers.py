@@ -1,15 +1,16 @@
 """The send walk's crypto and sends on worker threads (issue 20), for DataPath.
 
-The loop thread reads the TUN, routes, and per peer lays the reads out in a job buffer and
-reserves their nonces (send.lay_out): nothing of the TUN's buffers outlives the wakeup. A
-worker seals the job (native, GIL released) and, in the peer's lane (WorkerPool's ordered
-stage), sends it: each peer's datagrams leave in the order they were read.
+The loop thread reads the TUN into a batch of read slots it takes from a pool here (a
+Lease), routes, and per peer reserves the reads' counters (send.reserve_jobs: a
+super-packet's count from its virtio-net header, nothing split or copied) and queues them
+as jobs of about JOB_BYTES laid out. A worker splits and seals a job into its own buffer
+(send.seal_job, the inline path's walk; the native calls release the GIL) and, in the
+peer's lane (WorkerPool's ordered stage), sends it: each peer's datagrams leave in the order
+they were read. The slots go back to the pool when the wakeup's last job was sent.
 
-The job buffers are a bounded pool. A wakeup that finds fewer than RESUME_FREE of them free
-reads nothing and stops watching the TUN (`pause`, counted as send_backpressure) until a
-worker has given enough back (`resume`, from the loop thread). A wakeup that runs out part
-way lays the rest out in a buffer of its own, outside the pool (counted as
-send_overflow_buffers): what was read is never dropped and the loop never waits.
+The pool is bounded. A wakeup that finds no batch of slots free reads nothing and stops
+watching the TUN (`pause`, counted as send_backpressure) until a worker gives one back
+(`resume`, from the loop thread): what was read is never dropped and the loop never waits.
 
 Workers write only their own counters (WorkerCounts, one per thread), summed when read.
 """
@@ -27,16 +28,17 @@ from vpn.core.drops import Drop
 from vpn.core.types import Address
 from vpn.core.wireguard import Peer
 from vpn.core.wireguard.keypair import Keypair, TransportError
-from vpn.core.wireguard.send import LaidOut, Read, lay_out, seal_chunk
+from vpn.core.wireguard.send import Job, Read, reserve_jobs, seal_job
 from vpn.io.buffers import reserve
 from vpn.io.udp import UdpSocket
 from vpn.io.workers import WorkerPool
 
-# One job's buffer: about seven 64 KB super-packets laid out with their sealing room.
-JOB_BUFFER_BYTES = 1 << 19
-# Pool size: a full wakeup (64 reads of 64 KB, about 9 buffers) plus room in flight.
-POOL_BUFFERS = 16
-RESUME_FREE = 10  # free buffers a wakeup needs before it reads
+# A job: what a worker seals into one buffer of this size, about four 64 KB super-packets
+# (enough jobs in one wakeup to keep every worker busy; few enough that the loop's
+# per-job cost stays small).
+JOB_BYTES = 1 << 18
+# Batches of read slots: one being read, the others' jobs in flight.
+READ_BATCHES = 4
 
 
 # `vpn up --threads N` and, for vpn-userspace under wg-quick, this environment variable.
@@ -65,24 +67,35 @@ class WorkerCounts:
     drops: Counter[str] = field(default_factory=Counter)
 
 
+class Lease:
+    """One wakeup's batch of read slots, held by the loop thread while it reads and routes,
+    and by each job made of its reads until that job was sent."""
+
+    __slots__ = ("holders", "slots")
+
+    def __init__(self, slots: list[memoryview]) -> None:
+        self.slots = slots
+        self.holders = 0
+
+
 class SendWorkers:
-    """Seal and send on the data path's worker pool what the loop thread laid out."""
+    """Seal and send on the data path's worker pool what the loop thread reserved."""
 
     def __init__(self, pool: WorkerPool, udp: Callable[[], UdpSocket],
                  on_error: Callable[[BaseException], None],
+                 read_slots: Callable[[], list[memoryview]],
                  call_soon_threadsafe: Callable[[Callable[[], None]], object] | None = None
                  ) -> None:
         self._udp = udp  # the data path's socket now (it may be swapped)
         self._on_error = on_error
         self._pool = pool  # shared with the receive walk; the data path closes it
-        self._free: collections.deque[memoryview] = collections.deque(
-            reserve(JOB_BUFFER_BYTES) for _ in range(POOL_BUFFERS))
+        self._free: collections.deque[list[memoryview]] = collections.deque(
+            read_slots() for _ in range(READ_BATCHES))
         self._local = threading.local()
         self.counts: list[WorkerCounts] = []  # one per worker thread, as each first counts
-        self.backpressure = 0  # wakeups that read nothing: too few buffers free
-        self.overflow_buffers = 0  # buffers made outside the pool part way through a wakeup
+        self.backpressure = 0  # wakeups that read nothing: no batch of read slots free
         self._paused = False
-        self._lock = threading.Lock()  # _paused, between the loop and the workers
+        self._lock = threading.Lock()  # _free, _paused and the leases' holders
         self._send_lock = threading.Lock()  # the socket's counters and GSO state
         self._call_soon_threadsafe = call_soon_threadsafe
         # The shell's hooks: stop and start watching the TUN (on the loop thread).
@@ -98,89 +111,101 @@ class SendWorkers:
     def threads(self) -> int:
         return self._pool.stats.threads
 
-    def ready(self) -> bool:
-        """May this wakeup read the TUN? When not, the TUN is paused until buffers return."""
+    @property
+    def free_batches(self) -> int:
+        return len(self._free)
+
+    def take(self) -> Lease | None:
+        """A batch of read slots for this wakeup (give it back with `release`); None when
+        there is none free: then the TUN is paused until one returns."""
         with self._lock:
-            if len(self._free) >= RESUME_FREE:
-                return True
+            if self._free:
+                lease = Lease(self._free.pop())
+                lease.holders = 1
+                return lease
             self._paused = True
-        self.backpressure += 1
-        if self.pause is not None:
-            self.pause()
-        return False
+            self.backpressure += 1
+            if self.pause is not None:  # under the lock: before any release can resume
+                self.pause()
+        return None
 
     def send(self, peer: Peer, kp: Keypair, endpoint: Address, reads: Sequence[Read],
-             mtu: int, now: float, drops: Counter[str]) -> None:
-        """Lay `reads` out (loop thread) and queue their sealing and sending, a job a
-        buffer's worth."""
-        while True:
-            buffer = self._take()
-            try:
-                laid = lay_out(peer, kp, endpoint, reads, buffer, mtu, now)
-            except Exception:
-                self._give_back(buffer)
-                raise
-            if laid.drops:
-                drops.update(laid.drops)
-            self._pool.submit(peer, functools.partial(self._seal, laid, buffer, mtu),
-                              functools.partial(self._send, laid, buffer))
-            if not laid.rest:
+             mtu: int, now: float, drops: Counter[str], lease: Lease) -> None:
+        """Reserve the counters of `reads` (read into `lease`'s slots) on the loop thread,
+        and queue their sealing and sending in jobs of about JOB_BYTES."""
+        reserved = reserve_jobs(peer, kp, endpoint, reads, mtu, now, JOB_BYTES)
+        if reserved.drops:
+            drops.update(reserved.drops)
+        jobs = reserved.jobs
+        if not jobs:
+            if not reserved.control:
                 return
-            reads = laid.rest
+            jobs = [Job([], 0, 0)]  # the control datagrams alone, in the peer's order
+        last = jobs[-1]
+        with self._lock:
+            lease.holders += len(jobs)
+        for job in jobs:
+            self._pool.submit(peer, functools.partial(self._seal, kp, job, mtu),
+                              functools.partial(self._send, endpoint, job,
+                                                reserved.control if job is last else (), lease))
 
-    def _take(self) -> memoryview:
-        try:
-            return self._free.pop()
-        except IndexError:
-            self.overflow_buffers += 1
-            return reserve(JOB_BUFFER_BYTES)
+    def release(self, lease: Lease) -> None:
+        """One holder is done with `lease`: the last one gives its slots back, and wakes
+        the TUN if a wakeup found none free."""
+        with self._lock:
+            lease.holders -= 1
+            if lease.holders:
+                return
+            self._free.append(lease.slots)
+            wake = self._paused
+            self._paused = False
+        if wake and self.resume is not None and self._call_soon_threadsafe is not None:
+            self._call_soon_threadsafe(self.resume)
 
     # -- on the workers -----------------------------------------------------------------
 
-    @staticmethod
-    def _seal(laid: LaidOut, buffer: memoryview, mtu: int) -> BaseException | None:
-        """The crypto, in parallel with other jobs; a failure is handed to the send stage
-        (so that the buffer always comes back)."""
+    def _seal(self, kp: Keypair, job: Job, mtu: int
+              ) -> list[tuple[memoryview, list[int]]] | BaseException:
+        """The split and the crypto, in parallel with other jobs; a failure is handed to
+        the send stage (so that the slots always come back)."""
         try:
-            for chunk in laid.chunks:
-                seal_chunk(laid.keypair, chunk, buffer, mtu)
+            return seal_job(kp, job, self._buffer, mtu, self._counts().drops)
         except Exception as error:
             return error
-        return None
 
-    def _send(self, laid: LaidOut, buffer: memoryview, error: BaseException | None) -> None:
+    def _send(self, endpoint: Address, job: Job, control: Sequence[bytes], lease: Lease,
+              sealed: list[tuple[memoryview, list[int]]] | BaseException) -> None:
         """The peer's ordered stage: its messages, then its control datagrams."""
         counts = self._counts()
         try:
             with self._send_lock:
                 udp = self._udp()
-                if error is None:
-                    for chunk in laid.chunks:
-                        udp.send_messages(laid.endpoint, buffer[chunk.offset:], chunk.lengths)
-                        counts.datagrams_sent += len(chunk.lengths)
-                elif isinstance(error, TransportError):  # zeroed since: a session ended
-                    counts.drops[error.reason] += sum(len(c.lengths) for c in laid.chunks)
+                if isinstance(sealed, TransportError):  # zeroed since: a session ended
+                    counts.drops[sealed.reason] += job.messages
+                elif isinstance(sealed, BaseException):
+                    raise sealed
                 else:
-                    raise error
-                for datagram in laid.control:
-                    udp.send(laid.endpoint, datagram)
-                counts.datagrams_sent += len(laid.control)
+                    for out, lengths in sealed:
+                        if lengths:
+                            udp.send_messages(endpoint, out, lengths)
+                            counts.datagrams_sent += len(lengths)
+                for datagram in control:
+                    udp.send(endpoint, datagram)
+                counts.datagrams_sent += len(control)
         except Exception as failure:  # dropped whole and counted, as the pump's boundary
             counts.drops[Drop.INTERNAL_ERROR] += 1
             self._on_error(failure)
         finally:
-            self._give_back(buffer)
+            self.release(lease)
 
-    def _give_back(self, buffer: memoryview) -> None:
-        if len(self._free) >= POOL_BUFFERS:
-            return  # one too many, after an overflow: freed with its last view
-        self._free.append(buffer)
-        with self._lock:
-            wake = self._paused and len(self._free) >= RESUME_FREE
-            if wake:
-                self._paused = False
-        if wake and self.resume is not None and self._call_soon_threadsafe is not None:
-            self._call_soon_threadsafe(self.resume)
+    def _buffer(self, index: int) -> memoryview:
+        """This worker's index-th seal buffer: its own from a job's split to its send."""
+        buffers: list[memoryview] | None = getattr(self._local, "buffers", None)
+        if buffers is None:
+            buffers = self._local.buffers = []
+        while len(buffers) <= index:
+            buffers.append(reserve(JOB_BYTES))
+        return buffers[index]
 
     def _counts(self) -> WorkerCounts:
         counts: WorkerCounts | None = getattr(self._local, "counts", None)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from vpn.core.drops import Drop
 from vpn.core.offload import Coalesced, split
 from vpn.core.offload.gro import RECORD, FrameCoalescer, receive_coalescer
-from vpn.core.offload.gso import Fields, split_fields, split_into_fields
+from vpn.core.offload.gso import Fields, shape_fields, split_fields, split_into_fields
 from vpn.core.packet.virtio import HEADER, NO_OFFLOAD, VIRTIO_NET_HDR_LEN, VirtioNetHeader
 from vpn.core.types import Buffer
 from vpn.io.buffers import reserve
@@ -139,24 +139,32 @@ class TunStats:
 
 class TunRead:
     """One read: an IP packet, or a TSO/USO super-packet that stands for several (the send
-    path's vpn.core.wireguard.send.Read). `packet` is a view of the device's read buffer,
-    valid until the next read; the split counts in the device's TunStats."""
+    path's vpn.core.wireguard.send.Read). `packet` is a view of the read buffer (the
+    device's, valid until the next read, or the slot the caller gave). The split counts in
+    the device's TunStats once: in `shape` when the loop thread asks it first (the split
+    then runs on a worker and counts nothing), else in the split."""
 
     __slots__ = ("_fields", "_stats", "packet", "segmented")
 
     def __init__(self, fields: Fields, packet: memoryview, stats: TunStats) -> None:
         self._fields = fields  # the virtio-net header's
-        self._stats = stats
+        self._stats: TunStats | None = stats
         self.packet = packet
         self.segmented = fields[1] != 0  # a gso_type: a super-packet
+
+    def shape(self) -> tuple[int, int, int]:
+        """(count, full, last) as split_into will return them, nothing written (gso.shape);
+        OffloadError as packets. Counts the split now, on the calling thread."""
+        shape = shape_fields(self._fields, self.packet)
+        self._count(shape[0])
+        self._stats = None
+        return shape
 
     def packets(self) -> list[Buffer]:
         """The complete packets, every checksum filled in (gso.split); OffloadError for a
         header the kernel should not have sent."""
         segments = split_fields(self._fields, self.packet)
-        if self._fields[1]:
-            self._stats.super_packets += 1
-            self._stats.segments_split += len(segments)
+        self._count(len(segments))
         return segments
 
     def split_into(self, out: bytearray | memoryview, offset: int, gap: int, tail: int
@@ -164,10 +172,14 @@ class TunRead:
         """The complete packets laid out in `out` (gso.split_into): segment i at offset + gap
         + i * (gap + full + tail); returns (count, full, last)."""
         count, full, last = split_into_fields(out, offset, self._fields, self.packet, gap, tail)
-        if self._fields[1]:
-            self._stats.super_packets += 1
-            self._stats.segments_split += count
+        self._count(count)
         return count, full, last
+
+    def _count(self, segments: int) -> None:
+        stats = self._stats
+        if stats is not None and self._fields[1]:
+            stats.super_packets += 1
+            stats.segments_split += segments
 
 
 class TunDevice:
@@ -187,6 +199,7 @@ class TunDevice:
         self.vnet_hdr = vnet_hdr
         self.offload = offload
         self.stats = TunStats()
+        self.batch = batch
         self._slot = READ_SLOT if vnet_hdr else MAX_PACKET
         self._buffer = reserve(self._slot * batch)
         self._views = [
@@ -257,15 +270,18 @@ class TunDevice:
             os.close(fd)
             raise
 
-    def read_packets(self) -> list[TunRead]:
+    def read_packets(self, slots: Sequence[memoryview] | None = None) -> list[TunRead]:
         """Drain up to `batch` reads without blocking, as the send path takes them. The
-        packets are views of buffers reused by the next call: use them before reading again."""
+        packets are views of buffers reused by the next call (use them before reading
+        again), or, given `slots` (each READ_SLOT bytes; read_slots makes them), of those,
+        one read each in order, the caller's until it reuses them."""
         stats = self.stats
+        frames = self._frames(self._views if slots is None else slots)
         if not self.vnet_hdr:
-            return [TunRead(_PLAIN_FIELDS, frame, stats) for frame in self._frames()]
+            return [TunRead(_PLAIN_FIELDS, frame, stats) for frame in frames]
         fields = HEADER.unpack_from
         return [TunRead(fields(frame), frame[VIRTIO_NET_HDR_LEN:], stats)
-                for frame in self._frames() if len(frame) >= VIRTIO_NET_HDR_LEN]
+                for frame in frames if len(frame) >= VIRTIO_NET_HDR_LEN]
 
     def read_batch(self) -> list[tuple[VirtioNetHeader, memoryview]]:
         """Drain up to `batch` reads without blocking: (virtio-net header, packet) each.
@@ -273,16 +289,22 @@ class TunDevice:
         The views point into buffers reused by the next call: use them before reading again.
         """
         if not self.vnet_hdr:
-            return [(PLAIN, frame) for frame in self._frames()]
+            return [(PLAIN, frame) for frame in self._frames(self._views)]
         return [(VirtioNetHeader.unpack(frame), frame[VIRTIO_NET_HDR_LEN:])
-                for frame in self._frames() if len(frame) >= VIRTIO_NET_HDR_LEN]
+                for frame in self._frames(self._views) if len(frame) >= VIRTIO_NET_HDR_LEN]
 
-    def _frames(self) -> list[memoryview]:
-        """Frames as read, until nothing more is waiting or the batch is full. (A list, not
-        a generator: a wakeup of one packet, a ping, pays for every call and resume.)"""
+    def read_slots(self) -> list[memoryview]:
+        """A batch of read slots of the caller's own, for read_packets(slots)."""
+        buffer = reserve(self._slot * self.batch)
+        return [buffer[i * self._slot:(i + 1) * self._slot] for i in range(self.batch)]
+
+    def _frames(self, slots: Sequence[memoryview]) -> list[memoryview]:
+        """Frames as read into `slots`, until nothing more is waiting or they are all used.
+        (A list, not a generator: a wakeup of one packet, a ping, pays for every call and
+        resume.)"""
         read = self._read_frame
         frames = []
-        for view in self._views:
+        for view in slots:
             frame = read(view)
             if frame is None:
                 break

@@ -78,10 +78,14 @@ def native(hdr: VirtioNetHeader, packet: bytes, gap: int = 0, tail: int = 0,
         with pytest.raises(OffloadError) as again:
             _gso.split_into(out, 0, src, *fields(hdr), gap, tail)
         assert again.value.reason == err.reason
+        with pytest.raises(OffloadError) as shaped:  # and shape too, the same way
+            _gso.shape(src, *fields(hdr))
+        assert shaped.value.reason == err.reason
         assert bytes(out) == bytes([FILL]) * 100
         return err.reason
     out = exact(bytes([FILL]) * (offset + size))
     count, full, last = _gso.split_into(out, offset, src, *fields(hdr), gap, tail)
+    assert _gso.shape(src, *fields(hdr)) == (count, full, last)  # told before the split
     raw = bytes(out)
     expected = bytearray(raw[:offset])
     segments = []
@@ -123,6 +127,7 @@ def same_layout(hdr: VirtioNetHeader, packet: bytes, gap: int, tail: int, offset
     shapes = [_gso.split_into(outs[0], offset, packet, *fields(hdr), gap, tail),
               gso.split_into_python(outs[1], offset, hdr, packet, gap, tail)]
     assert shapes[0] == shapes[1] and outs[0] == outs[1]
+    assert gso._shape_fields_python(fields(hdr), packet) == shapes[0]  # type: ignore[arg-type]
     if not size:
         return
     short = bytearray([FILL]) * (offset + size - 1)

@@ -14,11 +14,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lab.doubles import DST, MTU, NOW, SRC, MemoryTun, MemoryUdp, handshaken_pair, tun_frame
+from lab.doubles import (
+    DST,
+    ENDPOINT_A,
+    MTU,
+    NOW,
+    SRC,
+    MemoryTun,
+    MemoryUdp,
+    handshaken_pair,
+    tun_frame,
+)
 from lab.packets import tcp_packet, tcp_super_packet
+from vpn.core.packet.errors import OffloadError
 from vpn.core.packet.virtio import NO_OFFLOAD
 from vpn.core.wireguard import Device
-from vpn.io import sendworkers
+from vpn.io import sendworkers, tun
 from vpn.io.datapath import DataPath
 
 SEED = b"workers"
@@ -55,23 +66,29 @@ def send(path: DataPath, tun_frames: list[bytes], wakeup: int = 5) -> None:
     """The frames read `wakeup` at a time, as the TUN would hand them over."""
     for i in range(0, len(tun_frames), wakeup):
         path.tun.reads = list(tun_frames[i:i + wakeup])  # type: ignore[attr-defined]
+        path.on_tun_readable()
         while path.tun.reads:  # type: ignore[attr-defined]
-            path.on_tun_readable()  # a wakeup under backpressure reads nothing: again
-            if path.send_workers is not None and not path.send_workers.ready():
-                time.sleep(0.001)
+            time.sleep(0.001)  # the wakeup found no read slots free: until some come back
+            path.on_tun_readable()
+
+
+def all_slots_back(path: DataPath) -> bool:
+    workers = path.send_workers
+    assert workers is not None
+    return workers.free_batches == sendworkers.READ_BATCHES
 
 
 def delay_sealing(monkeypatch: pytest.MonkeyPatch, seed: int, most: float = 0.002) -> None:
-    """The workers' sealing delayed at random (up to `most` seconds a chunk): jobs finish
+    """The workers' sealing delayed at random (up to `most` seconds a job): jobs finish
     in any order."""
     rng = random.Random(seed)
-    seal_chunk = sendworkers.seal_chunk
+    seal_job = sendworkers.seal_job
 
-    def late(*args: object) -> None:
+    def late(*args: object) -> object:
         time.sleep(rng.random() * most)
-        seal_chunk(*args)  # type: ignore[arg-type]
+        return seal_job(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(sendworkers, "seal_chunk", late)
+    monkeypatch.setattr(sendworkers, "seal_job", late)
 
 
 @pytest.fixture
@@ -123,22 +140,23 @@ def test_close_with_work_in_flight_sends_everything_and_ends_the_threads() -> No
     threaded.close()  # the jobs are still sealing: close finishes them first
     assert datagrams(threaded) == datagrams(inline)
     assert set(threading.enumerate()) <= before
+    assert all_slots_back(threaded)
 
 
 def test_a_failing_worker_is_counted_and_the_next_jobs_go_on(
         monkeypatch: pytest.MonkeyPatch) -> None:
     threaded, _ = handshaken_pair(SEED, threads=2)
-    seal_chunk = sendworkers.seal_chunk
+    seal_job = sendworkers.seal_job
     calls = 0
 
-    def fails_once(*args: object) -> None:
+    def fails_once(*args: object) -> object:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("injected")
-        seal_chunk(*args)  # type: ignore[arg-type]
+        return seal_job(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(sendworkers, "seal_chunk", fails_once)
+    monkeypatch.setattr(sendworkers, "seal_job", fails_once)
     try:
         send(threaded, frames([("plain", 100, 0)]), 1)
         send(threaded, frames([("plain", 200, 0)]), 1)
@@ -146,29 +164,27 @@ def test_a_failing_worker_is_counted_and_the_next_jobs_go_on(
         threaded.close()
     assert threaded.stats.all_drops()["internal_error"] == 1
     assert len(datagrams(threaded)) == 1  # the second job went out
-    workers = threaded.send_workers
-    assert workers is not None
-    assert len(workers._free) == sendworkers.POOL_BUFFERS  # every buffer came back
+    assert all_slots_back(threaded)
 
 
 def test_no_free_buffer_pauses_the_tun_until_one_returns(
         monkeypatch: pytest.MonkeyPatch) -> None:
     threaded, _ = handshaken_pair(SEED, threads=2)
     release = threading.Event()
-    seal_chunk = sendworkers.seal_chunk
+    seal_job = sendworkers.seal_job
 
-    def held(*args: object) -> None:
+    def held(*args: object) -> object:
         release.wait()
-        seal_chunk(*args)  # type: ignore[arg-type]
+        return seal_job(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(sendworkers, "seal_chunk", held)
+    monkeypatch.setattr(sendworkers, "seal_job", held)
     workers = threaded.send_workers
     assert workers is not None
     paused, resumed = threading.Event(), threading.Event()
     workers.pause, workers.resume = paused.set, resumed.set
     workers._call_soon_threadsafe = lambda callback: callback()
     tun = threaded.tun
-    reads = frames([("super", 60_000, 1380)] * 200)
+    reads = frames([("super", 60_000, 1380)] * 400)  # more than every batch of slots holds
     try:
         tun.reads = list(reads)  # type: ignore[attr-defined]
         while not paused.is_set():
@@ -178,11 +194,14 @@ def test_no_free_buffer_pauses_the_tun_until_one_returns(
         assert resumed.wait(10)
         while tun.reads:  # type: ignore[attr-defined]
             threaded.on_tun_readable()
+            if tun.reads:  # type: ignore[attr-defined]
+                time.sleep(0.001)  # paused again: until a batch of slots comes back
     finally:
         release.set()
         threaded.close()
     assert threaded.stats.send_backpressure >= 1
-    assert threaded.stats.summary()["datagrams_sent"] == len(datagrams(threaded)) == 200 * 44
+    assert threaded.stats.summary()["datagrams_sent"] == len(datagrams(threaded)) == 400 * 44
+    assert all_slots_back(threaded)
 
 
 def hub(peers: int, threads: int) -> tuple[DataPath, list[bytes]]:
@@ -233,3 +252,38 @@ def test_each_peers_datagrams_leave_in_the_order_of_its_reads() -> None:
     for sent in counters.values():  # from 1: the handshake's keepalive took 0
         assert sent == list(range(1, len(sent) + 1))
     assert sum(map(len, counters.values())) == path.stats.summary()["datagrams_sent"]
+
+
+def test_a_split_that_fails_on_a_worker_is_counted_by_its_reason_and_gives_its_slots_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The header passed the loop's check, the split on the worker refuses it anyway: the
+    read is dropped by its reason, its counters left unused (a gap the receiver's window
+    allows), the reads around it sent, every slot back."""
+    threaded, receiver = handshaken_pair(SEED, threads=2)
+    split_into_fields = tun.split_into_fields
+    calls = 0
+
+    def refuses_the_second(*args: object) -> tuple[int, int, int]:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise OffloadError("ip_fragment", "injected")
+        return split_into_fields(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tun, "split_into_fields", refuses_the_second)
+    try:
+        send(threaded, frames([("super", 5000, 1300)] * 3), 3)
+    finally:
+        threaded.close()
+    assert threaded.stats.all_drops() == {"ip_fragment": 1}
+    sent = datagrams(threaded)
+    assert len(sent) == 8 == threaded.stats.summary()["datagrams_sent"]
+    counters = [int.from_bytes(d[8:16], "little") for d in sent]
+    # The job's counters are handed out in order: the failed read's four are its last ones.
+    assert counters == list(range(1, 9))
+    assert all_slots_back(threaded)
+    receiver.udp.incoming = [  # type: ignore[attr-defined]
+        (memoryview(d), len(d), ENDPOINT_A) for d in sent]
+    receiver.on_udp_readable()
+    assert not receiver.stats.all_drops()
+    assert receiver.stats.datagrams_received == 8

@@ -346,6 +346,30 @@ static PyObject *gso_size(PyObject *self, PyObject *const *args, Py_ssize_t narg
     return PyLong_FromSize_t(plan_size(&pl, gap, tail));
 }
 
+PyDoc_STRVAR(shape_doc,
+"shape(packet, flags, gso_type, hdr_len, gso_size, csum_start, csum_offset) -> (count, full, last)\n\n"
+"What split_into would return for this packet, without writing anything: how many\n"
+"packets, every one's length but the last, and the last's. Raises OffloadError as size().");
+
+static PyObject *gso_shape(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 7)
+        return PyErr_Format(PyExc_TypeError, "shape() takes 7 arguments (%zd given)", nargs);
+    Py_buffer packet;
+    struct vnet_hdr h;
+    size_t gap, tail, count, full, last;
+    struct plan pl;
+    if (parse_common(args, 0, &packet, &h, &gap, &tail) < 0)
+        return NULL;
+    enum reason r = make_plan(&h, packet.buf, (size_t)packet.len, &pl);
+    PyBuffer_Release(&packet);
+    if (r != RSN_OK)
+        return raise_reason(r), NULL;
+    plan_shape(&pl, &count, &full, &last);
+    return Py_BuildValue("nnn", (Py_ssize_t)count, (Py_ssize_t)full, (Py_ssize_t)last);
+}
+
 PyDoc_STRVAR(split_into_doc,
 "split_into(out, offset, packet, flags, gso_type, hdr_len, gso_size, csum_start, csum_offset,\n"
 "           gap, tail) -> (count, full, last)\n\n"
@@ -449,6 +473,7 @@ done:
 
 static PyMethodDef methods[] = {
     {"segments", (PyCFunction)(void (*)(void))gso_segments, METH_FASTCALL, segments_doc},
+    {"shape", (PyCFunction)(void (*)(void))gso_shape, METH_FASTCALL, shape_doc},
     {"size", (PyCFunction)(void (*)(void))gso_size, METH_FASTCALL, size_doc},
     {"split_into", (PyCFunction)(void (*)(void))gso_split_into, METH_FASTCALL,
      split_into_doc},

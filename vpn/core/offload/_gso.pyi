@@ -11,6 +11,10 @@ def size(packet: ReadableBuffer, flags: int, gso_type: int, hdr_len: int, gso_si
          csum_start: int, csum_offset: int, gap: int, tail: int, /) -> int:
     """Bytes split_into needs for this packet with that gap and tail around each segment."""
 
+def shape(packet: ReadableBuffer, flags: int, gso_type: int, hdr_len: int, gso_size: int,
+          csum_start: int, csum_offset: int, /) -> tuple[int, int, int]:
+    """(count, full, last) as split_into would return them, nothing written."""
+
 def split_into(out: WriteableBuffer, offset: int, packet: ReadableBuffer, flags: int,
                gso_type: int, hdr_len: int, gso_size: int, csum_start: int,
                csum_offset: int, gap: int, tail: int, /) -> tuple[int, int, int]:

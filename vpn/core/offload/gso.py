@@ -58,8 +58,8 @@ except ImportError as error:  # not built: the Python path runs
 else:
     NATIVE = twin("GSO split")
 
-__all__ = ["NATIVE", "Fields", "split", "split_fields", "split_into", "split_into_fields",
-           "split_into_python", "split_python"]
+__all__ = ["NATIVE", "Fields", "shape_fields", "split", "split_fields", "split_into",
+           "split_into_fields", "split_into_python", "split_python"]
 
 # A virtio-net header's six fields in VirtioNetHeader's order (virtio.HEADER.unpack_from):
 # what a TUN read hands the split without building a header object (0.8 us a read).
@@ -150,6 +150,15 @@ def _split_into_fields_native(out: bytearray | memoryview, offset: int, fields: 
 def _split_into_fields_python(out: bytearray | memoryview, offset: int, fields: Fields,
                               packet: Buffer, gap: int, tail: int) -> tuple[int, int, int]:
     return split_into_python(out, offset, VirtioNetHeader(*fields), packet, gap, tail)
+
+
+def _shape_fields_native(fields: Fields, packet: Buffer) -> tuple[int, int, int]:
+    return _gso.shape(packet, *fields)
+
+
+def _shape_fields_python(fields: Fields, packet: Buffer) -> tuple[int, int, int]:
+    segments = split_python(VirtioNetHeader(*fields), packet)
+    return len(segments), len(segments[0]), len(segments[-1])
 
 
 def _complete_checksum(packet: Buffer, start: int, offset: int) -> bytes:
@@ -249,3 +258,7 @@ split_fields: Callable[[Fields, Buffer], list[Buffer]] = (
 split_into_fields: Callable[[bytearray | memoryview, int, Fields, Buffer, int, int],
                             tuple[int, int, int]] = (
     _split_into_fields_native if NATIVE.native else _split_into_fields_python)
+# (count, full, last) as split_into_fields would return them, nothing written: what the
+# send walk reserves counters by before a worker splits.
+shape_fields: Callable[[Fields, Buffer], tuple[int, int, int]] = (
+    _shape_fields_native if NATIVE.native else _shape_fields_python)

@@ -10,7 +10,7 @@ before, SEAL_TAIL after), as wireguard-go's device asks tun.Device.Read for an o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
 from vpn.core.drops import Drop
@@ -24,8 +24,8 @@ from .constants import AEAD_TAG_LEN, PADDING_MULTIPLE, TRANSPORT_HEADER_SIZE
 from .keypair import Keypair, transport_size
 from .peer import Peer
 
-__all__ = ["SEAL_GAP", "SEAL_TAIL", "Chunk", "LaidOut", "Read", "Routed", "Sealed", "lay_out",
-           "route", "seal"]
+__all__ = ["SEAL_GAP", "SEAL_TAIL", "Job", "Read", "Reserved", "Routed", "Sealed", "reserve_jobs",
+           "route", "seal", "seal_job"]
 
 # Around each segment laid out in the send buffer: room for the transport header before it,
 # and for its padding (up to 15 bytes) and tag after, so that it is sealed where it lies.
@@ -48,6 +48,10 @@ class Read(Protocol):
     def packets(self) -> list[Buffer]:
         """The complete packets the read stands for; OffloadError (with a drop reason) for
         one the device cannot act on."""
+
+    def shape(self) -> tuple[int, int, int]:
+        """(count, full, last) as split_into would return them, nothing written; OffloadError
+        as `packets`. (Asked of a segmented read only.)"""
 
     def split_into(self, out: bytearray | memoryview, offset: int, gap: int, tail: int
                    ) -> tuple[int, int, int]:
@@ -94,6 +98,9 @@ class _Packets:
 
     def packets(self) -> list[Buffer]:
         return self._packets
+
+    def shape(self) -> tuple[int, int, int]:
+        raise ValueError("complete packets are not split")
 
     def split_into(self, out: bytearray | memoryview, offset: int, gap: int, tail: int
                    ) -> tuple[int, int, int]:
@@ -143,77 +150,131 @@ def seal(peer: Peer, reads: Sequence[Read], out: bytearray | memoryview, mtu: in
         return Sealed(endpoint, [], _stage(peer, _complete(reads, drops), now, drops), [],
                       drops)
     lengths: list[int] = []
-    rest, stopped, end = _walk(kp, reads, out, mtu, drops, lengths, None)
+    rest, stopped, end = _walk(kp, kp.reserve, reads, out, mtu, drops, lengths)
     if stopped is not None:  # out of nonces: rare, the rest waits for the next session
         staged = _complete(reads[stopped:], drops)
         return Sealed(endpoint, lengths, _stage(peer, staged, now, drops), [], drops, True)
     return Sealed(endpoint, lengths, peer.after_send(now, kp, end), rest, drops)
 
 
-class Chunk(NamedTuple):
-    """Messages laid out by lay_out, their counters reserved, sealed later (`seal_chunk`):
-    either `segments` split in place at `offset` (full, last: their sizes), or
-    `packets` (copies, owned) sealed into out[offset:]. `lengths` are the messages', back to
-    back from `offset` once sealed."""
+class Job(NamedTuple):
+    """A worker's share of one peer's reads: `messages` counters reserved from
+    `first`, in read order (a super-packet's from its header, before it is split), at most
+    a job budget's bytes once laid out."""
 
-    offset: int
+    reads: list[Read]
     first: int
-    lengths: list[int]
-    segments: int = 0
-    full: int = 0
-    last: int = 0
-    packets: list[bytes] | None = None
+    messages: int
 
 
-class LaidOut(NamedTuple):
-    """What lay_out did with one peer's reads: `chunks` to seal with `keypair` into the
-    buffer and send to `endpoint`, then the `control` datagrams; `rest` did not fit."""
+class Reserved(NamedTuple):
+    """What reserve_jobs did with one peer's reads: `jobs` to seal with `keypair` (in order,
+    seal_job) and send to `endpoint`, then the `control` datagrams."""
 
     endpoint: Address
     keypair: Keypair
-    chunks: list[Chunk]
+    jobs: list[Job]
     control: list[bytes]
-    rest: list[Read]
     drops: dict[str, int]
 
 
-def lay_out(peer: Peer, kp: Keypair, endpoint: Address, reads: Sequence[Read],
-            out: bytearray | memoryview, mtu: int, now: float) -> LaidOut:
-    """seal's first half, for sealing on another thread: `reads` laid out in `out` (each
-    super-packet split where it will be sealed, the plain packets copied) and their counters
-    reserved on `kp`, the keypair the caller found sendable. Nothing of the TUN's buffers is
-    kept, so the next read may reuse them before seal_chunk runs. Out of nonces, the rest is
-    staged behind a handshake as seal does."""
+def reserve_jobs(peer: Peer, kp: Keypair, endpoint: Address, reads: Sequence[Read],
+                 mtu: int, now: float, budget: int) -> Reserved:
+    """seal's first half, for sealing on worker threads (seal_job), with nothing split or
+    copied here: each read's message count (a super-packet's from its header: Read.shape)
+    and room, the reads grouped in order into jobs that lay out in `budget` bytes, and the
+    counters reserved per job on `kp`, the keypair the caller found sendable. A read the
+    header check rejects is dropped here. Out of nonces, the rest is staged behind a
+    handshake as seal does. The reads must stay valid until their job is sealed."""
     drops: dict[str, int] = {}
-    chunks: list[Chunk] = []
-    rest, stopped, _ = _walk(kp, reads, out, mtu, drops, None, chunks)
-    if stopped is not None:  # rare: the reads from there on wait for the next session
-        staged = _complete(reads[stopped:], drops)
-        return LaidOut(endpoint, kp, chunks, _stage(peer, staged, now, drops), [], drops)
-    nbytes = sum(sum(c.lengths) for c in chunks)
-    return LaidOut(endpoint, kp, chunks, peer.after_send(now, kp, nbytes), rest, drops)
+    jobs: list[Job] = []
+    nbytes = 0
+    taken: list[Read] = []
+    count = room = 0
+    for i, read in enumerate(reads):
+        if read.segmented:
+            try:
+                n, full, last = read.shape()
+            except OffloadError as err:
+                drops[err.reason] = drops.get(err.reason, 0) + 1
+                continue
+            nbytes += (n - 1) * transport_size(full, mtu) + transport_size(last, mtu)
+            need = (n - 1) * (full + _GAP_AND_TAIL) + last + _GAP_AND_TAIL
+        else:
+            n, length = 1, len(read.packet)
+            nbytes += transport_size(length, mtu)
+            need = length + _GAP_AND_TAIL
+        if taken and room + need > budget:
+            first = kp.reserve(count)
+            if first is None:  # rare: the reads from this job on wait for the next session
+                return _staged(peer, kp, endpoint, reads, i - len(taken), jobs, now, drops)
+            jobs.append(Job(taken, first, count))
+            taken, count, room = [], 0, 0
+        taken.append(read)
+        count += n
+        room += need
+    if taken:
+        first = kp.reserve(count)
+        if first is None:
+            return _staged(peer, kp, endpoint, reads, len(reads) - len(taken), jobs, now,
+                           drops)
+        jobs.append(Job(taken, first, count))
+    return Reserved(endpoint, kp, jobs, peer.after_send(now, kp, nbytes), drops)
 
 
-def seal_chunk(kp: Keypair, chunk: Chunk, out: bytearray | memoryview, mtu: int) -> None:
-    """lay_out's chunk sealed where it lies, on any thread (the native calls release the
-    GIL); TransportError when the keypair was zeroed since."""
-    if chunk.packets is None:
-        kp.seal_segments_at(chunk.first, out, chunk.offset, chunk.segments, chunk.full,
-                            chunk.last, SEAL_GAP, SEAL_TAIL, mtu)
-    else:
-        kp.encrypt_batch_at(chunk.first, chunk.packets, out, chunk.offset, mtu)
+def _staged(peer: Peer, kp: Keypair, endpoint: Address, reads: Sequence[Read], at: int,
+            jobs: list[Job], now: float, drops: dict[str, int]) -> Reserved:
+    """reserve_jobs out of nonces at read `at`: the jobs before it, the rest staged."""
+    return Reserved(endpoint, kp, jobs, _stage(peer, _complete(reads[at:], drops), now, drops),
+                    drops)
 
 
-def _walk(kp: Keypair, reads: Sequence[Read], out: bytearray | memoryview, mtu: int,
-          drops: dict[str, int], lengths: list[int] | None, chunks: list[Chunk] | None
+class _Allotment:
+    """A job's reserved counters, handed out in order as its reads are sealed (a read
+    dropped on the way leaves its counters unused: a gap the receiver's window allows)."""
+
+    __slots__ = ("end", "next")
+
+    def __init__(self, first: int, count: int) -> None:
+        self.next = first
+        self.end = first + count
+
+    def take(self, count: int) -> int | None:
+        first = self.next
+        if first + count > self.end:
+            return None
+        self.next = first + count
+        return first
+
+
+def seal_job(kp: Keypair, job: Job, buffer: Callable[[int], memoryview], mtu: int,
+             drops: dict[str, int]) -> list[tuple[memoryview, list[int]]]:
+    """seal's second half, on any thread: the job's reads split and sealed in place (the
+    one walk of seal) with the counters reserve_jobs took, into buffer(0), then buffer(1)
+    ... if one does not hold them all; the messages each buffer holds, back to back from 0.
+    TransportError when the keypair was zeroed since; drops counted in `drops`."""
+    allotment = _Allotment(job.first, job.messages)
+    sealed: list[tuple[memoryview, list[int]]] = []
+    reads: Sequence[Read] = job.reads
+    while reads:
+        out = buffer(len(sealed))
+        lengths: list[int] = []
+        reads, stopped, _ = _walk(kp, allotment.take, reads, out, mtu, drops, lengths)
+        if stopped is not None:  # a split made more messages than its header said
+            raise RuntimeError("a job's reads made more messages than were reserved")
+        sealed.append((out, lengths))
+    return sealed
+
+
+def _walk(kp: Keypair, reserve: Callable[[int], int | None], reads: Sequence[Read],
+          out: bytearray | memoryview, mtu: int, drops: dict[str, int], lengths: list[int]
           ) -> tuple[list[Read], int | None, int]:
-    """The one layout of seal and lay_out: `reads` in order into `out` from 0, each super-
-    packet split in place, the plain packets between two taken together, counters reserved
-    on `kp` for each. With `lengths` (seal, this thread) each is sealed as it is laid out
-    and the messages lie back to back, their lengths added; with `chunks` (lay_out) each is
-    recorded to seal later, the plain packets copied, a super-packet keeping its split's
-    room. Returns the reads that did not fit, the index of the first read left unsealed
-    when the nonces ran out (None when they did not), and the end of what was laid out."""
+    """The one walk of seal and seal_job: `reads` in order into `out` from 0, each super-
+    packet split in place and sealed where it lies, the plain packets between two sealed
+    together, the messages back to back, their lengths added to `lengths`; the counters
+    from `reserve` (kp.reserve, or a job's reserved ones). Returns the reads that did not
+    fit, the index of the first read left unsealed when the counters ran out (None when
+    they did not), and the end of what was sealed."""
     offset = i = 0
     end = len(reads)
     while i < end:
@@ -232,21 +293,14 @@ def _walk(kp: Keypair, reads: Sequence[Read], out: bytearray | memoryview, mtu: 
                 packets = _complete([read], drops)
                 j = i + 1
             else:
-                first = kp.reserve(count)
+                first = reserve(count)
                 if first is None:
                     return [], i, offset
-                if lengths is not None:
-                    size, last_size = kp.seal_segments_at(first, out, offset, count, full,
-                                                          last, SEAL_GAP, SEAL_TAIL, mtu)
-                    lengths += [size] * (count - 1)
-                    lengths.append(last_size)
-                    offset += size * (count - 1) + last_size
-                elif chunks is not None:  # sealed later: the segments stay where split
-                    size = transport_size(full, mtu)
-                    chunks.append(Chunk(offset, first, [size] * (count - 1) +
-                                        [transport_size(last, mtu)], count, full, last))
-                    offset += (count - 1) * (SEAL_GAP + full + SEAL_TAIL) + SEAL_GAP + last \
-                        + SEAL_TAIL
+                size, last_size = kp.seal_segments_at(first, out, offset, count, full, last,
+                                                      SEAL_GAP, SEAL_TAIL, mtu)
+                lengths += [size] * (count - 1)
+                lengths.append(last_size)
+                offset += size * (count - 1) + last_size
                 i += 1
                 continue
         else:
@@ -264,25 +318,16 @@ def _walk(kp: Keypair, reads: Sequence[Read], out: bytearray | memoryview, mtu: 
         if not fit and not offset and packets:
             raise ValueError("the send buffer cannot hold one message")  # no call would progress
         if fit:
-            first = kp.reserve(fit)
+            first = reserve(fit)
             if first is None:
                 return [], i, offset
-            batch = packets[:fit] if fit < len(packets) else packets
-            if lengths is not None:
-                sealed = kp.encrypt_batch_at(first, batch, out, offset, mtu)
-                lengths += sealed
-                offset += sum(sealed)
-            elif chunks is not None:  # copies: the TUN's buffers are reused before sealing
-                owned = [bytes(p) for p in batch]
-                sizes = [transport_size(len(p), mtu) for p in owned]
-                chunks.append(Chunk(offset, first, sizes, packets=owned))
-                offset += sum(sizes)
+            sealed = kp.encrypt_batch_at(first, packets[:fit] if fit < len(packets) else packets,
+                                         out, offset, mtu)
+            lengths += sealed
+            offset += sum(sealed)
         i = j
         if fit < len(packets):
-            left = packets[fit:]
-            if chunks is not None:
-                left = [bytes(p) for p in left]
-            return [_Packets(left), *reads[i:]], None, offset
+            return [_Packets(packets[fit:]), *reads[i:]], None, offset
     return [], None, offset
 
 

@@ -14,7 +14,7 @@ from vpn.core.offload.gso import split
 from vpn.core.packet.virtio import HEADER, VirtioNetHeader
 from vpn.core.wireguard import Device, Keypair, Peer
 from vpn.core.wireguard.constants import REJECT_AFTER_MESSAGES
-from vpn.core.wireguard.send import Read, Sealed, lay_out, seal_chunk
+from vpn.core.wireguard.send import Read, Reserved, Sealed, reserve_jobs, seal_job
 from vpn.io.tun import TunRead, TunStats
 
 MSS = MTU - 40
@@ -22,7 +22,7 @@ MSS = MTU - 40
 
 def read(header: VirtioNetHeader, packet: bytes, stats: TunStats | None = None) -> TunRead:
     fields = HEADER.unpack(header.pack())
-    return TunRead(fields, memoryview(packet), stats or TunStats())  # type: ignore[arg-type]
+    return TunRead(fields, memoryview(packet), stats or TunStats())
 
 
 def plain(payload: bytes, dst: bytes = DST) -> TunRead:
@@ -106,32 +106,56 @@ def test_any_buffer_size_seals_the_same_packets_in_order(size: int) -> None:
     assert peer.tx_bytes >= sum(lengths)
 
 
-@pytest.mark.parametrize("size", [1 << 20, 70_000, 20_000, MTU + 100])
-def test_the_workers_layout_seals_the_same_packets_in_order(size: int) -> None:
-    """lay_out then seal_chunk, as the send workers run them: what seal sends, in order,
-    a chunk's messages back to back from its offset."""
-    _, peer, b = session()
-    reads, packets = mixed_reads()
+def reserve_and_seal(peer: Peer, reads: list[Read], budget: int, size: int
+                     ) -> tuple[list[bytes], Reserved]:
+    """reserve_jobs then seal_job, as the loop thread and the send workers run them (the
+    jobs sealed last first: the counters were reserved before, in read order)."""
     kp, endpoint = peer.keypair_for_sending(1.0), peer.endpoint
     assert kp is not None and endpoint is not None
-    out = bytearray(size)
-    messages: list[bytes] = []
-    calls = 0
-    while True:
-        laid = lay_out(peer, kp, endpoint, reads, out, MTU, 1.0)
-        calls += 1
-        assert not laid.drops
-        for chunk in laid.chunks:
-            seal_chunk(kp, chunk, out, MTU)
-            at = chunk.offset
-            for n in chunk.lengths:
+    reserved = reserve_jobs(peer, kp, endpoint, reads, MTU, 1.0, budget)
+    drops: dict[str, int] = {}
+    per_job: list[list[bytes]] = []
+    for job in reversed(reserved.jobs):
+        messages = []
+        for out, lengths in seal_job(kp, job, lambda _: memoryview(bytearray(size)), MTU,
+                                     drops):
+            at = 0
+            for n in lengths:
                 messages.append(bytes(out[at:at + n]))
                 at += n
-        if not laid.rest:
-            break
-        reads = laid.rest
+        per_job.insert(0, messages)
+    assert drops == {}
+    return [m for messages in per_job for m in messages], reserved
+
+
+@pytest.mark.parametrize(("budget", "size"), [(1 << 20, 1 << 20), (70_000, 70_000),
+                                              (20_000, 20_000), (1, MTU + 100)])
+def test_the_workers_jobs_seal_the_same_packets_in_order(budget: int, size: int) -> None:
+    """What seal sends, in order, whatever the jobs' budget and the buffers' size; the
+    counters reserved are the messages made, no more."""
+    _, peer, b = session()
+    reads, packets = mixed_reads()
+    kp = peer.keypair_for_sending(1.0)
+    assert kp is not None
+    before, sent_before = kp.send_counter, peer.tx_bytes
+    messages, reserved = reserve_and_seal(peer, reads, budget, size)
     assert opened(b, messages) == packets
-    assert calls > 1 if size < 70_000 else calls == 1
+    assert kp.send_counter - before == len(packets) == sum(j.messages for j in reserved.jobs)
+    assert len(reserved.jobs) > 1 if budget < 70_000 else len(reserved.jobs) == 1
+    assert peer.tx_bytes - sent_before == sum(map(len, messages))  # told before the split
+
+
+def test_a_job_drops_a_bad_read_by_its_header_before_reserving() -> None:
+    _, peer, _ = session()
+    header, packet = tcp_super_packet(b"x" * (MSS * 3), MSS, src=SRC, dst=DST)
+    lying = VirtioNetHeader(header.flags, header.gso_type, header.hdr_len, 0,
+                            header.csum_start, header.csum_offset)
+    kp, endpoint = peer.keypair_for_sending(1.0), peer.endpoint
+    assert kp is not None and endpoint is not None
+    reserved = reserve_jobs(peer, kp, endpoint, [read(lying, packet), plain(b"fine")], MTU,
+                            1.0, 1 << 20)
+    assert reserved.drops == {"bad_gso_size": 1}
+    assert [job.messages for job in reserved.jobs] == [1]
 
 
 def test_super_packets_are_counted_by_the_device() -> None:
