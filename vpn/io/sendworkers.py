@@ -142,12 +142,17 @@ class SendWorkers:
                 return
             jobs = [Job([], 0, 0)]  # the control datagrams alone, in the peer's order
         last = jobs[-1]
-        with self._lock:
-            lease.holders += len(jobs)
         for job in jobs:
-            self._pool.submit(peer, functools.partial(self._seal, kp, job, mtu),
-                              functools.partial(self._send, endpoint, job,
-                                                reserved.control if job is last else (), lease))
+            with self._lock:
+                lease.holders += 1
+            try:
+                self._pool.submit(peer, functools.partial(self._seal, kp, job, mtu),
+                                  functools.partial(self._send, endpoint, job,
+                                                    reserved.control if job is last else (),
+                                                    lease))
+            except BaseException:
+                self.release(lease)  # not queued (the pool is closed): not held
+                raise
 
     def release(self, lease: Lease) -> None:
         """One holder is done with `lease`: the last one gives its slots back, and wakes

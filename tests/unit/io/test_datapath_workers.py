@@ -97,14 +97,18 @@ def jitter(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @settings(max_examples=25, deadline=None)
-@given(reads=READS, wakeup=st.integers(1, 8), seed=st.integers(0, 2**32 - 1))
+@given(reads=READS, wakeup=st.integers(1, 8), seed=st.integers(0, 2**32 - 1),
+       job_bytes=st.sampled_from([sendworkers.JOB_BYTES, 20_000, 3_000]))
 def test_workers_send_what_the_inline_path_sends_in_read_order(
-        reads: list[tuple[str, int, int]], wakeup: int, seed: int) -> None:
+        reads: list[tuple[str, int, int]], wakeup: int, seed: int, job_bytes: int) -> None:
+    """Whatever the jobs' size (a job per read, or a super-packet sealed across several of
+    a worker's buffers) and the order the workers finish in."""
     inline, _ = handshaken_pair(SEED)
-    threaded, _ = handshaken_pair(SEED, threads=3)
     tun_frames = frames(reads)
     send(inline, tun_frames, wakeup)
     with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(sendworkers, "JOB_BYTES", job_bytes)
+        threaded, _ = handshaken_pair(SEED, threads=3)
         delay_sealing(monkeypatch, seed, 0.0005)
         try:
             send(threaded, tun_frames, wakeup)
@@ -114,6 +118,8 @@ def test_workers_send_what_the_inline_path_sends_in_read_order(
     assert expected and datagrams(threaded) == expected
     assert threaded.stats.summary()["datagrams_sent"] == len(expected)
     assert threaded.stats.all_drops() == inline.stats.all_drops()
+    assert threaded.stats.summary()["segments_split"] == inline.stats.summary()["segments_split"]
+    assert all_slots_back(threaded)
 
 
 @pytest.mark.usefixtures("jitter")
