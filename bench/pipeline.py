@@ -10,8 +10,12 @@ a fast figure cannot come from a broken path.
 
 `throughput(workers)` (`python -m bench.pipeline --workers N --json`) is the same walk as a
 rate over at least two seconds: the send side sealing on N worker threads (0: inline, on
-the calling thread) and the receive side, in Gbit/s of TCP payload. `--compare` runs 0, 1
-and 2 workers each in its own process, interleaved, and prints them side by side.
+the calling thread) and the receive side, in Gbit/s of TCP payload, with the send side's
+CPU time per 64 KiB on the loop thread and on the workers (on a machine shared with other
+work the rates say little, the CPU times still say what free cores would give: with loop
+L and workers W, n workers on n + 1 free cores go at most 1/max(L, W/n) per 64 KiB).
+`--compare` runs 0, 1 and 2 workers each in its own process, interleaved, and prints them
+side by side.
 
 `run()` measures the fast path the endpoint would use (fastpath.NATIVE: native when the
 C module is built); `run_with_python_path()` adds the Python reference path's figures from
@@ -179,6 +183,7 @@ def throughput(workers: int, seconds: float = 2.0) -> dict[str, float]:
         a.send_workers._call_soon_threadsafe = lambda callback: callback()
     wakeups = 0
     start = time.perf_counter()
+    cpu, loop_cpu = time.process_time(), time.thread_time()
     while time.perf_counter() - start < seconds:
         room.wait()
         tun_a.reads = list(reads)
@@ -186,6 +191,8 @@ def throughput(workers: int, seconds: float = 2.0) -> dict[str, float]:
         wakeups += not tun_a.reads
     a.close()  # every job sealed and sent: part of the time
     send_seconds = time.perf_counter() - start
+    loop_cpu = time.thread_time() - loop_cpu
+    workers_cpu = time.process_time() - cpu - loop_cpu  # every other thread: the workers
     sent = a.stats.summary()["datagrams_sent"]
     if sent != wakeups * WAKEUP_READS * 47:
         raise RuntimeError(f"pipeline benchmark: {sent} datagrams for {wakeups} wakeups")
@@ -202,9 +209,14 @@ def throughput(workers: int, seconds: float = 2.0) -> dict[str, float]:
     if b.stats.all_drops():
         raise RuntimeError(f"pipeline benchmark: drops {dict(b.stats.all_drops())}")
     bits = len(payload) * 8 * WAKEUP_READS
+    per_64k = 1e6 / (wakeups * WAKEUP_READS)
     return {"workers": workers, "send_gbps": bits * wakeups / send_seconds / 1e9,
             "receive_gbps": bits * rounds / receive_seconds / 1e9,
-            "receive_workers": 0}  # the receive walk stays on the loop thread (issue 20)
+            "receive_workers": 0,  # the receive walk stays on the loop thread (issue 20)
+            # CPU, not wall time: what the rates would be on free cores, whatever else
+            # the machine runs (the loop thread's, and the workers' together).
+            "send_loop_cpu_us_per_64k": loop_cpu * per_64k,
+            "send_workers_cpu_us_per_64k": workers_cpu * per_64k}
 
 
 def compare(counts: tuple[int, ...] = (0, 1, 2), repeats: int = 3) -> dict[int, dict]:
@@ -233,7 +245,9 @@ if __name__ == "__main__":
         for n, figures in results.items():
             ratio = figures["send_gbps"] / results[1]["send_gbps"] if 1 in results else 0
             print(f"workers {n}: send {figures['send_gbps']:6.2f} Gbit/s ({ratio:.2f}x of 1 "
-                  f"worker), receive {figures['receive_gbps']:6.2f} Gbit/s")
+                  f"worker), receive {figures['receive_gbps']:6.2f} Gbit/s; send CPU per "
+                  f"64 KiB: loop thread {figures['send_loop_cpu_us_per_64k']:5.1f} us, "
+                  f"workers {figures['send_workers_cpu_us_per_64k']:5.1f} us")
     else:
         for key, value in run_with_python_path().items():
             print(f"{key:40} {value:8.1f}")
