@@ -37,10 +37,19 @@ class UapiServerError(OSError):
     """The socket cannot be served: another endpoint has it, or the directory is unusable."""
 
 
+class SnapshotInSlices(Protocol):
+    """A snapshot taken a slice at a time (vpn.core.wireguard.snapshot.SlicedSnapshot)."""
+
+    def step(self) -> DeviceSnapshot | None:
+        """Take the next slice: the finished snapshot after the last one, else None."""
+
+
 class UapiHandler(Protocol):
     """What the server asks of the endpoint; every call runs on the event loop, uninterrupted."""
 
-    def uapi_get(self) -> DeviceSnapshot: ...
+    def uapi_get(self) -> SnapshotInSlices:
+        """The snapshot a get answer describes, to be taken with the loop running between
+        its slices; one configuration's even if a set lands between two."""
 
     def uapi_set(self, changes: ChangeSet) -> None:
         """Apply all of it or, raising UapiError, none of it."""
@@ -94,6 +103,7 @@ class UapiServer:
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of our socket file
         self._server: asyncio.AbstractServer | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._texts = uapi.PeerTexts()  # the get answers' static lines, from get to get
 
     def bind(self) -> None:
         """Claim the socket path: replace a stale socket, refuse a live one. Not yet serving."""
@@ -250,17 +260,18 @@ class UapiServer:
         return parser
 
     async def _send_get(self, writer: asyncio.StreamWriter) -> None:
-        """The get answer for the snapshot of one moment, formatted and written a slice of
-        peers at a time with the event loop's other work (the data path) between slices:
-        10,000 peers would hold it for over 50 ms in one piece."""
+        """The get answer: its snapshot taken, then formatted and written, a slice of peers
+        at a time with the event loop's other work (the data path) between slices. 10,000
+        peers would hold the loop for about 5 ms to take and 25 ms to format in one piece,
+        and the data path's packets would wait that long."""
         try:
-            snapshot = self.handler.uapi_get()
+            snapshot = await self._snapshot()
         except Exception:  # a bug must not take the endpoint down; the client hears EIO
             log.exception("%s: %s failed", self.name, uapi.OP_GET)
             writer.write(uapi.format_errno(uapi.EIO).encode())
             await writer.drain()
             return
-        slices = uapi.get_slices(snapshot)
+        slices = uapi.get_slices(snapshot, texts=self._texts)
         while True:
             try:
                 piece = next(slices, None)
@@ -271,7 +282,13 @@ class UapiServer:
                 return
             writer.write(piece.encode())
             await writer.drain()  # waits only while the client is slower than we are
-            await asyncio.sleep(0)
+            await _next_turn()
+
+    async def _snapshot(self) -> DeviceSnapshot:
+        taking = self.handler.uapi_get()
+        while (snapshot := taking.step()) is None:
+            await _next_turn()
+        return snapshot
 
     async def _reload(self) -> str:
         try:
@@ -301,6 +318,13 @@ class UapiServer:
         except Exception:  # a bug must not take the endpoint down; the client hears EIO
             log.exception("%s: %s failed", self.name, op)
             return uapi.format_errno(uapi.EIO)
+
+
+async def _next_turn() -> None:
+    """Let the loop run its ready callbacks and poll the file descriptors once (the data
+    path's readers among them), then go on: sleep(0) is a bare yield, the task resumed by
+    call_soon, no timer."""
+    await asyncio.sleep(0)
 
 
 # -- the client side, for `vpn show` and `vpn down` ----------------------------------------

@@ -17,7 +17,8 @@ from vpn.control.config_model import Config, ConfigError, PeerConfig
 from vpn.control.show import plural
 from vpn.control.uapi import UapiError
 from vpn.core.keys import encode_key
-from vpn.core.wireguard.changes import ChangeError, ChangeSet, DeviceSnapshot
+from vpn.core.wireguard.changes import ChangeError, ChangeSet
+from vpn.core.wireguard.snapshot import SlicedSnapshot
 from vpn.endpoint.errors import EndpointError
 from vpn.endpoint.loading import load_config, resolve, resolve_all
 from vpn.endpoint.runtime import Runtime
@@ -47,8 +48,8 @@ class Management:
 
     # -- the management protocol ------------------------------------------------------------
 
-    def uapi_get(self) -> DeviceSnapshot:
-        return self.endpoint.running().device.snapshot()
+    def uapi_get(self) -> SlicedSnapshot:
+        return SlicedSnapshot(self.endpoint.running().device)
 
     def uapi_stats(self) -> dict[str, object]:
         stats = self.endpoint.running().snapshot().to_stats()

@@ -221,7 +221,7 @@ def test_stats_answer_errno_error_never_quotes_the_value(secret: str) -> None:
 class _NoChanges:
     """A UapiHandler for requests that must all be refused before they reach it."""
 
-    def uapi_get(self) -> DeviceSnapshot:
+    def uapi_get(self) -> uapi_server.SnapshotInSlices:
         raise AssertionError("not asked")
 
     def uapi_set(self, changes: ChangeSet) -> None:

@@ -8,19 +8,22 @@ import ipaddress
 import itertools
 import os
 import random
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vpn.control import uapi, uapi_server
 from vpn.control.uapi import ChangeSet, DeviceSnapshot, format_get, get_slices, parse_get
 from vpn.core.keys import to_hex
 from vpn.core.types import endpoint_text
-from vpn.core.wireguard import Device
+from vpn.core.wireguard import Device, snapshot
 from vpn.core.wireguard.allowedips import networks
+from vpn.core.wireguard.snapshot import SlicedSnapshot
 
 # Addresses in ::/80 are where inet_ntop's text and ipaddress's differ (IPv4-embedded forms).
 _V6_EDGES = [0, 1, 0xFFFF, 0x1_0000, 0xFFFF_0000_0000, 0xFFFF_0102_0304, 0x0102_0304,
@@ -137,8 +140,8 @@ class _Device:
     def __init__(self, device: Device) -> None:
         self.device = device
 
-    def uapi_get(self) -> DeviceSnapshot:
-        return self.device.snapshot()
+    def uapi_get(self) -> SlicedSnapshot:
+        return SlicedSnapshot(self.device)
 
     def uapi_set(self, changes: ChangeSet) -> None:
         self.device.apply(changes, 0.0)
@@ -157,19 +160,24 @@ def test_the_server_answers_in_slices_with_the_loop_running_between(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A get of 2,000 peers: the whole answer arrives as format_get writes it from the
     snapshot, a task of the same loop (the data path's stand-in) got turns between every
-    two slices, and a set sent after it is served."""
+    two slices of the snapshot and of the text, and a set sent after it is served."""
     device = _busy_device(2000)
     expected = format_get(device.snapshot())
     turns = 0
     turns_at_slice: list[int] = []
-    real_slices = uapi.get_slices
+    real_slices, real_step = uapi.get_slices, SlicedSnapshot.step
 
-    def watched_slices(snapshot: DeviceSnapshot) -> Iterator[str]:
-        for piece in real_slices(snapshot):
+    def watched_slices(snapshot: DeviceSnapshot, **kwargs: Any) -> Iterator[str]:
+        for piece in real_slices(snapshot, **kwargs):
             turns_at_slice.append(turns)
             yield piece
 
+    def watched_step(taking: SlicedSnapshot) -> DeviceSnapshot | None:
+        turns_at_slice.append(turns)
+        return real_step(taking)
+
     monkeypatch.setattr(uapi, "get_slices", watched_slices)
+    monkeypatch.setattr(SlicedSnapshot, "step", watched_step)
 
     async def serve() -> tuple[list[list[str]], list[list[str]]]:
         server = uapi_server.UapiServer("t", _Device(device), directory=tmp_path)
@@ -199,6 +207,108 @@ def test_the_server_answers_in_slices_with_the_loop_running_between(
     answer, changed = asyncio.run(serve())
     assert "\n".join(answer[0]) + "\n\n" == expected
     assert changed == [["errno=0"]] and NEW_PEER in device.peers
-    # The head, 2,000 / 64 slices of peers, the errno line: the loop ran between each two.
-    assert len(turns_at_slice) == 2 + -(-2000 // uapi.PEERS_PER_SLICE)
-    assert all(b > a for a, b in itertools.pairwise(turns_at_slice))
+    # The snapshot's slices, then the head, the text's slices and the errno line: the loop
+    # ran between each two (the head, a few bytes, follows the snapshot's last slice).
+    steps = -(-2000 // snapshot.PEERS_PER_SLICE)
+    assert len(turns_at_slice) == steps + 2 + -(-2000 // uapi.PEERS_PER_SLICE)
+    taking, writing = turns_at_slice[:steps], turns_at_slice[steps:]
+    for turns_at in (taking, writing):
+        assert all(b > a for a, b in itertools.pairwise(turns_at))
+
+
+def _served(device: Device, texts: uapi.PeerTexts, per_snapshot: int, per_slice: int) -> str:
+    """A get answer as the server builds it: the snapshot in slices, the text in slices
+    with the static lines kept in `texts`."""
+    taking = SlicedSnapshot(device, per_snapshot)
+    while (snapshot := taking.step()) is None:
+        pass
+    return "".join(get_slices(snapshot, per_slice, texts=texts))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 200), st.integers(0, 1 << 30), st.integers(1, 300), st.integers(1, 300))
+def test_a_sliced_get_is_the_unsliced_answer_byte_for_byte(
+        peers: int, seed: int, per_snapshot: int, per_slice: int) -> None:
+    """Over random peer sets: the answer from slices and kept lines is the reference
+    formatter's, on a first get, a second (every static line kept) and one after changes
+    to the keepalives, allowed IPs and preshared keys of some peers and the removal of
+    others (the kept lines of those must not show)."""
+    device = _busy_device(peers, seed)
+    texts = uapi.PeerTexts()
+    for _ in range(2):
+        assert _served(device, texts, per_snapshot, per_slice) == _old_format_get(
+            device.snapshot())
+    rng = random.Random(seed)
+    changes = ChangeSet()
+    for key in rng.sample(sorted(device.peers), min(peers, 12)):
+        changes.peers.append(uapi.PeerChange(
+            key, remove=rng.random() < 0.3, persistent_keepalive=rng.choice([None, 0, 7]),
+            preshared_key=rng.choice([None, bytes(32), rng.randbytes(32)]),
+            replace_allowed_ips=rng.random() < 0.5,
+            allowed_ips=[ipaddress.ip_network(f"198.19.{rng.randrange(256)}.0/24")]))
+    device.apply(changes, 0.0)
+    assert _served(device, texts, per_snapshot, per_slice) == _old_format_get(device.snapshot())
+    assert set(texts.kept) == set(device.peers)
+
+
+class _SetDuringGet(_Device):
+    """A handler whose get holds after its first slice until a set has been served over
+    another connection: that set lands between two slices of the get's snapshot."""
+
+    def __init__(self, device: Device) -> None:
+        super().__init__(device)
+        self.first_slice_taken = threading.Event()
+        self.set_applied = False
+        self.taking: SlicedSnapshot | None = None
+
+    def uapi_get(self) -> uapi_server.SnapshotInSlices:
+        self.taking = taking = SlicedSnapshot(self.device, 50)
+        handler = self
+
+        class Held:
+            def step(self) -> DeviceSnapshot | None:
+                if handler.first_slice_taken.is_set() and not handler.set_applied:
+                    return None  # the loop turns and serves the set meanwhile
+                handler.first_slice_taken.set()
+                return taking.step()
+
+        return Held()
+
+    def uapi_set(self, changes: ChangeSet) -> None:
+        super().uapi_set(changes)
+        self.set_applied = True
+
+
+def test_a_set_that_lands_during_a_get_is_wholly_in_its_answer_or_wholly_not(
+        tmp_path: Path) -> None:
+    """The set removes the first peer (already read when it lands) and adds one: the
+    answer is the configuration after it, byte for byte, not a mix of the two."""
+    device = _busy_device(400)
+    before = format_get(device.snapshot())
+    handler = _SetDuringGet(device)
+    first = next(iter(device.peers))
+    change = f"set=1\npublic_key={first.hex()}\nremove=true\npublic_key={NEW_PEER.hex()}\n\n"
+
+    async def serve() -> tuple[list[list[str]], list[list[str]]]:
+        server = uapi_server.UapiServer("t", handler, directory=tmp_path)
+        server.bind()
+        await server.start()
+
+        def set_once_the_get_started() -> list[list[str]]:
+            assert handler.first_slice_taken.wait(60)
+            return uapi_server.request("t", change, directory=tmp_path, timeout=60)
+
+        try:
+            return await asyncio.gather(
+                asyncio.to_thread(uapi_server.request, "t", "get=1\n\n", directory=tmp_path,
+                                  timeout=60),
+                asyncio.to_thread(set_once_the_get_started))
+        finally:
+            server.close()
+
+    answer, changed = asyncio.run(serve())
+    assert changed == [["errno=0"]]
+    assert handler.taking is not None and handler.taking.restarts == 1
+    after = format_get(device.snapshot())
+    assert after != before and first not in device.peers and NEW_PEER in device.peers
+    assert "\n".join(answer[0]) + "\n\n" == after

@@ -59,9 +59,9 @@ from .receive import ReceiveCounts, receive
 from .screen import NATIVE as NATIVE_SCREEN
 from .screen import Screen
 from .send import Read, Routed, Sealed, route, seal
+from .snapshot import peer_rows
 
 _SENDER_INDEX = struct.Struct("<I")
-_NO_PSK = bytes(32)
 
 
 class HandshakeEvent(StrEnum):
@@ -140,6 +140,10 @@ class Device:
         self.ratelimiter = RateLimiter()
         self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
         self.peers: dict[bytes, Peer] = {}
+        # Moves with every change to the configuration (peers, their keys, keepalives,
+        # endpoints and allowed IPs, the private key): a snapshot taken in slices starts
+        # over when it moves, so that it never mixes two configurations.
+        self.generation = 0
         self.indexes: IndexTable[Peer] = IndexTable(random_bytes)
         self._last_lost_session_scan = float("-inf")
         self.drops: Counter[str] = Counter()  # the handshake code's
@@ -194,6 +198,7 @@ class Device:
                     persistent_keepalive, endpoint)
         peer.mtu = self.mtu
         self.peers[peer.public_key] = peer
+        self.generation += 1
         return peer
 
     def set_mtu(self, mtu: int) -> None:
@@ -206,6 +211,7 @@ class Device:
         peer = self.peers.pop(public_key, None)
         if peer is None:
             return
+        self.generation += 1
         peer.zero_keys()
         peer.timers.stop()
         self._deadlines.forget(peer)
@@ -240,6 +246,7 @@ class Device:
         and fwmark are the socket's, for the shell to apply. Returns the peers owed a
         keepalive at once (a newly set persistent keepalive sends one, as wireguard-go's)."""
         self.check(changes)
+        self.generation += 1  # listen_port and fwmark too, which the shell sets at once
         new_key = _wanted_key(changes)
         if changes.private_key is not None and new_key != self.private_key:
             self._set_private_key(new_key)
@@ -296,24 +303,11 @@ class Device:
     def snapshot(self) -> DeviceSnapshot:
         """The running configuration and the peers' counters at one moment: what `wg show`,
         `vpn show`, SaveConfig and the endpoint's counters render. Plain values only, read
-        in one pass (about 0.5 us a peer): it runs on the event loop, and formatting them is
-        left to the caller, which can do it in slices."""
-        prefixes_for = self.allowed_ips.prefixes_for
-        rows = [
-            (
-                peer.public_key,
-                psk if (psk := peer.handshake.psk) != _NO_PSK else None,
-                peer.endpoint,
-                peer.last_handshake_wall,
-                peer.tx_bytes,
-                peer.rx_bytes,
-                int(peer.timers.persistent_interval),
-                prefixes_for(peer),
-            )
-            for peer in self.peers.values()
-        ]
+        in one pass (about 0.5 us a peer); formatting them is left to the caller. The `wg`
+        protocol's get takes it in slices instead (`snapshot.SlicedSnapshot`)."""
         return DeviceSnapshot(private_key=self.private_key, listen_port=self.listen_port,
-                              fwmark=self.fwmark, rows=rows)
+                              fwmark=self.fwmark,
+                              rows=peer_rows(self.peers.values(), self.allowed_ips.prefixes_for))
 
     # -- receiver indexes (IndexTable: one handshake and three keypairs per peer) ----------
 
