@@ -8,13 +8,15 @@ in-memory double in lab/doubles.py replaces just those).
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import socket
 import struct
 import sys
+import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Protocol
@@ -388,17 +390,19 @@ class UdpSocket:
 
     # -- receiving ----------------------------------------------------------------------------
 
-    def receive_batch(self) -> list[tuple[memoryview, int, Address]]:
+    def receive_batch(self, into: ReceiveBuffer | None = None
+                      ) -> list[tuple[memoryview, int, Address]]:
         """Drain up to `batch` receives without blocking: (data, segment size, source).
 
         With GRO one receive holds several datagrams of `segment size` (the last may be
-        shorter). The views are reused by the next call.
+        shorter). The views are reused by the next call; with `into`, they are of its
+        buffer (as many receives as it has slots), which the caller owns.
         """
         out: list[tuple[memoryview, int, Address]] = []
         recv = self._sock.recvmsg_into
         sources = self._sources
         gro_receives = gro_segments = truncated = 0
-        for slot in self._slots:
+        for slot in self._slots if into is None else into.slots:
             try:
                 n, ancdata, flags, raw = recv(slot, _GRO_CMSG_SPACE)
             except (BlockingIOError, InterruptedError):
@@ -432,16 +436,16 @@ class UdpSocket:
         return out
 
     def receive_screened(
-        self, screen: DatagramScreen
+        self, screen: DatagramScreen, into: ReceiveBuffer | None = None
     ) -> tuple[list[tuple[memoryview, int, Address]], tuple[int, ...] | None, list[Address]]:
         """receive_batch in one recvmmsg, each datagram screened first by `screen` (in
         vpn/io/_udp.c, with the screen's verdict function): returns what passed, in
         receive_batch's form, the drops by the screen's reasons (None: none), and the sources
-        of the datagrams the screen asked to hear about."""
+        of the datagrams the screen asked to hear about. `into` as for receive_batch."""
+        whole, batch = (self._whole, self.batch) if into is None else (into.data, len(into.slots))
         entries, counts, lost, (receives, gro_receives, gro_segments, truncated,
-                                errors) = _udp.receive(self.fd, self._buffer, RECEIVE_SLOT,
-                                                       self.batch, screen.capsule)
-        whole = self._whole
+                                errors) = _udp.receive(self.fd, whole, RECEIVE_SLOT,
+                                                       batch, screen.capsule)
         names = self._names
         out = []
         for offset, length, size, raw in entries:
@@ -501,6 +505,69 @@ class UdpSocket:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ReceiveBuffer:
+    """Room for `receives` receives (`data`, cut in `slots`) and for their plaintexts
+    (`out`, as large): what a receive job owns from the socket to the TUN. `jobs` is the
+    number of jobs still using it (its owner's count)."""
+
+    __slots__ = ("data", "jobs", "out", "slots")
+
+    def __init__(self, receives: int) -> None:
+        whole = reserve(2 * RECEIVE_SLOT * receives)
+        self.data = whole[:RECEIVE_SLOT * receives]
+        self.out = whole[RECEIVE_SLOT * receives:]
+        self.slots = [(self.data[i * RECEIVE_SLOT:(i + 1) * RECEIVE_SLOT],)
+                      for i in range(receives)]
+        self.jobs = 0
+
+
+class ReceiveBuffers:
+    """A bounded pool of ReceiveBuffers, for receives that outlive their wakeup (the receive
+    workers'). `take` on the loop thread; `give_back` from any thread. When none is free the
+    reader stops watching the socket (`pause`, counted as `backpressure`) until one comes
+    back (`resume`, called on the loop thread through `call_soon_threadsafe`): the kernel's
+    socket buffer holds what arrives meanwhile."""
+
+    def __init__(self, count: int, receives: int,
+                 call_soon_threadsafe: Callable[[Callable[[], None]], object] | None
+                 ) -> None:
+        self.count = count
+        self._free: collections.deque[ReceiveBuffer] = collections.deque(
+            ReceiveBuffer(receives) for _ in range(count))
+        self._lock = threading.Lock()  # _paused, between the loop and the workers
+        self._paused = False
+        self._call_soon_threadsafe = call_soon_threadsafe
+        self.backpressure = 0  # wakeups that found no buffer free
+        self.pause: Callable[[], None] | None = None
+        self.resume: Callable[[], None] | None = None
+
+    @property
+    def free(self) -> int:
+        return len(self._free)
+
+    def take(self) -> ReceiveBuffer | None:
+        """A free buffer, or None (the reader paused until one is back)."""
+        try:
+            return self._free.pop()
+        except IndexError:
+            pass
+        with self._lock:  # pause before a give_back's resume, whatever the threads do
+            if self._free:  # given back since
+                return self._free.pop()
+            self._paused = True
+            self.backpressure += 1
+            if self.pause is not None:
+                self.pause()
+        return None
+
+    def give_back(self, buffer: ReceiveBuffer) -> None:
+        with self._lock:
+            self._free.append(buffer)
+            wake, self._paused = self._paused, False
+        if wake and self.resume is not None and self._call_soon_threadsafe is not None:
+            self._call_soon_threadsafe(self.resume)
 
 
 def _set_mark(sock: socket.socket, fwmark: int) -> None:
