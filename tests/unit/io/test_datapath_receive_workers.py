@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from lab.doubles import MTU, NOW, MemoryTun, MemoryUdp, ScreeningUdp, handshaken_pair
 from lab.packets import tcp_packet
+from tests.examples import examples
 from tests.unit.io.test_datapath_receive import FLOWS, Receive, apply, sent_by_a, traffic
 from vpn.core.offload import split
 from vpn.core.packet.virtio import VIRTIO_NET_HDR_LEN, VirtioNetHeader
@@ -103,7 +104,7 @@ def outcome(path: DataPath) -> dict:
             "protocol_drops": dict(path.device.drops), "peers": peers}
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(FLOWS, OPS, st.integers(1, 3), st.binary(min_size=4, max_size=4),
        st.integers(0, 2**32 - 1), st.booleans())
 def test_workers_deliver_what_the_inline_walk_delivers(
