@@ -20,7 +20,7 @@ from __future__ import annotations
 import collections
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from vpn.core.drops import Drop
@@ -79,7 +79,6 @@ class ReceiveWorkers:
         self._done: collections.deque[RunJob] = collections.deque()
         self._posted = False
         self._call_soon_threadsafe = call_soon_threadsafe
-        self._lanes: dict[Peer, object] = {}  # a peer's receive lane (its sends have theirs)
 
     def receive(self, udp: UdpSocket) -> bool:
         """One wakeup on the loop thread: a buffer's worth of receives at a time, until the
@@ -120,16 +119,13 @@ class ReceiveWorkers:
             return
         buffer.jobs = len(jobs)
         for job in jobs:
-            self._pool.submit(self._lanes.get(job.peer) or self.lane(job.peer),
-                              functools.partial(self._open, job, buffer),
+            self._pool.submit(self.lane(job.peer), functools.partial(self._open, job, buffer),
                               functools.partial(self._accept, job, buffer))
 
-    def lane(self, peer: Peer) -> object:
-        """The pool's lane of `peer`'s receive jobs (its sends have their own)."""
-        lane = self._lanes.get(peer)
-        if lane is None:
-            lane = self._lanes[peer] = object()
-        return lane
+    @staticmethod
+    def lane(peer: Peer) -> Hashable:
+        """The pool's lane of `peer`'s receive jobs (its sends have their own: the peer)."""
+        return ("receive", peer)
 
     # -- on the workers -----------------------------------------------------------------
 
@@ -193,9 +189,12 @@ class ReceiveWorkers:
         now = self._clock()
         replies: list[tuple[Address, bytes]] = []
         roamed: list[tuple[Peer, Address]] = []
+        peers = self._device.peers
         while done:
             job = done.popleft()
             peer = job.peer
+            if peers.get(peer.public_key) is not peer:
+                continue  # removed since: nothing of it to keep (its timers least of all)
             for reason, n in job.drops.items():
                 peer.count_drop(reason, n)
             after_runs(now, job.sessions, replies, roamed)

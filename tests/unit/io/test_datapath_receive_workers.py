@@ -256,6 +256,33 @@ def test_a_keypair_zeroed_while_a_worker_opens_with_it_is_a_counted_drop(
     assert b.receive_workers.buffers.free == receiveworkers.POOL_BUFFERS
 
 
+def test_a_peer_removed_while_its_job_is_in_flight_is_left_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its messages are dropped (its keys went with it) and its bookkeeping is not done: no
+    timer of a removed peer comes back to life."""
+    a, b = handshaken_pair(b"removed", b_threads=2)
+    receives = sent_by_a(a, traffic([(9, 1368, False)]))
+    release = threading.Event()
+    open_runs = receiveworkers.open_runs
+
+    def held(*args: object) -> None:
+        assert release.wait(10)
+        open_runs(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(receiveworkers, "open_runs", held)
+    peer = next(iter(b.device.peers.values()))
+    rx_bytes = peer.rx_bytes
+    try:
+        receive_all(b, receives, 1)
+        b.device.remove_peer(peer.public_key)
+    finally:
+        release.set()
+        b.close()
+    assert peer.rx_bytes == rx_bytes and peer.drops is None
+    assert not len(b.device._deadlines)  # no timer armed for it
+    assert b.stats.all_drops() == {"keypair_expired": 9}  # zeroed with the peer's sessions
+
+
 def test_a_failing_worker_is_counted_and_its_buffer_comes_back(
         monkeypatch: pytest.MonkeyPatch) -> None:
     a, b = handshaken_pair(b"fails", b_threads=2)
