@@ -22,7 +22,7 @@ same `_Runs.accept` the inline walk calls. The peers' bookkeeping stays the loop
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
@@ -34,6 +34,7 @@ from .keypair import OPENED, RECORD, Keypair, TransportError
 from .screen import SCREEN_REASONS
 
 if TYPE_CHECKING:
+    from .allowedips import AllowedIPs
     from .device import Device
     from .peer import Peer
 
@@ -43,6 +44,8 @@ Datagrams = Sequence[tuple[Buffer, int, Address]]
 # The most messages one receive holds (a 65,535-byte receive of keepalives): what open_run
 # may describe for accept_run in one call.
 OPENED_PER_RUN = 65535 // TRANSPORT_MIN_SIZE + 1
+# Up to this many messages, run_stop looks at each: cheaper than the columns' setup.
+SHORT_RUN = 4
 # The smallest plaintext a record can stand for (an IPv4 header): each record takes at least
 # this much of `out`, which bounds the records one wakeup can make.
 MIN_RECORDED = 20
@@ -126,11 +129,11 @@ class _Runs:
     the replay window (accept_run), cryptokey routing, the records to deliver and what each
     keypair received, for the peers' bookkeeping after it."""
 
-    __slots__ = ("counts", "drops", "lookup", "nrec", "records", "sessions")
+    __slots__ = ("allowed_ips", "counts", "drops", "nrec", "records", "sessions")
 
-    def __init__(self, lookup: Callable[[Buffer], Peer | None], counts: ReceiveCounts,
+    def __init__(self, allowed_ips: AllowedIPs[Peer], counts: ReceiveCounts,
                  records: memoryview) -> None:
-        self.lookup = lookup  # AllowedIPs.lookup
+        self.allowed_ips = allowed_ips
         self.counts = counts
         self.records = records
         self.nrec = 0
@@ -163,7 +166,7 @@ class _Runs:
                 # Cryptokey routing, once per distinct inner source: each must be one of
                 # the peer's AllowedIPs (inline: this runs once per run).
                 # (AllowedIPs.source_allowed, its lookup called directly: one call less.)
-                lookup = self.lookup
+                lookup = self.allowed_ips.lookup
                 for first, src in enumerate(sources):
                     if lookup(src) is not peer:  # rare: look at the rest, remove records
                         nrec = self.remove(peer, at, nrec, {
@@ -198,7 +201,7 @@ class _Walk(_Runs):
     def __init__(self, device: Device, now: float, out: memoryview, records: memoryview
                  ) -> None:
         # _Runs' fields set here, not through its __init__: a call less a wakeup.
-        self.lookup = device.allowed_ips.lookup
+        self.allowed_ips = device.allowed_ips
         self.counts = device.receive_counts
         self.records = records
         self.nrec = 0
@@ -355,8 +358,8 @@ class RunJob(_Runs):
 
     __slots__ = ("opened", "opens", "peer", "runs")
 
-    def __init__(self, peer: Peer, lookup: Callable[[Buffer], Peer | None]) -> None:
-        super().__init__(lookup, ReceiveCounts(), memoryview(b""))
+    def __init__(self, peer: Peer, allowed_ips: AllowedIPs[Peer]) -> None:
+        super().__init__(allowed_ips, ReceiveCounts(), memoryview(b""))
         self.peer = peer
         self.runs: list[Run] = []
         self.opens: list[_Opened] = []
@@ -447,7 +450,7 @@ class _Dispatch(_Walk):
         stop = run_stop(data, segment_size, pos)
         job = self.jobs.get(peer)
         if job is None:
-            job = self.jobs[peer] = RunJob(peer, self.lookup)
+            job = self.jobs[peer] = RunJob(peer, self.allowed_ips)
         job.runs.append(Run(kp, data, segment_size, pos, stop, source, self.offset))
         self.offset += stop - pos
         self.checked.add(kp)
@@ -462,23 +465,23 @@ def run_stop(data: Buffer, segment_size: int, pos: int) -> int:
     """Where the run of transport messages from data[pos:] for one receiver index ends: at
     the first message shorter than a transport message, of another type or for another
     index, as open_run stops (or earlier, at other reserved bytes: a cut there is only one
-    more run). A GRO receive's messages are one flow's: all of them, compared at once."""
+    more run). A GRO receive's messages are one flow's: a long one is compared at once, its
+    headers' two words (type and reserved bytes, receiver index) a strided column each."""
     size = len(data)
     n = -(-(size - pos) // segment_size)
-    last = pos + (n - 1) * segment_size
-    view = data if type(data) is memoryview else memoryview(data)
-    header = view[pos:pos + 8].tobytes()
     if n == 1:
         return size
-    if segment_size % 4 == 0 and size - last >= TRANSPORT_MIN_SIZE:
-        # The headers' two words (type and reserved bytes, receiver index), a column each.
+    view = data if type(data) is memoryview else memoryview(data)
+    header = view[pos:pos + 8].tobytes()
+    last = pos + (n - 1) * segment_size
+    if n > SHORT_RUN and segment_size % 4 == 0 and size - last >= TRANSPORT_MIN_SIZE:
         words = view[pos:last + 8].cast("I")
         step = segment_size // 4
         if (words[::step].tobytes() == header[:4] * n
                 and words[1::step].tobytes() == header[4:] * n):
             return size
-    end = pos
-    while end < size:  # rare (a new keypair part way, or garbage): message by message
+    end = pos + segment_size  # the first message is the run's (the dispatch saw to it)
+    while end < size:  # a short run, a new keypair part way, garbage: message by message
         stop = min(end + segment_size, size)
         if stop - end < TRANSPORT_MIN_SIZE or view[end:end + 8] != header:
             break
