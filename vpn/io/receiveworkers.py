@@ -101,22 +101,25 @@ class ReceiveWorkers:
                 received = udp.receive_batch(buffer)
             got = udp.stats.receives - before
             read += got
-            if received or lost or screened:
-                self._submit(buffer, dispatch(device, received, self._clock(),
-                                              screened=screened, lost=lost))
-            else:
+            try:
+                walked = dispatch(device, received, self._clock(), screened=screened,
+                                  lost=lost) if received or lost or screened else None
+            except BaseException:  # counted at the pump's boundary; the buffer comes back
                 self.buffers.give_back(buffer)
+                raise
+            self._submit(buffer, walked)
             if got < len(buffer.slots):
                 return False
         return True
 
-    def _submit(self, buffer: ReceiveBuffer, walked: Dispatched) -> None:
-        jobs = walked.jobs
-        for dest, datagram in walked.send:
-            self._send(dest, datagram)
+    def _submit(self, buffer: ReceiveBuffer, walked: Dispatched | None) -> None:
+        """What the dispatch answered sent; a job per peer to the pool, each owning a share
+        of `buffer` (given back with the last; now, without any job)."""
+        jobs = walked.jobs if walked is not None else []
         if not jobs:
             self.buffers.give_back(buffer)
-            return
+        for dest, datagram in walked.send if walked is not None else ():
+            self._send(dest, datagram)
         buffer.jobs = len(jobs)
         for job in jobs:
             self._pool.submit(self.lane(job.peer), functools.partial(self._open, job, buffer),

@@ -365,3 +365,22 @@ def test_no_free_buffer_pauses_the_socket_until_one_returns(
     assert b.stats.receive_backpressure >= 1
     assert b.stats.packets_written == 10 * 44
     assert b.stats.all_drops() == {}
+
+
+def test_a_dispatch_that_fails_gives_its_buffer_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop thread's part failing in a way no drop reason foresaw: the receive is dropped
+    whole at the pump's boundary (internal_error), as inline, and its buffer is free again."""
+    a, b = handshaken_pair(b"dispatch", b_threads=2)
+    receives = sent_by_a(a, traffic([(9, 1368, False)]))
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(receiveworkers, "dispatch", broken)
+    try:
+        receive_all(b, receives, 1)
+    finally:
+        b.close()
+    assert b.stats.all_drops() == {"internal_error": 1}
+    assert b.receive_workers is not None
+    assert b.receive_workers.buffers.free == receiveworkers.POOL_BUFFERS
