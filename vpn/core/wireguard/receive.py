@@ -408,12 +408,11 @@ def accept_runs(job: RunJob, counts: ReceiveCounts) -> None:
 
 @dataclass(slots=True)
 class Dispatched:
-    """What the loop's part of a wakeup's receive made: a job per peer that has runs, what
-    to send now, and this wakeup's drops (counted already)."""
+    """What the loop's part of a wakeup's receive made: a job per peer that has runs, and
+    what to send now (its drops are counted already)."""
 
     jobs: list[RunJob]
     send: list[tuple[Address, bytes]]
-    drops: dict[str, int]
 
 
 def dispatch(device: Device, batch: Datagrams, now: float, *,
@@ -429,7 +428,7 @@ def dispatch(device: Device, batch: Datagrams, now: float, *,
     for data, segment_size, source in batch:
         walk.datagrams(data, segment_size, source)
     walk.finish(lost)  # its sessions are the jobs' now: no bookkeeping here
-    return Dispatched(list(walk.jobs.values()), walk.send, walk.drops)
+    return Dispatched(list(walk.jobs.values()), walk.send)
 
 
 class _Dispatch(_Walk):
