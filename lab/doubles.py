@@ -17,8 +17,9 @@ from vpn.core.types import Buffer
 from vpn.core.wireguard import Device
 from vpn.core.wireguard.crypto import PrivateKey
 from vpn.io.datapath import DataPath
+from vpn.io.receivebuffers import ReceiveBuffer
 from vpn.io.tun import OFFLOAD_LADDER, OffloadResult, TunDevice
-from vpn.io.udp import DatagramScreen, ReceiveBuffer, UdpSocket
+from vpn.io.udp import DatagramScreen, UdpSocket
 
 MTU = 1420
 SRC, DST = bytes([198, 18, 10, 1]), bytes([198, 18, 10, 2])

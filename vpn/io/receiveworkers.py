@@ -1,6 +1,6 @@
 """The receive walk's crypto and TUN writes on worker threads (issue 20), for DataPath.
 
-The loop thread receives into a pool buffer (udp.ReceiveBuffers), walks the receives
+The loop thread receives into a pool buffer (receivebuffers.py), walks the receives
 (receive.dispatch: handshake messages, the session lookup, each transport run's extent) and
 submits a job per peer to the data path's worker pool. A worker opens the job's runs
 (receive.open_runs: the AEAD, GIL released, beside other jobs) into the buffer's `out`; in
@@ -9,7 +9,7 @@ replay window, cryptokey routing), coalesces its records with a coalescer of its
 writes the frames to the TUN. The job then goes back to the loop thread (`finish`, through
 call_soon_threadsafe, batched: every job that came back since the last call) for the peers'
 bookkeeping (receive.after_runs) and their drop counts. A buffer goes back to the pool when
-the last job using it is done; with none free the socket is not read (udp.ReceiveBuffers).
+the last job using it is done; with none free the socket is not read (ReceiveBuffers).
 
 Workers write only their own counters (ReceiveWorkerCounts, one per thread), summed when
 read.
@@ -34,8 +34,9 @@ from vpn.core.wireguard.receive import (
     dispatch,
     open_runs,
 )
+from vpn.io.receivebuffers import ReceiveBuffer, ReceiveBuffers
 from vpn.io.tun import TunDevice, TunStats
-from vpn.io.udp import ReceiveBuffer, ReceiveBuffers, UdpSocket
+from vpn.io.udp import UdpSocket
 from vpn.io.workers import WorkerPool
 
 # Receives a job buffer holds: a quarter of a full wakeup, so that one wakeup's receives are
