@@ -81,8 +81,11 @@ class MemoryUdp(UdpSocket):
                       ) -> list[tuple[memoryview, int, tuple[str, int]]]:
         """What is `incoming`, as it is (no copy: the benchmark's loop thread would pay for
         one the kernel makes); with `into`, at most as many receives as it has slots."""
-        most = len(self.incoming) if into is None else len(into.slots)
-        incoming, self.incoming = self.incoming[:most], self.incoming[most:]
+        if into is None:
+            incoming, self.incoming = self.incoming, []
+        else:
+            most = len(into.slots)
+            incoming, self.incoming = self.incoming[:most], self.incoming[most:]
         self.stats.receives += len(incoming)
         return incoming
 
