@@ -193,6 +193,9 @@ def throughput(workers: int, seconds: float = 2.0) -> dict[str, float]:
     rounds, receive_seconds = _receive(b, receives, seconds)
     if b.stats.all_drops():
         raise RuntimeError(f"pipeline benchmark: drops {dict(b.stats.all_drops())}")
+    if b.stats.packets_written != rounds * WAKEUP_READS * 47:
+        raise RuntimeError(f"pipeline benchmark: {b.stats.packets_written} packets written "
+                           f"for {rounds} rounds")
     bits = len(payload) * 8 * WAKEUP_READS
     return {"workers": workers, "send_gbps": bits * wakeups / send_seconds / 1e9,
             "receive_gbps": bits * rounds / receive_seconds / 1e9,
