@@ -10,12 +10,12 @@ a fast figure cannot come from a broken path.
 
 `throughput(workers)` (`python -m bench.pipeline --workers N --json`) is the same walk as a
 rate over at least two seconds: the send side sealing on N worker threads (0: inline, on
-the calling thread) and the receive side, in Gbit/s of TCP payload, with the send side's
-CPU time per 64 KiB on the loop thread and on the workers (on a machine shared with other
-work the rates say little, the CPU times still say what free cores would give: with loop
-L and workers W, n workers on n + 1 free cores go at most 1/max(L, W/n) per 64 KiB).
-`--compare` runs 0, 1 and 2 workers each in its own process, interleaved, and prints them
-side by side.
+the calling thread) and the receive side opening and delivering on as many (ReceiveWorkers),
+in Gbit/s of TCP payload, with the send side's CPU time per 64 KiB on the loop thread and on
+the workers (on a machine shared with other work the rates say little, the CPU times still
+say what free cores would give: with loop L and workers W, n workers on n + 1 free cores go
+at most 1/max(L, W/n) per 64 KiB). `--compare` runs 0, 1 and 2 workers each in its own
+process, interleaved, and prints them side by side with their ratios to 1 worker.
 
 `run()` measures the fast path the endpoint would use (fastpath.NATIVE: native when the
 C module is built); `run_with_python_path()` adds the Python reference path's figures from
@@ -161,12 +161,12 @@ WAKEUP_READS = 16  # super-packets per TUN wakeup, as under a bulk TCP stream
 def throughput(workers: int, seconds: float = 2.0) -> dict[str, float]:
     """send_gbps and receive_gbps: TCP payload through each side for `seconds` or more,
     the send side sealing on `workers` threads (0: inline). Nothing goes to the kernel."""
-    a, b = handshaken_pair(threads=workers)
+    a, b = handshaken_pair(threads=workers, b_threads=workers)
     payload = os.urandom(MSS * 47)
     options = b"\x01\x01\x08\x0a" + bytes(8)
     header, packet = tcp_super_packet(payload, MSS, src=SRC, dst=DST, options=options)
     reads = [memoryview(tun_frame(header, packet))] * WAKEUP_READS
-    (tun_a, udp_a), (tun_b, udp_b) = _doubles(a), _doubles(b)
+    (tun_a, udp_a), (tun_b, _) = _doubles(a), _doubles(b)
     # One wakeup's datagrams, kept, for the receive side; then the sends go nowhere.
     tun_a.reads = list(reads)
     a.on_tun_readable()
@@ -196,27 +196,53 @@ def throughput(workers: int, seconds: float = 2.0) -> dict[str, float]:
     sent = a.stats.summary()["datagrams_sent"]
     if sent != wakeups * WAKEUP_READS * 47:
         raise RuntimeError(f"pipeline benchmark: {sent} datagrams for {wakeups} wakeups")
-    rounds = 0
-    keypairs = next(iter(b.device.peers.values())).keypairs
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        for kp in keypairs:  # the same messages each round: a fresh window lets them in
-            kp.replay = ReplayWindow()
-        udp_b.incoming = list(receives)
-        b.on_udp_readable()
-        rounds += 1
-    receive_seconds = time.perf_counter() - start
+    rounds, receive_seconds = _receive(b, receives, seconds)
     if b.stats.all_drops():
         raise RuntimeError(f"pipeline benchmark: drops {dict(b.stats.all_drops())}")
+    if b.stats.packets_written != rounds * WAKEUP_READS * 47:
+        raise RuntimeError(f"pipeline benchmark: {b.stats.packets_written} packets written "
+                           f"for {rounds} rounds")
     bits = len(payload) * 8 * WAKEUP_READS
     per_64k = 1e6 / (wakeups * WAKEUP_READS)
     return {"workers": workers, "send_gbps": bits * wakeups / send_seconds / 1e9,
             "receive_gbps": bits * rounds / receive_seconds / 1e9,
-            "receive_workers": 0,  # the receive walk stays on the loop thread (issue 20)
+            "receive_workers": b.pool.stats.threads if b.pool is not None else 0,
             # CPU, not wall time: what the rates would be on free cores, whatever else
             # the machine runs (the loop thread's, and the workers' together).
             "send_loop_cpu_us_per_64k": loop_cpu * per_64k,
             "send_workers_cpu_us_per_64k": workers_cpu * per_64k}
+
+
+def _receive(b: DataPath, receives: list, seconds: float) -> tuple[int, float]:
+    """Rounds of `receives` (one TUN wakeup's datagrams) through b's receive walk for
+    `seconds` or more, every job done (part of the time): (rounds, seconds)."""
+    _, udp_b = _doubles(b)
+    peer = next(iter(b.device.peers.values()))
+
+    def fresh_windows() -> None:  # the same messages each round: a fresh window lets them in
+        for kp in peer.keypairs:
+            kp.replay = ReplayWindow()
+
+    workers = b.receive_workers
+    room = threading.Event()  # the receive buffers' backpressure, as the runtime wires it
+    room.set()
+    if workers is not None:
+        workers.buffers.pause, workers.buffers.resume = room.clear, room.set
+        workers.buffers._call_soon_threadsafe = lambda callback: callback()
+    rounds = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        if workers is None or b.pool is None:
+            fresh_windows()
+        else:  # in the peer's receive lane: after the last round's accepts, before these
+            b.pool.submit(workers.lane(peer), lambda: None, lambda _: fresh_windows())
+        udp_b.incoming = list(receives)
+        while udp_b.incoming:
+            room.wait()
+            b.on_udp_readable()
+        rounds += 1
+    b.close()
+    return rounds, time.perf_counter() - start
 
 
 def compare(counts: tuple[int, ...] = (0, 1, 2), repeats: int = 3) -> dict[int, dict]:
@@ -243,11 +269,13 @@ if __name__ == "__main__":
     elif sys.argv[1:2] == ["--compare"]:
         results = compare()
         for n, figures in results.items():
-            ratio = figures["send_gbps"] / results[1]["send_gbps"] if 1 in results else 0
-            print(f"workers {n}: send {figures['send_gbps']:6.2f} Gbit/s ({ratio:.2f}x of 1 "
-                  f"worker), receive {figures['receive_gbps']:6.2f} Gbit/s; send CPU per "
-                  f"64 KiB: loop thread {figures['send_loop_cpu_us_per_64k']:5.1f} us, "
-                  f"workers {figures['send_workers_cpu_us_per_64k']:5.1f} us")
+            ratios = [figures[key] / results[1][key] if 1 in results else 0
+                      for key in ("send_gbps", "receive_gbps")]
+            print(f"workers {n}: send {figures['send_gbps']:6.2f} Gbit/s ({ratios[0]:.2f}x of "
+                  f"1 worker), receive {figures['receive_gbps']:6.2f} Gbit/s ({ratios[1]:.2f}x "
+                  f"of 1 worker); send CPU per 64 KiB: loop thread "
+                  f"{figures['send_loop_cpu_us_per_64k']:5.1f} us, workers "
+                  f"{figures['send_workers_cpu_us_per_64k']:5.1f} us")
     else:
         for key, value in run_with_python_path().items():
             print(f"{key:40} {value:8.1f}")

@@ -9,7 +9,8 @@
 # installed build is untouched. Then the same modules built with ThreadSanitizer (its own
 # build: it cannot share a process with ASan) run the tests of the native code that threads
 # call at once (one TransportKey sealing and opening on N threads, zero() while they run,
-# and the send walk on worker threads).
+# and the send and receive walks on worker threads: open_run, accept_run and _gro's
+# coalescer on several threads at once).
 # Extra arguments go to pytest (e.g. --durations=20).
 #
 # The property tests run with HYPOTHESIS_PROFILE=sanitize: a fifth of their examples
@@ -63,6 +64,7 @@ check_imports
     tests/unit/core/test_gso.py tests/unit/core/test_gro_native.py \
     tests/unit/io/test_udp_screen.py tests/unit/io/test_datapath_receive.py \
     tests/unit/io/test_datapath_batches.py tests/unit/core/wireguard/test_transport_threads.py \
+    tests/unit/io/test_datapath_receive_workers.py \
     "$@"
 
 # ThreadSanitizer sees the races of instrumented code (ours; OpenSSL and CPython are not):
@@ -74,4 +76,5 @@ export TSAN_OPTIONS=halt_on_error=1:exitcode=66
 check_imports
 "$PYTHON" -m pytest -q -p no:cacheprovider --capture=sys \
     tests/unit/core/wireguard/test_transport_threads.py tests/unit/io/test_datapath_workers.py \
+    tests/unit/io/test_datapath_receive_workers.py \
     "$@"

@@ -115,7 +115,8 @@ def _add_up_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--threads", metavar="N",
-        help="seal and send on N worker threads; 0 or 1: on the event loop's thread "
+        help="seal and send, open and deliver on N worker threads; 0 or 1: on the "
+        "event loop's thread "
         "(default: $VPN_THREADS if set, else the measured default)",
     )
 

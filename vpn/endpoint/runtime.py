@@ -54,6 +54,10 @@ class Runtime:
                  f"{workers.threads} worker threads" if workers else "the event loop's thread")
         if workers is not None:  # backpressure: no TUN reads while no job buffer is free
             workers.pause, workers.resume = self._pause_tun, self._resume_tun
+        receivers = self.datapath.receive_workers
+        if receivers is not None:  # and no socket reads while no receive buffer is
+            receivers.buffers.pause, receivers.buffers.resume = (self._pause_udp,
+                                                                 self._resume_udp)
         self.device.on_earlier_deadline = self.timers.arm
         self.device.on_peer_event = self.peer_events
         self.handshakes = HandshakeWorker(self.device, loop, self.clock, self._send_replies)
@@ -72,6 +76,14 @@ class Runtime:
     def _resume_tun(self) -> None:
         if self.tun.fd >= 0 and not self._stopping:
             asyncio.get_running_loop().add_reader(self.tun.fd, self.datapath.on_tun_readable)
+
+    def _pause_udp(self) -> None:
+        if self.udp.fd >= 0:
+            asyncio.get_running_loop().remove_reader(self.udp.fd)
+
+    def _resume_udp(self) -> None:
+        if self.udp.fd >= 0 and not self._stopping:
+            asyncio.get_running_loop().add_reader(self.udp.fd, self.datapath.on_udp_readable)
 
     def run_timers(self, owed_keepalive: Iterable[Peer]) -> None:
         """Send the keep-alives the initial configuration owes; the timers run from now."""

@@ -19,6 +19,7 @@ from vpn.core.wireguard import Device, Peer, ReceiveCounts
 from vpn.core.wireguard.receive import records_needed
 from vpn.core.wireguard.send import Read
 from vpn.io.buffers import reserve
+from vpn.io.receiveworkers import ReceiveWorkerCounts, ReceiveWorkers
 from vpn.io.sendworkers import SendWorkers, WorkerCounts
 from vpn.io.tun import MAX_PACKET, TunDevice, TunGone, TunRead, TunStats
 from vpn.io.udp import UdpSocket, UdpStats
@@ -51,7 +52,8 @@ class DataPathStats:
     """The interface's counters of the offload picture and of every drop, by reason, as one
     summary. Each part is counted where it happens and read through here: the pump's own
     (the fields below), the TUN's (`tun`: the super-packets it split, its writes), the
-    socket's (`udp`, which the summary nests) and the core's receive walk (`received`).
+    socket's (`udp`, which the summary nests) and the core's receive walk (`received`), with
+    the worker threads' own (`workers`, `receivers`) added in when read.
     `drops` is the pump's own; `all_drops()` and `summary()` hold every one."""
 
     udp: UdpStats
@@ -65,6 +67,23 @@ class DataPathStats:
     # The send workers' own counters (one per thread, summed here), and their pool's.
     workers: list[WorkerCounts] = field(default_factory=list)
     send_backpressure: int = 0  # TUN wakeups that read nothing: no read slots free
+    # The receive workers' (one per thread: their walk's and their TUN writes' counts).
+    receivers: list[ReceiveWorkerCounts] = field(default_factory=list)
+    receive_backpressure: int = 0  # socket wakeups that stopped: no receive buffer free
+
+    def _tun_counts(self) -> dict[str, int]:
+        counts = self.tun.counts()
+        for worker in list(self.receivers):
+            for name, n in worker.tun.counts().items():
+                counts[name] += n
+        return counts
+
+    def _received_counts(self) -> dict[str, int]:
+        counts = self.received.counts()
+        for worker in list(self.receivers):
+            for name, n in worker.received.counts().items():
+                counts[name] += n
+        return counts
 
     @property
     def super_packets(self) -> int:
@@ -76,15 +95,15 @@ class DataPathStats:
 
     @property
     def tun_writes(self) -> int:
-        return self.tun.tun_writes
+        return self._tun_counts()["tun_writes"]
 
     @property
     def jumbo_frames(self) -> int:
-        return self.tun.jumbo_frames
+        return self._tun_counts()["jumbo_frames"]
 
     @property
     def jumbo_segments(self) -> int:
-        return self.tun.jumbo_segments
+        return self._tun_counts()["jumbo_segments"]
 
     @property
     def datagrams_received(self) -> int:
@@ -96,7 +115,7 @@ class DataPathStats:
 
     @property
     def packets_written(self) -> int:
-        return self.received.packets_written
+        return self._received_counts()["packets_written"]
 
     @property
     def lost_session_handshakes(self) -> int:
@@ -107,6 +126,9 @@ class DataPathStats:
         drops = Counter(self.drops)
         for worker in list(self.workers):
             drops.update(worker.drops)
+        for receiver in list(self.receivers):
+            drops.update(receiver.received.drops)
+            drops.update(receiver.tun.drops)
         drops.update(self.tun.drops)
         drops.update(self.received.drops)
         return drops
@@ -115,14 +137,15 @@ class DataPathStats:
         out: dict = {f.name: getattr(self, f.name) for f in fields(self)
                      if f.name not in _PARTS}
         out["datagrams_sent"] += sum(w.datagrams_sent for w in list(self.workers))
-        out.update(self.tun.counts())
-        out.update(self.received.counts())
+        out.update(self._tun_counts())
+        out.update(self._received_counts())
         out["drops"] = dict(self.all_drops())
         out["udp"] = self.udp.summary()
         return out
 
 
-_PARTS = ("udp", "tun", "received", "drops", "workers")  # DataPathStats' fields that are not counts
+# DataPathStats' fields that are not counts.
+_PARTS = ("udp", "tun", "received", "drops", "workers", "receivers")
 
 
 class DataPath:
@@ -139,8 +162,8 @@ class DataPath:
         threads: int = 0,
         call_soon_threadsafe: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
-        """threads > 0: seal and send on a pool of that many worker threads (SendWorkers);
-        0, on the loop thread, inline."""
+        """threads > 0: seal and send (SendWorkers), open and deliver (ReceiveWorkers) on a
+        pool of that many worker threads; 0, on the loop thread, inline."""
         self.device = device
         self.tun = tun
         self.udp = udp
@@ -159,16 +182,26 @@ class DataPath:
         self.on_tun_gone: Callable[[], None] | None = None
         self.pool: WorkerPool | None = None
         self.send_workers: SendWorkers | None = None
+        self.receive_workers: ReceiveWorkers | None = None
         if threads > 0:
             self.pool = WorkerPool(threads, name="vpn-worker")
             self.send_workers = SendWorkers(self.pool, lambda: self.udp, self._worker_error,
                                             tun.read_slots, call_soon_threadsafe)
             self.stats.workers = self.send_workers.counts
+            self.receive_workers = ReceiveWorkers(
+                self.pool, device, tun, clock, send=self._send_datagram,
+                roamed=self._log_roamed, on_error=self._worker_error,
+                call_soon_threadsafe=call_soon_threadsafe)
+            self.stats.receivers = self.receive_workers.counts
 
     def close(self) -> None:
-        """Finish what the workers were given (sealed and sent), then end their threads."""
+        """Finish what the workers were given (sealed and sent, opened and delivered, the
+        peers' bookkeeping done), then end their threads."""
         if self.pool is not None:
             self.pool.close()
+        if self.receive_workers is not None:
+            self.receive_workers.finish()
+            self.stats.receive_backpressure = self.receive_workers.buffers.backpressure
 
     # -- TUN -> peers -----------------------------------------------------------------------
 
@@ -260,7 +293,11 @@ class DataPath:
     @_pump_boundary
     def on_udp_readable(self) -> None:
         """Receive one batch, hand it to the core's receive walk (Device.receive), the
-        records it returns to the TUN, and send what it returns."""
+        records it returns to the TUN, and send what it returns. With workers, the walk is
+        split between this thread and them (ReceiveWorkers)."""
+        if self.receive_workers is not None:
+            self._receive_on_workers()
+            return
         udp = self.udp
         receives = udp.stats.receives
         screened: tuple[int, ...] | None = None
@@ -286,7 +323,23 @@ class DataPath:
                 udp.send(dest, datagram)
             self.stats.datagrams_sent += len(got.send)
         for peer, source in got.roamed:
-            log.info("peer %s endpoint changed to %s", short_key(peer), endpoint_text(source))
+            self._log_roamed(peer, source)
+
+    def _receive_on_workers(self) -> None:
+        """The loop thread's part of the receive walk; the rest on the workers."""
+        assert self.receive_workers is not None
+        if self.receive_workers.receive(self.udp):
+            self.stats.full_receive_batches += 1
+        self.stats.receive_backpressure = self.receive_workers.buffers.backpressure
+
+    def _send_datagram(self, dest: Address, datagram: bytes) -> None:
+        """One datagram the receive walk answers with, from the loop thread."""
+        self.udp.send(dest, datagram)
+        self.stats.datagrams_sent += 1
+
+    @staticmethod
+    def _log_roamed(peer: Peer, source: Address) -> None:
+        log.info("peer %s endpoint changed to %s", short_key(peer), endpoint_text(source))
 
     def _drop(self, reason: str, n: int, peer: Peer | None) -> None:
         """Count a drop for the interface and, when the data path knows whose, the peer."""
@@ -309,12 +362,12 @@ class DataPath:
                           "drops.internal_error; logged at most once a minute)")
 
     def _worker_error(self, error: BaseException) -> None:
-        """A send worker's failure (counted by the worker as internal_error): logged at most
-        once a minute. Only the log here: the TUN's state is the loop thread's."""
+        """A worker's failure (counted by the worker as internal_error): logged at most
+        once a minute. Only the log here: the TUN's coalescer is the loop thread's."""
         now = self.clock()
         if now - self._internal_error_logged >= INTERNAL_ERROR_LOG_SECONDS:
             self._internal_error_logged = now
-            log.error("internal error in a send worker: job dropped (counted as "
+            log.error("internal error in a worker: job dropped (counted as "
                       "drops.internal_error; logged at most once a minute)", exc_info=error)
 
     def _write_packet(self, packet: Buffer) -> None:

@@ -361,7 +361,20 @@ class TunDevice:
         if self._gathered and self._gro is not None:
             self._gathered = False
             for frame in self._gro.frames():
-                self._write_frame(frame)
+                self._write_frame(frame, self.stats)
+
+    def deliver_now(self, buffer: Buffer, records: Buffer, nrec: int, stats: TunStats
+                    ) -> None:
+        """deliver and flush at once with a coalescer of the call's own, counted in
+        `stats`: for a worker thread (the device's coalescer and stats are the loop's)."""
+        if not self.coalescing or nrec == 1:  # as deliver's: each packet as it is
+            for at, length, _ in RECORD.iter_unpack(records[:RECORD.size * nrec]):
+                self._write_frame(Coalesced(NO_OFFLOAD, [buffer[at:at + length]]), stats)
+        elif nrec:
+            gro = receive_coalescer(buffer, udp=self.offload.uso)
+            gro.add_records(records, 0, nrec)
+            for frame in gro.frames():
+                self._write_frame(frame, stats)
 
     def clear(self) -> None:
         """Forget what was gathered (it points into a buffer about to be overwritten)."""
@@ -371,10 +384,9 @@ class TunDevice:
 
     def write_packet(self, packet: Buffer) -> None:
         """One packet as it is, without offload."""
-        self._write_frame(Coalesced(NO_OFFLOAD, [packet]))
+        self._write_frame(Coalesced(NO_OFFLOAD, [packet]), self.stats)
 
-    def _write_frame(self, frame: Coalesced) -> None:
-        stats = self.stats
+    def _write_frame(self, frame: Coalesced, stats: TunStats) -> None:
         try:
             self.write(frame.header, frame.parts)
         except BlockingIOError:
@@ -382,7 +394,7 @@ class TunDevice:
             return
         except OSError as err:
             if err.errno == errno.EINVAL and frame.segments > 1:
-                self._refuse_coalescing(frame)
+                self._refuse_coalescing(frame, stats)
                 return
             stats.drops[Drop.TUN_WRITE_ERROR] += 1
             self._log_write_error(err)
@@ -402,15 +414,15 @@ class TunDevice:
             log.warning("the kernel refused a TUN write (%s): counted as drops.tun_write_error "
                         "(each errno logged once)", name)
 
-    def _refuse_coalescing(self, frame: Coalesced) -> None:
+    def _refuse_coalescing(self, frame: Coalesced, stats: TunStats) -> None:
         """Some stable kernels reject valid coalesced writes: write plain from now on."""
         log.warning("the kernel refused a coalesced TUN write (EINVAL); writing segments "
                     "one by one from now on")
         self.coalescing = False
-        self.stats.drops[Drop.GRO_WRITE_REFUSED] += 1
+        stats.drops[Drop.GRO_WRITE_REFUSED] += 1
         header = VirtioNetHeader.unpack(frame.header)
         for segment in split(header, b"".join(frame.parts)):
-            self.write_packet(segment)
+            self._write_frame(Coalesced(NO_OFFLOAD, [segment]), stats)
 
     def close(self) -> None:
         if self.fd >= 0:

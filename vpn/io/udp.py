@@ -17,11 +17,14 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from vpn.core.native import twin
 from vpn.core.types import Address, Buffer
 from vpn.io.buffers import reserve
+
+if TYPE_CHECKING:
+    from vpn.io.receivebuffers import ReceiveBuffer
 
 try:
     import vpn.io._udp as _udp
@@ -388,17 +391,19 @@ class UdpSocket:
 
     # -- receiving ----------------------------------------------------------------------------
 
-    def receive_batch(self) -> list[tuple[memoryview, int, Address]]:
+    def receive_batch(self, into: ReceiveBuffer | None = None
+                      ) -> list[tuple[memoryview, int, Address]]:
         """Drain up to `batch` receives without blocking: (data, segment size, source).
 
         With GRO one receive holds several datagrams of `segment size` (the last may be
-        shorter). The views are reused by the next call.
+        shorter). The views are reused by the next call; with `into`, they are of its
+        buffer (as many receives as it has slots), which the caller owns.
         """
         out: list[tuple[memoryview, int, Address]] = []
         recv = self._sock.recvmsg_into
         sources = self._sources
         gro_receives = gro_segments = truncated = 0
-        for slot in self._slots:
+        for slot in self._slots if into is None else into.slots:
             try:
                 n, ancdata, flags, raw = recv(slot, _GRO_CMSG_SPACE)
             except (BlockingIOError, InterruptedError):
@@ -432,16 +437,16 @@ class UdpSocket:
         return out
 
     def receive_screened(
-        self, screen: DatagramScreen
+        self, screen: DatagramScreen, into: ReceiveBuffer | None = None
     ) -> tuple[list[tuple[memoryview, int, Address]], tuple[int, ...] | None, list[Address]]:
         """receive_batch in one recvmmsg, each datagram screened first by `screen` (in
         vpn/io/_udp.c, with the screen's verdict function): returns what passed, in
         receive_batch's form, the drops by the screen's reasons (None: none), and the sources
-        of the datagrams the screen asked to hear about."""
+        of the datagrams the screen asked to hear about. `into` as for receive_batch."""
+        whole, batch = (self._whole, self.batch) if into is None else (into.data, len(into.slots))
         entries, counts, lost, (receives, gro_receives, gro_segments, truncated,
-                                errors) = _udp.receive(self.fd, self._buffer, RECEIVE_SLOT,
-                                                       self.batch, screen.capsule)
-        whole = self._whole
+                                errors) = _udp.receive(self.fd, whole, RECEIVE_SLOT,
+                                                       batch, screen.capsule)
         names = self._names
         out = []
         for offset, length, size, raw in entries:

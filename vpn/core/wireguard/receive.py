@@ -10,6 +10,13 @@ must be one of the peer's AllowedIPs), the peers' bookkeeping once per keypair
 check. It counts every drop by reason in the device's `ReceiveCounts` (and the peer's,
 where it knows whose). The shell hands the records to the TUN, sends `send` and logs
 `roamed`; it makes no protocol decision and writes no counter of the core's.
+
+`dispatch` is the same walk split for worker threads (issue 20): the loop thread's part
+(handshake messages, the session lookup, each transport run's extent: `Run`s per peer) and
+a `RunJob` per peer for the workers, `open_runs` (the AEAD, in parallel) then `accept_runs`
+(the replay window, cryptokey routing and the records, in the peer's order), through the
+same `_Runs.accept` the inline walk calls. The peers' bookkeeping stays the loop's:
+`after_runs` with the job's sessions once it is back.
 """
 
 from __future__ import annotations
@@ -23,10 +30,11 @@ from vpn.core.drops import Drop
 from vpn.core.types import Address, Buffer
 
 from .constants import MESSAGE_TRANSPORT, TRANSPORT_MIN_SIZE
-from .keypair import OPENED, RECORD, Keypair
+from .keypair import OPENED, RECORD, Keypair, TransportError
 from .screen import SCREEN_REASONS
 
 if TYPE_CHECKING:
+    from .allowedips import AllowedIPs
     from .device import Device
     from .peer import Peer
 
@@ -36,6 +44,8 @@ Datagrams = Sequence[tuple[Buffer, int, Address]]
 # The most messages one receive holds (a 65,535-byte receive of keepalives): what open_run
 # may describe for accept_run in one call.
 OPENED_PER_RUN = 65535 // TRANSPORT_MIN_SIZE + 1
+# Up to this many messages, run_stop looks at each: cheaper than the columns' setup.
+SHORT_RUN = 4
 # The smallest plaintext a record can stand for (an IPv4 header): each record takes at least
 # this much of `out`, which bounds the records one wakeup can make.
 MIN_RECORDED = 20
@@ -114,39 +124,97 @@ def receive(device: Device, batch: Datagrams, now: float, *, out: Buffer | None 
     return walk.finish(lost)
 
 
-class _Walk:
+class _Runs:
+    """The ordered stage of transport runs, the inline walk's and a worker's job's alike:
+    the replay window (accept_run), cryptokey routing, the records to deliver and what each
+    keypair received, for the peers' bookkeeping after it."""
+
+    __slots__ = ("allowed_ips", "counts", "drops", "nrec", "records", "sessions")
+
+    def __init__(self, allowed_ips: AllowedIPs[Peer], counts: ReceiveCounts,
+                 records: memoryview) -> None:
+        self.allowed_ips = allowed_ips
+        self.counts = counts
+        self.records = records
+        self.nrec = 0
+        self.sessions: dict[Keypair, _Session] = {}
+        self.drops: dict[str, int] = {}
+
+    def drop(self, reason: str, n: int, peer: Peer | None) -> None:
+        """Count a drop for the interface (a worker's job: the peer's are these too)."""
+        self.drops[reason] = self.drops.get(reason, 0) + n
+
+    def accept(self, kp: Keypair, peer: Peer, source: Address, opened: Buffer, count: int,
+               sources: list[bytes], run_drops: dict[str, int]) -> None:
+        """What open_run described in `opened`, in order: the replay window, then each fresh
+        packet's inner source checked and recorded."""
+        at = self.nrec
+        nrec, fresh, nbytes = kp.accept_run(opened, count, self.records[RECORD.size * at:],
+                                            run_drops)
+        if run_drops:  # replays, failed authentication
+            for reason, n in run_drops.items():
+                self.drop(reason, n, peer)
+        if fresh:
+            # Only an authenticated, fresh message may move the endpoint or count as
+            # received: a replayed or forged one from elsewhere changes nothing.
+            got = self.sessions.get(kp)
+            if got is None:
+                got = self.sessions[kp] = _Session(peer, source)
+            got.nbytes += nbytes
+            got.source = source
+            if nrec:
+                # Cryptokey routing, once per distinct inner source: each must be one of
+                # the peer's AllowedIPs (inline: this runs once per run).
+                # (AllowedIPs.source_allowed, its lookup called directly: one call less.)
+                lookup = self.allowed_ips.lookup
+                for first, src in enumerate(sources):
+                    if lookup(src) is not peer:  # rare: look at the rest, remove records
+                        nrec = self.remove(peer, at, nrec, {
+                            slot for slot in range(first, len(sources))
+                            if lookup(sources[slot]) is not peer})
+                        break
+                self.nrec = at + nrec
+                self.counts.packets_written += nrec
+                got.packets += nrec
+
+    def remove(self, peer: Peer, at: int, nrec: int, denied: set[int]) -> int:
+        """Remove the records at..at+nrec-1 whose source slot is in `denied` (the rest
+        moved down over them), counted as source_not_allowed; returns how many are kept."""
+        records = self.records
+        size = RECORD.size
+        kept = 0
+        for i in range(at, at + nrec):
+            offset, length, slot = RECORD.unpack_from(records, size * i)
+            if slot not in denied:
+                RECORD.pack_into(records, size * (at + kept), offset, length, slot)
+                kept += 1
+        self.drop(Drop.SOURCE_NOT_ALLOWED, nrec - kept, peer)
+        return kept
+
+
+class _Walk(_Runs):
     """One wakeup's receive state: where the next plaintext and record go, the sessions
     used, what to send."""
 
-    __slots__ = (
-        "counts",
-        "device",
-        "drops",
-        "now",
-        "nrec",
-        "offset",
-        "opened",
-        "out",
-        "records",
-        "send",
-        "sessions",
-    )
+    __slots__ = ("device", "now", "offset", "opened", "out", "send")
 
     def __init__(self, device: Device, now: float, out: memoryview, records: memoryview
                  ) -> None:
-        self.device = device
+        # _Runs' fields set here, not through its __init__: a call less a wakeup.
+        self.allowed_ips = device.allowed_ips
         self.counts = device.receive_counts
+        self.records = records
+        self.nrec = 0
+        self.sessions: dict[Keypair, _Session] = {}
+        self.drops: dict[str, int] = {}
+        self.device = device
         self.now = now
         self.out = out
-        self.records = records
         if not device.opened:  # made at the first receive: an idle device needs none
             device.opened = bytearray(OPENED.size * OPENED_PER_RUN)
         self.opened = device.opened
         self.offset = 0  # the end of `out`'s use
-        self.nrec = 0
-        self.sessions: dict[Keypair, _Session] = {}
         self.send: list[tuple[Address, bytes]] = []
-        self.drops: dict[str, int] = {}
 
     def drop(self, reason: str, n: int, peer: Peer | None) -> None:
         """Count a drop for the interface and, when it is known whose, for the peer."""
@@ -213,55 +281,14 @@ class _Walk:
         wireguard-go use: open (the AEAD and the inner checks, which could run in parallel)
         and accept (the replay window and the records, per keypair in order). Returns where
         the run stopped."""
-        at = self.nrec
-        records = self.records[RECORD.size * at:]
         run_drops: dict[str, int] = {}
         stop, self.offset, count, sources = kp.open_run(
-            data, segment_size, pos, self.out, self.offset, len(records) // RECORD.size,
-            self.opened, run_drops)
-        nrec, fresh, nbytes = kp.accept_run(self.opened, count, records, run_drops)
-        if run_drops:  # replays, failed authentication
-            for reason, n in run_drops.items():
-                self.drop(reason, n, peer)
+            data, segment_size, pos, self.out, self.offset,
+            len(self.records) // RECORD.size - self.nrec, self.opened, run_drops)
+        self.accept(kp, peer, source, self.opened, count, sources, run_drops)
         if stop <= pos:
             raise RuntimeError(f"receive_run made no progress at {pos} of {len(data)}")
-        if fresh:
-            # Only an authenticated, fresh message may move the endpoint or count as
-            # received: a replayed or forged one from elsewhere changes nothing.
-            got = self.sessions.get(kp)
-            if got is None:
-                got = self.sessions[kp] = _Session(peer, source)
-            got.nbytes += nbytes
-            got.source = source
-            if nrec:
-                # Cryptokey routing, once per distinct inner source: each must be one of
-                # the peer's AllowedIPs (inline: this runs once per run).
-                # (AllowedIPs.source_allowed, its lookup called directly: one call less.)
-                lookup = self.device.allowed_ips.lookup
-                for first, src in enumerate(sources):
-                    if lookup(src) is not peer:  # rare: look at the rest, remove records
-                        nrec = self.remove(peer, at, nrec, {
-                            slot for slot in range(first, len(sources))
-                            if lookup(sources[slot]) is not peer})
-                        break
-                self.nrec = at + nrec
-                self.counts.packets_written += nrec
-                got.packets += nrec
         return stop
-
-    def remove(self, peer: Peer, at: int, nrec: int, denied: set[int]) -> int:
-        """Remove the records at..at+nrec-1 whose source slot is in `denied` (the rest
-        moved down over them), counted as source_not_allowed; returns how many are kept."""
-        records = self.records
-        size = RECORD.size
-        kept = 0
-        for i in range(at, at + nrec):
-            offset, length, slot = RECORD.unpack_from(records, size * i)
-            if slot not in denied:
-                RECORD.pack_into(records, size * (at + kept), offset, length, slot)
-                kept += 1
-        self.drop(Drop.SOURCE_NOT_ALLOWED, nrec - kept, peer)
-        return kept
 
     def lost_session(self, source: Address) -> None:
         """Data for a session we do not know: whether it starts a handshake (we restarted
@@ -274,17 +301,188 @@ class _Walk:
     def finish(self, lost: Sequence[Address]) -> Received:
         """Once per keypair, the peer's bookkeeping; then the screen's lost sessions."""
         roamed: list[tuple[Peer, Address]] = []
-        for kp, got in self.sessions.items():
-            peer = got.peer
-            before = peer.endpoint
-            replies = peer.after_receive(self.now, kp, got.nbytes, keepalive=got.packets == 0,
-                                         source=got.source)
-            for reply in replies:
-                self.send.append((got.source, reply))
-            if peer.endpoint != before:
-                roamed.append((peer, got.source))
+        if self.sessions:
+            after_runs(self.now, self.sessions, self.send, roamed)
         for source in lost:
             self.lost_session(source)
         if self.drops:
             self.counts.drops.update(self.drops)
         return Received(self.out, self.records, self.nrec, self.send, roamed, self.drops)
+
+
+def after_runs(now: float, sessions: dict[Keypair, _Session],
+               send: list[tuple[Address, bytes]], roamed: list[tuple[Peer, Address]]) -> None:
+    """The peers' bookkeeping (Peer.after_receive) once per keypair that received: what it
+    answers goes to `send`, a peer whose endpoint moved to `roamed`. On the loop thread."""
+    for kp, got in sessions.items():
+        peer = got.peer
+        before = peer.endpoint
+        for reply in peer.after_receive(now, kp, got.nbytes, keepalive=got.packets == 0,
+                                        source=got.source):
+            send.append((got.source, reply))
+        if peer.endpoint != before:
+            roamed.append((peer, got.source))
+
+
+# -- the walk on worker threads --------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Run:
+    """One keypair's run of transport messages, data[pos:stop], as the loop's dispatch found
+    it; its plaintexts go to the job's `out` from `out_at` (a message's plaintext is shorter
+    than it, so the run's share of `out` is stop - pos bytes)."""
+
+    kp: Keypair
+    data: Buffer
+    segment_size: int
+    pos: int
+    stop: int
+    source: Address
+    out_at: int
+
+    @property
+    def messages(self) -> int:
+        return -(-(self.stop - self.pos) // self.segment_size)
+
+
+# One open_run call's outcome for accept: the run, where in `opened` it described its
+# messages and how many, the inner sources, its drops.
+_Opened = tuple[Run, int, int, list[bytes], dict[str, int]]
+
+
+class RunJob(_Runs):
+    """One peer's runs of one receive, for a worker: `open_runs` (in parallel with other
+    jobs), then `accept_runs` (in the peer's order). `drops` are all the peer's, for the loop
+    to count (Peer.count_drop is the loop's), with `sessions` (after_runs)."""
+
+    __slots__ = ("opened", "opens", "peer", "runs")
+
+    def __init__(self, peer: Peer, allowed_ips: AllowedIPs[Peer]) -> None:
+        super().__init__(allowed_ips, ReceiveCounts(), memoryview(b""))
+        self.peer = peer
+        self.runs: list[Run] = []
+        self.opens: list[_Opened] = []
+        self.opened = memoryview(b"")
+
+
+def open_runs(job: RunJob, out: memoryview) -> None:
+    """The job's crypto, on a worker: each run opened (Keypair.open_run without the window,
+    which only the ordered stage may read) into `out`. A keypair zeroed meanwhile drops the
+    rest of its run (counted by accept_runs), as a wakeup after the zeroing would."""
+    total = sum(run.messages for run in job.runs)  # at most one record and one opened each
+    opened = job.opened = memoryview(bytearray(OPENED.size * total))
+    job.records = memoryview(bytearray(RECORD.size * total))
+    at = 0
+    for run in job.runs:
+        data = run.data[:run.stop]  # the loop's extent: open_run stops here at the latest
+        pos, offset = run.pos, run.out_at
+        while pos < run.stop:
+            drops: dict[str, int] = {}
+            try:
+                stop, offset, count, sources = run.kp.open_run(
+                    data, run.segment_size, pos, out, offset, total - at,
+                    opened[OPENED.size * at:], drops, window=False)
+            except TransportError as error:
+                drops[error.reason] = -(-(run.stop - pos) // run.segment_size)
+                job.opens.append((run, at, 0, [], drops))
+                break
+            job.opens.append((run, at, count, sources, drops))
+            if stop <= pos:
+                raise RuntimeError(f"open_run made no progress at {pos} of {run.stop}")
+            at += count
+            pos = stop
+
+
+def accept_runs(job: RunJob, counts: ReceiveCounts) -> None:
+    """The job's ordered stage, on a worker in the peer's turn: what open_runs described,
+    through _Runs.accept as the inline walk; the counts go to `counts` (the worker's)."""
+    job.counts = counts
+    opened = job.opened
+    for run, at, count, sources, drops in job.opens:
+        job.accept(run.kp, job.peer, run.source, opened[OPENED.size * at:], count, sources,
+                   drops)
+    if job.drops:
+        counts.drops.update(job.drops)
+
+
+@dataclass(slots=True)
+class Dispatched:
+    """What the loop's part of a wakeup's receive made: a job per peer that has runs, and
+    what to send now (its drops are counted already)."""
+
+    jobs: list[RunJob]
+    send: list[tuple[Address, bytes]]
+
+
+def dispatch(device: Device, batch: Datagrams, now: float, *,
+             screened: Sequence[int] | None = None, lost: Sequence[Address] = ()
+             ) -> Dispatched:
+    """The loop thread's part of `receive` for the workers: the same walk over `batch`, each
+    transport run's extent found (run_stop) and handed to its peer's job instead of opened.
+    Each run's plaintexts have the room of its bytes in the jobs' shared `out`: as much of
+    it as `receive` needs for `batch`."""
+    walk = _Dispatch(device, now)
+    if screened:
+        walk.count_screened(screened)
+    for data, segment_size, source in batch:
+        walk.datagrams(data, segment_size, source)
+    walk.finish(lost)  # its sessions are the jobs' now: no bookkeeping here
+    return Dispatched(list(walk.jobs.values()), walk.send)
+
+
+class _Dispatch(_Walk):
+    """_Walk whose transport runs are cut out for workers rather than opened here."""
+
+    __slots__ = ("checked", "jobs")
+
+    def __init__(self, device: Device, now: float) -> None:
+        super().__init__(device, now, memoryview(b""), memoryview(b""))
+        self.jobs: dict[Peer, RunJob] = {}
+        # Keypairs with a run this wakeup: receivable was checked once, as inline. (The
+        # dispatch's `in self.sessions` sees them: sessions is this set until finish.)
+        self.checked: set[Keypair] = set()
+        self.sessions = self.checked  # type: ignore[assignment]
+
+    def transport_run(self, data: Buffer, segment_size: int, pos: int, source: Address,
+                      peer: Peer, kp: Keypair) -> int:
+        stop = run_stop(data, segment_size, pos)
+        job = self.jobs.get(peer)
+        if job is None:
+            job = self.jobs[peer] = RunJob(peer, self.allowed_ips)
+        job.runs.append(Run(kp, data, segment_size, pos, stop, source, self.offset))
+        self.offset += stop - pos
+        self.checked.add(kp)
+        return stop
+
+    def finish(self, lost: Sequence[Address]) -> Received:
+        self.sessions = {}  # the keypairs only checked: the jobs will tell what arrived
+        return super().finish(lost)
+
+
+def run_stop(data: Buffer, segment_size: int, pos: int) -> int:
+    """Where the run of transport messages from data[pos:] for one receiver index ends: at
+    the first message shorter than a transport message, of another type or for another
+    index, as open_run stops (or earlier, at other reserved bytes: a cut there is only one
+    more run). A GRO receive's messages are one flow's: a long one is compared at once, its
+    headers' two words (type and reserved bytes, receiver index) a strided column each."""
+    size = len(data)
+    n = -(-(size - pos) // segment_size)
+    if n == 1:
+        return size
+    view = data if type(data) is memoryview else memoryview(data)
+    header = view[pos:pos + 8].tobytes()
+    last = pos + (n - 1) * segment_size
+    if n > SHORT_RUN and segment_size % 4 == 0 and size - last >= TRANSPORT_MIN_SIZE:
+        words = view[pos:last + 8].cast("I")
+        step = segment_size // 4
+        if (words[::step].tobytes() == header[:4] * n
+                and words[1::step].tobytes() == header[4:] * n):
+            return size
+    end = pos + segment_size  # the first message is the run's (the dispatch saw to it)
+    while end < size:  # a short run, a new keypair part way, garbage: message by message
+        stop = min(end + segment_size, size)
+        if stop - end < TRANSPORT_MIN_SIZE or view[end:end + 8] != header:
+            break
+        end = stop
+    return end
