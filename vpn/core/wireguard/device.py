@@ -31,7 +31,7 @@ from .constants import (
     MESSAGE_TRANSPORT,
 )
 from .cookie import CookieChecker, HandshakeQueue, address_bytes
-from .crypto import PrivateKey
+from .crypto import KeyWiped, PrivateKey
 from .deadlines import Deadlines
 from .index import IndexTable
 from .keypair import Keypair
@@ -107,6 +107,8 @@ class HandshakeJob:
             self.outcome = self._work()
         except MessageError as exc:  # the message's fault, a drop reason
             self.outcome = exc
+        except KeyWiped:  # our key or the handshake's ephemeral changed meanwhile
+            self.outcome = HandshakeError(Drop.HANDSHAKE_PEER_CHANGED)
 
 
 class Device:
@@ -277,6 +279,8 @@ class Device:
         return peer
 
     def _install_identity(self, private_key: bytes | None) -> None:
+        if self.identity is not None:
+            self.identity.private.wipe()  # a job in flight with it drops its message
         if private_key is None:
             self.identity = self.checker = None
         else:
