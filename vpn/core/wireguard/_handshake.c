@@ -5,8 +5,9 @@
  * hmac; crypto.py's Python path), which tests prove this equal to.
  *
  * Why: `cryptography`'s X25519 holds the GIL, so handshakes on two threads ran at 0.88x
- * one; here every OpenSSL call runs with the GIL released. It also spares the idle endpoint
- * importing `cryptography` (about 8 MB).
+ * one; here X25519 runs with the GIL released, and so does every call over a long input
+ * (RELEASE_MIN). A private key is made into OpenSSL's key once (X25519Key), not once per
+ * exchange. It also spares the idle endpoint importing `cryptography` (about 8 MB).
  *
  * No curve or cipher arithmetic here: OpenSSL does all of it. HChaCha20 is one ChaCha20
  * block less its input words (DESIGN.md), the same derivation as crypto.py's reference.
@@ -37,6 +38,22 @@
 #define MAX_TEXT (INT_MAX - TAG_LEN) /* OpenSSL's update calls take an int length */
 
 #define KDF_MAX 3
+
+/* Calls over fewer bytes than this keep the GIL. Handshake-sized ones take 1-4 us, and
+ * letting go costs more: taking the GIL back waits until the holder lets go, up to the
+ * switch interval (5 ms) while the event loop's thread runs Python. A handshake worker
+ * that let go in its eight KDFs and three AEADs, as well as in its four X25519s, spent
+ * that wait up to fifteen times a message. */
+#define RELEASE_MIN 4096
+
+/* Py_BEGIN/END_ALLOW_THREADS, only when `release`. */
+#define BEGIN_ALLOW_THREADS_IF(release)                                                  \
+    {                                                                                    \
+        PyThreadState *_save = (release) ? PyEval_SaveThread() : NULL;
+#define END_ALLOW_THREADS_IF                                                             \
+    if (_save)                                                                           \
+        PyEval_RestoreThread(_save);                                                     \
+    }
 
 static EVP_CIPHER *chacha20_poly1305, *chacha20; /* fetched once, at import */
 /* HMAC with BLAKE2s-256 already chosen (and a dummy key): each KDF call duplicates it,
@@ -380,7 +397,7 @@ static PyObject *aead(PyObject *args, const char *format, int sealing, Py_ssize_
     memcpy(k, key.buf, KEY_LEN);
     memcpy(xn, nonce.buf, (size_t)nonce_len);
     memcpy(n, xn, NONCE_LEN);
-    Py_BEGIN_ALLOW_THREADS
+    BEGIN_ALLOW_THREADS_IF(text.len + ad.len >= RELEASE_MIN)
     if (nonce_len == XNONCE_LEN && !extend(k, xn, k, n))
         result = FAILED;
     else if (sealing)
@@ -390,7 +407,7 @@ static PyObject *aead(PyObject *args, const char *format, int sealing, Py_ssize_
         result = open_(k, n, text.buf, (int)len, ad.buf, (int)ad.len,
                        (uint8_t *)PyBytes_AS_STRING(out));
     OPENSSL_cleanse(k, KEY_LEN);
-    Py_END_ALLOW_THREADS
+    END_ALLOW_THREADS_IF
     if (result != OPENED) {
         OPENSSL_cleanse(PyBytes_AS_STRING(out), (size_t)len); /* unauthenticated plaintext */
         Py_SETREF(out, result == BAD_TAG ? Py_NewRef(Py_None) : openssl_failed("the AEAD"));
@@ -453,10 +470,8 @@ static PyObject *py_hchacha20(PyObject *Py_UNUSED(m), PyObject *args)
     PyBuffer_Release(&nonce);
     if (!ok)
         return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    ok = hchacha20(k, n, out);
+    ok = hchacha20(k, n, out); /* about 1 us: keeps the GIL (RELEASE_MIN) */
     OPENSSL_cleanse(k, KEY_LEN);
-    Py_END_ALLOW_THREADS
     result = ok ? PyBytes_FromStringAndSize((const char *)out, KEY_LEN)
                 : openssl_failed("HChaCha20");
     OPENSSL_cleanse(out, KEY_LEN);
@@ -492,10 +507,10 @@ static PyObject *py_kdf(PyObject *Py_UNUSED(m), PyObject *args)
     }
     memcpy(copy, key.buf, keylen);
     memcpy(copy + keylen, data.buf, datalen);
-    Py_BEGIN_ALLOW_THREADS
+    BEGIN_ALLOW_THREADS_IF(keylen + datalen >= RELEASE_MIN)
     ok = kdf(copy, keylen, copy + keylen, datalen, outputs, out);
     OPENSSL_cleanse(copy, keylen + datalen);
-    Py_END_ALLOW_THREADS
+    END_ALLOW_THREADS_IF
     PyMem_RawFree(copy);
     if (!ok) {
         result = openssl_failed("HMAC-BLAKE2s");

@@ -292,6 +292,8 @@ def _response_keys(
         ck = kdf1(ck, dh(ephemeral, remote_static))
     except CryptoError as exc:
         raise HandshakeError(Drop.LOW_ORDER_EPHEMERAL) from exc
+    finally:
+        ephemeral.wipe()  # the responder's ephemeral does nothing more: freed where it ran
     ck, tau, key = kdf3(ck, psk)
     h = hash_(h, tau)
     enc_nothing = aead_encrypt(key, 0, b"", h)
