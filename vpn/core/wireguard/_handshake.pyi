@@ -2,15 +2,18 @@
 reference is crypto_reference.py). Functions take their arguments by position only; wrong
 lengths raise ValueError."""
 
+from typing import final
+
 from _typeshed import ReadableBuffer
 
 class KeyWiped(Exception):
     """An exchange with a wiped X25519Key."""
 
+@final
 class X25519Key:
     """A 32-byte X25519 private key made into OpenSSL's key once, its public half computed
     once."""
-    def __init__(self, private: ReadableBuffer) -> None: ...
+    def __new__(cls, private: ReadableBuffer) -> X25519Key: ...
     @property
     def public(self) -> bytes:
         """The 32-byte public key."""

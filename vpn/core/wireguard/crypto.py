@@ -65,7 +65,8 @@ if not NATIVE.native:
     from .crypto_reference import xopen as _xopen
     from .crypto_reference import xseal as _xseal
 else:
-    from ._handshake import KeyWiped, X25519Key, hchacha20
+    # The classes are two (the reference's, _handshake.pyi's) with one interface.
+    from ._handshake import KeyWiped, X25519Key, hchacha20  # type: ignore[assignment]
     from ._handshake import kdf as _kdf
     from ._handshake import open as _open
     from ._handshake import seal as _seal
