@@ -41,6 +41,7 @@ from vpn.core.wireguard.noise import INITIAL_CHAIN_KEY, INITIAL_HASH
 _HEAD = struct.Struct("<II32s48s")  # type, sender index, ephemeral, encrypted static
 _COOKIE_REPLY = struct.Struct("<II24s32s")
 _ZERO_MAC = bytes(16)
+BATCH = 4  # messages a send from one source
 # Between probes: they sample the flood's whole length instead of its first moment.
 PROBE_GAP = 0.25
 
@@ -86,7 +87,8 @@ def valid(sender: Sender, seconds: float, victim: bytes, keys: list[bytes],
     mac1_of: dict[int, bytes] = {}  # sender index -> its initiation's mac1 (cookie replies' AD)
     counts = {"responses": 0, "cookie_replies": 0, "bad_cookie_replies": 0}
     clock_ns = int(time.time()) * 1_000_000_000
-    turn = 0
+    turn = 0  # messages so far
+    batches = 0
     deadline = Deadline(seconds)
 
     def drain(source: Source) -> None:
@@ -110,9 +112,13 @@ def valid(sender: Sender, seconds: float, victim: bytes, keys: list[bytes],
                     counts["bad_cookie_replies"] += 1
 
     while deadline.running():
-        source = sources[turn % len(sources)]
+        # By batch, not by message: with `turn` (a multiple of BATCH here) only the sources
+        # at multiples of gcd(BATCH, len(sources)) ever sent, half of 250, which halved the
+        # per-source rate limit's ceiling the figure was read against.
+        source = sources[batches % len(sources)]
+        batches += 1
         batch = []
-        for _ in range(4):  # a few at a time from one source: one GSO send
+        for _ in range(BATCH):  # a few at a time from one source: one GSO send
             peer = peers[turn % len(peers)]
             turn += 1
             clock_ns += 1000
@@ -125,7 +131,7 @@ def valid(sender: Sender, seconds: float, victim: bytes, keys: list[bytes],
         sender.batch(batch, source.sock)
         if len(mac1_of) > 200_000:
             mac1_of.clear()
-        if turn % (4 * len(sources)) < 4:
+        if batches % len(sources) == 0:
             for s in sources:
                 drain(s)
         sender.pace()

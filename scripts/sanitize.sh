@@ -9,8 +9,8 @@
 # installed build is untouched. Then the same modules built with ThreadSanitizer (its own
 # build: it cannot share a process with ASan) run the tests of the native code that threads
 # call at once (one TransportKey sealing and opening on N threads, zero() while they run,
-# and the send and receive walks on worker threads: open_run, accept_run and _gro's
-# coalescer on several threads at once).
+# the send and receive walks on worker threads: open_run, accept_run and _gro's coalescer on
+# several threads at once, and one X25519Key exchanging on two threads while it is wiped).
 # Extra arguments go to pytest (e.g. --durations=20).
 #
 # The property tests run with HYPOTHESIS_PROFILE=sanitize: a fifth of their examples
@@ -77,4 +77,6 @@ check_imports
 "$PYTHON" -m pytest -q -p no:cacheprovider --capture=sys \
     tests/unit/core/wireguard/test_transport_threads.py tests/unit/io/test_datapath_workers.py \
     tests/unit/io/test_datapath_receive_workers.py \
+    tests/unit/core/wireguard/test_handshake_native.py::test_threads_agree \
+    tests/unit/core/wireguard/test_handshake_native.py::test_wipe_while_other_threads_exchange \
     "$@"

@@ -5,8 +5,9 @@
  * hmac; crypto.py's Python path), which tests prove this equal to.
  *
  * Why: `cryptography`'s X25519 holds the GIL, so handshakes on two threads ran at 0.88x
- * one; here every OpenSSL call runs with the GIL released. It also spares the idle endpoint
- * importing `cryptography` (about 8 MB).
+ * one; here X25519 runs with the GIL released, and so does every call over a long input
+ * (RELEASE_MIN). A private key is made into OpenSSL's key once (X25519Key), not once per
+ * exchange. It also spares the idle endpoint importing `cryptography` (about 8 MB).
  *
  * No curve or cipher arithmetic here: OpenSSL does all of it. HChaCha20 is one ChaCha20
  * block less its input words (DESIGN.md), the same derivation as crypto.py's reference.
@@ -38,6 +39,22 @@
 
 #define KDF_MAX 3
 
+/* Calls over fewer bytes than this keep the GIL. Handshake-sized ones take 1-4 us, and
+ * letting go costs more: taking the GIL back waits until the holder lets go, up to the
+ * switch interval (5 ms) while the event loop's thread runs Python. A handshake worker
+ * that let go in its eight KDFs and three AEADs, as well as in its four X25519s, spent
+ * that wait up to fifteen times a message. */
+#define RELEASE_MIN 4096
+
+/* Py_BEGIN/END_ALLOW_THREADS, only when `release`. */
+#define BEGIN_ALLOW_THREADS_IF(release)                                                  \
+    {                                                                                    \
+        PyThreadState *_save = (release) ? PyEval_SaveThread() : NULL;
+#define END_ALLOW_THREADS_IF                                                             \
+    if (_save)                                                                           \
+        PyEval_RestoreThread(_save);                                                     \
+    }
+
 static EVP_CIPHER *chacha20_poly1305, *chacha20; /* fetched once, at import */
 /* HMAC with BLAKE2s-256 already chosen (and a dummy key): each KDF call duplicates it,
  * sparing the digest's fetch by name; only read after import, by any thread. */
@@ -45,39 +62,31 @@ static EVP_MAC_CTX *hmac_blake2s_template;
 
 /* ----- the OpenSSL calls (no GIL, no Python objects) ----------------------------------- */
 
-static int x25519_public(const uint8_t private[KEY_LEN], uint8_t public[KEY_LEN])
+/* The EVP_PKEY of a private key, and its public half (computed here, once: every exchange
+ * reuses the object, so no exchange builds a key or multiplies for the public half again). */
+static EVP_PKEY *x25519_private_key(const uint8_t private[KEY_LEN], uint8_t public[KEY_LEN])
 {
     size_t len = KEY_LEN;
     EVP_PKEY *key = EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, NULL, private, KEY_LEN);
-    int ok = key && EVP_PKEY_get_raw_public_key(key, public, &len) == 1 && len == KEY_LEN;
 
-    EVP_PKEY_free(key);
-    return ok;
+    if (key && (EVP_PKEY_get_raw_public_key(key, public, &len) != 1 || len != KEY_LEN)) {
+        EVP_PKEY_free(key);
+        key = NULL;
+    }
+    return key;
 }
 
 enum { DERIVED = 1, LOW_ORDER = 0, FAILED = -1 };
 
-/* The key pair is built from both halves so that OpenSSL does not compute the public half
- * again (a second scalar multiplication); X25519 itself uses only the private scalar. */
-static int x25519(uint8_t private[KEY_LEN], uint8_t public[KEY_LEN],
-                  const uint8_t peer[KEY_LEN], uint8_t shared[KEY_LEN])
+/* X25519 of a made key and a peer's raw public key. */
+static int x25519_derive(EVP_PKEY *key, const uint8_t peer[KEY_LEN], uint8_t shared[KEY_LEN])
 {
-    OSSL_PARAM params[] = {
-        OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PRIV_KEY, private, KEY_LEN),
-        OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, public, KEY_LEN),
-        OSSL_PARAM_construct_end(),
-    };
-    EVP_PKEY_CTX *make = EVP_PKEY_CTX_new_from_name(NULL, "X25519", NULL), *derive = NULL;
-    EVP_PKEY *key = NULL, *peer_key = NULL;
+    EVP_PKEY *peer_key = EVP_PKEY_new_raw_public_key(EVP_PKEY_X25519, NULL, peer, KEY_LEN);
+    EVP_PKEY_CTX *derive = peer_key ? EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL) : NULL;
     size_t len = KEY_LEN;
     uint8_t any = 0;
     int result = FAILED;
 
-    peer_key = EVP_PKEY_new_raw_public_key(EVP_PKEY_X25519, NULL, peer, KEY_LEN);
-    if (!make || !peer_key || EVP_PKEY_fromdata_init(make) != 1
-        || EVP_PKEY_fromdata(make, &key, EVP_PKEY_KEYPAIR, params) != 1)
-        goto done;
-    derive = EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL);
     /* No peer validation: a raw X25519 public key is any 32 bytes; the all-zero result
      * below is the check WireGuard asks for. */
     if (!derive || EVP_PKEY_derive_init(derive) != 1
@@ -94,8 +103,6 @@ static int x25519(uint8_t private[KEY_LEN], uint8_t public[KEY_LEN],
     result = any ? DERIVED : LOW_ORDER;
 done:
     EVP_PKEY_CTX_free(derive);
-    EVP_PKEY_CTX_free(make);
-    EVP_PKEY_free(key);
     EVP_PKEY_free(peer_key);
     return result;
 }
@@ -227,16 +234,27 @@ static PyObject *openssl_failed(const char *what)
     return NULL;
 }
 
-PyDoc_STRVAR(x25519_public_doc,
-"x25519_public(private, /) -> bytes\n\nThe X25519 public key of a 32-byte private key.");
+/* ----- X25519Key: a private key's EVP_PKEY, made once ---------------------------------- */
 
-static PyObject *py_x25519_public(PyObject *Py_UNUSED(module), PyObject *args)
+static PyObject *KeyWiped; /* the exception of an exchange with a wiped key */
+
+typedef struct {
+    PyObject_HEAD
+    /* NULL once wiped. Written only with the GIL held; an exchange holds its own reference
+     * while the GIL is released, so a wipe meanwhile frees the key after that exchange. */
+    EVP_PKEY *key;
+    PyObject *public; /* bytes */
+} X25519Key;
+
+static PyObject *X25519Key_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
+    static char *kwlist[] = {"private", NULL};
     Py_buffer in;
     uint8_t private[KEY_LEN], public[KEY_LEN];
-    int ok;
+    EVP_PKEY *key;
+    X25519Key *self;
 
-    if (!PyArg_ParseTuple(args, "y*:x25519_public", &in))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*:X25519Key", kwlist, &in))
         return NULL;
     if (exact(&in, KEY_LEN, "a private key") < 0) {
         PyBuffer_Release(&in);
@@ -245,43 +263,60 @@ static PyObject *py_x25519_public(PyObject *Py_UNUSED(module), PyObject *args)
     memcpy(private, in.buf, KEY_LEN);
     PyBuffer_Release(&in);
     Py_BEGIN_ALLOW_THREADS
-    ok = x25519_public(private, public);
+    key = x25519_private_key(private, public);
     OPENSSL_cleanse(private, KEY_LEN);
     Py_END_ALLOW_THREADS
-    if (!ok)
+    if (!key)
         return openssl_failed("X25519");
-    return PyBytes_FromStringAndSize((const char *)public, KEY_LEN);
+    self = (X25519Key *)type->tp_alloc(type, 0);
+    if (self)
+        self->public = PyBytes_FromStringAndSize((const char *)public, KEY_LEN);
+    if (!self || !self->public) {
+        EVP_PKEY_free(key);
+        Py_XDECREF(self);
+        return NULL;
+    }
+    self->key = key;
+    return (PyObject *)self;
 }
 
-PyDoc_STRVAR(x25519_doc,
-"x25519(private, public, peer, /) -> bytes | None\n\n"
-"X25519 of a private key (with its own public key, from x25519_public) and a peer's public\n"
-"key: the 32-byte shared secret, or None when it is all zero (a low-order point).");
-
-static PyObject *py_x25519(PyObject *Py_UNUSED(module), PyObject *args)
+static void X25519Key_dealloc(X25519Key *self)
 {
-    Py_buffer in[3];
-    uint8_t private[KEY_LEN], public[KEY_LEN], peer[KEY_LEN], shared[KEY_LEN];
-    PyObject *result;
-    int derived, ok;
+    EVP_PKEY_free(self->key); /* OpenSSL cleanses the private key as it frees it */
+    Py_XDECREF(self->public);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
 
-    if (!PyArg_ParseTuple(args, "y*y*y*:x25519", &in[0], &in[1], &in[2]))
+PyDoc_STRVAR(exchange_doc,
+"exchange(peer, /) -> bytes | None\n\n"
+"X25519 with a peer's 32-byte public key: the shared secret, or None when it is all zero\n"
+"(a low-order point). KeyWiped once the key was wiped.");
+
+static PyObject *X25519Key_exchange(X25519Key *self, PyObject *arg)
+{
+    Py_buffer in;
+    uint8_t peer[KEY_LEN], shared[KEY_LEN];
+    EVP_PKEY *key = self->key;
+    PyObject *result;
+    int derived;
+
+    if (PyObject_GetBuffer(arg, &in, PyBUF_SIMPLE) < 0)
         return NULL;
-    ok = exact(&in[0], KEY_LEN, "a private key") == 0
-         && exact(&in[1], KEY_LEN, "its public key") == 0
-         && exact(&in[2], KEY_LEN, "the peer's public key") == 0;
-    if (ok) {
-        memcpy(private, in[0].buf, KEY_LEN);
-        memcpy(public, in[1].buf, KEY_LEN);
-        memcpy(peer, in[2].buf, KEY_LEN);
+    if (exact(&in, KEY_LEN, "the peer's public key") < 0) {
+        PyBuffer_Release(&in);
+        return NULL;
     }
-    for (int i = 0; i < 3; i++)
-        PyBuffer_Release(&in[i]);
-    if (!ok)
+    memcpy(peer, in.buf, KEY_LEN);
+    PyBuffer_Release(&in);
+    if (!key) {
+        PyErr_SetString(KeyWiped, "the private key was wiped");
         return NULL;
+    }
+    if (EVP_PKEY_up_ref(key) != 1)
+        return openssl_failed("X25519");
     Py_BEGIN_ALLOW_THREADS
-    derived = x25519(private, public, peer, shared);
-    OPENSSL_cleanse(private, KEY_LEN);
+    derived = x25519_derive(key, peer, shared);
+    EVP_PKEY_free(key);
     Py_END_ALLOW_THREADS
     if (derived == FAILED)
         result = openssl_failed("X25519");
@@ -292,6 +327,49 @@ static PyObject *py_x25519(PyObject *Py_UNUSED(module), PyObject *args)
     OPENSSL_cleanse(shared, KEY_LEN);
     return result;
 }
+
+PyDoc_STRVAR(wipe_doc, "wipe() -> None\n\n"
+"Free the private key (OpenSSL cleanses it) once no exchange uses it; exchanges after\n"
+"this raise KeyWiped. Idempotent.");
+
+static PyObject *X25519Key_wipe(X25519Key *self, PyObject *Py_UNUSED(ignored))
+{
+    EVP_PKEY *key = self->key;
+
+    self->key = NULL;
+    EVP_PKEY_free(key);
+    Py_RETURN_NONE;
+}
+
+static PyObject *X25519Key_public(X25519Key *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->public);
+}
+
+static PyMethodDef X25519Key_methods[] = {
+    {"exchange", (PyCFunction)X25519Key_exchange, METH_O, exchange_doc},
+    {"wipe", (PyCFunction)X25519Key_wipe, METH_NOARGS, wipe_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef X25519Key_getset[] = {
+    {"public", (getter)X25519Key_public, NULL, "the 32-byte public key", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject X25519KeyType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "vpn.core.wireguard._handshake.X25519Key",
+    .tp_basicsize = sizeof(X25519Key),
+    .tp_dealloc = (destructor)X25519Key_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "X25519Key(private): a 32-byte X25519 private key made into OpenSSL's key once,\n"
+              "its public half computed once; exchange() with peers' public keys, the GIL\n"
+              "released.",
+    .tp_methods = X25519Key_methods,
+    .tp_getset = X25519Key_getset,
+    .tp_new = X25519Key_new,
+};
 
 /* seal/open and their X variants: (key, nonce, text, ad), the nonce 12 or 24 bytes. */
 static PyObject *aead(PyObject *args, const char *format, int sealing, Py_ssize_t nonce_len)
@@ -319,7 +397,7 @@ static PyObject *aead(PyObject *args, const char *format, int sealing, Py_ssize_
     memcpy(k, key.buf, KEY_LEN);
     memcpy(xn, nonce.buf, (size_t)nonce_len);
     memcpy(n, xn, NONCE_LEN);
-    Py_BEGIN_ALLOW_THREADS
+    BEGIN_ALLOW_THREADS_IF(text.len + ad.len >= RELEASE_MIN)
     if (nonce_len == XNONCE_LEN && !extend(k, xn, k, n))
         result = FAILED;
     else if (sealing)
@@ -329,7 +407,7 @@ static PyObject *aead(PyObject *args, const char *format, int sealing, Py_ssize_
         result = open_(k, n, text.buf, (int)len, ad.buf, (int)ad.len,
                        (uint8_t *)PyBytes_AS_STRING(out));
     OPENSSL_cleanse(k, KEY_LEN);
-    Py_END_ALLOW_THREADS
+    END_ALLOW_THREADS_IF
     if (result != OPENED) {
         OPENSSL_cleanse(PyBytes_AS_STRING(out), (size_t)len); /* unauthenticated plaintext */
         Py_SETREF(out, result == BAD_TAG ? Py_NewRef(Py_None) : openssl_failed("the AEAD"));
@@ -392,10 +470,8 @@ static PyObject *py_hchacha20(PyObject *Py_UNUSED(m), PyObject *args)
     PyBuffer_Release(&nonce);
     if (!ok)
         return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    ok = hchacha20(k, n, out);
+    ok = hchacha20(k, n, out); /* about 1 us: keeps the GIL (RELEASE_MIN) */
     OPENSSL_cleanse(k, KEY_LEN);
-    Py_END_ALLOW_THREADS
     result = ok ? PyBytes_FromStringAndSize((const char *)out, KEY_LEN)
                 : openssl_failed("HChaCha20");
     OPENSSL_cleanse(out, KEY_LEN);
@@ -431,10 +507,10 @@ static PyObject *py_kdf(PyObject *Py_UNUSED(m), PyObject *args)
     }
     memcpy(copy, key.buf, keylen);
     memcpy(copy + keylen, data.buf, datalen);
-    Py_BEGIN_ALLOW_THREADS
+    BEGIN_ALLOW_THREADS_IF(keylen + datalen >= RELEASE_MIN)
     ok = kdf(copy, keylen, copy + keylen, datalen, outputs, out);
     OPENSSL_cleanse(copy, keylen + datalen);
-    Py_END_ALLOW_THREADS
+    END_ALLOW_THREADS_IF
     PyMem_RawFree(copy);
     if (!ok) {
         result = openssl_failed("HMAC-BLAKE2s");
@@ -457,8 +533,6 @@ release:
 }
 
 static PyMethodDef handshake_methods[] = {
-    {"x25519_public", py_x25519_public, METH_VARARGS, x25519_public_doc},
-    {"x25519", py_x25519, METH_VARARGS, x25519_doc},
     {"seal", py_seal, METH_VARARGS, seal_doc},
     {"open", py_open, METH_VARARGS, open_doc},
     {"xseal", py_xseal, METH_VARARGS, xseal_doc},
@@ -508,5 +582,17 @@ PyMODINIT_FUNC PyInit__handshake(void)
                         "the system OpenSSL has no ChaCha20(-Poly1305) or HMAC-BLAKE2S-256");
         return NULL;
     }
-    return PyModule_Create(&handshake_module);
+    if (PyType_Ready(&X25519KeyType) < 0)
+        return NULL;
+    PyObject *module = PyModule_Create(&handshake_module);
+    if (!module)
+        return NULL;
+    if (!KeyWiped)
+        KeyWiped = PyErr_NewException("vpn.core.wireguard._handshake.KeyWiped", NULL, NULL);
+    if (!KeyWiped || PyModule_AddObjectRef(module, "KeyWiped", KeyWiped) < 0
+        || PyModule_AddObjectRef(module, "X25519Key", (PyObject *)&X25519KeyType) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 }

@@ -2,14 +2,27 @@
 reference is crypto_reference.py). Functions take their arguments by position only; wrong
 lengths raise ValueError."""
 
+from typing import final
+
 from _typeshed import ReadableBuffer
 
-def x25519_public(private: ReadableBuffer, /) -> bytes:
-    """The X25519 public key of a 32-byte private key."""
-def x25519(private: ReadableBuffer, public: ReadableBuffer, peer: ReadableBuffer, /
-           ) -> bytes | None:
-    """The shared secret of a private key (with its own public key) and a peer's; None when
-    it is all zero (a low-order point)."""
+class KeyWiped(Exception):
+    """An exchange with a wiped X25519Key."""
+
+@final
+class X25519Key:
+    """A 32-byte X25519 private key made into OpenSSL's key once, its public half computed
+    once."""
+    def __new__(cls, private: ReadableBuffer) -> X25519Key: ...
+    @property
+    def public(self) -> bytes:
+        """The 32-byte public key."""
+    def exchange(self, peer: ReadableBuffer, /) -> bytes | None:
+        """X25519 with a peer's public key: the shared secret, None when it is all zero (a
+        low-order point); KeyWiped once wiped."""
+    def wipe(self) -> None:
+        """Free the key (OpenSSL cleanses it) once no exchange uses it. Idempotent."""
+
 def seal(key: ReadableBuffer, nonce: ReadableBuffer, plaintext: ReadableBuffer,
          ad: ReadableBuffer, /) -> bytes:
     """ChaCha20-Poly1305, a 12-byte nonce: the ciphertext and its 16-byte tag."""

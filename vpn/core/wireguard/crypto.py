@@ -28,6 +28,7 @@ __all__ = [
     "NATIVE",
     "CryptoError",
     "InvalidTag",
+    "KeyWiped",
     "PrivateKey",
     "ReferenceAead",
     "aead_decrypt",
@@ -57,21 +58,18 @@ else:
 
 # The reference's signatures (bytes) come first for mypy: the native ones accept more.
 if not NATIVE.native:
-    from .crypto_reference import hchacha20
+    from .crypto_reference import KeyWiped, X25519Key, hchacha20
     from .crypto_reference import kdf as _kdf
     from .crypto_reference import open as _open
     from .crypto_reference import seal as _seal
-    from .crypto_reference import x25519 as _x25519
-    from .crypto_reference import x25519_public as _x25519_public
     from .crypto_reference import xopen as _xopen
     from .crypto_reference import xseal as _xseal
 else:
-    from ._handshake import hchacha20
+    # The classes are two (the reference's, _handshake.pyi's) with one interface.
+    from ._handshake import KeyWiped, X25519Key, hchacha20  # type: ignore[assignment]
     from ._handshake import kdf as _kdf
     from ._handshake import open as _open
     from ._handshake import seal as _seal
-    from ._handshake import x25519 as _x25519
-    from ._handshake import x25519_public as _x25519_public
     from ._handshake import xopen as _xopen
     from ._handshake import xseal as _xseal
 
@@ -90,17 +88,19 @@ class InvalidTag(Exception):
 
 
 class PrivateKey:
-    """An X25519 private key and its public half, computed once: every DH reuses it, so
-    OpenSSL does not multiply twice. The one representation of private keys (static and
-    ephemeral) on both paths."""
+    """An X25519 private key, made into the library's key object once (X25519Key: on the
+    native path OpenSSL's EVP_PKEY), with its public half computed once: every DH reuses
+    both. The one representation of private keys (static and ephemeral) on both paths.
+    `wipe` frees the native copy (OpenSSL cleanses it) once no DH in flight uses it."""
 
-    __slots__ = ("_secret", "public")
+    __slots__ = ("_key", "_secret", "public")
 
     def __init__(self, secret: Buffer) -> None:
         if len(secret) != KEY_LEN:
             raise ValueError(f"a private key is {KEY_LEN} bytes")
         self._secret = bytes(secret)
-        self.public = _x25519_public(self._secret)
+        self._key = X25519Key(self._secret)
+        self.public = self._key.public
 
     @classmethod
     def generate(cls) -> PrivateKey:
@@ -108,6 +108,10 @@ class PrivateKey:
 
     def private_bytes(self) -> bytes:
         return self._secret
+
+    def wipe(self) -> None:
+        """No more DHs with this key: they raise KeyWiped. Idempotent."""
+        self._key.wipe()
 
     def __repr__(self) -> str:
         return "PrivateKey(<hidden>)"
@@ -146,8 +150,9 @@ def kdf3(key: bytes, data: bytes) -> tuple[bytes, bytes, bytes]:
 
 
 def dh(private: PrivateKey, public: bytes) -> bytes:
-    """X25519; an all-zero result (low-order point) is refused as WireGuard requires."""
-    shared = _x25519(private.private_bytes(), private.public, public)
+    """X25519; an all-zero result (low-order point) is refused as WireGuard requires.
+    KeyWiped when `private` was wiped (a handshake replaced or a key changed meanwhile)."""
+    shared = private._key.exchange(public)
     if shared is None:
         raise CryptoError("low-order public key")
     return shared

@@ -16,29 +16,40 @@ from cryptography.hazmat.primitives.ciphers import Cipher
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20
 
-__all__ = ["ChaCha20Poly1305", "InvalidTag", "hchacha20", "kdf", "open", "seal", "x25519",
-           "x25519_public", "xopen", "xseal"]
+__all__ = ["ChaCha20Poly1305", "InvalidTag", "KeyWiped", "X25519Key", "hchacha20", "kdf",
+           "open", "seal", "xopen", "xseal"]
 
 _ZERO4 = bytes(4)
 
 
-def x25519_public(private: bytes, /) -> bytes:
-    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
+class KeyWiped(Exception):
+    """An exchange with a wiped X25519Key."""
 
 
-def x25519(private: bytes, public: bytes, peer: bytes, /) -> bytes | None:
-    """The shared secret, None for an all-zero one; `public` (the private key's own) is
-    checked for its length only, as the native module does."""
-    if len(public) != 32:
-        raise ValueError("a public key is 32 bytes")
-    key = X25519PrivateKey.from_private_bytes(private)
-    try:
-        shared = key.exchange(X25519PublicKey.from_public_bytes(peer))
-    except ValueError:
+class X25519Key:
+    """A private key made into `cryptography`'s key once, with its public half."""
+
+    __slots__ = ("_key", "public")
+
+    def __init__(self, private: bytes) -> None:
+        self._key: X25519PrivateKey | None = X25519PrivateKey.from_private_bytes(private)
+        self.public = self._key.public_key().public_bytes_raw()
+
+    def exchange(self, peer: bytes, /) -> bytes | None:
+        """The shared secret, None for an all-zero one."""
         if len(peer) != 32:
-            raise
-        return None  # OpenSSL refuses the all-zero output itself
-    return None if shared == bytes(32) else shared
+            raise ValueError("a public key is 32 bytes")
+        if self._key is None:
+            raise KeyWiped("the private key was wiped")
+        try:
+            shared = self._key.exchange(X25519PublicKey.from_public_bytes(peer))
+        except ValueError:
+            return None  # OpenSSL refuses the all-zero output itself
+        return None if shared == bytes(32) else shared
+
+    def wipe(self) -> None:
+        """Drop the key (`cryptography` frees it; Python cannot overwrite its copy)."""
+        self._key = None
 
 
 def seal(key: bytes, nonce: bytes, plaintext: bytes, ad: bytes, /) -> bytes:

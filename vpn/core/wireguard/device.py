@@ -31,7 +31,7 @@ from .constants import (
     MESSAGE_TRANSPORT,
 )
 from .cookie import CookieChecker, HandshakeQueue, address_bytes
-from .crypto import PrivateKey
+from .crypto import KeyWiped, PrivateKey
 from .deadlines import Deadlines
 from .index import IndexTable
 from .keypair import Keypair
@@ -107,6 +107,8 @@ class HandshakeJob:
             self.outcome = self._work()
         except MessageError as exc:  # the message's fault, a drop reason
             self.outcome = exc
+        except KeyWiped:  # our key or the handshake's ephemeral changed meanwhile
+            self.outcome = HandshakeError(Drop.HANDSHAKE_PEER_CHANGED)
 
 
 class Device:
@@ -284,6 +286,8 @@ class Device:
         return peer
 
     def _install_identity(self, private_key: bytes | None) -> None:
+        if self.identity is not None:
+            self.identity.private.wipe()  # a job in flight with it drops its message
         if private_key is None:
             self.identity = self.checker = None
         else:
@@ -347,11 +351,11 @@ class Device:
     ) -> HandshakeResult:
         """Process an initiation, response or cookie reply from `src`.
 
-        The cheap checks run here: type, length, mac1 and, under load (HandshakeQueue: the
-        queue an eighth full), the cookie's mac2 and the source's rate limit. What passes
-        is a HandshakeJob: with a worker (`defer_handshake`), queued (`QUEUED`; a full
-        queue drops it as handshake_queue_full) and finished by `finish_handshakes`; without
-        one, worked and finished here. A bool `under_load` overrides the load (the cookie
+        The cheap checks run here: type, length, a full queue (handshake_queue_full, before
+        any MAC), mac1 and, under load (HandshakeQueue: the queue an eighth full), the
+        cookie's mac2 and the source's rate limit. What passes is a HandshakeJob: with a
+        worker (`defer_handshake`), queued (`QUEUED`) and finished by `finish_handshakes`;
+        without one, worked and finished here. A bool `under_load` overrides the load (the cookie
         exchange's tests)."""
         try:
             kind = message_type(data)
@@ -361,10 +365,16 @@ class Device:
                 return self._consume_cookie_reply(data, now)  # no DH work: never load
             if self.checker is None or self.identity is None:
                 return self._drop(Drop.NO_PRIVATE_KEY)  # nobody can have sent it to us
+            queue = self.handshake_queue
+            if queue.full and self.defer_handshake is not None:
+                # Shed before any MAC work, as the kernel and wireguard-go do: under a
+                # flood that fills the queue, a message cannot be worked anyway, and the
+                # checks cost the loop's thread what the workers need (no cookie reply is
+                # sent then either: the source asks again once the queue has room).
+                return self._drop(Drop.HANDSHAKE_QUEUE_FULL)
             data = bytes(data)
             if not self.checker.valid_mac1(data):
                 return self._drop(Drop.BAD_MAC1)
-            queue = self.handshake_queue
             if under_load is None:
                 under_load = queue.under_load(now)
             if under_load:
@@ -379,8 +389,6 @@ class Device:
             if self.defer_handshake is None:
                 job.run()
                 return self._finish(job, now)
-            if queue.full:
-                return self._drop(Drop.HANDSHAKE_QUEUE_FULL)
             queue.put()
             self.defer_handshake(job)
             return HandshakeResult(event=HandshakeEvent.QUEUED)

@@ -147,7 +147,10 @@ class Handshake:
         self.transport_keys: tuple[bytes, bytes] | None = None
 
     def clear(self) -> None:
-        """Forget the handshake in progress (timestamps and flood state are kept)."""
+        """Forget the handshake in progress (timestamps and flood state are kept); its
+        ephemeral key is wiped."""
+        if self.ephemeral is not None:
+            self.ephemeral.wipe()
         self._clear()
 
     def __repr__(self) -> str:
@@ -174,6 +177,8 @@ def create_initiation(
     enc_ts = aead_encrypt(key, 0, timestamp, h)
     h = hash_(h, enc_ts)
 
+    if hs.ephemeral is not None and hs.ephemeral is not ephemeral:
+        hs.ephemeral.wipe()  # the initiation it made is void: no response can complete it
     hs.state = HandshakeState.CREATED_INITIATION
     hs.chaining_key, hs.hash, hs.ephemeral = ck, h, ephemeral
     hs.local_index = local_index
@@ -287,6 +292,8 @@ def _response_keys(
         ck = kdf1(ck, dh(ephemeral, remote_static))
     except CryptoError as exc:
         raise HandshakeError(Drop.LOW_ORDER_EPHEMERAL) from exc
+    finally:
+        ephemeral.wipe()  # the responder's ephemeral does nothing more: freed where it ran
     ck, tau, key = kdf3(ck, psk)
     h = hash_(h, tau)
     enc_nothing = aead_encrypt(key, 0, b"", h)

@@ -7,8 +7,10 @@ from __future__ import annotations
 import os
 
 from vpn.control.uapi import format_get, parse_set
-from vpn.core.wireguard import Device
+from vpn.core.wireguard import Device, HandshakeJob
 from vpn.core.wireguard.changes import ChangeSet, PeerChange
+from vpn.core.wireguard.crypto import KeyWiped, PrivateKey, dh
+from vpn.core.wireguard.noise import Answer
 
 from .helpers import A_ADDR, B_ADDR, WallClock, make_pair
 
@@ -85,3 +87,56 @@ def test_the_zero_key_is_not_a_peer_key_check() -> None:
     keyless.apply(ChangeSet(private_key=ZERO_KEY,
                             peers=[PeerChange(ZERO_KEY[:31] + b"\x01")]), 0.0)
     assert len(keyless.peers) == 1
+
+
+def _wiped(key: PrivateKey) -> bool:
+    try:
+        dh(key, PrivateKey(bytes(range(32))).public)
+    except KeyWiped:
+        return True
+    return False
+
+
+def test_a_changed_key_is_wiped_and_a_job_in_flight_with_it_drops() -> None:
+    """The old static key's native copy is freed (OpenSSL cleanses it) when the key changes;
+    an initiation already queued with it drops as handshake_peer_changed, counted, not an
+    internal error."""
+    pair = make_pair()
+    jobs: list[HandshakeJob] = []
+    pair.a.defer_handshake = jobs.append
+    old = pair.a.identity
+    assert old is not None and not _wiped(old.private)
+    init = pair.pb.initiate_handshake(1.0)[0]
+    assert pair.a.handle_handshake_message(init, B_ADDR, 1.0).event == "queued"
+    pair.a.apply(ChangeSet(private_key=os.urandom(32)), 2.0)
+    assert _wiped(old.private)
+    jobs[0].run()
+    assert pair.a.finish_handshakes(jobs, 2.0) == []
+    assert pair.a.receive_counts.drops == {"handshake_peer_changed": 1}
+    pair.a.apply(ChangeSet(private_key=ZERO_KEY), 3.0)  # removed: wiped too
+    assert pair.a.identity is None
+
+
+def test_ephemeral_keys_are_wiped_when_done_with() -> None:
+    """The responder's ephemeral once its DHs are done; the initiator's when a newer
+    initiation replaces it or the handshake is cleared (its peer removed here; deriving the
+    session clears it too)."""
+    pair = make_pair()
+    pair.handshake(1.0)
+    assert pair.pa.handshake.ephemeral is None and pair.pb.handshake.ephemeral is None
+    pair.pa.initiate_handshake(10.0)
+    first = pair.pa.handshake.ephemeral
+    assert first is not None and not _wiped(first)
+    pair.wall.t += 10.0
+    init = pair.pa.initiate_handshake(20.0)[0]  # a retransmission: a new ephemeral
+    second = pair.pa.handshake.ephemeral
+    assert second is not None and second is not first and _wiped(first)
+    jobs: list[HandshakeJob] = []
+    pair.b.defer_handshake = jobs.append
+    assert pair.b.handle_handshake_message(init, A_ADDR, 20.0).event == "queued"
+    jobs[0].run()
+    answer = jobs[0].outcome
+    assert isinstance(answer, Answer) and _wiped(answer.ephemeral)  # its DHs are done
+    assert not _wiped(second)  # a's waits for the response
+    pair.a.remove_peer(pair.b.public_key or b"")
+    assert _wiped(second)

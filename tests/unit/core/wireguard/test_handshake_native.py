@@ -2,9 +2,9 @@
 reference over `cryptography` (crypto_reference.py).
 
 Every property gives both the same input, random or hostile (low-order points, all-zero
-keys, wrong lengths, tampered tags, short ciphertexts), and requires the same output or the
-same exception type. `make sanitize` runs this file against a build with AddressSanitizer
-and UBSan.
+keys, wrong lengths, wiped keys, tampered tags, short ciphertexts), and requires the same
+output or the same exception type. `make sanitize` runs this file against a build with
+AddressSanitizer and UBSan.
 """
 
 from __future__ import annotations
@@ -63,28 +63,81 @@ def _same(call: Callable[[ModuleType], object]) -> None:
 @settings(PROPERTY, max_examples=examples(200))
 @given(private=st.one_of(key32, st.just(bytes(32)), any_len))
 def test_x25519_public(private: bytes) -> None:
-    _same(lambda m: m.x25519_public(private))
+    _same(lambda m: m.X25519Key(private).public)
 
 
 @settings(PROPERTY, max_examples=examples(200))
-@given(private=st.one_of(key32, st.just(bytes(32))), peer=peer_key)
-def test_x25519(private: bytes, peer: bytes) -> None:
-    public = native.x25519_public(private)
-    _same(lambda m: m.x25519(private, public, peer))
+@given(private=st.one_of(key32, st.just(bytes(32))), peers=st.lists(peer_key, max_size=4))
+def test_x25519(private: bytes, peers: list[bytes]) -> None:
+    """One key made once, exchanged with several peers: each secret as the reference's."""
+    keys = native.X25519Key(private), reference.X25519Key(private)
+    for peer in peers:
+        assert keys[0].exchange(peer) == keys[1].exchange(peer)
 
 
 @pytest.mark.parametrize("peer", LOW_ORDER, ids=lambda p: p.hex()[:8] + p.hex()[-2:])
 def test_x25519_refuses_every_small_order_point(peer: bytes) -> None:
     private = bytes(range(32))
-    public = native.x25519_public(private)
-    assert native.x25519(private, public, peer) is None
-    assert reference.x25519(private, public, peer) is None
+    assert native.X25519Key(private).exchange(peer) is None
+    assert reference.X25519Key(private).exchange(peer) is None
 
 
 @settings(PROPERTY, max_examples=examples(100))
-@given(private=any_len, public=any_len, peer=any_len)
-def test_x25519_wrong_lengths(private: bytes, public: bytes, peer: bytes) -> None:
-    _same(lambda m: m.x25519(private, public, peer))
+@given(private=any_len, peer=any_len)
+def test_x25519_wrong_lengths(private: bytes, peer: bytes) -> None:
+    _same(lambda m: m.X25519Key(private).exchange(peer))
+
+
+def test_x25519_key_takes_any_buffer() -> None:
+    private, peer = bytes(range(32)), reference.X25519Key(bytes(32)).public
+    key = native.X25519Key(bytearray(private))
+    assert key.public == reference.X25519Key(private).public
+    assert key.exchange(memoryview(peer)) == reference.X25519Key(private).exchange(peer)
+    with pytest.raises(TypeError):
+        key.exchange("not a buffer")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("module", [native, reference], ids=["native", "reference"])
+def test_a_wiped_key_exchanges_no_more(module: ModuleType) -> None:
+    key = module.X25519Key(bytes(range(32)))
+    peer = module.X25519Key(bytes(32)).public
+    assert key.exchange(peer) is not None
+    key.wipe()
+    key.wipe()  # idempotent
+    with pytest.raises(module.KeyWiped):
+        key.exchange(peer)
+    with pytest.raises(ValueError):  # a bad length is still said first, as by the reference
+        key.exchange(b"short")
+    assert key.public == module.X25519Key(bytes(range(32))).public  # not a secret: kept
+
+
+def test_wipe_while_other_threads_exchange() -> None:
+    """Threads exchanging with one key while it is wiped: each gets the secret or KeyWiped,
+    never a crash or another secret (each exchange holds its own reference to OpenSSL's
+    key; the sanitizer builds run this)."""
+    private = bytes(range(32))
+    peers = [reference.X25519Key(bytes([i]) * 32).public for i in range(1, 9)]
+    expected = {p: reference.X25519Key(private).exchange(p) for p in peers}
+
+    def work(key: native.X25519Key, go: threading.Barrier, outcomes: list[object]) -> None:
+        go.wait()
+        for _ in range(20):
+            for p in peers:
+                try:
+                    outcomes.append(key.exchange(p) == expected[p])
+                except native.KeyWiped:
+                    outcomes.append("wiped")
+
+    for _ in range(5):
+        key, go, outcomes = native.X25519Key(private), threading.Barrier(3), []
+        threads = [threading.Thread(target=work, args=(key, go, outcomes)) for _ in range(2)]
+        for t in threads:
+            t.start()
+        go.wait()
+        key.wipe()
+        for t in threads:
+            t.join()
+        assert set(outcomes) <= {True, "wiped"} and outcomes
 
 
 @settings(PROPERTY, max_examples=examples(300))
@@ -160,11 +213,11 @@ def test_threads_agree() -> None:
     """Two threads (the GIL released in every call) get what one does: the X25519s, and
     the KDFs, which all duplicate one HMAC context made at import."""
     private = bytes(range(32))
-    public = native.x25519_public(private)
+    key = native.X25519Key(private)
     peers = [bytes([i]) * 32 for i in range(2, 42)]
 
     def outcomes() -> list[object]:
-        return [(native.x25519(private, public, p), native.kdf(private, p, 1 + i % 3))
+        return [(key.exchange(p), native.kdf(private, p, 1 + i % 3))
                 for i, p in enumerate(peers)]
 
     expected = outcomes()
@@ -188,9 +241,10 @@ def test_threads_agree() -> None:
 _KEY, _NONCE12, _NONCE24, _TEXT = bytes(range(32)), bytes(12), bytes(24), bytes(256 * 1024)
 _SEALED = native.seal(_KEY, _NONCE12, _TEXT, b"ad")
 _XSEALED = native.xseal(_KEY, _NONCE24, _TEXT, b"ad")
+_X25519KEY = native.X25519Key(_KEY)
 _CALLS: dict[str, Callable[[], object]] = {
-    "x25519_public": lambda: native.x25519_public(_KEY),
-    "x25519": lambda: native.x25519(_KEY, native.x25519_public(_KEY), bytes([9]) + bytes(31)),
+    "X25519Key": lambda: native.X25519Key(_KEY),
+    "X25519Key.exchange": lambda: _X25519KEY.exchange(bytes([9]) + bytes(31)),
     "seal": lambda: native.seal(_KEY, _NONCE12, _TEXT, b"ad"),
     "open": lambda: native.open(_KEY, _NONCE12, _SEALED, b"ad"),
     "xseal": lambda: native.xseal(_KEY, _NONCE24, _TEXT, b"ad"),

@@ -122,6 +122,22 @@ def test_a_full_queue_sheds_and_counts(pair: Pair) -> None:
     assert flood(pair.b, 1, 0.0, under_load=False) == ["queued"]
 
 
+def test_a_full_queue_sheds_before_any_mac_work(pair: Pair) -> None:
+    """As the kernel and wireguard-go: once the queue is full, a handshake message is
+    dropped before its MACs are looked at, so a flood that fills the queue costs the loop
+    no hash, and gets no cookie reply (it would get one with room in the queue)."""
+    jobs = deferred(pair.b)
+    flood(pair.b, HANDSHAKE_QUEUE_SIZE, 0.0, under_load=False)
+    assert pair.b.handshake_queue.full
+    bad_mac1 = next(iter(handshake_shaped(1)))
+    assert flood(pair.b, 3, 0.0) == ["handshake_queue_full"] * 3  # under load, no mac2
+    assert pair.b.handle_handshake_message(bad_mac1, stranger(0), 0.0).drop_reason == (
+        "handshake_queue_full")
+    assert pair.b.drops["cookie_sent"] == 0 and pair.b.drops["bad_mac1"] == 0
+    work(pair.b, jobs, 0.0)
+    assert flood(pair.b, 1, 0.0, under_load=False) == ["queued"]  # room again
+
+
 def test_a_peer_answered_at_once_through_a_flood_the_worker_keeps_up_with(pair: Pair) -> None:
     """A flood of just under the load mark per wakeup, worked before the next: the real
     peer's initiation is answered in its own wakeup, no cookie round trip."""
