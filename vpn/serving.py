@@ -17,7 +17,7 @@ import uvloop
 from vpn.endpoint import Endpoint, StartError, ignore_sighup
 from vpn.host import logs, notify
 from vpn.host.background import run_in_background
-from vpn.host.memory import release_setup_memory
+from vpn.host.memory import keep_heap_headroom, release_setup_memory
 
 if TYPE_CHECKING:
     from vpn.host.helper import Helper
@@ -46,6 +46,7 @@ async def serve(endpoint: Endpoint, ready: Callable[[], None]) -> int:
         logging.getLogger("vpn").error("cannot bring %s up: %s", endpoint.name, error)
         return EXIT_FAILURE
     release_setup_memory()
+    keep_heap_headroom()
     helper: Helper | None = None
     watchdog: notify.Watchdog | None = None
     try:  # from here on, whatever fails, the teardown below runs
