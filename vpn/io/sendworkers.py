@@ -3,10 +3,11 @@
 The loop thread reads the TUN into a batch of read slots it takes from a pool here (a
 Lease), routes, and per peer reserves the reads' counters (send.reserve_jobs: a
 super-packet's count from its virtio-net header, nothing split or copied) and queues them
-as jobs of about JOB_BYTES laid out. A worker splits and seals a job into its own buffer
-(send.seal_job, the inline path's walk; the native calls release the GIL) and, in the
-peer's lane (WorkerPool's ordered stage), sends it: each peer's datagrams leave in the order
-they were read. The slots go back to the pool when the wakeup's last job was sent.
+as jobs of about JOB_BYTES laid out. A worker splits and seals a job into seal buffers the
+job holds until it is sent (send.seal_job, the inline path's walk; the native calls release
+the GIL) and, in the peer's lane (WorkerPool's ordered stage, run by whichever worker's turn
+it is), sends it: each peer's datagrams leave in the order they were read. The slots go
+back to the pool when the wakeup's last job was sent, the seal buffers with their job.
 
 The pool is bounded. A wakeup that finds no batch of slots free reads nothing and stops
 watching the TUN (`pause`, counted as send_backpressure) until a worker gives one back
@@ -23,6 +24,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from vpn.core.drops import Drop
 from vpn.core.types import Address
@@ -79,6 +81,14 @@ class Lease:
         self.holders = 0
 
 
+class _Sealed(NamedTuple):
+    """A job's seal: its messages by buffer (or the failure), and the seal buffers it holds
+    until it is sent."""
+
+    messages: list[tuple[memoryview, list[int]]] | BaseException
+    buffers: list[memoryview]
+
+
 class SendWorkers:
     """Seal and send on the data path's worker pool what the loop thread reserved."""
 
@@ -93,6 +103,8 @@ class SendWorkers:
         self._free: collections.deque[list[memoryview]] = collections.deque(
             read_slots() for _ in range(READ_BATCHES))
         self._local = threading.local()
+        # Seal buffers no job holds (deque: its append and pop are atomic between threads).
+        self._seal_buffers: collections.deque[memoryview] = collections.deque()
         self.counts: list[WorkerCounts] = []  # one per worker thread, as each first counts
         self.backpressure = 0  # wakeups that read nothing: no batch of read slots free
         self._paused = False
@@ -170,19 +182,26 @@ class SendWorkers:
 
     # -- on the workers -----------------------------------------------------------------
 
-    def _seal(self, kp: Keypair, job: Job, mtu: int
-              ) -> list[tuple[memoryview, list[int]]] | BaseException:
+    def _seal(self, kp: Keypair, job: Job, mtu: int) -> _Sealed:
         """The split and the crypto, in parallel with other jobs; a failure is handed to
-        the send stage (so that the slots always come back)."""
+        the send stage (so that the slots and the seal buffers always come back)."""
+        taken: list[memoryview] = []
+
+        def buffer(index: int) -> memoryview:
+            while len(taken) <= index:
+                taken.append(self._take_seal_buffer())
+            return taken[index]
+
         try:
-            return seal_job(kp, job, self._buffer, mtu, self._counts().drops)
+            return _Sealed(seal_job(kp, job, buffer, mtu, self._counts().drops), taken)
         except Exception as error:
-            return error
+            return _Sealed(error, taken)
 
     def _send(self, endpoint: Address, job: Job, control: Sequence[bytes], lease: Lease,
-              sealed: list[tuple[memoryview, list[int]]] | BaseException) -> None:
+              result: _Sealed) -> None:
         """The peer's ordered stage: its messages, then its control datagrams."""
         counts = self._counts()
+        sealed = result.messages
         try:
             with self._send_lock:
                 udp = self._udp()
@@ -202,16 +221,16 @@ class SendWorkers:
             counts.drops[Drop.INTERNAL_ERROR] += 1
             self._on_error(failure)
         finally:
+            self._seal_buffers.extend(result.buffers)
             self.release(lease)
 
-    def _buffer(self, index: int) -> memoryview:
-        """This worker's index-th seal buffer: its own from a job's split to its send."""
-        buffers: list[memoryview] | None = getattr(self._local, "buffers", None)
-        if buffers is None:
-            buffers = self._local.buffers = []
-        while len(buffers) <= index:
-            buffers.append(reserve(JOB_BYTES))
-        return buffers[index]
+    def _take_seal_buffer(self) -> memoryview:
+        """A free seal buffer; a new one when every one is held by a job not yet sent (at
+        most as many as jobs fit the read slots' batches)."""
+        try:
+            return self._seal_buffers.pop()
+        except IndexError:
+            return reserve(JOB_BYTES)
 
     def _counts(self) -> WorkerCounts:
         counts: WorkerCounts | None = getattr(self._local, "counts", None)

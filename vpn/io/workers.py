@@ -3,20 +3,23 @@
 A job has two parts, as in the kernel's and wireguard-go's pipelines:
 - `work`, the crypto: runs on any worker as soon as one is free, in parallel with other jobs.
   It is meant to be a native call that releases the GIL, so threads run it on every core.
-- `then`, the ordered stage: runs on the same worker after `work`, but only once the `then`
-  of every earlier job of the same lane (a peer, a keypair) has finished. A peer's packets
-  leave in the order they were read, whichever worker sealed them first.
+- `then`, the ordered stage: runs only once the `then` of every earlier job of the same lane
+  (a peer's sends, a peer's receives) has run. A peer's packets leave in the order they
+  were read, whichever worker finished its work first.
 
-The queue is first in, first out, so a worker only ever waits for a job that another worker
-took before it: the earliest job in flight never waits, and the pool cannot deadlock.
+No worker waits for a turn. A job whose work is done before its lane's earlier jobs' is
+parked; the worker that runs the `then` before it runs it too, and every parked one after
+(the lane's drainer, one at a time per lane). So with one busy peer every worker keeps
+opening or sealing the next job instead of sitting on a finished one: waiting there held the
+second of two workers idle for most of its time. The queue is first in, first out, and
 `close()` lets every submitted job finish before the threads end, so nothing accepted is
-lost. A failing `work` or `then` is counted and reported through `on_error`; the jobs after
-it in its lane still run (their turn is passed on in a `finally`).
+lost. A failing `work` or `then` is counted and reported through `on_error`; the lane goes
+on with the next job (a failed work's `then` is not run).
 """
 
 from __future__ import annotations
 
-import itertools
+import collections
 import queue
 import threading
 import time
@@ -24,16 +27,22 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-# Lanes whose last job is done are forgotten every this many submissions.
-PRUNE_EVERY = 1024
-
 
 @dataclass(slots=True)
 class _Job:
     work: Callable[[], Any]
     then: Callable[[Any], None]
-    previous: threading.Event | None
-    done: threading.Event
+    lane: _Lane
+    result: Any = None
+    failed: bool = False  # work raised: its then is skipped
+    finished: bool = False  # work has run (under the pool's lock)
+
+
+@dataclass(slots=True)
+class _Lane:
+    key: Hashable
+    jobs: collections.deque[_Job] = field(default_factory=collections.deque)
+    draining: bool = False  # a worker is running this lane's thens
 
 
 @dataclass
@@ -42,8 +51,8 @@ class WorkerStats:
 
     jobs: int = 0
     errors: int = 0
-    busy_seconds: float = 0.0  # in work and then, not waiting for a job or a turn
-    waits: int = 0  # jobs whose ordered stage had to wait for an earlier job's
+    busy_seconds: float = 0.0  # in work and then, not waiting for a job
+    waits: int = 0  # jobs whose work finished before an earlier job's of their lane: parked
 
 
 @dataclass
@@ -69,8 +78,8 @@ class WorkerPool:
         if threads < 1:
             raise ValueError("a worker pool needs at least one thread")
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._last: dict[Hashable, threading.Event] = {}
-        self._submitted = itertools.count(1)
+        self._lanes: dict[Hashable, _Lane] = {}  # lanes with jobs not yet through `then`
+        self._lock = threading.Lock()  # the lanes: their jobs, `finished`, `draining`
         self._closed = False
         self._on_error = on_error
         self._clock = clock
@@ -87,18 +96,13 @@ class WorkerPool:
         """Queue a job; its `then` follows every earlier `then` of `lane`."""
         if self._closed:
             raise RuntimeError("the worker pool is closed")
-        previous = self._last.get(lane)
-        if previous is not None and previous.is_set():
-            previous = None
-        done = threading.Event()
-        self._last[lane] = done
-        if next(self._submitted) % PRUNE_EVERY == 0:
-            self._prune()
-        self._jobs.put(_Job(work, then, previous, done))
-
-    def _prune(self) -> None:
-        for lane in [lane for lane, event in self._last.items() if event.is_set()]:
-            del self._last[lane]
+        with self._lock:
+            queued = self._lanes.get(lane)
+            if queued is None:
+                queued = self._lanes[lane] = _Lane(lane)
+            job = _Job(work, then, queued)
+            queued.jobs.append(job)
+        self._jobs.put(job)
 
     def close(self) -> None:
         """Finish every submitted job, then end the threads. Idempotent."""
@@ -109,28 +113,50 @@ class WorkerPool:
             self._jobs.put(None)
         for thread in self._threads:
             thread.join()
-        self._last.clear()
 
     def _run(self, stats: WorkerStats) -> None:
         clock = self._clock
         while (job := self._jobs.get()) is not None:
             began = clock()
             try:
-                result = job.work()
-                if job.previous is not None and not job.previous.is_set():
-                    stats.waits += 1
-                    stats.busy_seconds += clock() - began
-                    job.previous.wait()
-                    began = clock()
-                job.then(result)
+                job.result = job.work()
             except Exception as exc:  # counted and reported; the lane goes on
-                stats.errors += 1
-                if self._on_error is not None:
-                    self._on_error(exc)
-            finally:
-                # A failed job passes its turn on too, after every earlier one of its lane.
-                if job.previous is not None:
-                    job.previous.wait()
-                job.done.set()
-                stats.jobs += 1
-                stats.busy_seconds += clock() - began
+                job.failed = True
+                self._failed(stats, exc)
+            lane = job.lane
+            with self._lock:
+                job.finished = True
+                drain = not lane.draining and lane.jobs[0] is job
+                if drain:
+                    lane.draining = True
+            if drain:
+                self._drain(lane, stats)
+            else:
+                stats.waits += 1  # parked: the lane's drainer runs its then
+            stats.jobs += 1
+            stats.busy_seconds += clock() - began
+
+    def _drain(self, lane: _Lane, stats: WorkerStats) -> None:
+        """Run the lane's thens in order while its first job's work is done; the lane is
+        this worker's alone until it stops (and forgotten once it has no job left)."""
+        while True:
+            with self._lock:
+                jobs = lane.jobs
+                if not jobs or not jobs[0].finished:
+                    lane.draining = False
+                    if not jobs:
+                        del self._lanes[lane.key]
+                    return
+                job = jobs.popleft()
+            if job.failed:
+                continue
+            try:
+                job.then(job.result)
+            except Exception as exc:
+                self._failed(stats, exc)
+            job.result = None  # the job's buffers go with it
+
+    def _failed(self, stats: WorkerStats, exc: BaseException) -> None:
+        stats.errors += 1
+        if self._on_error is not None:
+            self._on_error(exc)

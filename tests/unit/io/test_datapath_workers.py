@@ -135,6 +135,39 @@ def test_order_holds_when_workers_finish_out_of_order() -> None:
     assert datagrams(threaded) == datagrams(inline)
 
 
+def test_a_sealed_job_keeps_its_buffers_while_it_waits_for_its_turn(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first job's seal held back: the other worker seals the next ones, which wait
+    (parked) for the first's send, and goes on sealing; none of their messages may be
+    overwritten by the seals after them before they are sent."""
+    inline, _ = handshaken_pair(SEED)
+    reads = [("super", 20_000, 1300)] * 4
+    send(inline, frames(reads), 4)
+    monkeypatch.setattr(sendworkers, "JOB_BYTES", 25_000)  # a job per read
+    seal_job = sendworkers.seal_job
+    sealed = threading.Semaphore(0)
+    first = threading.Event()
+
+    def held(*args: object) -> object:
+        if not first.is_set():
+            first.set()
+            for _ in range(3):  # the other three jobs, sealed meanwhile
+                assert sealed.acquire(timeout=30)
+            return seal_job(*args)  # type: ignore[arg-type]
+        result = seal_job(*args)  # type: ignore[arg-type]
+        sealed.release()
+        return result
+
+    monkeypatch.setattr(sendworkers, "seal_job", held)
+    threaded, _ = handshaken_pair(SEED, threads=2)
+    try:
+        send(threaded, frames(reads), 4)
+    finally:
+        threaded.close()
+    assert datagrams(threaded) == datagrams(inline)
+    assert all_slots_back(threaded)
+
+
 @pytest.mark.usefixtures("jitter")
 def test_close_with_work_in_flight_sends_everything_and_ends_the_threads() -> None:
     before = set(threading.enumerate())

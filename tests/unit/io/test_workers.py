@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.examples import examples
-from vpn.io.workers import PRUNE_EVERY, WorkerPool
+from vpn.io.workers import WorkerPool
 
 # (lane, how long its work takes in microseconds) per job
 jobs_strategy = st.lists(st.tuples(st.integers(0, 4), st.integers(0, 300)),
@@ -86,17 +86,34 @@ def test_a_pool_needs_a_thread() -> None:
 
 
 def test_lanes_that_finished_are_forgotten() -> None:
-    pool = WorkerPool(1)
-    all_done = threading.Event()
+    pool = WorkerPool(2)
     try:
         for lane in range(3000):
             pool.submit(lane, lambda: None, lambda _: None)
-        pool.submit("barrier", lambda: None, lambda _: all_done.set())
-        assert all_done.wait(60)
-        assert pool._last["barrier"].wait(60)  # its turn passed on, just after `then`
-        # Up to the next prune: every lane whose last job is done goes.
-        for _ in range(-3001 % PRUNE_EVERY):
-            pool.submit("last", lambda: None, lambda _: None)
-        assert set(pool._last) <= {"last"}
     finally:
         pool.close()
+    assert pool.stats.jobs == 3000
+    assert not pool._lanes  # each went when its last then had run
+
+
+def test_no_worker_waits_for_a_turn() -> None:
+    """One lane, its first job's work held: the second worker does not sit on the second
+    job's finished work but goes on to the third and fourth; their thens wait, parked, and
+    run in order once the first's has."""
+    released: list[int] = []
+    pool = WorkerPool(2)
+    gate = threading.Event()
+    worked: list[int] = []
+    try:
+        pool.submit("peer", lambda: gate.wait(10) and 0, released.append)
+        for n in (1, 2, 3):
+            pool.submit("peer", lambda n=n: worked.append(n) or n, released.append)
+        deadline = time.monotonic() + 10
+        while len(worked) < 3 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert worked == [1, 2, 3] and released == []
+    finally:
+        gate.set()
+        pool.close()
+    assert released == [0, 1, 2, 3]
+    assert sum(w.waits for w in pool.stats.workers) == 3
