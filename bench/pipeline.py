@@ -206,7 +206,7 @@ def throughput(workers: int, seconds: float = 2.0) -> dict[str, float]:
     sent = a.stats.summary()["datagrams_sent"]
     if sent != wakeups * WAKEUP_READS * 47:
         raise RuntimeError(f"pipeline benchmark: {sent} datagrams for {wakeups} wakeups")
-    rounds, receive_seconds = _receive(b, cycle, seconds)
+    rounds, receive_seconds, receive_loop_cpu, receive_workers_cpu = _receive(b, cycle, seconds)
     if b.stats.all_drops():
         raise RuntimeError(f"pipeline benchmark: drops {dict(b.stats.all_drops())}")
     if b.stats.packets_written != rounds * WAKEUP_READS * 47:
@@ -214,19 +214,23 @@ def throughput(workers: int, seconds: float = 2.0) -> dict[str, float]:
                            f"for {rounds} rounds")
     bits = len(payload) * 8 * WAKEUP_READS
     per_64k = 1e6 / (wakeups * WAKEUP_READS)
+    receive_per_64k = 1e6 / (rounds * WAKEUP_READS)
     return {"workers": workers, "send_gbps": bits * wakeups / send_seconds / 1e9,
             "receive_gbps": bits * rounds / receive_seconds / 1e9,
             "receive_workers": b.pool.stats.threads if b.pool is not None else 0,
             # CPU, not wall time: what the rates would be on free cores, whatever else
             # the machine runs (the loop thread's, and the workers' together).
             "send_loop_cpu_us_per_64k": loop_cpu * per_64k,
-            "send_workers_cpu_us_per_64k": workers_cpu * per_64k}
+            "send_workers_cpu_us_per_64k": workers_cpu * per_64k,
+            "receive_loop_cpu_us_per_64k": receive_loop_cpu * receive_per_64k,
+            "receive_workers_cpu_us_per_64k": receive_workers_cpu * receive_per_64k}
 
 
-def _receive(b: DataPath, cycle: list[list], seconds: float) -> tuple[int, float]:
+def _receive(b: DataPath, cycle: list[list], seconds: float
+             ) -> tuple[int, float, float, float]:
     """Rounds of receives (one TUN wakeup's datagrams each, `cycle` of them with counters
     all different) through b's receive walk for `seconds` or more, every job done (part of
-    the time): (rounds, seconds)."""
+    the time): (rounds, seconds, the loop thread's CPU seconds, the workers')."""
     _, udp_b = _doubles(b)
     peer = next(iter(b.device.peers.values()))
 
@@ -242,6 +246,7 @@ def _receive(b: DataPath, cycle: list[list], seconds: float) -> tuple[int, float
         workers.buffers._call_soon_threadsafe = lambda callback: callback()
     rounds = 0
     start = time.perf_counter()
+    cpu, loop_cpu = time.process_time(), time.thread_time()
     while time.perf_counter() - start < seconds:
         receives = cycle[rounds % len(cycle)]
         if rounds % len(cycle) == 0:
@@ -257,7 +262,9 @@ def _receive(b: DataPath, cycle: list[list], seconds: float) -> tuple[int, float
             b.on_udp_readable()
         rounds += 1
     b.close()
-    return rounds, time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    loop_cpu = time.thread_time() - loop_cpu
+    return rounds, elapsed, loop_cpu, time.process_time() - cpu - loop_cpu
 
 
 def compare(counts: tuple[int, ...] = (0, 1, 2), repeats: int = 3) -> dict[int, dict]:
@@ -288,9 +295,11 @@ if __name__ == "__main__":
                       for key in ("send_gbps", "receive_gbps")]
             print(f"workers {n}: send {figures['send_gbps']:6.2f} Gbit/s ({ratios[0]:.2f}x of "
                   f"1 worker), receive {figures['receive_gbps']:6.2f} Gbit/s ({ratios[1]:.2f}x "
-                  f"of 1 worker); send CPU per 64 KiB: loop thread "
-                  f"{figures['send_loop_cpu_us_per_64k']:5.1f} us, workers "
-                  f"{figures['send_workers_cpu_us_per_64k']:5.1f} us")
+                  f"of 1 worker); CPU per 64 KiB, loop thread / workers: send "
+                  f"{figures['send_loop_cpu_us_per_64k']:5.1f} / "
+                  f"{figures['send_workers_cpu_us_per_64k']:5.1f} us, receive "
+                  f"{figures['receive_loop_cpu_us_per_64k']:5.1f} / "
+                  f"{figures['receive_workers_cpu_us_per_64k']:5.1f} us")
     else:
         for key, value in run_with_python_path().items():
             print(f"{key:40} {value:8.1f}")
