@@ -48,6 +48,8 @@ from vpn.core.wireguard import fastpath
 from vpn.core.wireguard.replay import ReplayWindow
 from vpn.host.memory import keep_heap_headroom
 from vpn.io.datapath import DataPath
+from vpn.io.receivebuffers import ReceiveBuffers
+from vpn.io.sendworkers import SendWorkers
 
 # As the endpoint's process (vpn.serving) runs: without it every receive wakeup faulted its
 # frames' pages in again, and the figures measured glibc's trimming, not the data path.
@@ -186,11 +188,7 @@ def throughput(workers: int, seconds: float = 2.0) -> dict[str, float]:
     tun_a, udp_a = _doubles(a)
     udp_a._sendmsg = lambda data, cmsg, addr: None  # type: ignore[method-assign]
     tun_a.keep = tun_b.keep = False
-    room = threading.Event()  # the workers' backpressure, as the runtime wires it
-    room.set()
-    if a.send_workers is not None:
-        a.send_workers.pause, a.send_workers.resume = room.clear, room.set
-        a.send_workers._call_soon_threadsafe = lambda callback: callback()
+    room = _room(a.send_workers)
     wakeups = 0
     start = time.perf_counter()
     cpu, loop_cpu = time.process_time(), time.thread_time()
@@ -226,6 +224,17 @@ def throughput(workers: int, seconds: float = 2.0) -> dict[str, float]:
             "receive_workers_cpu_us_per_64k": receive_workers_cpu * receive_per_64k}
 
 
+def _room(pool: SendWorkers | ReceiveBuffers | None) -> threading.Event:
+    """Set while `pool` has buffers free: its backpressure (pause, resume) wired as the
+    runtime wires it, the resume called at once instead of on the event loop."""
+    room = threading.Event()
+    room.set()
+    if pool is not None:
+        pool.pause, pool.resume = room.clear, room.set
+        pool._call_soon_threadsafe = lambda callback: callback()
+    return room
+
+
 def _receive(b: DataPath, cycle: list[list], seconds: float
              ) -> tuple[int, float, float, float]:
     """Rounds of receives (one TUN wakeup's datagrams each, `cycle` of them with counters
@@ -239,11 +248,7 @@ def _receive(b: DataPath, cycle: list[list], seconds: float
             kp.replay = ReplayWindow()
 
     workers = b.receive_workers
-    room = threading.Event()  # the receive buffers' backpressure, as the runtime wires it
-    room.set()
-    if workers is not None:
-        workers.buffers.pause, workers.buffers.resume = room.clear, room.set
-        workers.buffers._call_soon_threadsafe = lambda callback: callback()
+    room = _room(workers.buffers if workers is not None else None)
     rounds = 0
     start = time.perf_counter()
     cpu, loop_cpu = time.process_time(), time.thread_time()

@@ -328,21 +328,31 @@ PyDoc_STRVAR(size_doc,
 "Bytes that split_into needs for this packet with that gap and tail around each segment.\n"
 "Raises OffloadError (with split_python's reason) for anything split_python rejects.");
 
+/* The plan of the packet in args (with gap and tail from args when `with_room`), or -1
+ * with the exception set (ValueError for a field out of range, OffloadError). */
+static int plan_of(PyObject *const *args, int with_room, struct plan *pl, size_t *gap,
+                   size_t *tail)
+{
+    Py_buffer packet;
+    struct vnet_hdr h;
+    if (parse_common(args, with_room, &packet, &h, gap, tail) < 0)
+        return -1;
+    enum reason r = make_plan(&h, packet.buf, (size_t)packet.len, pl);
+    PyBuffer_Release(&packet);
+    if (r != RSN_OK)
+        return raise_reason(r), -1;
+    return 0;
+}
+
 static PyObject *gso_size(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
     if (nargs != 9)
         return PyErr_Format(PyExc_TypeError, "size() takes 9 arguments (%zd given)", nargs);
-    Py_buffer packet;
-    struct vnet_hdr h;
     size_t gap, tail;
     struct plan pl;
-    if (parse_common(args, 1, &packet, &h, &gap, &tail) < 0)
+    if (plan_of(args, 1, &pl, &gap, &tail) < 0)
         return NULL;
-    enum reason r = make_plan(&h, packet.buf, (size_t)packet.len, &pl);
-    PyBuffer_Release(&packet);
-    if (r != RSN_OK)
-        return raise_reason(r), NULL;
     return PyLong_FromSize_t(plan_size(&pl, gap, tail));
 }
 
@@ -356,16 +366,10 @@ static PyObject *gso_shape(PyObject *self, PyObject *const *args, Py_ssize_t nar
     (void)self;
     if (nargs != 7)
         return PyErr_Format(PyExc_TypeError, "shape() takes 7 arguments (%zd given)", nargs);
-    Py_buffer packet;
-    struct vnet_hdr h;
     size_t gap, tail, count, full, last;
     struct plan pl;
-    if (parse_common(args, 0, &packet, &h, &gap, &tail) < 0)
+    if (plan_of(args, 0, &pl, &gap, &tail) < 0)
         return NULL;
-    enum reason r = make_plan(&h, packet.buf, (size_t)packet.len, &pl);
-    PyBuffer_Release(&packet);
-    if (r != RSN_OK)
-        return raise_reason(r), NULL;
     plan_shape(&pl, &count, &full, &last);
     return Py_BuildValue("nnn", (Py_ssize_t)count, (Py_ssize_t)full, (Py_ssize_t)last);
 }
