@@ -51,6 +51,19 @@ def delay_opening(monkeypatch: pytest.MonkeyPatch, seed: int, most: float = 0.00
     monkeypatch.setattr(receiveworkers, "open_runs", late)
 
 
+def hold_opening(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """The workers' opening held until the event returned is set."""
+    release = threading.Event()
+    open_runs = receiveworkers.open_runs
+
+    def held(*args: object) -> None:
+        assert release.wait(10)
+        open_runs(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(receiveworkers, "open_runs", held)
+    return release
+
+
 def packets(frames: list[bytes]) -> list[bytes]:
     """The IP packets the TUN frames stand for (a coalesced frame cut back into its
     segments): what the kernel gets, however many a frame carried."""
@@ -262,14 +275,7 @@ def test_a_peer_removed_while_its_job_is_in_flight_is_left_alone(
     timer of a removed peer comes back to life."""
     a, b = handshaken_pair(b"removed", b_threads=2)
     receives = sent_by_a(a, traffic([(9, 1368, False)]))
-    release = threading.Event()
-    open_runs = receiveworkers.open_runs
-
-    def held(*args: object) -> None:
-        assert release.wait(10)
-        open_runs(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(receiveworkers, "open_runs", held)
+    release = hold_opening(monkeypatch)
     peer = next(iter(b.device.peers.values()))
     rx_bytes = peer.rx_bytes
     try:
@@ -333,14 +339,7 @@ def test_no_free_buffer_pauses_the_socket_until_one_returns(
         monkeypatch: pytest.MonkeyPatch) -> None:
     a, b = handshaken_pair(b"pause", b_threads=2)
     receives = sent_by_a(a, traffic([(44, 1368, False)] * 10, one_flow=True))
-    release = threading.Event()
-    open_runs = receiveworkers.open_runs
-
-    def held(*args: object) -> None:
-        assert release.wait(10)
-        open_runs(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(receiveworkers, "open_runs", held)
+    release = hold_opening(monkeypatch)
     workers = b.receive_workers
     assert workers is not None
     paused, resumed = threading.Event(), threading.Event()
