@@ -285,6 +285,32 @@ def compare(counts: tuple[int, ...] = (0, 1, 2), repeats: int = 3) -> dict[int, 
             for n, rs in runs.items()}
 
 
+WORKERS_GOAL = 1.8  # issue 20: 2 workers against 1, each direction
+
+
+def worker_rows(report: dict | None) -> list[tuple[str, str]]:
+    """The table rows of compare()'s figures (bench.run's `workers` part)."""
+    if not report:
+        return []
+    rows = []
+    for n, figures in sorted(report.items(), key=lambda item: int(item[0])):
+        rows.append((f"data path, no kernel, {n} workers (0: inline): send / receive",
+                     f"{figures['send_gbps']:6.2f} / {figures['receive_gbps']:6.2f} Gbit/s; "
+                     f"CPU per 64 KiB, loop thread / workers: send "
+                     f"{figures['send_loop_cpu_us_per_64k']:.1f} / "
+                     f"{figures['send_workers_cpu_us_per_64k']:.1f} us, receive "
+                     f"{figures['receive_loop_cpu_us_per_64k']:.1f} / "
+                     f"{figures['receive_workers_cpu_us_per_64k']:.1f} us"))
+    one, two = report.get("1"), report.get("2")
+    if one and two:
+        for side in ("send", "receive"):
+            ratio = two[f"{side}_gbps"] / one[f"{side}_gbps"]
+            verdict = "met" if ratio >= WORKERS_GOAL else "NOT met"
+            rows.append((f"data path, no kernel, {side}: 2 workers / 1",
+                         f"{ratio:6.2f}x (goal >= {WORKERS_GOAL}x: {verdict})"))
+    return rows
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--json"]:  # the child of run_with_python_path
         print(json.dumps(run(int(sys.argv[2]))))

@@ -228,6 +228,7 @@ def print_table(report: dict) -> None:
     for key, value in report.get("pipeline_micro", {}).items():
         unit = "x" if key.endswith("_over_native") else " us"
         rows.append((f"data path, no kernel: {key}", f"{value:8.1f}{unit}"))
+    rows += pipeline.worker_rows(report.get("pipeline_workers"))
     relay = report.get("relay")
     if relay:
         for mode, gbps in relay["gbps_median"].items():
@@ -423,9 +424,10 @@ def draw_chart(report: dict) -> Path:
 
 
 # The parts of a run, in order; `--only` picks some. "streams" is the tunnel between two
-# hosts in every mode (1 and 4 streams each way), "micro" what needs no lab.
-PARTS = ("micro", "relay", "streams", "flood", "handshakes", "loss", "management", "latency",
-         "veth")
+# hosts in every mode (1 and 4 streams each way), "micro" what needs no lab, "workers" the
+# data path without the kernel on 0, 1 and 2 worker threads (bench.pipeline.compare).
+PARTS = ("micro", "workers", "relay", "streams", "flood", "handshakes", "loss", "management",
+         "latency", "veth")
 
 
 def parts_from(text: str) -> tuple[str, ...]:
@@ -485,9 +487,12 @@ def main() -> int:
         report["offload_micro"] = offload_micro()
         report["wireguard_micro"] = wireguard_micro()
         report["pipeline_micro"] = pipeline.run_with_python_path()
+    if "workers" in parts:  # no namespaces needed: in memory, each count its own process
+        report["pipeline_workers"] = {str(n): figures
+                                      for n, figures in pipeline.compare().items()}
     reason = lab_unavailable_reason()
     modern_reason: str | None = None  # why the modern wireguard-go was not measured
-    if parts == ("micro",) or reason:
+    if set(parts) <= {"micro", "workers"} or reason:  # the parts without namespaces
         if reason:
             print(f"bench: RELAY THROUGHPUT NOT MEASURED: {reason}", file=sys.stderr)
     else:
