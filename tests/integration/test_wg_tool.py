@@ -189,16 +189,23 @@ def test_wg_tool_drives_the_endpoint(lab: Lab) -> None:
     assert _raw(name, f"set=1\npublic_key={'22' * 32}\nremove=true\n\n".encode()) \
         == b"errno=0\n\n"
     assert len(_dump(pair)) == 3
-    # The first round set the allocator's high-water mark (a 1 MiB request is several MB of
-    # str objects while it is read); repeating the worst requests must not add to it.
-    rss_before = _rss_kb(proc)
-    for _ in range(5):
+    # The first rounds set the allocator's high-water mark (a 1 MiB request is several MB of
+    # str objects while it is read, and the C heap keeps some headroom free, vpn.host.memory);
+    # ten more rounds of the worst requests must not add to it. After one warm-up round the
+    # growth was noise of up to 3.5 MB; a round's requests kept each time would be 13 MB.
+    def worst_requests() -> None:
         _raw(name, big)
         _raw(name, junk_lines)
         _raw(name, many)
         _raw(name, f"set=1\npublic_key={'22' * 32}\nremove=true\n\n".encode())
+
+    for _ in range(5):
+        worst_requests()
+    rss_before = _rss_kb(proc)
+    for _ in range(10):
+        worst_requests()
     growth = _rss_kb(proc) - rss_before
-    assert growth < 3 * 1024, f"RSS grew by {growth} kB"
+    assert growth < 4 * 1024, f"RSS grew by {growth} kB"
     _ping(pair)
 
     # a non-root client cannot even connect (another uid, not just dropped capabilities: the
