@@ -48,8 +48,7 @@ from vpn.core.wireguard import fastpath
 from vpn.core.wireguard.replay import ReplayWindow
 from vpn.host.memory import keep_heap_headroom
 from vpn.io.datapath import DataPath
-from vpn.io.receivebuffers import ReceiveBuffers
-from vpn.io.sendworkers import SendWorkers
+from vpn.io.pausingpool import PausingPool
 
 # As the endpoint's process (vpn.serving) runs: without it every receive wakeup faulted its
 # frames' pages in again, and the figures measured glibc's trimming, not the data path.
@@ -188,7 +187,7 @@ def throughput(workers: int, seconds: float = 2.0) -> dict[str, float]:
     tun_a, udp_a = _doubles(a)
     udp_a._sendmsg = lambda data, cmsg, addr: None  # type: ignore[method-assign]
     tun_a.keep = tun_b.keep = False
-    room = _room(a.send_workers)
+    room = _room(a.send_workers.slots if a.send_workers is not None else None)
     wakeups = 0
     start = time.perf_counter()
     cpu, loop_cpu = time.process_time(), time.thread_time()
@@ -224,7 +223,7 @@ def throughput(workers: int, seconds: float = 2.0) -> dict[str, float]:
             "receive_workers_cpu_us_per_64k": receive_workers_cpu * receive_per_64k}
 
 
-def _room(pool: SendWorkers | ReceiveBuffers | None) -> threading.Event:
+def _room(pool: PausingPool | None) -> threading.Event:
     """Set while `pool` has buffers free: its backpressure (pause, resume) wired as the
     runtime wires it, the resume called at once instead of on the event loop."""
     room = threading.Event()

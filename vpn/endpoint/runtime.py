@@ -53,7 +53,7 @@ class Runtime:
         log.info("interface %s: sealing on %s", self.name,
                  f"{workers.threads} worker threads" if workers else "the event loop's thread")
         if workers is not None:  # backpressure: no TUN reads while no job buffer is free
-            workers.pause, workers.resume = self._pause_tun, self._resume_tun
+            workers.slots.pause, workers.slots.resume = self._pause_tun, self._resume_tun
         receivers = self.datapath.receive_workers
         if receivers is not None:  # and no socket reads while no receive buffer is
             receivers.buffers.pause, receivers.buffers.resume = (self._pause_udp,

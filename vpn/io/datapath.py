@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 
 from vpn.core.drops import Drop
@@ -72,18 +72,11 @@ class DataPathStats:
     receive_backpressure: int = 0  # socket wakeups that stopped: no receive buffer free
 
     def _tun_counts(self) -> dict[str, int]:
-        counts = self.tun.counts()
-        for worker in list(self.receivers):
-            for name, n in worker.tun.counts().items():
-                counts[name] += n
-        return counts
+        return _summed(self.tun.counts(), (w.tun.counts() for w in list(self.receivers)))
 
     def _received_counts(self) -> dict[str, int]:
-        counts = self.received.counts()
-        for worker in list(self.receivers):
-            for name, n in worker.received.counts().items():
-                counts[name] += n
-        return counts
+        return _summed(self.received.counts(),
+                       (w.received.counts() for w in list(self.receivers)))
 
     @property
     def super_packets(self) -> int:
@@ -142,6 +135,14 @@ class DataPathStats:
         out["drops"] = dict(self.all_drops())
         out["udp"] = self.udp.summary()
         return out
+
+
+def _summed(counts: dict[str, int], more: Iterable[dict[str, int]]) -> dict[str, int]:
+    """`counts` with each of `more` (the worker threads' own) added, name by name."""
+    for other in more:
+        for name, n in other.items():
+            counts[name] += n
+    return counts
 
 
 # DataPathStats' fields that are not counts.
@@ -220,7 +221,7 @@ class DataPath:
             return
         lease = workers.take()
         if lease is None:
-            self.stats.send_backpressure = workers.backpressure
+            self.stats.send_backpressure = workers.slots.backpressure
             return
         try:
             reads = self._read_tun(lease.slots)

@@ -32,6 +32,7 @@ from vpn.core.wireguard import Peer
 from vpn.core.wireguard.keypair import Keypair, TransportError
 from vpn.core.wireguard.send import Job, Read, reserve_jobs, seal_job
 from vpn.io.buffers import reserve
+from vpn.io.pausingpool import PausingPool
 from vpn.io.udp import UdpSocket
 from vpn.io.workers import WorkerPool
 
@@ -100,20 +101,15 @@ class SendWorkers:
         self._udp = udp  # the data path's socket now (it may be swapped)
         self._on_error = on_error
         self._pool = pool  # shared with the receive walk; the data path closes it
-        self._free: collections.deque[list[memoryview]] = collections.deque(
-            read_slots() for _ in range(READ_BATCHES))
+        # The batches of read slots, with the TUN's backpressure (the shell wires it).
+        self.slots: PausingPool[list[memoryview]] = PausingPool(
+            (read_slots() for _ in range(READ_BATCHES)), call_soon_threadsafe)
         self._local = threading.local()
         # Seal buffers no job holds (deque: its append and pop are atomic between threads).
         self._seal_buffers: collections.deque[memoryview] = collections.deque()
         self.counts: list[WorkerCounts] = []  # one per worker thread, as each first counts
-        self.backpressure = 0  # wakeups that read nothing: no batch of read slots free
-        self._paused = False
-        self._lock = threading.Lock()  # _free, _paused and the leases' holders
+        self._lock = threading.Lock()  # the leases' holders
         self._send_lock = threading.Lock()  # the socket's counters and GSO state
-        self._call_soon_threadsafe = call_soon_threadsafe
-        # The shell's hooks: stop and start watching the TUN (on the loop thread).
-        self.pause: Callable[[], None] | None = None
-        self.resume: Callable[[], None] | None = None
 
     @property
     def send_lock(self) -> threading.Lock:
@@ -124,23 +120,15 @@ class SendWorkers:
     def threads(self) -> int:
         return self._pool.stats.threads
 
-    @property
-    def free_batches(self) -> int:
-        return len(self._free)
-
     def take(self) -> Lease | None:
         """A batch of read slots for this wakeup (give it back with `release`); None when
         there is none free: then the TUN is paused until one returns."""
-        with self._lock:
-            if self._free:
-                lease = Lease(self._free.pop())
-                lease.holders = 1
-                return lease
-            self._paused = True
-            self.backpressure += 1
-            if self.pause is not None:  # under the lock: before any release can resume
-                self.pause()
-        return None
+        slots = self.slots.take()
+        if slots is None:
+            return None
+        lease = Lease(slots)
+        lease.holders = 1
+        return lease
 
     def send(self, peer: Peer, kp: Keypair, endpoint: Address, reads: Sequence[Read],
              mtu: int, now: float, drops: Counter[str], lease: Lease) -> None:
@@ -168,17 +156,13 @@ class SendWorkers:
                 raise
 
     def release(self, lease: Lease) -> None:
-        """One holder is done with `lease`: the last one gives its slots back, and wakes
-        the TUN if a wakeup found none free."""
+        """One holder is done with `lease`: the last one gives its slots back (which wakes
+        the TUN if a wakeup found none free)."""
         with self._lock:
             lease.holders -= 1
             if lease.holders:
                 return
-            self._free.append(lease.slots)
-            wake = self._paused
-            self._paused = False
-        if wake and self.resume is not None and self._call_soon_threadsafe is not None:
-            self._call_soon_threadsafe(self.resume)
+        self.slots.give_back(lease.slots)
 
     # -- on the workers -----------------------------------------------------------------
 

@@ -346,8 +346,7 @@ class TunDevice:
         if not self.coalescing or (nrec == 1 and not self._gathered):
             # One packet alone (a ping, a lone ACK) is the frame the coalescer would make of
             # it (the packet as it is, NO_OFFLOAD): written now, without the coalescer.
-            for at, length, _ in RECORD.iter_unpack(records[:RECORD.size * nrec]):
-                self.write_packet(buffer[at:at + length])
+            self._write_each(buffer, records, nrec, self.stats)
             return
         if self._gro is None or buffer is not self._gro_buffer:
             self.flush()
@@ -360,21 +359,28 @@ class TunDevice:
         """Write every frame gathered since the last flush, in order."""
         if self._gathered and self._gro is not None:
             self._gathered = False
-            for frame in self._gro.frames():
-                self._write_frame(frame, self.stats)
+            self._write_frames(self._gro, self.stats)
 
     def deliver_now(self, buffer: Buffer, records: Buffer, nrec: int, stats: TunStats
                     ) -> None:
         """deliver and flush at once with a coalescer of the call's own, counted in
         `stats`: for a worker thread (the device's coalescer and stats are the loop's)."""
         if not self.coalescing or nrec == 1:  # as deliver's: each packet as it is
-            for at, length, _ in RECORD.iter_unpack(records[:RECORD.size * nrec]):
-                self._write_frame(Coalesced(NO_OFFLOAD, [buffer[at:at + length]]), stats)
+            self._write_each(buffer, records, nrec, stats)
         elif nrec:
             gro = receive_coalescer(buffer, udp=self.offload.uso)
             gro.add_records(records, 0, nrec)
-            for frame in gro.frames():
-                self._write_frame(frame, stats)
+            self._write_frames(gro, stats)
+
+    def _write_each(self, buffer: Buffer, records: Buffer, nrec: int, stats: TunStats
+                    ) -> None:
+        """The packets the records name, each as it is (NO_OFFLOAD), without the coalescer."""
+        for at, length, _ in RECORD.iter_unpack(records[:RECORD.size * nrec]):
+            self._write_frame(Coalesced(NO_OFFLOAD, [buffer[at:at + length]]), stats)
+
+    def _write_frames(self, gro: FrameCoalescer, stats: TunStats) -> None:
+        for frame in gro.frames():
+            self._write_frame(frame, stats)
 
     def clear(self) -> None:
         """Forget what was gathered (it points into a buffer about to be overwritten)."""

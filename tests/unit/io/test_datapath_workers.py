@@ -75,7 +75,7 @@ def send(path: DataPath, tun_frames: list[bytes], wakeup: int = 5) -> None:
 def all_slots_back(path: DataPath) -> bool:
     workers = path.send_workers
     assert workers is not None
-    return workers.free_batches == sendworkers.READ_BATCHES
+    return workers.slots.free == sendworkers.READ_BATCHES
 
 
 def delay_sealing(monkeypatch: pytest.MonkeyPatch, seed: int, most: float = 0.002) -> None:
@@ -220,8 +220,8 @@ def test_no_free_buffer_pauses_the_tun_until_one_returns(
     workers = threaded.send_workers
     assert workers is not None
     paused, resumed = threading.Event(), threading.Event()
-    workers.pause, workers.resume = paused.set, resumed.set
-    workers._call_soon_threadsafe = lambda callback: callback()
+    workers.slots.pause, workers.slots.resume = paused.set, resumed.set
+    workers.slots._call_soon_threadsafe = lambda callback: callback()
     tun = threaded.tun
     reads = frames([("super", 60_000, 1380)] * 400)  # more than every batch of slots holds
     try:
