@@ -70,18 +70,6 @@ def running_config(config: Config, snapshot: DeviceSnapshot, *, record_port: boo
     return replace(config, interface=interface, peers=peers)
 
 
-def with_seen_endpoints(config: Config, snapshot: DeviceSnapshot) -> Config:
-    """`config` with each peer's endpoint as last seen (what SaveConfig writes)."""
-    seen = {peer.public_key: peer.endpoint for peer in snapshot.peers}
-    peers = []
-    for peer in config.peers:
-        endpoint = seen.get(peer.public_key)
-        if endpoint is not None:
-            peer = replace(peer, endpoint=EndpointAddress(*endpoint))
-        peers.append(peer)
-    return replace(config, peers=tuple(peers))
-
-
 def write_atomically(path: Path, text: str) -> None:
     """Write aside and rename over, so a crash mid-write cannot cost the old file. The file
     holds the private key, so it is created 0600 whatever the umask. Raises OSError."""

@@ -32,7 +32,7 @@ class Managed(Protocol):
     """What management needs of the endpoint it manages."""
 
     name: str
-    config: Config  # the running configuration: apply keeps it current
+    config: Config  # as loaded: its path and name, and the settings the device does not hold
     on_down: Callable[[], None]
 
     def running(self) -> Runtime:
@@ -45,6 +45,9 @@ class Management:
     def __init__(self, endpoint: Managed) -> None:
         self.endpoint = endpoint
         self._reload_task: asyncio.Task[None] | None = None
+        # Whether SaveConfig records the listening port: a port asked for (in the file or
+        # by a change) is saved, one the kernel chose is not, so a restart asks for any.
+        self._port_asked = bool(endpoint.config.interface.listen_port)
 
     # -- the management protocol ------------------------------------------------------------
 
@@ -151,11 +154,9 @@ class Management:
             runtime.swap_udp(new_udp)
         device.fwmark = fwmark
         device.listen_port = runtime.udp.port
-        config = self.endpoint.config
-        self.endpoint.config = running.running_config(
-            config, device.snapshot(),
-            record_port=bool(config.interface.listen_port) or changes.listen_port is not None,
-        )
+        # The running configuration is read from the device when saved, not rebuilt here: a
+        # snapshot of 10,000 peers on every `wg set` held the loop for about 5 ms.
+        self._port_asked |= changes.listen_port is not None
         runtime.send_keepalives(owed_keepalive, now)
         if changes.replace_peers or any(peer.remove for peer in changes.peers):
             collect_removed()
@@ -163,10 +164,13 @@ class Management:
     # -- SaveConfig ------------------------------------------------------------------------
 
     def save_config(self) -> None:
-        """SaveConfig = true: write the running peers (endpoints as last seen) back."""
+        """SaveConfig = true: write the running configuration back, the interface's key,
+        port and mark and the peers as they run now (endpoints as last seen), as `wg-quick
+        save` does; the file's other settings as they were."""
         path = Path(self.endpoint.config.path)
-        config = running.with_seen_endpoints(self.endpoint.config,
-                                             self.endpoint.running().device.snapshot())
+        config = running.running_config(self.endpoint.config,
+                                        self.endpoint.running().device.snapshot(),
+                                        record_port=self._port_asked)
         try:
             running.write_atomically(path, to_text(config))
         except OSError as err:
