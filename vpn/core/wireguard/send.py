@@ -117,13 +117,16 @@ def route(allowed_ips: AllowedIPs[Peer], icmp: UnreachableResponder,
     by_peer: dict[Peer, list[Read]] = {}
     replies: list[bytes] = []
     drops: dict[str, int] = {}
+    routed: Buffer = b""  # the last destination looked up, and its peer: a stream's reads
+    peer: Peer | None = None  # come in a row, and the loop thread's time bounds the workers'
     for read in reads:
         packet = read.packet
         destination = ip_destination(packet)
         if destination is None:
             drops[Drop.TUN_NOT_IP] = drops.get(Drop.TUN_NOT_IP, 0) + 1
             continue
-        peer = lookup(destination)
+        if destination != routed:
+            peer, routed = lookup(destination), destination
         if peer is None:
             drops[Drop.NO_PEER_FOR_DESTINATION] = drops.get(Drop.NO_PEER_FOR_DESTINATION, 0) + 1
             reply = icmp.reply(packet, now)
@@ -191,15 +194,23 @@ def reserve_jobs(peer: Peer, kp: Keypair, endpoint: Address, reads: Sequence[Rea
     nbytes = 0
     taken: list[Read] = []
     count = room = 0
+    # The last super-packet's shape and what it came to: a stream's mostly share theirs,
+    # and this loop is the loop thread's, whose time per read bounds what workers can do.
+    shaped, sized, laid = (0, 0, 0), 0, 0
     for i, read in enumerate(reads):
         if read.segmented:
             try:
-                n, full, last = read.shape()
+                shape = read.shape()
             except OffloadError as err:
                 drops[err.reason] = drops.get(err.reason, 0) + 1
                 continue
-            nbytes += (n - 1) * transport_size(full, mtu) + transport_size(last, mtu)
-            need = (n - 1) * (full + _GAP_AND_TAIL) + last + _GAP_AND_TAIL
+            if shape != shaped:
+                n, full, last = shaped = shape
+                sized = (n - 1) * transport_size(full, mtu) + transport_size(last, mtu)
+                laid = (n - 1) * (full + _GAP_AND_TAIL) + last + _GAP_AND_TAIL
+            n = shape[0]
+            nbytes += sized
+            need = laid
         else:
             n, length = 1, len(read.packet)
             nbytes += transport_size(length, mtu)
