@@ -29,7 +29,7 @@ from vpn.core.offload.gro import RECORD, FrameCoalescer, receive_coalescer
 from vpn.core.offload.gso import (
     Fields,
     RunRead,
-    shape_fields,
+    shape_packet,
     split_fields,
     split_into_fields,
     split_runs,
@@ -162,8 +162,11 @@ class TunRead:
     def shape(self) -> tuple[int, int, int]:
         """(count, full, last) as split_into will return them, nothing written (gso.shape);
         OffloadError as packets. Counts the split now, on the calling thread."""
-        shape = shape_fields(self._fields, self.packet)
-        self._count(shape[0])
+        shape = shape_packet(self.packet, *self._fields)
+        stats = self._stats
+        if stats is not None and self.segmented:  # _count, inline: asked of every read
+            stats.super_packets += 1
+            stats.segments_split += shape[0]
         self._stats = None
         return shape
 

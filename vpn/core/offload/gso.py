@@ -58,7 +58,7 @@ except ImportError as error:  # not built: the Python path runs
 else:
     NATIVE = twin("GSO split")
 
-__all__ = ["NATIVE", "Fields", "RunRead", "shape_fields", "split", "split_fields", "split_into",
+__all__ = ["NATIVE", "Fields", "RunRead", "shape_packet", "split", "split_fields", "split_into",
            "split_into_fields", "split_into_python", "split_python", "split_runs",
            "split_runs_python"]
 
@@ -153,12 +153,11 @@ def _split_into_fields_python(out: bytearray | memoryview, offset: int, fields: 
     return split_into_python(out, offset, VirtioNetHeader(*fields), packet, gap, tail)
 
 
-def _shape_fields_native(fields: Fields, packet: Buffer) -> tuple[int, int, int]:
-    return _gso.shape(packet, *fields)
-
-
-def _shape_fields_python(fields: Fields, packet: Buffer) -> tuple[int, int, int]:
-    segments = split_python(VirtioNetHeader(*fields), packet)
+def _shape_packet_python(packet: Buffer, flags: int, gso_type: int, hdr_len: int,
+                         gso_size: int, csum_start: int, csum_offset: int
+                         ) -> tuple[int, int, int]:
+    segments = split_python(VirtioNetHeader(flags, gso_type, hdr_len, gso_size, csum_start,
+                                            csum_offset), packet)
     return len(segments), len(segments[0]), len(segments[-1])
 
 
@@ -295,9 +294,10 @@ split_into_fields: Callable[[bytearray | memoryview, int, Fields, Buffer, int, i
                             tuple[int, int, int]] = (
     _split_into_fields_native if NATIVE.native else _split_into_fields_python)
 # (count, full, last) as split_into_fields would return them, nothing written: what the
-# send walk reserves counters by before a worker splits.
-shape_fields: Callable[[Fields, Buffer], tuple[int, int, int]] = (
-    _shape_fields_native if NATIVE.native else _shape_fields_python)
+# send walk reserves counters by before a worker splits, for the packet and its header's
+# fields. The native one is _gso.shape itself: the loop thread asks it of every read.
+shape_packet: Callable[[Buffer, int, int, int, int, int, int], tuple[int, int, int]] = (
+    _gso.shape if NATIVE.native else _shape_packet_python)
 # Several reads' split_into in one call (the native one releases the GIL once): a send
 # job's super-packets, laid out for seal_runs.
 split_runs: Callable[[bytearray | memoryview, int, Sequence[RunRead], int, int],
