@@ -4,10 +4,11 @@ The loop thread reads the TUN into a batch of read slots it takes from a pool he
 Lease), routes, and per peer reserves the reads' counters (send.reserve_jobs: a
 super-packet's count from its virtio-net header, nothing split or copied) and queues them
 as jobs of about JOB_BYTES laid out. A worker splits and seals a job into seal buffers the
-job holds until it is sent (send.seal_job, the inline path's walk; the native calls release
-the GIL) and, in the peer's lane (WorkerPool's ordered stage, run by whichever worker's turn
-it is), sends it: each peer's datagrams leave in the order they were read. The slots go
-back to the pool when the wakeup's last job was sent, the seal buffers with their job.
+job holds until it is sent (send.seal_job: a job of super-packets in one native split and
+one native seal, each releasing the GIL once; else the inline path's walk) and, in the
+peer's lane (WorkerPool's ordered stage, run by whichever worker's turn it is), sends it:
+each peer's datagrams leave in the order they were read. The slots go back to the pool when
+the wakeup's last job was sent, the seal buffers with their job.
 
 The pool is bounded. A wakeup that finds no batch of slots free reads nothing and stops
 watching the TUN (`pause`, counted as send_backpressure) until a worker gives one back
@@ -33,6 +34,7 @@ from vpn.core.wireguard.keypair import Keypair, TransportError
 from vpn.core.wireguard.send import Job, Read, reserve_jobs, seal_job
 from vpn.io.buffers import reserve
 from vpn.io.pausingpool import PausingPool
+from vpn.io.tun import split_reads
 from vpn.io.udp import UdpSocket
 from vpn.io.workers import WorkerPool
 
@@ -177,7 +179,8 @@ class SendWorkers:
             return taken[index]
 
         try:
-            return _Sealed(seal_job(kp, job, buffer, mtu, self._counts().drops), taken)
+            return _Sealed(seal_job(kp, job, buffer, mtu, self._counts().drops, split_reads),
+                           taken)
         except Exception as error:
             return _Sealed(error, taken)
 

@@ -26,7 +26,14 @@ from dataclasses import dataclass, field
 from vpn.core.drops import Drop
 from vpn.core.offload import Coalesced, split
 from vpn.core.offload.gro import RECORD, FrameCoalescer, receive_coalescer
-from vpn.core.offload.gso import Fields, shape_fields, split_fields, split_into_fields
+from vpn.core.offload.gso import (
+    Fields,
+    RunRead,
+    shape_packet,
+    split_fields,
+    split_into_fields,
+    split_runs,
+)
 from vpn.core.packet.virtio import HEADER, NO_OFFLOAD, VIRTIO_NET_HDR_LEN, VirtioNetHeader
 from vpn.core.types import Buffer
 from vpn.io.buffers import reserve
@@ -155,8 +162,11 @@ class TunRead:
     def shape(self) -> tuple[int, int, int]:
         """(count, full, last) as split_into will return them, nothing written (gso.shape);
         OffloadError as packets. Counts the split now, on the calling thread."""
-        shape = shape_fields(self._fields, self.packet)
-        self._count(shape[0])
+        shape = shape_packet(self.packet, *self._fields)
+        stats = self._stats
+        if stats is not None and self.segmented:  # _count, inline: asked of every read
+            stats.super_packets += 1
+            stats.segments_split += shape[0]
         self._stats = None
         return shape
 
@@ -180,6 +190,27 @@ class TunRead:
         if stats is not None and self._fields[1]:
             stats.super_packets += 1
             stats.segments_split += segments
+
+
+def split_reads(reads: Sequence[object], out: bytearray | memoryview, offset: int, gap: int,
+                tail: int) -> list[tuple[int, int, int]]:
+    """TunRead.split_into for each of `reads` in one call (gso.split_runs: the native split
+    releases the GIL once for them all), back to back from `offset`; each one's (count,
+    full, last), counted as split_into counts. ValueError for a read that is not a
+    TunRead, or for out too small; OffloadError for the first read the split rejects;
+    either way before anything is written."""
+    taken: list[TunRead] = []
+    runs: list[RunRead] = []
+    for read in reads:
+        if not isinstance(read, TunRead):
+            raise ValueError(f"not a TUN read: {type(read).__name__}")
+        taken.append(read)
+        runs.append((read.packet, *read._fields))
+    shapes = split_runs(out, offset, runs, gap, tail)
+    for tun_read, shape in zip(taken, shapes, strict=True):
+        if tun_read._stats is not None:  # not shaped first: counted here
+            tun_read._count(shape[0])
+    return shapes
 
 
 class TunDevice:

@@ -127,7 +127,7 @@ def same_layout(hdr: VirtioNetHeader, packet: bytes, gap: int, tail: int, offset
     shapes = [_gso.split_into(outs[0], offset, packet, *fields(hdr), gap, tail),
               gso.split_into_python(outs[1], offset, hdr, packet, gap, tail)]
     assert shapes[0] == shapes[1] and outs[0] == outs[1]
-    assert gso._shape_fields_python(fields(hdr), packet) == shapes[0]  # type: ignore[arg-type]
+    assert gso._shape_packet_python(packet, *fields(hdr)) == shapes[0]
     if not size:
         return
     short = bytearray([FILL]) * (offset + size - 1)

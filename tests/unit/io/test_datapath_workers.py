@@ -296,11 +296,15 @@ def test_each_peers_datagrams_leave_in_the_order_of_its_reads() -> None:
 def test_a_split_that_fails_on_a_worker_is_counted_by_its_reason_and_gives_its_slots_back(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The header passed the loop's check, the split on the worker refuses it anyway: the
-    read is dropped by its reason, its counters left unused (a gap the receiver's window
+    job's one split refuses it (before writing a byte), the walk takes the job over and
+    drops the read by its reason, its counters left unused (a gap the receiver's window
     allows), the reads around it sent, every slot back."""
     threaded, receiver = handshaken_pair(SEED, threads=2)
     split_into_fields = tun.split_into_fields
     calls = 0
+
+    def refuses(*args: object) -> list[tuple[int, int, int]]:
+        raise OffloadError("ip_fragment", "injected")
 
     def refuses_the_second(*args: object) -> tuple[int, int, int]:
         nonlocal calls
@@ -310,6 +314,7 @@ def test_a_split_that_fails_on_a_worker_is_counted_by_its_reason_and_gives_its_s
         return split_into_fields(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(tun, "split_into_fields", refuses_the_second)
+    monkeypatch.setattr(tun, "split_runs", refuses)
     try:
         send(threaded, frames([("super", 5000, 1300)] * 3), 3)
     finally:

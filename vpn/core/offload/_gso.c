@@ -421,6 +421,101 @@ static PyObject *gso_split_into(PyObject *self, PyObject *const *args, Py_ssize_
     return result;
 }
 
+PyDoc_STRVAR(split_runs_doc,
+"split_runs(out, offset, reads, gap, tail) -> list[(count, full, last)]\n\n"
+"split_into for each (packet, flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)\n"
+"of `reads`, back to back from offset (read k's layout where read k - 1's last tail ends),\n"
+"the GIL released once. OffloadError (the first rejected read's reason) or ValueError for\n"
+"out too small, before anything is written.");
+
+static PyObject *gso_split_runs(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 5)
+        return PyErr_Format(PyExc_TypeError, "split_runs() takes 5 arguments (%zd given)",
+                            nargs);
+    Py_ssize_t offset = PyLong_AsSsize_t(args[1]);
+    if (offset == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t room[2];
+    for (int i = 0; i < 2; i++)
+        if ((room[i] = PyLong_AsSsize_t(args[3 + i])) < 0 || room[i] > MAX_ROOM)
+            return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_ValueError,
+                "%s %zd out of range 0..%d", i ? "tail" : "gap", room[i], MAX_ROOM);
+    size_t gap = (size_t)room[0], tail = (size_t)room[1], need = 0;
+    PyObject *result = NULL, *reads = PySequence_Fast(args[2], "split_runs: reads must be a "
+                                                      "sequence");
+    if (!reads)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(reads), got = 0;
+    Py_buffer out;
+    struct plan *plans = PyMem_Malloc((n ? (size_t)n : 1) * sizeof(struct plan));
+    Py_buffer *packets = PyMem_Malloc((n ? (size_t)n : 1) * sizeof(Py_buffer));
+    if (!plans || !packets) {
+        PyErr_NoMemory();
+        goto free;
+    }
+    if (PyObject_GetBuffer(args[0], &out, PyBUF_WRITABLE) < 0)
+        goto free;
+    for (; got < n; got++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(reads, got);
+        struct vnet_hdr h;
+        size_t unused[2];
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 7) {
+            PyErr_SetString(PyExc_TypeError, "split_runs: each read is a 7-tuple");
+            goto done;
+        }
+        if (parse_common(PySequence_Fast_ITEMS(item), 0, &packets[got], &h, &unused[0],
+                         &unused[1]) < 0)
+            goto done;
+        enum reason r = make_plan(&h, packets[got].buf, (size_t)packets[got].len,
+                                  &plans[got]);
+        if (r != RSN_OK) {
+            PyBuffer_Release(&packets[got]);
+            raise_reason(r);
+            goto done;
+        }
+        need += plan_size(&plans[got], gap, tail); /* each < 2**34: no overflow */
+    }
+    if (offset < 0 || offset > out.len || need > (size_t)(out.len - offset)) {
+        PyErr_Format(PyExc_ValueError, "out buffer too small: %zu bytes needed at offset %zd"
+                     " of %zd", need, offset, out.len);
+        goto done;
+    }
+    result = PyList_New(n);
+    for (Py_ssize_t k = 0; result && k < n; k++) {
+        size_t count, full, last;
+        plan_shape(&plans[k], &count, &full, &last);
+        PyObject *shape = Py_BuildValue("nnn", (Py_ssize_t)count, (Py_ssize_t)full,
+                                        (Py_ssize_t)last);
+        if (!shape)
+            Py_CLEAR(result);
+        else
+            PyList_SET_ITEM(result, k, shape);
+    }
+    if (!result)
+        goto done;
+    Py_BEGIN_ALLOW_THREADS
+    uint8_t *dst = (uint8_t *)out.buf + offset;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (plans[k].kind == SEGMENT)
+            write_segments(&plans[k], packets[k].buf, dst, gap, tail);
+        else
+            write_csum(&plans[k], packets[k].buf, dst + gap);
+        dst += plan_size(&plans[k], gap, tail);
+    }
+    Py_END_ALLOW_THREADS
+done:
+    for (Py_ssize_t k = 0; k < got; k++)
+        PyBuffer_Release(&packets[k]);
+    PyBuffer_Release(&out);
+free:
+    PyMem_Free(plans);
+    PyMem_Free(packets);
+    Py_DECREF(reads);
+    return result;
+}
+
 PyDoc_STRVAR(segments_doc,
 "segments(packet, flags, gso_type, hdr_len, gso_size, csum_start, csum_offset) -> list\n\n"
 "What split_python returns, in one call: the packet itself when there is nothing to do, else\n"
@@ -481,6 +576,8 @@ static PyMethodDef methods[] = {
     {"size", (PyCFunction)(void (*)(void))gso_size, METH_FASTCALL, size_doc},
     {"split_into", (PyCFunction)(void (*)(void))gso_split_into, METH_FASTCALL,
      split_into_doc},
+    {"split_runs", (PyCFunction)(void (*)(void))gso_split_runs, METH_FASTCALL,
+     split_runs_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,6 +1,7 @@
 """Types of _gso.c (native GSO segmentation, the twin of gso.split_python). Every function
 takes its arguments by position only; each raises OffloadError where split_python would."""
 
+from collections.abc import Sequence
 from typing import TypeVar
 
 from _typeshed import ReadableBuffer, WriteableBuffer
@@ -19,6 +20,11 @@ def split_into(out: WriteableBuffer, offset: int, packet: ReadableBuffer, flags:
                gso_type: int, hdr_len: int, gso_size: int, csum_start: int,
                csum_offset: int, gap: int, tail: int, /) -> tuple[int, int, int]:
     """(count, full, last): the segments written into out, as gso.split_into_python."""
+
+def split_runs(out: WriteableBuffer, offset: int,
+               reads: Sequence[tuple[ReadableBuffer, int, int, int, int, int, int]], gap: int,
+               tail: int, /) -> list[tuple[int, int, int]]:
+    """split_into for each read, back to back from offset; each read's (count, full, last)."""
 
 def segments(packet: _Packet, flags: int, gso_type: int, hdr_len: int, gso_size: int,
              csum_start: int, csum_offset: int, /) -> list[_Packet | memoryview]:

@@ -11,7 +11,7 @@ as memoryviews of it, as the native code returns them.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from vpn.core.drops import Drop
 from vpn.core.native import twin
@@ -58,8 +58,9 @@ except ImportError as error:  # not built: the Python path runs
 else:
     NATIVE = twin("GSO split")
 
-__all__ = ["NATIVE", "Fields", "shape_fields", "split", "split_fields", "split_into",
-           "split_into_fields", "split_into_python", "split_python"]
+__all__ = ["NATIVE", "Fields", "RunRead", "shape_packet", "split", "split_fields", "split_into",
+           "split_into_fields", "split_into_python", "split_python", "split_runs",
+           "split_runs_python"]
 
 # A virtio-net header's six fields in VirtioNetHeader's order (virtio.HEADER.unpack_from):
 # what a TUN read hands the split without building a header object (0.8 us a read).
@@ -152,13 +153,47 @@ def _split_into_fields_python(out: bytearray | memoryview, offset: int, fields: 
     return split_into_python(out, offset, VirtioNetHeader(*fields), packet, gap, tail)
 
 
-def _shape_fields_native(fields: Fields, packet: Buffer) -> tuple[int, int, int]:
-    return _gso.shape(packet, *fields)
-
-
-def _shape_fields_python(fields: Fields, packet: Buffer) -> tuple[int, int, int]:
-    segments = split_python(VirtioNetHeader(*fields), packet)
+def _shape_packet_python(packet: Buffer, flags: int, gso_type: int, hdr_len: int,
+                         gso_size: int, csum_start: int, csum_offset: int
+                         ) -> tuple[int, int, int]:
+    segments = split_python(VirtioNetHeader(flags, gso_type, hdr_len, gso_size, csum_start,
+                                            csum_offset), packet)
     return len(segments), len(segments[0]), len(segments[-1])
+
+
+# A read for split_runs: the packet and its virtio-net header's fields.
+RunRead = tuple[Buffer, int, int, int, int, int, int]
+
+
+def split_runs_python(out: bytearray | memoryview, offset: int, reads: Sequence[RunRead],
+                      gap: int, tail: int) -> list[tuple[int, int, int]]:
+    """split_into_python for each of `reads`, back to back from `offset` (read k's layout
+    where read k - 1's last tail ends); each read's (count, full, last). OffloadError for
+    the first read split_python rejects, ValueError if out is too small; either way before
+    anything is written."""
+    if not 0 <= gap <= 0xFFFF or not 0 <= tail <= 0xFFFF:
+        raise ValueError("gap or tail out of range")
+    laid: list[list[Buffer]] = [split_python(VirtioNetHeader(*read[1:]), read[0])
+                                for read in reads]
+    need = sum(len(segments) * (gap + tail) + sum(map(len, segments)) for segments in laid)
+    if not 0 <= offset <= len(out) - need:
+        raise ValueError(f"out buffer too small: {need} bytes needed at offset {offset}")
+    view = memoryview(out)
+    shapes = []
+    for segments in laid:
+        count, full, last = len(segments), len(segments[0]), len(segments[-1])
+        stride = gap + full + tail
+        for i, segment in enumerate(segments):
+            at = offset + gap + i * stride
+            view[at:at + len(segment)] = segment
+        offset += (count - 1) * stride + gap + last + tail
+        shapes.append((count, full, last))
+    return shapes
+
+
+def _split_runs_native(out: bytearray | memoryview, offset: int, reads: Sequence[RunRead],
+                       gap: int, tail: int) -> list[tuple[int, int, int]]:
+    return _gso.split_runs(out, offset, reads, gap, tail)
 
 
 def _complete_checksum(packet: Buffer, start: int, offset: int) -> bytes:
@@ -259,6 +294,12 @@ split_into_fields: Callable[[bytearray | memoryview, int, Fields, Buffer, int, i
                             tuple[int, int, int]] = (
     _split_into_fields_native if NATIVE.native else _split_into_fields_python)
 # (count, full, last) as split_into_fields would return them, nothing written: what the
-# send walk reserves counters by before a worker splits.
-shape_fields: Callable[[Fields, Buffer], tuple[int, int, int]] = (
-    _shape_fields_native if NATIVE.native else _shape_fields_python)
+# send walk reserves counters by before a worker splits, for the packet and its header's
+# fields. The native one is _gso.shape itself: the loop thread asks it of every read.
+shape_packet: Callable[[Buffer, int, int, int, int, int, int], tuple[int, int, int]] = (
+    _gso.shape if NATIVE.native else _shape_packet_python)
+# Several reads' split_into in one call (the native one releases the GIL once): a send
+# job's super-packets, laid out for seal_runs.
+split_runs: Callable[[bytearray | memoryview, int, Sequence[RunRead], int, int],
+                     list[tuple[int, int, int]]] = (
+    _split_runs_native if NATIVE.native else split_runs_python)

@@ -24,8 +24,8 @@
  * Nothing here prints or returns key material.
  *
  * The module's pieces, one job each: this file (the TransportKey type, its contexts lent to each batch,
- * the module), transport_seal.c (seal_batch, seal_segments), transport_open.c (open_batch,
- * open_run, accept_run) and replay.h (the anti-replay window); wire facts come from
+ * the module), transport_seal.c (seal_batch, seal_segments, seal_runs), transport_open.c
+ * (open_batch, open_run, accept_run) and replay.h (the anti-replay window); wire facts come from
  * vpn/core/include/wire.h.
  */
 #include "transport.h"
@@ -215,6 +215,7 @@ static PyMethodDef TransportKey_methods[] = {
     {"seal_batch", (PyCFunction)TransportKey_seal_batch, METH_VARARGS, seal_batch_doc},
     {"seal_segments", (PyCFunction)TransportKey_seal_segments, METH_VARARGS,
      seal_segments_doc},
+    {"seal_runs", (PyCFunction)TransportKey_seal_runs, METH_VARARGS, seal_runs_doc},
     {"open_batch", (PyCFunction)TransportKey_open_batch, METH_VARARGS, open_batch_doc},
     {"open_run", (PyCFunction)TransportKey_open_run, METH_VARARGS, open_run_doc},
     {"zero", (PyCFunction)TransportKey_zero, METH_NOARGS,

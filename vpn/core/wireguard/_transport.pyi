@@ -32,6 +32,10 @@ class TransportKey:
                       last: int, gap: int, tail: int, mtu: int, receiver_index: int,
                       first_counter: int, /) -> tuple[int, int]:
         """Seal in place what _gso.split_into laid out; (size, last_size)."""
+    def seal_runs(self, out: WriteableBuffer, offset: int, runs: Sequence[tuple[int, int, int]],
+                  gap: int, tail: int, mtu: int, receiver_index: int, first_counter: int, /
+                  ) -> list[int]:
+        """Seal in place what _gso.split_runs laid out; the messages' lengths."""
     def open_batch(self, messages: Sequence[ReadableBuffer], out: WriteableBuffer,
                    offset: int, local_index: int, seen: WriteableBuffer, greatest: int, /
                    ) -> tuple[list[int], int, _BatchDrops | None]:

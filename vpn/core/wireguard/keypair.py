@@ -162,8 +162,8 @@ class Keypair:
 
     def reserve(self, count: int) -> int | None:
         """Take `count` consecutive counters for messages sealed later, perhaps on another
-        thread (encrypt_batch_at, seal_segments_at): the first of them, or None when they
-        would pass the message limit or the keypair is zeroed (then none is taken). Called
+        thread (encrypt_batch_at, seal_segments_at, seal_runs_at): the first of them, or None
+        when they would pass the message limit or the keypair is zeroed (then none is taken). Called
         on one thread only (the event loop's), before the crypto: a nonce is never used
         twice, whatever order the sealing threads finish in."""
         counter = self.send_counter
@@ -194,6 +194,15 @@ class Keypair:
         messages; safe on any thread, beside other calls on this keypair."""
         return self._sealer().seal_segments(out, offset, count, full, last, gap, tail, mtu,
                                             self.remote_index, first)
+
+    def seal_runs_at(self, first: int, out: bytearray | memoryview, offset: int,
+                     runs: Sequence[tuple[int, int, int]], gap: int, tail: int, mtu: int
+                     ) -> list[int]:
+        """seal_segments_at for each (count, full, last) of `runs` (gso.split_runs' layout)
+        in one call, counters from `first` (reserve() gave them for every run's count): the
+        messages' lengths, back to back from `offset`."""
+        return self._sealer().seal_runs(out, offset, runs, gap, tail, mtu, self.remote_index,
+                                        first)
 
     def encrypt(self, plaintext: Buffer, now: float, mtu: int = 0) -> bytes:
         """One transport message, checking every limit; b"" plaintext makes a keepalive."""

@@ -24,8 +24,8 @@ from .constants import AEAD_TAG_LEN, PADDING_MULTIPLE, TRANSPORT_HEADER_SIZE
 from .keypair import Keypair, transport_size
 from .peer import Peer
 
-__all__ = ["SEAL_GAP", "SEAL_TAIL", "Job", "Read", "Reserved", "Routed", "Sealed", "reserve_jobs",
-           "route", "seal", "seal_job"]
+__all__ = ["SEAL_GAP", "SEAL_TAIL", "Job", "Read", "Reserved", "Routed", "Sealed", "SplitRuns",
+           "reserve_jobs", "route", "seal", "seal_job"]
 
 # Around each segment laid out in the send buffer: room for the transport header before it,
 # and for its padding (up to 15 bytes) and tag after, so that it is sealed where it lies.
@@ -117,13 +117,16 @@ def route(allowed_ips: AllowedIPs[Peer], icmp: UnreachableResponder,
     by_peer: dict[Peer, list[Read]] = {}
     replies: list[bytes] = []
     drops: dict[str, int] = {}
+    routed: Buffer = b""  # the last destination looked up, and its peer: a stream's reads
+    peer: Peer | None = None  # come in a row, and the loop thread's time bounds the workers'
     for read in reads:
         packet = read.packet
         destination = ip_destination(packet)
         if destination is None:
             drops[Drop.TUN_NOT_IP] = drops.get(Drop.TUN_NOT_IP, 0) + 1
             continue
-        peer = lookup(destination)
+        if destination != routed:
+            peer, routed = lookup(destination), destination
         if peer is None:
             drops[Drop.NO_PEER_FOR_DESTINATION] = drops.get(Drop.NO_PEER_FOR_DESTINATION, 0) + 1
             reply = icmp.reply(packet, now)
@@ -191,15 +194,23 @@ def reserve_jobs(peer: Peer, kp: Keypair, endpoint: Address, reads: Sequence[Rea
     nbytes = 0
     taken: list[Read] = []
     count = room = 0
+    # The last super-packet's shape and what it came to: a stream's mostly share theirs,
+    # and this loop is the loop thread's, whose time per read bounds what workers can do.
+    shaped, sized, laid = (0, 0, 0), 0, 0
     for i, read in enumerate(reads):
         if read.segmented:
             try:
-                n, full, last = read.shape()
+                shape = read.shape()
             except OffloadError as err:
                 drops[err.reason] = drops.get(err.reason, 0) + 1
                 continue
-            nbytes += (n - 1) * transport_size(full, mtu) + transport_size(last, mtu)
-            need = (n - 1) * (full + _GAP_AND_TAIL) + last + _GAP_AND_TAIL
+            if shape != shaped:
+                n, full, last = shaped = shape
+                sized = (n - 1) * transport_size(full, mtu) + transport_size(last, mtu)
+                laid = (n - 1) * (full + _GAP_AND_TAIL) + last + _GAP_AND_TAIL
+            n = shape[0]
+            nbytes += sized
+            need = laid
         else:
             n, length = 1, len(read.packet)
             nbytes += transport_size(length, mtu)
@@ -247,12 +258,29 @@ class _Allotment:
         return first
 
 
+# A caller's split of a job's super-packets in one call (the TUN's: vpn.io.tun.split_reads):
+# laid out back to back from the offset, each (count, full, last) as Read.split_into returns
+# it; OffloadError or ValueError, before anything is written, for what it cannot split.
+SplitRuns = Callable[[Sequence[Read], memoryview, int, int, int], list[tuple[int, int, int]]]
+
+
 def seal_job(kp: Keypair, job: Job, buffer: Callable[[int], memoryview], mtu: int,
-             drops: dict[str, int]) -> list[tuple[memoryview, list[int]]]:
+             drops: dict[str, int], split_runs: SplitRuns | None = None
+             ) -> list[tuple[memoryview, list[int]]]:
     """seal's second half, on any thread: the job's reads split and sealed in place (the
     one walk of seal) with the counters reserve_jobs took, into buffer(0), then buffer(1)
     ... if one does not hold them all; the messages each buffer holds, back to back from 0.
-    TransportError when the keypair was zeroed since; drops counted in `drops`."""
+    TransportError when the keypair was zeroed since; drops counted in `drops`.
+
+    With `split_runs`, a job of super-packets only that fits buffer(0) (as reserve_jobs
+    makes them) is split and sealed in two native calls that release the GIL once each,
+    instead of two per read: what two workers cost each other is mostly each read's Python
+    and GIL hand-offs. The walk, its reference, takes every other job, and one split_runs
+    refuses (it then drops or carries over read by read)."""
+    if split_runs is not None:
+        whole = _seal_runs(kp, job, buffer(0), mtu, split_runs)
+        if whole is not None:
+            return [whole]
     allotment = _Allotment(job.first, job.messages)
     sealed: list[tuple[memoryview, list[int]]] = []
     reads: Sequence[Read] = job.reads
@@ -264,6 +292,22 @@ def seal_job(kp: Keypair, job: Job, buffer: Callable[[int], memoryview], mtu: in
             raise RuntimeError("a job's reads made more messages than were reserved")
         sealed.append((out, lengths))
     return sealed
+
+
+def _seal_runs(kp: Keypair, job: Job, out: memoryview, mtu: int, split_runs: SplitRuns
+               ) -> tuple[memoryview, list[int]] | None:
+    """seal_job's job of super-packets in one split and one seal; None when the walk must
+    take it (a plain packet among the reads, or the split refused: nothing was written)."""
+    reads = job.reads
+    if not reads or not all(read.segmented for read in reads):
+        return None
+    try:
+        runs = split_runs(reads, out, 0, SEAL_GAP, SEAL_TAIL)
+    except (OffloadError, ValueError):
+        return None
+    if sum(run[0] for run in runs) > job.messages:
+        raise RuntimeError("a job's reads made more messages than were reserved")
+    return out, kp.seal_runs_at(job.first, out, 0, runs, SEAL_GAP, SEAL_TAIL, mtu)
 
 
 def _walk(kp: Keypair, reserve: Callable[[int], int | None], reads: Sequence[Read],

@@ -65,7 +65,8 @@ PyObject *lengths_list(const Py_ssize_t *lengths, Py_ssize_t count);
 /* transport_seal.c */
 PyObject *TransportKey_seal_batch(TransportKey *self, PyObject *args);
 PyObject *TransportKey_seal_segments(TransportKey *self, PyObject *args);
-extern const char seal_batch_doc[], seal_segments_doc[];
+PyObject *TransportKey_seal_runs(TransportKey *self, PyObject *args);
+extern const char seal_batch_doc[], seal_segments_doc[], seal_runs_doc[];
 
 /* transport_open.c */
 PyObject *TransportKey_open_batch(TransportKey *self, PyObject *args);

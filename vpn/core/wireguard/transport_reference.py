@@ -72,6 +72,10 @@ class TransportAead(Protocol):
                       gap: int, tail: int, mtu: int, receiver_index: int,
                       first_counter: int, /) -> tuple[int, int]: ...
 
+    def seal_runs(self, out: Buffer, offset: int, runs: Sequence[tuple[int, int, int]],
+                  gap: int, tail: int, mtu: int, receiver_index: int, first_counter: int, /
+                  ) -> list[int]: ...
+
     def open_batch(self, messages: Sequence[Buffer], out: Buffer, offset: int,
                    local_index: int, seen: Buffer, greatest: int, /
                    ) -> tuple[list[int], int, BatchDrops | None]: ...
@@ -164,6 +168,30 @@ class ReferenceTransportKey:
                       for i in range(count)]
         self.seal_batch(plaintexts, out, offset, mtu, receiver_index, first_counter)
         return size, last_size
+
+    def seal_runs(self, out: Buffer, offset: int, runs: Sequence[tuple[int, int, int]],
+                  gap: int, tail: int, mtu: int, receiver_index: int, first_counter: int, /
+                  ) -> list[int]:
+        """seal_segments for each (count, full, last) of `runs`, laid out back to back as
+        gso.split_runs leaves them, counters from first_counter on across the runs: the
+        messages back to back from out[offset]; their lengths."""
+        self._key()
+        view = memoryview(out)
+        plaintexts: list[bytes] = []
+        at = offset
+        for count, full, last in runs:
+            if count < 1 or not 0 <= last <= full <= 0xFFFF or not 0 <= gap <= 0xFFFF \
+                    or not 0 <= tail <= 0xFFFF:
+                raise ValueError("seal_runs: count, full, last, gap or tail out of range")
+            stride = gap + full + tail
+            if transport_size(full, mtu) > stride or transport_size(last, mtu) > gap + last + tail:
+                raise ValueError("seal_runs: a message would not fit in its segment's slot")
+            plaintexts += [bytes(view[at + gap + i * stride:][:full if i + 1 < count else last])
+                           for i in range(count)]
+            at += (count - 1) * stride + gap + last + tail
+        if not 0 <= offset <= at <= len(view):
+            raise ValueError("seal_runs: out too short")
+        return self.seal_batch(plaintexts, out, offset, mtu, receiver_index, first_counter)
 
     def open_batch(self, messages: Sequence[Buffer], out: Buffer, offset: int,
                    local_index: int, seen: Buffer, greatest: int, /

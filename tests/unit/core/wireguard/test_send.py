@@ -14,8 +14,8 @@ from vpn.core.offload.gso import split
 from vpn.core.packet.virtio import HEADER, VirtioNetHeader
 from vpn.core.wireguard import Device, Keypair, Peer
 from vpn.core.wireguard.constants import REJECT_AFTER_MESSAGES
-from vpn.core.wireguard.send import Read, Reserved, Sealed, reserve_jobs, seal_job
-from vpn.io.tun import TunRead, TunStats
+from vpn.core.wireguard.send import Read, Reserved, Sealed, SplitRuns, reserve_jobs, seal_job
+from vpn.io.tun import TunRead, TunStats, split_reads
 
 MSS = MTU - 40
 
@@ -106,8 +106,8 @@ def test_any_buffer_size_seals_the_same_packets_in_order(size: int) -> None:
     assert peer.tx_bytes >= sum(lengths)
 
 
-def reserve_and_seal(peer: Peer, reads: list[Read], budget: int, size: int
-                     ) -> tuple[list[bytes], Reserved]:
+def reserve_and_seal(peer: Peer, reads: list[Read], budget: int, size: int,
+                     split_runs: SplitRuns | None = None) -> tuple[list[bytes], Reserved]:
     """reserve_jobs then seal_job, as the loop thread and the send workers run them (the
     jobs sealed last first: the counters were reserved before, in read order)."""
     kp, endpoint = peer.keypair_for_sending(1.0), peer.endpoint
@@ -118,7 +118,7 @@ def reserve_and_seal(peer: Peer, reads: list[Read], budget: int, size: int
     for job in reversed(reserved.jobs):
         messages = []
         for out, lengths in seal_job(kp, job, lambda _: memoryview(bytearray(size)), MTU,
-                                     drops):
+                                     drops, split_runs):
             at = 0
             for n in lengths:
                 messages.append(bytes(out[at:at + n]))
@@ -143,6 +143,30 @@ def test_the_workers_jobs_seal_the_same_packets_in_order(budget: int, size: int)
     assert kp.send_counter - before == len(packets) == sum(j.messages for j in reserved.jobs)
     assert len(reserved.jobs) > 1 if budget < 70_000 else len(reserved.jobs) == 1
     assert peer.tx_bytes - sent_before == sum(map(len, messages))  # told before the split
+
+
+@pytest.mark.parametrize(("budget", "size"), [(1 << 20, 1 << 20), (70_000, 70_000),
+                                              (1, MTU + 100)])
+@pytest.mark.parametrize("only_super", [True, False])
+def test_a_job_split_and_sealed_in_one_call_each_is_what_the_walk_makes(
+        budget: int, size: int, only_super: bool) -> None:
+    """seal_job with the TUN's split_reads (one split and one seal per job of super-packets;
+    the walk for a job with plain packets, or one its buffer cannot hold whole): the same
+    messages byte for byte, with the same counters, as the walk alone."""
+    _, peer, b = session()
+    reads, packets = mixed_reads()
+    if only_super:
+        reads = [r for r in reads if r.segmented]
+        packets = [bytes(p) for r in reads for p in r.packets()]
+    kp = peer.keypair_for_sending(1.0)
+    assert kp is not None
+    before = kp.send_counter
+    walked, _ = reserve_and_seal(peer, reads, budget, size)
+    kp.send_counter = before  # the same counters again (a test's nonce reuse, not sent)
+    messages, reserved = reserve_and_seal(peer, reads, budget, size, split_reads)
+    assert messages == walked
+    assert opened(b, messages) == packets
+    assert kp.send_counter - before == len(packets) == sum(j.messages for j in reserved.jobs)
 
 
 def test_a_job_drops_a_bad_read_by_its_header_before_reserving() -> None:
