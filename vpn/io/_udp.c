@@ -17,6 +17,7 @@
 #include <netinet/in.h>
 #include <netinet/udp.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -245,6 +246,8 @@ static PyObject *udp_wait_readable(PyObject *self, PyObject *args)
     do {
         if (poll(fds, 2, 0) > 0)
             ready = (fds[0].revents & wanted ? 1 : 0) | (fds[1].revents & wanted ? 2 : 0);
+        else
+            sched_yield(); /* a task waiting for this CPU (the packet's sender) runs first */
     } while (!ready && monotonic_ns() < deadline);
     Py_END_ALLOW_THREADS
     return PyLong_FromLong(ready);
