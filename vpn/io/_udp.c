@@ -219,8 +219,9 @@ done:
 PyDoc_STRVAR(wait_readable_doc,
 "wait_readable(fd_a, fd_b, budget_ns) -> ready\n\n"
 "Busy-poll: poll both descriptors without sleeping (a negative one is left out), again and\n"
-"again with the GIL released, until one is readable or has an error, or budget_ns have\n"
-"passed. ready: bit 0 for fd_a, bit 1 for fd_b; 0 when the budget ran out.");
+"again with the GIL released, yielding the CPU between polls, until one is readable or has\n"
+"an error, or budget_ns have passed. ready: bit 0 for fd_a, bit 1 for fd_b; 0 when the\n"
+"budget ran out.");
 
 static int64_t monotonic_ns(void)
 {

@@ -1,17 +1,20 @@
 """Busy-poll: after a wakeup's walk, poll the TUN and the socket for a short budget instead
 of going straight back to the event loop, and walk at once what arrives meanwhile.
 
-Why: in a ping-pong each packet is one wakeup, and a vCPU that halted in epoll_wait is slow
-to wake (a VM exit, the host's wakeup; haltpoll with guest_halt_poll_ns = 0 halts at once).
-An answer usually comes back within tens of microseconds, so waiting for it awake saves the
-halt and the wakeup, as the kernel's SO_BUSY_POLL and DPDK's poll-mode drivers do. The
-budget bounds the CPU an idle endpoint spends: each wakeup spins at most `budget` past its
-last packet. The loop itself (timers, the management socket, handshakes' answers) runs again
-after every spin that came back empty, and at the latest after HOLD_NS of walks.
+Why: in a ping-pong each packet is one wakeup, and an answer (the TUN's reply to what the
+socket brought) often comes back within tens of microseconds: walking it from the spin
+saves the epoll_wait, the sleep and the wakeup, as the kernel's SO_BUSY_POLL and DPDK's
+poll-mode drivers do. (The vCPU halts it also saves were measured not to be the cost:
+docs/architecture.md, "Busy-poll".) The spin yields the CPU between polls, so on a shared
+core the packet's own sender runs first. The budget bounds the CPU an idle endpoint spends:
+each wakeup spins at most `budget` past its last packet. The loop itself (timers, the
+management socket, handshakes' answers) runs again after every spin that came back empty,
+and at the latest after HOLD_NS of walks.
 """
 
 from __future__ import annotations
 
+import os
 import select
 import time
 from collections.abc import Callable
@@ -24,9 +27,11 @@ except ImportError:  # not built: the Python twin below serves, as NATIVE says
     _native_wait_readable = None  # type: ignore[assignment]
 
 BUSY_POLL_ENV = "VPN_BUSY_POLL"
-# Microseconds each wakeup polls past its last packet; 0 is off. Chosen by measurement
-# (bench/latency.py, docs/architecture.md): see DEFAULT_BUSY_POLL_US's comment.
-DEFAULT_BUSY_POLL_US = 0
+# Microseconds each wakeup polls past its last packet; 0 is off. 50 by measurement
+# (docs/architecture.md, "Busy-poll"): the idle ping-pong median 0.82-0.89x of off's in 7 of
+# 9 paired runs on 2 shared cores (1.00x and 1.10x in the other two); an idle endpoint's
+# CPU unchanged (0.1 ms/s), one ping a second 1.3 against 1.0 ms/s for both ends.
+DEFAULT_BUSY_POLL_US = 50
 MAX_BUSY_POLL_US = 10_000
 # The longest one wakeup keeps walking and polling before the loop runs again (or the
 # budget, if longer): what a timer or the management socket waits for at most, under load.
@@ -50,9 +55,9 @@ def parse_busy_poll(text: str) -> int:
 
 
 def wait_readable_python(fd_a: int, fd_b: int, budget_ns: int) -> int:
-    """The twin of _udp.wait_readable: poll without sleeping until `fd_a` (bit 0) or `fd_b`
-    (bit 1) is readable or has an error, or `budget_ns` have passed (0). A negative
-    descriptor is left out."""
+    """The twin of _udp.wait_readable: poll without sleeping, yielding the CPU between polls,
+    until `fd_a` (bit 0) or `fd_b` (bit 1) is readable or has an error, or `budget_ns` have
+    passed (0). A negative descriptor is left out."""
     poller = select.poll()
     bits = {}
     for fd, bit in ((fd_a, TUN), (fd_b, UDP)):
@@ -68,6 +73,7 @@ def wait_readable_python(fd_a: int, fd_b: int, budget_ns: int) -> int:
                 ready |= bits[fd]
         if ready or time.monotonic_ns() >= deadline:
             return ready
+        os.sched_yield()  # a task waiting for this CPU (the packet's sender) runs first
 
 
 def wait_readable() -> WaitReadable:
