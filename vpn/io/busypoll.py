@@ -28,10 +28,10 @@ except ImportError:  # not built: the Python twin below serves, as NATIVE says
 
 BUSY_POLL_ENV = "VPN_BUSY_POLL"
 # Microseconds each wakeup polls past its last packet; 0 is off. 50 by measurement
-# (docs/architecture.md, "Busy-poll"): the idle ping-pong median below off's in 12 of 16
-# paired runs on 2 shared cores (0.74-0.98x; 1.00-1.10x in the other four), 0.85x over 5
-# rounds; an idle endpoint's CPU unchanged (0.1 ms/s), one ping a second 1.3 against
-# 1.0 ms/s for both ends.
+# (docs/architecture.md, "Busy-poll"): the idle ping-pong median below off's in 14 of 19
+# paired runs on 2 shared cores (0.74-0.98x; 1.00-1.48x in the other five), 0.85-0.87x
+# over 5 and 3 rounds; an idle endpoint's CPU unchanged (0.1 ms/s), one ping a second 1.3
+# against 1.0 ms/s for both ends.
 DEFAULT_BUSY_POLL_US = 50
 MAX_BUSY_POLL_US = 10_000
 # The longest one wakeup keeps walking and polling before the loop runs again (or the
