@@ -119,6 +119,12 @@ def _add_up_arguments(parser: argparse.ArgumentParser) -> None:
         "event loop's thread "
         "(default: $VPN_THREADS if set, else the measured default)",
     )
+    parser.add_argument(
+        "--busy-poll", metavar="USEC",
+        help="after each wakeup, poll the TUN and the socket for up to USEC microseconds "
+        "before sleeping again: lower latency for a little CPU; 0: off "
+        "(default: $VPN_BUSY_POLL if set, else the measured default)",
+    )
 
 
 def _load(arg: str, interface: str | None = None) -> config.Config | None:
@@ -158,19 +164,33 @@ def cmd_strip(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def flag_or_env(flag: tuple[str, str | None] | None, env: str, parse: Callable[[str], int],
+                default: int) -> int:
+    """A number from its flag (name, value as given), else its environment variable, else the
+    default; ValueError naming where a bad one came from."""
+    given = flag is not None and flag[1] is not None
+    text = flag[1] if flag is not None and given else os.environ.get(env)
+    try:
+        return parse(text) if text else default
+    except ValueError as error:
+        raise ValueError(f"{flag[0] if flag is not None and given else env}: {error}") from None
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     # Imported here: the key and check commands must not need the data path's dependencies.
     from vpn import serving
     from vpn.control.metrics_server import ENV, MetricsAddressError, parse_address
     from vpn.endpoint import Endpoint
+    from vpn.io.busypoll import BUSY_POLL_ENV, DEFAULT_BUSY_POLL_US, parse_busy_poll
     from vpn.io.sendworkers import DEFAULT_THREADS, THREADS_ENV, parse_threads
 
-    threads_text = args.threads if args.threads is not None else os.environ.get(THREADS_ENV)
     try:
-        threads = parse_threads(threads_text) if threads_text else DEFAULT_THREADS
+        threads = flag_or_env(("--threads", args.threads), THREADS_ENV, parse_threads,
+                              DEFAULT_THREADS)
+        busy_poll_us = flag_or_env(("--busy-poll", args.busy_poll), BUSY_POLL_ENV,
+                                   parse_busy_poll, DEFAULT_BUSY_POLL_US)
     except ValueError as error:
-        source = "--threads" if args.threads is not None else THREADS_ENV
-        print(f"{PROG}: {source}: {error}", file=sys.stderr)
+        print(f"{PROG}: {error}", file=sys.stderr)
         return EXIT_CONFIG
     metrics_text = args.metrics if args.metrics is not None else os.environ.get(ENV)
     try:
@@ -180,7 +200,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     try:
         endpoint = Endpoint.from_config(config.config_path(args.path), interface=args.interface,
-                                        metrics=metrics, threads=threads)
+                                        metrics=metrics, threads=threads,
+                                        busy_poll_us=busy_poll_us)
     except config.ConfigError as error:
         print(error, file=sys.stderr)
         return EXIT_CONFIG

@@ -53,13 +53,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: {ENV}: {error}", file=sys.stderr)
         return EXIT_USAGE
 
+    from vpn.cli import flag_or_env
+    from vpn.io.busypoll import BUSY_POLL_ENV, DEFAULT_BUSY_POLL_US, parse_busy_poll
     from vpn.io.sendworkers import DEFAULT_THREADS, THREADS_ENV, parse_threads
 
-    try:  # the data path's threads, likewise
-        threads_text = os.environ.get(THREADS_ENV)
-        threads = parse_threads(threads_text) if threads_text else DEFAULT_THREADS
+    try:  # the data path's threads and busy-poll, likewise
+        threads = flag_or_env(None, THREADS_ENV, parse_threads, DEFAULT_THREADS)
+        busy_poll_us = flag_or_env(None, BUSY_POLL_ENV, parse_busy_poll,
+                                   DEFAULT_BUSY_POLL_US)
     except ValueError as error:
-        print(f"{PROG}: {THREADS_ENV}: {error}", file=sys.stderr)
+        print(f"{PROG}: {error}", file=sys.stderr)
         return EXIT_USAGE
 
     def serve(ready: Callable[[], None]) -> int:
@@ -69,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         from vpn.endpoint import Endpoint
 
         try:
-            endpoint = Endpoint.userspace(name, metrics=metrics, threads=threads)
+            endpoint = Endpoint.userspace(name, metrics=metrics, threads=threads,
+                                          busy_poll_us=busy_poll_us)
         except ConfigError as error:
             print(f"{PROG}: {error.reason}", file=sys.stderr)
             return EXIT_FAILURE
@@ -106,3 +110,4 @@ def setup_logging(name: str, level: int | None) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+

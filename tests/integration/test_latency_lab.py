@@ -1,17 +1,22 @@
 """The latency bench's lab helpers against the real kernel, sockperf and iperf3: ping-pong
 round trips across a veth, the same while an iperf3 stream fills it (running throughout,
-stopped by pid afterwards), and an ours variant whose extra `vpn up` arguments reach both
-ends of a tunnel that carries sockperf."""
+stopped by pid afterwards), an ours variant whose extra `vpn up` arguments reach both
+ends of a tunnel that carries sockperf, and the busy-poll such a variant turns on."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
+from pathlib import Path
 
 import pytest
 
 from bench import modes
 from lab import load, sockperf, wg_lab
 from lab.netns import Host, Lab
+from lab.relay_lab import checked_transfer
+from lab.wg_lab import final_counters
 
 pytestmark = pytest.mark.netns
 
@@ -66,3 +71,41 @@ def test_an_ours_variant_starts_both_ends_with_its_arguments(lab: Lab) -> None:
     pair.a.host.run("ping", "-c", "2", "-i", "0.2", "-W", "5", pair.b.tunnel4)
     figures = sockperf.ping_pong(pair.a.host, pair.b.host, pair.b.tunnel4, seconds=1)
     assert figures["observations"] > 0 and figures["dropped"] == 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    """The CPU time of every live thread of `pid` (the kernel's schedstat, in ns)."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            total += int(stat.read_text().split()[0])
+    return total / 1e9
+
+
+@pytest.mark.parametrize("threads", ["0", "2"])
+def test_busy_poll_carries_traffic_and_an_idle_endpoint_sleeps(lab: Lab, threads: str) -> None:
+    """`vpn up --busy-poll 100` on both ends (inline and with workers): ping-pong and a
+    checked transfer cross it, management answers, and once the traffic stops the endpoint
+    goes back to sleep: over an idle stretch its CPU time stays a small part of it (a spin
+    that never ended would use all of it)."""
+    pair = wg_lab.build(lab)
+    mode = modes.variant(f"--busy-poll 100 --threads {threads}")
+    modes.start(pair, mode, modern=None)
+    a, b = pair.a.host, pair.b.host
+    a.run("ping", "-c", "2", "-i", "0.2", "-W", "5", pair.b.tunnel4)
+    figures = sockperf.ping_pong(a, b, pair.b.tunnel4, seconds=1)
+    assert figures["observations"] > 0 and figures["dropped"] == 0
+    sent, received = checked_transfer(a, b, pair.b.tunnel4, 8 << 20)
+    assert sent == received and sent.startswith(str(8 << 20))
+    assert "latest handshake" in a.run("wg", "show", pair.a.ifname).stdout
+    assert pair.a.process is not None
+    pid = pair.a.process.pid
+    a.wait_for(f"grep -q '^State:.*sleeping' /proc/{pid}/status")
+    idle_seconds = 2.0
+    before, start = _cpu_seconds(pid), time.monotonic()
+    time.sleep(idle_seconds)  # the idle stretch measured, not a wait for a condition
+    used, elapsed = _cpu_seconds(pid) - before, time.monotonic() - start
+    assert used < elapsed / 4, f"{used:.3f} s of CPU in {elapsed:.2f} s idle"
+    output = pair.stop(pair.a)
+    assert "busy-poll 100 us" in output
+    assert final_counters(output)["drops"].get("internal_error", 0) == 0

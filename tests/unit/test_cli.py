@@ -249,6 +249,20 @@ def test_up_refuses_a_bad_thread_count(flag: list[str], env: str | None, named: 
     assert f"{named}: thread count" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("flag", "env", "named"),
+                         [(["--busy-poll", "soon"], None, "--busy-poll"),
+                          (["--busy-poll", "-5"], "50", "--busy-poll"),
+                          ([], "99999", "VPN_BUSY_POLL")])
+def test_up_refuses_a_bad_busy_poll_budget(flag: list[str], env: str | None, named: str,
+                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Before anything is set up: `--busy-poll` or, without it, VPN_BUSY_POLL."""
+    if env is not None:
+        monkeypatch.setenv("VPN_BUSY_POLL", env)
+    assert cli.main(["up", *flag, str(tmp_path / "wg0.conf")]) == 2
+    assert f"{named}: busy-poll budget" in capsys.readouterr().err
+
+
 def test_thread_counts_parse() -> None:
     from vpn.io.sendworkers import MAX_THREADS, parse_threads
 

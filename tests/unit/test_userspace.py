@@ -66,3 +66,12 @@ def test_a_bad_thread_count_in_the_environment(value: str, capsys: pytest.Captur
     monkeypatch.setenv("VPN_THREADS", value)
     assert userspace.main(["-f", "wg0"]) == userspace.EXIT_USAGE
     assert "VPN_THREADS: thread count" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "10001"])
+def test_a_bad_busy_poll_budget_in_the_environment(value: str,
+                                                   capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VPN_BUSY_POLL", value)
+    assert userspace.main(["-f", "wg0"]) == userspace.EXIT_USAGE
+    assert "VPN_BUSY_POLL: busy-poll budget" in capsys.readouterr().err

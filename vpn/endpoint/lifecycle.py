@@ -34,6 +34,7 @@ from vpn.endpoint.loading import load_config, resolve_all
 from vpn.endpoint.management import Management
 from vpn.endpoint.runtime import Runtime
 from vpn.io import native
+from vpn.io.busypoll import DEFAULT_BUSY_POLL_US
 from vpn.io.sendworkers import DEFAULT_THREADS
 from vpn.io.udp import UdpSocket
 
@@ -54,9 +55,11 @@ class Endpoint:
         host_setup: bool = True,
         metrics: MetricsAddress | None = None,
         threads: int = DEFAULT_THREADS,
+        busy_poll_us: int = DEFAULT_BUSY_POLL_US,
     ) -> None:
         self.config = config
         self.threads = threads  # the data path's worker threads (0 or 1: none, inline)
+        self.busy_poll_us = busy_poll_us  # each wakeup's busy-poll budget (0: off)
         self.name = interface or config.interface_name
         # False: the TUN and the socket only, as wireguard-go (see Interface).
         self.host_setup = host_setup
@@ -77,19 +80,22 @@ class Endpoint:
 
     @classmethod
     def from_config(cls, path: str | Path, *, interface: str | None = None,
-                    metrics: MetricsAddress | None = None,
-                    threads: int = DEFAULT_THREADS) -> Endpoint:
+                    metrics: MetricsAddress | None = None, threads: int = DEFAULT_THREADS,
+                    busy_poll_us: int = DEFAULT_BUSY_POLL_US) -> Endpoint:
         """Load and validate a wg-quick style file (ConfigError on a bad one)."""
-        return cls(load_config(path, interface), metrics=metrics, threads=threads)
+        return cls(load_config(path, interface), metrics=metrics, threads=threads,
+                   busy_poll_us=busy_poll_us)
 
     @classmethod
     def userspace(cls, name: str, *, metrics: MetricsAddress | None = None,
-                  threads: int = DEFAULT_THREADS) -> Endpoint:
+                  threads: int = DEFAULT_THREADS,
+                  busy_poll_us: int = DEFAULT_BUSY_POLL_US) -> Endpoint:
         """An interface with no config file, no private key, no peers and no host setup:
         everything arrives over the management socket (`wg setconf`) and `ip`. Raises
         ConfigError for a bad interface name."""
         config = Config(path="", interface=InterfaceConfig(private_key=None), name=name)
-        return cls(config, host_setup=False, metrics=metrics, threads=threads)
+        return cls(config, host_setup=False, metrics=metrics, threads=threads,
+                   busy_poll_us=busy_poll_us)
 
     # -- start ------------------------------------------------------------------------------
 
@@ -122,7 +128,7 @@ class Endpoint:
         device.set_mtu(mtu)
         device.listen_port, device.fwmark = udp.port, fwmark or 0
         self.runtime = runtime = Runtime(self.name, device, tun, udp, mtu=mtu, clock=self.clock,
-                                         threads=self.threads)
+                                         threads=self.threads, busy_poll_us=self.busy_poll_us)
         runtime.start(on_tun_gone=self.interface.gone)
         self.interface.watch()
         await self.uapi.start()

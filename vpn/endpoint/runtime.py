@@ -15,6 +15,7 @@ from vpn.core.wireguard import Device, Peer
 from vpn.endpoint.peer_events import PeerEventLog
 from vpn.endpoint.timers import Timers
 from vpn.io import native
+from vpn.io.busypoll import BusyPoll
 from vpn.io.datapath import DataPath
 from vpn.io.handshakes import HandshakeWorker
 from vpn.io.tun import TunDevice
@@ -27,7 +28,8 @@ class Runtime:
     """The data path between `tun` and `udp` for `device`, from `start` to `stop`."""
 
     def __init__(self, name: str, device: Device, tun: TunDevice, udp: UdpSocket, *,
-                 mtu: int, clock: Callable[[], float], threads: int = 0) -> None:
+                 mtu: int, clock: Callable[[], float], threads: int = 0,
+                 busy_poll_us: int = 0) -> None:
         threads = threads if threads > 1 else 0  # 0 and 1: the inline walk, on this thread
         self.name = name
         self.device = device
@@ -38,6 +40,17 @@ class Runtime:
             device, tun, udp, mtu=mtu, clock=clock, threads=threads,
             call_soon_threadsafe=asyncio.get_running_loop().call_soon_threadsafe
             if threads > 1 else None)
+        # What the loop calls when a descriptor is readable: the walks themselves, or with
+        # a busy-poll budget, each walk followed by a bounded poll of both (vpn/io/busypoll.py).
+        self.on_tun_readable = self.datapath.on_tun_readable
+        self.on_udp_readable = self.datapath.on_udp_readable
+        self._polled = {"tun": True, "udp": True}  # False: paused or gone, not to be polled
+        self.busy_poll: BusyPoll | None = None
+        if busy_poll_us > 0:
+            self.busy_poll = BusyPoll(busy_poll_us, self.datapath.on_tun_readable,
+                                      self.datapath.on_udp_readable, self._polled_fds)
+            self.on_tun_readable = self.busy_poll.on_tun_readable
+            self.on_udp_readable = self.busy_poll.on_udp_readable
         self.timers = Timers(clock, self._tick)
         self.peer_events = PeerEventLog()
         self._stopping = False
@@ -46,12 +59,18 @@ class Runtime:
     def start(self, on_tun_gone: Callable[[], None]) -> None:
         """Watch both descriptors and hear the core's timers and peer events."""
         loop = asyncio.get_running_loop()
-        loop.add_reader(self.tun.fd, self.datapath.on_tun_readable)
-        loop.add_reader(self.udp.fd, self.datapath.on_udp_readable)
-        self.datapath.on_tun_gone = on_tun_gone
+        loop.add_reader(self.tun.fd, self.on_tun_readable)
+        loop.add_reader(self.udp.fd, self.on_udp_readable)
+
+        def tun_gone() -> None:
+            self._polled["tun"] = False  # its errors are the interface's end, seen once
+            on_tun_gone()
+
+        self.datapath.on_tun_gone = tun_gone
         workers = self.datapath.send_workers
-        log.info("interface %s: sealing on %s", self.name,
-                 f"{workers.threads} worker threads" if workers else "the event loop's thread")
+        log.info("interface %s: sealing on %s; busy-poll %s", self.name,
+                 f"{workers.threads} worker threads" if workers else "the event loop's thread",
+                 f"{self.busy_poll.budget_ns // 1000} us" if self.busy_poll else "off")
         if workers is not None:  # backpressure: no TUN reads while no job buffer is free
             workers.slots.pause, workers.slots.resume = self._pause_tun, self._resume_tun
         receivers = self.datapath.receive_workers
@@ -70,20 +89,31 @@ class Runtime:
         self.datapath.stats.datagrams_sent += len(datagrams)
 
     def _pause_tun(self) -> None:
+        self._polled["tun"] = False
         if self.tun.fd >= 0:
             asyncio.get_running_loop().remove_reader(self.tun.fd)
 
     def _resume_tun(self) -> None:
         if self.tun.fd >= 0 and not self._stopping:
-            asyncio.get_running_loop().add_reader(self.tun.fd, self.datapath.on_tun_readable)
+            self._polled["tun"] = True
+            asyncio.get_running_loop().add_reader(self.tun.fd, self.on_tun_readable)
 
     def _pause_udp(self) -> None:
+        self._polled["udp"] = False
         if self.udp.fd >= 0:
             asyncio.get_running_loop().remove_reader(self.udp.fd)
 
     def _resume_udp(self) -> None:
         if self.udp.fd >= 0 and not self._stopping:
-            asyncio.get_running_loop().add_reader(self.udp.fd, self.datapath.on_udp_readable)
+            self._polled["udp"] = True
+            asyncio.get_running_loop().add_reader(self.udp.fd, self.on_udp_readable)
+
+    def _polled_fds(self) -> tuple[int, int]:
+        """The busy-poll's descriptors: those the loop watches now, -1 for the others."""
+        if self._stopping:
+            return -1, -1
+        return (self.tun.fd if self._polled["tun"] else -1,
+                self.udp.fd if self._polled["udp"] else -1)
 
     def run_timers(self, owed_keepalive: Iterable[Peer]) -> None:
         """Send the keep-alives the initial configuration owes; the timers run from now."""
@@ -134,7 +164,7 @@ class Runtime:
         with workers.send_lock if workers is not None else contextlib.nullcontext():
             self.udp = self.datapath.udp = new  # no worker is sending on the old one
             old.close()
-        loop.add_reader(new.fd, self.datapath.on_udp_readable)
+        loop.add_reader(new.fd, self.on_udp_readable)
         log.info("interface %s: now listening on UDP port %d", self.name, new.port)
 
     def serving(self) -> bool:

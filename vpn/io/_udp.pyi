@@ -13,3 +13,7 @@ def receive(fd: int, buffer: WriteableBuffer, slot_size: int, slots: int, screen
                        _Stats]:
     """(entries, counts, lost, stats): entries are (offset, length, segment_size, sockaddr);
     `screen` is a capsule of a DatagramScreen (vpn/core/include/screen.h)."""
+
+def wait_readable(fd_a: int, fd_b: int, budget_ns: int, /) -> int:
+    """Busy-poll both descriptors (a negative one left out) with the GIL released until one
+    is readable (bit 0: fd_a, bit 1: fd_b) or budget_ns have passed (0)."""

@@ -1,0 +1,133 @@
+"""Busy-poll: after a wakeup's walk, poll the TUN and the socket for a short budget instead
+of going straight back to the event loop, and walk at once what arrives meanwhile.
+
+Why: in a ping-pong each packet is one wakeup, and an answer (the TUN's reply to what the
+socket brought) often comes back within tens of microseconds: walking it from the spin
+saves the epoll_wait, the sleep and the wakeup, as the kernel's SO_BUSY_POLL and DPDK's
+poll-mode drivers do. (The vCPU halts it also saves were measured not to be the cost:
+docs/architecture.md, "Busy-poll".) The spin yields the CPU between polls, so on a shared
+core the packet's own sender runs first. The budget bounds the CPU an idle endpoint spends:
+each wakeup spins at most `budget` past its last packet. The loop itself (timers, the
+management socket, handshakes' answers) runs again after every spin that came back empty,
+and at the latest after HOLD_NS of walks.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+from collections.abc import Callable
+
+from vpn.io.udp import NATIVE  # the same C module as the batch receive, the same choice
+
+try:
+    from vpn.io._udp import wait_readable as _native_wait_readable
+except ImportError:  # not built: the Python twin below serves, as NATIVE says
+    _native_wait_readable = None  # type: ignore[assignment]
+
+BUSY_POLL_ENV = "VPN_BUSY_POLL"
+# Microseconds each wakeup polls past its last packet; 0 is off. 50 by measurement
+# (docs/architecture.md, "Busy-poll"): the idle ping-pong median below off's in 14 of 19
+# paired runs on 2 shared cores (0.74-0.98x; 1.00-1.48x in the other five), 0.85-0.87x
+# over 5 and 3 rounds; an idle endpoint's CPU unchanged (0.1 ms/s), one ping a second 1.3
+# against 1.0 ms/s for both ends.
+DEFAULT_BUSY_POLL_US = 50
+MAX_BUSY_POLL_US = 10_000
+# The longest one wakeup keeps walking and polling before the loop runs again (or the
+# budget, if longer): what a timer or the management socket waits for at most, under load.
+HOLD_NS = 1_000_000
+
+TUN, UDP = 1, 2  # wait_readable's bits: its first descriptor, its second
+
+WaitReadable = Callable[[int, int, int], int]
+
+
+def parse_busy_poll(text: str) -> int:
+    """A busy-poll budget in microseconds as given on the command line or in VPN_BUSY_POLL;
+    ValueError with the reason for anything but 0..MAX_BUSY_POLL_US."""
+    try:
+        usec = int(text.strip())
+    except ValueError:
+        raise ValueError(f"busy-poll budget {text!r} is not a number of microseconds") from None
+    if not 0 <= usec <= MAX_BUSY_POLL_US:
+        raise ValueError(f"busy-poll budget {usec} is outside 0..{MAX_BUSY_POLL_US} us")
+    return usec
+
+
+def wait_readable_python(fd_a: int, fd_b: int, budget_ns: int) -> int:
+    """The twin of _udp.wait_readable: poll without sleeping, yielding the CPU between polls,
+    until `fd_a` (bit 0) or `fd_b` (bit 1) is readable or has an error, or `budget_ns` have
+    passed (0). A negative descriptor is left out."""
+    poller = select.poll()
+    bits = {}
+    for fd, bit in ((fd_a, TUN), (fd_b, UDP)):
+        if fd >= 0:
+            poller.register(fd, select.POLLIN)
+            bits[fd] = bit
+    wanted = select.POLLIN | select.POLLERR | select.POLLHUP
+    deadline = time.monotonic_ns() + budget_ns
+    while True:
+        ready = 0
+        for fd, events in poller.poll(0):
+            if events & wanted:
+                ready |= bits[fd]
+        if ready or time.monotonic_ns() >= deadline:
+            return ready
+        os.sched_yield()  # a task waiting for this CPU (the packet's sender) runs first
+
+
+def wait_readable() -> WaitReadable:
+    """The native busy-poll, or its Python twin where the module is not built or
+    VPN_FAST_PATH=python."""
+    if NATIVE.native and _native_wait_readable is not None:
+        return _native_wait_readable
+    return wait_readable_python
+
+
+class BusyPoll:
+    """The reader callbacks of the TUN and the socket, each walk followed by a bounded
+    busy-poll of both descriptors. `fds` gives (tun, udp) as they are now, -1 for one not
+    to poll (paused for backpressure, gone, or the interface stopping)."""
+
+    def __init__(self, budget_us: int, walk_tun: Callable[[], None],
+                 walk_udp: Callable[[], None], fds: Callable[[], tuple[int, int]], *,
+                 wait: WaitReadable | None = None,
+                 clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
+        self.budget_ns = budget_us * 1000
+        self.hold_ns = max(HOLD_NS, self.budget_ns)
+        self.walk_tun, self.walk_udp = walk_tun, walk_udp
+        self.fds = fds
+        self.wait = wait or wait_readable()
+        self.clock_ns = clock_ns
+        self.caught = 0  # walks a spin led to: wakeups the loop did not need
+        self.spins_empty = 0  # spins that ran out of budget
+
+    def on_tun_readable(self) -> None:
+        self.walk_tun()
+        self._spin()
+
+    def on_udp_readable(self) -> None:
+        self.walk_udp()
+        self._spin()
+
+    def _spin(self) -> None:
+        """Poll both descriptors for up to the budget; walk whatever is ready and poll again,
+        until a poll finds nothing or this wakeup has held the loop for hold_ns."""
+        start = self.clock_ns()
+        while True:
+            tun_fd, udp_fd = self.fds()
+            if tun_fd < 0 and udp_fd < 0:
+                return
+            ready = self.wait(tun_fd, udp_fd, self.budget_ns)
+            if not ready:
+                self.spins_empty += 1
+                return
+            if ready & TUN:
+                self.caught += 1
+                self.walk_tun()
+            if ready & UDP:
+                self.caught += 1
+                self.walk_udp()
+            if self.clock_ns() - start >= self.hold_ns:
+                return
