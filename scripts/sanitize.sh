@@ -64,7 +64,7 @@ check_imports
     tests/unit/core/test_gso.py tests/unit/core/test_gro_native.py \
     tests/unit/io/test_udp_screen.py tests/unit/io/test_datapath_receive.py \
     tests/unit/io/test_datapath_batches.py tests/unit/core/wireguard/test_transport_threads.py \
-    tests/unit/io/test_datapath_receive_workers.py \
+    tests/unit/io/test_datapath_receive_workers.py tests/unit/core/wireguard/test_run_stop.py \
     "$@"
 
 # ThreadSanitizer sees the races of instrumented code (ours; OpenSSL and CPython are not):
