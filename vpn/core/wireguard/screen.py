@@ -19,7 +19,7 @@ try:
     from vpn.core.wireguard._screen import run_stop as native_run_stop
 except ImportError as error:  # not built: no screen, the Python path serves
     Screen = None  # type: ignore[assignment,misc]  # only reached when NATIVE says "python"
-    native_run_stop = None
+    native_run_stop = None  # type: ignore[assignment]
     NATIVE = twin("receive screen", error)
 else:
     NATIVE = twin("receive screen")
