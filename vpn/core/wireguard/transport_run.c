@@ -180,7 +180,7 @@ PyObject *TransportKey_open_run(TransportKey *self, PyObject *args)
     uint32_t local;
     int hint, failed;
     EVP_CIPHER_CTX *ctx;
-    Stretch *st;
+    Stretch st;
 
     if (!PyArg_ParseTuple(args, "y*nnw*nOnw*OO:open_run", &data, &segment_size, &start, &out,
                           &offset, &local_obj, &capacity, &opened, &seen_obj, &greatest_obj))
@@ -201,30 +201,24 @@ PyObject *TransportKey_open_run(TransportKey *self, PyObject *args)
         goto done_seen;
     }
     room = opened.len / OPENED_SIZE;
-    if (!(st = PyMem_Malloc(sizeof(Stretch)))) {
-        PyErr_NoMemory();
-        goto done_seen;
-    }
     /* Room for every plaintext, as if all of data[start:] were messages that authenticate. */
     if (check_out(&out, offset, data.len - start) < 0 || !(ctx = begin_batch(self, OPENING)))
-        goto done_stretch;
+        goto done_seen;
 
     Py_BEGIN_ALLOW_THREADS
     failed = open_stretch(ctx, data.buf, data.len, segment_size, start, out.buf, offset, local,
-                          capacity, opened.buf, room, hint ? seen.buf : NULL, greatest, st);
+                          capacity, opened.buf, room, hint ? seen.buf : NULL, greatest, &st);
     Py_END_ALLOW_THREADS
     end_batch(self, OPENING, ctx);
     if (failed) {
         openssl_failed();
-        goto done_stretch;
+        goto done_seen;
     }
-    PyObject *sources = stretch_sources(st), *counts = NULL;
-    if (sources && (counts = drop_counts(st->drops, RUN_REASONS)))
-        result = Py_BuildValue("nnnNN", st->stop, st->offset, st->count, counts, sources);
+    PyObject *sources = stretch_sources(&st), *counts = NULL;
+    if (sources && (counts = drop_counts(st.drops, RUN_REASONS)))
+        result = Py_BuildValue("nnnNN", st.stop, st.offset, st.count, counts, sources);
     else
         Py_XDECREF(sources);
-done_stretch:
-    PyMem_Free(st);
 done_seen:
     if (hint)
         PyBuffer_Release(&seen);
@@ -297,9 +291,10 @@ PyObject *TransportKey_open_runs(TransportKey *self, PyObject *args)
         goto done;
     }
     room = opened.len / OPENED_SIZE;
-    /* A stretch per run, and one more each time MAX_SOURCES or the room cut one short: at
-     * most one per message (a stretch that stops before its run's end opened some). */
-    Py_ssize_t most = n;
+    /* The stretches a run can take: one per MAX_SOURCES packets (what ends a stretch that
+     * made progress short of the run's stop, the room being the runs' messages), the last,
+     * and one that makes none (a message of another keypair, or no room). */
+    Py_ssize_t most = 0;
     if (!(runs = PyMem_Calloc(n ? (size_t)n : 1, sizeof(RunView))))
         goto nomem;
     int bad = parse_runs(items, &out, runs, n);
@@ -307,7 +302,7 @@ PyObject *TransportKey_open_runs(TransportKey *self, PyObject *args)
     if (bad >= 0)
         goto done;
     for (Py_ssize_t i = 0; i < n; i++)
-        most += (runs[i].stop - runs[i].pos) / runs[i].segment_size + 1;
+        most += 2 + ((runs[i].stop - runs[i].pos) / runs[i].segment_size + 1) / MAX_SOURCES;
     if (!(st = PyMem_Malloc(sizeof(Stretch) * (size_t)(most ? most : 1))))
         goto nomem;
     if (!(ctx = begin_batch(self, OPENING)))
