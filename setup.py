@@ -42,7 +42,8 @@ def _module(name: str, folder: str, sources: list[str], headers: tuple[str, ...]
 setup(
     ext_modules=[
         _module("vpn.core.wireguard._transport", "vpn/core/wireguard",
-                ["_transport.c", "transport_seal.c", "transport_open.c"],
+                ["_transport.c", "transport_seal.c", "transport_open.c",
+                 "transport_run.c"],
                 ("transport.h", "replay.h"), libraries=("crypto",)),
         _module("vpn.core.offload._gso", "vpn/core/offload", ["_gso.c"]),
         _module("vpn.core.offload._gro", "vpn/core/offload",

@@ -66,6 +66,7 @@ check_imports
     tests/unit/io/test_datapath_batches.py tests/unit/core/wireguard/test_transport_threads.py \
     tests/unit/io/test_datapath_receive_workers.py tests/unit/core/test_gso_runs.py \
     tests/unit/core/wireguard/test_seal_runs.py tests/unit/core/wireguard/test_send.py \
+    tests/unit/core/wireguard/test_run_stop.py tests/unit/core/wireguard/test_open_runs.py \
     "$@"
 
 # ThreadSanitizer sees the races of instrumented code (ours; OpenSSL and CPython are not):
@@ -78,6 +79,7 @@ check_imports
 "$PYTHON" -m pytest -q -p no:cacheprovider --capture=sys \
     tests/unit/core/wireguard/test_transport_threads.py tests/unit/io/test_datapath_workers.py \
     tests/unit/io/test_datapath_receive_workers.py \
+    tests/unit/core/wireguard/test_open_runs.py::test_open_runs_on_threads_at_once \
     tests/unit/core/wireguard/test_handshake_native.py::test_threads_agree \
     tests/unit/core/wireguard/test_handshake_native.py::test_wipe_while_other_threads_exchange \
     "$@"

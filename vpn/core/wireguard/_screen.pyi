@@ -18,3 +18,6 @@ class Screen:
     def screen(self, data: ReadableBuffer, segment_size: int, /
                ) -> tuple[list[tuple[int, int]], _Counts | None, bool]:
         """(runs, counts, lost): (start, length) of each stretch of datagrams that pass."""
+
+def run_stop(data: ReadableBuffer, segment_size: int, pos: int, /) -> int:
+    """receive.run_stop's twin: the end of the run of transport messages from data[pos:]."""

@@ -218,6 +218,7 @@ static PyMethodDef TransportKey_methods[] = {
     {"seal_runs", (PyCFunction)TransportKey_seal_runs, METH_VARARGS, seal_runs_doc},
     {"open_batch", (PyCFunction)TransportKey_open_batch, METH_VARARGS, open_batch_doc},
     {"open_run", (PyCFunction)TransportKey_open_run, METH_VARARGS, open_run_doc},
+    {"open_runs", (PyCFunction)TransportKey_open_runs, METH_VARARGS, open_runs_doc},
     {"zero", (PyCFunction)TransportKey_zero, METH_NOARGS,
      "Wipe the key (its bytes and idle contexts now, a running batch's when it ends); later\n"
      "batches raise ValueError."},

@@ -45,6 +45,10 @@ class TransportKey:
                  opened: WriteableBuffer, seen: ReadableBuffer | None, greatest: int, /
                  ) -> tuple[int, int, int, _RunDrops | None, list[bytes]]:
         """(stop, offset, count, drops, sources): the run opened, no window changed."""
+    def open_runs(self, runs: Sequence[tuple[ReadableBuffer, int, int, int, int]],
+                  out: WriteableBuffer, local_index: int, opened: WriteableBuffer, /
+                  ) -> list[tuple[int, int, int, _RunDrops | None, list[bytes]]]:
+        """(run, stop, count, drops, sources) of each stretch of the runs opened."""
     def zero(self) -> None:
         """Wipe the key (a running batch's context when it ends); later batches raise
         ValueError."""

@@ -33,6 +33,7 @@ from .transport_reference import (
     OPENED_STATUS,
     RECORD,
     RUN_DROP_REASONS,
+    OpenRun,
     ReferenceTransportKey,
     RunDrops,
     TransportAead,
@@ -300,6 +301,26 @@ class Keypair:
         if counts is not None:
             _add_drops(drops, RUN_DROP_REASONS, counts)
         return stop, offset, count, sources
+
+    def open_runs(self, runs: Sequence[OpenRun], out: bytearray | memoryview,
+                  opened: bytearray | memoryview
+                  ) -> list[tuple[int, int, int, list[bytes], dict[str, int]]]:
+        """open_run without the window of each of this keypair's runs, (data, segment_size,
+        pos, stop, out_at): the plaintexts of data[pos:stop] from out[out_at:], the messages
+        described in `opened` one after the other, in one call (the native one releases the
+        GIL once for all). Returns (run, stop, count, sources, drops) per stretch opened (a
+        run is one, or more where MAX_SOURCES cut it)."""
+        recv = self._recv
+        if recv is None:
+            raise TransportError("keypair_expired")
+        stretches = []
+        for run, stop, count, counts, sources in recv.open_runs(runs, out, self.local_index,
+                                                                 opened):
+            drops: dict[str, int] = {}
+            if counts is not None:
+                _add_drops(drops, RUN_DROP_REASONS, counts)
+            stretches.append((run, stop, count, sources, drops))
+        return stretches
 
     def accept_run(self, opened: Buffer, count: int, records: bytearray | memoryview,
                    drops: MutableMapping[str, int]) -> tuple[int, int, int]:

@@ -31,7 +31,8 @@ from vpn.core.types import Address, Buffer
 
 from .constants import MESSAGE_TRANSPORT, TRANSPORT_MIN_SIZE
 from .keypair import OPENED, RECORD, Keypair, TransportError
-from .screen import SCREEN_REASONS
+from .screen import NATIVE as SCREEN_NATIVE
+from .screen import SCREEN_REASONS, native_run_stop
 
 if TYPE_CHECKING:
     from .allowedips import AllowedIPs
@@ -367,31 +368,32 @@ class RunJob(_Runs):
 
 
 def open_runs(job: RunJob, out: memoryview) -> None:
-    """The job's crypto, on a worker: each run opened (Keypair.open_run without the window,
-    which only the ordered stage may read) into `out`. A keypair zeroed meanwhile drops the
-    rest of its run (counted by accept_runs), as a wakeup after the zeroing would."""
-    total = sum(run.messages for run in job.runs)  # at most one record and one opened each
+    """The job's crypto, on a worker: each keypair's consecutive runs opened in one call
+    (Keypair.open_runs: open_run without the window, which only the ordered stage may read)
+    into `out`. A keypair zeroed before drops its runs (counted by accept_runs), as a wakeup
+    after the zeroing would."""
+    runs = job.runs
+    total = sum([run.messages for run in runs])  # at most one record and one opened each
     opened = job.opened = memoryview(bytearray(OPENED.size * total))
     job.records = memoryview(bytearray(RECORD.size * total))
-    at = 0
-    for run in job.runs:
-        data = run.data[:run.stop]  # the loop's extent: open_run stops here at the latest
-        pos, offset = run.pos, run.out_at
-        while pos < run.stop:
-            drops: dict[str, int] = {}
-            try:
-                stop, offset, count, sources = run.kp.open_run(
-                    data, run.segment_size, pos, out, offset, total - at,
-                    opened[OPENED.size * at:], drops, window=False)
-            except TransportError as error:
-                drops[error.reason] = -(-(run.stop - pos) // run.segment_size)
-                job.opens.append((run, at, 0, [], drops))
-                break
-            job.opens.append((run, at, count, sources, drops))
-            if stop <= pos:
-                raise RuntimeError(f"open_run made no progress at {pos} of {run.stop}")
+    at = first = 0
+    while first < len(runs):
+        kp = runs[first].kp
+        last = first + 1
+        while last < len(runs) and runs[last].kp is kp:
+            last += 1
+        group = runs[first:last]
+        first = last
+        try:
+            stretches = kp.open_runs(
+                [(run.data, run.segment_size, run.pos, run.stop, run.out_at) for run in group],
+                out, opened[OPENED.size * at:])
+        except TransportError as error:
+            job.opens.extend((run, at, 0, [], {error.reason: run.messages}) for run in group)
+            continue
+        for i, _, count, sources, drops in stretches:
+            job.opens.append((group[i], at, count, sources, drops))
             at += count
-            pos = stop
 
 
 def accept_runs(job: RunJob, counts: ReceiveCounts) -> None:
@@ -446,7 +448,7 @@ class _Dispatch(_Walk):
 
     def transport_run(self, data: Buffer, segment_size: int, pos: int, source: Address,
                       peer: Peer, kp: Keypair) -> int:
-        stop = run_stop(data, segment_size, pos)
+        stop = cut_run(data, segment_size, pos)
         job = self.jobs.get(peer)
         if job is None:
             job = self.jobs[peer] = RunJob(peer, self.allowed_ips)
@@ -486,3 +488,8 @@ def run_stop(data: Buffer, segment_size: int, pos: int) -> int:
             break
         end = stop
     return end
+
+
+# The dispatch's run_stop: the screen module's twin when it runs (the loop thread's cost per
+# receive is a call, not the columns' copies), else the reference above.
+cut_run = native_run_stop if SCREEN_NATIVE.native and native_run_stop is not None else run_stop

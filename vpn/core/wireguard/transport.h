@@ -69,9 +69,14 @@ PyObject *TransportKey_seal_runs(TransportKey *self, PyObject *args);
 extern const char seal_batch_doc[], seal_segments_doc[], seal_runs_doc[];
 
 /* transport_open.c */
+int open_message(EVP_CIPHER_CTX *ctx, const uint8_t *msg, int n, uint8_t *plain,
+                 uint64_t counter);
 PyObject *TransportKey_open_batch(TransportKey *self, PyObject *args);
+
+/* transport_run.c */
 PyObject *TransportKey_open_run(TransportKey *self, PyObject *args);
+PyObject *TransportKey_open_runs(TransportKey *self, PyObject *args);
 PyObject *accept_run(PyObject *module, PyObject *args);
-extern const char open_batch_doc[], open_run_doc[], accept_run_doc[];
+extern const char open_batch_doc[], open_run_doc[], open_runs_doc[], accept_run_doc[];
 
 #endif

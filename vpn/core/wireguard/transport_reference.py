@@ -60,6 +60,10 @@ MAX_SOURCES = 64
 
 BatchDrops = tuple[int, int, int, int]
 RunDrops = tuple[int, int, int, int, int]
+# open_runs' runs: (data, segment_size, pos, stop, out_at); and what it returns for each
+# stretch of one: (the run's position in the list, stop, count, drops, sources).
+OpenRun = tuple[Buffer, int, int, int, int]
+Stretch = tuple[int, int, int, RunDrops | None, list[bytes]]
 
 
 class TransportAead(Protocol):
@@ -83,6 +87,9 @@ class TransportAead(Protocol):
     def open_run(self, data: Buffer, segment_size: int, start: int, out: Buffer, offset: int,
                  local_index: int, capacity: int, opened: Buffer, seen: Buffer | None,
                  greatest: int, /) -> tuple[int, int, int, RunDrops | None, list[bytes]]: ...
+
+    def open_runs(self, runs: Sequence[OpenRun], out: Buffer, local_index: int,
+                  opened: Buffer, /) -> list[Stretch]: ...
 
     def zero(self) -> None: ...
 
@@ -293,6 +300,34 @@ class ReferenceTransportKey:
             if status == OPENED_PACKET:
                 offset += n
         return pos, offset, count, _counts(drops), sources  # type: ignore[return-value]
+
+    def open_runs(self, runs: Sequence[OpenRun], out: Buffer, local_index: int,
+                  opened: Buffer, /) -> list[Stretch]:
+        """open_run without a window of each run's data[pos:stop] (plaintexts from
+        out[out_at:]), described in `opened` one after the other, in as many stretches as
+        MAX_SOURCES or the room take: each (run, stop, count, drops, sources)."""
+        runs = list(runs)
+        for i, (data, segment_size, pos, stop, out_at) in enumerate(runs):
+            if segment_size < 1 or not 0 <= pos <= stop <= len(data):
+                raise ValueError(f"open_runs: run {i}'s segment_size, pos or stop out of range")
+            if not 0 <= out_at <= len(out) or stop - pos > len(out) - out_at:
+                raise ValueError(f"out too short for run {i}")
+        view = memoryview(opened)
+        room = len(view) // OPENED.size
+        at = 0
+        stretches: list[Stretch] = []
+        for i, (data, segment_size, pos, stop, offset) in enumerate(runs):
+            head = memoryview(data)[:stop]
+            while pos < stop:
+                end, offset, count, drops, sources = self.open_run(
+                    head, segment_size, pos, out, offset, local_index, room - at,
+                    view[OPENED.size * at:], None, 0)
+                if end <= pos:
+                    raise RuntimeError("open_runs: a run made no progress")
+                stretches.append((i, end, count, drops, sources))
+                at += count
+                pos = end
+        return stretches
 
 
 def reference_accept_run(opened: Buffer, count: int, seen: Buffer, greatest: int,
