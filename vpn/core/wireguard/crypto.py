@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import secrets
 import struct
+from collections.abc import Callable
 from importlib import import_module
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,7 @@ __all__ = [
     "kdf2",
     "kdf3",
     "mac",
+    "responder_step",
     "tai64n",
     "xaead_decrypt",
     "xaead_encrypt",
@@ -72,6 +74,13 @@ else:
     from ._handshake import seal as _seal
     from ._handshake import xopen as _xopen
     from ._handshake import xseal as _xseal
+
+# The responder's whole step in one native call (_handshake.c's respond), None on the Python
+# path: noise.py composes the step from the primitives then.
+_respond: Callable[..., tuple[bytes, ...] | int] | None = None
+if NATIVE.native:
+    from ._handshake import respond as _native_respond
+    _respond = _native_respond
 
 _blake2s = hashlib.blake2s
 _hmac_digest = hmac.digest
@@ -156,6 +165,27 @@ def dh(private: PrivateKey, public: bytes) -> bytes:
     if shared is None:
         raise CryptoError("low-order public key")
     return shared
+
+
+def responder_step(
+    static: PrivateKey, chaining_key: bytes, hash_: bytes, ephemeral: bytes,
+    sealed_static: bytes, sealed_timestamp: bytes,
+    lookup: Callable[[bytes], tuple[bytes, bytes, PrivateKey]],
+) -> tuple[bytes, ...] | int | None:
+    """The responder's step in one native call (handshake_respond.c), the GIL released once
+    a half: its eight results, the code of where the message failed (1 a low-order point, 2
+    the static key, 3 the timestamp), or None on the Python path. `lookup` runs between the
+    halves: the peer's ss and psk and the new ephemeral key for the static key opened, or it
+    raises. KeyWiped when a key was wiped."""
+    if _respond is None:
+        return None
+    return _respond(static._key, chaining_key, hash_, ephemeral, sealed_static,
+                    sealed_timestamp, lambda remote: _native_peer(lookup(remote)))
+
+
+def _native_peer(found: tuple[bytes, bytes, PrivateKey]) -> tuple[bytes, bytes, object]:
+    ss, psk, ephemeral = found
+    return ss, psk, ephemeral._key
 
 
 def counter_nonce(counter: int) -> bytes:

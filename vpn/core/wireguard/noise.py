@@ -25,6 +25,7 @@ from .crypto import (
     kdf1,
     kdf2,
     kdf3,
+    responder_step,
 )
 from .messages import Initiation, MessageError, Response
 
@@ -300,6 +301,10 @@ def _response_keys(
     return enc_nothing, kdf2(ck, b""), hash_(h, enc_nothing)
 
 
+# The native step's codes of where a message failed (handshake_respond.c).
+_STEP_DROPS = {1: Drop.LOW_ORDER_EPHEMERAL, 2: Drop.BAD_STATIC_AUTH, 3: Drop.BAD_TIMESTAMP_AUTH}
+
+
 def answer_initiation(
     identity: StaticIdentity,
     msg: Initiation,
@@ -307,7 +312,45 @@ def answer_initiation(
     new_ephemeral: Callable[[], PrivateKey],
 ) -> Answer:
     """An initiation read and answered, as one pure function of its inputs: the worker's
-    part. The peer's psk is read once, here."""
+    part. The peer's psk is read once, here. One native call when the handshake module is
+    built (the GIL released once a half, no Python between the primitives), else the Python
+    path (answer_initiation_in_python: the reference tests hold the native step to)."""
+    found: list[tuple[Handshake, bytes, PrivateKey]] = []
+
+    def peer_secrets(remote_static: bytes) -> tuple[bytes, bytes, PrivateKey]:
+        hs = lookup_peer(remote_static)
+        if hs is None:
+            raise HandshakeError(Drop.UNKNOWN_PEER)
+        ss = hs.precomputed_ss  # read once: the loop may replace the handshake meanwhile
+        if ss is None:
+            raise HandshakeError(Drop.LOW_ORDER_PEER_KEY)
+        found.append((hs, hs.psk, new_ephemeral()))
+        return ss, found[0][1], found[0][2]
+
+    try:
+        out = responder_step(identity.private, INITIAL_CHAIN_KEY, identity.responder_hash,
+                             msg.ephemeral, msg.encrypted_static, msg.encrypted_timestamp,
+                             peer_secrets)
+    finally:
+        if found:
+            found[0][2].wipe()  # the responder's ephemeral does nothing more
+    if out is None:
+        return answer_initiation_in_python(identity, msg, lookup_peer, new_ephemeral)
+    if isinstance(out, int):
+        raise HandshakeError(_STEP_DROPS[out])
+    _, timestamp, ck, h, enc_nothing, key1, key2, final_hash = out
+    hs, psk, ephemeral = found[0]
+    read = InitiationRead(hs, msg.ephemeral, msg.sender_index, timestamp, ck, h)
+    return Answer(read, psk, ephemeral, enc_nothing, (key1, key2), final_hash)
+
+
+def answer_initiation_in_python(
+    identity: StaticIdentity,
+    msg: Initiation,
+    lookup_peer: Callable[[bytes], Handshake | None],
+    new_ephemeral: Callable[[], PrivateKey],
+) -> Answer:
+    """answer_initiation composed from crypto.py's primitives."""
     read = read_initiation(identity, msg, lookup_peer)
     hs = read.handshake
     psk = hs.psk

@@ -1,0 +1,205 @@
+/* The responder's whole step in one call (noise.py's answer_initiation): consume an
+ * initiation (DH es, open the static key, the peer's ss, open the timestamp) and create the
+ * response (DH ee and se with a new ephemeral, the psk, the empty AEAD, the transport keys),
+ * the GIL released once for each half. Between the halves the caller's `lookup` runs with
+ * the GIL (the peer is known only once its static key is open): it gives the peer's ss and
+ * psk and the new ephemeral key, or raises. The Noise IK steps are the whitepaper's, as in
+ * noise.py's Python path, which tests prove this equal to; OpenSSL does every primitive.
+ *
+ * Every input and intermediate secret lives in one struct on this thread's stack, wiped with
+ * OPENSSL_cleanse on every path; Python gets only what the Python path keeps.
+ */
+#include "handshake.h"
+
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#define STATIC_SEALED (KEY_LEN + TAG_LEN)
+#define TIMESTAMP_LEN 12
+#define TIMESTAMP_SEALED (TIMESTAMP_LEN + TAG_LEN)
+
+/* How a half ended: the last three are the message's fault (noise.py maps them to drop
+ * reasons), STEP_FAILED is OpenSSL's. */
+enum { STEP_DONE = 0, STEP_LOW_ORDER = 1, STEP_BAD_STATIC = 2, STEP_BAD_TIMESTAMP = 3,
+       STEP_FAILED = -1 };
+
+struct step {
+    uint8_t ck[HASH_LEN], h[HASH_LEN], shared[KEY_LEN], kdf_out[KDF_MAX][HASH_LEN];
+    /* the initiation's fields */
+    uint8_t remote_ephemeral[KEY_LEN], sealed_static[STATIC_SEALED],
+        sealed_timestamp[TIMESTAMP_SEALED];
+    /* what the first half opens, what lookup gives */
+    uint8_t remote_static[KEY_LEN], ss[KEY_LEN], psk[KEY_LEN], ephemeral_public[KEY_LEN];
+    /* the results: the timestamp, the chaining key and hash after the initiation, the
+     * response's empty AEAD, the transport keys and the final hash (in h) */
+    uint8_t timestamp[TIMESTAMP_LEN], read_ck[HASH_LEN], read_h[HASH_LEN];
+    uint8_t sealed_nothing[TAG_LEN], transport[2][HASH_LEN];
+};
+
+static const uint8_t zero_nonce[NONCE_LEN];
+
+/* ck, out[1..] = KDF_outputs(ck, data). */
+static int mix_key(struct step *s, const uint8_t *data, size_t len, int outputs)
+{
+    if (!kdf(s->ck, HASH_LEN, data, len, outputs, s->kdf_out))
+        return 0;
+    memcpy(s->ck, s->kdf_out[0], HASH_LEN);
+    return 1;
+}
+
+/* ck, out[1..] = KDF_outputs(ck, DH(key, peer)). */
+static int mix_dh(struct step *s, EVP_PKEY *key, const uint8_t peer[KEY_LEN], int outputs)
+{
+    int derived = x25519_derive(key, peer, s->shared);
+
+    if (derived != DERIVED)
+        return derived == LOW_ORDER ? STEP_LOW_ORDER : STEP_FAILED;
+    return mix_key(s, s->shared, KEY_LEN, outputs) ? STEP_DONE : STEP_FAILED;
+}
+
+/* The first half, from ck = HASH(CONSTRUCTION) and h = HASH(HASH(ck || IDENTIFIER) || S_r):
+ * the initiator's static key opened. */
+static int open_static(struct step *s, EVP_PKEY *static_key)
+{
+    int step, opened;
+
+    if (!mix_key(s, s->remote_ephemeral, KEY_LEN, 1)
+        || !mix_hash(s->h, s->remote_ephemeral, KEY_LEN))
+        return STEP_FAILED;
+    if ((step = mix_dh(s, static_key, s->remote_ephemeral, 2)) != STEP_DONE)
+        return step;
+    opened = open_(s->kdf_out[1], zero_nonce, s->sealed_static, KEY_LEN, s->h, HASH_LEN,
+                   s->remote_static);
+    if (opened != OPENED)
+        return opened == BAD_TAG ? STEP_BAD_STATIC : STEP_FAILED;
+    return mix_hash(s->h, s->sealed_static, STATIC_SEALED) ? STEP_DONE : STEP_FAILED;
+}
+
+/* The second half, with the peer's ss and psk and the new ephemeral key: the timestamp
+ * opened, then the response's empty AEAD, the transport keys and the final hash. */
+static int answer(struct step *s, EVP_PKEY *ephemeral)
+{
+    int step, opened;
+
+    if (!mix_key(s, s->ss, KEY_LEN, 2))
+        return STEP_FAILED;
+    opened = open_(s->kdf_out[1], zero_nonce, s->sealed_timestamp, TIMESTAMP_LEN, s->h,
+                   HASH_LEN, s->timestamp);
+    if (opened != OPENED)
+        return opened == BAD_TAG ? STEP_BAD_TIMESTAMP : STEP_FAILED;
+    if (!mix_hash(s->h, s->sealed_timestamp, TIMESTAMP_SEALED))
+        return STEP_FAILED;
+    memcpy(s->read_ck, s->ck, HASH_LEN);
+    memcpy(s->read_h, s->h, HASH_LEN);
+    if (!mix_key(s, s->ephemeral_public, KEY_LEN, 1)
+        || !mix_hash(s->h, s->ephemeral_public, KEY_LEN))
+        return STEP_FAILED;
+    if ((step = mix_dh(s, ephemeral, s->remote_ephemeral, 1)) != STEP_DONE
+        || (step = mix_dh(s, ephemeral, s->remote_static, 1)) != STEP_DONE)
+        return step;
+    /* ck, tau, key = KDF3(ck, psk); h = HASH(h || tau); the empty AEAD under key */
+    if (!mix_key(s, s->psk, KEY_LEN, 3) || !mix_hash(s->h, s->kdf_out[1], HASH_LEN)
+        || !seal(s->kdf_out[2], zero_nonce, NULL, 0, s->h, HASH_LEN, s->sealed_nothing)
+        || !mix_hash(s->h, s->sealed_nothing, TAG_LEN) || !mix_key(s, NULL, 0, 2))
+        return STEP_FAILED;
+    memcpy(s->transport, s->kdf_out, sizeof s->transport); /* KDF2(ck, empty) */
+    return STEP_DONE;
+}
+
+/* Each buffer of the right length, copied into `to`; every buffer released. */
+static int take(Py_buffer *b, uint8_t *to, Py_ssize_t len, const char *what, int ok)
+{
+    ok = ok && exact(b, len, what) == 0;
+    if (ok)
+        memcpy(to, b->buf, (size_t)len);
+    PyBuffer_Release(b);
+    return ok;
+}
+
+/* What lookup returned: (ss, psk, ephemeral); the ephemeral held (NULL on an error). */
+static EVP_PKEY *take_peer(struct step *s, PyObject *found)
+{
+    Py_buffer ss, psk;
+    X25519Key *ephemeral;
+    int ok;
+
+    if (!PyArg_ParseTuple(found, "y*y*O!:lookup's result", &ss, &psk, &X25519KeyType,
+                          &ephemeral))
+        return NULL;
+    ok = take(&ss, s->ss, KEY_LEN, "the ss", 1);
+    if (!take(&psk, s->psk, KEY_LEN, "the psk", ok))
+        return NULL;
+    memcpy(s->ephemeral_public, PyBytes_AS_STRING(ephemeral->public), KEY_LEN);
+    return x25519_key_hold(ephemeral);
+}
+
+/* The step's outcome: its results, its drop code, or NULL with an exception. */
+static PyObject *outcome(const struct step *s, int step)
+{
+    if (step == STEP_FAILED)
+        return openssl_failed("the responder's step");
+    if (step != STEP_DONE)
+        return PyLong_FromLong(step);
+    return Py_BuildValue("(y#y#y#y#y#y#y#y#)", s->remote_static, (Py_ssize_t)KEY_LEN,
+                         s->timestamp, (Py_ssize_t)TIMESTAMP_LEN, s->read_ck,
+                         (Py_ssize_t)HASH_LEN, s->read_h, (Py_ssize_t)HASH_LEN,
+                         s->sealed_nothing, (Py_ssize_t)TAG_LEN, s->transport[0],
+                         (Py_ssize_t)HASH_LEN, s->transport[1], (Py_ssize_t)HASH_LEN, s->h,
+                         (Py_ssize_t)HASH_LEN);
+}
+
+const char respond_doc[] =
+"respond(static, chaining_key, hash, ephemeral, sealed_static, sealed_timestamp, lookup, /)\n"
+"-> tuple[bytes, ...] | int\n\n"
+"The responder's step over an initiation's three fields, from the first chaining key and\n"
+"the responder's first hash; lookup(remote_static) -> (ss, psk, new ephemeral X25519Key)\n"
+"runs between the halves. Returns (remote_static, timestamp, chaining_key, hash after the\n"
+"initiation, the empty AEAD, transport key 1, transport key 2, final hash), or 1 (a\n"
+"low-order point), 2 (the static key does not open), 3 (the timestamp does not open).";
+
+PyObject *py_respond(PyObject *Py_UNUSED(m), PyObject *args)
+{
+    X25519Key *static_obj;
+    Py_buffer ck, h, e, sealed_static, sealed_timestamp;
+    PyObject *lookup, *found, *result = NULL;
+    EVP_PKEY *key = NULL;
+    struct step s;
+    int ok, step = STEP_FAILED;
+
+    if (!PyArg_ParseTuple(args, "O!y*y*y*y*y*O:respond", &X25519KeyType, &static_obj, &ck, &h,
+                          &e, &sealed_static, &sealed_timestamp, &lookup))
+        return NULL;
+    ok = take(&ck, s.ck, HASH_LEN, "the chaining key", 1);
+    ok = take(&h, s.h, HASH_LEN, "the hash", ok);
+    ok = take(&e, s.remote_ephemeral, KEY_LEN, "the ephemeral key", ok);
+    ok = take(&sealed_static, s.sealed_static, STATIC_SEALED, "the sealed static key", ok);
+    ok = take(&sealed_timestamp, s.sealed_timestamp, TIMESTAMP_SEALED, "the sealed timestamp",
+              ok);
+    if (!ok || !(key = x25519_key_hold(static_obj)))
+        goto done;
+    Py_BEGIN_ALLOW_THREADS
+    step = open_static(&s, key);
+    EVP_PKEY_free(key);
+    Py_END_ALLOW_THREADS
+    key = NULL;
+    if (step != STEP_DONE) {
+        result = outcome(&s, step);
+        goto done;
+    }
+    found = PyObject_CallFunction(lookup, "y#", s.remote_static, (Py_ssize_t)KEY_LEN);
+    if (found) {
+        key = take_peer(&s, found);
+        Py_DECREF(found);
+    }
+    if (!key)
+        goto done;
+    Py_BEGIN_ALLOW_THREADS
+    step = answer(&s, key);
+    EVP_PKEY_free(key);
+    Py_END_ALLOW_THREADS
+    result = outcome(&s, step);
+done:
+    OPENSSL_cleanse(&s, sizeof s);
+    return result;
+}
