@@ -250,6 +250,10 @@ _CALLS: dict[str, Callable[[], object]] = {
     "xseal": lambda: native.xseal(_KEY, _NONCE24, _TEXT, b"ad"),
     "xopen": lambda: native.xopen(_KEY, _NONCE24, _XSEALED, b"ad"),
     "kdf": lambda: native.kdf(_KEY, _TEXT, 3),
+    # the responder's step to its first half's end (the static key does not open; the
+    # lookup is never called)
+    "respond": lambda: native.respond(_X25519KEY, _KEY, _KEY, bytes([9]) + bytes(31),
+                                      bytes(48), bytes(28), print),
 }
 
 
