@@ -170,22 +170,17 @@ def dh(private: PrivateKey, public: bytes) -> bytes:
 def responder_step(
     static: PrivateKey, chaining_key: bytes, hash_: bytes, ephemeral: bytes,
     sealed_static: bytes, sealed_timestamp: bytes,
-    lookup: Callable[[bytes], tuple[bytes, bytes, PrivateKey]],
+    lookup: Callable[[bytes], tuple[bytes, bytes, bytes]],
 ) -> tuple[bytes, ...] | int | None:
     """The responder's step in one native call (handshake_respond.c), the GIL released once
-    a half: its eight results, the code of where the message failed (1 a low-order point, 2
+    a half: its nine results, the code of where the message failed (1 a low-order point, 2
     the static key, 3 the timestamp), or None on the Python path. `lookup` runs between the
-    halves: the peer's ss and psk and the new ephemeral key for the static key opened, or it
-    raises. KeyWiped when a key was wiped."""
+    halves: the peer's ss and psk and a new ephemeral private key for the static key opened,
+    or it raises. KeyWiped when the static key was wiped."""
     if _respond is None:
         return None
     return _respond(static._key, chaining_key, hash_, ephemeral, sealed_static,
-                    sealed_timestamp, lambda remote: _native_peer(lookup(remote)))
-
-
-def _native_peer(found: tuple[bytes, bytes, PrivateKey]) -> tuple[bytes, bytes, object]:
-    ss, psk, ephemeral = found
-    return ss, psk, ephemeral._key
+                    sealed_timestamp, lookup)
 
 
 def counter_nonce(counter: int) -> bytes:

@@ -1,9 +1,10 @@
 /* The responder's whole step in one call (noise.py's answer_initiation): consume an
  * initiation (DH es, open the static key, the peer's ss, open the timestamp) and create the
- * response (DH ee and se with a new ephemeral, the psk, the empty AEAD, the transport keys),
+ * response (a new ephemeral key, DH ee and se, the psk, the empty AEAD, the transport keys),
  * the GIL released once for each half. Between the halves the caller's `lookup` runs with
  * the GIL (the peer is known only once its static key is open): it gives the peer's ss and
- * psk and the new ephemeral key, or raises. The Noise IK steps are the whitepaper's, as in
+ * psk and the new ephemeral's private key, or raises. The ephemeral key is made, used and
+ * freed (OpenSSL cleanses it) in the second half: only its public half leaves. The Noise IK steps are the whitepaper's, as in
  * noise.py's Python path, which tests prove this equal to; OpenSSL does every primitive.
  *
  * Every input and intermediate secret lives in one struct on this thread's stack, wiped with
@@ -26,11 +27,14 @@ enum { STEP_DONE = 0, STEP_LOW_ORDER = 1, STEP_BAD_STATIC = 2, STEP_BAD_TIMESTAM
 
 struct step {
     uint8_t ck[HASH_LEN], h[HASH_LEN], shared[KEY_LEN], kdf_out[KDF_MAX][HASH_LEN];
-    /* the initiation's fields */
+    /* the initiation's fields; a sealed one of another length does not open (as in the
+     * Python path, whose AEAD refuses it where it would open it) */
     uint8_t remote_ephemeral[KEY_LEN], sealed_static[STATIC_SEALED],
         sealed_timestamp[TIMESTAMP_SEALED];
+    int static_len_ok, timestamp_len_ok;
     /* what the first half opens, what lookup gives */
-    uint8_t remote_static[KEY_LEN], ss[KEY_LEN], psk[KEY_LEN], ephemeral_public[KEY_LEN];
+    uint8_t remote_static[KEY_LEN], ss[KEY_LEN], psk[KEY_LEN], ephemeral_private[KEY_LEN],
+        ephemeral_public[KEY_LEN];
     /* the results: the timestamp, the chaining key and hash after the initiation, the
      * response's empty AEAD, the transport keys and the final hash (in h) */
     uint8_t timestamp[TIMESTAMP_LEN], read_ck[HASH_LEN], read_h[HASH_LEN];
@@ -69,34 +73,41 @@ static int open_static(struct step *s, EVP_PKEY *static_key)
         return STEP_FAILED;
     if ((step = mix_dh(s, static_key, s->remote_ephemeral, 2)) != STEP_DONE)
         return step;
-    opened = open_(s->kdf_out[1], zero_nonce, s->sealed_static, KEY_LEN, s->h, HASH_LEN,
-                   s->remote_static);
+    opened = !s->static_len_ok ? BAD_TAG
+             : open_(s->kdf_out[1], zero_nonce, s->sealed_static, KEY_LEN, s->h, HASH_LEN,
+                     s->remote_static);
     if (opened != OPENED)
         return opened == BAD_TAG ? STEP_BAD_STATIC : STEP_FAILED;
     return mix_hash(s->h, s->sealed_static, STATIC_SEALED) ? STEP_DONE : STEP_FAILED;
 }
 
-/* The second half, with the peer's ss and psk and the new ephemeral key: the timestamp
- * opened, then the response's empty AEAD, the transport keys and the final hash. */
-static int answer(struct step *s, EVP_PKEY *ephemeral)
+/* The second half, with the peer's ss and psk and the new ephemeral's private key: the
+ * timestamp opened, then the response's empty AEAD, the transport keys and the final hash. */
+static int answer(struct step *s)
 {
+    EVP_PKEY *ephemeral;
     int step, opened;
 
     if (!mix_key(s, s->ss, KEY_LEN, 2))
         return STEP_FAILED;
-    opened = open_(s->kdf_out[1], zero_nonce, s->sealed_timestamp, TIMESTAMP_LEN, s->h,
-                   HASH_LEN, s->timestamp);
+    opened = !s->timestamp_len_ok ? BAD_TAG
+             : open_(s->kdf_out[1], zero_nonce, s->sealed_timestamp, TIMESTAMP_LEN, s->h,
+                     HASH_LEN, s->timestamp);
     if (opened != OPENED)
         return opened == BAD_TAG ? STEP_BAD_TIMESTAMP : STEP_FAILED;
     if (!mix_hash(s->h, s->sealed_timestamp, TIMESTAMP_SEALED))
         return STEP_FAILED;
     memcpy(s->read_ck, s->ck, HASH_LEN);
     memcpy(s->read_h, s->h, HASH_LEN);
-    if (!mix_key(s, s->ephemeral_public, KEY_LEN, 1)
-        || !mix_hash(s->h, s->ephemeral_public, KEY_LEN))
+    ephemeral = x25519_private_key(s->ephemeral_private, s->ephemeral_public);
+    if (!ephemeral)
         return STEP_FAILED;
-    if ((step = mix_dh(s, ephemeral, s->remote_ephemeral, 1)) != STEP_DONE
-        || (step = mix_dh(s, ephemeral, s->remote_static, 1)) != STEP_DONE)
+    step = mix_key(s, s->ephemeral_public, KEY_LEN, 1)
+           && mix_hash(s->h, s->ephemeral_public, KEY_LEN) ? STEP_DONE : STEP_FAILED;
+    if (step == STEP_DONE && (step = mix_dh(s, ephemeral, s->remote_ephemeral, 1)) == STEP_DONE)
+        step = mix_dh(s, ephemeral, s->remote_static, 1);
+    EVP_PKEY_free(ephemeral); /* cleansed by OpenSSL */
+    if (step != STEP_DONE)
         return step;
     /* ck, tau, key = KDF3(ck, psk); h = HASH(h || tau); the empty AEAD under key */
     if (!mix_key(s, s->psk, KEY_LEN, 3) || !mix_hash(s->h, s->kdf_out[1], HASH_LEN)
@@ -117,21 +128,28 @@ static int take(Py_buffer *b, uint8_t *to, Py_ssize_t len, const char *what, int
     return ok;
 }
 
-/* What lookup returned: (ss, psk, ephemeral); the ephemeral held (NULL on an error). */
-static EVP_PKEY *take_peer(struct step *s, PyObject *found)
+/* A sealed field: copied when of its length; released. Whether it was. */
+static int take_sealed(Py_buffer *b, uint8_t *to, Py_ssize_t len)
 {
-    Py_buffer ss, psk;
-    X25519Key *ephemeral;
+    int ok = b->len == len;
+
+    if (ok)
+        memcpy(to, b->buf, (size_t)len);
+    PyBuffer_Release(b);
+    return ok;
+}
+
+/* What lookup returned: (ss, psk, the ephemeral's private key). Whether it was that. */
+static int take_peer(struct step *s, PyObject *found)
+{
+    Py_buffer ss, psk, ephemeral;
     int ok;
 
-    if (!PyArg_ParseTuple(found, "y*y*O!:lookup's result", &ss, &psk, &X25519KeyType,
-                          &ephemeral))
-        return NULL;
+    if (!PyArg_ParseTuple(found, "y*y*y*:lookup's result", &ss, &psk, &ephemeral))
+        return 0;
     ok = take(&ss, s->ss, KEY_LEN, "the ss", 1);
-    if (!take(&psk, s->psk, KEY_LEN, "the psk", ok))
-        return NULL;
-    memcpy(s->ephemeral_public, PyBytes_AS_STRING(ephemeral->public), KEY_LEN);
-    return x25519_key_hold(ephemeral);
+    ok = take(&psk, s->psk, KEY_LEN, "the psk", ok);
+    return take(&ephemeral, s->ephemeral_private, KEY_LEN, "the ephemeral key", ok);
 }
 
 /* The step's outcome: its results, its drop code, or NULL with an exception. */
@@ -141,10 +159,11 @@ static PyObject *outcome(const struct step *s, int step)
         return openssl_failed("the responder's step");
     if (step != STEP_DONE)
         return PyLong_FromLong(step);
-    return Py_BuildValue("(y#y#y#y#y#y#y#y#)", s->remote_static, (Py_ssize_t)KEY_LEN,
+    return Py_BuildValue("(y#y#y#y#y#y#y#y#y#)", s->remote_static, (Py_ssize_t)KEY_LEN,
                          s->timestamp, (Py_ssize_t)TIMESTAMP_LEN, s->read_ck,
                          (Py_ssize_t)HASH_LEN, s->read_h, (Py_ssize_t)HASH_LEN,
-                         s->sealed_nothing, (Py_ssize_t)TAG_LEN, s->transport[0],
+                         s->ephemeral_public, (Py_ssize_t)KEY_LEN, s->sealed_nothing,
+                         (Py_ssize_t)TAG_LEN, s->transport[0],
                          (Py_ssize_t)HASH_LEN, s->transport[1], (Py_ssize_t)HASH_LEN, s->h,
                          (Py_ssize_t)HASH_LEN);
 }
@@ -153,10 +172,11 @@ const char respond_doc[] =
 "respond(static, chaining_key, hash, ephemeral, sealed_static, sealed_timestamp, lookup, /)\n"
 "-> tuple[bytes, ...] | int\n\n"
 "The responder's step over an initiation's three fields, from the first chaining key and\n"
-"the responder's first hash; lookup(remote_static) -> (ss, psk, new ephemeral X25519Key)\n"
-"runs between the halves. Returns (remote_static, timestamp, chaining_key, hash after the\n"
-"initiation, the empty AEAD, transport key 1, transport key 2, final hash), or 1 (a\n"
-"low-order point), 2 (the static key does not open), 3 (the timestamp does not open).";
+"the responder's first hash; lookup(remote_static) -> (ss, psk, a new ephemeral private\n"
+"key) runs between the halves. Returns (remote_static, timestamp, chaining_key, hash after\n"
+"the initiation, the ephemeral's public key, the empty AEAD, transport key 1, transport\n"
+"key 2, final hash), or 1 (a low-order point), 2 (the static key does not open), 3 (the\n"
+"timestamp does not open; a sealed field of another length does not).";
 
 PyObject *py_respond(PyObject *Py_UNUSED(m), PyObject *args)
 {
@@ -173,9 +193,8 @@ PyObject *py_respond(PyObject *Py_UNUSED(m), PyObject *args)
     ok = take(&ck, s.ck, HASH_LEN, "the chaining key", 1);
     ok = take(&h, s.h, HASH_LEN, "the hash", ok);
     ok = take(&e, s.remote_ephemeral, KEY_LEN, "the ephemeral key", ok);
-    ok = take(&sealed_static, s.sealed_static, STATIC_SEALED, "the sealed static key", ok);
-    ok = take(&sealed_timestamp, s.sealed_timestamp, TIMESTAMP_SEALED, "the sealed timestamp",
-              ok);
+    s.static_len_ok = take_sealed(&sealed_static, s.sealed_static, STATIC_SEALED);
+    s.timestamp_len_ok = take_sealed(&sealed_timestamp, s.sealed_timestamp, TIMESTAMP_SEALED);
     if (!ok || !(key = x25519_key_hold(static_obj)))
         goto done;
     Py_BEGIN_ALLOW_THREADS
@@ -188,15 +207,12 @@ PyObject *py_respond(PyObject *Py_UNUSED(m), PyObject *args)
         goto done;
     }
     found = PyObject_CallFunction(lookup, "y#", s.remote_static, (Py_ssize_t)KEY_LEN);
-    if (found) {
-        key = take_peer(&s, found);
-        Py_DECREF(found);
-    }
-    if (!key)
+    ok = found && take_peer(&s, found);
+    Py_XDECREF(found);
+    if (!ok)
         goto done;
     Py_BEGIN_ALLOW_THREADS
-    step = answer(&s, key);
-    EVP_PKEY_free(key);
+    step = answer(&s);
     Py_END_ALLOW_THREADS
     result = outcome(&s, step);
 done:

@@ -207,7 +207,7 @@ class Answer:
 
     read: InitiationRead
     psk: bytes  # the one the response was made with: a change meanwhile voids it
-    ephemeral: PrivateKey
+    ephemeral_public: bytes  # its private key was wiped where its DHs ran
     encrypted_nothing: bytes
     transport_keys: tuple[bytes, bytes]
     hash: bytes
@@ -309,56 +309,54 @@ def answer_initiation(
     identity: StaticIdentity,
     msg: Initiation,
     lookup_peer: Callable[[bytes], Handshake | None],
-    new_ephemeral: Callable[[], PrivateKey],
+    new_ephemeral: Callable[[], bytes],
 ) -> Answer:
     """An initiation read and answered, as one pure function of its inputs: the worker's
-    part. The peer's psk is read once, here. One native call when the handshake module is
-    built (the GIL released once a half, no Python between the primitives), else the Python
-    path (answer_initiation_in_python: the reference tests hold the native step to)."""
-    found: list[tuple[Handshake, bytes, PrivateKey]] = []
+    part. The peer's psk is read once, here; `new_ephemeral` gives the private key of the
+    response's ephemeral. One native call when the handshake module is built (the GIL
+    released once a half, no Python between the primitives, the ephemeral key made and
+    wiped inside), else the Python path (answer_initiation_in_python, which tests hold the
+    native step to)."""
+    found: list[tuple[Handshake, bytes]] = []
 
-    def peer_secrets(remote_static: bytes) -> tuple[bytes, bytes, PrivateKey]:
+    def peer_secrets(remote_static: bytes) -> tuple[bytes, bytes, bytes]:
         hs = lookup_peer(remote_static)
         if hs is None:
             raise HandshakeError(Drop.UNKNOWN_PEER)
         ss = hs.precomputed_ss  # read once: the loop may replace the handshake meanwhile
         if ss is None:
             raise HandshakeError(Drop.LOW_ORDER_PEER_KEY)
-        found.append((hs, hs.psk, new_ephemeral()))
-        return ss, found[0][1], found[0][2]
+        found.append((hs, hs.psk))
+        return ss, found[0][1], new_ephemeral()
 
-    try:
-        out = responder_step(identity.private, INITIAL_CHAIN_KEY, identity.responder_hash,
-                             msg.ephemeral, msg.encrypted_static, msg.encrypted_timestamp,
-                             peer_secrets)
-    finally:
-        if found:
-            found[0][2].wipe()  # the responder's ephemeral does nothing more
+    out = responder_step(identity.private, INITIAL_CHAIN_KEY, identity.responder_hash,
+                         msg.ephemeral, msg.encrypted_static, msg.encrypted_timestamp,
+                         peer_secrets)
     if out is None:
         return answer_initiation_in_python(identity, msg, lookup_peer, new_ephemeral)
     if isinstance(out, int):
         raise HandshakeError(_STEP_DROPS[out])
-    _, timestamp, ck, h, enc_nothing, key1, key2, final_hash = out
-    hs, psk, ephemeral = found[0]
+    _, timestamp, ck, h, e_pub, enc_nothing, key1, key2, final_hash = out
+    hs, psk = found[0]
     read = InitiationRead(hs, msg.ephemeral, msg.sender_index, timestamp, ck, h)
-    return Answer(read, psk, ephemeral, enc_nothing, (key1, key2), final_hash)
+    return Answer(read, psk, e_pub, enc_nothing, (key1, key2), final_hash)
 
 
 def answer_initiation_in_python(
     identity: StaticIdentity,
     msg: Initiation,
     lookup_peer: Callable[[bytes], Handshake | None],
-    new_ephemeral: Callable[[], PrivateKey],
+    new_ephemeral: Callable[[], bytes],
 ) -> Answer:
     """answer_initiation composed from crypto.py's primitives."""
     read = read_initiation(identity, msg, lookup_peer)
     hs = read.handshake
     psk = hs.psk
-    ephemeral = new_ephemeral()
+    ephemeral = PrivateKey(new_ephemeral())
     enc_nothing, keys, h = _response_keys(read.chaining_key, read.hash,
                                           read.remote_ephemeral, hs.remote_static, psk,
                                           ephemeral)
-    return Answer(read, psk, ephemeral, enc_nothing, keys, h)
+    return Answer(read, psk, ephemeral.public, enc_nothing, keys, h)
 
 
 def accept_answer(
@@ -372,17 +370,18 @@ def accept_answer(
     check_initiation(hs, answer.read, now)
     local_index = new_index()
     _consumed(hs, answer.read, now)
-    _responded(hs, answer.transport_keys, answer.hash, answer.ephemeral, local_index)
-    return Response(local_index, hs.remote_index, answer.ephemeral.public,
+    _responded(hs, answer.transport_keys, answer.hash, local_index)
+    return Response(local_index, hs.remote_index, answer.ephemeral_public,
                     answer.encrypted_nothing)
 
 
 def _responded(hs: Handshake, transport_keys: tuple[bytes, bytes], h: bytes,
-               ephemeral: PrivateKey, local_index: int) -> None:
+               local_index: int) -> None:
     hs.state = HandshakeState.CREATED_RESPONSE
-    # The final chaining key is not kept: its split is all that is left to use.
+    # The final chaining key is not kept: its split is all that is left to use, and the
+    # ephemeral (wiped where its DHs ran) nothing.
     hs.chaining_key, hs.transport_keys = _ZERO_KEY, transport_keys
-    hs.hash, hs.ephemeral, hs.local_index = h, ephemeral, local_index
+    hs.hash, hs.ephemeral, hs.local_index = h, None, local_index
 
 
 def create_response(hs: Handshake, local_index: int, ephemeral: PrivateKey) -> Response:
@@ -391,7 +390,7 @@ def create_response(hs: Handshake, local_index: int, ephemeral: PrivateKey) -> R
         raise HandshakeError(Drop.NO_INITIATION_CONSUMED)
     enc_nothing, keys, h = _response_keys(hs.chaining_key, hs.hash, hs.remote_ephemeral,
                                           hs.remote_static, hs.psk, ephemeral)
-    _responded(hs, keys, h, ephemeral, local_index)
+    _responded(hs, keys, h, local_index)
     return Response(local_index, hs.remote_index, ephemeral.public, enc_nothing)
 
 
