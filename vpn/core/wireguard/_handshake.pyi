@@ -44,10 +44,12 @@ def kdf(key: ReadableBuffer, data: ReadableBuffer, outputs: int, /) -> tuple[byt
 def respond(static: X25519Key, chaining_key: ReadableBuffer, hash: ReadableBuffer,
             ephemeral: ReadableBuffer, sealed_static: ReadableBuffer,
             sealed_timestamp: ReadableBuffer,
-            lookup: Callable[[bytes], tuple[ReadableBuffer, ReadableBuffer, ReadableBuffer]],
+            lookup: Callable[[bytes],
+                             tuple[ReadableBuffer, ReadableBuffer, ReadableBuffer | None]],
             /) -> tuple[bytes, ...] | int:
     """The responder's step over an initiation's fields: (remote_static, timestamp, chaining
     key, hash after the initiation, the new ephemeral's public key, the empty AEAD, transport
     key 1, transport key 2, final hash), or 1 (a low-order point), 2 (the static key does not
     open), 3 (the timestamp does not open). `lookup` runs between the halves and gives the
-    peer's ss and psk and the new ephemeral's private key; its exceptions propagate."""
+    peer's ss and psk and the new ephemeral's private key (None: drawn from OpenSSL's RAND);
+    its exceptions propagate."""

@@ -112,8 +112,9 @@ class PrivateKey:
         self.public = self._key.public
 
     @classmethod
-    def generate(cls) -> PrivateKey:
-        return cls(secrets.token_bytes(KEY_LEN))
+    def generate(cls, secret: Callable[[], bytes] | None = None) -> PrivateKey:
+        """A new key: from `secret`'s 32 bytes when given (the tests' seeded sources)."""
+        return cls(secret() if secret is not None else secrets.token_bytes(KEY_LEN))
 
     def private_bytes(self) -> bytes:
         return self._secret
@@ -170,13 +171,13 @@ def dh(private: PrivateKey, public: bytes) -> bytes:
 def responder_step(
     static: PrivateKey, chaining_key: bytes, hash_: bytes, ephemeral: bytes,
     sealed_static: bytes, sealed_timestamp: bytes,
-    lookup: Callable[[bytes], tuple[bytes, bytes, bytes]],
+    lookup: Callable[[bytes], tuple[bytes, bytes, bytes | None]],
 ) -> tuple[bytes, ...] | int | None:
     """The responder's step in one native call (handshake_respond.c), the GIL released once
     a half: its nine results, the code of where the message failed (1 a low-order point, 2
     the static key, 3 the timestamp), or None on the Python path. `lookup` runs between the
-    halves: the peer's ss and psk and a new ephemeral private key for the static key opened,
-    or it raises. KeyWiped when the static key was wiped."""
+    halves: the peer's ss and psk and a new ephemeral private key (None: OpenSSL draws one)
+    for the static key opened, or it raises. KeyWiped when the static key was wiped."""
     if _respond is None:
         return None
     return _respond(static._key, chaining_key, hash_, ephemeral, sealed_static,

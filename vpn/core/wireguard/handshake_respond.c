@@ -3,8 +3,9 @@
  * response (a new ephemeral key, DH ee and se, the psk, the empty AEAD, the transport keys),
  * the GIL released once for each half. Between the halves the caller's `lookup` runs with
  * the GIL (the peer is known only once its static key is open): it gives the peer's ss and
- * psk and the new ephemeral's private key, or raises. The ephemeral key is made, used and
- * freed (OpenSSL cleanses it) in the second half: only its public half leaves. The Noise IK steps are the whitepaper's, as in
+ * psk and the new ephemeral's private key (None: drawn here, from OpenSSL's RAND), or
+ * raises. The ephemeral key is made, used and freed (OpenSSL cleanses it) in the second
+ * half: only its public half leaves. The Noise IK steps are the whitepaper's, as in
  * noise.py's Python path, which tests prove this equal to; OpenSSL does every primitive.
  *
  * Every input and intermediate secret lives in one struct on this thread's stack, wiped with
@@ -15,6 +16,7 @@
 #include <string.h>
 
 #include <openssl/crypto.h>
+#include <openssl/rand.h>
 
 #define STATIC_SEALED (KEY_LEN + TAG_LEN)
 #define TIMESTAMP_LEN 12
@@ -35,6 +37,7 @@ struct step {
     /* what the first half opens, what lookup gives */
     uint8_t remote_static[KEY_LEN], ss[KEY_LEN], psk[KEY_LEN], ephemeral_private[KEY_LEN],
         ephemeral_public[KEY_LEN];
+    int draw_ephemeral; /* lookup gave None: RAND_priv_bytes in the second half */
     /* the results: the timestamp, the chaining key and hash after the initiation, the
      * response's empty AEAD, the transport keys and the final hash (in h) */
     uint8_t timestamp[TIMESTAMP_LEN], read_ck[HASH_LEN], read_h[HASH_LEN];
@@ -99,6 +102,8 @@ static int answer(struct step *s)
         return STEP_FAILED;
     memcpy(s->read_ck, s->ck, HASH_LEN);
     memcpy(s->read_h, s->h, HASH_LEN);
+    if (s->draw_ephemeral && RAND_priv_bytes(s->ephemeral_private, KEY_LEN) != 1)
+        return STEP_FAILED;
     ephemeral = x25519_private_key(s->ephemeral_private, s->ephemeral_public);
     if (!ephemeral)
         return STEP_FAILED;
@@ -139,16 +144,19 @@ static int take_sealed(Py_buffer *b, uint8_t *to, Py_ssize_t len)
     return ok;
 }
 
-/* What lookup returned: (ss, psk, the ephemeral's private key). Whether it was that. */
+/* What lookup returned: (ss, psk, the ephemeral's private key or None). Whether it was. */
 static int take_peer(struct step *s, PyObject *found)
 {
-    Py_buffer ss, psk, ephemeral;
+    Py_buffer ss, psk, ephemeral = {0};
     int ok;
 
-    if (!PyArg_ParseTuple(found, "y*y*y*:lookup's result", &ss, &psk, &ephemeral))
+    if (!PyArg_ParseTuple(found, "y*y*z*:lookup's result", &ss, &psk, &ephemeral))
         return 0;
     ok = take(&ss, s->ss, KEY_LEN, "the ss", 1);
     ok = take(&psk, s->psk, KEY_LEN, "the psk", ok);
+    s->draw_ephemeral = ephemeral.buf == NULL; /* None: nothing to release */
+    if (s->draw_ephemeral)
+        return ok;
     return take(&ephemeral, s->ephemeral_private, KEY_LEN, "the ephemeral key", ok);
 }
 
@@ -173,10 +181,11 @@ const char respond_doc[] =
 "-> tuple[bytes, ...] | int\n\n"
 "The responder's step over an initiation's three fields, from the first chaining key and\n"
 "the responder's first hash; lookup(remote_static) -> (ss, psk, a new ephemeral private\n"
-"key) runs between the halves. Returns (remote_static, timestamp, chaining_key, hash after\n"
-"the initiation, the ephemeral's public key, the empty AEAD, transport key 1, transport\n"
-"key 2, final hash), or 1 (a low-order point), 2 (the static key does not open), 3 (the\n"
-"timestamp does not open; a sealed field of another length does not).";
+"key, or None to draw one from OpenSSL's RAND) runs between the halves. Returns\n"
+"(remote_static, timestamp, chaining_key, hash after the initiation, the ephemeral's\n"
+"public key, the empty AEAD, transport key 1, transport key 2, final hash), or 1 (a\n"
+"low-order point), 2 (the static key does not open), 3 (the timestamp does not open; a\n"
+"sealed field of another length does not).";
 
 PyObject *py_respond(PyObject *Py_UNUSED(m), PyObject *args)
 {

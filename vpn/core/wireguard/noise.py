@@ -309,17 +309,17 @@ def answer_initiation(
     identity: StaticIdentity,
     msg: Initiation,
     lookup_peer: Callable[[bytes], Handshake | None],
-    new_ephemeral: Callable[[], bytes],
+    new_ephemeral: Callable[[], bytes] | None,
 ) -> Answer:
     """An initiation read and answered, as one pure function of its inputs: the worker's
     part. The peer's psk is read once, here; `new_ephemeral` gives the private key of the
-    response's ephemeral. One native call when the handshake module is built (the GIL
-    released once a half, no Python between the primitives, the ephemeral key made and
-    wiped inside), else the Python path (answer_initiation_in_python, which tests hold the
-    native step to)."""
+    response's ephemeral (None: fresh random bytes, drawn where the key is made). One
+    native call when the handshake module is built (the GIL released once a half, no Python
+    between the primitives, the ephemeral key made and wiped inside), else the Python path
+    (answer_initiation_in_python, which tests hold the native step to)."""
     found: list[tuple[Handshake, bytes]] = []
 
-    def peer_secrets(remote_static: bytes) -> tuple[bytes, bytes, bytes]:
+    def peer_secrets(remote_static: bytes) -> tuple[bytes, bytes, bytes | None]:
         hs = lookup_peer(remote_static)
         if hs is None:
             raise HandshakeError(Drop.UNKNOWN_PEER)
@@ -327,7 +327,7 @@ def answer_initiation(
         if ss is None:
             raise HandshakeError(Drop.LOW_ORDER_PEER_KEY)
         found.append((hs, hs.psk))
-        return ss, found[0][1], new_ephemeral()
+        return ss, found[0][1], new_ephemeral and new_ephemeral()
 
     out = responder_step(identity.private, INITIAL_CHAIN_KEY, identity.responder_hash,
                          msg.ephemeral, msg.encrypted_static, msg.encrypted_timestamp,
@@ -346,13 +346,13 @@ def answer_initiation_in_python(
     identity: StaticIdentity,
     msg: Initiation,
     lookup_peer: Callable[[bytes], Handshake | None],
-    new_ephemeral: Callable[[], bytes],
+    new_ephemeral: Callable[[], bytes] | None,
 ) -> Answer:
     """answer_initiation composed from crypto.py's primitives."""
     read = read_initiation(identity, msg, lookup_peer)
     hs = read.handshake
     psk = hs.psk
-    ephemeral = PrivateKey(new_ephemeral())
+    ephemeral = PrivateKey.generate(new_ephemeral)
     enc_nothing, keys, h = _response_keys(read.chaining_key, read.hash,
                                           read.remote_ephemeral, hs.remote_static, psk,
                                           ephemeral)

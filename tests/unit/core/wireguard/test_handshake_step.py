@@ -131,14 +131,19 @@ def test_a_wiped_static_key_raises_key_wiped_alike() -> None:
     assert _same(case) == ("raised", KeyWiped)
 
 
-def test_the_initiator_accepts_the_native_response() -> None:
+@pytest.mark.parametrize("drawn", [True, False], ids=["drawn-by-openssl", "given"])
+def test_the_initiator_accepts_the_native_response(drawn: bool) -> None:
     """The native answer, accepted and sent, completes the initiator's handshake with
-    mirrored transport keys."""
+    mirrored transport keys, its ephemeral drawn by OpenSSL (a new one each time) or
+    given."""
     ia, ib = (n.StaticIdentity(PrivateKey.generate()) for _ in range(2))
     hs_a, hs_b = n.Handshake(ia, ib.public), n.Handshake(ib, ia.public)
     msg = n.create_initiation(hs_a, 11, crypto.tai64n(1.7e9), PrivateKey.generate())
-    answer = n.answer_initiation(ib, msg, {ia.public: hs_b}.get, lambda: bytes(range(32)))
-    response = n.accept_answer(hs_b, answer, lambda: 22, now=1.0)
+    ephemeral = None if drawn else (lambda: bytes(range(32)))
+    answers = [n.answer_initiation(ib, msg, {ia.public: hs_b}.get, ephemeral)
+               for _ in range(2)]
+    assert (answers[0].ephemeral_public != answers[1].ephemeral_public) == drawn
+    response = n.accept_answer(hs_b, answers[0], lambda: 22, now=1.0)
     n.consume_response(response, hs_a)
     ka, kb = n.derive_session(hs_a), n.derive_session(hs_b)
     assert (ka.send_key, ka.recv_key) == (kb.recv_key, kb.send_key)
