@@ -49,7 +49,7 @@ setup(
                 ["_gro.c", "gro_flows.c", "gro_add.c", "gro_frames.c"], ("gro.h",)),
         _module("vpn.core.wireguard._handshake", "vpn/core/wireguard",
                 ["_handshake.c", "handshake_crypto.c", "handshake_key.c",
-                 "handshake_respond.c"], ("handshake.h",), libraries=("crypto",)),
+                 "handshake_steps.c"], ("handshake.h",), libraries=("crypto",)),
         _module("vpn.core.wireguard._screen", "vpn/core/wireguard", ["_screen.c"],
                 libraries=("crypto",)),
         _module("vpn.io._udp", "vpn/io", ["_udp.c"]),

@@ -11,7 +11,7 @@
 # call at once (one TransportKey sealing and opening on N threads, zero() while they run,
 # the send and receive walks on worker threads: open_run, accept_run and _gro's coalescer on
 # several threads at once, one X25519Key exchanging on two threads while it is wiped, and the
-# responder's native step on two threads with one static key).
+# Noise steps on two threads with one static key).
 # Extra arguments go to pytest (e.g. --durations=20).
 #
 # The property tests run with HYPOTHESIS_PROFILE=sanitize: a fifth of their examples

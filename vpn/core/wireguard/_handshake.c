@@ -1,7 +1,8 @@
 /* The handshake module for vpn/core/wireguard/crypto.py and noise.py, over the system
  * OpenSSL's EVP interface: X25519Key (handshake_key.c), one-shot ChaCha20-Poly1305 and
  * XChaCha20-Poly1305 seal/open with associated data, HChaCha20 and WireGuard's KDF (here, over
- * handshake_crypto.c's OpenSSL calls), and the responder's whole step (handshake_respond.c).
+ * handshake_crypto.c's OpenSSL calls), and the Noise steps with Diffie-Hellmans, each in one
+ * call (handshake_steps.c: the responder's whole step, the initiator's consume of a response).
  * The reference is crypto_reference.py (`cryptography` and hashlib's hmac) and noise.py's
  * Python path, which tests prove this equal to.
  *
@@ -210,6 +211,7 @@ static PyMethodDef handshake_methods[] = {
     {"hchacha20", py_hchacha20, METH_VARARGS, hchacha20_doc},
     {"kdf", py_kdf, METH_VARARGS, kdf_doc},
     {"respond", py_respond, METH_VARARGS, respond_doc},
+    {"consume_response", py_consume_response, METH_VARARGS, consume_response_doc},
     {NULL, NULL, 0, NULL},
 };
 

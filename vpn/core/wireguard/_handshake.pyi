@@ -1,5 +1,5 @@
 """Types of _handshake.c (the handshake's X25519, AEADs and KDF over OpenSSL libcrypto, and
-the responder's whole step; the references are crypto_reference.py and noise.py's Python
+the Noise steps with Diffie-Hellmans; the references are crypto_reference.py and noise.py's Python
 path). Functions take their arguments by position only; wrong lengths raise ValueError."""
 
 from collections.abc import Callable
@@ -53,3 +53,10 @@ def respond(static: X25519Key, chaining_key: ReadableBuffer, hash: ReadableBuffe
     open), 3 (the timestamp does not open). `lookup` runs between the halves and gives the
     peer's ss and psk and the new ephemeral's private key (None: drawn from OpenSSL's RAND);
     its exceptions propagate."""
+def consume_response(static: X25519Key, ephemeral: X25519Key, chaining_key: ReadableBuffer,
+                     hash: ReadableBuffer, psk: ReadableBuffer,
+                     remote_ephemeral: ReadableBuffer, sealed_nothing: ReadableBuffer,
+                     /) -> tuple[bytes, ...] | int:
+    """The initiator's consume of a response, from the chaining key and hash after its
+    initiation: (transport key 1, transport key 2, final hash), or 1 (a low-order point), 4
+    (the empty AEAD does not open)."""

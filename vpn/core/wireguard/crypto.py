@@ -39,6 +39,7 @@ __all__ = [
     "hash_",
     "hchacha20",
     "hmac_",
+    "initiator_step",
     "kdf1",
     "kdf2",
     "kdf3",
@@ -75,12 +76,14 @@ else:
     from ._handshake import xopen as _xopen
     from ._handshake import xseal as _xseal
 
-# The responder's whole step in one native call (_handshake.c's respond), None on the Python
-# path: noise.py composes the step from the primitives then.
+# The Noise steps with DHs in one native call each (handshake_steps.c), None on the Python
+# path: noise.py composes the steps from the primitives then.
 _respond: Callable[..., tuple[bytes, ...] | int] | None = None
+_consume_response: Callable[..., tuple[bytes, ...] | int] | None = None
 if NATIVE.native:
+    from ._handshake import consume_response as _native_consume_response
     from ._handshake import respond as _native_respond
-    _respond = _native_respond
+    _respond, _consume_response = _native_respond, _native_consume_response
 
 _blake2s = hashlib.blake2s
 _hmac_digest = hmac.digest
@@ -173,7 +176,7 @@ def responder_step(
     sealed_static: bytes, sealed_timestamp: bytes,
     lookup: Callable[[bytes], tuple[bytes, bytes, bytes | None]],
 ) -> tuple[bytes, ...] | int | None:
-    """The responder's step in one native call (handshake_respond.c), the GIL released once
+    """The responder's step in one native call (handshake_steps.c), the GIL released once
     a half: its nine results, the code of where the message failed (1 a low-order point, 2
     the static key, 3 the timestamp), or None on the Python path. `lookup` runs between the
     halves: the peer's ss and psk and a new ephemeral private key (None: OpenSSL draws one)
@@ -182,6 +185,20 @@ def responder_step(
         return None
     return _respond(static._key, chaining_key, hash_, ephemeral, sealed_static,
                     sealed_timestamp, lookup)
+
+
+def initiator_step(
+    static: PrivateKey, ephemeral: PrivateKey, chaining_key: bytes, hash_: bytes, psk: bytes,
+    remote_ephemeral: bytes, sealed_nothing: bytes,
+) -> tuple[bytes, ...] | int | None:
+    """The initiator's consume of a response in one native call (handshake_steps.c), the GIL
+    released once: the two transport keys and the final hash, the code of where the message
+    failed (1 a low-order point, 4 the empty AEAD), or None on the Python path. KeyWiped when
+    a key was wiped."""
+    if _consume_response is None:
+        return None
+    return _consume_response(static._key, ephemeral._key, chaining_key, hash_, psk,
+                             remote_ephemeral, sealed_nothing)
 
 
 def counter_nonce(counter: int) -> bytes:

@@ -1,6 +1,6 @@
 /* What the handshake module's files share (_handshake.c: the module and its one-shot
  * calls; handshake_crypto.c: the OpenSSL calls; handshake_key.c: X25519Key;
- * handshake_respond.c: the responder's whole step). */
+ * handshake_steps.c: the responder's whole step and the initiator's consume of a response). */
 #ifndef VPN_HANDSHAKE_H
 #define VPN_HANDSHAKE_H
 
@@ -25,7 +25,7 @@
  * letting go costs more: taking the GIL back waits until the holder lets go, up to the
  * switch interval (5 ms) while the event loop's thread runs Python. A handshake worker
  * that let go in its eight KDFs and three AEADs, as well as in its four X25519s, spent
- * that wait up to fifteen times a message (handshake_respond.c lets go once a half). */
+ * that wait up to fifteen times a message (handshake_steps.c lets go once a half). */
 #define RELEASE_MIN 4096
 
 /* Py_BEGIN/END_ALLOW_THREADS, only when `release`. */
@@ -80,9 +80,11 @@ extern PyTypeObject X25519KeyType;
  * or an OpenSSL error set. */
 EVP_PKEY *x25519_key_hold(X25519Key *self);
 
-/* ----- handshake_respond.c ------------------------------------------------------------- */
+/* ----- handshake_steps.c --------------------------------------------------------------- */
 
 PyObject *py_respond(PyObject *module, PyObject *args);
 extern const char respond_doc[];
+PyObject *py_consume_response(PyObject *module, PyObject *args);
+extern const char consume_response_doc[];
 
 #endif

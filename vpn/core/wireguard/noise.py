@@ -22,6 +22,7 @@ from .crypto import (
     aead_encrypt,
     dh,
     hash_,
+    initiator_step,
     kdf1,
     kdf2,
     kdf3,
@@ -301,8 +302,9 @@ def _response_keys(
     return enc_nothing, kdf2(ck, b""), hash_(h, enc_nothing)
 
 
-# The native step's codes of where a message failed (handshake_respond.c).
-_STEP_DROPS = {1: Drop.LOW_ORDER_EPHEMERAL, 2: Drop.BAD_STATIC_AUTH, 3: Drop.BAD_TIMESTAMP_AUTH}
+# The native steps' codes of where a message failed (handshake_steps.c).
+_STEP_DROPS = {1: Drop.LOW_ORDER_EPHEMERAL, 2: Drop.BAD_STATIC_AUTH, 3: Drop.BAD_TIMESTAMP_AUTH,
+               4: Drop.BAD_RESPONSE_AUTH}
 
 
 def answer_initiation(
@@ -431,7 +433,21 @@ def response_inputs(hs: Handshake | None) -> ResponseInputs:
 
 
 def read_response(msg: Response, inputs: ResponseInputs) -> ResponseRead:
-    """Initiator, message 2's cryptography: two DHs and a decryption; writes nothing."""
+    """Initiator, message 2's cryptography: two DHs and a decryption; writes nothing. One
+    native call when the handshake module is built (the GIL released once), else the Python
+    path (read_response_in_python, which tests hold the native step to)."""
+    out = initiator_step(inputs.identity.private, inputs.ephemeral, inputs.chaining_key,
+                         inputs.hash, inputs.psk, msg.ephemeral, msg.encrypted_nothing)
+    if out is None:
+        return read_response_in_python(msg, inputs)
+    if isinstance(out, int):
+        raise HandshakeError(_STEP_DROPS[out])
+    key1, key2, h = out
+    return ResponseRead(inputs, msg.ephemeral, msg.sender_index, (key1, key2), h)
+
+
+def read_response_in_python(msg: Response, inputs: ResponseInputs) -> ResponseRead:
+    """read_response composed from crypto.py's primitives."""
     ck = kdf1(inputs.chaining_key, msg.ephemeral)
     h = hash_(inputs.hash, msg.ephemeral)
     try:

@@ -254,6 +254,9 @@ _CALLS: dict[str, Callable[[], object]] = {
     # lookup is never called)
     "respond": lambda: native.respond(_X25519KEY, _KEY, _KEY, bytes([9]) + bytes(31),
                                       bytes(48), bytes(28), print),
+    # the initiator's consume of a response: both DHs, then the empty AEAD does not open
+    "consume_response": lambda: native.consume_response(
+        _X25519KEY, _X25519KEY, _KEY, _KEY, _KEY, bytes([9]) + bytes(31), bytes(16)),
 }
 
 

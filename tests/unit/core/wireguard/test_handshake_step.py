@@ -1,9 +1,12 @@
-"""The responder's native step (noise.answer_initiation over _handshake.respond,
-handshake_respond.c) against its Python composition (noise.answer_initiation_in_python).
+"""The native Noise steps (handshake_steps.c) against their Python compositions: the
+responder's (noise.answer_initiation over _handshake.respond, against
+answer_initiation_in_python) and the initiator's consume of a response (noise.read_response
+over _handshake.consume_response, against read_response_in_python).
 
-Each property gives both the same initiation, valid or hostile (a flipped bit in any field,
-a low-order ephemeral, sealed fields of other lengths, an unknown peer, a peer whose key is
-low-order, wiped keys), and requires the same Answer or the same rejection. `make sanitize`
+Each property gives both the same message, valid or hostile (a flipped bit in any field, a
+low-order ephemeral, sealed fields of other lengths, an unknown peer, a peer whose key is
+low-order, a psk that differs, wiped keys), and requires the same result or the same
+rejection. `make sanitize`
 runs this file against builds with AddressSanitizer and UBSan, and with ThreadSanitizer
 (test_threads_agree).
 """
@@ -24,7 +27,7 @@ from tests.unit.core.wireguard.test_handshake_native import LOW_ORDER
 from vpn.core.wireguard import crypto
 from vpn.core.wireguard import noise as n
 from vpn.core.wireguard.crypto import KeyWiped, PrivateKey
-from vpn.core.wireguard.messages import Initiation
+from vpn.core.wireguard.messages import Initiation, Response
 
 PROPERTY = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 key32 = st.binary(min_size=32, max_size=32)
@@ -162,16 +165,19 @@ def test_a_lookup_error_propagates() -> None:
 
 
 def test_threads_agree() -> None:
-    """Two threads answering at once with one static key (each step holds its own
-    reference to it) get what one thread does."""
+    """Two threads answering initiations and reading responses at once, with one static key
+    for each role (each step holds its own reference to it), get what one thread does."""
     cases = [_case(bytes([i]) * 32, bytes(range(32)), None, bytes([i + 1]) * 32,
                    bytes([i + 2]) * 32, bytes(12), i) for i in range(2, 22)]
     responder = cases[0].responder
     for case in cases:
         case.responder = responder
+    reads = [_response_case(bytes(range(32)), bytes([i]) * 32, None, None,
+                            bytes([i + 1]) * 32, bytes([i + 2]) * 32) for i in range(2, 22)]
 
     def outcomes() -> list[tuple[object, ...]]:
-        return [_outcome(n.answer_initiation, case) for case in cases]
+        return ([_outcome(n.answer_initiation, case) for case in cases]
+                + [_read(n.read_response, case) for case in reads])
 
     expected = outcomes()
     results: list[list[tuple[object, ...]]] = [[], []]
@@ -182,3 +188,81 @@ def test_threads_agree() -> None:
         t.join()
     assert results == [expected, expected]
 
+
+
+@dataclass
+class ResponseCase:
+    """A response to an initiation, and what the initiator reads it against."""
+
+    msg: Response
+    inputs: n.ResponseInputs
+
+
+def _response_case(initiator: bytes, responder: bytes, psk: bytes | None,
+                   responder_psk: bytes | None, ephemeral: bytes,
+                   responder_ephemeral: bytes) -> ResponseCase:
+    ia = n.StaticIdentity(PrivateKey(initiator))
+    ib = n.StaticIdentity(PrivateKey(responder))
+    hs_a = n.Handshake(ia, ib.public, psk)
+    hs_b = n.Handshake(ib, ia.public, responder_psk)
+    msg = n.create_initiation(hs_a, 11, crypto.tai64n(1.7e9), PrivateKey(ephemeral))
+    n.consume_initiation(ib, msg, {ia.public: hs_b}.get, now=1.0)
+    response = n.create_response(hs_b, 22, PrivateKey(responder_ephemeral))
+    return ResponseCase(response, n.response_inputs(hs_a))
+
+
+def _read(read: Callable[..., n.ResponseRead], case: ResponseCase) -> tuple[object, ...]:
+    try:
+        got = read(case.msg, case.inputs)
+    except n.HandshakeError as exc:
+        return ("rejected", exc.reason)
+    except (ValueError, KeyWiped) as exc:
+        return ("raised", type(exc))
+    return (got.inputs, got.remote_ephemeral, got.sender_index, got.transport_keys, got.hash)
+
+
+def _same_read(case: ResponseCase) -> tuple[object, ...]:
+    native = _read(n.read_response, case)
+    assert native == _read(n.read_response_in_python, case)
+    return native
+
+
+psks = st.one_of(st.none(), key32)
+response_cases = st.builds(_response_case, key32, key32, psks, psks, key32, key32)
+
+
+@settings(PROPERTY, max_examples=examples(150))
+@given(case=response_cases)
+def test_responses_are_read_alike(case: ResponseCase) -> None:
+    """Valid, or sealed under another psk (then bad_response_auth on both paths)."""
+    outcome = _same_read(case)
+    assert outcome[0] is case.inputs or outcome == ("rejected", "bad_response_auth")
+
+
+@settings(PROPERTY, max_examples=examples(200))
+@given(case=response_cases, field=st.sampled_from(["ephemeral", "encrypted_nothing"]),
+       at=st.integers(0, 31), bit=st.integers(0, 7), length=st.integers(0, 40),
+       point=st.sampled_from(LOW_ORDER), how=st.sampled_from(["flip", "length", "low"]))
+def test_hostile_responses_are_rejected_alike(case: ResponseCase, field: str, at: int,
+                                              bit: int, length: int, point: bytes,
+                                              how: str) -> None:
+    value = getattr(case.msg, field)
+    if how == "flip":
+        changed = bytearray(value)
+        changed[at % len(changed)] ^= 1 << bit
+        value = bytes(changed)
+    elif how == "length":
+        assume(length != len(value))
+        value = (value * 3)[:length]
+    else:
+        field, value = "ephemeral", point
+    case.msg = dataclasses.replace(case.msg, **{field: value})
+    assert _same_read(case)[0] in ("rejected", "raised")
+
+
+@pytest.mark.parametrize("key", ["ephemeral", "static"])
+def test_a_wiped_key_raises_key_wiped_alike(key: str) -> None:
+    case = _response_case(bytes(range(32)), bytes(range(1, 33)), None, None,
+                          bytes(range(2, 34)), bytes(range(3, 35)))
+    (case.inputs.ephemeral if key == "ephemeral" else case.inputs.identity.private).wipe()
+    assert _same_read(case) == ("raised", KeyWiped)

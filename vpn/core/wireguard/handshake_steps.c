@@ -1,12 +1,15 @@
-/* The responder's whole step in one call (noise.py's answer_initiation): consume an
+/* The Noise steps with Diffie-Hellmans, each in one call; first the responder's whole step
+ * (noise.py's answer_initiation): consume an
  * initiation (DH es, open the static key, the peer's ss, open the timestamp) and create the
  * response (a new ephemeral key, DH ee and se, the psk, the empty AEAD, the transport keys),
  * the GIL released once for each half. Between the halves the caller's `lookup` runs with
  * the GIL (the peer is known only once its static key is open): it gives the peer's ss and
  * psk and the new ephemeral's private key (None: drawn here, from OpenSSL's RAND), or
  * raises. The ephemeral key is made, used and freed (OpenSSL cleanses it) in the second
- * half: only its public half leaves. The Noise IK steps are the whitepaper's, as in
- * noise.py's Python path, which tests prove this equal to; OpenSSL does every primitive.
+ * half: only its public half leaves. Then the initiator's consume of the response
+ * (noise.py's read_response), the GIL released once. The Noise IK steps are the
+ * whitepaper's, as in noise.py's Python path, which tests prove these equal to; OpenSSL
+ * does every primitive.
  *
  * Every input and intermediate secret lives in one struct on this thread's stack, wiped with
  * OPENSSL_cleanse on every path; Python gets only what the Python path keeps.
@@ -25,7 +28,7 @@
 /* How a half ended: the last three are the message's fault (noise.py maps them to drop
  * reasons), STEP_FAILED is OpenSSL's. */
 enum { STEP_DONE = 0, STEP_LOW_ORDER = 1, STEP_BAD_STATIC = 2, STEP_BAD_TIMESTAMP = 3,
-       STEP_FAILED = -1 };
+       STEP_BAD_RESPONSE = 4, STEP_FAILED = -1 };
 
 struct step {
     uint8_t ck[HASH_LEN], h[HASH_LEN], shared[KEY_LEN], kdf_out[KDF_MAX][HASH_LEN];
@@ -33,7 +36,7 @@ struct step {
      * Python path, whose AEAD refuses it where it would open it) */
     uint8_t remote_ephemeral[KEY_LEN], sealed_static[STATIC_SEALED],
         sealed_timestamp[TIMESTAMP_SEALED];
-    int static_len_ok, timestamp_len_ok;
+    int static_len_ok, timestamp_len_ok, nothing_len_ok;
     /* what the first half opens, what lookup gives */
     uint8_t remote_static[KEY_LEN], ss[KEY_LEN], psk[KEY_LEN], ephemeral_private[KEY_LEN],
         ephemeral_public[KEY_LEN];
@@ -42,6 +45,7 @@ struct step {
      * response's empty AEAD, the transport keys and the final hash (in h) */
     uint8_t timestamp[TIMESTAMP_LEN], read_ck[HASH_LEN], read_h[HASH_LEN];
     uint8_t sealed_nothing[TAG_LEN], transport[2][HASH_LEN];
+    uint8_t empty[1]; /* the empty AEAD's plaintext: somewhere to point */
 };
 
 static const uint8_t zero_nonce[NONCE_LEN];
@@ -160,13 +164,15 @@ static int take_peer(struct step *s, PyObject *found)
     return take(&ephemeral, s->ephemeral_private, KEY_LEN, "the ephemeral key", ok);
 }
 
-/* The step's outcome: its results, its drop code, or NULL with an exception. */
-static PyObject *outcome(const struct step *s, int step)
+/* A step that did not finish: its drop code, or NULL with an exception. */
+static PyObject *failed(int step)
 {
-    if (step == STEP_FAILED)
-        return openssl_failed("the responder's step");
-    if (step != STEP_DONE)
-        return PyLong_FromLong(step);
+    return step == STEP_FAILED ? openssl_failed("a handshake step") : PyLong_FromLong(step);
+}
+
+/* The responder's step's results. */
+static PyObject *answered(const struct step *s)
+{
     return Py_BuildValue("(y#y#y#y#y#y#y#y#y#)", s->remote_static, (Py_ssize_t)KEY_LEN,
                          s->timestamp, (Py_ssize_t)TIMESTAMP_LEN, s->read_ck,
                          (Py_ssize_t)HASH_LEN, s->read_h, (Py_ssize_t)HASH_LEN,
@@ -212,7 +218,7 @@ PyObject *py_respond(PyObject *Py_UNUSED(m), PyObject *args)
     Py_END_ALLOW_THREADS
     key = NULL;
     if (step != STEP_DONE) {
-        result = outcome(&s, step);
+        result = failed(step);
         goto done;
     }
     found = PyObject_CallFunction(lookup, "y#", s.remote_static, (Py_ssize_t)KEY_LEN);
@@ -223,8 +229,79 @@ PyObject *py_respond(PyObject *Py_UNUSED(m), PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     step = answer(&s);
     Py_END_ALLOW_THREADS
-    result = outcome(&s, step);
+    result = step == STEP_DONE ? answered(&s) : failed(step);
 done:
+    OPENSSL_cleanse(&s, sizeof s);
+    return result;
+}
+
+/* ----- the initiator's consume of a response ------------------------------------------- */
+
+/* From the chaining key and hash after our initiation: the response's DHs with our
+ * ephemeral and static keys, the psk, its empty AEAD opened, the transport keys. */
+static int consume(struct step *s, EVP_PKEY *ephemeral, EVP_PKEY *static_key)
+{
+    int step, opened;
+
+    if (!mix_key(s, s->remote_ephemeral, KEY_LEN, 1)
+        || !mix_hash(s->h, s->remote_ephemeral, KEY_LEN))
+        return STEP_FAILED;
+    if ((step = mix_dh(s, ephemeral, s->remote_ephemeral, 1)) != STEP_DONE
+        || (step = mix_dh(s, static_key, s->remote_ephemeral, 1)) != STEP_DONE)
+        return step;
+    if (!mix_key(s, s->psk, KEY_LEN, 3) || !mix_hash(s->h, s->kdf_out[1], HASH_LEN))
+        return STEP_FAILED;
+    opened = !s->nothing_len_ok ? BAD_TAG
+             : open_(s->kdf_out[2], zero_nonce, s->sealed_nothing, 0, s->h, HASH_LEN,
+                     s->empty);
+    if (opened != OPENED)
+        return opened == BAD_TAG ? STEP_BAD_RESPONSE : STEP_FAILED;
+    if (!mix_hash(s->h, s->sealed_nothing, TAG_LEN) || !mix_key(s, NULL, 0, 2))
+        return STEP_FAILED;
+    memcpy(s->transport, s->kdf_out, sizeof s->transport); /* KDF2(ck, empty) */
+    return STEP_DONE;
+}
+
+const char consume_response_doc[] =
+"consume_response(static, ephemeral, chaining_key, hash, psk, remote_ephemeral,\n"
+"                 sealed_nothing, /) -> tuple[bytes, bytes, bytes] | int\n\n"
+"The initiator's consume of a response, from the chaining key and hash after its\n"
+"initiation, with its static and ephemeral X25519Keys: (transport key 1, transport key 2,\n"
+"final hash), or 1 (a low-order point), 4 (the empty AEAD does not open; one of another\n"
+"length does not).";
+
+PyObject *py_consume_response(PyObject *Py_UNUSED(m), PyObject *args)
+{
+    X25519Key *static_obj, *ephemeral_obj;
+    Py_buffer ck, h, psk, e, sealed_nothing;
+    EVP_PKEY *ephemeral = NULL, *static_key = NULL;
+    PyObject *result = NULL;
+    struct step s;
+    int ok, step;
+
+    if (!PyArg_ParseTuple(args, "O!O!y*y*y*y*y*:consume_response", &X25519KeyType,
+                          &static_obj, &X25519KeyType, &ephemeral_obj, &ck, &h, &psk, &e,
+                          &sealed_nothing))
+        return NULL;
+    ok = take(&ck, s.ck, HASH_LEN, "the chaining key", 1);
+    ok = take(&h, s.h, HASH_LEN, "the hash", ok);
+    ok = take(&psk, s.psk, KEY_LEN, "the psk", ok);
+    ok = take(&e, s.remote_ephemeral, KEY_LEN, "the ephemeral key", ok);
+    s.nothing_len_ok = take_sealed(&sealed_nothing, s.sealed_nothing, TAG_LEN);
+    /* the ephemeral first: the Python path's first DH is with it */
+    if (ok && (ephemeral = x25519_key_hold(ephemeral_obj)))
+        static_key = x25519_key_hold(static_obj);
+    if (static_key) {
+        Py_BEGIN_ALLOW_THREADS
+        step = consume(&s, ephemeral, static_key);
+        Py_END_ALLOW_THREADS
+        result = step != STEP_DONE ? failed(step)
+                 : Py_BuildValue("(y#y#y#)", s.transport[0], (Py_ssize_t)HASH_LEN,
+                                 s.transport[1], (Py_ssize_t)HASH_LEN, s.h,
+                                 (Py_ssize_t)HASH_LEN);
+    }
+    EVP_PKEY_free(ephemeral);
+    EVP_PKEY_free(static_key);
     OPENSSL_cleanse(&s, sizeof s);
     return result;
 }
