@@ -1,7 +1,6 @@
-/* The Noise steps with Diffie-Hellmans, each in one call; first the responder's whole step
- * (noise.py's answer_initiation): consume an
- * initiation (DH es, open the static key, the peer's ss, open the timestamp) and create the
- * response (a new ephemeral key, DH ee and se, the psk, the empty AEAD, the transport keys),
+/* The Noise steps with Diffie-Hellmans, each in one call. First the responder's whole step
+ * (noise.py's answer_initiation): consume an initiation (DH es, open the static key, the
+ * peer's ss, open the timestamp) and create the response (a new ephemeral key, DH ee and se, the psk, the empty AEAD, the transport keys),
  * the GIL released once for each half. Between the halves the caller's `lookup` runs with
  * the GIL (the peer is known only once its static key is open): it gives the peer's ss and
  * psk and the new ephemeral's private key (None: drawn here, from OpenSSL's RAND), or
@@ -25,7 +24,7 @@
 #define TIMESTAMP_LEN 12
 #define TIMESTAMP_SEALED (TIMESTAMP_LEN + TAG_LEN)
 
-/* How a half ended: the last three are the message's fault (noise.py maps them to drop
+/* How a step or half ended: 1-4 are the message's fault (noise.py maps them to drop
  * reasons), STEP_FAILED is OpenSSL's. */
 enum { STEP_DONE = 0, STEP_LOW_ORDER = 1, STEP_BAD_STATIC = 2, STEP_BAD_TIMESTAMP = 3,
        STEP_BAD_RESPONSE = 4, STEP_FAILED = -1 };
