@@ -1,15 +1,14 @@
 /* The Noise steps with Diffie-Hellmans, each in one call. First the responder's whole step
  * (noise.py's answer_initiation): consume an initiation (DH es, open the static key, the
- * peer's ss, open the timestamp) and create the response (a new ephemeral key, DH ee and
- * se, the psk, the empty AEAD, the transport keys), the GIL released once for each half.
- * Between the halves the caller's `lookup` runs with
- * the GIL (the peer is known only once its static key is open): it gives the peer's ss and
- * psk and the new ephemeral's private key (None: drawn here, from OpenSSL's RAND), or
- * raises. The ephemeral key is made, used and freed (OpenSSL cleanses it) in the second
- * half: only its public half leaves. Then the initiator's consume of the response
- * (noise.py's read_response), the GIL released once. The Noise IK steps are the
- * whitepaper's, as in noise.py's Python path, which tests prove these equal to; OpenSSL
- * does every primitive.
+ * peer's ss, open the timestamp) and create the response (a new ephemeral key, DH ee and se,
+ * the psk, the empty AEAD, the transport keys), the GIL released once for each half. Between
+ * the halves the caller's `lookup` runs with the GIL (the peer is known only once its static
+ * key is open): it gives the peer's ss and psk and the new ephemeral's private key (None:
+ * drawn here, from OpenSSL's RAND), or raises. The ephemeral key is made, used and freed
+ * (OpenSSL cleanses it) in the second half: only its public half leaves. Then the initiator's
+ * consume of the response (noise.py's read_response), the GIL released once. The Noise IK
+ * steps are the whitepaper's, as in noise.py's Python path, which tests prove these equal to;
+ * OpenSSL does every primitive.
  *
  * Every input and intermediate secret lives in one struct on this thread's stack, wiped with
  * OPENSSL_cleanse on every path; Python gets only what the Python path keeps.
