@@ -13,10 +13,15 @@ host of bench/hostile.py beside it:
    figure is the responses the flooder got back per second, and b's CPU over the flood.
 Under load both implementations demand cookies and then let each source address through at
 most 20 handshakes a second, so SOURCES x 20 is the ceiling a figure cannot pass (reported).
+
+`python -m bench.handshake_load [--rounds N] [--modern-wireguard-go PATH]` runs this part on
+its own (root, ../shared/peers/): the table on stderr, the JSON on stdout.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import statistics
 import sys
@@ -175,3 +180,23 @@ def handshake_rows(figures: dict | None) -> list[tuple[str, str]]:
         verdict = "met" if median is not None and median < 50 else "NOT met"
         rows.append(("real peer's handshake under flood, ours", f"goal median < 50 ms: {verdict}"))
     return rows
+
+
+def main() -> int:
+    from bench.run import add_modern_option, measured_modern
+
+    parser = argparse.ArgumentParser(prog="python -m bench.handshake_load", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="runs of each implementation, interleaved (default: 3)")
+    add_modern_option(parser)
+    args = parser.parse_args()
+    figures = handshake_figures(args.rounds, measured_modern(args.modern_wireguard_go))
+    for name, value in handshake_rows(figures):
+        print(f"{name:<70}  {value}", file=sys.stderr)
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from vpn.core.packet.virtio import VirtioNetHeader
 from vpn.core.types import Buffer
 from vpn.core.wireguard import Device
-from vpn.core.wireguard.crypto import PrivateKey
 from vpn.io.datapath import DataPath
 from vpn.io.receivebuffers import ReceiveBuffer
 from vpn.io.tun import OFFLOAD_LADDER, OffloadResult, TunDevice
@@ -116,8 +115,8 @@ class ScreeningUdp(MemoryUdp):
         return passed, tuple(totals) if any(totals) else None, lost
 
 
-def _deterministic(seed: bytes) -> tuple[Callable[[int], bytes], Callable[[], PrivateKey]]:
-    """Random bytes and ephemeral keys from a seed, so two pairs built alike are alike."""
+def _deterministic(seed: bytes) -> Callable[[int], bytes]:
+    """Random bytes (ephemeral keys too) from a seed, so two pairs built alike are alike."""
     counter = [0]
 
     def random_bytes(n: int) -> bytes:
@@ -127,7 +126,7 @@ def _deterministic(seed: bytes) -> tuple[Callable[[int], bytes], Callable[[], Pr
             out += hashlib.sha256(seed + counter[0].to_bytes(8, "little") + out).digest()
         return out[:n]
 
-    return random_bytes, lambda: PrivateKey(random_bytes(32))
+    return random_bytes
 
 
 def handshaken_pair(seed: bytes | None = None, *, mtu: int = MTU, threads: int = 0,
@@ -142,10 +141,9 @@ def handshaken_pair(seed: bytes | None = None, *, mtu: int = MTU, threads: int =
         if seed is None:
             devices.append(Device(os.urandom(32)))
             continue
-        random_bytes, ephemeral = _deterministic(seed + side)
+        random_bytes = _deterministic(seed + side)
         devices.append(Device(random_bytes(32), random_bytes=random_bytes,
-                              wall_clock=lambda: 1_700_000_000.0, ephemeral_factory=ephemeral,
-                              jitter=lambda: 0.5))
+                              wall_clock=lambda: 1_700_000_000.0, jitter=lambda: 0.5))
     for me, other, theirs, endpoint in ((0, 1, DST, ENDPOINT_B), (1, 0, SRC, ENDPOINT_A)):
         public = devices[other].public_key
         assert public is not None  # made with a key above

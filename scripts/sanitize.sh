@@ -10,7 +10,8 @@
 # build: it cannot share a process with ASan) run the tests of the native code that threads
 # call at once (one TransportKey sealing and opening on N threads, zero() while they run,
 # the send and receive walks on worker threads: open_run, accept_run and _gro's coalescer on
-# several threads at once, and one X25519Key exchanging on two threads while it is wiped).
+# several threads at once, one X25519Key exchanging on two threads while it is wiped, and the
+# Noise steps on two threads with one static key).
 # Extra arguments go to pytest (e.g. --durations=20).
 #
 # The property tests run with HYPOTHESIS_PROFILE=sanitize: a fifth of their examples
@@ -60,6 +61,7 @@ check_imports
 "$PYTHON" -m pytest -q -p no:cacheprovider --capture=sys -k 'not split_python' \
     tests/unit/core/wireguard/test_transport_native.py tests/unit/core/test_gso_native.py \
     tests/unit/core/wireguard/test_handshake_native.py tests/unit/core/wireguard/test_noise.py \
+    tests/unit/core/wireguard/test_handshake_step.py \
     tests/unit/core/wireguard/test_cookie.py tests/unit/core/wireguard/test_crypto.py \
     tests/unit/core/test_gso.py tests/unit/core/test_gro_native.py \
     tests/unit/io/test_udp_screen.py tests/unit/io/test_datapath_receive.py \
@@ -81,5 +83,6 @@ check_imports
     tests/unit/io/test_datapath_receive_workers.py \
     tests/unit/core/wireguard/test_open_runs.py::test_open_runs_on_threads_at_once \
     tests/unit/core/wireguard/test_handshake_native.py::test_threads_agree \
+    tests/unit/core/wireguard/test_handshake_step.py::test_threads_agree \
     tests/unit/core/wireguard/test_handshake_native.py::test_wipe_while_other_threads_exchange \
     "$@"

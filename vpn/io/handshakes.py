@@ -24,9 +24,10 @@ from vpn.core.wireguard.noise import HandshakeError
 log = logging.getLogger("vpn.io.handshakes")
 
 # Threads doing the DH work: one per CPU, as wireguard-go's handshake workers. A valid
-# initiation costs the worker about 187 us (four X25519s, the GIL released in each; eight
-# KDFs, the AEADs and some Python) and the loop about 25-35 us: on the 2-core machine
-# 2 workers answered 1.2-1.8x as many as 1 (2026-12-07, with the machine loaded by others).
+# initiation costs the worker about 185 us, nearly all of it one native call (four X25519s,
+# eight KDFs, three AEADs; the GIL released for each of its two halves) and the loop about
+# 25-35 us: on the 2-core machine 2 workers answered 1.2-1.8x as many as 1 (2026-12-07,
+# with the machine loaded by others, before the call was native).
 HANDSHAKE_THREADS = os.cpu_count() or 1
 # A failing job is counted every time, its traceback logged at most this often: a bug a
 # message can trigger must not flood the journal (the data path's rule too).

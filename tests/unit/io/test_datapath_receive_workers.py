@@ -22,7 +22,6 @@ from tests.unit.io.test_datapath_receive import FLOWS, Receive, apply, sent_by_a
 from vpn.core.offload import split
 from vpn.core.packet.virtio import VIRTIO_NET_HDR_LEN, VirtioNetHeader
 from vpn.core.wireguard import Device
-from vpn.core.wireguard.crypto import PrivateKey
 from vpn.io import receiveworkers
 from vpn.io.datapath import DataPath
 
@@ -153,7 +152,6 @@ def hub(seed: int, peers: int, threads: int) -> tuple[DataPath, list[Receive]]:
     def made() -> Device:  # everything from the seed, ephemeral keys too
         clock = itertools.count(1_700_000_000)  # each initiation's timestamp a later one
         return Device(rng.randbytes(32), random_bytes=rng.randbytes,
-                      ephemeral_factory=lambda: PrivateKey(rng.randbytes(32)),
                       wall_clock=lambda: float(next(clock)), jitter=lambda: 0.5)
 
     device = made()

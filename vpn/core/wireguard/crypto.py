@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import secrets
 import struct
+from collections.abc import Callable
 from importlib import import_module
 from typing import TYPE_CHECKING
 
@@ -38,10 +39,12 @@ __all__ = [
     "hash_",
     "hchacha20",
     "hmac_",
+    "initiator_step",
     "kdf1",
     "kdf2",
     "kdf3",
     "mac",
+    "responder_step",
     "tai64n",
     "xaead_decrypt",
     "xaead_encrypt",
@@ -73,6 +76,15 @@ else:
     from ._handshake import xopen as _xopen
     from ._handshake import xseal as _xseal
 
+# The Noise steps with DHs in one native call each (handshake_steps.c), None on the Python
+# path: noise.py composes the steps from the primitives then.
+_respond: Callable[..., tuple[bytes, ...] | int] | None = None
+_consume_response: Callable[..., tuple[bytes, ...] | int] | None = None
+if NATIVE.native:
+    from ._handshake import consume_response as _native_consume_response
+    from ._handshake import respond as _native_respond
+    _respond, _consume_response = _native_respond, _native_consume_response
+
 _blake2s = hashlib.blake2s
 _hmac_digest = hmac.digest
 constant_time_equal = hmac.compare_digest
@@ -103,8 +115,9 @@ class PrivateKey:
         self.public = self._key.public
 
     @classmethod
-    def generate(cls) -> PrivateKey:
-        return cls(secrets.token_bytes(KEY_LEN))
+    def generate(cls, secret: Callable[[], bytes] | None = None) -> PrivateKey:
+        """A new key: from `secret`'s 32 bytes when given (the tests' seeded sources)."""
+        return cls(secret() if secret is not None else secrets.token_bytes(KEY_LEN))
 
     def private_bytes(self) -> bytes:
         return self._secret
@@ -156,6 +169,36 @@ def dh(private: PrivateKey, public: bytes) -> bytes:
     if shared is None:
         raise CryptoError("low-order public key")
     return shared
+
+
+def responder_step(
+    static: PrivateKey, chaining_key: bytes, hash_: bytes, ephemeral: bytes,
+    sealed_static: bytes, sealed_timestamp: bytes,
+    lookup: Callable[[bytes], tuple[bytes, bytes, bytes | None]],
+) -> tuple[bytes, ...] | int | None:
+    """The responder's step in one native call (handshake_steps.c), the GIL released once
+    a half: its nine results, the code of where the message failed (1 a low-order point, 2
+    the static key, 3 the timestamp), or None on the Python path. `lookup` runs between the
+    halves: the peer's ss and psk and a new ephemeral private key (None: OpenSSL draws one)
+    for the static key opened, or it raises. KeyWiped when the static key was wiped."""
+    if _respond is None:
+        return None
+    return _respond(static._key, chaining_key, hash_, ephemeral, sealed_static,
+                    sealed_timestamp, lookup)
+
+
+def initiator_step(
+    static: PrivateKey, ephemeral: PrivateKey, chaining_key: bytes, hash_: bytes, psk: bytes,
+    remote_ephemeral: bytes, sealed_nothing: bytes,
+) -> tuple[bytes, ...] | int | None:
+    """The initiator's consume of a response in one native call (handshake_steps.c), the GIL
+    released once: the two transport keys and the final hash, the code of where the message
+    failed (1 a low-order point, 4 the empty AEAD), or None on the Python path. KeyWiped when
+    a key was wiped."""
+    if _consume_response is None:
+        return None
+    return _consume_response(static._key, ephemeral._key, chaining_key, hash_, psk,
+                             remote_ephemeral, sealed_nothing)
 
 
 def counter_nonce(counter: int) -> bytes:

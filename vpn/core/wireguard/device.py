@@ -24,6 +24,7 @@ from vpn.core.types import Address, Buffer
 from .allowedips import AllowedIPs
 from .changes import ChangeError, ChangeSet, DeviceSnapshot, PeerChange
 from .constants import (
+    KEY_LEN,
     LOST_SESSION_INTERVAL,
     MESSAGE_COOKIE_REPLY,
     MESSAGE_INITIATION,
@@ -31,7 +32,7 @@ from .constants import (
     MESSAGE_TRANSPORT,
 )
 from .cookie import CookieChecker, HandshakeQueue, address_bytes
-from .crypto import KeyWiped, PrivateKey
+from .crypto import KeyWiped
 from .deadlines import Deadlines
 from .index import IndexTable
 from .keypair import Keypair
@@ -122,15 +123,19 @@ class Device:
         self,
         private_key: bytes | None,
         *,
-        random_bytes: Callable[[int], bytes] = os.urandom,
+        random_bytes: Callable[[int], bytes] | None = None,
         wall_clock: Callable[[], float] = time.time,
-        ephemeral_factory: Callable[[], PrivateKey] = PrivateKey.generate,
         jitter: Callable[[], float] = random.random,
         max_peers: int = 1 << 16,
     ) -> None:
-        self.random_bytes = random_bytes
-        self.sources = Sources(wall_clock, ephemeral_factory, jitter, self._timer_armed,
-                               self._peer_event)
+        self.random_bytes = random_bytes or os.urandom
+        # Ephemeral private keys from an injected source (the tests' seeded ones), else
+        # drawn where the key is made: in the native responder step, OpenSSL's RAND with the
+        # GIL released (os.urandom hands the GIL back and takes it again, a wait on a busy
+        # loop).
+        self.sources = Sources(wall_clock,
+                               random_bytes and functools.partial(random_bytes, KEY_LEN),
+                               jitter, self._timer_armed, self._peer_event)
         self.max_peers = max_peers
         self.identity: StaticIdentity | None = None
         self.checker: CookieChecker | None = None  # keyed on our public key: None without
@@ -146,7 +151,7 @@ class Device:
         # endpoints and allowed IPs, the private key): a snapshot taken in slices starts
         # over when it moves, so that it never mixes two configurations.
         self.generation = 0
-        self.indexes: IndexTable[Peer] = IndexTable(random_bytes)
+        self.indexes: IndexTable[Peer] = IndexTable(self.random_bytes)
         self._last_lost_session_scan = float("-inf")
         self.drops: Counter[str] = Counter()  # the handshake code's
         self.receive_counts = ReceiveCounts()  # the receive walk's (receive.py)
@@ -402,7 +407,7 @@ class Device:
         if kind == MESSAGE_INITIATION:
             assert self.identity is not None
             work = functools.partial(answer_initiation, self.identity, parse_initiation(data),
-                                     self._lookup_handshake, self.sources.ephemeral_factory)
+                                     self._lookup_handshake, self.sources.ephemeral_secret)
             return HandshakeJob(work, src, len(data))
         assert kind == MESSAGE_RESPONSE
         msg = parse_response(data)

@@ -22,9 +22,11 @@ from .crypto import (
     aead_encrypt,
     dh,
     hash_,
+    initiator_step,
     kdf1,
     kdf2,
     kdf3,
+    responder_step,
 )
 from .messages import Initiation, MessageError, Response
 
@@ -206,7 +208,7 @@ class Answer:
 
     read: InitiationRead
     psk: bytes  # the one the response was made with: a change meanwhile voids it
-    ephemeral: PrivateKey
+    ephemeral_public: bytes  # its private key was wiped where its DHs ran
     encrypted_nothing: bytes
     transport_keys: tuple[bytes, bytes]
     hash: bytes
@@ -300,22 +302,63 @@ def _response_keys(
     return enc_nothing, kdf2(ck, b""), hash_(h, enc_nothing)
 
 
+# The native steps' codes of where a message failed (handshake_steps.c).
+_STEP_DROPS = {1: Drop.LOW_ORDER_EPHEMERAL, 2: Drop.BAD_STATIC_AUTH, 3: Drop.BAD_TIMESTAMP_AUTH,
+               4: Drop.BAD_RESPONSE_AUTH}
+
+
 def answer_initiation(
     identity: StaticIdentity,
     msg: Initiation,
     lookup_peer: Callable[[bytes], Handshake | None],
-    new_ephemeral: Callable[[], PrivateKey],
+    new_ephemeral: Callable[[], bytes] | None,
 ) -> Answer:
     """An initiation read and answered, as one pure function of its inputs: the worker's
-    part. The peer's psk is read once, here."""
+    part. The peer's psk is read once, here; `new_ephemeral` gives the private key of the
+    response's ephemeral (None: fresh random bytes, drawn where the key is made). One
+    native call when the handshake module is built (the GIL released once a half, no Python
+    between the primitives, the ephemeral key made and wiped inside), else the Python path
+    (answer_initiation_in_python, which tests hold the native step to)."""
+    found: list[tuple[Handshake, bytes]] = []
+
+    def peer_secrets(remote_static: bytes) -> tuple[bytes, bytes, bytes | None]:
+        hs = lookup_peer(remote_static)
+        if hs is None:
+            raise HandshakeError(Drop.UNKNOWN_PEER)
+        ss = hs.precomputed_ss  # read once: the loop may replace the handshake meanwhile
+        if ss is None:
+            raise HandshakeError(Drop.LOW_ORDER_PEER_KEY)
+        found.append((hs, hs.psk))
+        return ss, found[0][1], new_ephemeral and new_ephemeral()
+
+    out = responder_step(identity.private, INITIAL_CHAIN_KEY, identity.responder_hash,
+                         msg.ephemeral, msg.encrypted_static, msg.encrypted_timestamp,
+                         peer_secrets)
+    if out is None:
+        return answer_initiation_in_python(identity, msg, lookup_peer, new_ephemeral)
+    if isinstance(out, int):
+        raise HandshakeError(_STEP_DROPS[out])
+    _, timestamp, ck, h, e_pub, enc_nothing, key1, key2, final_hash = out
+    hs, psk = found[0]
+    read = InitiationRead(hs, msg.ephemeral, msg.sender_index, timestamp, ck, h)
+    return Answer(read, psk, e_pub, enc_nothing, (key1, key2), final_hash)
+
+
+def answer_initiation_in_python(
+    identity: StaticIdentity,
+    msg: Initiation,
+    lookup_peer: Callable[[bytes], Handshake | None],
+    new_ephemeral: Callable[[], bytes] | None,
+) -> Answer:
+    """answer_initiation composed from crypto.py's primitives."""
     read = read_initiation(identity, msg, lookup_peer)
     hs = read.handshake
     psk = hs.psk
-    ephemeral = new_ephemeral()
+    ephemeral = PrivateKey.generate(new_ephemeral)
     enc_nothing, keys, h = _response_keys(read.chaining_key, read.hash,
                                           read.remote_ephemeral, hs.remote_static, psk,
                                           ephemeral)
-    return Answer(read, psk, ephemeral, enc_nothing, keys, h)
+    return Answer(read, psk, ephemeral.public, enc_nothing, keys, h)
 
 
 def accept_answer(
@@ -329,17 +372,18 @@ def accept_answer(
     check_initiation(hs, answer.read, now)
     local_index = new_index()
     _consumed(hs, answer.read, now)
-    _responded(hs, answer.transport_keys, answer.hash, answer.ephemeral, local_index)
-    return Response(local_index, hs.remote_index, answer.ephemeral.public,
+    _responded(hs, answer.transport_keys, answer.hash, local_index)
+    return Response(local_index, hs.remote_index, answer.ephemeral_public,
                     answer.encrypted_nothing)
 
 
 def _responded(hs: Handshake, transport_keys: tuple[bytes, bytes], h: bytes,
-               ephemeral: PrivateKey, local_index: int) -> None:
+               local_index: int) -> None:
     hs.state = HandshakeState.CREATED_RESPONSE
-    # The final chaining key is not kept: its split is all that is left to use.
+    # The final chaining key is not kept: its split is all that is left to use, and the
+    # ephemeral (wiped where its DHs ran) nothing.
     hs.chaining_key, hs.transport_keys = _ZERO_KEY, transport_keys
-    hs.hash, hs.ephemeral, hs.local_index = h, ephemeral, local_index
+    hs.hash, hs.ephemeral, hs.local_index = h, None, local_index
 
 
 def create_response(hs: Handshake, local_index: int, ephemeral: PrivateKey) -> Response:
@@ -348,7 +392,7 @@ def create_response(hs: Handshake, local_index: int, ephemeral: PrivateKey) -> R
         raise HandshakeError(Drop.NO_INITIATION_CONSUMED)
     enc_nothing, keys, h = _response_keys(hs.chaining_key, hs.hash, hs.remote_ephemeral,
                                           hs.remote_static, hs.psk, ephemeral)
-    _responded(hs, keys, h, ephemeral, local_index)
+    _responded(hs, keys, h, local_index)
     return Response(local_index, hs.remote_index, ephemeral.public, enc_nothing)
 
 
@@ -389,7 +433,21 @@ def response_inputs(hs: Handshake | None) -> ResponseInputs:
 
 
 def read_response(msg: Response, inputs: ResponseInputs) -> ResponseRead:
-    """Initiator, message 2's cryptography: two DHs and a decryption; writes nothing."""
+    """Initiator, message 2's cryptography: two DHs and a decryption; writes nothing. One
+    native call when the handshake module is built (the GIL released once), else the Python
+    path (read_response_in_python, which tests hold the native step to)."""
+    out = initiator_step(inputs.identity.private, inputs.ephemeral, inputs.chaining_key,
+                         inputs.hash, inputs.psk, msg.ephemeral, msg.encrypted_nothing)
+    if out is None:
+        return read_response_in_python(msg, inputs)
+    if isinstance(out, int):
+        raise HandshakeError(_STEP_DROPS[out])
+    key1, key2, h = out
+    return ResponseRead(inputs, msg.ephemeral, msg.sender_index, (key1, key2), h)
+
+
+def read_response_in_python(msg: Response, inputs: ResponseInputs) -> ResponseRead:
+    """read_response composed from crypto.py's primitives."""
     ck = kdf1(inputs.chaining_key, msg.ephemeral)
     h = hash_(inputs.hash, msg.ephemeral)
     try:

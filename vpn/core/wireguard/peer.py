@@ -53,7 +53,8 @@ class Sources:
     where to report a timer armed and an event."""
 
     wall_clock: Callable[[], float]  # TAI64N timestamps and `wg show` only, never timers
-    ephemeral_factory: Callable[[], PrivateKey]
+    # An ephemeral private key's 32 random bytes; None: drawn where the key is made.
+    ephemeral_secret: Callable[[], bytes] | None
     jitter: Callable[[], float]
     timer_armed: Callable[[Peer, float], None]
     event: Callable[[Peer, PeerEvent], None]
@@ -134,7 +135,7 @@ class Peer:
         index = self._indexes.new_handshake(self)
         msg = create_initiation(
             self.handshake, index, tai64n(self._sources.wall_clock()),
-            self._sources.ephemeral_factory(),
+            PrivateKey.generate(self._sources.ephemeral_secret),
         )
         data = self.cookies.add_macs(msg.pack(), now)
         self.tx_bytes += len(data)  # every message to the peer counts, as in the kernel

@@ -43,7 +43,9 @@ def open_both(runs: list[Run], out_size: int, room: int
 
 
 @PROPERTY
-@given(receives=st.lists(gro_receive(), min_size=1, max_size=4), data=st.data())
+# A run starts at a message, so an empty receive (one datagram of 0 bytes) is never one.
+@given(receives=st.lists(gro_receive().filter(lambda receive: receive[0]), min_size=1,
+                         max_size=4), data=st.data())
 def test_open_runs_matches_python(receives: list[tuple[bytes, int]], data: st.DataObject
                                   ) -> None:
     """Runs over hostile receives (foreign indexes, handshakes, runts, forgeries, replays,
