@@ -13,8 +13,21 @@ from vpn.control import uapi
 from vpn.control.uapi_server import request
 from vpn.core.keys import decode_key
 
-FLOOD_NET = "198.18.5"
-VICTIM = f"{FLOOD_NET}.1"  # b, on the flood link
+_FLOOD_NET = "198.18.5"
+VICTIM = f"{_FLOOD_NET}.1"  # b, on the flood link
+# The flood link is 198.18.4.0/23: the flood host's addresses from 198.18.5.2 up, then
+# 198.18.4.2 up (a source stands for a peer; the rate limit is per address).
+_FLOOD_PREFIX = 23
+_SOURCE_NETS = (_FLOOD_NET, "198.18.4")
+_PER_NET = 250  # .2 to .251 of each
+MAX_SOURCES = _PER_NET * len(_SOURCE_NETS)
+
+
+def flood_sources(count: int) -> list[str]:
+    """The first `count` source addresses of the flood host (at most MAX_SOURCES)."""
+    if not 0 < count <= MAX_SOURCES:
+        raise ValueError(f"the flood host has 1 to {MAX_SOURCES} source addresses, not {count}")
+    return [f"{_SOURCE_NETS[i // _PER_NET]}.{2 + i % _PER_NET}" for i in range(count)]
 
 
 def stats_of(ifname: str) -> dict:
@@ -41,11 +54,13 @@ def flood_result(proc: Process, timeout: float = 120, *, stop: bool = False) -> 
     return json.loads(lines[-1])
 
 
-def flood_host(lab: Lab, pair: WgPair, extra: int = 0) -> Host:
-    """A third namespace on its own link to b, with `extra` more source addresses."""
+def flood_host(lab: Lab, pair: WgPair, sources: int = 1) -> Host:
+    """A third namespace on its own link to b, with flood_sources(sources) as addresses."""
+    first, *more = flood_sources(sources)
     flood = lab.host("f")
-    lab.link(flood, pair.b.host, a_addrs=[f"{FLOOD_NET}.2/24"], b_addrs=[f"{FLOOD_NET}.1/24"])
-    if extra:
-        batch = "".join(f"addr add {FLOOD_NET}.{3 + i}/24 dev to-b\n" for i in range(extra))
+    lab.link(flood, pair.b.host, a_addrs=[f"{first}/{_FLOOD_PREFIX}"],
+             b_addrs=[f"{VICTIM}/{_FLOOD_PREFIX}"])
+    if more:
+        batch = "".join(f"addr add {address}/{_FLOOD_PREFIX} dev to-b\n" for address in more)
         flood.run("ip", "-batch", "-", input=batch)
     return flood

@@ -20,10 +20,10 @@ import pytest
 
 from lab.flood import MAX_SEGMENTS
 from lab.flood_lab import (
-    FLOOD_NET,
     VICTIM,
     flood_host,
     flood_result,
+    flood_sources,
     public_hex,
     start_flood,
     stats_of,
@@ -263,9 +263,9 @@ def test_initiation_flood_is_worked_or_answered_with_cookies(lab: Lab) -> None:
     what came (RcvbufErrors), a's messages alike, and each lost one costs a's handshake a
     5 s REKEY_TIMEOUT: it failed within the ping's 50 s. Overload is `make bench`'s."""
     pair = build(lab)
-    flood = flood_host(lab, pair, extra=199)
+    flood = flood_host(lab, pair, 200)
     victim = pair.start_ours(pair.b)
-    sources = [f"{FLOOD_NET}.{2 + i}" for i in range(200)]
+    sources = flood_sources(200)
     cpu_before = cpu_seconds(victim.pid)
     mib_before = udp_mib(pair.b.host)
     began = time.monotonic()
