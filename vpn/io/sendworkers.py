@@ -36,15 +36,25 @@ from vpn.io.buffers import reserve
 from vpn.io.pausingpool import PausingPool
 from vpn.io.tun import split_reads
 from vpn.io.udp import UdpSocket
-from vpn.io.workers import WorkerPool
+from vpn.io.workers import MAX_DEPTH_THREADS, WorkerPool
 
 # A job: what a worker seals into one buffer of this size, about seven 64 KB super-packets:
 # a wakeup of 64 reads makes nine or ten, one for each of that many workers, and the loop's
 # per-job cost (the submit) and the lane's hand-overs stay small per byte (256 KiB jobs
 # cost about 1.5 us more CPU per 64 KiB with 2 workers, in 3 interleaved runs).
 JOB_BYTES = 1 << 19
-# Batches of read slots: one being read, the others' jobs in flight.
-READ_BATCHES = 4
+# Batches of read slots per worker thread (up to MAX_DEPTH_THREADS of them): one being
+# read, the others' jobs in flight. Each worker needs its own depth of queued jobs: when a
+# batch comes back the loop thread must get a core (busy with the workers) and read before
+# the queue runs dry. With 4 batches for 2 workers they waited for a job 12-17% of the time
+# (bench.pipeline, 2 workers, per-thread schedstat), with 8 2.5-4.5%. Each batch is 4 MiB of
+# address space, resident only as its slots are read into.
+READ_BATCHES_PER_THREAD = 4
+
+
+def read_batches(threads: int) -> int:
+    """How many batches of read slots a pool of `threads` workers gets."""
+    return READ_BATCHES_PER_THREAD * min(threads, MAX_DEPTH_THREADS)
 
 
 # `vpn up --threads N` and, for vpn-userspace under wg-quick, this environment variable.
@@ -105,7 +115,8 @@ class SendWorkers:
         self._pool = pool  # shared with the receive walk; the data path closes it
         # The batches of read slots, with the TUN's backpressure (the shell wires it).
         self.slots: PausingPool[list[memoryview]] = PausingPool(
-            (read_slots() for _ in range(READ_BATCHES)), call_soon_threadsafe)
+            (read_slots() for _ in range(read_batches(pool.stats.threads))),
+            call_soon_threadsafe)
         self._local = threading.local()
         # Seal buffers no job holds (deque: its append and pop are atomic between threads).
         self._seal_buffers: collections.deque[memoryview] = collections.deque()

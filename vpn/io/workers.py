@@ -27,6 +27,11 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
+# The walks size the buffers they keep in flight (read slots, receive buffers) per worker,
+# counting at most this many: past it a worker's share of the queue is deep enough, and the
+# address space (4 MiB a batch) is not multiplied by every thread of a large pool.
+MAX_DEPTH_THREADS = 4
+
 
 @dataclass(slots=True)
 class _Job:

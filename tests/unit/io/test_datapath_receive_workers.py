@@ -264,7 +264,7 @@ def test_a_keypair_zeroed_while_a_worker_opens_with_it_is_a_counted_drop(
     assert peer.drops == {"keypair_expired": 44}
     assert b.stats.packets_written == 0
     assert b.receive_workers is not None
-    assert b.receive_workers.buffers.free == receiveworkers.POOL_BUFFERS
+    assert b.receive_workers.buffers.free == b.receive_workers.buffers.count
 
 
 def test_a_peer_removed_while_its_job_is_in_flight_is_left_alone(
@@ -312,7 +312,7 @@ def test_a_failing_worker_is_counted_and_its_buffer_comes_back(
     assert b.stats.all_drops() == {"internal_error": 1}
     assert len(packets(b.tun.frames)) == 3  # type: ignore[attr-defined]  # the next job's
     assert b.receive_workers is not None
-    assert b.receive_workers.buffers.free == receiveworkers.POOL_BUFFERS
+    assert b.receive_workers.buffers.free == b.receive_workers.buffers.count
 
 
 def test_close_with_work_in_flight_delivers_everything_and_ends_the_threads(
@@ -325,21 +325,22 @@ def test_close_with_work_in_flight_delivers_everything_and_ends_the_threads(
     delay_opening(monkeypatch, 5)
     receive_all(threaded, receives, 2)
     workers = threaded.receive_workers
-    assert workers is not None and workers.buffers.free < receiveworkers.POOL_BUFFERS
+    assert workers is not None and workers.buffers.free < workers.buffers.count
     threaded.close()  # the jobs are still opening: close finishes them first
     assert outcome(threaded)["flows"] == outcome(inline)["flows"]
     assert outcome(threaded)["peers"] == outcome(inline)["peers"]
-    assert workers.buffers.free == receiveworkers.POOL_BUFFERS  # every buffer came back
+    assert workers.buffers.free == workers.buffers.count  # every buffer came back
     assert set(threading.enumerate()) <= before
 
 
 def test_no_free_buffer_pauses_the_socket_until_one_returns(
         monkeypatch: pytest.MonkeyPatch) -> None:
     a, b = handshaken_pair(b"pause", b_threads=2)
-    receives = sent_by_a(a, traffic([(44, 1368, False)] * 10, one_flow=True))
-    release = hold_opening(monkeypatch)
     workers = b.receive_workers
     assert workers is not None
+    wakeups = workers.buffers.count + 4  # a buffer each: more than the pool holds
+    receives = sent_by_a(a, traffic([(44, 1368, False)] * wakeups, one_flow=True))
+    release = hold_opening(monkeypatch)
     paused, resumed = threading.Event(), threading.Event()
     workers.buffers.pause, workers.buffers.resume = paused.set, resumed.set
     workers.buffers._call_soon_threadsafe = lambda callback: callback()
@@ -360,7 +361,7 @@ def test_no_free_buffer_pauses_the_socket_until_one_returns(
         release.set()
         b.close()
     assert b.stats.receive_backpressure >= 1
-    assert b.stats.packets_written == 10 * 44
+    assert b.stats.packets_written == wakeups * 44
     assert b.stats.all_drops() == {}
 
 
@@ -380,4 +381,4 @@ def test_a_dispatch_that_fails_gives_its_buffer_back(monkeypatch: pytest.MonkeyP
         b.close()
     assert b.stats.all_drops() == {"internal_error": 1}
     assert b.receive_workers is not None
-    assert b.receive_workers.buffers.free == receiveworkers.POOL_BUFFERS
+    assert b.receive_workers.buffers.free == b.receive_workers.buffers.count

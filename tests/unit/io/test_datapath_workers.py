@@ -29,7 +29,7 @@ from lab.packets import tcp_packet, tcp_super_packet
 from vpn.core.packet.errors import OffloadError
 from vpn.core.packet.virtio import NO_OFFLOAD
 from vpn.core.wireguard import Device
-from vpn.io import sendworkers, tun
+from vpn.io import receiveworkers, sendworkers, tun
 from vpn.io.datapath import DataPath
 
 SEED = b"workers"
@@ -75,7 +75,7 @@ def send(path: DataPath, tun_frames: list[bytes], wakeup: int = 5) -> None:
 def all_slots_back(path: DataPath) -> bool:
     workers = path.send_workers
     assert workers is not None
-    return workers.slots.free == sendworkers.READ_BATCHES
+    return workers.slots.free == workers.slots.count
 
 
 def delay_sealing(monkeypatch: pytest.MonkeyPatch, seed: int, most: float = 0.002) -> None:
@@ -206,6 +206,20 @@ def test_a_failing_worker_is_counted_and_the_next_jobs_go_on(
     assert all_slots_back(threaded)
 
 
+def test_the_buffers_in_flight_grow_with_the_workers() -> None:
+    """Each worker gets its own depth of queued work (up to MAX_DEPTH_THREADS workers), so
+    that the queue does not run dry while the loop thread waits for a core."""
+    assert [sendworkers.read_batches(n) for n in (1, 2, 4, 64)] == [4, 8, 16, 16]
+    assert [receiveworkers.receive_buffers(n) for n in (1, 2, 4, 64)] == [6, 10, 18, 18]
+    threaded, _ = handshaken_pair(SEED, threads=2)
+    try:
+        assert threaded.send_workers is not None and threaded.receive_workers is not None
+        assert threaded.send_workers.slots.count == 8
+        assert threaded.receive_workers.buffers.count == 10
+    finally:
+        threaded.close()
+
+
 def test_no_free_buffer_pauses_the_tun_until_one_returns(
         monkeypatch: pytest.MonkeyPatch) -> None:
     threaded, _ = handshaken_pair(SEED, threads=2)
@@ -223,7 +237,8 @@ def test_no_free_buffer_pauses_the_tun_until_one_returns(
     workers.slots.pause, workers.slots.resume = paused.set, resumed.set
     workers.slots._call_soon_threadsafe = lambda callback: callback()
     tun = threaded.tun
-    reads = frames([("super", 60_000, 1380)] * 400)  # more than every batch of slots holds
+    count = (workers.slots.count + 1) * tun.batch  # more than every batch of slots holds
+    reads = frames([("super", 60_000, 1380)] * count)
     try:
         tun.reads = list(reads)  # type: ignore[attr-defined]
         while not paused.is_set():
@@ -239,7 +254,7 @@ def test_no_free_buffer_pauses_the_tun_until_one_returns(
         release.set()
         threaded.close()
     assert threaded.stats.send_backpressure >= 1
-    assert threaded.stats.summary()["datagrams_sent"] == len(datagrams(threaded)) == 400 * 44
+    assert threaded.stats.summary()["datagrams_sent"] == len(datagrams(threaded)) == count * 44
     assert all_slots_back(threaded)
 
 
