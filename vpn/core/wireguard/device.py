@@ -34,7 +34,7 @@ from .constants import (
 from .cookie import CookieChecker, HandshakeQueue, address_bytes
 from .crypto import KeyWiped
 from .deadlines import Deadlines
-from .index import IndexTable
+from .index import IndexTable, RandomPages
 from .keypair import Keypair
 from .messages import (
     MessageError,
@@ -153,7 +153,7 @@ class Device:
         self.generation = 0
         self._known = KnownPeers(())
         self._known_generation = 0
-        self.indexes: IndexTable[Peer] = IndexTable(self.random_bytes)
+        self.indexes: IndexTable[Peer] = IndexTable(random_bytes or RandomPages())
         self._last_lost_session_scan = float("-inf")
         self.drops: Counter[str] = Counter()  # the handshake code's
         self.receive_counts = ReceiveCounts()  # the receive walk's (receive.py)
