@@ -38,6 +38,10 @@ static int take_entry(PyObject *entry, struct known_peer *peer, Py_ssize_t slot)
     Py_buffer public, ss = {0}, psk;
     int ok;
 
+    if (!PyTuple_Check(entry)) {
+        PyErr_SetString(PyExc_TypeError, "a PeerTable entry is a (public, ss, psk) tuple");
+        return 0;
+    }
     if (!PyArg_ParseTuple(entry, "y*z*y*:a PeerTable entry", &public, &ss, &psk))
         return 0;
     ok = exact(&public, KEY_LEN, "a public key") == 0 && exact(&psk, KEY_LEN, "a psk") == 0

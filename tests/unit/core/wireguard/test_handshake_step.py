@@ -174,6 +174,21 @@ def test_a_table_built_before_a_change_answers_with_what_it_held() -> None:
         n.accept_answer(hs, answer, lambda: 1, now=1.0)
 
 
+@pytest.mark.parametrize("entries", [
+    [(bytes(32), None, bytes(32))] * 2,  # a key twice
+    [(bytes(31), None, bytes(32))], [(bytes(32), bytes(33), bytes(32))],
+    [(bytes(32), None, bytes(16))]], ids=["twice", "short-key", "long-ss", "short-psk"])
+def test_a_bad_table_entry_raises_value_error(entries: list[tuple[bytes, bytes | None,
+                                                                  bytes]]) -> None:
+    with pytest.raises(ValueError):
+        crypto.known_peers_table(entries)
+
+
+def test_a_table_entry_not_a_tuple_raises_type_error() -> None:
+    with pytest.raises(TypeError):
+        crypto.known_peers_table([[bytes(32), None, bytes(32)]])  # type: ignore[list-item]
+
+
 def test_a_wiped_static_key_raises_key_wiped_alike() -> None:
     case = _case(bytes(range(32)), bytes(range(1, 33)), None, bytes(range(2, 34)),
                  bytes(range(3, 35)), bytes(12), 7)
