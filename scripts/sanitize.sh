@@ -10,8 +10,9 @@
 # build: it cannot share a process with ASan) run the tests of the native code that threads
 # call at once (one TransportKey sealing and opening on N threads, zero() while they run,
 # the send and receive walks on worker threads: open_run, accept_run and _gro's coalescer on
-# several threads at once, one X25519Key exchanging on two threads while it is wiped, and the
-# Noise steps on two threads with one static key).
+# several threads at once, one X25519Key exchanging on two threads while it is wiped, the
+# Noise steps on two threads with one static key, and the responder's PeerTables swapped
+# while two threads answer over them).
 # Extra arguments go to pytest (e.g. --durations=20).
 #
 # The property tests run with HYPOTHESIS_PROFILE=sanitize: a fifth of their examples
@@ -84,5 +85,6 @@ check_imports
     tests/unit/core/wireguard/test_open_runs.py::test_open_runs_on_threads_at_once \
     tests/unit/core/wireguard/test_handshake_native.py::test_threads_agree \
     tests/unit/core/wireguard/test_handshake_step.py::test_threads_agree \
+    tests/unit/core/wireguard/test_handshake_step.py::test_tables_swapped_while_threads_answer \
     tests/unit/core/wireguard/test_handshake_native.py::test_wipe_while_other_threads_exchange \
     "$@"

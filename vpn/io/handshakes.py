@@ -25,8 +25,8 @@ log = logging.getLogger("vpn.io.handshakes")
 
 # Threads doing the DH work: one per CPU, as wireguard-go's handshake workers. A valid
 # initiation costs the worker about 185 us, nearly all of it one native call (four X25519s,
-# eight KDFs, three AEADs; the GIL released for each of its two halves) and the loop about
-# 25-35 us: on the 2-core machine 2 workers answered 1.2-1.8x as many as 1 (2026-12-07,
+# eight KDFs, three AEADs; the GIL released once, the peer found in a native table) and the
+# loop about 25-35 us: on the 2-core machine 2 workers answered 1.2-1.8x as many as 1 (2026-12-07,
 # with the machine loaded by others, before the call was native).
 HANDSHAKE_THREADS = os.cpu_count() or 1
 # A failing job is counted every time, its traceback logged at most this often: a bug a

@@ -2,7 +2,8 @@
  * OpenSSL's EVP interface: X25519Key (handshake_key.c), one-shot ChaCha20-Poly1305 and
  * XChaCha20-Poly1305 seal/open with associated data, HChaCha20 and WireGuard's KDF (here, over
  * handshake_crypto.c's OpenSSL calls), and the Noise steps with Diffie-Hellmans, each in one
- * call (handshake_steps.c: the responder's whole step, the initiator's consume of a response).
+ * call (handshake_steps.c: the responder's whole step, the initiator's consume of a response;
+ * handshake_table.c: the peers that step looks up without the GIL).
  * The reference is crypto_reference.py (`cryptography` and hashlib's hmac) and noise.py's
  * Python path, which tests prove this equal to.
  *
@@ -211,6 +212,7 @@ static PyMethodDef handshake_methods[] = {
     {"hchacha20", py_hchacha20, METH_VARARGS, hchacha20_doc},
     {"kdf", py_kdf, METH_VARARGS, kdf_doc},
     {"respond", py_respond, METH_VARARGS, respond_doc},
+    {"respond_known", py_respond_known, METH_VARARGS, respond_known_doc},
     {"consume_response", py_consume_response, METH_VARARGS, consume_response_doc},
     {NULL, NULL, 0, NULL},
 };
@@ -230,7 +232,7 @@ PyMODINIT_FUNC PyInit__handshake(void)
                                            "BLAKE2S-256 or HMAC-BLAKE2S-256");
         return NULL;
     }
-    if (PyType_Ready(&X25519KeyType) < 0)
+    if (PyType_Ready(&X25519KeyType) < 0 || PyType_Ready(&PeerTableType) < 0)
         return NULL;
     PyObject *module = PyModule_Create(&handshake_module);
     if (!module)
@@ -238,7 +240,8 @@ PyMODINIT_FUNC PyInit__handshake(void)
     if (!KeyWiped)
         KeyWiped = PyErr_NewException("vpn.core.wireguard._handshake.KeyWiped", NULL, NULL);
     if (!KeyWiped || PyModule_AddObjectRef(module, "KeyWiped", KeyWiped) < 0
-        || PyModule_AddObjectRef(module, "X25519Key", (PyObject *)&X25519KeyType) < 0) {
+        || PyModule_AddObjectRef(module, "X25519Key", (PyObject *)&X25519KeyType) < 0
+        || PyModule_AddObjectRef(module, "PeerTable", (PyObject *)&PeerTableType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

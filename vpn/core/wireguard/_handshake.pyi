@@ -2,7 +2,7 @@
 the Noise steps with Diffie-Hellmans; the references are crypto_reference.py and noise.py's Python
 path). Functions take their arguments by position only; wrong lengths raise ValueError."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import final
 
 from _typeshed import ReadableBuffer
@@ -23,6 +23,15 @@ class X25519Key:
         low-order point); KeyWiped once wiped."""
     def wipe(self) -> None:
         """Free the key (OpenSSL cleanses it) once no exchange uses it. Idempotent."""
+
+@final
+class PeerTable:
+    """The peers respond_known looks up by static key: entries of (public key, ss or None,
+    psk), each one's slot its position; immutable, its secrets wiped when freed. A key given
+    twice raises ValueError."""
+    def __new__(cls, entries: Sequence[tuple[ReadableBuffer, ReadableBuffer | None,
+                                             ReadableBuffer]]) -> PeerTable: ...
+    def __len__(self) -> int: ...
 
 def seal(key: ReadableBuffer, nonce: ReadableBuffer, plaintext: ReadableBuffer,
          ad: ReadableBuffer, /) -> bytes:
@@ -53,6 +62,14 @@ def respond(static: X25519Key, chaining_key: ReadableBuffer, hash: ReadableBuffe
     open), 3 (the timestamp does not open). `lookup` runs between the halves and gives the
     peer's ss and psk and the new ephemeral's private key (None: drawn from OpenSSL's RAND);
     its exceptions propagate."""
+def respond_known(static: X25519Key, table: PeerTable, chaining_key: ReadableBuffer,
+                  hash: ReadableBuffer, ephemeral: ReadableBuffer,
+                  sealed_static: ReadableBuffer, sealed_timestamp: ReadableBuffer,
+                  ephemeral_private: ReadableBuffer | None, /
+                  ) -> tuple[int, tuple[bytes, ...]] | int:
+    """respond's step with the peer found in `table`, the GIL released once: the peer's slot
+    and respond's nine results, or respond's codes, 5 (no peer has the static key) or 6 (the
+    peer has no ss: a low-order key). `ephemeral_private` None: drawn from OpenSSL's RAND."""
 def consume_response(static: X25519Key, ephemeral: X25519Key, chaining_key: ReadableBuffer,
                      hash: ReadableBuffer, psk: ReadableBuffer,
                      remote_ephemeral: ReadableBuffer, sealed_nothing: ReadableBuffer,

@@ -34,7 +34,7 @@ from .constants import (
 from .cookie import CookieChecker, HandshakeQueue, address_bytes
 from .crypto import KeyWiped
 from .deadlines import Deadlines
-from .index import IndexTable
+from .index import IndexTable, RandomPages
 from .keypair import Keypair
 from .messages import (
     MessageError,
@@ -45,12 +45,12 @@ from .messages import (
 )
 from .noise import (
     Answer,
-    Handshake,
     HandshakeError,
+    KnownPeers,
     ResponseRead,
     StaticIdentity,
     accept_response,
-    answer_initiation,
+    answer_known,
     read_response,
     response_inputs,
 )
@@ -151,7 +151,9 @@ class Device:
         # endpoints and allowed IPs, the private key): a snapshot taken in slices starts
         # over when it moves, so that it never mixes two configurations.
         self.generation = 0
-        self.indexes: IndexTable[Peer] = IndexTable(self.random_bytes)
+        self._known = KnownPeers(())
+        self._known_generation = 0
+        self.indexes: IndexTable[Peer] = IndexTable(random_bytes or RandomPages())
         self._last_lost_session_scan = float("-inf")
         self.drops: Counter[str] = Counter()  # the handshake code's
         self.receive_counts = ReceiveCounts()  # the receive walk's (receive.py)
@@ -347,9 +349,14 @@ class Device:
         self.drops[reason] += 1
         return HandshakeResult(peer=peer, drop_reason=reason)
 
-    def _lookup_handshake(self, public_key: bytes) -> Handshake | None:
-        peer = self.peers.get(public_key)
-        return None if peer is None else peer.handshake
+    def _known_peers(self) -> KnownPeers:
+        """The peers as the responder's step looks them up: built again (O(peers), on the
+        loop) at the first initiation after the configuration moved (the peer set, a psk, the
+        private key); a job in flight keeps the one it was given."""
+        if self._known_generation != self.generation:
+            self._known = KnownPeers(peer.handshake for peer in self.peers.values())
+            self._known_generation = self.generation
+        return self._known
 
     def handle_handshake_message(
         self, data: Buffer, src: Address, now: float, under_load: bool | None = None
@@ -406,8 +413,8 @@ class Device:
         decrypted the static key; a response's handshake is read here."""
         if kind == MESSAGE_INITIATION:
             assert self.identity is not None
-            work = functools.partial(answer_initiation, self.identity, parse_initiation(data),
-                                     self._lookup_handshake, self.sources.ephemeral_secret)
+            work = functools.partial(answer_known, self.identity, parse_initiation(data),
+                                     self._known_peers(), self.sources.ephemeral_secret)
             return HandshakeJob(work, src, len(data))
         assert kind == MESSAGE_RESPONSE
         msg = parse_response(data)

@@ -1,6 +1,7 @@
 /* What the handshake module's files share (_handshake.c: the module and its one-shot
  * calls; handshake_crypto.c: the OpenSSL calls; handshake_key.c: X25519Key;
- * handshake_steps.c: the responder's whole step and the initiator's consume of a response). */
+ * handshake_table.c: PeerTable; handshake_steps.c: the responder's whole step and the
+ * initiator's consume of a response). */
 #ifndef VPN_HANDSHAKE_H
 #define VPN_HANDSHAKE_H
 
@@ -80,10 +81,31 @@ extern PyTypeObject X25519KeyType;
  * or an OpenSSL error set. */
 EVP_PKEY *x25519_key_hold(X25519Key *self);
 
+/* ----- handshake_table.c: PeerTable, the peers the responder's step looks up ----------- */
+
+struct known_peer {
+    uint8_t public[KEY_LEN], ss[KEY_LEN], psk[KEY_LEN];
+    int has_ss; /* 0: a low-order key, or no private key */
+    Py_ssize_t slot;
+};
+
+typedef struct {
+    PyObject_HEAD
+    struct known_peer *peers; /* sorted by public key; never written after it is built */
+    Py_ssize_t count;
+} PeerTable;
+
+extern PyTypeObject PeerTableType;
+/* The peer with this static key, or NULL; any thread, no GIL needed. */
+const struct known_peer *peer_table_find(const PeerTable *table,
+                                         const uint8_t public[KEY_LEN]);
+
 /* ----- handshake_steps.c --------------------------------------------------------------- */
 
 PyObject *py_respond(PyObject *module, PyObject *args);
 extern const char respond_doc[];
+PyObject *py_respond_known(PyObject *module, PyObject *args);
+extern const char respond_known_doc[];
 PyObject *py_consume_response(PyObject *module, PyObject *args);
 extern const char consume_response_doc[];
 

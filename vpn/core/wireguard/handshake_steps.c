@@ -27,7 +27,8 @@
 /* How a step or half ended: 1-4 are the message's fault (noise.py maps them to drop
  * reasons), STEP_FAILED is OpenSSL's. */
 enum { STEP_DONE = 0, STEP_LOW_ORDER = 1, STEP_BAD_STATIC = 2, STEP_BAD_TIMESTAMP = 3,
-       STEP_BAD_RESPONSE = 4, STEP_FAILED = -1 };
+       STEP_BAD_RESPONSE = 4, STEP_UNKNOWN_PEER = 5, STEP_LOW_ORDER_PEER = 6,
+       STEP_FAILED = -1 };
 
 struct step {
     uint8_t ck[HASH_LEN], h[HASH_LEN], shared[KEY_LEN], kdf_out[KDF_MAX][HASH_LEN];
@@ -230,6 +231,71 @@ PyObject *py_respond(PyObject *Py_UNUSED(m), PyObject *args)
     Py_END_ALLOW_THREADS
     result = step == STEP_DONE ? answered(&s) : failed(step);
 done:
+    OPENSSL_cleanse(&s, sizeof s);
+    return result;
+}
+
+/* ----- the responder's step over a PeerTable: the GIL released once ------------------- */
+
+/* Both halves, the peer looked up in `table` between them. */
+static int respond_in_table(struct step *s, EVP_PKEY *static_key, const PeerTable *table,
+                            Py_ssize_t *slot)
+{
+    const struct known_peer *peer;
+    int step = open_static(s, static_key);
+
+    if (step != STEP_DONE)
+        return step;
+    if (!(peer = peer_table_find(table, s->remote_static)))
+        return STEP_UNKNOWN_PEER;
+    if (!peer->has_ss)
+        return STEP_LOW_ORDER_PEER;
+    memcpy(s->ss, peer->ss, KEY_LEN);
+    memcpy(s->psk, peer->psk, KEY_LEN);
+    *slot = peer->slot;
+    return answer(s);
+}
+
+const char respond_known_doc[] =
+"respond_known(static, table, chaining_key, hash, ephemeral, sealed_static,\n"
+"              sealed_timestamp, ephemeral_private, /) -> tuple[int, tuple[bytes, ...]] | int\n\n"
+"respond's step with the peer found in a PeerTable, the GIL released once;\n"
+"ephemeral_private is the new ephemeral's private key, or None to draw one from OpenSSL's\n"
+"RAND. Returns the peer's slot and respond's nine results, or respond's codes, 5 (no peer\n"
+"has the static key) or 6 (the peer's static-static secret is missing: a low-order key).";
+
+PyObject *py_respond_known(PyObject *Py_UNUSED(m), PyObject *args)
+{
+    X25519Key *static_obj;
+    PeerTable *table;
+    Py_buffer ck, h, e, sealed_static, sealed_timestamp, ephemeral = {0};
+    PyObject *result = NULL;
+    EVP_PKEY *key = NULL;
+    Py_ssize_t slot = -1;
+    struct step s;
+    int ok, step;
+
+    if (!PyArg_ParseTuple(args, "O!O!y*y*y*y*y*z*:respond_known", &X25519KeyType, &static_obj,
+                          &PeerTableType, &table, &ck, &h, &e, &sealed_static,
+                          &sealed_timestamp, &ephemeral))
+        return NULL;
+    ok = take(&ck, s.ck, HASH_LEN, "the chaining key", 1);
+    ok = take(&h, s.h, HASH_LEN, "the hash", ok);
+    ok = take(&e, s.remote_ephemeral, KEY_LEN, "the ephemeral key", ok);
+    s.static_len_ok = take_sealed(&sealed_static, s.sealed_static, STATIC_SEALED);
+    s.timestamp_len_ok = take_sealed(&sealed_timestamp, s.sealed_timestamp, TIMESTAMP_SEALED);
+    s.draw_ephemeral = ephemeral.buf == NULL; /* None: nothing to release */
+    if (!s.draw_ephemeral)
+        ok = take(&ephemeral, s.ephemeral_private, KEY_LEN, "the ephemeral key", ok);
+    if (ok && (key = x25519_key_hold(static_obj))) {
+        Py_INCREF(table); /* its entries outlive the step, whatever Python swaps meanwhile */
+        Py_BEGIN_ALLOW_THREADS
+        step = respond_in_table(&s, key, table, &slot);
+        EVP_PKEY_free(key);
+        Py_END_ALLOW_THREADS
+        Py_DECREF(table);
+        result = step == STEP_DONE ? Py_BuildValue("(nN)", slot, answered(&s)) : failed(step);
+    }
     OPENSSL_cleanse(&s, sizeof s);
     return result;
 }

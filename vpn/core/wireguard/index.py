@@ -9,6 +9,7 @@ owns it and hands it to every peer.
 
 from __future__ import annotations
 
+import os
 from array import array
 from bisect import bisect_left, insort
 from collections.abc import Callable
@@ -17,6 +18,29 @@ from typing import Generic, TypeVar
 from .keypair import Keypair
 
 P = TypeVar("P")  # the peer type: the table only stores it
+
+
+class RandomPages:
+    """Random bytes drawn a page at a time (os.urandom by default) and handed out in slices:
+    a hub answering thousands of initiations a second takes a new index for each on the
+    loop's thread, and every os.urandom call hands the GIL back and waits to take it again.
+    For indexes only, which go on the wire in the clear: no secret waits in the page."""
+
+    __slots__ = ("_at", "_page", "_page_size", "_source")
+
+    def __init__(self, source: Callable[[int], bytes] = os.urandom,
+                 page_size: int = 4096) -> None:
+        self._source = source
+        self._page_size = page_size
+        self._page = b""
+        self._at = 0
+
+    def __call__(self, size: int) -> bytes:
+        at = self._at
+        if at + size > len(self._page):
+            self._page, at = self._source(max(self._page_size, size)), 0
+        self._at = at + size
+        return self._page[at:at + size]
 
 
 class IndexTable(Generic[P]):

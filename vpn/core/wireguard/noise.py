@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from vpn.core.drops import Drop
@@ -26,7 +26,9 @@ from .crypto import (
     kdf1,
     kdf2,
     kdf3,
+    known_peers_table,
     responder_step,
+    responder_step_known,
 )
 from .messages import Initiation, MessageError, Response
 
@@ -304,7 +306,14 @@ def _response_keys(
 
 # The native steps' codes of where a message failed (handshake_steps.c).
 _STEP_DROPS = {1: Drop.LOW_ORDER_EPHEMERAL, 2: Drop.BAD_STATIC_AUTH, 3: Drop.BAD_TIMESTAMP_AUTH,
-               4: Drop.BAD_RESPONSE_AUTH}
+               4: Drop.BAD_RESPONSE_AUTH, 5: Drop.UNKNOWN_PEER, 6: Drop.LOW_ORDER_PEER_KEY}
+
+
+def _answer(msg: Initiation, hs: Handshake, psk: bytes, out: tuple[bytes, ...]) -> Answer:
+    """An Answer from a native responder step's nine results."""
+    _, timestamp, ck, h, e_pub, enc_nothing, key1, key2, final_hash = out
+    read = InitiationRead(hs, msg.ephemeral, msg.sender_index, timestamp, ck, h)
+    return Answer(read, psk, e_pub, enc_nothing, (key1, key2), final_hash)
 
 
 def answer_initiation(
@@ -338,10 +347,52 @@ def answer_initiation(
         return answer_initiation_in_python(identity, msg, lookup_peer, new_ephemeral)
     if isinstance(out, int):
         raise HandshakeError(_STEP_DROPS[out])
-    _, timestamp, ck, h, e_pub, enc_nothing, key1, key2, final_hash = out
     hs, psk = found[0]
-    read = InitiationRead(hs, msg.ephemeral, msg.sender_index, timestamp, ck, h)
-    return Answer(read, psk, e_pub, enc_nothing, (key1, key2), final_hash)
+    return _answer(msg, hs, psk, out)
+
+
+class KnownPeers:
+    """The peers a responder knows, frozen when built: their handshakes by static key and,
+    on the native path, the table (handshake_table.c) that the whole responder step looks
+    them up in without the GIL, with each one's ss and psk as they were. The device builds
+    a new one when the peer set, a psk or the private key changes; one in use meanwhile is
+    harmless: accept_answer refuses an answer whose handshake was replaced or whose psk
+    changed, as for the two-half step."""
+
+    __slots__ = ("_psks", "_slots", "_table", "handshakes")
+
+    def __init__(self, handshakes: Iterable[Handshake]) -> None:
+        self._slots = tuple(handshakes)
+        self._psks = tuple(hs.psk for hs in self._slots)
+        self.handshakes = {hs.remote_static: hs for hs in self._slots}
+        self._table = known_peers_table([(hs.remote_static, hs.precomputed_ss, psk)
+                                         for hs, psk in zip(self._slots, self._psks, strict=True)])
+
+    def __repr__(self) -> str:
+        return f"KnownPeers({len(self._slots)} peers)"
+
+
+def answer_known(
+    identity: StaticIdentity,
+    msg: Initiation,
+    known: KnownPeers,
+    new_ephemeral: Callable[[], bytes] | None,
+) -> Answer:
+    """answer_initiation over the peers of `known`: one native call that releases the GIL
+    once (the peer found in C between the halves, where answer_initiation's lookup hands
+    the GIL back to run Python), else answer_initiation over its handshakes. The new
+    ephemeral, when `new_ephemeral` gives it, is drawn before the step (the tests' seeded
+    keys): a message that fails still uses one."""
+    table = known._table
+    if table is None:
+        return answer_initiation(identity, msg, known.handshakes.get, new_ephemeral)
+    out = responder_step_known(identity.private, table, INITIAL_CHAIN_KEY,
+                               identity.responder_hash, msg.ephemeral, msg.encrypted_static,
+                               msg.encrypted_timestamp, new_ephemeral and new_ephemeral())
+    if isinstance(out, int):
+        raise HandshakeError(_STEP_DROPS[out])
+    slot, results = out
+    return _answer(msg, known._slots[slot], known._psks[slot], results)
 
 
 def answer_initiation_in_python(

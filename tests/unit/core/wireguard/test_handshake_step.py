@@ -1,7 +1,8 @@
 """The native Noise steps (handshake_steps.c) against their Python compositions: the
-responder's (noise.answer_initiation over _handshake.respond, against
-answer_initiation_in_python) and the initiator's consume of a response (noise.read_response
-over _handshake.consume_response, against read_response_in_python).
+responder's (noise.answer_initiation over _handshake.respond, and noise.answer_known over
+_handshake.respond_known and a PeerTable, against answer_initiation_in_python) and the
+initiator's consume of a response (noise.read_response over _handshake.consume_response,
+against read_response_in_python).
 
 Each property gives both the same message, valid or hostile (a flipped bit in any field, a
 low-order ephemeral, sealed fields of other lengths, an unknown peer, a peer whose key is
@@ -42,6 +43,9 @@ class Case:
     peers: dict[bytes, n.Handshake]
     msg: Initiation
     ephemeral: bytes  # the responder's new ephemeral's private key
+    # The table answer_known looks the peer up in: built from `peers` when the case is
+    # worked, unless a test built it earlier (a peer removed or a psk changed since).
+    known: n.KnownPeers | None = None
 
 
 def _case(initiator: bytes, responder: bytes, psk: bytes | None, ephemeral: bytes,
@@ -73,9 +77,17 @@ def test_the_native_step_is_the_one_in_use() -> None:
     assert crypto.NATIVE.native
 
 
+def _known_path(case: Case) -> Callable[..., n.Answer]:
+    known = case.known if case.known is not None else n.KnownPeers(case.peers.values())
+    return lambda identity, msg, _lookup, new_ephemeral: n.answer_known(
+        identity, msg, known, new_ephemeral)
+
+
 def _same(case: Case) -> tuple[object, ...]:
+    """The two-half native step, the one-call step over a table and the Python path agree."""
     native = _outcome(n.answer_initiation, case)
     assert native == _outcome(n.answer_initiation_in_python, case)
+    assert native == _outcome(_known_path(case), case)
     return native
 
 
@@ -127,6 +139,56 @@ def test_unknown_and_low_order_peers_are_rejected_alike(case: Case) -> None:
     assert _same(case) == ("rejected", "low_order_peer_key")
 
 
+@settings(PROPERTY, max_examples=examples(100))
+@given(case=cases, others=st.lists(st.tuples(key32, st.one_of(st.none(), key32)), max_size=40),
+       low_order=st.sets(st.integers(0, 39)))
+def test_the_table_finds_the_peer_among_others(
+        case: Case, others: list[tuple[bytes, bytes | None]], low_order: set[int]) -> None:
+    """Random other peers (some with low-order keys: no ss) around the sender: the table
+    gives the sender's handshake and psk, as the lookup does."""
+    (sender, hs), = case.peers.items()
+    for i, (public, psk) in enumerate(others):
+        if public != sender and public != case.responder.public:
+            other = n.Handshake(case.responder, public, psk)
+            if i in low_order:
+                other.precomputed_ss = None
+            case.peers[public] = other
+    outcome = _same(case)
+    assert outcome[0] is hs
+
+
+def test_a_table_built_before_a_change_answers_with_what_it_held() -> None:
+    """A peer removed from the device or its psk changed after the table was built: the
+    answer is made with the table's handshake and psk, which accept_answer then refuses
+    (the device drops it as handshake_peer_changed)."""
+    case = _case(bytes(range(32)), bytes(range(1, 33)), bytes(32), bytes(range(2, 34)),
+                 bytes(range(3, 35)), bytes(12), 7)
+    (public, hs), = case.peers.items()
+    known = n.KnownPeers(case.peers.values())
+    del case.peers[public]
+    hs.psk = bytes([1]) * 32
+    answer = _known_path(Case(case.responder, {}, case.msg, case.ephemeral, known))(
+        case.responder, case.msg, None, lambda: case.ephemeral)
+    assert answer.read.handshake is hs and answer.psk == bytes(32)
+    with pytest.raises(n.HandshakeError, match="handshake_peer_changed"):
+        n.accept_answer(hs, answer, lambda: 1, now=1.0)
+
+
+@pytest.mark.parametrize("entries", [
+    [(bytes(32), None, bytes(32))] * 2,  # a key twice
+    [(bytes(31), None, bytes(32))], [(bytes(32), bytes(33), bytes(32))],
+    [(bytes(32), None, bytes(16))]], ids=["twice", "short-key", "long-ss", "short-psk"])
+def test_a_bad_table_entry_raises_value_error(entries: list[tuple[bytes, bytes | None,
+                                                                  bytes]]) -> None:
+    with pytest.raises(ValueError):
+        crypto.known_peers_table(entries)
+
+
+def test_a_table_entry_not_a_tuple_raises_type_error() -> None:
+    with pytest.raises(TypeError):
+        crypto.known_peers_table([[bytes(32), None, bytes(32)]])  # type: ignore[list-item]
+
+
 def test_a_wiped_static_key_raises_key_wiped_alike() -> None:
     case = _case(bytes(range(32)), bytes(range(1, 33)), None, bytes(range(2, 34)),
                  bytes(range(3, 35)), bytes(12), 7)
@@ -165,8 +227,9 @@ def test_a_lookup_error_propagates() -> None:
 
 
 def test_threads_agree() -> None:
-    """Two threads answering initiations and reading responses at once, with one static key
-    for each role (each step holds its own reference to it), get what one thread does."""
+    """Two threads answering initiations (by both responder steps, the one-call one over one
+    shared PeerTable) and reading responses at once, with one static key for each role (each
+    step holds its own reference to it), get what one thread does."""
     cases = [_case(bytes([i]) * 32, bytes(range(32)), None, bytes([i + 1]) * 32,
                    bytes([i + 2]) * 32, bytes(12), i) for i in range(2, 22)]
     responder = cases[0].responder
@@ -175,8 +238,12 @@ def test_threads_agree() -> None:
     reads = [_response_case(bytes(range(32)), bytes([i]) * 32, None, None,
                             bytes([i + 1]) * 32, bytes([i + 2]) * 32) for i in range(2, 22)]
 
+    known_path = _known_path(Case(responder, {}, cases[0].msg, b"", n.KnownPeers(
+        hs for case in cases for hs in case.peers.values())))
+
     def outcomes() -> list[tuple[object, ...]]:
         return ([_outcome(n.answer_initiation, case) for case in cases]
+                + [_outcome(known_path, case) for case in cases]
                 + [_read(n.read_response, case) for case in reads])
 
     expected = outcomes()
@@ -188,6 +255,33 @@ def test_threads_agree() -> None:
         t.join()
     assert results == [expected, expected]
 
+
+
+def test_tables_swapped_while_threads_answer() -> None:
+    """Threads answer over whichever table is current while the main thread swaps in new
+    ones and drops the old: a step in flight keeps its table alive (ASan and TSan check)."""
+    cases = [_case(bytes([i]) * 32, bytes(range(32)), bytes([i]) * 32, bytes([i + 1]) * 32,
+                   bytes([i + 2]) * 32, bytes(12), i) for i in range(2, 12)]
+    responder = cases[0].responder
+    peers = {k: hs for case in cases for k, hs in case.peers.items()}
+    current = [n.KnownPeers(peers.values())]
+    expected = [_outcome(_known_path(Case(responder, {}, c.msg, b"", current[0])), c)
+                for c in cases]
+    results: list[list[tuple[object, ...]]] = [[], []]
+
+    def work(out: list[tuple[object, ...]]) -> None:
+        for _ in range(5):
+            out.append(tuple(_outcome(_known_path(Case(responder, {}, c.msg, b"", current[0])),
+                                      c) for c in cases))
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in results]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        current[0] = n.KnownPeers(peers.values())  # the old one freed once no step holds it
+    for t in threads:
+        t.join()
+    assert results == [[tuple(expected)] * 5] * 2
 
 
 @dataclass

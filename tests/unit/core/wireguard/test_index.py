@@ -9,7 +9,7 @@ from array import array
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vpn.core.wireguard.index import IndexTable
+from vpn.core.wireguard.index import IndexTable, RandomPages
 from vpn.core.wireguard.keypair import Keypair
 from vpn.core.wireguard.noise import SessionKeys
 
@@ -50,3 +50,42 @@ def test_keypair_indexes_are_every_keypairs_sorted(sequence: list, rng: object) 
         for kps in held.values():
             for kp in kps:
                 assert table.session(kp.local_index) is not None
+
+
+@settings(max_examples=100)
+@given(sizes=st.lists(st.integers(0, 40), max_size=200), page_size=st.integers(1, 64))
+def test_random_pages_hand_out_each_page_in_order(sizes: list[int], page_size: int) -> None:
+    """Each draw is the next slice of the current page; a new page only when the draw does
+    not fit in what is left (one of the draw's size when it is larger than a page)."""
+    pages: list[bytes] = []
+
+    def source(size: int) -> bytes:  # page k is all k: which page a draw came from shows
+        pages.append(bytes([len(pages) % 256]) * size)
+        return pages[-1]
+
+    draw = RandomPages(source, page_size)
+    page, used = -1, 0
+    for size in sizes:
+        got = draw(size)
+        assert len(got) == size
+        if size == 0:
+            continue
+        if page < 0 or used + size > len(pages[page]):
+            page, used = page + 1, 0
+            assert len(pages[page]) == max(page_size, size)
+        assert got == pages[page][used:used + size]
+        used += size
+    assert len(pages) == page + 1
+
+
+def test_random_pages_call_the_source_once_a_page() -> None:
+    calls: list[int] = []
+
+    def source(size: int) -> bytes:
+        calls.append(size)
+        return bytes(size)
+
+    draw = RandomPages(source, 4096)
+    for _ in range(2048):
+        draw(4)
+    assert calls == [4096, 4096]
