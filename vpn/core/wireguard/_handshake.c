@@ -211,7 +211,6 @@ static PyMethodDef handshake_methods[] = {
     {"xopen", py_xopen, METH_VARARGS, xopen_doc},
     {"hchacha20", py_hchacha20, METH_VARARGS, hchacha20_doc},
     {"kdf", py_kdf, METH_VARARGS, kdf_doc},
-    {"respond", py_respond, METH_VARARGS, respond_doc},
     {"respond_known", py_respond_known, METH_VARARGS, respond_known_doc},
     {"consume_response", py_consume_response, METH_VARARGS, consume_response_doc},
     {NULL, NULL, 0, NULL},

@@ -2,7 +2,7 @@
 the Noise steps with Diffie-Hellmans; the references are crypto_reference.py and noise.py's Python
 path). Functions take their arguments by position only; wrong lengths raise ValueError."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import final
 
 from _typeshed import ReadableBuffer
@@ -50,26 +50,17 @@ def hchacha20(key: ReadableBuffer, nonce: ReadableBuffer, /) -> bytes:
 def kdf(key: ReadableBuffer, data: ReadableBuffer, outputs: int, /) -> tuple[bytes, ...]:
     """WireGuard's KDF (HMAC-BLAKE2s): its first `outputs` (1 to 3) 32-byte keys; any other
     count raises ValueError."""
-def respond(static: X25519Key, chaining_key: ReadableBuffer, hash: ReadableBuffer,
-            ephemeral: ReadableBuffer, sealed_static: ReadableBuffer,
-            sealed_timestamp: ReadableBuffer,
-            lookup: Callable[[bytes],
-                             tuple[ReadableBuffer, ReadableBuffer, ReadableBuffer | None]],
-            /) -> tuple[bytes, ...] | int:
-    """The responder's step over an initiation's fields: (remote_static, timestamp, chaining
-    key, hash after the initiation, the new ephemeral's public key, the empty AEAD, transport
-    key 1, transport key 2, final hash), or 1 (a low-order point), 2 (the static key does not
-    open), 3 (the timestamp does not open). `lookup` runs between the halves and gives the
-    peer's ss and psk and the new ephemeral's private key (None: drawn from OpenSSL's RAND);
-    its exceptions propagate."""
 def respond_known(static: X25519Key, table: PeerTable, chaining_key: ReadableBuffer,
                   hash: ReadableBuffer, ephemeral: ReadableBuffer,
                   sealed_static: ReadableBuffer, sealed_timestamp: ReadableBuffer,
                   ephemeral_private: ReadableBuffer | None, /
                   ) -> tuple[int, tuple[bytes, ...]] | int:
-    """respond's step with the peer found in `table`, the GIL released once: the peer's slot
-    and respond's nine results, or respond's codes, 5 (no peer has the static key) or 6 (the
-    peer has no ss: a low-order key). `ephemeral_private` None: drawn from OpenSSL's RAND."""
+    """The responder's step over an initiation's fields, the peer found in `table`, the GIL
+    released once: the peer's slot and (remote_static, timestamp, chaining key, hash after
+    the initiation, the new ephemeral's public key, the empty AEAD, transport key 1,
+    transport key 2, final hash), or 1 (a low-order point), 2 (the static key does not
+    open), 3 (the timestamp does not open), 5 (no peer has the static key) or 6 (the peer
+    has no ss: a low-order key). `ephemeral_private` None: drawn from OpenSSL's RAND."""
 def consume_response(static: X25519Key, ephemeral: X25519Key, chaining_key: ReadableBuffer,
                      hash: ReadableBuffer, psk: ReadableBuffer,
                      remote_ephemeral: ReadableBuffer, sealed_nothing: ReadableBuffer,

@@ -46,7 +46,6 @@ __all__ = [
     "known_peers_table",
     "mac",
     "responder_step",
-    "responder_step_known",
     "tai64n",
     "xaead_decrypt",
     "xaead_encrypt",
@@ -80,16 +79,14 @@ else:
 
 # The Noise steps with DHs in one native call each (handshake_steps.c), None on the Python
 # path: noise.py composes the steps from the primitives then.
-_respond: Callable[..., tuple[bytes, ...] | int] | None = None
 _consume_response: Callable[..., tuple[bytes, ...] | int] | None = None
 _respond_known: Callable[..., tuple[int, tuple[bytes, ...]] | int] | None = None
 _PeerTable: Callable[[list[tuple[bytes, bytes | None, bytes]]], object] | None = None
 if NATIVE.native:
     from ._handshake import PeerTable as _NativePeerTable
     from ._handshake import consume_response as _native_consume_response
-    from ._handshake import respond as _native_respond
     from ._handshake import respond_known as _native_respond_known
-    _respond, _consume_response = _native_respond, _native_consume_response
+    _consume_response = _native_consume_response
     _respond_known, _PeerTable = _native_respond_known, _NativePeerTable
 
 _blake2s = hashlib.blake2s
@@ -178,35 +175,20 @@ def dh(private: PrivateKey, public: bytes) -> bytes:
     return shared
 
 
-def responder_step(
-    static: PrivateKey, chaining_key: bytes, hash_: bytes, ephemeral: bytes,
-    sealed_static: bytes, sealed_timestamp: bytes,
-    lookup: Callable[[bytes], tuple[bytes, bytes, bytes | None]],
-) -> tuple[bytes, ...] | int | None:
-    """The responder's step in one native call (handshake_steps.c), the GIL released once
-    a half: its nine results, the code of where the message failed (1 a low-order point, 2
-    the static key, 3 the timestamp), or None on the Python path. `lookup` runs between the
-    halves: the peer's ss and psk and a new ephemeral private key (None: OpenSSL draws one)
-    for the static key opened, or it raises. KeyWiped when the static key was wiped."""
-    if _respond is None:
-        return None
-    return _respond(static._key, chaining_key, hash_, ephemeral, sealed_static,
-                    sealed_timestamp, lookup)
-
-
 def known_peers_table(entries: list[tuple[bytes, bytes | None, bytes]]) -> object | None:
     """The native PeerTable of (public key, ss or None, psk) entries, each one's slot its
     position (ValueError for a key given twice), or None on the Python path."""
     return None if _PeerTable is None else _PeerTable(entries)
 
 
-def responder_step_known(
+def responder_step(
     static: PrivateKey, table: object, chaining_key: bytes, hash_: bytes, ephemeral: bytes,
     sealed_static: bytes, sealed_timestamp: bytes, ephemeral_private: bytes | None,
 ) -> tuple[int, tuple[bytes, ...]] | int:
-    """responder_step with the peer found in a known_peers_table, the GIL released once:
-    the peer's slot and the nine results, or the code of where the message failed
-    (responder_step's, 5 an unknown peer, 6 a peer whose key is low-order).
+    """The responder's step in one native call (handshake_steps.c), the peer found in a
+    known_peers_table, the GIL released once: the peer's slot and the nine results, or the
+    code of where the message failed (1 a low-order point, 2 the static key, 3 the
+    timestamp, 5 an unknown peer, 6 a peer whose key is low-order).
     `ephemeral_private` None: OpenSSL draws the new ephemeral. KeyWiped when the static
     key was wiped. Only with a table (the native path)."""
     assert _respond_known is not None

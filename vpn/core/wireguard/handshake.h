@@ -102,8 +102,6 @@ const struct known_peer *peer_table_find(const PeerTable *table,
 
 /* ----- handshake_steps.c --------------------------------------------------------------- */
 
-PyObject *py_respond(PyObject *module, PyObject *args);
-extern const char respond_doc[];
 PyObject *py_respond_known(PyObject *module, PyObject *args);
 extern const char respond_known_doc[];
 PyObject *py_consume_response(PyObject *module, PyObject *args);

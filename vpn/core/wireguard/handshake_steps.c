@@ -1,14 +1,12 @@
-/* The Noise steps with Diffie-Hellmans, each in one call. First the responder's whole step
- * (noise.py's answer_initiation): consume an initiation (DH es, open the static key, the
- * peer's ss, open the timestamp) and create the response (a new ephemeral key, DH ee and se,
- * the psk, the empty AEAD, the transport keys), the GIL released once for each half. Between
- * the halves the caller's `lookup` runs with the GIL (the peer is known only once its static
- * key is open): it gives the peer's ss and psk and the new ephemeral's private key (None:
- * drawn here, from OpenSSL's RAND), or raises. The ephemeral key is made, used and freed
- * (OpenSSL cleanses it) in the second half: only its public half leaves. Then the initiator's
- * consume of the response (noise.py's read_response), the GIL released once. The Noise IK
- * steps are the whitepaper's, as in noise.py's Python path, which tests prove these equal to;
- * OpenSSL does every primitive.
+/* The Noise steps with Diffie-Hellmans, each in one call, the GIL released once. First the
+ * responder's whole step (noise.py's answer_known): consume an initiation (DH es, open the
+ * static key, find the peer in a PeerTable by it (handshake_table.c: its ss and psk), open
+ * the timestamp) and create the response (a new ephemeral key, given or drawn here from
+ * OpenSSL's RAND, DH ee and se, the psk, the empty AEAD, the transport keys). The ephemeral
+ * key is made, used and freed (OpenSSL cleanses it) inside the step: only its public half
+ * leaves. Then the initiator's consume of the response (noise.py's read_response). The
+ * Noise IK steps are the whitepaper's, as in noise.py's Python path, which tests prove these
+ * equal to; OpenSSL does every primitive.
  *
  * Every input and intermediate secret lives in one struct on this thread's stack, wiped with
  * OPENSSL_cleanse on every path; Python gets only what the Python path keeps.
@@ -148,22 +146,6 @@ static int take_sealed(Py_buffer *b, uint8_t *to, Py_ssize_t len)
     return ok;
 }
 
-/* What lookup returned: (ss, psk, the ephemeral's private key or None). Whether it was. */
-static int take_peer(struct step *s, PyObject *found)
-{
-    Py_buffer ss, psk, ephemeral = {0};
-    int ok;
-
-    if (!PyArg_ParseTuple(found, "y*y*z*:lookup's result", &ss, &psk, &ephemeral))
-        return 0;
-    ok = take(&ss, s->ss, KEY_LEN, "the ss", 1);
-    ok = take(&psk, s->psk, KEY_LEN, "the psk", ok);
-    s->draw_ephemeral = ephemeral.buf == NULL; /* None: nothing to release */
-    if (s->draw_ephemeral)
-        return ok;
-    return take(&ephemeral, s->ephemeral_private, KEY_LEN, "the ephemeral key", ok);
-}
-
 /* A step that did not finish: its drop code, or NULL with an exception. */
 static PyObject *failed(int step)
 {
@@ -180,59 +162,6 @@ static PyObject *answered(const struct step *s)
                          (Py_ssize_t)TAG_LEN, s->transport[0],
                          (Py_ssize_t)HASH_LEN, s->transport[1], (Py_ssize_t)HASH_LEN, s->h,
                          (Py_ssize_t)HASH_LEN);
-}
-
-const char respond_doc[] =
-"respond(static, chaining_key, hash, ephemeral, sealed_static, sealed_timestamp, lookup, /)\n"
-"-> tuple[bytes, ...] | int\n\n"
-"The responder's step over an initiation's three fields, from the first chaining key and\n"
-"the responder's first hash; lookup(remote_static) -> (ss, psk, a new ephemeral private\n"
-"key, or None to draw one from OpenSSL's RAND) runs between the halves. Returns\n"
-"(remote_static, timestamp, chaining_key, hash after the initiation, the ephemeral's\n"
-"public key, the empty AEAD, transport key 1, transport key 2, final hash), or 1 (a\n"
-"low-order point), 2 (the static key does not open), 3 (the timestamp does not open; a\n"
-"sealed field of another length does not).";
-
-PyObject *py_respond(PyObject *Py_UNUSED(m), PyObject *args)
-{
-    X25519Key *static_obj;
-    Py_buffer ck, h, e, sealed_static, sealed_timestamp;
-    PyObject *lookup, *found, *result = NULL;
-    EVP_PKEY *key = NULL;
-    struct step s;
-    int ok, step = STEP_FAILED;
-
-    if (!PyArg_ParseTuple(args, "O!y*y*y*y*y*O:respond", &X25519KeyType, &static_obj, &ck, &h,
-                          &e, &sealed_static, &sealed_timestamp, &lookup))
-        return NULL;
-    ok = take(&ck, s.ck, HASH_LEN, "the chaining key", 1);
-    ok = take(&h, s.h, HASH_LEN, "the hash", ok);
-    ok = take(&e, s.remote_ephemeral, KEY_LEN, "the ephemeral key", ok);
-    s.static_len_ok = take_sealed(&sealed_static, s.sealed_static, STATIC_SEALED);
-    s.timestamp_len_ok = take_sealed(&sealed_timestamp, s.sealed_timestamp, TIMESTAMP_SEALED);
-    if (!ok || !(key = x25519_key_hold(static_obj)))
-        goto done;
-    Py_BEGIN_ALLOW_THREADS
-    step = open_static(&s, key);
-    EVP_PKEY_free(key);
-    Py_END_ALLOW_THREADS
-    key = NULL;
-    if (step != STEP_DONE) {
-        result = failed(step);
-        goto done;
-    }
-    found = PyObject_CallFunction(lookup, "y#", s.remote_static, (Py_ssize_t)KEY_LEN);
-    ok = found && take_peer(&s, found);
-    Py_XDECREF(found);
-    if (!ok)
-        goto done;
-    Py_BEGIN_ALLOW_THREADS
-    step = answer(&s);
-    Py_END_ALLOW_THREADS
-    result = step == STEP_DONE ? answered(&s) : failed(step);
-done:
-    OPENSSL_cleanse(&s, sizeof s);
-    return result;
 }
 
 /* ----- the responder's step over a PeerTable: the GIL released once ------------------- */
@@ -259,10 +188,14 @@ static int respond_in_table(struct step *s, EVP_PKEY *static_key, const PeerTabl
 const char respond_known_doc[] =
 "respond_known(static, table, chaining_key, hash, ephemeral, sealed_static,\n"
 "              sealed_timestamp, ephemeral_private, /) -> tuple[int, tuple[bytes, ...]] | int\n\n"
-"respond's step with the peer found in a PeerTable, the GIL released once;\n"
+"The responder's step over an initiation's three fields, from the first chaining key and\n"
+"the responder's first hash, the peer found in a PeerTable, the GIL released once;\n"
 "ephemeral_private is the new ephemeral's private key, or None to draw one from OpenSSL's\n"
-"RAND. Returns the peer's slot and respond's nine results, or respond's codes, 5 (no peer\n"
-"has the static key) or 6 (the peer's static-static secret is missing: a low-order key).";
+"RAND. Returns the peer's slot and (remote_static, timestamp, chaining_key, hash after the\n"
+"initiation, the ephemeral's public key, the empty AEAD, transport key 1, transport key 2,\n"
+"final hash), or 1 (a low-order point), 2 (the static key does not open), 3 (the timestamp\n"
+"does not open; a sealed field of another length does not), 5 (no peer has the static\n"
+"key) or 6 (the peer's static-static secret is missing: a low-order key).";
 
 PyObject *py_respond_known(PyObject *Py_UNUSED(m), PyObject *args)
 {

@@ -1,7 +1,7 @@
 /* PeerTable: the device's peers as the responder's step needs them, looked up in C by the
- * static key it opens, so that the whole step runs with the GIL released once (the two-half
- * `respond` hands it back between the halves to ask Python; taking it back waits for the
- * loop's thread). Each entry is a peer's static public key, its precomputed static-static
+ * static key it opens, so that the whole step runs with the GIL released once (a lookup in
+ * Python between the halves handed it back, and taking it back waited for the loop's
+ * thread: a third of the workers' time under a flood). Each entry is a peer's static public key, its precomputed static-static
  * secret (or none: a low-order key, or no private key), its preshared key and the slot
  * Python maps back to its Peer.
  *

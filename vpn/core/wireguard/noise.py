@@ -28,7 +28,6 @@ from .crypto import (
     kdf3,
     known_peers_table,
     responder_step,
-    responder_step_known,
 )
 from .messages import Initiation, MessageError, Response
 
@@ -316,48 +315,13 @@ def _answer(msg: Initiation, hs: Handshake, psk: bytes, out: tuple[bytes, ...]) 
     return Answer(read, psk, e_pub, enc_nothing, (key1, key2), final_hash)
 
 
-def answer_initiation(
-    identity: StaticIdentity,
-    msg: Initiation,
-    lookup_peer: Callable[[bytes], Handshake | None],
-    new_ephemeral: Callable[[], bytes] | None,
-) -> Answer:
-    """An initiation read and answered, as one pure function of its inputs: the worker's
-    part. The peer's psk is read once, here; `new_ephemeral` gives the private key of the
-    response's ephemeral (None: fresh random bytes, drawn where the key is made). One
-    native call when the handshake module is built (the GIL released once a half, no Python
-    between the primitives, the ephemeral key made and wiped inside), else the Python path
-    (answer_initiation_in_python, which tests hold the native step to)."""
-    found: list[tuple[Handshake, bytes]] = []
-
-    def peer_secrets(remote_static: bytes) -> tuple[bytes, bytes, bytes | None]:
-        hs = lookup_peer(remote_static)
-        if hs is None:
-            raise HandshakeError(Drop.UNKNOWN_PEER)
-        ss = hs.precomputed_ss  # read once: the loop may replace the handshake meanwhile
-        if ss is None:
-            raise HandshakeError(Drop.LOW_ORDER_PEER_KEY)
-        found.append((hs, hs.psk))
-        return ss, found[0][1], new_ephemeral and new_ephemeral()
-
-    out = responder_step(identity.private, INITIAL_CHAIN_KEY, identity.responder_hash,
-                         msg.ephemeral, msg.encrypted_static, msg.encrypted_timestamp,
-                         peer_secrets)
-    if out is None:
-        return answer_initiation_in_python(identity, msg, lookup_peer, new_ephemeral)
-    if isinstance(out, int):
-        raise HandshakeError(_STEP_DROPS[out])
-    hs, psk = found[0]
-    return _answer(msg, hs, psk, out)
-
-
 class KnownPeers:
     """The peers a responder knows, frozen when built: their handshakes by static key and,
     on the native path, the table (handshake_table.c) that the whole responder step looks
     them up in without the GIL, with each one's ss and psk as they were. The device builds
     a new one when the peer set, a psk or the private key changes; one in use meanwhile is
     harmless: accept_answer refuses an answer whose handshake was replaced or whose psk
-    changed, as for the two-half step."""
+    changed."""
 
     __slots__ = ("_psks", "_slots", "_table", "handshakes")
 
@@ -378,15 +342,16 @@ def answer_known(
     known: KnownPeers,
     new_ephemeral: Callable[[], bytes] | None,
 ) -> Answer:
-    """answer_initiation over the peers of `known`: one native call that releases the GIL
-    once (the peer found in C between the halves, where answer_initiation's lookup hands
-    the GIL back to run Python), else answer_initiation over its handshakes. The new
-    ephemeral, when `new_ephemeral` gives it, is drawn before the step (the tests' seeded
-    keys): a message that fails still uses one."""
+    """An initiation read and answered, as one pure function of its inputs: the worker's
+    part. One native call when the handshake module is built (the GIL released once, the
+    peer found in the table in C, no Python between the primitives, the ephemeral key made
+    and wiped inside), else answer_initiation over `known`'s handshakes, the reference that
+    tests hold the native step to. The new ephemeral, when `new_ephemeral` gives it, is drawn
+    before the step (the tests' seeded keys): a message that fails still uses one."""
     table = known._table
     if table is None:
         return answer_initiation(identity, msg, known.handshakes.get, new_ephemeral)
-    out = responder_step_known(identity.private, table, INITIAL_CHAIN_KEY,
+    out = responder_step(identity.private, table, INITIAL_CHAIN_KEY,
                                identity.responder_hash, msg.ephemeral, msg.encrypted_static,
                                msg.encrypted_timestamp, new_ephemeral and new_ephemeral())
     if isinstance(out, int):
@@ -395,13 +360,15 @@ def answer_known(
     return _answer(msg, known._slots[slot], known._psks[slot], results)
 
 
-def answer_initiation_in_python(
+def answer_initiation(
     identity: StaticIdentity,
     msg: Initiation,
     lookup_peer: Callable[[bytes], Handshake | None],
     new_ephemeral: Callable[[], bytes] | None,
 ) -> Answer:
-    """answer_initiation composed from crypto.py's primitives."""
+    """An initiation read and answered, composed from crypto.py's primitives (answer_known's
+    Python path and reference). The peer's psk is read once, here; `new_ephemeral` gives the
+    private key of the response's ephemeral (None: fresh random bytes)."""
     read = read_initiation(identity, msg, lookup_peer)
     hs = read.handshake
     psk = hs.psk

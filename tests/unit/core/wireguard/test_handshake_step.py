@@ -1,8 +1,7 @@
 """The native Noise steps (handshake_steps.c) against their Python compositions: the
-responder's (noise.answer_initiation over _handshake.respond, and noise.answer_known over
-_handshake.respond_known and a PeerTable, against answer_initiation_in_python) and the
-initiator's consume of a response (noise.read_response over _handshake.consume_response,
-against read_response_in_python).
+responder's (noise.answer_known over _handshake.respond_known and a PeerTable, against
+noise.answer_initiation) and the initiator's consume of a response (noise.read_response over
+_handshake.consume_response, against read_response_in_python).
 
 Each property gives both the same message, valid or hostile (a flipped bit in any field, a
 low-order ephemeral, sealed fields of other lengths, an unknown peer, a peer whose key is
@@ -84,10 +83,9 @@ def _known_path(case: Case) -> Callable[..., n.Answer]:
 
 
 def _same(case: Case) -> tuple[object, ...]:
-    """The two-half native step, the one-call step over a table and the Python path agree."""
-    native = _outcome(n.answer_initiation, case)
-    assert native == _outcome(n.answer_initiation_in_python, case)
-    assert native == _outcome(_known_path(case), case)
+    """The native step over a table and the Python path agree."""
+    native = _outcome(_known_path(case), case)
+    assert native == _outcome(n.answer_initiation, case)
     return native
 
 
@@ -205,8 +203,8 @@ def test_the_initiator_accepts_the_native_response(drawn: bool) -> None:
     hs_a, hs_b = n.Handshake(ia, ib.public), n.Handshake(ib, ia.public)
     msg = n.create_initiation(hs_a, 11, crypto.tai64n(1.7e9), PrivateKey.generate())
     ephemeral = None if drawn else (lambda: bytes(range(32)))
-    answers = [n.answer_initiation(ib, msg, {ia.public: hs_b}.get, ephemeral)
-               for _ in range(2)]
+    known = n.KnownPeers([hs_b])
+    answers = [n.answer_known(ib, msg, known, ephemeral) for _ in range(2)]
     assert (answers[0].ephemeral_public != answers[1].ephemeral_public) == drawn
     response = n.accept_answer(hs_b, answers[0], lambda: 22, now=1.0)
     n.consume_response(response, hs_a)
@@ -214,22 +212,10 @@ def test_the_initiator_accepts_the_native_response(drawn: bool) -> None:
     assert (ka.send_key, ka.recv_key) == (kb.recv_key, kb.send_key)
 
 
-def test_a_lookup_error_propagates() -> None:
-    case = _case(bytes(range(32)), bytes(range(1, 33)), None, bytes(range(2, 34)),
-                 bytes(range(3, 35)), bytes(12), 7)
-
-    def failing(remote_static: bytes) -> n.Handshake | None:
-        raise RuntimeError(remote_static.hex())
-
-    with pytest.raises(RuntimeError):
-        n.answer_initiation(case.responder, case.msg, failing, lambda: bytes(32))
-    assert crypto.dh(case.responder.private, b"\x09" + bytes(31))  # the static still works
-
-
 def test_threads_agree() -> None:
-    """Two threads answering initiations (by both responder steps, the one-call one over one
-    shared PeerTable) and reading responses at once, with one static key for each role (each
-    step holds its own reference to it), get what one thread does."""
+    """Two threads answering initiations (over one shared PeerTable) and reading responses
+    at once, with one static key for each role (each step holds its own reference to it),
+    get what one thread does."""
     cases = [_case(bytes([i]) * 32, bytes(range(32)), None, bytes([i + 1]) * 32,
                    bytes([i + 2]) * 32, bytes(12), i) for i in range(2, 22)]
     responder = cases[0].responder
@@ -242,8 +228,7 @@ def test_threads_agree() -> None:
         hs for case in cases for hs in case.peers.values())))
 
     def outcomes() -> list[tuple[object, ...]]:
-        return ([_outcome(n.answer_initiation, case) for case in cases]
-                + [_outcome(known_path, case) for case in cases]
+        return ([_outcome(known_path, case) for case in cases]
                 + [_read(n.read_response, case) for case in reads])
 
     expected = outcomes()
