@@ -271,7 +271,7 @@ def _receive(b: DataPath, cycle: list[list], seconds: float
     return rounds, elapsed, loop_cpu, time.process_time() - cpu - loop_cpu
 
 
-def compare(counts: tuple[int, ...] = (0, 1, 2), repeats: int = 3) -> dict[int, dict]:
+def compare(counts: tuple[int, ...] = (0, 1, 2), repeats: int = 5) -> dict[int, dict]:
     """throughput() of each worker count in its own process, interleaved `repeats` times;
     the medians."""
     runs: dict[int, list[dict]] = {n: [] for n in counts}
