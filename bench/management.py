@@ -6,10 +6,11 @@ PEERS peers, a pings b through the tunnel.
 - ping p99 through the tunnel, a to b, idle and while b answers dumps back to back (the
   data path must keep forwarding while a big get is served).
 
-Both ends are the same kind. b's extra peers have one IPv4 /32 and one IPv6 /128 each and
-no endpoint; `Table = off` (ours) and no routes (wireguard-go, set up by `wg`) keep 20,000
-routes out of the setup. `python -m bench.management [--peers N] [--rounds R]` prints the
-JSON that make bench stores.
+Both ends are the same kind; ours variants (`--ours-variant ARGS`, bench/modes.py) run
+beside. b's extra peers have one IPv4 /32 and one IPv6 /128 each and no endpoint; `Table =
+off` (ours) and no routes (wireguard-go, set up by `wg`) keep 20,000 routes out of the
+setup. `python -m bench.management [--peers N] [--rounds R] [--ours-variant ARGS]` prints
+the JSON that make bench stores.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import os
 import re
 import statistics
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+from bench import modes
 from lab import wg_lab
 from lab.netns import Host, Lab
 
@@ -43,14 +46,16 @@ def _extra_peers(count: int) -> str:
     return "\n".join(lines)
 
 
-def _start(pair: wg_lab.WgPair, kind: str, modern: Path | None, extra: str) -> None:
-    """Both ends of `kind`; b with the extra peers."""
-    if kind == "ours":
+def _start(pair: wg_lab.WgPair, mode: modes.Mode, modern: Path | None, extra: str) -> None:
+    """Both ends of `mode` (ours, an ours variant or modern wireguard-go); b with the extra
+    peers."""
+    if mode.all_ours:
         pair.b.extra_interface_lines = ["Table = off"]
         config = pair.write_config(pair.b)
         config.write_text(config.read_text() + "\n" + extra)
-        pair.b.kind, pair.b.process = "ours", wg_lab.start_vpn(pair.b.host, config)
-        pair.start_ours(pair.a)
+        pair.b.kind = "ours"
+        pair.b.process = wg_lab.start_vpn(pair.b.host, config, *mode.up_args)
+        pair.start_ours(pair.a, up_args=mode.up_args)
     else:
         assert modern is not None
         for node in (pair.b, pair.a):
@@ -81,10 +86,11 @@ def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100)[98]
 
 
-def _one_round(kind: str, peers: int, modern: Path | None) -> dict:
+def _one_round(mode: modes.Mode, peers: int, modern: Path | None) -> dict:
+    kind = mode.name
     with Lab() as lab:
         pair = wg_lab.build(lab)
-        _start(pair, kind, modern, _extra_peers(peers - 1))
+        _start(pair, mode, modern, _extra_peers(peers - 1))
         a, b = pair.a.host, pair.b.host
         a.run("ping", "-c", "2", "-i", "0.2", "-W", "5", pair.b.tunnel4)
         listed = b.run("wg", "show", pair.b.ifname, "dump").stdout.count("\n")
@@ -104,14 +110,18 @@ def _one_round(kind: str, peers: int, modern: Path | None) -> dict:
                 "dumps_during_pings": loop.output().count("dumped")}
 
 
-def dump_bench(rounds: int, modern: Path | None, peers: int = PEERS) -> dict[str, object]:
-    """Each round, ours then (given its binary) modern wireguard-go; medians of all."""
-    kinds = ["ours", *(["modern-wireguard-go"] if modern else [])]
-    runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
+def dump_bench(rounds: int, modern: Path | None, peers: int = PEERS,
+               variants: Sequence[modes.Mode] = ()) -> dict[str, object]:
+    """Each round, ours, then (given its binary) modern wireguard-go, then the ours variants;
+    medians of all."""
+    chosen = [modes.BY_NAME["ours"], *([modes.BY_NAME["modern-wireguard-go"]] if modern else []),
+              *variants]
+    runs: dict[str, list[dict]] = {mode.name: [] for mode in chosen}
     for _ in range(rounds):
-        for kind in kinds:
-            runs[kind].append(_one_round(kind, peers, modern))
-    out: dict[str, object] = {"peers": peers, "rounds": rounds, "runs": runs}
+        for mode in chosen:
+            runs[mode.name].append(_one_round(mode, peers, modern))
+    out: dict[str, object] = {"peers": peers, "rounds": rounds, "runs": runs,
+                              "variants": [v.name for v in variants]}
     for kind, done in runs.items():
         idle = statistics.median(r["idle_p99_ms"] for r in done)
         busy = statistics.median(r["busy_p99_ms"] for r in done)
@@ -131,10 +141,10 @@ def rows(report: dict | None) -> list[tuple[str, str]]:
         return []
     peers = f"{report['peers']:,}"
     out = []
-    for kind, label in (("ours", "ours"), ("modern-wireguard-go", "modern wg-go")):
+    for kind in ("ours", "modern-wireguard-go", *report.get("variants", ())):
         if kind not in report:
             continue
-        r = report[kind]
+        r, label = report[kind], modes.label(kind)
         verdict = ("met" if r["busy_over_idle_p99"] <= 2 else "NOT met") if kind == "ours" else ""
         out.append((f"wg show dump, {peers} peers: {label}", f"{r['dump_s_median'] * 1e3:8.1f} ms"))
         out.append((f"ping p99 idle / during dumps: {label}",
@@ -154,11 +164,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.management", description=__doc__)
     parser.add_argument("--peers", type=int, default=PEERS)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--ours-variant", action="append", default=[], metavar="ARGS",
+                        help="also two of ours started with `vpn up ARGS` (repeatable)")
     add_modern_option(parser)
     args = parser.parse_args()
     modern = measured_modern(args.modern_wireguard_go)
-    report = dump_bench(args.rounds, modern,
-                        args.peers)
+    report = dump_bench(args.rounds, modern, args.peers,
+                        [modes.variant(v) for v in args.ours_variant])
     for name, value in rows(report):
         print(f"{name:<48}  {value}", file=sys.stderr)
     print(json.dumps(report))

@@ -514,7 +514,8 @@ def main() -> int:
             "handshakes": ("handshakes",
                            lambda: handshake_load.handshake_figures(rounds, modern)),
             "loss": ("loss", lambda: faults.loss_throughput(rounds, seconds)),
-            "management": ("management", lambda: management.dump_bench(rounds, modern)),
+            "management": ("management",
+                           lambda: management.dump_bench(rounds, modern, variants=variants)),
             "latency": ("latency", lambda: latency.latency_bench(rounds, modern, variants)),
             "veth": ("veth_gbps", lambda: veth_throughput(rounds, seconds)),
         }

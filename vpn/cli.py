@@ -125,6 +125,13 @@ def _add_up_arguments(parser: argparse.ArgumentParser) -> None:
         "before sleeping again: lower latency for a little CPU; 0: off "
         "(default: $VPN_BUSY_POLL if set, else the measured default)",
     )
+    parser.add_argument(
+        "--sched-slice", metavar="USEC",
+        help="ask the kernel's scheduler (Linux 6.12+) for USEC-microsecond slices for the "
+        "data path's threads, so a packet's wakeup preempts long-running work on busy "
+        "cores; 100..100000, 0: the kernel's default "
+        "(default: $VPN_SCHED_SLICE if set, else the measured default)",
+    )
 
 
 def _load(arg: str, interface: str | None = None) -> config.Config | None:
@@ -164,31 +171,16 @@ def cmd_strip(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def flag_or_env(flag: tuple[str, str | None] | None, env: str, parse: Callable[[str], int],
-                default: int) -> int:
-    """A number from its flag (name, value as given), else its environment variable, else the
-    default; ValueError naming where a bad one came from."""
-    given = flag is not None and flag[1] is not None
-    text = flag[1] if flag is not None and given else os.environ.get(env)
-    try:
-        return parse(text) if text else default
-    except ValueError as error:
-        raise ValueError(f"{flag[0] if flag is not None and given else env}: {error}") from None
-
-
 def cmd_up(args: argparse.Namespace) -> int:
     # Imported here: the key and check commands must not need the data path's dependencies.
     from vpn import serving
     from vpn.control.metrics_server import ENV, MetricsAddressError, parse_address
     from vpn.endpoint import Endpoint
-    from vpn.io.busypoll import BUSY_POLL_ENV, DEFAULT_BUSY_POLL_US, parse_busy_poll
-    from vpn.io.sendworkers import DEFAULT_THREADS, THREADS_ENV, parse_threads
+    from vpn.endpoint.tuning import Tuning
 
     try:
-        threads = flag_or_env(("--threads", args.threads), THREADS_ENV, parse_threads,
-                              DEFAULT_THREADS)
-        busy_poll_us = flag_or_env(("--busy-poll", args.busy_poll), BUSY_POLL_ENV,
-                                   parse_busy_poll, DEFAULT_BUSY_POLL_US)
+        tuning = Tuning.from_flags({"--threads": args.threads, "--busy-poll": args.busy_poll,
+                                    "--sched-slice": args.sched_slice})
     except ValueError as error:
         print(f"{PROG}: {error}", file=sys.stderr)
         return EXIT_CONFIG
@@ -200,8 +192,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     try:
         endpoint = Endpoint.from_config(config.config_path(args.path), interface=args.interface,
-                                        metrics=metrics, threads=threads,
-                                        busy_poll_us=busy_poll_us)
+                                        metrics=metrics, tuning=tuning)
     except config.ConfigError as error:
         print(error, file=sys.stderr)
         return EXIT_CONFIG

@@ -53,14 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: {ENV}: {error}", file=sys.stderr)
         return EXIT_USAGE
 
-    from vpn.cli import flag_or_env
-    from vpn.io.busypoll import BUSY_POLL_ENV, DEFAULT_BUSY_POLL_US, parse_busy_poll
-    from vpn.io.sendworkers import DEFAULT_THREADS, THREADS_ENV, parse_threads
+    from vpn.endpoint.tuning import Tuning
 
-    try:  # the data path's threads and busy-poll, likewise
-        threads = flag_or_env(None, THREADS_ENV, parse_threads, DEFAULT_THREADS)
-        busy_poll_us = flag_or_env(None, BUSY_POLL_ENV, parse_busy_poll,
-                                   DEFAULT_BUSY_POLL_US)
+    try:  # the data path's knobs, likewise
+        tuning = Tuning.from_flags({})
     except ValueError as error:
         print(f"{PROG}: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -72,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         from vpn.endpoint import Endpoint
 
         try:
-            endpoint = Endpoint.userspace(name, metrics=metrics, threads=threads,
-                                          busy_poll_us=busy_poll_us)
+            endpoint = Endpoint.userspace(name, metrics=metrics, tuning=tuning)
         except ConfigError as error:
             print(f"{PROG}: {error.reason}", file=sys.stderr)
             return EXIT_FAILURE

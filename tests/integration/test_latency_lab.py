@@ -17,6 +17,7 @@ from lab import load, sockperf, wg_lab
 from lab.netns import Host, Lab
 from lab.relay_lab import checked_transfer
 from lab.wg_lab import final_counters
+from tests.unit.io.test_schedslice import TAKES_SLICES
 
 pytestmark = pytest.mark.netns
 
@@ -82,14 +83,25 @@ def _cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
+def _thread_slices(pid: int) -> dict[int, int]:
+    """Each thread of `pid` -> its scheduler slice in ns, as /proc shows it."""
+    slices = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "sched").read_text().splitlines():
+            if line.startswith("se.slice"):
+                slices[int(task.name)] = int(line.split(":")[1])
+    return slices
+
+
 @pytest.mark.parametrize("threads", ["0", "2"])
 def test_busy_poll_carries_traffic_and_an_idle_endpoint_sleeps(lab: Lab, threads: str) -> None:
-    """`vpn up --busy-poll 100` on both ends (inline and with workers): ping-pong and a
-    checked transfer cross it, management answers, and once the traffic stops the endpoint
-    goes back to sleep: over an idle stretch its CPU time stays a small part of it (a spin
-    that never ended would use all of it)."""
+    """`vpn up --busy-poll 100 --sched-slice 200` on both ends (inline and with workers):
+    ping-pong and a checked transfer cross it, management answers, and once the traffic
+    stops the endpoint goes back to sleep: over an idle stretch its CPU time stays a small
+    part of it (a spin that never ended would use all of it). The data path's threads (the
+    loop's, the workers') run with the slice asked for, the others with the kernel's."""
     pair = wg_lab.build(lab)
-    mode = modes.variant(f"--busy-poll 100 --threads {threads}")
+    mode = modes.variant(f"--busy-poll 100 --sched-slice 200 --threads {threads}")
     modes.start(pair, mode, modern=None)
     a, b = pair.a.host, pair.b.host
     a.run("ping", "-c", "2", "-i", "0.2", "-W", "5", pair.b.tunnel4)
@@ -106,6 +118,13 @@ def test_busy_poll_carries_traffic_and_an_idle_endpoint_sleeps(lab: Lab, threads
     time.sleep(idle_seconds)  # the idle stretch measured, not a wait for a condition
     used, elapsed = _cpu_seconds(pid) - before, time.monotonic() - start
     assert used < elapsed / 4, f"{used:.3f} s of CPU in {elapsed:.2f} s idle"
+    slices = _thread_slices(pid)
     output = pair.stop(pair.a)
     assert "busy-poll 100 us" in output
+    if TAKES_SLICES:
+        assert "scheduler slice 200 us" in output
+        assert slices[pid] == 200_000, slices
+        assert sum(ns == 200_000 for ns in slices.values()) == 1 + int(threads), slices
+    else:  # said, not skipped: this kernel keeps its default slice
+        assert "scheduler slice the kernel's default" in output
     assert final_counters(output)["drops"].get("internal_error", 0) == 0

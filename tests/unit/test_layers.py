@@ -28,6 +28,7 @@ ALLOWED = {
 ENDPOINT_LAYERS = {
     "vpn.endpoint.errors": "shared",
     "vpn.endpoint.loading": "shared",
+    "vpn.endpoint.tuning": "shared",
     "vpn.endpoint.timers": "runtime",
     "vpn.endpoint.peer_events": "runtime",
     "vpn.endpoint.runtime": "runtime",

@@ -60,18 +60,16 @@ def test_link_events_of_our_interface_only() -> None:
     assert parse_link_events(os.urandom(7), 7) == []
 
 
-@pytest.mark.parametrize("value", ["many", "-1", "65"])
-def test_a_bad_thread_count_in_the_environment(value: str, capsys: pytest.CaptureFixture[str],
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VPN_THREADS", value)
+@pytest.mark.parametrize(("env", "value", "reason"),
+                         [("VPN_THREADS", "many", "thread count"),
+                          ("VPN_THREADS", "65", "thread count"),
+                          ("VPN_BUSY_POLL", "-1", "busy-poll budget"),
+                          ("VPN_BUSY_POLL", "10001", "busy-poll budget"),
+                          ("VPN_SCHED_SLICE", "99", "scheduler slice"),
+                          ("VPN_SCHED_SLICE", "soon", "scheduler slice")])
+def test_a_bad_data_path_knob_in_the_environment(env: str, value: str, reason: str,
+                                                 capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(env, value)
     assert userspace.main(["-f", "wg0"]) == userspace.EXIT_USAGE
-    assert "VPN_THREADS: thread count" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("value", ["soon", "-1", "10001"])
-def test_a_bad_busy_poll_budget_in_the_environment(value: str,
-                                                   capsys: pytest.CaptureFixture[str],
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VPN_BUSY_POLL", value)
-    assert userspace.main(["-f", "wg0"]) == userspace.EXIT_USAGE
-    assert "VPN_BUSY_POLL: busy-poll budget" in capsys.readouterr().err
+    assert f"{env}: {reason}" in capsys.readouterr().err

@@ -33,9 +33,8 @@ from vpn.endpoint.interface import Interface
 from vpn.endpoint.loading import load_config, resolve_all
 from vpn.endpoint.management import Management
 from vpn.endpoint.runtime import Runtime
+from vpn.endpoint.tuning import DEFAULTS, Tuning
 from vpn.io import native
-from vpn.io.busypoll import DEFAULT_BUSY_POLL_US
-from vpn.io.sendworkers import DEFAULT_THREADS
 from vpn.io.udp import UdpSocket
 
 log = logging.getLogger("vpn.endpoint")
@@ -54,12 +53,10 @@ class Endpoint:
         on_down: Callable[[], None] | None = None,
         host_setup: bool = True,
         metrics: MetricsAddress | None = None,
-        threads: int = DEFAULT_THREADS,
-        busy_poll_us: int = DEFAULT_BUSY_POLL_US,
+        tuning: Tuning = DEFAULTS,
     ) -> None:
         self.config = config
-        self.threads = threads  # the data path's worker threads (0 or 1: none, inline)
-        self.busy_poll_us = busy_poll_us  # each wakeup's busy-poll budget (0: off)
+        self.tuning = tuning  # the data path's knobs
         self.name = interface or config.interface_name
         # False: the TUN and the socket only, as wireguard-go (see Interface).
         self.host_setup = host_setup
@@ -80,22 +77,19 @@ class Endpoint:
 
     @classmethod
     def from_config(cls, path: str | Path, *, interface: str | None = None,
-                    metrics: MetricsAddress | None = None, threads: int = DEFAULT_THREADS,
-                    busy_poll_us: int = DEFAULT_BUSY_POLL_US) -> Endpoint:
+                    metrics: MetricsAddress | None = None,
+                    tuning: Tuning = DEFAULTS) -> Endpoint:
         """Load and validate a wg-quick style file (ConfigError on a bad one)."""
-        return cls(load_config(path, interface), metrics=metrics, threads=threads,
-                   busy_poll_us=busy_poll_us)
+        return cls(load_config(path, interface), metrics=metrics, tuning=tuning)
 
     @classmethod
     def userspace(cls, name: str, *, metrics: MetricsAddress | None = None,
-                  threads: int = DEFAULT_THREADS,
-                  busy_poll_us: int = DEFAULT_BUSY_POLL_US) -> Endpoint:
+                  tuning: Tuning = DEFAULTS) -> Endpoint:
         """An interface with no config file, no private key, no peers and no host setup:
         everything arrives over the management socket (`wg setconf`) and `ip`. Raises
         ConfigError for a bad interface name."""
         config = Config(path="", interface=InterfaceConfig(private_key=None), name=name)
-        return cls(config, host_setup=False, metrics=metrics, threads=threads,
-                   busy_poll_us=busy_poll_us)
+        return cls(config, host_setup=False, metrics=metrics, tuning=tuning)
 
     # -- start ------------------------------------------------------------------------------
 
@@ -128,7 +122,7 @@ class Endpoint:
         device.set_mtu(mtu)
         device.listen_port, device.fwmark = udp.port, fwmark or 0
         self.runtime = runtime = Runtime(self.name, device, tun, udp, mtu=mtu, clock=self.clock,
-                                         threads=self.threads, busy_poll_us=self.busy_poll_us)
+                                         tuning=self.tuning)
         runtime.start(on_tun_gone=self.interface.gone)
         self.interface.watch()
         await self.uapi.start()

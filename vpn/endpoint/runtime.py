@@ -14,7 +14,8 @@ from vpn.core.types import Address
 from vpn.core.wireguard import Device, Peer
 from vpn.endpoint.peer_events import PeerEventLog
 from vpn.endpoint.timers import Timers
-from vpn.io import native
+from vpn.endpoint.tuning import Tuning
+from vpn.io import native, schedslice
 from vpn.io.busypoll import BusyPoll
 from vpn.io.datapath import DataPath
 from vpn.io.handshakes import HandshakeWorker
@@ -28,9 +29,9 @@ class Runtime:
     """The data path between `tun` and `udp` for `device`, from `start` to `stop`."""
 
     def __init__(self, name: str, device: Device, tun: TunDevice, udp: UdpSocket, *,
-                 mtu: int, clock: Callable[[], float], threads: int = 0,
-                 busy_poll_us: int = 0) -> None:
-        threads = threads if threads > 1 else 0  # 0 and 1: the inline walk, on this thread
+                 mtu: int, clock: Callable[[], float], tuning: Tuning) -> None:
+        threads = tuning.threads if tuning.threads > 1 else 0  # 0, 1: inline, on this thread
+        self.slice_us = tuning.slice_us
         self.name = name
         self.device = device
         self.tun = tun
@@ -38,6 +39,7 @@ class Runtime:
         self.clock = clock
         self.datapath = DataPath(
             device, tun, udp, mtu=mtu, clock=clock, threads=threads,
+            on_worker_start=self._request_slice,
             call_soon_threadsafe=asyncio.get_running_loop().call_soon_threadsafe
             if threads > 1 else None)
         # What the loop calls when a descriptor is readable: the walks themselves, or with
@@ -46,8 +48,8 @@ class Runtime:
         self.on_udp_readable = self.datapath.on_udp_readable
         self._polled = {"tun": True, "udp": True}  # False: paused or gone, not to be polled
         self.busy_poll: BusyPoll | None = None
-        if busy_poll_us > 0:
-            self.busy_poll = BusyPoll(busy_poll_us, self.datapath.on_tun_readable,
+        if tuning.busy_poll_us > 0:
+            self.busy_poll = BusyPoll(tuning.busy_poll_us, self.datapath.on_tun_readable,
                                       self.datapath.on_udp_readable, self._polled_fds)
             self.on_tun_readable = self.busy_poll.on_tun_readable
             self.on_udp_readable = self.busy_poll.on_udp_readable
@@ -68,9 +70,11 @@ class Runtime:
 
         self.datapath.on_tun_gone = tun_gone
         workers = self.datapath.send_workers
-        log.info("interface %s: sealing on %s; busy-poll %s", self.name,
+        slice_us = self._request_slice(warn=True)
+        log.info("interface %s: sealing on %s; busy-poll %s; scheduler slice %s", self.name,
                  f"{workers.threads} worker threads" if workers else "the event loop's thread",
-                 f"{self.busy_poll.budget_ns // 1000} us" if self.busy_poll else "off")
+                 f"{self.busy_poll.budget_ns // 1000} us" if self.busy_poll else "off",
+                 f"{slice_us} us" if slice_us else "the kernel's default")
         if workers is not None:  # backpressure: no TUN reads while no job buffer is free
             workers.slots.pause, workers.slots.resume = self._pause_tun, self._resume_tun
         receivers = self.datapath.receive_workers
@@ -81,6 +85,19 @@ class Runtime:
         self.device.on_peer_event = self.peer_events
         self.handshakes = HandshakeWorker(self.device, loop, self.clock, self._send_replies)
         self.handshakes.start()
+
+    def _request_slice(self, warn: bool = False) -> int:
+        """The calling data-path thread's scheduler slice asked for (the loop's, each
+        worker's): what the kernel reports, 0 for its default. A refusal is logged once, by
+        the loop's thread, and changes nothing else."""
+        if not self.slice_us:
+            return 0
+        try:
+            return schedslice.request(self.slice_us)
+        except OSError as error:
+            if warn:
+                log.warning("interface %s: scheduler slice not set: %s", self.name, error)
+            return 0
 
     def _send_replies(self, datagrams: list[tuple[Address, bytes]]) -> None:
         """The handshake worker's answers, each to the source of what it answers."""

@@ -162,9 +162,11 @@ class DataPath:
         clock: Callable[[], float],
         threads: int = 0,
         call_soon_threadsafe: Callable[[Callable[[], None]], object] | None = None,
+        on_worker_start: Callable[[], object] | None = None,
     ) -> None:
         """threads > 0: seal and send (SendWorkers), open and deliver (ReceiveWorkers) on a
-        pool of that many worker threads; 0, on the loop thread, inline."""
+        pool of that many worker threads, each calling `on_worker_start` first; 0, on the
+        loop thread, inline."""
         self.device = device
         self.tun = tun
         self.udp = udp
@@ -185,7 +187,7 @@ class DataPath:
         self.send_workers: SendWorkers | None = None
         self.receive_workers: ReceiveWorkers | None = None
         if threads > 0:
-            self.pool = WorkerPool(threads, name="vpn-worker")
+            self.pool = WorkerPool(threads, name="vpn-worker", on_start=on_worker_start)
             self.send_workers = SendWorkers(self.pool, lambda: self.udp, self._worker_error,
                                             tun.read_slots, call_soon_threadsafe)
             self.stats.workers = self.send_workers.counts

@@ -79,7 +79,8 @@ class WorkerPool:
 
     def __init__(self, threads: int, *, name: str = "vpn-worker",
                  on_error: Callable[[BaseException], None] | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter,
+                 on_start: Callable[[], object] | None = None) -> None:
         if threads < 1:
             raise ValueError("a worker pool needs at least one thread")
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -88,6 +89,7 @@ class WorkerPool:
         self._closed = False
         self._on_error = on_error
         self._clock = clock
+        self._on_start = on_start  # each thread's first call (its scheduler slice)
         self.stats = PoolStats(threads, [WorkerStats() for _ in range(threads)])
         self._threads = [
             threading.Thread(target=self._run, args=(stats,), name=f"{name}-{i}", daemon=True)
@@ -120,6 +122,8 @@ class WorkerPool:
             thread.join()
 
     def _run(self, stats: WorkerStats) -> None:
+        if self._on_start is not None:
+            self._on_start()
         clock = self._clock
         while (job := self._jobs.get()) is not None:
             began = clock()
