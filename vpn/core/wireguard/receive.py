@@ -398,7 +398,52 @@ def open_runs(job: RunJob, out: memoryview) -> None:
 
 def accept_runs(job: RunJob, counts: ReceiveCounts) -> None:
     """The job's ordered stage, on a worker in the peer's turn: what open_runs described,
-    through _Runs.accept as the inline walk; the counts go to `counts` (the worker's)."""
+    through _Runs.accept as the inline walk; the counts go to `counts` (the worker's).
+
+    A keypair's consecutive runs from one source whose inner sources are all the peer's (a
+    busy peer's job: one keypair, one source, one flow) are accepted in one call: open_runs
+    described their messages one after the other, and the window takes them in that order
+    either way. Its Python per run (a call, the session, the lookups) held the GIL a job
+    at a time while the other workers waited for it. Any other stretch goes run by run
+    (accept_runs_by_run, the reference)."""
+    job.counts = counts
+    opened = job.opened
+    opens = job.opens
+    peer = job.peer
+    lookup = job.allowed_ips.lookup
+    first, total = 0, len(opens)
+    while first < total:
+        run, at, count, sources, drops = opens[first]
+        kp, source = run.kp, run.source
+        end = at + count
+        last = first + 1
+        while last < total:
+            other, other_at, other_count, _, _ = opens[last]
+            if other.kp is not kp or other.source != source or other_at != end:
+                break
+            end += other_count
+            last += 1
+        if last - first == 1:
+            job.accept(kp, peer, source, opened[OPENED.size * at:], count, sources, drops)
+        elif all(lookup(src) is peer
+                 for src in {src for _, _, _, srcs, _ in opens[first:last] for src in srcs}):
+            merged: dict[str, int] = {}
+            for _, _, _, _, run_drops in opens[first:last]:
+                for reason, n in run_drops.items():
+                    merged[reason] = merged.get(reason, 0) + n
+            # Sources checked above: none for accept to look up (nor to remove by slot).
+            job.accept(kp, peer, source, opened[OPENED.size * at:], end - at, [], merged)
+        else:
+            for _, at, count, sources, drops in opens[first:last]:
+                job.accept(kp, peer, source, opened[OPENED.size * at:], count, sources,
+                           drops)
+        first = last
+    if job.drops:
+        counts.drops.update(job.drops)
+
+
+def accept_runs_by_run(job: RunJob, counts: ReceiveCounts) -> None:
+    """accept_runs' reference: each run accepted on its own, as the inline walk does."""
     job.counts = counts
     opened = job.opened
     for run, at, count, sources, drops in job.opens:
