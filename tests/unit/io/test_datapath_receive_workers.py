@@ -15,7 +15,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lab.doubles import MTU, NOW, MemoryTun, MemoryUdp, ScreeningUdp, handshaken_pair
+from lab.doubles import (
+    DST,
+    ENDPOINT_A,
+    MTU,
+    NOW,
+    SRC,
+    MemoryTun,
+    MemoryUdp,
+    ScreeningUdp,
+    handshaken_pair,
+)
 from lab.packets import tcp_packet
 from tests.examples import examples
 from tests.unit.io.test_datapath_receive import FLOWS, Receive, apply, sent_by_a, traffic
@@ -382,3 +392,28 @@ def test_a_dispatch_that_fails_gives_its_buffer_back(monkeypatch: pytest.MonkeyP
     assert b.stats.all_drops() == {"internal_error": 1}
     assert b.receive_workers is not None
     assert b.receive_workers.buffers.free == b.receive_workers.buffers.count
+
+
+def test_a_handshake_that_drops_a_keypair_mid_wakeup_ends_its_run() -> None:
+    """A wakeup of data on b's unconfirmed keypair, a new initiation from a (which replaces
+    that keypair, its index gone) and more data on the old keypair: the dispatch cuts the
+    second run after the handshake as inline (unknown_receiver_index), not as the first's."""
+    a, b = handshaken_pair(b"mid wakeup", b_threads=1)
+    # A later initiation's timestamp (Sources is frozen: its peers share it).
+    object.__setattr__(a.device.sources, "wall_clock", lambda: 1_700_000_060.0)
+    initiator = next(iter(a.device.peers.values()))
+    old = initiator.keypairs.current
+    assert old is not None
+    sealed = [old.encrypt(tcp_packet(bytes(100), src=SRC, dst=DST, seq=n), NOW) for n in (1, 2)]
+    (init,) = initiator.initiate_handshake(NOW + 10)
+    assert isinstance(b.udp, MemoryUdp) and b.receive_workers is not None
+    b.receive_workers._clock = lambda: NOW + 10  # past the first initiation's flood limit
+    b.udp.incoming = [(memoryview(d), len(d), ENDPOINT_A) for d in (sealed[0], init, sealed[1])]
+    try:
+        b.on_udp_readable()
+    finally:
+        b.close()
+    drops = b.stats.summary()["drops"]
+    # The first run's keypair was zeroed before a worker opened it (keypair_expired); the
+    # second is not the first's run: its index names nothing any more.
+    assert drops == {"keypair_expired": 1, "unknown_receiver_index": 1}, drops
