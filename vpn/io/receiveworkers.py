@@ -24,8 +24,10 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from vpn.core.drops import Drop
+from vpn.core.offload.gro import Coalesced
 from vpn.core.types import Address
 from vpn.core.wireguard import Device, Peer, ReceiveCounts
+from vpn.core.wireguard.keypair import RECORD
 from vpn.core.wireguard.receive import (
     Dispatched,
     RunJob,
@@ -33,6 +35,7 @@ from vpn.core.wireguard.receive import (
     after_runs,
     dispatch,
     open_runs,
+    preview_runs,
 )
 from vpn.io.receivebuffers import ReceiveBuffer, ReceiveBuffers
 from vpn.io.tun import TunDevice, TunStats
@@ -44,6 +47,12 @@ from vpn.io.workers import MAX_DEPTH_THREADS, WorkerPool
 # worker, the bookkeeping back) is spread over many: with 16 the loop thread's share of a
 # 64 KiB receive was about 2 us more (bench.pipeline, 2 workers).
 JOB_RECEIVES = 32
+
+# What a job's opening hands its ordered stage: the failure, or the records the opening
+# expects and the frames it made of them (None where it made none).
+_Opened = tuple[BaseException | None,
+                tuple[memoryview, int, list[Coalesced]] | None]
+
 # Buffers in the pool (each 2 x 32 x 64 KiB, resident only as used): a full wakeup plus
 # room for each worker's jobs in flight (up to MAX_DEPTH_THREADS workers), so that
 # the queue does not run dry while the loop thread waits for a core to receive more: with
@@ -141,25 +150,39 @@ class ReceiveWorkers:
 
     # -- on the workers -----------------------------------------------------------------
 
-    @staticmethod
-    def _open(job: RunJob, buffer: ReceiveBuffer) -> BaseException | None:
-        """The crypto, in parallel with other jobs; a failure is handed to the ordered
-        stage (so that the buffer always comes back)."""
+    def _open(self, job: RunJob, buffer: ReceiveBuffer) -> _Opened:
+        """The crypto, in parallel with other jobs, then the frames its packets make if the
+        peer's turn finds no replay and no source it may not use (preview_runs): the
+        plaintexts are in this core's cache now, and the turn, which is serial per peer and
+        may run on another worker, only writes. A failure is handed to the ordered stage
+        (so that the buffer always comes back)."""
         try:
             open_runs(job, buffer.out)
+            tun = self._tun
+            if not tun.coalescing:
+                return None, None
+            records, nrec = preview_runs(job)
+            if nrec < 2:  # one packet is written as it is (deliver_now)
+                return None, None
+            return None, (records, nrec, tun.gather(buffer.out, records, nrec))
         except Exception as error:
-            return error
-        return None
+            return error, None
 
-    def _accept(self, job: RunJob, buffer: ReceiveBuffer, error: BaseException | None
-                ) -> None:
+    def _accept(self, job: RunJob, buffer: ReceiveBuffer, opened: _Opened) -> None:
         """The peer's ordered stage: the window, routing, the TUN; then back to the loop."""
         counts = self._counts()
+        error, gathered = opened
         try:
             if error is not None:
                 raise error
             accept_runs(job, counts.received)
-            self._tun.deliver_now(buffer.out, job.records, job.nrec, counts.tun)
+            tun = self._tun
+            if (gathered is not None and gathered[1] == job.nrec and tun.coalescing
+                    and job.records[:RECORD.size * job.nrec] == gathered[0][:RECORD.size
+                                                                            * job.nrec]):
+                tun.write_gathered(gathered[2], counts.tun)
+            else:  # replays, a source not allowed, coalescing off since: made again
+                tun.deliver_now(buffer.out, job.records, job.nrec, counts.tun)
         except Exception as failure:  # dropped whole and counted, as the pump's boundary
             counts.received.drops[Drop.INTERNAL_ERROR] += 1
             self._on_error(failure)

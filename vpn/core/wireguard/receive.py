@@ -396,6 +396,28 @@ def open_runs(job: RunJob, out: memoryview) -> None:
             at += count
 
 
+def preview_runs(job: RunJob) -> tuple[memoryview, int]:
+    """The records accept_runs would make of the job's opened runs if none were a replay
+    and every inner source the peer's (Keypair.preview_run per keypair's stretch), and how
+    many: on the worker that opened them, before the peer's turn (see accept_runs)."""
+    opened = job.opened
+    records = memoryview(bytearray(len(job.records)))
+    nrec = 0
+    opens = job.opens
+    first = 0
+    while first < len(opens):
+        kp, at = opens[first][0].kp, opens[first][1]
+        count = opens[first][2]
+        first += 1
+        while first < len(opens) and opens[first][0].kp is kp:
+            count += opens[first][2]
+            first += 1
+        if count:
+            nrec += kp.preview_run(opened[OPENED.size * at:], count,
+                                   records[RECORD.size * nrec:])
+    return records, nrec
+
+
 def accept_runs(job: RunJob, counts: ReceiveCounts) -> None:
     """The job's ordered stage, on a worker in the peer's turn: what open_runs described,
     through _Runs.accept as the inline walk; the counts go to `counts` (the worker's).
