@@ -6,8 +6,9 @@
 # workers' merged accept_run too), and the reproducers of the review findings (issue 22: a
 # finalizer calling in during _gro's frames(), the window at the message limit and after a
 # failed call, a list shrunk under a batch, a misaligned known array). Any overrun or
-# undefined behaviour aborts the run. The installed build is untouched. Then the same modules built with ThreadSanitizer (its own
-# build: it cannot share a process with ASan) run the tests of the native code that threads
+# undefined behaviour aborts the run. The installed build is untouched. Then the same
+# modules built with ThreadSanitizer (its own build: it cannot share a process with ASan)
+# run the tests of the native code that threads
 # call at once (one TransportKey sealing and opening on N threads, zero() while they run,
 # the send and receive walks on worker threads: open_run, accept_run and _gro's coalescer on
 # several threads at once, one X25519Key exchanging on two threads while it is wiped, the
