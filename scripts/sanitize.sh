@@ -2,12 +2,13 @@
 # `make sanitize`: builds the native modules (vpn/core/wireguard/_transport.c, _screen.c and
 # _handshake.c, vpn/core/offload/_gso.c and _gro.c, vpn/io/_udp.c) with AddressSanitizer and
 # UBSan in a scratch copy of the tree and runs their tests there: the property tests (native
-# against the Python reference), the handshake's tests over them, the receive path's, and the
-# reproducers of the review findings (issue 22: a finalizer calling in during _gro's
-# frames(), the window at the message limit and after a failed call, a list shrunk under a
-# batch, a misaligned known array). Any overrun or undefined behaviour aborts the run. The
-# installed build is untouched. Then the same modules built with ThreadSanitizer (its own
-# build: it cannot share a process with ASan) run the tests of the native code that threads
+# against the Python reference), the handshake's tests over them, the receive path's (its
+# workers' merged accept_run too), and the reproducers of the review findings (issue 22: a
+# finalizer calling in during _gro's frames(), the window at the message limit and after a
+# failed call, a list shrunk under a batch, a misaligned known array). Any overrun or
+# undefined behaviour aborts the run. The installed build is untouched. Then the same
+# modules built with ThreadSanitizer (its own build: it cannot share a process with ASan)
+# run the tests of the native code that threads
 # call at once (one TransportKey sealing and opening on N threads, zero() while they run,
 # the send and receive walks on worker threads: open_run, accept_run and _gro's coalescer on
 # several threads at once, one X25519Key exchanging on two threads while it is wiped, the
@@ -70,6 +71,7 @@ check_imports
     tests/unit/io/test_datapath_receive_workers.py tests/unit/core/test_gso_runs.py \
     tests/unit/core/wireguard/test_seal_runs.py tests/unit/core/wireguard/test_send.py \
     tests/unit/core/wireguard/test_run_stop.py tests/unit/core/wireguard/test_open_runs.py \
+    tests/unit/core/wireguard/test_accept_runs.py \
     "$@"
 
 # ThreadSanitizer sees the races of instrumented code (ours; OpenSSL and CPython are not):

@@ -3,13 +3,15 @@
 The loop thread receives into a pool buffer (receivebuffers.py), walks the receives
 (receive.dispatch: handshake messages, the session lookup, each transport run's extent) and
 submits a job per peer to the data path's worker pool. A worker opens the job's runs
-(receive.open_runs: the AEAD, GIL released, beside other jobs) into the buffer's `out`; in
-the peer's lane (WorkerPool's ordered stage) it accepts them (receive.accept_runs: the
-replay window, cryptokey routing), coalesces its records with a coalescer of its own and
-writes the frames to the TUN. The job then goes back to the loop thread (`finish`, through
-call_soon_threadsafe, batched: every job that came back since the last call) for the peers'
-bookkeeping (receive.after_runs) and their drop counts. A buffer goes back to the pool when
-the last job using it is done; with none free the socket is not read (ReceiveBuffers).
+(receive.open_runs: the AEAD, GIL released, beside other jobs) into the buffer's `out` and
+coalesces what it expects to deliver (receive.preview_runs, TunDevice.gather); in the
+peer's lane (WorkerPool's ordered stage) it accepts them (receive.accept_runs: the replay
+window, cryptokey routing) and writes those frames to the TUN, or, when the accept kept
+other records than expected, coalesces those and writes them. The job then goes back to the
+loop thread (`finish`, through call_soon_threadsafe, batched: every job that came back since
+the last call) for the peers' bookkeeping (receive.after_runs) and their drop counts. A
+buffer goes back to the pool when the last job using it is done; with none free the socket
+is not read (ReceiveBuffers).
 
 Workers write only their own counters (ReceiveWorkerCounts, one per thread), summed when
 read.
@@ -24,8 +26,10 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from vpn.core.drops import Drop
+from vpn.core.offload.gro import Coalesced
 from vpn.core.types import Address
 from vpn.core.wireguard import Device, Peer, ReceiveCounts
+from vpn.core.wireguard.keypair import RECORD
 from vpn.core.wireguard.receive import (
     Dispatched,
     RunJob,
@@ -33,6 +37,7 @@ from vpn.core.wireguard.receive import (
     after_runs,
     dispatch,
     open_runs,
+    preview_runs,
 )
 from vpn.io.receivebuffers import ReceiveBuffer, ReceiveBuffers
 from vpn.io.tun import TunDevice, TunStats
@@ -44,6 +49,11 @@ from vpn.io.workers import MAX_DEPTH_THREADS, WorkerPool
 # worker, the bookkeeping back) is spread over many: with 16 the loop thread's share of a
 # 64 KiB receive was about 2 us more (bench.pipeline, 2 workers).
 JOB_RECEIVES = 32
+
+# What a job's opening hands its ordered stage: the failure, or the records the opening
+# expects and the frames it made of them (None where it made none).
+_Opened = tuple[BaseException | None, tuple[bytearray, list[Coalesced]] | None]
+
 # Buffers in the pool (each 2 x 32 x 64 KiB, resident only as used): a full wakeup plus
 # room for each worker's jobs in flight (up to MAX_DEPTH_THREADS workers), so that
 # the queue does not run dry while the loop thread waits for a core to receive more: with
@@ -141,25 +151,41 @@ class ReceiveWorkers:
 
     # -- on the workers -----------------------------------------------------------------
 
-    @staticmethod
-    def _open(job: RunJob, buffer: ReceiveBuffer) -> BaseException | None:
-        """The crypto, in parallel with other jobs; a failure is handed to the ordered
-        stage (so that the buffer always comes back)."""
+    def _open(self, job: RunJob, buffer: ReceiveBuffer) -> _Opened:
+        """The crypto, in parallel with other jobs, then the frames its packets make if the
+        peer's turn finds no replay and no source it may not use (preview_runs): the
+        plaintexts are in this core's cache now, and the turn, which is serial per peer and
+        may run on another worker, only writes. A failure is handed to the ordered stage
+        (so that the buffer always comes back)."""
         try:
             open_runs(job, buffer.out)
+            tun = self._tun
+            if not tun.coalescing:
+                return None, None
+            records, nrec = preview_runs(job)
+            if nrec < 2:  # one packet is written as it is (deliver_now)
+                return None, None
+            # A bytearray: its == against a memoryview is a memcmp (a memoryview's own ==
+            # compares item by item, 50-90 us for a job's 9 KB of records, GIL held).
+            expected = bytearray(records[:RECORD.size * nrec])
+            return None, (expected, tun.gather(buffer.out, records, nrec))
         except Exception as error:
-            return error
-        return None
+            return error, None
 
-    def _accept(self, job: RunJob, buffer: ReceiveBuffer, error: BaseException | None
-                ) -> None:
+    def _accept(self, job: RunJob, buffer: ReceiveBuffer, opened: _Opened) -> None:
         """The peer's ordered stage: the window, routing, the TUN; then back to the loop."""
         counts = self._counts()
+        error, gathered = opened
         try:
             if error is not None:
                 raise error
             accept_runs(job, counts.received)
-            self._tun.deliver_now(buffer.out, job.records, job.nrec, counts.tun)
+            tun = self._tun
+            if (gathered is not None and tun.coalescing
+                    and gathered[0] == job.records[:RECORD.size * job.nrec]):
+                tun.write_gathered(gathered[1], counts.tun)
+            else:  # replays, a source not allowed, coalescing off since: made again
+                tun.deliver_now(buffer.out, job.records, job.nrec, counts.tun)
         except Exception as failure:  # dropped whole and counted, as the pump's boundary
             counts.received.drops[Drop.INTERNAL_ERROR] += 1
             self._on_error(failure)

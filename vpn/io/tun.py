@@ -399,9 +399,21 @@ class TunDevice:
         if not self.coalescing or nrec == 1:  # as deliver's: each packet as it is
             self._write_each(buffer, records, nrec, stats)
         elif nrec:
-            gro = receive_coalescer(buffer, udp=self.offload.uso)
-            gro.add_records(records, 0, nrec)
-            self._write_frames(gro, stats)
+            self.write_gathered(self.gather(buffer, records, nrec), stats)
+
+    def gather(self, buffer: Buffer, records: Buffer, nrec: int) -> list[Coalesced]:
+        """The frames deliver_now would write of these records (with coalescing, nrec > 1),
+        made now and written later by write_gathered: a worker coalesces a job beside other
+        jobs, while the plaintexts it just wrote are in its core's cache, and its turn
+        only writes. `buffer` must stay as it is until they are written."""
+        gro = receive_coalescer(buffer, udp=self.offload.uso)
+        gro.add_records(records, 0, nrec)
+        return gro.frames()
+
+    def write_gathered(self, frames: list[Coalesced], stats: TunStats) -> None:
+        """Write frames that gather made, counted in `stats`."""
+        for frame in frames:
+            self._write_frame(frame, stats)
 
     def _write_each(self, buffer: Buffer, records: Buffer, nrec: int, stats: TunStats
                     ) -> None:

@@ -15,7 +15,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lab.doubles import MTU, NOW, MemoryTun, MemoryUdp, ScreeningUdp, handshaken_pair
+from lab.doubles import (
+    DST,
+    ENDPOINT_A,
+    MTU,
+    NOW,
+    SRC,
+    MemoryTun,
+    MemoryUdp,
+    ScreeningUdp,
+    handshaken_pair,
+)
 from lab.packets import tcp_packet
 from tests.examples import examples
 from tests.unit.io.test_datapath_receive import FLOWS, Receive, apply, sent_by_a, traffic
@@ -24,6 +34,7 @@ from vpn.core.packet.virtio import VIRTIO_NET_HDR_LEN, VirtioNetHeader
 from vpn.core.wireguard import Device
 from vpn.io import receiveworkers
 from vpn.io.datapath import DataPath
+from vpn.io.tun import TunDevice
 
 # The network's doings as test_datapath_receive has them, but tampering: a tampered copy of
 # a message already accepted is dropped inline by the window before its AEAD (`replay`) and
@@ -382,3 +393,56 @@ def test_a_dispatch_that_fails_gives_its_buffer_back(monkeypatch: pytest.MonkeyP
     assert b.stats.all_drops() == {"internal_error": 1}
     assert b.receive_workers is not None
     assert b.receive_workers.buffers.free == b.receive_workers.buffers.count
+
+
+def test_a_handshake_that_drops_a_keypair_mid_wakeup_ends_its_run() -> None:
+    """A wakeup of data on b's unconfirmed keypair, a new initiation from a (which replaces
+    that keypair, its index gone) and more data on the old keypair: the dispatch cuts the
+    second run after the handshake as inline (unknown_receiver_index), not as the first's."""
+    a, b = handshaken_pair(b"mid wakeup", b_threads=1)
+    # A later initiation's timestamp (Sources is frozen: its peers share it).
+    object.__setattr__(a.device.sources, "wall_clock", lambda: 1_700_000_060.0)
+    initiator = next(iter(a.device.peers.values()))
+    old = initiator.keypairs.current
+    assert old is not None
+    sealed = [old.encrypt(tcp_packet(bytes(100), src=SRC, dst=DST, seq=n), NOW) for n in (1, 2)]
+    (init,) = initiator.initiate_handshake(NOW + 10)
+    assert isinstance(b.udp, MemoryUdp) and b.receive_workers is not None
+    b.receive_workers._clock = lambda: NOW + 10  # past the first initiation's flood limit
+    b.udp.incoming = [(memoryview(d), len(d), ENDPOINT_A) for d in (sealed[0], init, sealed[1])]
+    try:
+        b.on_udp_readable()
+    finally:
+        b.close()
+    drops = b.stats.summary()["drops"]
+    # The first run's keypair was zeroed before a worker opened it (keypair_expired); the
+    # second is not the first's run: its index names nothing any more.
+    assert drops == {"keypair_expired": 1, "unknown_receiver_index": 1}, drops
+
+
+def test_frames_made_while_opening_are_written_unless_the_turn_finds_otherwise(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job's frames are made on the worker that opened it (TunDevice.gather) and written in
+    the peer's turn when accept_runs kept every packet; a batch that turns out replayed is
+    delivered from accept_runs' records instead (the same outcome as inline, above)."""
+    calls: list[str] = []
+    for name in ("write_gathered", "deliver_now"):
+        method = getattr(TunDevice, name)
+        monkeypatch.setattr(TunDevice, name, lambda self, *args, _m=method, _n=name: (
+            calls.append(_n), _m(self, *args))[1])
+    reads = traffic([(44, 1368, False), (9, 1000, True)])
+    a, b = handshaken_pair(b"gathered", b_threads=2)
+    receives = sent_by_a(a, reads)
+    try:
+        receive_all(b, receives, 1)
+        deadline = time.monotonic() + 10
+        while b.stats.packets_written < 44 + 9 and time.monotonic() < deadline:
+            time.sleep(0.001)  # the job done
+        assert calls == ["write_gathered"]
+        receive_all(b, [receives[0], *receives], 1)  # a replayed copy first: all replays
+    finally:
+        b.close()
+    assert calls == ["write_gathered", "deliver_now"]
+    assert b.stats.packets_written == 44 + 9
+    data, size, _ = receives[0]
+    assert b.stats.summary()["drops"] == {"replay": -(-len(data) // size) + 44 + 9}

@@ -337,6 +337,16 @@ class Keypair:
             _add_drops(drops, RUN_DROP_REASONS, counts)
         return nrec, fresh, nbytes
 
+    def preview_run(self, opened: Buffer, count: int, records: bytearray | memoryview) -> int:
+        """The records accept_run would make of what open_run described if none of it were a
+        replay (accept_run against an empty window), into `records`; changes nothing here.
+        Returns how many. A worker coalesces them beside other jobs, before its turn for
+        the window; accept_run's records, compared in turn, say whether that holds."""
+        window = ReplayWindow()
+        nrec, _, _, _, _ = self._accept_run(opened, count, window.seen, window.greatest,
+                                            records)
+        return nrec
+
     def decrypt(self, message: Buffer, now: float) -> bytes:
         """The padded plaintext of a transport message (b"" for a keepalive)."""
         if not self.receivable(now):

@@ -396,9 +396,76 @@ def open_runs(job: RunJob, out: memoryview) -> None:
             at += count
 
 
+def preview_runs(job: RunJob) -> tuple[memoryview, int]:
+    """The records accept_runs would make of the job's opened runs if none were a replay
+    and every inner source the peer's (Keypair.preview_run per keypair's stretch), and how
+    many: on the worker that opened them, before the peer's turn (see accept_runs)."""
+    opened = job.opened
+    records = memoryview(bytearray(len(job.records)))
+    nrec = 0
+    opens = job.opens
+    first = 0
+    while first < len(opens):
+        kp, at = opens[first][0].kp, opens[first][1]
+        count = opens[first][2]
+        first += 1
+        while first < len(opens) and opens[first][0].kp is kp:
+            count += opens[first][2]
+            first += 1
+        if count:
+            nrec += kp.preview_run(opened[OPENED.size * at:], count,
+                                   records[RECORD.size * nrec:])
+    return records, nrec
+
+
 def accept_runs(job: RunJob, counts: ReceiveCounts) -> None:
     """The job's ordered stage, on a worker in the peer's turn: what open_runs described,
-    through _Runs.accept as the inline walk; the counts go to `counts` (the worker's)."""
+    through _Runs.accept as the inline walk; the counts go to `counts` (the worker's).
+
+    A keypair's consecutive runs from one source whose inner sources are all the peer's (a
+    busy peer's job: one keypair, one source, one flow) are accepted in one call: open_runs
+    described their messages one after the other, and the window takes them in that order
+    either way. Its Python per run (a call, the session, the lookups) held the GIL a job
+    at a time while the other workers waited for it. Any other stretch goes run by run
+    (accept_runs_by_run, the reference)."""
+    job.counts = counts
+    opened = job.opened
+    opens = job.opens
+    peer = job.peer
+    lookup = job.allowed_ips.lookup
+    first, total = 0, len(opens)
+    while first < total:
+        run, at, count, sources, drops = opens[first]
+        kp, source = run.kp, run.source
+        end = at + count
+        last = first + 1
+        while last < total:
+            other, other_at, other_count, _, _ = opens[last]
+            if other.kp is not kp or other.source != source or other_at != end:
+                break
+            end += other_count
+            last += 1
+        if last - first == 1:
+            job.accept(kp, peer, source, opened[OPENED.size * at:], count, sources, drops)
+        elif all(lookup(src) is peer
+                 for src in {src for _, _, _, srcs, _ in opens[first:last] for src in srcs}):
+            merged: dict[str, int] = {}
+            for _, _, _, _, run_drops in opens[first:last]:
+                for reason, n in run_drops.items():
+                    merged[reason] = merged.get(reason, 0) + n
+            # Sources checked above: none for accept to look up (nor to remove by slot).
+            job.accept(kp, peer, source, opened[OPENED.size * at:], end - at, [], merged)
+        else:
+            for _, at, count, sources, drops in opens[first:last]:
+                job.accept(kp, peer, source, opened[OPENED.size * at:], count, sources,
+                           drops)
+        first = last
+    if job.drops:
+        counts.drops.update(job.drops)
+
+
+def accept_runs_by_run(job: RunJob, counts: ReceiveCounts) -> None:
+    """accept_runs' reference: each run accepted on its own, as the inline walk does."""
     job.counts = counts
     opened = job.opened
     for run, at, count, sources, drops in job.opens:
@@ -436,7 +503,7 @@ def dispatch(device: Device, batch: Datagrams, now: float, *,
 class _Dispatch(_Walk):
     """_Walk whose transport runs are cut out for workers rather than opened here."""
 
-    __slots__ = ("checked", "jobs")
+    __slots__ = ("checked", "jobs", "latest")
 
     def __init__(self, device: Device, now: float) -> None:
         super().__init__(device, now, memoryview(b""), memoryview(b""))
@@ -445,6 +512,29 @@ class _Dispatch(_Walk):
         # dispatch's `in self.sessions` sees them: sessions is this set until finish.)
         self.checked: set[Keypair] = set()
         self.sessions = self.checked  # type: ignore[assignment]
+        # The latest run cut: its first 8 bytes (type, reserved, receiver index), its job
+        # and keypair; None once anything else ran (a handshake message can change what
+        # an index names).
+        self.latest: tuple[bytes, RunJob, Keypair] | None = None
+
+    def datagrams(self, data: Buffer, segment_size: int, source: Address) -> None:
+        """A receive that is one run for the receiver index of the latest run (a busy
+        peer's: every receive of a wakeup but the first) is cut here, its session known;
+        any other goes through _Walk's walk, message by message. (The loop thread's cost
+        per receive: issue 20's 2-workers bound counts it.)"""
+        latest = self.latest
+        size = len(data)
+        if latest is not None and size >= TRANSPORT_MIN_SIZE and data[:8] == latest[0]:
+            if not 0 < segment_size < size:
+                segment_size = size  # one datagram
+            stop = cut_run(data, segment_size, 0)
+            if stop == size:
+                self.counts.datagrams_received += -(-size // segment_size)
+                latest[1].runs.append(Run(latest[2], data, segment_size, 0, size, source,
+                                          self.offset))
+                self.offset += size
+                return
+        super().datagrams(data, segment_size, source)
 
     def transport_run(self, data: Buffer, segment_size: int, pos: int, source: Address,
                       peer: Peer, kp: Keypair) -> int:
@@ -455,7 +545,16 @@ class _Dispatch(_Walk):
         job.runs.append(Run(kp, data, segment_size, pos, stop, source, self.offset))
         self.offset += stop - pos
         self.checked.add(kp)
+        self.latest = (bytes(data[pos:pos + 8]), job, kp)
         return stop
+
+    def handshake_message(self, datagram: bytes, source: Address) -> None:
+        self.latest = None
+        super().handshake_message(datagram, source)
+
+    def lost_session(self, source: Address) -> None:
+        self.latest = None
+        super().lost_session(source)
 
     def finish(self, lost: Sequence[Address]) -> Received:
         self.sessions = {}  # the keypairs only checked: the jobs will tell what arrived
