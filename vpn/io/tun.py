@@ -37,6 +37,12 @@ from vpn.core.offload.gso import (
 from vpn.core.packet.virtio import HEADER, NO_OFFLOAD, VIRTIO_NET_HDR_LEN, VirtioNetHeader
 from vpn.core.types import Buffer
 from vpn.io.buffers import reserve
+from vpn.io.udp import NATIVE  # the same C module as the batch receive, the same choice
+
+try:
+    from vpn.io._udp import read_frames as _native_read_frames
+except ImportError:  # not built: the Python twin below serves, as NATIVE says
+    _native_read_frames = None  # type: ignore[assignment]
 
 log = logging.getLogger("vpn.io.tun")
 
@@ -96,6 +102,29 @@ class TunError(OSError):
 class TunGone(TunError):
     """The interface was deleted under the open device (`ip link delete`, as `wg-quick
     down` does): the kernel answers every read with EBADFD from then on."""
+
+
+def read_frames_python(fd: int, slots: Sequence[memoryview]) -> list[int]:
+    """The twin of _udp.read_frames: one non-blocking read into each of `slots` in turn
+    until nothing is waiting or they are all used; the lengths read. An error raises when
+    nothing was read yet, and after a read ends the drain (the next call meets it)."""
+    lengths: list[int] = []
+    for slot in slots:
+        try:
+            lengths.append(os.readv(fd, (slot,)))
+        except BlockingIOError:
+            break
+        except OSError:
+            if lengths:
+                break
+            raise
+    return lengths
+
+
+# The drain TunDevice reads with: the native one, or its twin where the module is not built
+# or VPN_FAST_PATH=python.
+_read_frames = (_native_read_frames if NATIVE.native and _native_read_frames is not None
+                else read_frames_python)
 
 
 def offload_names(flags: int) -> list[str]:
@@ -330,34 +359,22 @@ class TunDevice:
         return [buffer[i * self._slot:(i + 1) * self._slot] for i in range(self.batch)]
 
     def _frames(self, slots: Sequence[memoryview]) -> list[memoryview]:
-        """Frames as read into `slots`, until nothing more is waiting or they are all used.
-        (A list, not a generator: a wakeup of one packet, a ping, pays for every call and
-        resume.)"""
-        read = self._read_frame
-        frames = []
-        for view in slots:
-            frame = read(view)
-            if frame is None:
-                break
-            frames.append(frame)
-        return frames
-
-    def _read_frame(self, slot: memoryview) -> memoryview | None:
-        """The system call: one frame (the virtio-net header first, with IFF_VNET_HDR) read
-        into `slot`, or None when nothing is waiting."""
+        """The system calls: frames (the virtio-net header first, with IFF_VNET_HDR) read
+        into `slots`, one each, until nothing more is waiting or they are all used; one
+        native call (read_frames), so that a wakeup of one packet, a ping, pays for no
+        Python per read and no exception for the read that finds nothing."""
         try:
-            n = os.readv(self.fd, (slot,))
-        except BlockingIOError:
-            return None
+            lengths = _read_frames(self.fd, slots)
         except OSError as err:
             if err.errno == errno.EBADFD:
                 raise TunGone(err.errno, f"{self.name}: the interface was deleted") from None
             raise
-        return slot[:n]
+        return [slot[:n] for slot, n in zip(slots, lengths)]
 
     def write(self, header: bytes, parts: Sequence[Buffer]) -> None:
         """Write one frame: the virtio-net header (ignored without IFF_VNET_HDR) then parts.
-        The system call itself, and all of it (lab.doubles.MemoryTun replaces only this).
+        The system call itself, and all of it (lab.doubles.MemoryTun replaces this and
+        _frames, the reads).
 
         Raises OSError as the kernel reports it (EINVAL for a header it rejects).
         """
