@@ -38,9 +38,9 @@
 #endif
 
 #define MAX_BATCH 1024
-/* A receive's runs fit on the stack when its datagrams do (a ping, a handshake, a GRO
- * receive of full-size segments); a receive of many tiny segments takes the heap. */
-#define STACK_RUNS 64
+/* The screen's runs of a receive of up to 28 datagrams (a ping, a handshake) fit on the
+ * stack; a larger GRO receive's take the heap, a small allocation. */
+#define STACK_RUNS 16
 
 /* An entry of `receive`'s result being built: consecutive datagrams of one source. */
 typedef struct {
