@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from vpn.core.drops import Drop
-from vpn.core.offload import Coalesced, split
+from vpn.core.offload import split
 from vpn.core.offload.gro import RECORD, FrameCoalescer, receive_coalescer
 from vpn.core.offload.gso import (
     Fields,
@@ -422,13 +422,16 @@ class TunDevice:
 
     def _write_each(self, buffer: Buffer, records: Buffer, nrec: int, stats: TunStats
                     ) -> None:
-        """The packets the records name, each as it is (NO_OFFLOAD), without the coalescer."""
+        """The packets the records name, each as it is (NO_OFFLOAD), without the coalescer
+        (nor a frame object: a ping's every packet comes this way)."""
+        write = self._write
         for at, length, _ in RECORD.iter_unpack(records[:RECORD.size * nrec]):
-            self._write_frame(Coalesced(NO_OFFLOAD, [buffer[at:at + length]]), stats)
+            write(NO_OFFLOAD, (buffer[at:at + length],), 1, stats)
 
     def _write_frames(self, gro: FrameCoalescer, stats: TunStats) -> None:
+        write = self._write
         for frame in gro.frames():
-            self._write_frame(frame, stats)
+            write(frame.header, frame.parts, frame.segments, stats)
 
     def clear(self) -> None:
         """Forget what was gathered (it points into a buffer about to be overwritten)."""
@@ -438,25 +441,28 @@ class TunDevice:
 
     def write_packet(self, packet: Buffer) -> None:
         """One packet as it is, without offload."""
-        self._write_frame(Coalesced(NO_OFFLOAD, [packet]), self.stats)
+        self._write(NO_OFFLOAD, (packet,), 1, self.stats)
 
-    def _write_frame(self, frame: Coalesced, stats: TunStats) -> None:
+    def _write(self, header: bytes, parts: Sequence[Buffer], segments: int, stats: TunStats
+               ) -> None:
+        """One frame of `segments` packets written and counted; its failures counted (and
+        a refused coalesced frame written again packet by packet), never raised."""
         try:
-            self.write(frame.header, frame.parts)
+            self.write(header, parts)
         except BlockingIOError:
-            stats.drops[Drop.TUN_WRITE_FULL] += frame.segments
+            stats.drops[Drop.TUN_WRITE_FULL] += segments
             return
         except OSError as err:
-            if err.errno == errno.EINVAL and frame.segments > 1:
-                self._refuse_coalescing(frame, stats)
+            if err.errno == errno.EINVAL and segments > 1:
+                self._refuse_coalescing(header, parts, stats)
                 return
             stats.drops[Drop.TUN_WRITE_ERROR] += 1
             self._log_write_error(err)
             return
         stats.tun_writes += 1
-        if frame.segments > 1:
+        if segments > 1:
             stats.jumbo_frames += 1
-            stats.jumbo_segments += frame.segments
+            stats.jumbo_segments += segments
 
     def _log_write_error(self, err: OSError) -> None:
         """The errno of a refused write, the first time each one happens: the counter has
@@ -468,15 +474,15 @@ class TunDevice:
             log.warning("the kernel refused a TUN write (%s): counted as drops.tun_write_error "
                         "(each errno logged once)", name)
 
-    def _refuse_coalescing(self, frame: Coalesced, stats: TunStats) -> None:
+    def _refuse_coalescing(self, header: bytes, parts: Sequence[Buffer], stats: TunStats
+                           ) -> None:
         """Some stable kernels reject valid coalesced writes: write plain from now on."""
         log.warning("the kernel refused a coalesced TUN write (EINVAL); writing segments "
                     "one by one from now on")
         self.coalescing = False
         stats.drops[Drop.GRO_WRITE_REFUSED] += 1
-        header = VirtioNetHeader.unpack(frame.header)
-        for segment in split(header, b"".join(frame.parts)):
-            self._write_frame(Coalesced(NO_OFFLOAD, [segment]), stats)
+        for segment in split(VirtioNetHeader.unpack(header), b"".join(parts)):
+            self._write(NO_OFFLOAD, (segment,), 1, stats)
 
     def close(self) -> None:
         if self.fd >= 0:
