@@ -370,7 +370,8 @@ class TunDevice:
             if err.errno == errno.EBADFD:
                 raise TunGone(err.errno, f"{self.name}: the interface was deleted") from None
             raise
-        return [slot[:n] for slot, n in zip(slots, lengths)]
+        # As many lengths as frames read: the slots past them stay unused.
+        return [slot[:n] for slot, n in zip(slots, lengths, strict=False)]
 
     def write(self, header: bytes, parts: Sequence[Buffer]) -> None:
         """Write one frame: the virtio-net header (ignored without IFF_VNET_HDR) then parts.

@@ -6,7 +6,6 @@ Methods take `now` and return the datagrams to send to `peer.endpoint`; nothing 
 from __future__ import annotations
 
 import functools
-
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
