@@ -30,8 +30,8 @@ BUSY_POLL_ENV = "VPN_BUSY_POLL"
 # Microseconds each wakeup polls past its last packet; 0 is off. 200 by measurement
 # (docs/architecture.md, "Busy-poll"): long enough for a ping-pong's next packet from the
 # peer, not only the local answer, to come within the spin, so neither end sleeps between
-# round trips. Against 50, the idle ping-pong median was lower in 16 of 21 paired rounds on
-# 2 shared cores (200 alone: 8 of 9, medians 0.88-0.94x); idle and one ping a second cost
+# round trips. Against 50, the idle ping-pong median was lower in 19 of 25 paired rounds on
+# 2 shared cores (200 alone: 11 of 13, medians 0.88-0.94x); idle and one ping a second cost
 # the same (0.1-0.2 and 1.0-1.4 ms/s for both ends), a 1 kHz flow 329-405 against
 # 213-232 ms/s.
 DEFAULT_BUSY_POLL_US = 200
