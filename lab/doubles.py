@@ -40,10 +40,10 @@ class MemoryTun(TunDevice):
         self.frames: list[bytes] = []
         self.keep = True
 
-    def _read_frame(self, slot: memoryview) -> memoryview | None:
-        if not self.reads:
-            return None
-        return memoryview(self.reads.pop(0))
+    def _frames(self, slots: Sequence[memoryview]) -> list[memoryview]:
+        taken = self.reads[:len(slots)]
+        del self.reads[:len(slots)]
+        return [memoryview(read) for read in taken]
 
     def write(self, header: bytes, parts: Sequence[Buffer]) -> None:
         if self.keep:  # as the device: the virtio-net header only with IFF_VNET_HDR

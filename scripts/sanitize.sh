@@ -66,7 +66,8 @@ check_imports
     tests/unit/core/wireguard/test_handshake_step.py \
     tests/unit/core/wireguard/test_cookie.py tests/unit/core/wireguard/test_crypto.py \
     tests/unit/core/test_gso.py tests/unit/core/test_gro_native.py \
-    tests/unit/io/test_udp_screen.py tests/unit/io/test_datapath_receive.py \
+    tests/unit/io/test_udp_screen.py tests/unit/io/test_tun_drain.py \
+    tests/unit/io/test_datapath_receive.py \
     tests/unit/io/test_datapath_batches.py tests/unit/core/wireguard/test_transport_threads.py \
     tests/unit/io/test_datapath_receive_workers.py tests/unit/core/test_gso_runs.py \
     tests/unit/core/wireguard/test_seal_runs.py tests/unit/core/wireguard/test_send.py \

@@ -8,7 +8,9 @@
  * datagrams from one source laid together as GRO would have laid them.
  *
  * Also the data path's busy-poll (vpn/io/busypoll.py): the wait between two wakeups' walks
- * spent polling the TUN and the socket with the GIL released, instead of sleeping.
+ * spent polling the TUN and the socket with the GIL released, instead of sleeping; and the
+ * TUN's read drain (vpn/io/tun.py): a wakeup's reads in one call, the read that finds
+ * nothing left ending it without an exception.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -23,6 +25,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "counts.h"
 #include "screen.h"
@@ -35,6 +38,9 @@
 #endif
 
 #define MAX_BATCH 1024
+/* The screen's runs of a receive of up to 28 datagrams (a ping, a handshake) fit on the
+ * stack; a larger GRO receive's take the heap, a small allocation. */
+#define STACK_RUNS 16
 
 /* An entry of `receive`'s result being built: consecutive datagrams of one source. */
 typedef struct {
@@ -51,6 +57,22 @@ static int flush_entry(PyObject *entries, Entry *e)
     Py_XDECREF(entry);
     e->name = NULL;
     return failed ? -1 : 0;
+}
+
+/* The UDP GRO segment size of a receive of `len` bytes (len itself: one datagram). */
+static Py_ssize_t gro_segment(struct msghdr *h, Py_ssize_t len, int *gro)
+{
+    *gro = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c; c = CMSG_NXTHDR(h, c)) {
+        if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO
+            && c->cmsg_len >= CMSG_LEN(sizeof(int))) {
+            int size;
+            memcpy(&size, CMSG_DATA(c), sizeof(size));
+            *gro = 1;
+            return size;
+        }
+    }
+    return len;
 }
 
 PyDoc_STRVAR(receive_doc,
@@ -78,7 +100,7 @@ static PyObject *udp_receive(PyObject *self, PyObject *args)
     struct iovec *iovs = NULL;
     struct sockaddr_storage *names = NULL;
     char (*controls)[CMSG_SPACE(sizeof(int))] = NULL;
-    ScreenRun *runs = NULL;
+    ScreenRun stack_runs[STACK_RUNS], *runs = stack_runs, *heap_runs = NULL;
     Entry pending = {0};
     const struct sockaddr_storage *last_lost = NULL;
     socklen_t last_lost_len = 0;
@@ -104,8 +126,7 @@ static PyObject *udp_receive(PyObject *self, PyObject *args)
     iovs = PyMem_Calloc((size_t)slots, sizeof(*iovs));
     names = PyMem_Calloc((size_t)slots, sizeof(*names));
     controls = PyMem_Calloc((size_t)slots, sizeof(*controls));
-    runs = PyMem_Malloc(sizeof(ScreenRun) * (size_t)(slot_size / 2 + 2));
-    if (!msgs || !iovs || !names || !controls || !runs) {
+    if (!msgs || !iovs || !names || !controls) {
         PyErr_NoMemory();
         goto done;
     }
@@ -138,23 +159,38 @@ static PyObject *udp_receive(PyObject *self, PyObject *args)
     lost = PyList_New(0);
     if (!entries || !lost)
         goto done;
+    /* The screen writes at most one run per two datagrams of a receive, and one more: the
+     * most any receive here needs, not slot_size's worst case (half a MiB a call, which
+     * glibc maps and unmaps on every receive). */
+    Py_ssize_t most = 1;
+    for (int i = 0; i < n; i++) {
+        int gro;
+        Py_ssize_t len = (Py_ssize_t)msgs[i].msg_len;
+        Py_ssize_t segment = gro_segment(&msgs[i].msg_hdr, len, &gro);
+        Py_ssize_t datagrams = segment > 0 && segment < len ? (len + segment - 1) / segment : 1;
+        if (datagrams > most)
+            most = datagrams;
+    }
+    if (most / 2 + 2 > STACK_RUNS) {
+        runs = heap_runs = PyMem_Malloc(sizeof(ScreenRun) * (size_t)(most / 2 + 2));
+        if (!runs) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+    }
     for (int i = 0; i < n; i++) {
         struct msghdr *h = &msgs[i].msg_hdr;
-        Py_ssize_t len = (Py_ssize_t)msgs[i].msg_len, segment = len, nruns;
+        Py_ssize_t len = (Py_ssize_t)msgs[i].msg_len, nruns;
+        int gro;
         if (h->msg_flags & MSG_TRUNC) {
             truncated++;
             continue;
         }
         receives++;
-        for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c; c = CMSG_NXTHDR(h, c)) {
-            if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO
-                && c->cmsg_len >= CMSG_LEN(sizeof(int))) {
-                int size;
-                memcpy(&size, CMSG_DATA(c), sizeof(size));
-                segment = size;
-                gro_receives++;
-                gro_segments += size > 0 ? (len + size - 1) / size : 1;
-            }
+        Py_ssize_t segment = gro_segment(h, len, &gro);
+        if (gro) {
+            gro_receives++;
+            gro_segments += segment > 0 ? (len + segment - 1) / segment : 1;
         }
         if (len > slot_size)
             len = slot_size; /* never: MSG_TRUNC says so; kept for the reader of the bounds */
@@ -211,7 +247,7 @@ done:
     PyMem_Free(iovs);
     PyMem_Free(names);
     PyMem_Free(controls);
-    PyMem_Free(runs);
+    PyMem_Free(heap_runs);
     PyBuffer_Release(&buffer);
     return result;
 }
@@ -254,16 +290,74 @@ static PyObject *udp_wait_readable(PyObject *self, PyObject *args)
     return PyLong_FromLong(ready);
 }
 
+PyDoc_STRVAR(read_frames_doc,
+"read_frames(fd, slots) -> lengths\n\n"
+"The TUN's read drain: one read(2) into each of `slots` (writable buffers) in turn, without\n"
+"blocking, until one finds nothing waiting or every slot is used; the lengths read, in\n"
+"order. The GIL is released for each read. An error (EBADFD once the interface is gone)\n"
+"raises OSError when nothing was read yet; after a read it ends the drain, and the next\n"
+"call meets it again.");
+
+static PyObject *udp_read_frames(PyObject *self, PyObject *args)
+{
+    (void)self;
+    int fd;
+    PyObject *slots_obj, *slots, *lengths;
+    if (!PyArg_ParseTuple(args, "iO:read_frames", &fd, &slots_obj))
+        return NULL;
+    slots = PySequence_Fast(slots_obj, "read_frames: slots must be a sequence of buffers");
+    if (!slots)
+        return NULL;
+    lengths = PyList_New(0);
+    if (!lengths)
+        goto fail;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(slots); i++) {
+        Py_buffer slot;
+        ssize_t n;
+        int error = 0;
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(slots, i), &slot, PyBUF_WRITABLE) < 0)
+            goto fail;
+        Py_BEGIN_ALLOW_THREADS
+        do {
+            n = read(fd, slot.buf, (size_t)slot.len);
+        } while (n < 0 && errno == EINTR);
+        error = n < 0 ? errno : 0;
+        Py_END_ALLOW_THREADS
+        PyBuffer_Release(&slot);
+        if (n < 0) {
+            if (error == EAGAIN || error == EWOULDBLOCK || PyList_GET_SIZE(lengths) > 0)
+                break;
+            errno = error;
+            PyErr_SetFromErrno(PyExc_OSError);
+            goto fail;
+        }
+        PyObject *length = PyLong_FromSsize_t(n);
+        if (!length || PyList_Append(lengths, length) < 0) {
+            Py_XDECREF(length);
+            goto fail;
+        }
+        Py_DECREF(length);
+    }
+    Py_DECREF(slots);
+    return lengths;
+fail:
+    Py_XDECREF(lengths);
+    Py_DECREF(slots);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"receive", udp_receive, METH_VARARGS, receive_doc},
     {"wait_readable", udp_wait_readable, METH_VARARGS, wait_readable_doc},
+    {"read_frames", udp_read_frames, METH_VARARGS, read_frames_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "vpn.io._udp",
     "Native batch receive with a datagram screen, the twin of UdpSocket.receive_batch; and a\n"
-    "busy-poll of two descriptors, the twin of vpn.io.busypoll.wait_readable.", -1,
+    "busy-poll of two descriptors, the twin of vpn.io.busypoll.wait_readable; the TUN's read\n"
+    "drain, the twin of vpn.io.tun.read_frames_python.", -1,
     methods, NULL, NULL, NULL, NULL,
 };
 

@@ -27,12 +27,14 @@ except ImportError:  # not built: the Python twin below serves, as NATIVE says
     _native_wait_readable = None  # type: ignore[assignment]
 
 BUSY_POLL_ENV = "VPN_BUSY_POLL"
-# Microseconds each wakeup polls past its last packet; 0 is off. 50 by measurement
-# (docs/architecture.md, "Busy-poll"): the idle ping-pong median below off's in 14 of 19
-# paired runs on 2 shared cores (0.74-0.98x; 1.00-1.48x in the other five), 0.85-0.87x
-# over 5 and 3 rounds; an idle endpoint's CPU unchanged (0.1 ms/s), one ping a second 1.3
-# against 1.0 ms/s for both ends.
-DEFAULT_BUSY_POLL_US = 50
+# Microseconds each wakeup polls past its last packet; 0 is off. 200 by measurement
+# (docs/architecture.md, "Busy-poll"): long enough for a ping-pong's next packet from the
+# peer, not only the local answer, to come within the spin, so neither end sleeps between
+# round trips. Against 50, the idle ping-pong median was lower in 19 of 25 paired rounds on
+# 2 shared cores (200 alone: 11 of 13, medians 0.88-0.94x); idle and one ping a second cost
+# the same (0.1-0.2 and 1.0-1.4 ms/s for both ends), a 1 kHz flow 329-405 against
+# 213-232 ms/s.
+DEFAULT_BUSY_POLL_US = 200
 MAX_BUSY_POLL_US = 10_000
 # The longest one wakeup keeps walking and polling before the loop runs again (or the
 # budget, if longer): what a timer or the management socket waits for at most, under load.

@@ -275,7 +275,8 @@ class DataPath:
             if lengths and sealed.endpoint is not None:
                 self.udp.send_messages(sealed.endpoint, view, lengths)
                 stats.datagrams_sent += len(lengths)
-            self.send_control(peer, sealed.control)
+            if sealed.control:  # mostly none: a call less a wakeup
+                self.send_control(peer, sealed.control)
             if not sealed.rest:
                 return
             reads = sealed.rest

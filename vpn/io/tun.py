@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from vpn.core.drops import Drop
-from vpn.core.offload import Coalesced, split
+from vpn.core.offload import split
 from vpn.core.offload.gro import RECORD, FrameCoalescer, receive_coalescer
 from vpn.core.offload.gso import (
     Fields,
@@ -37,6 +37,12 @@ from vpn.core.offload.gso import (
 from vpn.core.packet.virtio import HEADER, NO_OFFLOAD, VIRTIO_NET_HDR_LEN, VirtioNetHeader
 from vpn.core.types import Buffer
 from vpn.io.buffers import reserve
+from vpn.io.udp import NATIVE  # the same C module as the batch receive, the same choice
+
+try:
+    from vpn.io._udp import read_frames as _native_read_frames
+except ImportError:  # not built: the Python twin below serves, as NATIVE says
+    _native_read_frames = None  # type: ignore[assignment]
 
 log = logging.getLogger("vpn.io.tun")
 
@@ -96,6 +102,29 @@ class TunError(OSError):
 class TunGone(TunError):
     """The interface was deleted under the open device (`ip link delete`, as `wg-quick
     down` does): the kernel answers every read with EBADFD from then on."""
+
+
+def read_frames_python(fd: int, slots: Sequence[memoryview]) -> list[int]:
+    """The twin of _udp.read_frames: one non-blocking read into each of `slots` in turn
+    until nothing is waiting or they are all used; the lengths read. An error raises when
+    nothing was read yet, and after a read ends the drain (the next call meets it)."""
+    lengths: list[int] = []
+    for slot in slots:
+        try:
+            lengths.append(os.readv(fd, (slot,)))
+        except BlockingIOError:
+            break
+        except OSError:
+            if lengths:
+                break
+            raise
+    return lengths
+
+
+# The drain TunDevice reads with: the native one, or its twin where the module is not built
+# or VPN_FAST_PATH=python.
+_read_frames = (_native_read_frames if NATIVE.native and _native_read_frames is not None
+                else read_frames_python)
 
 
 def offload_names(flags: int) -> list[str]:
@@ -174,7 +203,8 @@ class TunRead:
         """The complete packets, every checksum filled in (gso.split); OffloadError for a
         header the kernel should not have sent."""
         segments = split_fields(self._fields, self.packet)
-        self._count(len(segments))
+        if self._fields[1]:  # _count, inline: asked of every plain read the send walk seals
+            self._count(len(segments))
         return segments
 
     def split_into(self, out: bytearray | memoryview, offset: int, gap: int, tail: int
@@ -330,34 +360,23 @@ class TunDevice:
         return [buffer[i * self._slot:(i + 1) * self._slot] for i in range(self.batch)]
 
     def _frames(self, slots: Sequence[memoryview]) -> list[memoryview]:
-        """Frames as read into `slots`, until nothing more is waiting or they are all used.
-        (A list, not a generator: a wakeup of one packet, a ping, pays for every call and
-        resume.)"""
-        read = self._read_frame
-        frames = []
-        for view in slots:
-            frame = read(view)
-            if frame is None:
-                break
-            frames.append(frame)
-        return frames
-
-    def _read_frame(self, slot: memoryview) -> memoryview | None:
-        """The system call: one frame (the virtio-net header first, with IFF_VNET_HDR) read
-        into `slot`, or None when nothing is waiting."""
+        """The system calls: frames (the virtio-net header first, with IFF_VNET_HDR) read
+        into `slots`, one each, until nothing more is waiting or they are all used; one
+        native call (read_frames), so that a wakeup of one packet, a ping, pays for no
+        Python per read and no exception for the read that finds nothing."""
         try:
-            n = os.readv(self.fd, (slot,))
-        except BlockingIOError:
-            return None
+            lengths = _read_frames(self.fd, slots)
         except OSError as err:
             if err.errno == errno.EBADFD:
                 raise TunGone(err.errno, f"{self.name}: the interface was deleted") from None
             raise
-        return slot[:n]
+        # As many lengths as frames read: the slots past them stay unused.
+        return [slot[:n] for slot, n in zip(slots, lengths, strict=False)]
 
     def write(self, header: bytes, parts: Sequence[Buffer]) -> None:
         """Write one frame: the virtio-net header (ignored without IFF_VNET_HDR) then parts.
-        The system call itself, and all of it (lab.doubles.MemoryTun replaces only this).
+        The system call itself, and all of it (lab.doubles.MemoryTun replaces this and
+        _frames, the reads).
 
         Raises OSError as the kernel reports it (EINVAL for a header it rejects).
         """
@@ -417,13 +436,16 @@ class TunDevice:
 
     def _write_each(self, buffer: Buffer, records: Buffer, nrec: int, stats: TunStats
                     ) -> None:
-        """The packets the records name, each as it is (NO_OFFLOAD), without the coalescer."""
+        """The packets the records name, each as it is (NO_OFFLOAD), without the coalescer
+        (nor a frame object: a ping's every packet comes this way)."""
+        write = self._write
         for at, length, _ in RECORD.iter_unpack(records[:RECORD.size * nrec]):
-            self._write_frame(Coalesced(NO_OFFLOAD, [buffer[at:at + length]]), stats)
+            write(NO_OFFLOAD, (buffer[at:at + length],), 1, stats)
 
     def _write_frames(self, gro: FrameCoalescer, stats: TunStats) -> None:
+        write = self._write
         for frame in gro.frames():
-            self._write_frame(frame, stats)
+            write(frame.header, frame.parts, frame.segments, stats)
 
     def clear(self) -> None:
         """Forget what was gathered (it points into a buffer about to be overwritten)."""
@@ -433,25 +455,28 @@ class TunDevice:
 
     def write_packet(self, packet: Buffer) -> None:
         """One packet as it is, without offload."""
-        self._write_frame(Coalesced(NO_OFFLOAD, [packet]), self.stats)
+        self._write(NO_OFFLOAD, (packet,), 1, self.stats)
 
-    def _write_frame(self, frame: Coalesced, stats: TunStats) -> None:
+    def _write(self, header: bytes, parts: Sequence[Buffer], segments: int, stats: TunStats
+               ) -> None:
+        """One frame of `segments` packets written and counted; its failures counted (and
+        a refused coalesced frame written again packet by packet), never raised."""
         try:
-            self.write(frame.header, frame.parts)
+            self.write(header, parts)
         except BlockingIOError:
-            stats.drops[Drop.TUN_WRITE_FULL] += frame.segments
+            stats.drops[Drop.TUN_WRITE_FULL] += segments
             return
         except OSError as err:
-            if err.errno == errno.EINVAL and frame.segments > 1:
-                self._refuse_coalescing(frame, stats)
+            if err.errno == errno.EINVAL and segments > 1:
+                self._refuse_coalescing(header, parts, stats)
                 return
             stats.drops[Drop.TUN_WRITE_ERROR] += 1
             self._log_write_error(err)
             return
         stats.tun_writes += 1
-        if frame.segments > 1:
+        if segments > 1:
             stats.jumbo_frames += 1
-            stats.jumbo_segments += frame.segments
+            stats.jumbo_segments += segments
 
     def _log_write_error(self, err: OSError) -> None:
         """The errno of a refused write, the first time each one happens: the counter has
@@ -463,15 +488,15 @@ class TunDevice:
             log.warning("the kernel refused a TUN write (%s): counted as drops.tun_write_error "
                         "(each errno logged once)", name)
 
-    def _refuse_coalescing(self, frame: Coalesced, stats: TunStats) -> None:
+    def _refuse_coalescing(self, header: bytes, parts: Sequence[Buffer], stats: TunStats
+                           ) -> None:
         """Some stable kernels reject valid coalesced writes: write plain from now on."""
         log.warning("the kernel refused a coalesced TUN write (EINVAL); writing segments "
                     "one by one from now on")
         self.coalescing = False
         stats.drops[Drop.GRO_WRITE_REFUSED] += 1
-        header = VirtioNetHeader.unpack(frame.header)
-        for segment in split(header, b"".join(frame.parts)):
-            self._write_frame(Coalesced(NO_OFFLOAD, [segment]), stats)
+        for segment in split(VirtioNetHeader.unpack(header), b"".join(parts)):
+            self._write(NO_OFFLOAD, (segment,), 1, stats)
 
     def close(self) -> None:
         if self.fd >= 0:

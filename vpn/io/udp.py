@@ -463,7 +463,8 @@ class UdpSocket:
             stats.truncated += truncated
         if errors:
             stats.receive_errors += errors
-        return out, counts, [names.get(raw) or self._name(raw) for raw in lost]
+        # (Mostly no lost sessions: no comprehension's call then.)
+        return out, counts, [names.get(raw) or self._name(raw) for raw in lost] if lost else []
 
     def _name(self, raw: bytes) -> Address:
         """(ip, port) of a raw struct sockaddr from the native receive."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from array import array
 
 import pytest
@@ -185,3 +186,24 @@ def test_receive_moves_lone_datagrams_of_one_source_together() -> None:
             a.send(transport(7, 100))
         entries, *_ = _udp.receive(b.fileno(), buffer, 300, 16, screen)
         assert [length for _, length, _, _ in entries] == [300, 300, 100]
+
+
+def test_a_gro_receive_of_many_datagrams_keeps_every_run() -> None:
+    """One GRO receive of 64 datagrams, known and unknown receiver indexes alternating: 32
+    runs, more than the native receive keeps on its stack (it takes them from the heap)."""
+    known = array("I", [7]).tobytes()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK) as rx, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        rx.bind(("127.0.0.1", 0))
+        rx.setsockopt(17, 104, 1)  # UDP_GRO
+        sent = [transport(7 if i % 2 == 0 else 8, 32) for i in range(64)]
+        tx.sendmsg([b"".join(sent)], [(17, 103, (32).to_bytes(2, sys.byteorder))], 0,
+                   rx.getsockname())  # UDP_SEGMENT: one send, one GRO receive
+        buffer = bytearray(65535)
+        entries, counts, lost, stats = _udp.receive(rx.fileno(), buffer, 65535, 1,
+                                                    Screen(known, b"").capsule)
+    assert stats[:3] == (1, 1, 64)
+    assert counts is not None and sum(counts) == 32 and len(lost) == 1
+    # Every run kept, each moved in after the one before (one source: as GRO lays them).
+    assert [(offset, length, size) for offset, length, size, _ in entries] == [(0, 1024, 32)]
+    assert bytes(buffer[:1024]) == b"".join(sent[::2])

@@ -5,6 +5,7 @@ Methods take `now` and return the datagrams to send to `peer.endpoint`; nothing 
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -99,7 +100,7 @@ class Peer:
         self.public_key = bytes(public_key)
         self.handshake = Handshake(identity, public_key, preshared_key)
         self.keypairs = KeypairSet(on_drop=indexes.forget_keypair)
-        self.timers = Timers(persistent_keepalive, sources.jitter, self._timer_armed)
+        self.timers = Timers(persistent_keepalive, sources.jitter, self._timer_hook())
         self.cookies = CookieGenerator(public_key)
         self.endpoint = endpoint
         self.last_sent_handshake = float("-inf")
@@ -314,10 +315,12 @@ class Peer:
         self.handshake = Handshake(identity, self.public_key, self.handshake.psk)
         self.last_sent_handshake = float("-inf")  # one in flight was on the old key: void
         self.timers = Timers(self.timers.persistent_interval, self._sources.jitter,
-                             self._timer_armed)
+                             self._timer_hook())
 
-    def _timer_armed(self, deadline: float) -> None:
-        self._sources.timer_armed(self, deadline)
+    def _timer_hook(self) -> Callable[[float], None]:
+        """What the timers tell of each deadline armed: the device's hook with this peer
+        bound (a partial: no Python frame of the peer's own, for a ping's every packet)."""
+        return functools.partial(self._sources.timer_armed, self)
 
     def _emit(self, event: PeerEvent) -> None:
         self.events.append(event)
