@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from vpn.core.drops import Drop
 from vpn.core.offload import split
-from vpn.core.offload.gro import RECORD, FrameCoalescer, receive_coalescer
+from vpn.core.offload.gro import RECORD, Coalesced, FrameCoalescer, receive_coalescer
 from vpn.core.offload.gso import (
     Fields,
     RunRead,
@@ -409,7 +409,7 @@ class TunDevice:
         """Write every frame gathered since the last flush, in order."""
         if self._gathered and self._gro is not None:
             self._gathered = False
-            self._write_frames(self._gro, self.stats)
+            self.write_gathered(self._gro.frames(), self.stats)
 
     def deliver_now(self, buffer: Buffer, records: Buffer, nrec: int, stats: TunStats
                     ) -> None:
@@ -430,9 +430,10 @@ class TunDevice:
         return gro.frames()
 
     def write_gathered(self, frames: list[Coalesced], stats: TunStats) -> None:
-        """Write frames that gather made, counted in `stats`."""
+        """Write frames that gather (or a flush) made, counted in `stats`."""
+        write = self._write
         for frame in frames:
-            self._write_frame(frame, stats)
+            write(frame.header, frame.parts, frame.segments, stats)
 
     def _write_each(self, buffer: Buffer, records: Buffer, nrec: int, stats: TunStats
                     ) -> None:
@@ -441,11 +442,6 @@ class TunDevice:
         write = self._write
         for at, length, _ in RECORD.iter_unpack(records[:RECORD.size * nrec]):
             write(NO_OFFLOAD, (buffer[at:at + length],), 1, stats)
-
-    def _write_frames(self, gro: FrameCoalescer, stats: TunStats) -> None:
-        write = self._write
-        for frame in gro.frames():
-            write(frame.header, frame.parts, frame.segments, stats)
 
     def clear(self) -> None:
         """Forget what was gathered (it points into a buffer about to be overwritten)."""
