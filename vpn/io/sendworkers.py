@@ -96,10 +96,11 @@ class Lease:
 
 class _Sealed(NamedTuple):
     """A job's seal: its messages by buffer (or the failure), and the seal buffers it holds
-    until it is sent."""
+    until it is sent, then goes back to `home` (the free ones of the worker that sealed)."""
 
     messages: list[tuple[memoryview, list[int]]] | BaseException
     buffers: list[memoryview]
+    home: collections.deque[memoryview]
 
 
 class SendWorkers:
@@ -117,9 +118,7 @@ class SendWorkers:
         self.slots: PausingPool[list[memoryview]] = PausingPool(
             (read_slots() for _ in range(read_batches(pool.stats.threads))),
             call_soon_threadsafe)
-        self._local = threading.local()
-        # Seal buffers no job holds (deque: its append and pop are atomic between threads).
-        self._seal_buffers: collections.deque[memoryview] = collections.deque()
+        self._local = threading.local()  # per worker: its counts, its free seal buffers
         self.counts: list[WorkerCounts] = []  # one per worker thread, as each first counts
         self._lock = threading.Lock()  # the leases' holders
         self._send_lock = threading.Lock()  # the socket's counters and GSO state
@@ -183,17 +182,18 @@ class SendWorkers:
         """The split and the crypto, in parallel with other jobs; a failure is handed to
         the send stage (so that the slots and the seal buffers always come back)."""
         taken: list[memoryview] = []
+        free = self._free_seal_buffers()
 
         def buffer(index: int) -> memoryview:
             while len(taken) <= index:
-                taken.append(self._take_seal_buffer())
+                taken.append(free.pop() if free else reserve(JOB_BYTES))
             return taken[index]
 
         try:
             return _Sealed(seal_job(kp, job, buffer, mtu, self._counts().drops, split_reads),
-                           taken)
+                           taken, free)
         except Exception as error:
-            return _Sealed(error, taken)
+            return _Sealed(error, taken, free)
 
     def _send(self, endpoint: Address, job: Job, control: Sequence[bytes], lease: Lease,
               result: _Sealed) -> None:
@@ -219,16 +219,21 @@ class SendWorkers:
             counts.drops[Drop.INTERNAL_ERROR] += 1
             self._on_error(failure)
         finally:
-            self._seal_buffers.extend(result.buffers)
+            result.home.extend(result.buffers)
             self.release(lease)
 
-    def _take_seal_buffer(self) -> memoryview:
-        """A free seal buffer; a new one when every one is held by a job not yet sent (at
-        most as many as jobs fit the read slots' batches)."""
-        try:
-            return self._seal_buffers.pop()
-        except IndexError:
-            return reserve(JOB_BYTES)
+    def _free_seal_buffers(self) -> collections.deque[memoryview]:
+        """This worker's free seal buffers. Each worker seals into its own (a new one when
+        every one it has is held by a job not yet sent: at most as many as jobs fit the read
+        slots' batches), most recently sent first: their lines are still in its core's cache.
+        From one list shared by every worker, a buffer one core had just written was the
+        next job's on the other, its lines fetched from the first core's cache (the lane's
+        send, on whichever worker drains it, gives it back here: deque's extend and pop are
+        atomic between threads)."""
+        free: collections.deque[memoryview] | None = getattr(self._local, "free", None)
+        if free is None:
+            free = self._local.free = collections.deque()
+        return free
 
     def _counts(self) -> WorkerCounts:
         counts: WorkerCounts | None = getattr(self._local, "counts", None)

@@ -9,6 +9,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -165,6 +166,33 @@ def test_a_sealed_job_keeps_its_buffers_while_it_waits_for_its_turn(
     finally:
         threaded.close()
     assert datagrams(threaded) == datagrams(inline)
+    assert all_slots_back(threaded)
+
+
+@pytest.mark.usefixtures("jitter")
+def test_each_worker_seals_into_buffers_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job's seal buffers go back to the worker that sealed it, whichever worker sent it:
+    no buffer one core wrote is the next job's on another (its lines in the first's cache)."""
+    inline, _ = handshaken_pair(SEED)
+    reads = [("super", 20_000, 1300)] * 24
+    send(inline, frames(reads), 8)
+    monkeypatch.setattr(sendworkers, "JOB_BYTES", 25_000)  # a job per read
+    seal_job = sendworkers.seal_job
+    used: dict[int, set[int]] = {}  # thread -> the seal buffers it sealed into
+
+    def recorded(kp: object, job: object, buffer: Callable[[int], memoryview],
+                 *args: object) -> object:
+        used.setdefault(threading.get_ident(), set()).add(id(buffer(0)))
+        return seal_job(kp, job, buffer, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sendworkers, "seal_job", recorded)
+    threaded, _ = handshaken_pair(SEED, threads=2)
+    try:
+        send(threaded, frames(reads), 8)
+    finally:
+        threaded.close()
+    assert datagrams(threaded) == datagrams(inline)
+    assert sum(len(buffers) for buffers in used.values()) == len(set().union(*used.values()))
     assert all_slots_back(threaded)
 
 
