@@ -11,12 +11,8 @@ each peer's datagrams leave in the order they were read. The slots go back to th
 the wakeup's last job was sent, the seal buffers with their job.
 
 The pool is bounded. A wakeup that finds no batch of slots free reads nothing and stops
-watching the TUN (`pause`, counted as send_backpressure) until the workers gave half the
-batches back (`resume`, from the loop thread): what was read is never dropped and the loop
-never waits. Resumed at the first one back, the loop thread was woken for every wakeup's
-reads, each time taking a core from a worker (2 workers, a loaded machine: 4.6 against 3.7
-us of the loop's CPU per 64 KiB, medians of 5); the half still queued keeps the workers busy
-while it reads.
+watching the TUN (`pause`, counted as send_backpressure) until a worker gives one back
+(`resume`, from the loop thread): what was read is never dropped and the loop never waits.
 
 Workers write only their own counters (WorkerCounts, one per thread), summed when read.
 """
@@ -121,7 +117,7 @@ class SendWorkers:
         # The batches of read slots, with the TUN's backpressure (the shell wires it).
         self.slots: PausingPool[list[memoryview]] = PausingPool(
             (read_slots() for _ in range(read_batches(pool.stats.threads))),
-            call_soon_threadsafe, resume_at=read_batches(pool.stats.threads) // 2)
+            call_soon_threadsafe)
         self._local = threading.local()  # per worker: its counts, its free seal buffers
         self.counts: list[WorkerCounts] = []  # one per worker thread, as each first counts
         self._lock = threading.Lock()  # the leases' holders
@@ -229,9 +225,11 @@ class SendWorkers:
     def _free_seal_buffers(self) -> collections.deque[memoryview]:
         """This worker's free seal buffers. Each worker seals into its own (a new one when
         every one it has is held by a job not yet sent: at most as many as jobs fit the read
-        slots' batches), the most recently sent first, never one the other core has just
-        written (the lane's send, on whichever worker drains it, gives it back here: deque's
-        extend and pop are atomic between threads)."""
+        slots' batches), most recently sent first: their lines are still in its core's cache.
+        From one list shared by every worker, a buffer one core had just written was the
+        next job's on the other, its lines fetched from the first core's cache (the lane's
+        send, on whichever worker drains it, gives it back here: deque's extend and pop are
+        atomic between threads)."""
         free: collections.deque[memoryview] | None = getattr(self._local, "free", None)
         if free is None:
             free = self._local.free = collections.deque()
