@@ -46,10 +46,14 @@ JOB_BYTES = 1 << 19
 # Batches of read slots per worker thread (up to MAX_DEPTH_THREADS of them): one being
 # read, the others' jobs in flight. Each worker needs its own depth of queued jobs: when a
 # batch comes back the loop thread must get a core (busy with the workers) and read before
-# the queue runs dry. With 4 batches for 2 workers they waited for a job 12-17% of the time
-# (bench.pipeline, 2 workers, per-thread schedstat), with 8 2.5-4.5%. Each batch is 4 MiB of
-# address space, resident only as its slots are read into.
-READ_BATCHES_PER_THREAD = 4
+# the queue runs dry; and a batch comes back only once its last job was sent, so a job whose
+# worker lost its core holds its batch and, in its lane, every later job's. With 4 batches
+# for 2 workers they waited for a job 12-17% of the time (bench.pipeline, 2 workers,
+# per-thread schedstat), with 8 2.5-4.5%, and still 4-11% on a loaded machine (timed around
+# the queue's get when it was empty: 60-165 waits of 1.5-9 ms in 3 s); with 12 0.1-0.3%
+# (5-7 waits; 1 worker: 0.4-3% with 4, 0-1.5% with 6). Each batch is 4 MiB of address
+# space, resident only as its slots are read into: 48 MiB for 2 workers under a bulk stream.
+READ_BATCHES_PER_THREAD = 6
 
 
 def read_batches(threads: int) -> int:

@@ -237,12 +237,12 @@ def test_a_failing_worker_is_counted_and_the_next_jobs_go_on(
 def test_the_buffers_in_flight_grow_with_the_workers() -> None:
     """Each worker gets its own depth of queued work (up to MAX_DEPTH_THREADS workers), so
     that the queue does not run dry while the loop thread waits for a core."""
-    assert [sendworkers.read_batches(n) for n in (1, 2, 4, 64)] == [4, 8, 16, 16]
+    assert [sendworkers.read_batches(n) for n in (1, 2, 4, 64)] == [6, 12, 24, 24]
     assert [receiveworkers.receive_buffers(n) for n in (1, 2, 4, 64)] == [6, 10, 18, 18]
     threaded, _ = handshaken_pair(SEED, threads=2)
     try:
         assert threaded.send_workers is not None and threaded.receive_workers is not None
-        assert threaded.send_workers.slots.count == 8
+        assert threaded.send_workers.slots.count == 12
         assert threaded.receive_workers.buffers.count == 10
     finally:
         threaded.close()
