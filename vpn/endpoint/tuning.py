@@ -18,6 +18,8 @@ from vpn.io.sendworkers import DEFAULT_THREADS, THREADS_ENV, parse_threads
 
 @dataclass(frozen=True)
 class Tuning:
+    """What `vpn up` and `vpn-userspace` hand the endpoint's runtime."""
+
     threads: int = DEFAULT_THREADS  # the data path's worker threads (0 or 1: none, inline)
     busy_poll_us: int = DEFAULT_BUSY_POLL_US  # each wakeup's busy-poll budget (0: off)
     slice_us: int = DEFAULT_SLICE_US  # the data path's scheduler slice (0: the kernel's)
