@@ -84,12 +84,14 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _thread_slices(pid: int) -> dict[int, int]:
-    """Each thread of `pid` -> its scheduler slice in ns, as /proc shows it."""
+    """Each thread of `pid` -> its scheduler slice in ns, as /proc shows it (a thread that
+    ends meanwhile is left out)."""
     slices = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
-        for line in (task / "sched").read_text().splitlines():
-            if line.startswith("se.slice"):
-                slices[int(task.name)] = int(line.split(":")[1])
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            for line in (task / "sched").read_text().splitlines():
+                if line.startswith("se.slice"):
+                    slices[int(task.name)] = int(line.split(":")[1])
     return slices
 
 
