@@ -256,6 +256,7 @@ def test_up_refuses_a_bad_data_path_knob(flag: list[str], env: tuple[str, str] |
 
 
 def test_thread_counts_parse() -> None:
-    from vpn.io.sendworkers import MAX_THREADS, parse_threads
+    from vpn.endpoint.tuning import parse_threads
+    from vpn.io.sendworkers import MAX_THREADS
 
     assert [parse_threads(t) for t in ("0", " 2 ", str(MAX_THREADS))] == [0, 2, MAX_THREADS]

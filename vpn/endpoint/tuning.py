@@ -11,9 +11,35 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from vpn.io.busypoll import BUSY_POLL_ENV, DEFAULT_BUSY_POLL_US, parse_busy_poll
-from vpn.io.schedslice import DEFAULT_SLICE_US, SLICE_ENV, parse_slice
-from vpn.io.sendworkers import DEFAULT_THREADS, THREADS_ENV, parse_threads
+from vpn.io.busypoll import BUSY_POLL_ENV, DEFAULT_BUSY_POLL_US, MAX_BUSY_POLL_US
+from vpn.io.schedslice import DEFAULT_SLICE_US, MAX_SLICE_US, MIN_SLICE_US, SLICE_ENV
+from vpn.io.sendworkers import DEFAULT_THREADS, MAX_THREADS, THREADS_ENV
+
+
+def bounded(what: str, low: int, high: int, *, microseconds: bool = False,
+            zero: str = "") -> Callable[[str], int]:
+    """The parser of a knob's text: an integer in low..high (or 0, when `zero` says what 0
+    means), else ValueError saying why, naming the knob as `what`."""
+    unit = " us" if microseconds else ""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            of = " of microseconds" if microseconds else ""
+            raise ValueError(f"{what} {text!r} is not a number{of}") from None
+        if not (low <= value <= high or (zero and value == 0)):
+            also = f" (or 0: {zero})" if zero else ""
+            raise ValueError(f"{what} {value} is outside {low}..{high}{unit}{also}")
+        return value
+
+    return parse
+
+
+parse_threads = bounded("thread count", 0, MAX_THREADS)
+parse_busy_poll = bounded("busy-poll budget", 0, MAX_BUSY_POLL_US, microseconds=True)
+parse_slice = bounded("scheduler slice", MIN_SLICE_US, MAX_SLICE_US, microseconds=True,
+                      zero="the kernel's default")
 
 
 @dataclass(frozen=True)

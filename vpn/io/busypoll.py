@@ -45,18 +45,6 @@ TUN, UDP = 1, 2  # wait_readable's bits: its first descriptor, its second
 WaitReadable = Callable[[int, int, int], int]
 
 
-def parse_busy_poll(text: str) -> int:
-    """A busy-poll budget in microseconds as given on the command line or in VPN_BUSY_POLL;
-    ValueError with the reason for anything but 0..MAX_BUSY_POLL_US."""
-    try:
-        usec = int(text.strip())
-    except ValueError:
-        raise ValueError(f"busy-poll budget {text!r} is not a number of microseconds") from None
-    if not 0 <= usec <= MAX_BUSY_POLL_US:
-        raise ValueError(f"busy-poll budget {usec} is outside 0..{MAX_BUSY_POLL_US} us")
-    return usec
-
-
 def wait_readable_python(fd_a: int, fd_b: int, budget_ns: int) -> int:
     """The twin of _udp.wait_readable: poll without sleeping, yielding the CPU between polls,
     until `fd_a` (bit 0) or `fd_b` (bit 1) is readable or has an error, or `budget_ns` have

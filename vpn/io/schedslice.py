@@ -24,7 +24,7 @@ import os
 import platform
 import struct
 
-__all__ = ["DEFAULT_SLICE_US", "SLICE_ENV", "parse_slice", "request"]
+__all__ = ["DEFAULT_SLICE_US", "MAX_SLICE_US", "MIN_SLICE_US", "SLICE_ENV", "request"]
 
 SLICE_ENV = "VPN_SCHED_SLICE"
 # Microseconds; 0 leaves the kernel's default. 100 (the kernel's floor) by measurement:
@@ -43,19 +43,6 @@ _ATTR = struct.Struct("=IIQiIQQQ")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
-
-
-def parse_slice(text: str) -> int:
-    """A slice in microseconds as given on the command line or in VPN_SCHED_SLICE;
-    ValueError with the reason for anything but 0 or MIN_SLICE_US..MAX_SLICE_US."""
-    try:
-        usec = int(text.strip())
-    except ValueError:
-        raise ValueError(f"scheduler slice {text!r} is not a number of microseconds") from None
-    if usec != 0 and not MIN_SLICE_US <= usec <= MAX_SLICE_US:
-        raise ValueError(f"scheduler slice {usec} is outside {MIN_SLICE_US}..{MAX_SLICE_US} us "
-                         "(or 0: the kernel's default)")
-    return usec
 
 
 def request(slice_us: int) -> int:

@@ -67,18 +67,6 @@ DEFAULT_THREADS = 0  # inline: see docs/architecture.md for the measurements beh
 MAX_THREADS = 64
 
 
-def parse_threads(text: str) -> int:
-    """A thread count as given on the command line or in VPN_THREADS; ValueError with the
-    reason for anything but 0..MAX_THREADS."""
-    try:
-        threads = int(text.strip())
-    except ValueError:
-        raise ValueError(f"thread count {text!r} is not a number") from None
-    if not 0 <= threads <= MAX_THREADS:
-        raise ValueError(f"thread count {threads} is outside 0..{MAX_THREADS}")
-    return threads
-
-
 @dataclass
 class WorkerCounts:
     """One worker thread's counters; only that thread writes them."""

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from vpn.endpoint.tuning import parse_busy_poll
 from vpn.io import busypoll
-from vpn.io.busypoll import HOLD_NS, TUN, UDP, BusyPoll, parse_busy_poll, wait_readable_python
+from vpn.io.busypoll import HOLD_NS, TUN, UDP, BusyPoll, wait_readable_python
 
 
 def test_budgets_parse() -> None:

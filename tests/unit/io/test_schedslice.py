@@ -11,8 +11,9 @@ from typing import TypeVar
 
 import pytest
 
+from vpn.endpoint.tuning import parse_slice
 from vpn.io import schedslice
-from vpn.io.schedslice import MAX_SLICE_US, MIN_SLICE_US, parse_slice
+from vpn.io.schedslice import MAX_SLICE_US, MIN_SLICE_US
 
 T = TypeVar("T")
 # EEVDF takes a slice request from Linux 6.12 on; before, the kernel accepts and ignores it.
