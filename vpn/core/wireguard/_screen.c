@@ -259,10 +259,11 @@ done:
     return result;
 }
 
-/* receive.run_stop's twin (the Python there is the reference; tests prove them equal): where
- * the run of transport messages from data[pos:] for the first one's header (type, reserved
- * bytes, receiver index) ends, message by message. The loop thread cuts every receive with it
- * before the workers open the runs: one call instead of a column copy per header word. */
+/* receive_jobs.run_stop's twin (the Python there is the reference; tests prove them equal):
+ * where the run of transport messages from data[pos:] for the first one's header (type,
+ * reserved bytes, receiver index) ends, message by message. The loop thread cuts every receive
+ * with it before the workers open the runs: one call instead of a column copy per header
+ * word. */
 PyDoc_STRVAR(run_stop_doc,
 "run_stop(data, segment_size, pos, /) -> int: the end of the run of messages from data[pos:]\n"
 "(segment_size each, the last possibly shorter) that are at least TRANSPORT_MIN_SIZE bytes and\n"

@@ -20,4 +20,4 @@ class Screen:
         """(runs, counts, lost): (start, length) of each stretch of datagrams that pass."""
 
 def run_stop(data: ReadableBuffer, segment_size: int, pos: int, /) -> int:
-    """receive.run_stop's twin: the end of the run of transport messages from data[pos:]."""
+    """receive_jobs.run_stop's twin: the end of the run of transport messages from data[pos:]."""

@@ -5,7 +5,7 @@ it takes a Screen's `capsule` and counts the drops by reason in SCREEN_REASONS' 
 
 The rules are the Python path's own (Device.handle_handshake_message's message_type and
 mac1 check, the receiver-index lookup); tests/unit/io/test_udp_screen.py proves them equal.
-The module also has receive.run_stop's twin (`native_run_stop`, None when not built), for
+The module also has receive_jobs.run_stop's twin (`native_run_stop`, None when not built), for
 the loop thread's cut of each receive into runs for the workers.
 """
 
