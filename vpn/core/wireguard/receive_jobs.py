@@ -21,6 +21,7 @@ from .keypair import OPENED, RECORD, Keypair, TransportError
 from .receive import Datagrams, OrderedStage, ReceiveCounts, Received, Walk
 from .screen import NATIVE as SCREEN_NATIVE
 from .screen import native_run_stop
+from .transport_reference import OpenRun
 
 if TYPE_CHECKING:
     from .allowedips import AllowedIPs
@@ -33,21 +34,20 @@ SHORT_RUN = 4
 
 @dataclass(slots=True)
 class Run:
-    """One keypair's run of transport messages, data[pos:stop], as the loop's dispatch found
-    it; its plaintexts go to the job's `out` from `out_at` (a message's plaintext is shorter
-    than it, so the run's share of `out` is stop - pos bytes)."""
+    """One keypair's transport messages from one source, in `parts` as the loop's dispatch
+    cut them: each (data, segment_size, pos, stop, out_at), the messages data[pos:stop],
+    their plaintexts in the job's `out` from out_at (a message's plaintext is shorter than
+    it, so a part's share of `out` is stop - pos bytes). A busy peer's receives of a wakeup
+    are one Run, a part each: the loop appends a tuple per receive instead of making an
+    object (a third of a microsecond each, on the thread issue 20's bound counts)."""
 
     kp: Keypair
-    data: Buffer
-    segment_size: int
-    pos: int
-    stop: int
     source: Address
-    out_at: int
+    parts: list[OpenRun]
 
     @property
     def messages(self) -> int:
-        return -(-(self.stop - self.pos) // self.segment_size)
+        return sum([-(-(stop - pos) // size) for _, size, pos, stop, _ in self.parts])
 
 
 # One open_run call's outcome for accept: the run, where in `opened` it described its
@@ -88,14 +88,14 @@ def open_runs(job: RunJob, out: memoryview) -> None:
         group = runs[first:last]
         first = last
         try:
-            stretches = kp.open_runs(
-                [(run.data, run.segment_size, run.pos, run.stop, run.out_at) for run in group],
-                out, opened[OPENED.size * at:])
+            stretches = kp.open_runs([part for run in group for part in run.parts], out,
+                                     opened[OPENED.size * at:])
         except TransportError as error:
             job.opens.extend((run, at, 0, [], {error.reason: run.messages}) for run in group)
             continue
+        owners = [run for run in group for _ in run.parts]  # each part's Run
         for i, _, count, sources, drops in stretches:
-            job.opens.append((group[i], at, count, sources, drops))
+            job.opens.append((owners[i], at, count, sources, drops))
             at += count
 
 
@@ -193,12 +193,34 @@ def dispatch(device: Device, batch: Datagrams, now: float, *,
     """The loop thread's part of `receive` for the workers: the same walk over `batch`, each
     transport run's extent found (run_stop) and handed to its peer's job instead of opened.
     Each run's plaintexts have the room of its bytes in the jobs' shared `out`: as much of
-    it as `receive` needs for `batch`."""
+    it as `receive` needs for `batch`.
+
+    A receive that is one run for the receiver index of the latest run (a busy peer's: every
+    receive of a wakeup but the first) is cut here, its session known; any other goes
+    through Walk's walk, message by message. (The loop thread's cost per receive, which
+    issue 20's 2-workers bound counts: this loop, not a method call, for the common one.)"""
     walk = _Dispatch(device, now)
     if screened:
         walk.count_screened(screened)
+    datagrams = 0  # the cut receives', added to the counts once
     for data, segment_size, source in batch:
+        latest = walk.latest
+        size = len(data)
+        if latest is not None and size >= TRANSPORT_MIN_SIZE and data[:8] == latest[0]:
+            if not 0 < segment_size < size:
+                segment_size = size  # one datagram
+            if cut_run(data, segment_size, 0) == size:
+                datagrams += -(-size // segment_size)
+                run = latest[2]
+                if source != run.source:  # the same session from another address
+                    run = Run(run.kp, source, [])
+                    latest[1].runs.append(run)
+                    walk.latest = latest = (latest[0], latest[1], run)
+                run.parts.append((data, segment_size, 0, size, walk.offset))
+                walk.offset += size
+                continue
         walk.datagrams(data, segment_size, source)
+    walk.counts.datagrams_received += datagrams
     walk.finish(lost)  # its sessions are the jobs' now: no bookkeeping here
     return Dispatched(list(walk.jobs.values()), walk.send)
 
@@ -216,28 +238,9 @@ class _Dispatch(Walk):
         self.checked: set[Keypair] = set()
         self.sessions = self.checked  # type: ignore[assignment]
         # The latest run cut: its first 8 bytes (type, reserved, receiver index), its job
-        # and keypair; None once anything else ran (a handshake message can change what
-        # an index names).
-        self.latest: tuple[bytes, RunJob, Keypair] | None = None
-
-    def datagrams(self, data: Buffer, segment_size: int, source: Address) -> None:
-        """A receive that is one run for the receiver index of the latest run (a busy
-        peer's: every receive of a wakeup but the first) is cut here, its session known;
-        any other goes through Walk's walk, message by message. (The loop thread's cost
-        per receive: issue 20's 2-workers bound counts it.)"""
-        latest = self.latest
-        size = len(data)
-        if latest is not None and size >= TRANSPORT_MIN_SIZE and data[:8] == latest[0]:
-            if not 0 < segment_size < size:
-                segment_size = size  # one datagram
-            stop = cut_run(data, segment_size, 0)
-            if stop == size:
-                self.counts.datagrams_received += -(-size // segment_size)
-                latest[1].runs.append(Run(latest[2], data, segment_size, 0, size, source,
-                                          self.offset))
-                self.offset += size
-                return
-        super().datagrams(data, segment_size, source)
+        # and Run (its job's last); None once anything else ran (a handshake message can
+        # change what an index names).
+        self.latest: tuple[bytes, RunJob, Run] | None = None
 
     def transport_run(self, data: Buffer, segment_size: int, pos: int, source: Address,
                       peer: Peer, kp: Keypair) -> int:
@@ -245,10 +248,11 @@ class _Dispatch(Walk):
         job = self.jobs.get(peer)
         if job is None:
             job = self.jobs[peer] = RunJob(peer, self.allowed_ips)
-        job.runs.append(Run(kp, data, segment_size, pos, stop, source, self.offset))
+        run = Run(kp, source, [(data, segment_size, pos, stop, self.offset)])
+        job.runs.append(run)
         self.offset += stop - pos
         self.checked.add(kp)
-        self.latest = (bytes(data[pos:pos + 8]), job, kp)
+        self.latest = (bytes(data[pos:pos + 8]), job, run)
         return stop
 
     def handshake_message(self, datagram: bytes, source: Address) -> None:
