@@ -10,6 +10,7 @@ loop's: receive.after_runs with the job's sessions once it is back.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -20,7 +21,7 @@ from .constants import TRANSPORT_MIN_SIZE
 from .keypair import OPENED, RECORD, Keypair, TransportError
 from .receive import Datagrams, OrderedStage, ReceiveCounts, Received, Walk
 from .screen import NATIVE as SCREEN_NATIVE
-from .screen import native_run_stop
+from .screen import native_run_stop, native_whole_runs
 from .transport_reference import OpenRun
 
 if TYPE_CHECKING:
@@ -195,31 +196,28 @@ def dispatch(device: Device, batch: Datagrams, now: float, *,
     Each run's plaintexts have the room of its bytes in the jobs' shared `out`: as much of
     it as `receive` needs for `batch`.
 
-    A receive that is one run for the receiver index of the latest run (a busy peer's: every
-    receive of a wakeup but the first) is cut here, its session known; any other goes
-    through Walk's walk, message by message. (The loop thread's cost per receive, which
-    issue 20's 2-workers bound counts: this loop, not a method call, for the common one.)"""
+    Receives that are each one run for the receiver index of the latest run, from its
+    source (a busy peer's: every receive of a wakeup but the first), are cut at once, its
+    session known: whole_runs, native, one call for them all (the loop thread's cost per
+    receive is what issue 20's 2-workers bound counts). Any other goes through Walk's walk,
+    message by message."""
     walk = _Dispatch(device, now)
     if screened:
         walk.count_screened(screened)
     datagrams = 0  # the cut receives', added to the counts once
-    for data, segment_size, source in batch:
+    at, end = 0, len(batch)
+    while at < end:
         latest = walk.latest
-        size = len(data)
-        if latest is not None and size >= TRANSPORT_MIN_SIZE and data[:8] == latest[0]:
-            if not 0 < segment_size < size:
-                segment_size = size  # one datagram
-            if cut_run(data, segment_size, 0) == size:
-                datagrams += -(-size // segment_size)
-                run = latest[2]
-                if source != run.source:  # the same session from another address
-                    run = Run(run.kp, source, [])
-                    latest[1].runs.append(run)
-                    walk.latest = latest = (latest[0], latest[1], run)
-                run.parts.append((data, segment_size, 0, size, walk.offset))
-                walk.offset += size
-                continue
+        if latest is not None:  # the receives that continue the latest run, at once
+            run = latest[2]
+            at, walk.offset, cut = cut_whole_runs(batch, at, latest[0], run.source,
+                                                  walk.offset, run.parts)
+            datagrams += cut
+            if at == end:
+                break
+        data, segment_size, source = batch[at]
         walk.datagrams(data, segment_size, source)
+        at += 1
     walk.counts.datagrams_received += datagrams
     walk.finish(lost)  # its sessions are the jobs' now: no bookkeeping here
     return Dispatched(list(walk.jobs.values()), walk.send)
@@ -296,6 +294,44 @@ def run_stop(data: Buffer, segment_size: int, pos: int) -> int:
     return end
 
 
-# The dispatch's run_stop: the screen module's twin when it runs (the loop thread's cost per
-# receive is a call, not the columns' copies), else the reference above.
-cut_run = native_run_stop if SCREEN_NATIVE.native and native_run_stop is not None else run_stop
+def whole_runs(batch: Datagrams, start: int, header: bytes, source: Address, offset: int,
+               parts: list[OpenRun]) -> tuple[int, int, int]:
+    """From batch[start:], each receive that comes from `source`, begins with the 8 bytes
+    `header` (type, reserved bytes, receiver index: the latest run's) and is one run
+    (run_stop) appended to `parts` as (data, segment_size, 0, len(data), offset), `offset`
+    growing by its length; stops at the first other. Returns where it stopped, the offset,
+    and how many datagrams (messages) it appended."""
+    if len(header) != 8:
+        raise ValueError("whole_runs: header must be 8 bytes")
+    if start < 0 or offset < 0:
+        raise ValueError("whole_runs: start or offset < 0")
+    datagrams = 0
+    at = start
+    while at < len(batch):
+        data, segment_size, src = batch[at]
+        if src is not source and src != source:
+            break
+        segment_size = operator.index(segment_size)
+        view = memoryview(data)
+        size = view.nbytes
+        if size < TRANSPORT_MIN_SIZE or view[:8] != header:
+            break
+        if not 0 < segment_size < size:
+            segment_size = size  # one datagram
+        if run_stop(data, segment_size, 0) != size:
+            break
+        parts.append((data, segment_size, 0, size, offset))
+        offset += size
+        datagrams += -(-size // segment_size)
+        at += 1
+    return at, offset, datagrams
+
+
+# The dispatch's run_stop and whole_runs: the screen module's twins when they run (the loop
+# thread's cost per receive is a call or less, not the columns' copies), else the
+# references above.
+NATIVE_CUT = (SCREEN_NATIVE.native and native_run_stop is not None
+              and native_whole_runs is not None)
+cut_run = native_run_stop if NATIVE_CUT and native_run_stop is not None else run_stop
+cut_whole_runs = (native_whole_runs if NATIVE_CUT and native_whole_runs is not None
+                  else whole_runs)

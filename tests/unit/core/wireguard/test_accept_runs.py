@@ -121,6 +121,7 @@ def test_one_source_one_keypair_is_one_accept_call(monkeypatch: pytest.MonkeyPat
     messages = [(1, INNER[0], 1000)] * 12
     device, receives = received(7, messages, [(i, 0) for i in range(12)], 3)
     (job,) = dispatch(device, receives, NOW).jobs
+    assert len(job.runs) == 1 and len(job.runs[0].parts) == 4  # one Run, a part a receive
     open_runs(job, memoryview(bytearray(sum(len(d) for d, _, _ in receives))))
     assert len(job.opens) == 4
     calls = []
