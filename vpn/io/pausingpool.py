@@ -3,11 +3,9 @@ walks on worker threads hand a wakeup's buffers to jobs (the send walk's TUN rea
 receive walk's receive buffers) and must not read more than the pool holds.
 
 `take` runs on the loop thread, `give_back` on any. When none is free the reader stops
-watching its file descriptor (`pause`, counted as `backpressure`) until `resume_at` have
-come back (`resume`, on the loop thread through `call_soon_threadsafe`): the kernel's queue
-holds what arrives meanwhile, nothing read is dropped and the loop never waits. (More than
-one: a loop thread woken for each item that comes back wakes once a job under full load,
-each time taking a core from a worker that was running.)
+watching its file descriptor (`pause`, counted as `backpressure`) until one comes back
+(`resume`, on the loop thread through `call_soon_threadsafe`): the kernel's queue holds
+what arrives meanwhile, nothing read is dropped and the loop never waits.
 """
 
 from __future__ import annotations
@@ -22,11 +20,9 @@ T = TypeVar("T")
 
 class PausingPool(Generic[T]):
     def __init__(self, items: Iterable[T],
-                 call_soon_threadsafe: Callable[[Callable[[], None]], object] | None,
-                 *, resume_at: int = 1) -> None:
+                 call_soon_threadsafe: Callable[[Callable[[], None]], object] | None) -> None:
         self._free: collections.deque[T] = collections.deque(items)
         self.count = len(self._free)
-        self.resume_at = max(1, min(resume_at, self.count))  # free items that end a pause
         self._lock = threading.Lock()  # _free and _paused, between the loop and the workers
         self._paused = False
         self._call_soon_threadsafe = call_soon_threadsafe
@@ -53,8 +49,6 @@ class PausingPool(Generic[T]):
     def give_back(self, item: T) -> None:
         with self._lock:
             self._free.append(item)
-            wake = self._paused and len(self._free) >= self.resume_at
-            if wake:
-                self._paused = False
+            wake, self._paused = self._paused, False
         if wake and self.resume is not None and self._call_soon_threadsafe is not None:
             self._call_soon_threadsafe(self.resume)

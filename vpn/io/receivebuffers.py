@@ -32,11 +32,9 @@ class ReceiveBuffer:
 
 
 class ReceiveBuffers(PausingPool[ReceiveBuffer]):
-    """`count` ReceiveBuffers of `receives` receives, with the socket's backpressure (read
-    again once `resume_at` are free)."""
+    """`count` ReceiveBuffers of `receives` receives, with the socket's backpressure."""
 
     def __init__(self, count: int, receives: int,
-                 call_soon_threadsafe: Callable[[Callable[[], None]], object] | None,
-                 *, resume_at: int = 1) -> None:
-        super().__init__((ReceiveBuffer(receives) for _ in range(count)), call_soon_threadsafe,
-                         resume_at=resume_at)
+                 call_soon_threadsafe: Callable[[Callable[[], None]], object] | None
+                 ) -> None:
+        super().__init__((ReceiveBuffer(receives) for _ in range(count)), call_soon_threadsafe)

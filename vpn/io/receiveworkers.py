@@ -64,14 +64,6 @@ def receive_buffers(threads: int) -> int:
     return 2 + 4 * min(threads, MAX_DEPTH_THREADS)
 
 
-def resume_buffers(threads: int) -> int:
-    """Free buffers that end the socket's pause: two a worker, so that under full load the
-    loop thread wakes (taking a core from a worker) once every two jobs a worker rather than
-    once a job, and reads that many buffers' worth; the rest still queued keep every worker
-    busy meanwhile."""
-    return 2 * min(threads, MAX_DEPTH_THREADS)
-
-
 @dataclass
 class ReceiveWorkerCounts:
     """One worker thread's counters; only that thread writes them."""
@@ -98,9 +90,8 @@ class ReceiveWorkers:
         self._on_error = on_error
         self._send = send
         self._roamed = roamed
-        threads = pool.stats.threads
-        self.buffers = ReceiveBuffers(receive_buffers(threads), JOB_RECEIVES,
-                                      call_soon_threadsafe, resume_at=resume_buffers(threads))
+        self.buffers = ReceiveBuffers(receive_buffers(pool.stats.threads), JOB_RECEIVES,
+                                      call_soon_threadsafe)
         self._local = threading.local()
         self.counts: list[ReceiveWorkerCounts] = []  # one per worker thread
         self._lock = threading.Lock()  # _posted and the buffers' job counts

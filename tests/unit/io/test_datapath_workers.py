@@ -239,14 +239,11 @@ def test_the_buffers_in_flight_grow_with_the_workers() -> None:
     that the queue does not run dry while the loop thread waits for a core."""
     assert [sendworkers.read_batches(n) for n in (1, 2, 4, 64)] == [6, 12, 24, 24]
     assert [receiveworkers.receive_buffers(n) for n in (1, 2, 4, 64)] == [6, 10, 18, 18]
-    # The socket read again with two buffers a worker back: half the pool or less.
-    assert [receiveworkers.resume_buffers(n) for n in (1, 2, 4, 64)] == [2, 4, 8, 8]
     threaded, _ = handshaken_pair(SEED, threads=2)
     try:
         assert threaded.send_workers is not None and threaded.receive_workers is not None
         assert threaded.send_workers.slots.count == 12
         assert threaded.receive_workers.buffers.count == 10
-        assert threaded.receive_workers.buffers.resume_at == 4
     finally:
         threaded.close()
 
