@@ -72,7 +72,7 @@ check_imports
     tests/unit/io/test_datapath_receive_workers.py tests/unit/core/test_gso_runs.py \
     tests/unit/core/wireguard/test_seal_runs.py tests/unit/core/wireguard/test_send.py \
     tests/unit/core/wireguard/test_run_stop.py tests/unit/core/wireguard/test_open_runs.py \
-    tests/unit/core/wireguard/test_accept_runs.py \
+    tests/unit/core/wireguard/test_accept_runs.py tests/unit/core/wireguard/test_whole_runs.py \
     "$@"
 
 # ThreadSanitizer sees the races of instrumented code (ours; OpenSSL and CPython are not):

@@ -1,17 +1,17 @@
 """The receive walk's crypto and TUN writes on worker threads (issue 20), for DataPath.
 
 The loop thread receives into a pool buffer (receivebuffers.py), walks the receives
-(receive.dispatch: handshake messages, the session lookup, each transport run's extent) and
-submits a job per peer to the data path's worker pool. A worker opens the job's runs
-(receive.open_runs: the AEAD, GIL released, beside other jobs) into the buffer's `out` and
-coalesces what it expects to deliver (receive.preview_runs, TunDevice.gather); in the
-peer's lane (WorkerPool's ordered stage) it accepts them (receive.accept_runs: the replay
-window, cryptokey routing) and writes those frames to the TUN, or, when the accept kept
-other records than expected, coalesces those and writes them. The job then goes back to the
-loop thread (`finish`, through call_soon_threadsafe, batched: every job that came back since
-the last call) for the peers' bookkeeping (receive.after_runs) and their drop counts. A
-buffer goes back to the pool when the last job using it is done; with none free the socket
-is not read (ReceiveBuffers).
+(receive_jobs.dispatch: handshake messages, the session lookup, each transport run's
+extent) and submits a job per peer to the data path's worker pool. A worker opens the
+job's runs (receive_jobs.open_runs: the AEAD, GIL released, beside other jobs) into the
+buffer's `out` and coalesces what it expects to deliver (receive_jobs.preview_runs,
+TunDevice.gather); in the peer's lane (WorkerPool's ordered stage) it accepts them
+(receive_jobs.accept_runs: the replay window, cryptokey routing) and writes those frames to
+the TUN, or, when the accept kept other records than expected, coalesces those and writes
+them. The job then goes back to the loop thread (`finish`, through call_soon_threadsafe,
+batched: every job that came back since the last call) for the peers' bookkeeping
+(receive.after_runs) and their drop counts. A buffer goes back to the pool when the last
+job using it is done; with none free the socket is not read (ReceiveBuffers).
 
 Workers write only their own counters (ReceiveWorkerCounts, one per thread), summed when
 read.
@@ -30,11 +30,11 @@ from vpn.core.offload.gro import Coalesced
 from vpn.core.types import Address
 from vpn.core.wireguard import Device, Peer, ReceiveCounts
 from vpn.core.wireguard.keypair import RECORD
-from vpn.core.wireguard.receive import (
+from vpn.core.wireguard.receive import after_runs
+from vpn.core.wireguard.receive_jobs import (
     Dispatched,
     RunJob,
     accept_runs,
-    after_runs,
     dispatch,
     open_runs,
     preview_runs,

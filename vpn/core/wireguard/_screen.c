@@ -259,14 +259,32 @@ done:
     return result;
 }
 
-/* receive.run_stop's twin (the Python there is the reference; tests prove them equal): where
- * the run of transport messages from data[pos:] for the first one's header (type, reserved
- * bytes, receiver index) ends, message by message. The loop thread cuts every receive with it
- * before the workers open the runs: one call instead of a column copy per header word. */
+/* receive_jobs.run_stop's twin (the Python there is the reference; tests prove them equal):
+ * where the run of transport messages from data[pos:] for the first one's header (type,
+ * reserved bytes, receiver index) ends, message by message. The loop thread cuts every receive
+ * with it before the workers open the runs: one call instead of a column copy per header
+ * word. */
 PyDoc_STRVAR(run_stop_doc,
 "run_stop(data, segment_size, pos, /) -> int: the end of the run of messages from data[pos:]\n"
 "(segment_size each, the last possibly shorter) that are at least TRANSPORT_MIN_SIZE bytes and\n"
 "begin with the first one's 8 header bytes; len(data) when data[pos:] is one message.");
+
+/* The end of the run from p[pos] (pos < size, segment >= 1): run_stop's loop. */
+static Py_ssize_t stop_of(const uint8_t *p, Py_ssize_t size, Py_ssize_t segment,
+                          Py_ssize_t pos)
+{
+    if (size - pos <= segment) /* one message */
+        return size;
+    Py_ssize_t end = pos + segment;
+    while (end < size) {
+        Py_ssize_t stop = size - end < segment ? size : end + segment;
+        /* A message of TRANSPORT_MIN_SIZE means segment >= 8: the first's header is whole. */
+        if (stop - end < TRANSPORT_MIN_SIZE || memcmp(p + end, p + pos, 8) != 0)
+            break;
+        end = stop;
+    }
+    return end;
+}
 
 static PyObject *run_stop(PyObject *Py_UNUSED(module), PyObject *const *args,
                           Py_ssize_t nargs)
@@ -282,27 +300,122 @@ static PyObject *run_stop(PyObject *Py_UNUSED(module), PyObject *const *args,
     Py_buffer data;
     if (PyObject_GetBuffer(args[0], &data, PyBUF_SIMPLE) < 0)
         return NULL;
-    const uint8_t *p = data.buf;
-    Py_ssize_t size = data.len, end = size;
-    if (segment < 1 || pos < 0 || pos >= size) {
+    Py_ssize_t end = -1;
+    if (segment < 1 || pos < 0 || pos >= data.len)
         PyErr_SetString(PyExc_ValueError, "run_stop: segment_size < 1 or pos outside data");
-        end = -1;
-    } else if (size - pos > segment) { /* more than one message */
-        end = pos + segment;
-        while (end < size) {
-            Py_ssize_t stop = size - end < segment ? size : end + segment;
-            /* A message of TRANSPORT_MIN_SIZE means segment >= 8: the first's header is whole. */
-            if (stop - end < TRANSPORT_MIN_SIZE || memcmp(p + end, p + pos, 8) != 0)
-                break;
-            end = stop;
-        }
-    }
+    else
+        end = stop_of(data.buf, data.len, segment, pos);
     PyBuffer_Release(&data);
     return end < 0 ? NULL : PyLong_FromSsize_t(end);
 }
 
+/* receive_jobs.whole_runs' twin (the Python there is the reference; tests prove them equal):
+ * the dispatch's cut of a busy peer's receives, one call for a wakeup's instead of a Python
+ * iteration and a run_stop call each on the loop thread. Holds the GIL throughout; comparing
+ * a source may run Python, so the batch's length is read again and each item held while
+ * used, and a part's numbers come from its own buffer's length. */
+PyDoc_STRVAR(whole_runs_doc,
+"whole_runs(batch, start, header, source, offset, parts, /) -> (stop, offset, datagrams):\n"
+"from batch[start:], each receive (data, segment_size, source) that comes from `source`, is\n"
+"at least TRANSPORT_MIN_SIZE bytes, begins with the 8 bytes `header` and is one run\n"
+"(run_stop(data, segment_size or len(data), 0) == len(data)) is appended to the list `parts`\n"
+"as (data, segment_size, 0, len(data), offset), offset growing by len(data); it stops at the\n"
+"first other. Returns where it stopped, the offset, and the datagrams appended.");
+
+static PyObject *whole_runs(PyObject *Py_UNUSED(module), PyObject *const *args,
+                            Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError,
+                        "whole_runs takes batch, start, header, source, offset and parts");
+        return NULL;
+    }
+    PyObject *source = args[3], *parts = args[5];
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t offset = start == -1 && PyErr_Occurred() ? -1 : PyLong_AsSsize_t(args[4]);
+    if (offset == -1 && PyErr_Occurred())
+        return NULL;
+    if (start < 0 || offset < 0) {
+        PyErr_SetString(PyExc_ValueError, "whole_runs: start or offset < 0");
+        return NULL;
+    }
+    if (!PyList_Check(parts)) {
+        PyErr_SetString(PyExc_TypeError, "whole_runs: parts must be a list");
+        return NULL;
+    }
+    Py_buffer header;
+    if (PyObject_GetBuffer(args[2], &header, PyBUF_SIMPLE) < 0)
+        return NULL;
+    uint8_t head[8];
+    int bad_header = header.len != 8;
+    if (!bad_header)
+        memcpy(head, header.buf, 8);
+    PyBuffer_Release(&header);
+    if (bad_header) {
+        PyErr_SetString(PyExc_ValueError, "whole_runs: header must be 8 bytes");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(args[0], "whole_runs: batch must be a sequence");
+    if (!seq)
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t i = start, datagrams = 0;
+    for (; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        PyObject *item = Py_NewRef(PySequence_Fast_GET_ITEM(seq, i));
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 3) {
+            PyErr_Format(PyExc_TypeError, "whole_runs: receive %zd is not a 3-tuple", i);
+            Py_DECREF(item);
+            goto done;
+        }
+        PyObject *data = PyTuple_GET_ITEM(item, 0), *src = PyTuple_GET_ITEM(item, 2);
+        /* As the reference's `src is not source and src != source`. */
+        int other = src == source ? 0 : PyObject_RichCompareBool(src, source, Py_NE);
+        Py_ssize_t segment = other == 0 ? PyLong_AsSsize_t(PyTuple_GET_ITEM(item, 1)) : 0;
+        Py_buffer view;
+        if (other < 0 || (segment == -1 && PyErr_Occurred())
+            || (!other && PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)) {
+            Py_DECREF(item);
+            goto done;
+        }
+        if (other) {
+            Py_DECREF(item);
+            break;
+        }
+        Py_ssize_t size = view.len;
+        int whole = size >= TRANSPORT_MIN_SIZE && memcmp(view.buf, head, 8) == 0;
+        if (whole) {
+            if (segment < 1 || segment >= size)
+                segment = size; /* one datagram */
+            whole = stop_of(view.buf, size, segment, 0) == size;
+        }
+        PyBuffer_Release(&view);
+        if (!whole) {
+            Py_DECREF(item);
+            break;
+        }
+        if (offset > PY_SSIZE_T_MAX - size) {
+            PyErr_SetString(PyExc_OverflowError, "whole_runs: offset overflows");
+            Py_DECREF(item);
+            goto done;
+        }
+        PyObject *part = Py_BuildValue("(Onnnn)", data, segment, (Py_ssize_t)0, size, offset);
+        int failed = !part || PyList_Append(parts, part) < 0;
+        Py_XDECREF(part);
+        Py_DECREF(item);
+        if (failed)
+            goto done;
+        offset += size;
+        datagrams += size / segment + (size % segment != 0);
+    }
+    result = Py_BuildValue("nnn", i, offset, datagrams);
+done:
+    Py_DECREF(seq);
+    return result;
+}
+
 static PyMethodDef module_methods[] = {
     {"run_stop", (PyCFunction)(void (*)(void))run_stop, METH_FASTCALL, run_stop_doc},
+    {"whole_runs", (PyCFunction)(void (*)(void))whole_runs, METH_FASTCALL, whole_runs_doc},
     {NULL, NULL, 0, NULL},
 };
 

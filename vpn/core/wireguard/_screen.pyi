@@ -1,6 +1,7 @@
 """Types of _screen.c (the WireGuard receive screen, for vpn/io/_udp.c's receive)."""
 
-from typing import final
+from collections.abc import Sequence
+from typing import Any, final
 
 from _typeshed import ReadableBuffer
 
@@ -20,4 +21,8 @@ class Screen:
         """(runs, counts, lost): (start, length) of each stretch of datagrams that pass."""
 
 def run_stop(data: ReadableBuffer, segment_size: int, pos: int, /) -> int:
-    """receive.run_stop's twin: the end of the run of transport messages from data[pos:]."""
+    """receive_jobs.run_stop's twin: the end of the run of transport messages from data[pos:]."""
+
+def whole_runs(batch: Sequence[tuple[Any, int, Any]], start: int, header: ReadableBuffer,
+               source: Any, offset: int, parts: list[Any], /) -> tuple[int, int, int]:
+    """receive_jobs.whole_runs' twin: the receives from batch[start:] that continue a run."""

@@ -1,4 +1,4 @@
-"""receive.accept_runs (a worker job's ordered stage, a keypair's consecutive runs from one
+"""receive_jobs.accept_runs (a worker job's ordered stage, a keypair's consecutive runs from one
 source accepted in one call when every inner source is the peer's) against its reference
 accept_runs_by_run (each run on its own, as the inline walk): the same records, counts,
 drops, sessions and replay windows on hostile input: replays, counters out of order, the
@@ -20,7 +20,7 @@ from lab.packets import tcp_packet
 from tests.examples import examples
 from vpn.core.wireguard import Device, ReceiveCounts
 from vpn.core.wireguard.keypair import RECORD, Keypair
-from vpn.core.wireguard.receive import (
+from vpn.core.wireguard.receive_jobs import (
     RunJob,
     accept_runs,
     accept_runs_by_run,
@@ -121,6 +121,7 @@ def test_one_source_one_keypair_is_one_accept_call(monkeypatch: pytest.MonkeyPat
     messages = [(1, INNER[0], 1000)] * 12
     device, receives = received(7, messages, [(i, 0) for i in range(12)], 3)
     (job,) = dispatch(device, receives, NOW).jobs
+    assert len(job.runs) == 1 and len(job.runs[0].parts) == 4  # one Run, a part a receive
     open_runs(job, memoryview(bytearray(sum(len(d) for d, _, _ in receives))))
     assert len(job.opens) == 4
     calls = []

@@ -1,4 +1,4 @@
-"""receive.run_stop, the loop's cut of a receive into keypair runs for the workers: never past
+"""receive_jobs.run_stop, the loop's cut of a receive into keypair runs for the workers: never past
 the point where open_run would stop (another index, another type, a message too short), and
 never before the first message. Its native twin (_screen.run_stop, what the dispatch runs)
 answers as it does on any bytes, hostile ones included."""
@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.examples import examples
-from vpn.core.wireguard import receive, screen
+from vpn.core.wireguard import receive_jobs, screen
 from vpn.core.wireguard._screen import run_stop as native_run_stop
 from vpn.core.wireguard.constants import MESSAGE_TRANSPORT, TRANSPORT_MIN_SIZE
-from vpn.core.wireguard.receive import run_stop
+from vpn.core.wireguard.receive_jobs import run_stop
 
 RunStop = Callable[[bytes | memoryview, int, int], int]
 BOTH = pytest.mark.parametrize("cut", [run_stop, native_run_stop], ids=["python", "native"])
@@ -113,4 +113,4 @@ def test_the_native_twin_refuses_a_start_outside_or_no_segment_size(size: int, p
 
 
 def test_the_dispatch_cuts_with_the_native_twin_unless_the_reference_is_forced() -> None:
-    assert receive.cut_run is (native_run_stop if screen.NATIVE.native else run_stop)
+    assert receive_jobs.cut_run is (native_run_stop if screen.NATIVE.native else run_stop)
