@@ -27,7 +27,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from socket import AF_INET as _AF_INET
 from socket import AF_INET6 as _AF_INET6
 from socket import inet_ntop as _ntop
@@ -248,10 +248,6 @@ def _peer_key(peer: PeerChange, key: str, value: str) -> None:
 
 
 
-# Peers formatted per slice of a get answer: about 0.1 ms of the event loop at a time
-# (with PeerTexts keeping the static lines), so the data path waits no longer than that
-# while a 10,000-peer answer is written; fewer would spend more on the loop's turns.
-PEERS_PER_SLICE = 128
 _NO_KEY = bytes(32).hex()
 ANSWER_END = "errno=0\n\n"  # a get answer's last line and the empty line after it
 
@@ -288,7 +284,7 @@ def parse_prefix(text: str) -> Prefix:
 
 def format_get(snapshot: DeviceSnapshot) -> str:
     """The whole `get=1` answer, `errno=0` and the closing empty line included."""
-    return "".join(get_slices(snapshot))
+    return format_head(snapshot) + format_peers(snapshot.rows, {}, {}) + ANSWER_END
 
 
 # public key -> (keepalive, prefixes, public_key line, keepalive and allowed_ip lines)
@@ -297,7 +293,7 @@ PeerTextLines = tuple[int, tuple[Prefix, ...], str, str]
 
 class PeerTexts:
     """Each peer's lines of a get answer that change only with its configuration (public
-    key, keepalive, allowed IPs), kept from one get to the next by the server: formatting
+    key, keepalive, allowed IPs), kept from one get to the next by the formatter: formatting
     the allowed IPs was most of a get's time. Found by public key and checked against the
     values they show, so a changed peer is formatted anew and nothing shown is stale. The
     preshared key's line is never kept: a str outlives the key it shows, which is zeroed
@@ -307,22 +303,6 @@ class PeerTexts:
 
     def __init__(self) -> None:
         self.kept: dict[bytes, PeerTextLines] = {}
-
-
-def get_slices(snapshot: DeviceSnapshot, peers_per_slice: int = PEERS_PER_SLICE,
-               texts: PeerTexts | None = None) -> Iterator[str]:
-    """`format_get`'s text in pieces of `peers_per_slice` peers; the snapshot is the moment
-    the answer describes. With `texts`, the static lines are taken from it and, once the
-    answer is complete, it keeps this snapshot's peers only."""
-    yield format_head(snapshot)
-    rows = snapshot.rows
-    kept = {} if texts is None else texts.kept
-    fresh: dict[bytes, PeerTextLines] = {}
-    for start in range(0, len(rows), peers_per_slice):
-        yield format_peers(rows[start:start + peers_per_slice], kept, fresh)
-    if texts is not None:
-        texts.kept = fresh  # a peer gone since the last get is forgotten
-    yield ANSWER_END
 
 
 def format_head(snapshot: DeviceSnapshot) -> str:
@@ -339,8 +319,10 @@ def format_head(snapshot: DeviceSnapshot) -> str:
 
 def format_peers(rows: Iterable[PeerRow], kept: dict[bytes, PeerTextLines],
                  fresh: dict[bytes, PeerTextLines]) -> str:
-    """Peers' lines of a get answer; their static lines from `kept` (a PeerTexts') where
-    they still show the peers' values, and into `fresh` either way."""
+    """Peers' lines of a get answer, any slice of them at a time (the answer is the head,
+    every slice's text in order, and ANSWER_END); their static lines from `kept` (a
+    PeerTexts') where they still show the peers' values, and into `fresh` either way (the
+    PeerTexts' next `kept`, once the answer is complete)."""
     return "".join([_peer_text(row, kept, fresh) for row in rows])
 
 

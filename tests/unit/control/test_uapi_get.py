@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vpn.control import get_formatter, uapi, uapi_server
-from vpn.control.uapi import ChangeSet, DeviceSnapshot, format_get, get_slices, parse_get
+from vpn.control.uapi import ChangeSet, DeviceSnapshot, format_get, parse_get
 from vpn.core.keys import to_hex
 from vpn.core.types import endpoint_text
 from vpn.core.wireguard import Device, snapshot
@@ -95,7 +95,7 @@ def test_a_get_of_2000_peers_is_the_old_answer_byte_for_byte() -> None:
     expected = _old_format_get(snapshot)
     assert format_get(snapshot) == expected
     for per_slice in (1, 7, 64, 5000):
-        assert "".join(get_slices(snapshot, per_slice)) == expected
+        assert _in_slices(snapshot, per_slice, uapi.PeerTexts()) == expected
 
 
 def test_a_get_answer_reads_back_as_the_snapshot() -> None:
@@ -223,7 +223,18 @@ def _served(device: Device, texts: uapi.PeerTexts, per_snapshot: int, per_slice:
     taking = SlicedSnapshot(device, per_snapshot)
     while (snapshot := taking.step()) is None:
         pass
-    return "".join(get_slices(snapshot, per_slice, texts=texts))
+    return _in_slices(snapshot, per_slice, texts)
+
+
+def _in_slices(snapshot: DeviceSnapshot, per_slice: int, texts: uapi.PeerTexts) -> str:
+    """The answer as the formatter thread writes it: the head, each slice's peers, the
+    end, with the static lines taken from and then kept in `texts`."""
+    fresh: dict[bytes, uapi.PeerTextLines] = {}
+    rows = snapshot.rows
+    pieces = [uapi.format_peers(rows[start:start + per_slice], texts.kept, fresh)
+              for start in range(0, len(rows), per_slice)]
+    texts.kept = fresh
+    return uapi.format_head(snapshot) + "".join(pieces) + uapi.ANSWER_END
 
 
 @settings(max_examples=30, deadline=None)
