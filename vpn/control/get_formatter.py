@@ -72,8 +72,8 @@ class GetFormatter:
         formatting it raised, FormatterStopped, or RuntimeError once closed."""
         loop = asyncio.get_running_loop()
         slices: queue.SimpleQueue[_Slice | None] = queue.SimpleQueue()
-        self._jobs.add(slices)
         result = loop.run_in_executor(self._pool, self._format, slices, loop)
+        self._jobs.add(slices)
         try:
             while (done := taking.step()) is None:
                 turn = loop.create_future()

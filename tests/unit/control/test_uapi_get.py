@@ -448,3 +448,23 @@ def test_closing_with_a_get_being_formatted_leaves_no_thread(
     assert asyncio.run(serve()) == []
     assert not [thread for thread in threading.enumerate()
                 if thread.name.startswith(get_formatter.THREAD_NAME)]
+
+
+def test_gets_asked_at_once_on_several_connections_are_each_answered_whole(
+        tmp_path: Path) -> None:
+    """The formatter answers one get at a time; the others' slices wait for their turn."""
+    device = _busy_device(1000)
+    expected = format_get(device.snapshot())
+
+    async def serve() -> list[list[list[str]]]:
+        server = _serving(_Device(device), tmp_path)
+        await server.start()
+        try:
+            return await asyncio.gather(*[
+                asyncio.to_thread(uapi_server.request, "t", "get=1\n\n", directory=tmp_path,
+                                  timeout=60) for _ in range(4)])
+        finally:
+            server.close()
+
+    for [answer] in asyncio.run(serve()):
+        assert "\n".join(answer) + "\n\n" == expected
