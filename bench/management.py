@@ -4,7 +4,12 @@ PEERS peers, a pings b through the tunnel.
 - `wg show IFACE dump` wall time on b (the `wg` process, measured inside b's namespace),
   ours against modern wireguard-go in the same run;
 - ping p99 through the tunnel, a to b, idle and while b answers dumps back to back (the
-  data path must keep forwarding while a big get is served).
+  data path must keep forwarding while a big get is served);
+- one iperf3 TCP stream a to b, idle and while b answers dumps (its median interval rate):
+  serving gets must not take the data path's throughput;
+- b's event loop thread (ours) while the pings run, from its /proc schedstat: its CPU
+  time per dump and its mean wait for a CPU each time it was woken or preempted, the
+  scheduler's side of the ping p99 and less at the mercy of other processes on the machine.
 
 Both ends are the same kind; ours variants (`--ours-variant ARGS`, bench/modes.py) run
 beside. b's extra peers have one IPv4 /32 and one IPv6 /128 each and no endpoint; `Table =
@@ -22,17 +27,19 @@ import os
 import re
 import statistics
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from bench import modes
-from lab import wg_lab
+from lab import load, wg_lab
 from lab.netns import Host, Lab
 
 PEERS = 10_000
 DUMPS = 9  # timed dumps per round and kind
 PINGS = 400
 PING_INTERVAL = 0.01  # seconds; root may go below ping's 0.2 s floor
+STREAM_SECONDS = 4.0
 _RTT = re.compile(r"time=([0-9.]+) ms")
 
 
@@ -82,6 +89,26 @@ def _ping_rtts(src: Host, target: str) -> tuple[list[float], int]:
     return rtts, PINGS - len(rtts)
 
 
+def _schedstat(pid: int) -> tuple[int, int, int]:
+    """A process's main thread's (CPU ns, ns waited on a runqueue, times it was run)."""
+    cpu, wait, runs = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()
+    return int(cpu), int(wait), int(runs)
+
+
+def _loop_share(before: tuple[int, int, int], after: tuple[int, int, int],
+                dumps: int) -> dict[str, float]:
+    cpu, wait, runs = (b - a for a, b in zip(before, after, strict=True))
+    return {"loop_cpu_ms_per_dump": cpu / 1e6 / max(dumps, 1),
+            "loop_wait_us_per_run": wait / 1e3 / max(runs, 1)}
+
+
+def _stream_gbps(src: Host, dst: Host, target: str) -> float:
+    """The median rate of one iperf3 TCP stream src -> dst over STREAM_SECONDS."""
+    with load.iperf3_stream(src, dst, target) as stream:
+        time.sleep(STREAM_SECONDS)
+    return load.median_gbps(stream)
+
+
 def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100)[98]
 
@@ -98,16 +125,24 @@ def _one_round(mode: modes.Mode, peers: int, modern: Path | None) -> dict:
             raise RuntimeError(f"{kind}: the dump listed {listed} lines, not {peers + 1}")
         dumps = _dump_seconds(b, pair.b.ifname, DUMPS)
         idle, idle_lost = _ping_rtts(a, pair.b.tunnel4)
+        idle_gbps = _stream_gbps(a, b, pair.b.tunnel4)
         loop = b.start("sh", "-c", f"while :; do wg show {pair.b.ifname} dump >/dev/null; "
                        "echo dumped; done")
+        ours = pair.b.process.pid if mode.all_ours and pair.b.process else None
         try:
+            before = _schedstat(ours) if ours else None
             busy, busy_lost = _ping_rtts(a, pair.b.tunnel4)
+            dumps_during_pings = loop.output().count("dumped")
+            loop_share = (_loop_share(before, _schedstat(ours), dumps_during_pings)
+                          if ours and before else {})
+            busy_gbps = _stream_gbps(a, b, pair.b.tunnel4)
         finally:
             loop.stop()
         return {"dump_s": dumps, "idle_p99_ms": p99(idle), "busy_p99_ms": p99(busy),
                 "idle_median_ms": statistics.median(idle),
                 "busy_median_ms": statistics.median(busy), "lost": idle_lost + busy_lost,
-                "dumps_during_pings": loop.output().count("dumped")}
+                "dumps_during_pings": dumps_during_pings, "idle_gbps": idle_gbps,
+                "busy_gbps": busy_gbps, **loop_share}
 
 
 def dump_bench(rounds: int, modern: Path | None, peers: int = PEERS,
@@ -125,9 +160,16 @@ def dump_bench(rounds: int, modern: Path | None, peers: int = PEERS,
     for kind, done in runs.items():
         idle = statistics.median(r["idle_p99_ms"] for r in done)
         busy = statistics.median(r["busy_p99_ms"] for r in done)
-        out[kind] = {"dump_s_median": statistics.median(s for r in done for s in r["dump_s"]),
-                     "idle_p99_ms_median": idle, "busy_p99_ms_median": busy,
-                     "busy_over_idle_p99": busy / idle}
+        summary: dict[str, float] = {
+            "dump_s_median": statistics.median(s for r in done for s in r["dump_s"]),
+            "idle_p99_ms_median": idle, "busy_p99_ms_median": busy,
+            "busy_over_idle_p99": busy / idle,
+            "idle_gbps_median": statistics.median(r["idle_gbps"] for r in done),
+            "busy_gbps_median": statistics.median(r["busy_gbps"] for r in done)}
+        for key in ("loop_cpu_ms_per_dump", "loop_wait_us_per_run"):  # ours only
+            if all(key in r for r in done):
+                summary[f"{key}_median"] = statistics.median(r[key] for r in done)
+        out[kind] = summary
     if modern:
         ours, theirs = out["ours"], out["modern-wireguard-go"]
         assert isinstance(ours, dict) and isinstance(theirs, dict)
@@ -151,6 +193,13 @@ def rows(report: dict | None) -> list[tuple[str, str]]:
                     f"{r['idle_p99_ms_median']:.3f} / {r['busy_p99_ms_median']:.3f} ms = "
                     f"{r['busy_over_idle_p99']:.2f}x" + (f" (goal <= 2x: {verdict})"
                                                           if verdict else "")))
+        if "busy_gbps_median" in r:  # reports stored before it was measured have none
+            out.append((f"iperf3 a->b idle / during dumps: {label}",
+                        f"{r['idle_gbps_median']:.2f} / {r['busy_gbps_median']:.2f} Gbit/s"))
+        if "loop_wait_us_per_run_median" in r:
+            out.append((f"b's loop during dumps, CPU a dump / wait a run: {label}",
+                        f"{r['loop_cpu_ms_per_dump_median']:.1f} ms / "
+                        f"{r['loop_wait_us_per_run_median']:.0f} us"))
     if "ours_over_modern_dump" in report:
         ratio = report["ours_over_modern_dump"]
         out.append((f"wg show dump, {peers} peers: ours / modern wg-go",

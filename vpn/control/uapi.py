@@ -27,7 +27,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from socket import AF_INET as _AF_INET
 from socket import AF_INET6 as _AF_INET6
 from socket import inet_ntop as _ntop
@@ -248,11 +248,8 @@ def _peer_key(peer: PeerChange, key: str, value: str) -> None:
 
 
 
-# Peers formatted per slice of a get answer: about 0.1 ms of the event loop at a time
-# (with PeerTexts keeping the static lines), so the data path waits no longer than that
-# while a 10,000-peer answer is written; fewer would spend more on the loop's turns.
-PEERS_PER_SLICE = 128
 _NO_KEY = bytes(32).hex()
+ANSWER_END = "errno=0\n\n"  # a get answer's last line and the empty line after it
 
 
 def prefix_text(prefix: Prefix) -> str:
@@ -287,16 +284,16 @@ def parse_prefix(text: str) -> Prefix:
 
 def format_get(snapshot: DeviceSnapshot) -> str:
     """The whole `get=1` answer, `errno=0` and the closing empty line included."""
-    return "".join(get_slices(snapshot))
+    return format_head(snapshot) + format_peers(snapshot.rows, {}, {}) + ANSWER_END
 
 
 # public key -> (keepalive, prefixes, public_key line, keepalive and allowed_ip lines)
-_Texts = tuple[int, tuple[Prefix, ...], str, str]
+PeerTextLines = tuple[int, tuple[Prefix, ...], str, str]
 
 
 class PeerTexts:
     """Each peer's lines of a get answer that change only with its configuration (public
-    key, keepalive, allowed IPs), kept from one get to the next by the server: formatting
+    key, keepalive, allowed IPs), kept from one get to the next by the formatter: formatting
     the allowed IPs was most of a get's time. Found by public key and checked against the
     values they show, so a changed peer is formatted anew and nothing shown is stale. The
     preshared key's line is never kept: a str outlives the key it shows, which is zeroed
@@ -305,15 +302,11 @@ class PeerTexts:
     __slots__ = ("kept",)
 
     def __init__(self) -> None:
-        self.kept: dict[bytes, _Texts] = {}
+        self.kept: dict[bytes, PeerTextLines] = {}
 
 
-def get_slices(snapshot: DeviceSnapshot, peers_per_slice: int = PEERS_PER_SLICE,
-               texts: PeerTexts | None = None) -> Iterator[str]:
-    """`format_get`'s text in pieces of `peers_per_slice` peers, for a server that lets
-    the event loop run between them; the snapshot is the moment the answer describes.
-    With `texts`, the static lines are taken from it and, once the answer is complete, it
-    keeps this snapshot's peers only."""
+def format_head(snapshot: DeviceSnapshot) -> str:
+    """A get answer's interface lines."""
     head = []
     if snapshot.private_key is not None:
         head.append(f"private_key={to_hex(snapshot.private_key)}\n")
@@ -321,19 +314,20 @@ def get_slices(snapshot: DeviceSnapshot, peers_per_slice: int = PEERS_PER_SLICE,
         head.append(f"listen_port={snapshot.listen_port}\n")
     if snapshot.fwmark:
         head.append(f"fwmark={snapshot.fwmark}\n")
-    yield "".join(head)
-    rows = snapshot.rows
-    kept = {} if texts is None else texts.kept
-    fresh: dict[bytes, _Texts] = {}
-    for start in range(0, len(rows), peers_per_slice):
-        yield "".join([_peer_text(row, kept, fresh)
-                       for row in rows[start:start + peers_per_slice]])
-    if texts is not None:
-        texts.kept = fresh  # a peer gone since the last get is forgotten
-    yield "errno=0\n\n"
+    return "".join(head)
 
 
-def _peer_text(peer: PeerRow, kept: dict[bytes, _Texts], fresh: dict[bytes, _Texts]) -> str:
+def format_peers(rows: Iterable[PeerRow], kept: dict[bytes, PeerTextLines],
+                 fresh: dict[bytes, PeerTextLines]) -> str:
+    """Peers' lines of a get answer, any slice of them at a time (the answer is the head,
+    every slice's text in order, and ANSWER_END); their static lines from `kept` (a
+    PeerTexts') where they still show the peers' values, and into `fresh` either way (the
+    PeerTexts' next `kept`, once the answer is complete)."""
+    return "".join([_peer_text(row, kept, fresh) for row in rows])
+
+
+def _peer_text(peer: PeerRow, kept: dict[bytes, PeerTextLines],
+               fresh: dict[bytes, PeerTextLines]) -> str:
     """One peer's lines of a get answer, each ending in a newline; its static lines from
     `kept` when they still show its values, and into `fresh` either way."""
     public_key, psk, endpoint, last, tx_bytes, rx_bytes, keepalive, prefixes = peer

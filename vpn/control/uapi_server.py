@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Protocol
 
 from vpn.control import uapi
-from vpn.control.uapi import ChangeSet, DeviceSnapshot, UapiError
+from vpn.control.get_formatter import FormatterStopped, GetFormatter, SnapshotInSlices
+from vpn.control.uapi import ChangeSet, UapiError
 
 log = logging.getLogger("vpn.control.uapi")
 
@@ -35,13 +36,6 @@ READ_TIMEOUT = 10.0
 
 class UapiServerError(OSError):
     """The socket cannot be served: another endpoint has it, or the directory is unusable."""
-
-
-class SnapshotInSlices(Protocol):
-    """A snapshot taken a slice at a time (vpn.core.wireguard.snapshot.SlicedSnapshot)."""
-
-    def step(self) -> DeviceSnapshot | None:
-        """Take the next slice: the finished snapshot after the last one, else None."""
 
 
 class UapiHandler(Protocol):
@@ -103,7 +97,7 @@ class UapiServer:
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of our socket file
         self._server: asyncio.AbstractServer | None = None
         self._writers: set[asyncio.StreamWriter] = set()
-        self._texts = uapi.PeerTexts()  # the get answers' static lines, from get to get
+        self._formatter = GetFormatter()  # its thread ends with the server
 
     def bind(self) -> None:
         """Claim the socket path: replace a stale socket, refuse a live one. Not yet serving."""
@@ -164,6 +158,7 @@ class UapiServer:
         for writer in list(self._writers):
             writer.close()
         self._writers.clear()
+        self._formatter.close()
 
     def close(self) -> None:
         """stop_serving() and remove the socket file if it is still ours."""
@@ -260,35 +255,19 @@ class UapiServer:
         return parser
 
     async def _send_get(self, writer: asyncio.StreamWriter) -> None:
-        """The get answer: its snapshot taken, then formatted and written, a slice of peers
-        at a time with the event loop's other work (the data path) between slices. 10,000
-        peers would hold the loop for about 5 ms to take and 25 ms to format in one piece,
-        and the data path's packets would wait that long."""
+        """The get answer: its snapshot taken on the loop a slice of peers at a time, each
+        slice formatted on the formatter's thread while the loop waits for it in its poll
+        (serving the data path), then written. 10,000 peers would hold the loop for about
+        5 ms to take and 10-25 ms to format in one piece, and its packets would wait."""
         try:
-            snapshot = await self._snapshot()
+            answer = await self._formatter.answer(self.handler.uapi_get())
+        except FormatterStopped:
+            raise _Abort(None, "closing with a get unanswered") from None
         except Exception:  # a bug must not take the endpoint down; the client hears EIO
             log.exception("%s: %s failed", self.name, uapi.OP_GET)
-            writer.write(uapi.format_errno(uapi.EIO).encode())
-            await writer.drain()
-            return
-        slices = uapi.get_slices(snapshot, texts=self._texts)
-        while True:
-            try:
-                piece = next(slices, None)
-            except Exception:  # past the first slice no errno can follow: hang up instead
-                log.exception("%s: %s failed while answering", self.name, uapi.OP_GET)
-                raise _Abort(None, "get answer cut short") from None
-            if piece is None:
-                return
-            writer.write(piece.encode())
-            await writer.drain()  # waits only while the client is slower than we are
-            await _next_turn()
-
-    async def _snapshot(self) -> DeviceSnapshot:
-        taking = self.handler.uapi_get()
-        while (snapshot := taking.step()) is None:
-            await _next_turn()
-        return snapshot
+            answer = uapi.format_errno(uapi.EIO).encode()
+        writer.write(answer)
+        await writer.drain()  # waits only while the client is slower than we are
 
     async def _reload(self) -> str:
         try:
@@ -318,13 +297,6 @@ class UapiServer:
         except Exception:  # a bug must not take the endpoint down; the client hears EIO
             log.exception("%s: %s failed", self.name, op)
             return uapi.format_errno(uapi.EIO)
-
-
-async def _next_turn() -> None:
-    """Let the loop run its ready callbacks and poll the file descriptors once (the data
-    path's readers among them), then go on: sleep(0) is a bare yield, the task resumed by
-    call_soon, no timer."""
-    await asyncio.sleep(0)
 
 
 # -- the client side, for `vpn show` and `vpn down` ----------------------------------------

@@ -9,7 +9,7 @@ import itertools
 import os
 import random
 import threading
-from collections.abc import Iterator
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vpn.control import uapi, uapi_server
-from vpn.control.uapi import ChangeSet, DeviceSnapshot, format_get, get_slices, parse_get
+from vpn.control import get_formatter, uapi, uapi_server
+from vpn.control.uapi import ChangeSet, DeviceSnapshot, format_get, parse_get
 from vpn.core.keys import to_hex
 from vpn.core.types import endpoint_text
 from vpn.core.wireguard import Device, snapshot
@@ -95,7 +95,7 @@ def test_a_get_of_2000_peers_is_the_old_answer_byte_for_byte() -> None:
     expected = _old_format_get(snapshot)
     assert format_get(snapshot) == expected
     for per_slice in (1, 7, 64, 5000):
-        assert "".join(get_slices(snapshot, per_slice)) == expected
+        assert _in_slices(snapshot, per_slice, uapi.PeerTexts()) == expected
 
 
 def test_a_get_answer_reads_back_as_the_snapshot() -> None:
@@ -156,27 +156,29 @@ class _Device:
         raise AssertionError("not asked")
 
 
-def test_the_server_answers_in_slices_with_the_loop_running_between(
+def test_the_server_takes_the_snapshot_in_slices_and_formats_it_off_the_loop(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A get of 2,000 peers: the whole answer arrives as format_get writes it from the
     snapshot, a task of the same loop (the data path's stand-in) got turns between every
-    two slices of the snapshot and of the text, and a set sent after it is served."""
+    two slices of the snapshot, each slice's text was formatted on one other thread at a
+    higher nice value, and a set sent after it is served."""
     device = _busy_device(2000)
     expected = format_get(device.snapshot())
     turns = 0
-    turns_at_slice: list[int] = []
-    real_slices, real_step = uapi.get_slices, SlicedSnapshot.step
+    turns_at_step: list[int] = []
+    formatted_on: list[tuple[int, int]] = []  # (thread, its nice value)
+    real_peers, real_step = uapi.format_peers, SlicedSnapshot.step
 
-    def watched_slices(snapshot: DeviceSnapshot, **kwargs: Any) -> Iterator[str]:
-        for piece in real_slices(snapshot, **kwargs):
-            turns_at_slice.append(turns)
-            yield piece
+    def watched_peers(*args: Any) -> str:
+        nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        formatted_on.append((threading.get_ident(), nice))
+        return real_peers(*args)
 
     def watched_step(taking: SlicedSnapshot) -> DeviceSnapshot | None:
-        turns_at_slice.append(turns)
+        turns_at_step.append(turns)
         return real_step(taking)
 
-    monkeypatch.setattr(uapi, "get_slices", watched_slices)
+    monkeypatch.setattr(uapi, "format_peers", watched_peers)
     monkeypatch.setattr(SlicedSnapshot, "step", watched_step)
 
     async def serve() -> tuple[list[list[str]], list[list[str]]]:
@@ -207,13 +209,12 @@ def test_the_server_answers_in_slices_with_the_loop_running_between(
     answer, changed = asyncio.run(serve())
     assert "\n".join(answer[0]) + "\n\n" == expected
     assert changed == [["errno=0"]] and NEW_PEER in device.peers
-    # The snapshot's slices, then the head, the text's slices and the errno line: the loop
-    # ran between each two (the head, a few bytes, follows the snapshot's last slice).
     steps = -(-2000 // snapshot.PEERS_PER_SLICE)
-    assert len(turns_at_slice) == steps + 2 + -(-2000 // uapi.PEERS_PER_SLICE)
-    taking, writing = turns_at_slice[:steps], turns_at_slice[steps:]
-    for turns_at in (taking, writing):
-        assert all(b > a for a, b in itertools.pairwise(turns_at))
+    assert len(turns_at_step) == steps
+    assert all(b > a for a, b in itertools.pairwise(turns_at_step))
+    assert len(formatted_on) == steps and len(set(formatted_on)) == 1
+    [(thread, nice)] = set(formatted_on)
+    assert thread != threading.get_ident() and nice >= get_formatter.NICE
 
 
 def _served(device: Device, texts: uapi.PeerTexts, per_snapshot: int, per_slice: int) -> str:
@@ -222,7 +223,18 @@ def _served(device: Device, texts: uapi.PeerTexts, per_snapshot: int, per_slice:
     taking = SlicedSnapshot(device, per_snapshot)
     while (snapshot := taking.step()) is None:
         pass
-    return "".join(get_slices(snapshot, per_slice, texts=texts))
+    return _in_slices(snapshot, per_slice, texts)
+
+
+def _in_slices(snapshot: DeviceSnapshot, per_slice: int, texts: uapi.PeerTexts) -> str:
+    """The answer as the formatter thread writes it: the head, each slice's peers, the
+    end, with the static lines taken from and then kept in `texts`."""
+    fresh: dict[bytes, uapi.PeerTextLines] = {}
+    rows = snapshot.rows
+    pieces = [uapi.format_peers(rows[start:start + per_slice], texts.kept, fresh)
+              for start in range(0, len(rows), per_slice)]
+    texts.kept = fresh
+    return uapi.format_head(snapshot) + "".join(pieces) + uapi.ANSWER_END
 
 
 @settings(max_examples=30, deadline=None)
@@ -266,6 +278,10 @@ class _SetDuringGet(_Device):
         handler = self
 
         class Held:
+            @property
+            def current(self) -> DeviceSnapshot:
+                return taking.current
+
             def step(self) -> DeviceSnapshot | None:
                 if handler.first_slice_taken.is_set() and not handler.set_applied:
                     return None  # the loop turns and serves the set meanwhile
@@ -312,3 +328,143 @@ def test_a_set_that_lands_during_a_get_is_wholly_in_its_answer_or_wholly_not(
     after = format_get(device.snapshot())
     assert after != before and first not in device.peers and NEW_PEER in device.peers
     assert "\n".join(answer[0]) + "\n\n" == after
+
+
+def _serving(handler: _Device, tmp_path: Path) -> uapi_server.UapiServer:
+    server = uapi_server.UapiServer("t", handler, directory=tmp_path)
+    server.bind()
+    return server
+
+
+def test_a_get_formatted_off_the_loop_shows_one_configuration_while_sets_land(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop applies a set on every turn, and the thread formats no slice before a set
+    has landed since it began: the snapshot starts over until it is read in one go, and
+    its last slice is formatted while the device changes again. The answer is still the
+    reference formatting of one configuration the device had, not the last."""
+    device = _busy_device(600)
+    handler = _Device(device)
+    states = [_old_format_get(device.snapshot())]
+    landed = threading.Event()
+    real_peers = uapi.format_peers
+
+    def held_peers(*args: Any) -> str:
+        landed.clear()
+        assert landed.wait(60)
+        return real_peers(*args)
+
+    monkeypatch.setattr(uapi, "format_peers", held_peers)
+    keys = sorted(device.peers)
+
+    async def serve() -> list[list[str]]:
+        server = _serving(handler, tmp_path)
+        await server.start()
+        done = asyncio.Event()
+
+        async def sets() -> None:
+            for n in itertools.count():
+                if done.is_set():
+                    return
+                handler.uapi_set(ChangeSet(peers=[
+                    uapi.PeerChange(NEW_PEER, remove=n % 2 == 1),
+                    uapi.PeerChange(keys[n % len(keys)], persistent_keepalive=n % 1000,
+                                    replace_allowed_ips=True, allowed_ips=[
+                                        ipaddress.ip_network(f"198.19.{n % 256}.0/24")])]))
+                states.append(_old_format_get(device.snapshot()))
+                landed.set()
+                await asyncio.sleep(0)
+
+        churn = asyncio.create_task(sets())
+        try:
+            return await asyncio.to_thread(uapi_server.request, "t", "get=1\n\n",
+                                           directory=tmp_path, timeout=60)
+        finally:
+            done.set()
+            await churn
+            server.close()
+
+    [answer] = asyncio.run(serve())
+    assert "\n".join(answer) + "\n\n" in states[:-1]
+
+
+def test_a_formatter_that_fails_answers_eio_and_leaves_nothing_behind(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A bug in the second slice's text: the client hears errno=-5 and nothing of the
+    text, and the next get on the same connection is the whole answer."""
+    device = _busy_device(600)
+    expected = format_get(device.snapshot())
+    real_peers = uapi.format_peers
+    calls = itertools.count()
+
+    def failing_peers(*args: Any) -> str:
+        if next(calls) == 1:
+            raise RuntimeError("formatter bug")
+        return real_peers(*args)
+
+    monkeypatch.setattr(uapi, "format_peers", failing_peers)
+
+    async def serve() -> list[list[str]]:
+        server = _serving(_Device(device), tmp_path)
+        await server.start()
+        try:
+            return await asyncio.to_thread(uapi_server.request, "t", "get=1\n\nget=1\n\n",
+                                           directory=tmp_path, timeout=60)
+        finally:
+            server.close()
+
+    failed, whole = asyncio.run(serve())
+    assert failed == ["errno=-5"]
+    assert "\n".join(whole) + "\n\n" == expected
+    assert "formatter bug" in caplog.text
+
+
+def test_closing_with_a_get_being_formatted_leaves_no_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """close() while the text of a get is being formatted (slowly: 50 ms a slice) ends
+    the thread; the client gets no answer, not a part of one."""
+    device = _busy_device(2000)
+    started = threading.Event()
+    real_peers = uapi.format_peers
+
+    def slow_peers(*args: Any) -> str:
+        started.set()
+        time.sleep(0.05)
+        return real_peers(*args)
+
+    monkeypatch.setattr(uapi, "format_peers", slow_peers)
+
+    async def serve() -> list[list[str]]:
+        server = _serving(_Device(device), tmp_path)
+        await server.start()
+        asking = asyncio.create_task(asyncio.to_thread(
+            uapi_server.request, "t", "get=1\n\n", directory=tmp_path, timeout=60))
+        try:
+            assert await asyncio.to_thread(started.wait, 60)
+        finally:
+            server.close()
+        return await asking
+
+    assert asyncio.run(serve()) == []
+    assert not [thread for thread in threading.enumerate()
+                if thread.name.startswith(get_formatter.THREAD_NAME)]
+
+
+def test_gets_asked_at_once_on_several_connections_are_each_answered_whole(
+        tmp_path: Path) -> None:
+    """The formatter answers one get at a time; the others' slices wait for their turn."""
+    device = _busy_device(1000)
+    expected = format_get(device.snapshot())
+
+    async def serve() -> list[list[list[str]]]:
+        server = _serving(_Device(device), tmp_path)
+        await server.start()
+        try:
+            return await asyncio.gather(*[
+                asyncio.to_thread(uapi_server.request, "t", "get=1\n\n", directory=tmp_path,
+                                  timeout=60) for _ in range(4)])
+        finally:
+            server.close()
+
+    for [answer] in asyncio.run(serve()):
+        assert "\n".join(answer) + "\n\n" == expected

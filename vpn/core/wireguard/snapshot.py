@@ -70,6 +70,12 @@ class SlicedSnapshot:
                                         listen_port=device.listen_port, fwmark=device.fwmark,
                                         rows=self._rows)
 
+    @property
+    def current(self) -> DeviceSnapshot:
+        """The snapshot being taken: its rows so far (they only grow); a new one when it
+        starts over."""
+        return self._snapshot
+
     def step(self) -> DeviceSnapshot | None:
         """Read the next slice: the finished snapshot after the last, else None."""
         if self.device.generation != self.generation:
