@@ -1,0 +1,45 @@
+"""The busy-poll's adaptive budget: how long the next spin may poll, from how long the next
+packet took to come after the last ones. Pure: no clock, no descriptors; vpn/io/busypoll.py
+measures the gaps and asks.
+
+The rule is the kernel's haltpoll cpuidle governor's (guest_halt_poll_ns and its grow,
+shrink and grow_start parameters), applied to a packet instead of a vCPU's wakeup:
+- the packet came within the budget (the spin caught it): the budget stays;
+- it came later, but within the cap (a longer spin would have caught it): the budget
+  doubles, from GROW_START_NS at least, to the cap at most;
+- it came after the cap (no spin allowed would have caught it): the budget halves, and
+  below GROW_START_NS it is the floor, 0: the spin then costs one poll.
+So a ping-pong whose next packet comes within the cap has its spins grow to catch it, and a
+flow whose packets come further apart than the cap (a steady 1,000 a second against a
+200 us cap) has them shrink to nothing instead of paying the whole budget each time.
+"""
+
+from __future__ import annotations
+
+GROW_START_NS = 50_000  # haltpoll's guest_halt_poll_grow_start default
+GROW = 2  # haltpoll's guest_halt_poll_grow default
+SHRINK = 2  # haltpoll's guest_halt_poll_shrink default
+FLOOR_NS = 0
+
+
+def next_budget(budget_ns: int, gap_ns: int, cap_ns: int) -> int:
+    """The budget after a packet came `gap_ns` after the spin began, under `cap_ns`."""
+    if gap_ns <= budget_ns:
+        return budget_ns
+    if gap_ns <= cap_ns:
+        return min(cap_ns, max(budget_ns * GROW, GROW_START_NS))
+    shrunk = budget_ns // SHRINK
+    return shrunk if shrunk >= min(GROW_START_NS, cap_ns) else FLOOR_NS
+
+
+class AdaptiveBudget:
+    """One spin's budget, within [FLOOR_NS, cap_ns], starting at the cap (a new endpoint
+    behaves as a fixed budget until the gaps say otherwise)."""
+
+    def __init__(self, cap_ns: int) -> None:
+        self.cap_ns = cap_ns
+        self.ns = cap_ns
+
+    def observe(self, gap_ns: int) -> None:
+        """The next packet came `gap_ns` after the spin began (caught or not)."""
+        self.ns = next_budget(self.ns, gap_ns, self.cap_ns)
