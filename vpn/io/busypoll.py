@@ -7,7 +7,10 @@ saves the epoll_wait, the sleep and the wakeup, as the kernel's SO_BUSY_POLL and
 poll-mode drivers do. (The vCPU halts it also saves were measured not to be the cost:
 docs/architecture.md, "Busy-poll".) The spin yields the CPU between polls, so on a shared
 core the packet's own sender runs first. The budget bounds the CPU an idle endpoint spends:
-each wakeup spins at most `budget` past its last packet. The loop itself (timers, the
+each wakeup spins at most the budget past its last packet, and the budget adapts
+(vpn/io/pollbudget.py): it grows while the next packet comes a little after it, shrinks
+while packets come further apart than the configured cap, so a flow too sparse to catch
+stops paying for spins that run out. The loop itself (timers, the
 management socket, handshakes' answers) runs again after every spin that came back empty,
 and at the latest after HOLD_NS of walks.
 """
@@ -19,6 +22,7 @@ import select
 import time
 from collections.abc import Callable
 
+from vpn.io.pollbudget import AdaptiveBudget
 from vpn.io.udp import NATIVE  # the same C module as the batch receive, the same choice
 
 try:
@@ -78,46 +82,71 @@ def wait_readable() -> WaitReadable:
 class BusyPoll:
     """The reader callbacks of the TUN and the socket, each walk followed by a bounded
     busy-poll of both descriptors. `fds` gives (tun, udp) as they are now, -1 for one not
-    to poll (paused for backpressure, gone, or the interface stopping)."""
+    to poll (paused for backpressure, gone, or the interface stopping).
+
+    The budget adapts (vpn/io/pollbudget.py), up to `budget_us`, one per descriptor last
+    walked: what follows a TUN packet and what follows a socket's packet are different
+    gaps. At 1,000 pings a second, the sender's spin after the ping it seals catches the
+    answer a round trip later, while its spin after the answer would wait a millisecond
+    for the next ping; one budget for both would swing between them."""
 
     def __init__(self, budget_us: int, walk_tun: Callable[[], None],
                  walk_udp: Callable[[], None], fds: Callable[[], tuple[int, int]], *,
                  wait: WaitReadable | None = None,
                  clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
-        self.budget_ns = budget_us * 1000
-        self.hold_ns = max(HOLD_NS, self.budget_ns)
+        self.cap_ns = budget_us * 1000
+        self.hold_ns = max(HOLD_NS, self.cap_ns)
         self.walk_tun, self.walk_udp = walk_tun, walk_udp
         self.fds = fds
         self.wait = wait or wait_readable()
         self.clock_ns = clock_ns
+        self.budgets = {TUN: AdaptiveBudget(self.cap_ns), UDP: AdaptiveBudget(self.cap_ns)}
+        # The spin that came back empty, (its budget, when it began): the loop's next
+        # wakeup says how much longer it would have had to poll.
+        self._unanswered: tuple[AdaptiveBudget, int] | None = None
         self.caught = 0  # walks a spin led to: wakeups the loop did not need
         self.spins_empty = 0  # spins that ran out of budget
 
     def on_tun_readable(self) -> None:
+        self._woken()
         self.walk_tun()
-        self._spin()
+        self._spin(TUN)
 
     def on_udp_readable(self) -> None:
+        self._woken()
         self.walk_udp()
-        self._spin()
+        self._spin(UDP)
 
-    def _spin(self) -> None:
-        """Poll both descriptors for up to the budget; walk whatever is ready and poll again,
-        until a poll finds nothing or this wakeup has held the loop for hold_ns."""
+    def _woken(self) -> None:
+        if self._unanswered is not None:
+            budget, began = self._unanswered
+            budget.observe(self.clock_ns() - began)
+            self._unanswered = None
+
+    def _spin(self, walked: int) -> None:
+        """Poll both descriptors for up to the budget of the one `walked` last; walk whatever
+        is ready and poll again, until a poll finds nothing or this wakeup has held the loop
+        for hold_ns."""
         start = self.clock_ns()
         while True:
             tun_fd, udp_fd = self.fds()
             if tun_fd < 0 and udp_fd < 0:
                 return
-            ready = self.wait(tun_fd, udp_fd, self.budget_ns)
+            budget = self.budgets[walked]
+            began = self.clock_ns()
+            ready = self.wait(tun_fd, udp_fd, budget.ns)
             if not ready:
                 self.spins_empty += 1
+                self._unanswered = (budget, began)
                 return
+            budget.observe(self.clock_ns() - began)
             if ready & TUN:
                 self.caught += 1
                 self.walk_tun()
+                walked = TUN
             if ready & UDP:
                 self.caught += 1
                 self.walk_udp()
+                walked = UDP
             if self.clock_ns() - start >= self.hold_ns:
                 return
