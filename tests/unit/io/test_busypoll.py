@@ -121,15 +121,16 @@ def test_spins_shrink_while_packets_come_further_apart_than_the_cap() -> None:
     script = Script([], walk_ns=0)
     poller = script.poller(200)
     poller.on_udp_readable()
-    assert _wakeups(script, poller, "udp", 1_000_000, 4) == [100_000, 50_000, 0, 0]
-    assert poller.spins_empty == 5
+    assert _wakeups(script, poller, "udp", 1_000_000, 5) == [200_000, 200_000, 100_000,
+                                                             50_000, 0]
+    assert poller.spins_empty == 6
 
 
 def test_spins_grow_back_while_the_next_packet_comes_within_the_cap() -> None:
     script = Script([], walk_ns=0)
     poller = script.poller(200)
     poller.on_udp_readable()
-    _wakeups(script, poller, "udp", 1_000_000, 3)
+    _wakeups(script, poller, "udp", 1_000_000, 5)
     assert _wakeups(script, poller, "udp", 120_000, 3) == [50_000, 100_000, 200_000]
 
 
@@ -139,26 +140,28 @@ def test_what_follows_a_tun_packet_and_a_sockets_packet_have_their_own_budgets()
     the ping keeps the cap, the one after the answer shrinks to a poll."""
     script = Script([], walk_ns=0)
     poller = script.poller(200)
-    for _ in range(4):
+    for _ in range(6):
         script.found = [(UDP, 150_000)]
         poller.on_tun_readable()
         script.now += 1_000_000
-    assert [w[2] for w in script.waits] == [200_000, 200_000, 200_000, 100_000,
-                                            200_000, 50_000, 200_000, 0]
-    assert poller.caught == 4
+    after_ping, after_answer = script.waits[::2], script.waits[1::2]
+    assert [w[2] for w in after_ping] == [200_000] * 6
+    assert [w[2] for w in after_answer] == [200_000] * 3 + [100_000, 50_000, 0]
+    assert poller.caught == 6
 
 
 def test_a_caught_packet_counts_for_the_budget_of_what_was_walked_last() -> None:
     """A spin after the socket's packet catches the TUN's answer: the next spin is the
     TUN's; its budget is the one the next gap teaches."""
-    script = Script([TUN], walk_ns=0)
+    script = Script([], walk_ns=0)
     poller = script.poller(200)
+    for _ in range(3):
+        script.found = [(TUN, 20_000)]
+        poller.on_udp_readable()
+        script.now += 1_000_000
+    assert [w[2] for w in script.waits] == [200_000] * 6
     poller.on_udp_readable()
-    assert [w[2] for w in script.waits] == [200_000, 200_000]
-    script.now += 1_000_000
-    poller.on_udp_readable()
-    assert poller.budgets[TUN].ns == 100_000
-    assert poller.budgets[UDP].ns == 200_000
+    assert (poller.budgets[UDP].ns, poller.budgets[TUN].ns) == (200_000, 100_000)
 
 
 @pytest.fixture
