@@ -8,11 +8,11 @@ poll-mode drivers do. (The vCPU halts it also saves were measured not to be the 
 docs/architecture.md, "Busy-poll".) The spin yields the CPU between polls, so on a shared
 core the packet's own sender runs first. The budget bounds the CPU an idle endpoint spends:
 each wakeup spins at most the budget past its last packet, and the budget adapts
-(vpn/io/pollbudget.py): it grows while the next packet comes a little after it, shrinks
-while packets come further apart than the configured cap, so a flow too sparse to catch
-stops paying for spins that run out. The loop itself (timers, the
-management socket, handshakes' answers) runs again after every spin that came back empty,
-and at the latest after HOLD_NS of walks.
+(vpn/io/pollbudget.py): it grows while the next packet comes a little after it and
+shrinks, to 50 us, while packets come further apart than the configured cap, so a flow
+too sparse to catch does not pay the whole cap for each spin that runs out. The loop
+itself (timers, the management socket, handshakes' answers) runs again after every spin
+that came back empty, and at the latest after HOLD_NS of walks.
 """
 
 from __future__ import annotations
