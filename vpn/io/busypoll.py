@@ -31,13 +31,14 @@ except ImportError:  # not built: the Python twin below serves, as NATIVE says
     _native_wait_readable = None  # type: ignore[assignment]
 
 BUSY_POLL_ENV = "VPN_BUSY_POLL"
-# Microseconds each wakeup polls past its last packet; 0 is off. 200 by measurement
-# (docs/architecture.md, "Busy-poll"): long enough for a ping-pong's next packet from the
-# peer, not only the local answer, to come within the spin, so neither end sleeps between
-# round trips. Against 50, the idle ping-pong median was lower in 19 of 25 paired rounds on
-# 2 shared cores (200 alone: 11 of 13, medians 0.88-0.94x); idle and one ping a second cost
-# the same (0.1-0.2 and 1.0-1.4 ms/s for both ends), a 1 kHz flow 329-405 against
-# 213-232 ms/s.
+# The cap, in microseconds, of each wakeup's poll past its last packet; 0 is off. 200 by
+# measurement (docs/architecture.md, "Busy-poll"): long enough for a ping-pong's next packet
+# from the peer, not only the local answer, to come within the spin, so neither end sleeps
+# between round trips. Against 50, the idle ping-pong median was lower in 19 of 25 paired
+# rounds on 2 shared cores (200 alone: 11 of 13, medians 0.88-0.94x). The budget under it
+# adapts (pollbudget.py), so a flow a little sparser than the cap does not pay it whole:
+# 1,000 pings a second cost 268 ms/s of CPU (both ends), against 648 with a fixed 200 and
+# 245 with a fixed 50.
 DEFAULT_BUSY_POLL_US = 200
 MAX_BUSY_POLL_US = 10_000
 # The longest one wakeup keeps walking and polling before the loop runs again (or the
