@@ -9,12 +9,12 @@ shrink parameters), applied to a packet instead of a vCPU's wakeup:
   doubles, to the cap at most;
 - it came after the cap (no spin allowed would have caught it): the budget halves, to the
   floor at least.
-Two changes, by measurement (docs/architecture.md, "Busy-poll"): the budget shrinks only
-from the SHRINK_AFTER-th gap past the cap in a row (in a ping-pong the next packet comes a
-round trip later, near a 200 us cap, and on a busy machine one in several comes later
-than the cap: halving at once cost the next one a miss as well); and the floor is 50 us,
-not 0 (haltpoll's grow_start: a floor of 0 had ping-pong medians under an iperf3 stream
-above the fixed budget's, 50 us did not).
+Two changes (docs/architecture.md, "Busy-poll"): the budget shrinks only from the
+SHRINK_AFTER-th gap past the cap in a row (in a ping-pong the next packet comes a round
+trip later, near a 200 us cap, and on a busy machine one in several comes later than the
+cap: halving at once would cost the next one a miss as well); and the floor is 50 us, not
+0 (haltpoll's grow_start; measured: with 0 the ping-pong medians under an iperf3 stream
+were above the fixed budget's, with 50 us they were not).
 So a ping-pong whose next packet comes within the cap has its spins grow to catch it, and a
 flow whose packets come further apart than the cap (a steady 1,000 a second against a
 200 us cap) has them shrink to the floor instead of paying the whole budget each time.
