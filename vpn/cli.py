@@ -122,7 +122,8 @@ def _add_up_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--busy-poll", metavar="USEC",
         help="after each wakeup, poll the TUN and the socket for up to USEC microseconds "
-        "before sleeping again: lower latency for a little CPU; 0: off "
+        "before sleeping again (the budget adapts under that cap to how soon packets come): "
+        "lower latency for a little CPU; 0: off "
         "(default: $VPN_BUSY_POLL if set, else the measured default)",
     )
     parser.add_argument(

@@ -73,7 +73,7 @@ class Runtime:
         slice_us = self._request_slice(warn=True)
         log.info("interface %s: sealing on %s; busy-poll %s; scheduler slice %s", self.name,
                  f"{workers.threads} worker threads" if workers else "the event loop's thread",
-                 f"{self.busy_poll.budget_ns // 1000} us" if self.busy_poll else "off",
+                 f"up to {self.busy_poll.cap_ns // 1000} us" if self.busy_poll else "off",
                  f"{slice_us} us" if slice_us else "the kernel's default")
         if workers is not None:  # backpressure: no TUN reads while no job buffer is free
             workers.slots.pause, workers.slots.resume = self._pause_tun, self._resume_tun

@@ -7,9 +7,12 @@ saves the epoll_wait, the sleep and the wakeup, as the kernel's SO_BUSY_POLL and
 poll-mode drivers do. (The vCPU halts it also saves were measured not to be the cost:
 docs/architecture.md, "Busy-poll".) The spin yields the CPU between polls, so on a shared
 core the packet's own sender runs first. The budget bounds the CPU an idle endpoint spends:
-each wakeup spins at most `budget` past its last packet. The loop itself (timers, the
-management socket, handshakes' answers) runs again after every spin that came back empty,
-and at the latest after HOLD_NS of walks.
+each wakeup spins at most the budget past its last packet, and the budget adapts
+(vpn/io/pollbudget.py): it grows while the next packet comes a little after it and
+shrinks, to 50 us, while packets come further apart than the configured cap, so a flow
+too sparse to catch does not pay the whole cap for each spin that runs out. The loop
+itself (timers, the management socket, handshakes' answers) runs again after every spin
+that came back empty, and at the latest after HOLD_NS of walks.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import select
 import time
 from collections.abc import Callable
 
+from vpn.io.pollbudget import AdaptiveBudget
 from vpn.io.udp import NATIVE  # the same C module as the batch receive, the same choice
 
 try:
@@ -27,13 +31,14 @@ except ImportError:  # not built: the Python twin below serves, as NATIVE says
     _native_wait_readable = None  # type: ignore[assignment]
 
 BUSY_POLL_ENV = "VPN_BUSY_POLL"
-# Microseconds each wakeup polls past its last packet; 0 is off. 200 by measurement
-# (docs/architecture.md, "Busy-poll"): long enough for a ping-pong's next packet from the
-# peer, not only the local answer, to come within the spin, so neither end sleeps between
-# round trips. Against 50, the idle ping-pong median was lower in 19 of 25 paired rounds on
-# 2 shared cores (200 alone: 11 of 13, medians 0.88-0.94x); idle and one ping a second cost
-# the same (0.1-0.2 and 1.0-1.4 ms/s for both ends), a 1 kHz flow 329-405 against
-# 213-232 ms/s.
+# The cap, in microseconds, of each wakeup's poll past its last packet; 0 is off. 200 by
+# measurement (docs/architecture.md, "Busy-poll"): long enough for a ping-pong's next packet
+# from the peer, not only the local answer, to come within the spin, so neither end sleeps
+# between round trips. Against 50, the idle ping-pong median was lower in 19 of 25 paired
+# rounds on 2 shared cores (200 alone: 11 of 13, medians 0.88-0.94x). The budget under it
+# adapts (pollbudget.py), so a flow a little sparser than the cap does not pay it whole:
+# 1,000 pings a second cost 268 ms/s of CPU (both ends), against 648 with a fixed 200 and
+# 245 with a fixed 50.
 DEFAULT_BUSY_POLL_US = 200
 MAX_BUSY_POLL_US = 10_000
 # The longest one wakeup keeps walking and polling before the loop runs again (or the
@@ -78,46 +83,71 @@ def wait_readable() -> WaitReadable:
 class BusyPoll:
     """The reader callbacks of the TUN and the socket, each walk followed by a bounded
     busy-poll of both descriptors. `fds` gives (tun, udp) as they are now, -1 for one not
-    to poll (paused for backpressure, gone, or the interface stopping)."""
+    to poll (paused for backpressure, gone, or the interface stopping).
+
+    The budget adapts (vpn/io/pollbudget.py), up to `budget_us`, one per descriptor last
+    walked: what follows a TUN packet and what follows a socket's packet are different
+    gaps. At 1,000 pings a second, the sender's spin after the ping it seals catches the
+    answer a round trip later, while its spin after the answer would wait a millisecond
+    for the next ping; one budget for both would swing between them."""
 
     def __init__(self, budget_us: int, walk_tun: Callable[[], None],
                  walk_udp: Callable[[], None], fds: Callable[[], tuple[int, int]], *,
                  wait: WaitReadable | None = None,
                  clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
-        self.budget_ns = budget_us * 1000
-        self.hold_ns = max(HOLD_NS, self.budget_ns)
+        self.cap_ns = budget_us * 1000
+        self.hold_ns = max(HOLD_NS, self.cap_ns)
         self.walk_tun, self.walk_udp = walk_tun, walk_udp
         self.fds = fds
         self.wait = wait or wait_readable()
         self.clock_ns = clock_ns
+        self.budgets = {TUN: AdaptiveBudget(self.cap_ns), UDP: AdaptiveBudget(self.cap_ns)}
+        # The spin that came back empty, (its budget, when it began): the loop's next
+        # wakeup says how much longer it would have had to poll.
+        self._unanswered: tuple[AdaptiveBudget, int] | None = None
         self.caught = 0  # walks a spin led to: wakeups the loop did not need
         self.spins_empty = 0  # spins that ran out of budget
 
     def on_tun_readable(self) -> None:
+        self._woken()
         self.walk_tun()
-        self._spin()
+        self._spin(TUN)
 
     def on_udp_readable(self) -> None:
+        self._woken()
         self.walk_udp()
-        self._spin()
+        self._spin(UDP)
 
-    def _spin(self) -> None:
-        """Poll both descriptors for up to the budget; walk whatever is ready and poll again,
-        until a poll finds nothing or this wakeup has held the loop for hold_ns."""
+    def _woken(self) -> None:
+        if self._unanswered is not None:
+            budget, began = self._unanswered
+            budget.observe(self.clock_ns() - began)
+            self._unanswered = None
+
+    def _spin(self, walked: int) -> None:
+        """Poll both descriptors for up to the budget of the one `walked` last; walk whatever
+        is ready and poll again, until a poll finds nothing or this wakeup has held the loop
+        for hold_ns."""
         start = self.clock_ns()
         while True:
             tun_fd, udp_fd = self.fds()
             if tun_fd < 0 and udp_fd < 0:
                 return
-            ready = self.wait(tun_fd, udp_fd, self.budget_ns)
+            budget = self.budgets[walked]
+            began = self.clock_ns()
+            ready = self.wait(tun_fd, udp_fd, budget.ns)
             if not ready:
                 self.spins_empty += 1
+                self._unanswered = (budget, began)
                 return
+            budget.observe(self.clock_ns() - began)
             if ready & TUN:
                 self.caught += 1
                 self.walk_tun()
+                walked = TUN
             if ready & UDP:
                 self.caught += 1
                 self.walk_udp()
+                walked = UDP
             if self.clock_ns() - start >= self.hold_ns:
                 return

@@ -27,9 +27,10 @@ def test_bad_budgets_say_why(text: str, reason: str) -> None:
 
 
 class Script:
-    """A scripted wait (what each poll finds, then nothing) and a clock it advances."""
+    """A scripted wait (what each poll finds, then nothing; (bits, ns) found after ns) and
+    a clock it advances."""
 
-    def __init__(self, found: list[int], walk_ns: int = 1000) -> None:
+    def __init__(self, found: list[int | tuple[int, int]], walk_ns: int = 1000) -> None:
         self.found = found
         self.now = 0
         self.walk_ns = walk_ns
@@ -40,7 +41,11 @@ class Script:
     def wait(self, tun_fd: int, udp_fd: int, budget_ns: int) -> int:
         self.waits.append((tun_fd, udp_fd, budget_ns))
         if self.found:
-            return self.found.pop(0)
+            found = self.found.pop(0)
+            if isinstance(found, tuple):
+                found, after_ns = found
+                self.now += after_ns
+            return found
         self.now += budget_ns  # ran out
         return 0
 
@@ -96,6 +101,67 @@ def test_only_the_descriptors_being_read_are_polled() -> None:
     script.fds = (-1, -1)  # stopping: no poll at all
     script.poller().on_tun_readable()
     assert len(script.waits) == 1
+
+
+def _wakeups(script: Script, poller: BusyPoll, readable: str, gap_ns: int, n: int) -> list[int]:
+    """`n` loop wakeups for `readable`, each `gap_ns` after the last spin began (a packet
+    the spin missed: `gap_ns` past its budget); the budget each wakeup's spin was given."""
+    budgets = []
+    for _ in range(n):
+        _, _, budget = script.waits[-1]
+        script.now += gap_ns - budget  # the spin ran its budget out; the packet came later
+        getattr(poller, f"on_{readable}_readable")()
+        budgets.append(script.waits[-1][2])
+    return budgets
+
+
+def test_spins_shrink_while_packets_come_further_apart_than_the_cap() -> None:
+    """A flow of one packet a millisecond against a 200 us cap: each spin ran out, and the
+    next packet came long after; the spins shrink to the floor instead of 200 us each."""
+    script = Script([], walk_ns=0)
+    poller = script.poller(200)
+    poller.on_udp_readable()
+    assert _wakeups(script, poller, "udp", 1_000_000, 5) == [200_000, 200_000, 100_000,
+                                                             50_000, 50_000]
+    assert poller.spins_empty == 6
+
+
+def test_spins_grow_back_while_the_next_packet_comes_within_the_cap() -> None:
+    script = Script([], walk_ns=0)
+    poller = script.poller(200)
+    poller.on_udp_readable()
+    _wakeups(script, poller, "udp", 1_000_000, 5)
+    assert _wakeups(script, poller, "udp", 120_000, 2) == [100_000, 200_000]
+
+
+def test_what_follows_a_tun_packet_and_a_sockets_packet_have_their_own_budgets() -> None:
+    """The sender of a 1 kHz ping: after the ping from the TUN its spin catches the answer
+    150 us later; after the answer, the next ping comes a millisecond later. The spin after
+    the ping keeps the cap, the one after the answer shrinks to the floor."""
+    script = Script([], walk_ns=0)
+    poller = script.poller(200)
+    for _ in range(6):
+        script.found = [(UDP, 150_000)]
+        poller.on_tun_readable()
+        script.now += 1_000_000
+    after_ping, after_answer = script.waits[::2], script.waits[1::2]
+    assert [w[2] for w in after_ping] == [200_000] * 6
+    assert [w[2] for w in after_answer] == [200_000] * 3 + [100_000, 50_000, 50_000]
+    assert poller.caught == 6
+
+
+def test_a_caught_packet_counts_for_the_budget_of_what_was_walked_last() -> None:
+    """A spin after the socket's packet catches the TUN's answer: the next spin is the
+    TUN's; its budget is the one the next gap teaches."""
+    script = Script([], walk_ns=0)
+    poller = script.poller(200)
+    for _ in range(3):
+        script.found = [(TUN, 20_000)]
+        poller.on_udp_readable()
+        script.now += 1_000_000
+    assert [w[2] for w in script.waits] == [200_000] * 6
+    poller.on_udp_readable()
+    assert (poller.budgets[UDP].ns, poller.budgets[TUN].ns) == (200_000, 100_000)
 
 
 @pytest.fixture
